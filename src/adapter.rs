@@ -1,0 +1,233 @@
+//! The only module that knows Envoy's ext_authz types.
+//!
+//! [`request_attrs`] turns a `CheckRequest` into [`RequestAttrs`];
+//! [`check_response`] turns a [`Decision`] into a `CheckResponse`. Headers
+//! are read from both places Envoy may put them (`headers`, and
+//! `header_map` when `encode_raw_headers` is on); a header that appears
+//! twice, or differently in the two, counts as sent twice.
+
+use std::collections::BTreeMap;
+
+use envoy_types::ext_authz::v3::pb::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue,
+    HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc;
+
+use crate::engine::{Credential, CredentialError, Decision, RequestAttrs, Status};
+use crate::token::MAX_TOKEN_LEN;
+
+/// The request header that carries the verified subject to the upstream.
+pub const DEFAULT_SUBJECT_HEADER: &str = "x-portcullis-subject";
+
+/// How allows are passed on to the upstream.
+#[derive(Debug, Clone)]
+pub struct ResponseConfig {
+    /// Lower-case name of the header set to the verified subject.
+    pub subject_header: String,
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        Self {
+            subject_header: DEFAULT_SUBJECT_HEADER.to_owned(),
+        }
+    }
+}
+
+/// Why a CheckRequest could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdapterError {
+    #[error("CheckRequest carries no HTTP request attributes")]
+    NoHttpRequest,
+}
+
+/// gRPC status codes used in `CheckResponse.status`.
+mod code {
+    pub const OK: i32 = 0;
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+/// Reads what the engine needs from a CheckRequest.
+pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs, AdapterError> {
+    let attributes = request
+        .attributes
+        .as_ref()
+        .ok_or(AdapterError::NoHttpRequest)?;
+    let http = attributes
+        .request
+        .as_ref()
+        .and_then(|r| r.http.as_ref())
+        .ok_or(AdapterError::NoHttpRequest)?;
+
+    let named = |name: &str, wanted: &[&str]| wanted.iter().any(|w| name.eq_ignore_ascii_case(w));
+    let listed: Vec<String> = http
+        .header_map
+        .iter()
+        .flat_map(|m| &m.headers)
+        .filter(|h| named(&h.key, &["authorization"]))
+        .map(header_value)
+        .collect();
+    let mapped = http
+        .headers
+        .iter()
+        .filter(|(k, _)| named(k, &["authorization"]))
+        .map(|(_, v)| v.clone());
+    // `header_map` lists each header line; `headers` joins repeats with a
+    // comma. A value in one place that the other lacks is one more header.
+    let mut authorization = listed;
+    for value in mapped {
+        if !authorization.contains(&value) {
+            authorization.push(value);
+        }
+    }
+    let host_header = http
+        .headers
+        .iter()
+        .find(|(k, _)| named(k, &[":authority", "host"]))
+        .map(|(_, v)| v.clone())
+        .or_else(|| {
+            http.header_map
+                .iter()
+                .flat_map(|m| &m.headers)
+                .find(|h| named(&h.key, &[":authority", "host"]))
+                .map(header_value)
+        });
+
+    let host = if http.host.is_empty() {
+        host_header.unwrap_or_default()
+    } else {
+        http.host.clone()
+    };
+    let context_extensions: BTreeMap<String, String> = attributes
+        .context_extensions
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(RequestAttrs {
+        method: http.method.clone(),
+        path: http.path.clone(),
+        host,
+        context_extensions,
+        credential: credential(&authorization),
+    })
+}
+
+/// A header's value: `raw_value` when Envoy sent raw bytes, else `value`.
+/// Bytes that are not UTF-8 become U+FFFD, which no token contains.
+fn header_value(header: &HeaderValue) -> String {
+    if header.raw_value.is_empty() {
+        header.value.clone()
+    } else {
+        String::from_utf8_lossy(&header.raw_value).into_owned()
+    }
+}
+
+/// Reads the bearer token out of the Authorization header values seen.
+pub fn credential(values: &[String]) -> Credential {
+    match values {
+        [] => Credential::Absent,
+        [value] => parse_bearer(value),
+        _ => Credential::Invalid(CredentialError::Multiple),
+    }
+}
+
+/// `Bearer <token>` with a case-insensitive scheme (RFC 6750, RFC 9110).
+fn parse_bearer(value: &str) -> Credential {
+    let value = value.trim_matches([' ', '\t']);
+    let Some((scheme, token)) = value.split_once([' ', '\t']) else {
+        return Credential::Invalid(CredentialError::NotBearer);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Credential::Invalid(CredentialError::NotBearer);
+    }
+    let token = token.trim_start_matches([' ', '\t']);
+    // RFC 6750 b64token; a comma means Envoy joined two headers into one.
+    let token68 =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+    let body = token.trim_end_matches('=');
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN + 64 || !body.bytes().all(token68) {
+        return Credential::Invalid(CredentialError::Malformed);
+    }
+    Credential::Bearer(token.to_owned())
+}
+
+/// Builds the response Envoy acts on.
+pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResponse {
+    if decision.is_allowed() {
+        let mut ok = OkHttpResponse::default();
+        match &decision.subject {
+            // Overwrites whatever copy the client sent.
+            Some(subject) => ok.headers.push(header(&config.subject_header, subject)),
+            None => ok.headers_to_remove.push(config.subject_header.clone()),
+        }
+        return CheckResponse {
+            status: Some(rpc::Status {
+                code: code::OK,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(ok)),
+            ..Default::default()
+        };
+    }
+
+    let (grpc_code, error) = match decision.status {
+        Status::BadRequest => (code::INVALID_ARGUMENT, "bad_request"),
+        Status::Unauthorized => (code::UNAUTHENTICATED, "unauthorized"),
+        Status::Forbidden | Status::Ok => (code::PERMISSION_DENIED, "forbidden"),
+    };
+    // A deny that somehow carries 200 must not read as success downstream.
+    let http_status = match decision.status {
+        Status::Ok => Status::Forbidden,
+        other => other,
+    };
+    let body = serde_json::json!({
+        "error": error,
+        "reason": decision.reason.public_message(),
+    })
+    .to_string();
+    let mut headers = vec![header("content-type", "application/json")];
+    if http_status == Status::Unauthorized {
+        headers.push(header("www-authenticate", &www_authenticate(decision)));
+    }
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: grpc_code,
+            message: decision.reason.code().to_owned(),
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(http_status.code()),
+            }),
+            headers,
+            body,
+        })),
+        ..Default::default()
+    }
+}
+
+/// RFC 6750 section 3: no error code when no token was sent at all.
+fn www_authenticate(decision: &Decision) -> String {
+    match &decision.reason {
+        crate::engine::Reason::MissingCredentials => "Bearer realm=\"portcullis\"".to_owned(),
+        reason => format!(
+            "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
+            reason.public_message()
+        ),
+    }
+}
+
+fn header(name: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,199 @@
+//! Decision cases written as data: a request and the decision expected.
+//!
+//! A case file names the policy directory it tests (relative to itself) and
+//! lists cases. A case's caller is either a token-free request or a subject
+//! given directly (`as:`), standing for a verified token, so policy authors
+//! test their rules without minting tokens:
+//!
+//! ```yaml
+//! policies: ../../policies
+//! cases:
+//!   - name: alice reads document 1
+//!     request: { method: GET, path: /documents/1 }
+//!     as: { subject: alice, groups: [staff] }
+//!     expect: { decision: allow, status: 200, reason: granted }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::engine::{self, Authenticate, Credential, Decision, RequestAttrs};
+use crate::policy::{load_policies, LoadError, PolicySet};
+use crate::token::{Principal, TokenError};
+use crate::yaml::{self, LineIndex, Step};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    policies: PathBuf,
+    #[serde(default)]
+    cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    request: CaseRequest,
+    #[serde(default, rename = "as")]
+    caller: Option<Caller>,
+    expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseRequest {
+    method: String,
+    path: String,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    context_extensions: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Caller {
+    subject: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    decision: ExpectedEffect,
+    #[serde(default)]
+    status: Option<u16>,
+    /// A reason code such as `granted` or `no_grant`.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ExpectedEffect {
+    Allow,
+    Deny,
+}
+
+/// The outcome of one case.
+#[derive(Debug, Clone)]
+pub struct CaseOutcome {
+    pub name: String,
+    /// 1-based line of the case in its file.
+    pub line: usize,
+    pub decision: Decision,
+    /// What did not match the expectation; `None` when the case passed.
+    pub failure: Option<String>,
+}
+
+/// Stands for a token that was verified and named this principal.
+struct GivenPrincipal(Arc<Principal>);
+
+impl Authenticate for GivenPrincipal {
+    fn authenticate(
+        &self,
+        _: &PolicySet,
+        _: &[usize],
+        _: &str,
+        _: u64,
+    ) -> Result<Arc<Principal>, TokenError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Runs every case of the file at `path` against the policies it names.
+pub fn run_case_file(path: &Path) -> Result<Vec<CaseOutcome>, Vec<LoadError>> {
+    let fail = |line, message: String| {
+        vec![LoadError {
+            file: path.to_path_buf(),
+            line,
+            message,
+        }]
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| fail(None, format!("cannot read file: {e}")))?;
+    let file: CaseFile = yaml::parse(&text).map_err(|e| fail(e.line, e.message))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let policy = load_policies(&base.join(&file.policies)).map_err(|e| e.0)?;
+    let lines = LineIndex::new(&text);
+    let outcomes = file
+        .cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let line = lines.line_of(&[Step::Key("cases"), Step::Index(i)]);
+            run_case(&policy, case, line)
+        })
+        .collect();
+    Ok(outcomes)
+}
+
+fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
+    let credential = match &case.caller {
+        Some(_) => Credential::Bearer("case".into()),
+        None => Credential::Absent,
+    };
+    let request = RequestAttrs {
+        method: case.request.method.clone(),
+        path: case.request.path.clone(),
+        host: case.request.host.clone(),
+        context_extensions: case.request.context_extensions.clone(),
+        credential,
+    };
+    let principal = GivenPrincipal(Arc::new(Principal {
+        issuer: Arc::from("case"),
+        subject: case
+            .caller
+            .as_ref()
+            .map(|c| c.subject.clone())
+            .unwrap_or_default(),
+        groups: case
+            .caller
+            .as_ref()
+            .map(|c| c.groups.clone())
+            .unwrap_or_default(),
+        expires_at: u64::MAX,
+    }));
+    let decision = engine::decide(policy, &request, &principal, 0);
+
+    let mut problems = Vec::new();
+    let allowed = case.expect.decision == ExpectedEffect::Allow;
+    if decision.is_allowed() != allowed {
+        let got = if decision.is_allowed() {
+            "allow"
+        } else {
+            "deny"
+        };
+        problems.push(format!("expected {:?}, got {got}", case.expect.decision));
+    }
+    if let Some(status) = case.expect.status.filter(|s| *s != decision.status.code()) {
+        problems.push(format!(
+            "expected status {status}, got {}",
+            decision.status.code()
+        ));
+    }
+    if let Some(reason) = case
+        .expect
+        .reason
+        .as_deref()
+        .filter(|r| *r != decision.reason.code())
+    {
+        problems.push(format!(
+            "expected reason {reason}, got {}",
+            decision.reason.code()
+        ));
+    }
+    let failure = (!problems.is_empty())
+        .then(|| format!("{} (engine: {})", problems.join("; "), decision.reason));
+    CaseOutcome {
+        name: case.name.clone(),
+        line,
+        decision,
+        failure,
+    }
+}

@@ -1,0 +1,367 @@
+//! The command line: `serve`, `validate`, `check` and `token`.
+//!
+//! Each subcommand loads policies with the one loader and hands them to the
+//! library; nothing here decides anything. Exit codes are for scripts:
+//! `check` exits 0 on allow, 2 on deny, 1 on error; `validate` 0 or 1;
+//! `serve` exits 78 (EX_CONFIG) when the policies do not load.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use clap::{Args, Parser, Subcommand};
+use jsonwebtoken::{EncodingKey, Header};
+
+use crate::adapter::{self, ResponseConfig, DEFAULT_SUBJECT_HEADER};
+use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
+use crate::policy::{load_policies, PolicySet};
+use crate::server::{self, Authorizer, DEFAULT_TOKEN_CACHE_CAPACITY};
+use crate::token::{KeySet, TokenCache};
+
+/// Exit code for configuration errors (sysexits.h EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "External authorization for Envoy and Istio"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve ext_authz v3 gRPC (and grpc.health.v1) on the bundled or given policies
+    Serve(ServeArgs),
+    /// Load a policy directory and report every error as file:line: message
+    Validate {
+        /// The policy directory
+        dir: PathBuf,
+    },
+    /// Decide one request and explain why (exit 0 allow, 2 deny, 1 error)
+    Check(CheckArgs),
+    /// Mint a token for an HMAC issuer of the policy (development only)
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The policy directory
+    #[arg(long, env = "PORTCULLIS_POLICIES")]
+    pub policies: PathBuf,
+    /// Address for the gRPC listener
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:9191")]
+    pub listen: SocketAddr,
+    /// Request header that carries the verified subject upstream
+    #[arg(long, env = "PORTCULLIS_SUBJECT_HEADER", default_value = DEFAULT_SUBJECT_HEADER)]
+    pub subject_header: String,
+    /// Verified tokens remembered (each until its exp)
+    #[arg(long, env = "PORTCULLIS_TOKEN_CACHE_CAPACITY", default_value_t = DEFAULT_TOKEN_CACHE_CAPACITY)]
+    pub token_cache_capacity: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The policy directory
+    #[arg(long)]
+    pub policies: PathBuf,
+    #[arg(long)]
+    pub method: String,
+    /// The request path, query included
+    #[arg(long)]
+    pub path: String,
+    #[arg(long, default_value = "")]
+    pub host: String,
+    /// A bearer token (without the "Bearer " prefix)
+    #[arg(long)]
+    pub token: Option<String>,
+    /// A context extension as Envoy would send it, key=value (repeatable)
+    #[arg(long = "context-extension", value_parser = parse_pair)]
+    pub context_extensions: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The policy directory
+    #[arg(long)]
+    pub policies: PathBuf,
+    /// Issuer name in the policy
+    #[arg(long)]
+    pub issuer: String,
+    #[arg(long)]
+    pub subject: String,
+    /// Group for the issuer's groups claim (repeatable)
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// Lifetime in seconds
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Validate { dir } => validate(&dir),
+        Command::Check(args) => check(args),
+        Command::Token(args) => token(args),
+    }
+}
+
+fn load_or_report(dir: &Path) -> Option<PolicySet> {
+    match load_policies(dir) {
+        Ok(policy) => Some(policy),
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            None
+        }
+    }
+}
+
+fn validate(dir: &Path) -> ExitCode {
+    let Some(policy) = load_or_report(dir) else {
+        return ExitCode::FAILURE;
+    };
+    println!(
+        "ok: {} applications, {} routes, {} roles, {} grants, {} issuers (version {})",
+        policy.applications.len(),
+        policy.route_count(),
+        policy.roles.len(),
+        policy.grants.len(),
+        policy.issuers.len(),
+        policy.version
+    );
+    ExitCode::SUCCESS
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let Some(policy) = load_or_report(&args.policies) else {
+        return ExitCode::FAILURE;
+    };
+    let credential = match &args.token {
+        Some(token) => adapter::credential(&[format!("Bearer {token}")]),
+        None => engine::Credential::Absent,
+    };
+    let request = RequestAttrs {
+        method: args.method,
+        path: args.path,
+        host: args.host,
+        context_extensions: args
+            .context_extensions
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
+        credential,
+    };
+    let decision = engine::decide(&policy, &request, &VerifyEveryTime, now());
+    print!("{}", explain(&decision));
+    if decision.is_allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+/// A decision in words, one field a line.
+pub fn explain(decision: &Decision) -> String {
+    let verdict = if decision.is_allowed() {
+        "allow"
+    } else {
+        "deny"
+    };
+    let mut out = format!(
+        "{verdict} ({}): {}\n",
+        decision.status.code(),
+        decision.reason
+    );
+    let fields = [
+        ("application", &decision.application),
+        ("route", &decision.route),
+        ("subject", &decision.subject),
+        ("resource", &decision.resource),
+        ("action", &decision.action),
+        ("rule", &decision.matched_rule),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value {
+            out.push_str(&format!("  {name:<12} {value}\n"));
+        }
+    }
+    out
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let Some(policy) = load_or_report(&args.policies) else {
+        return ExitCode::FAILURE;
+    };
+    let issuer = policy
+        .issuers
+        .position(&args.issuer)
+        .and_then(|i| policy.issuers.get(i));
+    let Some(issuer) = issuer else {
+        eprintln!("no issuer named {:?} in the policy", args.issuer);
+        return ExitCode::FAILURE;
+    };
+    let (KeySet::Single(key), Some(&alg)) = (&issuer.keys, issuer.algorithms.first()) else {
+        eprintln!("issuer {:?} has no single key", args.issuer);
+        return ExitCode::FAILURE;
+    };
+    let Ok(secret) = key.try_get_as_bytes() else {
+        eprintln!(
+            "issuer {:?} is not an HMAC issuer: only its IdP can mint tokens",
+            args.issuer
+        );
+        return ExitCode::FAILURE;
+    };
+    let issued = now();
+    let mut claims = serde_json::json!({
+        "iss": issuer.issuer,
+        "aud": issuer.audiences.first(),
+        issuer.subject_claim.clone(): args.subject,
+        "iat": issued,
+        "exp": issued + args.ttl,
+    });
+    if let (Some(claim), false) = (&issuer.groups_claim, args.groups.is_empty()) {
+        claims[claim] = serde_json::json!(args.groups);
+    }
+    match jsonwebtoken::encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    ) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot sign the token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging();
+    // Everything is validated before any port is bound.
+    let policy = match load_policies(&args.policies) {
+        Ok(policy) => policy,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!(error = %e, "policy error");
+                eprintln!("{e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let subject_header = args.subject_header.to_ascii_lowercase();
+    let header_ok = !subject_header.is_empty()
+        && subject_header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !header_ok {
+        eprintln!(
+            "--subject-header {:?} is not a valid header name",
+            args.subject_header
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let local = listener.local_addr().map_or(args.listen, |a| a);
+        tracing::info!(
+            address = %local,
+            policy_version = %policy.version,
+            applications = policy.applications.len(),
+            grants = policy.grants.len(),
+            "serving"
+        );
+        println!("listening on {local}");
+        let authorizer = Authorizer::new(
+            Arc::new(ArcSwap::from_pointee(policy)),
+            TokenCache::new(args.token_cache_capacity),
+            ResponseConfig { subject_header },
+            server::system_clock(),
+        );
+        match server::run(listener, authorizer, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("server failed: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down: finishing checks in flight");
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

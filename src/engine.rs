@@ -1,0 +1,378 @@
+//! The decision engine: a request and a policy in, a [`Decision`] out.
+//!
+//! [`decide`] is synchronous and does no I/O; the time is a parameter and
+//! token verification goes through an [`Authenticate`] the caller passes
+//! (the server passes a cache). Every path that is not a positive match
+//! ends in a deny: no application, no route, a bad path, a missing or bad
+//! token, an explicit deny, or no grant.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::path::{self, PathError};
+use crate::policy::{Access, Holder, PolicySet, ResourceKey, Selection};
+use crate::token::{Principal, TokenCache, TokenError};
+
+/// A request as Portcullis sees it, free of any protocol's types.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestAttrs {
+    pub method: String,
+    /// The raw `:path`, query included.
+    pub path: String,
+    /// The `:authority` (or `host`) header.
+    pub host: String,
+    /// Envoy's per-route `context_extensions`.
+    pub context_extensions: BTreeMap<String, String>,
+    pub credential: Credential,
+}
+
+/// What the request offers as proof of identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Credential {
+    #[default]
+    Absent,
+    /// The token of an `Authorization: Bearer` header.
+    Bearer(String),
+    /// An Authorization header that cannot be used.
+    Invalid(CredentialError),
+}
+
+/// Why an Authorization header was refused outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("the request has more than one Authorization header")]
+    Multiple,
+    #[error("the Authorization header is not a Bearer token")]
+    NotBearer,
+    #[error("the Authorization header is malformed")]
+    Malformed,
+}
+
+/// Turns a bearer token into a principal. The server caches; tests and the
+/// CLI may verify every time.
+pub trait Authenticate {
+    fn authenticate(
+        &self,
+        policy: &PolicySet,
+        allowed_issuers: &[usize],
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<Principal>, TokenError>;
+}
+
+/// Verifies every token afresh.
+pub struct VerifyEveryTime;
+
+impl Authenticate for VerifyEveryTime {
+    fn authenticate(
+        &self,
+        policy: &PolicySet,
+        allowed: &[usize],
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<Principal>, TokenError> {
+        policy.issuers.verify(allowed, token, now).map(Arc::new)
+    }
+}
+
+impl Authenticate for TokenCache {
+    fn authenticate(
+        &self,
+        policy: &PolicySet,
+        allowed: &[usize],
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<Principal>, TokenError> {
+        self.verify(&policy.issuers, &policy.version, allowed, token, now)
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// The HTTP status a decision stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok = 200,
+    BadRequest = 400,
+    Unauthorized = 401,
+    Forbidden = 403,
+}
+
+impl Status {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}
+
+/// Why a decision came out as it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The route needs no token.
+    PublicRoute,
+    /// The route admits any verified subject.
+    Authenticated,
+    /// A grant holds the action.
+    Granted,
+    BadPath(PathError),
+    NoApplication,
+    AmbiguousApplication,
+    NoRoute,
+    MissingCredentials,
+    BadCredentials(CredentialError),
+    InvalidToken(TokenError),
+    ExplicitDeny,
+    NoGrant,
+    /// The engine failed; the server turns any fault into this deny.
+    InternalError,
+}
+
+impl Reason {
+    /// A stable label for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::PublicRoute => "public_route",
+            Reason::Authenticated => "authenticated",
+            Reason::Granted => "granted",
+            Reason::BadPath(_) => "bad_path",
+            Reason::NoApplication => "no_application",
+            Reason::AmbiguousApplication => "ambiguous_application",
+            Reason::NoRoute => "no_route",
+            Reason::MissingCredentials => "missing_credentials",
+            Reason::BadCredentials(_) => "bad_credentials",
+            Reason::InvalidToken(e) => e.code(),
+            Reason::ExplicitDeny => "explicit_deny",
+            Reason::NoGrant => "no_grant",
+            Reason::InternalError => "internal_error",
+        }
+    }
+
+    /// Text safe to show the client: no token, rule or grant details.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Reason::PublicRoute | Reason::Authenticated | Reason::Granted => "allowed",
+            Reason::BadPath(_) => "the request path is not acceptable",
+            Reason::NoApplication | Reason::AmbiguousApplication | Reason::NoRoute => {
+                "no route allows this request"
+            }
+            Reason::MissingCredentials => "a bearer token is required",
+            Reason::BadCredentials(_) => "the Authorization header is not acceptable",
+            Reason::InvalidToken(e) => e.public_description(),
+            Reason::ExplicitDeny | Reason::NoGrant => "the subject may not do this",
+            Reason::InternalError => "the request could not be authorized",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::PublicRoute => f.write_str("the route is public"),
+            Reason::Authenticated => f.write_str("the route admits any authenticated subject"),
+            Reason::Granted => f.write_str("a grant holds the action"),
+            Reason::BadPath(e) => write!(f, "bad path: {e}"),
+            Reason::NoApplication => f.write_str("no application matches the request"),
+            Reason::AmbiguousApplication => {
+                f.write_str("several applications match the request equally")
+            }
+            Reason::NoRoute => f.write_str("no route matches the method and path"),
+            Reason::MissingCredentials => f.write_str("no bearer token"),
+            Reason::BadCredentials(e) => write!(f, "{e}"),
+            Reason::InvalidToken(e) => write!(f, "{e}"),
+            Reason::ExplicitDeny => f.write_str("an explicit deny rule matches"),
+            Reason::NoGrant => f.write_str("no grant holds the action on the resource"),
+            Reason::InternalError => f.write_str("internal error while deciding"),
+        }
+    }
+}
+
+/// The engine's answer, with everything needed to explain it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub effect: Effect,
+    pub status: Status,
+    pub reason: Reason,
+    pub application: Option<String>,
+    pub route: Option<String>,
+    pub subject: Option<String>,
+    pub resource: Option<String>,
+    pub action: Option<String>,
+    /// The grant or deny rule that settled it, in words.
+    pub matched_rule: Option<String>,
+}
+
+impl Decision {
+    fn new(effect: Effect, status: Status, reason: Reason) -> Self {
+        Self {
+            effect,
+            status,
+            reason,
+            application: None,
+            route: None,
+            subject: None,
+            resource: None,
+            action: None,
+            matched_rule: None,
+        }
+    }
+
+    pub fn deny(status: Status, reason: Reason) -> Self {
+        Self::new(Effect::Deny, status, reason)
+    }
+
+    fn allow(reason: Reason) -> Self {
+        Self::new(Effect::Allow, Status::Ok, reason)
+    }
+
+    pub fn is_allowed(&self) -> bool {
+        self.effect == Effect::Allow
+    }
+}
+
+/// Decides `request` against `policy` at `now` (seconds since the epoch).
+pub fn decide(
+    policy: &PolicySet,
+    request: &RequestAttrs,
+    authn: &dyn Authenticate,
+    now: u64,
+) -> Decision {
+    let path = match path::normalize(&request.path) {
+        Ok(path) => path,
+        Err(e) => return Decision::deny(Status::BadRequest, Reason::BadPath(e)),
+    };
+    let app_index = match policy
+        .selector
+        .select(&request.context_extensions, &request.host, &path)
+    {
+        Selection::Found(index) => index,
+        Selection::NotFound => return Decision::deny(Status::Forbidden, Reason::NoApplication),
+        Selection::Ambiguous => {
+            return Decision::deny(Status::Forbidden, Reason::AmbiguousApplication)
+        }
+    };
+    let Some(app) = policy.applications.get(app_index) else {
+        return Decision::deny(Status::Forbidden, Reason::InternalError);
+    };
+    let with_app = |mut d: Decision| {
+        d.application = Some(app.name.clone());
+        d
+    };
+    let Some((route, captures)) = app.routes.find(&request.method, &path) else {
+        return with_app(Decision::deny(Status::Forbidden, Reason::NoRoute));
+    };
+    let resource = route.resource.as_ref().map(|r| r.render(&captures));
+    let action = route.action.as_ref();
+    let with_route = |mut d: Decision| {
+        d.application = Some(app.name.clone());
+        d.route = Some(route.name.clone());
+        d.resource.clone_from(&resource);
+        d.action = action.map(|(name, _)| name.clone());
+        d
+    };
+
+    if route.access == Access::Public {
+        return with_route(Decision::allow(Reason::PublicRoute));
+    }
+    let token = match &request.credential {
+        Credential::Bearer(token) => token,
+        Credential::Absent => {
+            return with_route(Decision::deny(
+                Status::Unauthorized,
+                Reason::MissingCredentials,
+            ))
+        }
+        Credential::Invalid(e) => {
+            return with_route(Decision::deny(
+                Status::Unauthorized,
+                Reason::BadCredentials(*e),
+            ))
+        }
+    };
+    let principal = match authn.authenticate(policy, &app.issuers, token, now) {
+        Ok(principal) => principal,
+        Err(e) => {
+            return with_route(Decision::deny(
+                Status::Unauthorized,
+                Reason::InvalidToken(e),
+            ))
+        }
+    };
+    let mut decision = authorize(
+        policy,
+        &principal,
+        route.access,
+        resource.as_deref(),
+        action.map(|(_, index)| *index),
+    );
+    decision.subject = Some(principal.subject.clone());
+    with_route(decision)
+}
+
+/// Decides whether `principal` may perform `action` on `resource`, given
+/// what the route requires. Explicit denies are checked first and beat
+/// every grant.
+pub fn authorize(
+    policy: &PolicySet,
+    principal: &Principal,
+    access: Access,
+    resource: Option<&str>,
+    action: Option<usize>,
+) -> Decision {
+    let subject = principal.subject.as_str();
+    let policy_groups = policy.policy_groups(subject);
+    let groups = || principal.groups.iter().chain(policy_groups);
+    let target = resource.unwrap_or("");
+
+    let subject_denies = policy.denies.subjects.get(subject).into_iter().flatten();
+    let group_denies = groups()
+        .filter_map(|g| policy.denies.groups.get(g.as_str()))
+        .flatten();
+    let denied = subject_denies
+        .chain(group_denies)
+        .chain(&policy.denies.everyone)
+        .find(|rule| rule.applies(target, action));
+    if let Some(rule) = denied {
+        let mut d = Decision::deny(Status::Forbidden, Reason::ExplicitDeny);
+        d.matched_rule = Some(match &rule.reason {
+            Some(why) => format!("deny {:?}: {why}", rule.name),
+            None => format!("deny {:?}", rule.name),
+        });
+        return d;
+    }
+
+    match access {
+        Access::Public => return Decision::allow(Reason::PublicRoute),
+        Access::Authenticated => return Decision::allow(Reason::Authenticated),
+        Access::Granted => {}
+    }
+    let (Some(resource), Some(action)) = (resource, action) else {
+        return Decision::deny(Status::Forbidden, Reason::NoGrant);
+    };
+    let holders =
+        std::iter::once(Holder::Subject(subject)).chain(groups().map(|g| Holder::Group(g)));
+    for holder in holders {
+        for key in ResourceKey::covering(resource) {
+            for &role_id in policy.grants.roles(holder, key) {
+                let Some(role) = policy.roles.get(role_id as usize) else {
+                    continue;
+                };
+                if role.actions.contains(action) {
+                    let mut d = Decision::allow(Reason::Granted);
+                    let who = match holder {
+                        Holder::Subject(s) => format!("subject {s:?}"),
+                        Holder::Group(g) => format!("group {g:?}"),
+                    };
+                    d.matched_rule =
+                        Some(format!("grant of role {:?} on {key} to {who}", role.name));
+                    return d;
+                }
+            }
+        }
+    }
+    Decision::deny(Status::Forbidden, Reason::NoGrant)
+}

@@ -1,0 +1,15 @@
+//! Portcullis: external authorization for Envoy and Istio.
+//!
+//! The pure core is [`engine::decide`] over a [`policy::PolicySet`]; the
+//! [`adapter`] converts Envoy's ext_authz types, [`server`] serves them over
+//! gRPC, and [`cli`] is the command line. See `ARCHITECTURE.md`.
+
+pub mod adapter;
+pub mod cases;
+pub mod cli;
+pub mod engine;
+pub mod path;
+pub mod policy;
+pub mod server;
+pub mod token;
+mod yaml;

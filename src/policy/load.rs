@@ -1,0 +1,1031 @@
+//! The one loader: a policy directory in, a [`PolicySet`] or every error out.
+//!
+//! `serve`, `validate`, `check` and reloads all call [`load_policies`], so
+//! what validates is exactly what serves. The loader reads every `*.yaml`
+//! and `*.yml` file directly in the directory (not below it; hidden files
+//! and Kubernetes' `..data` links are skipped), merges their sections,
+//! resolves every name, and reads the keys the issuers point at. It reports
+//! all errors it finds, each as `file:line: message`, not just the first.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use sha2::{Digest, Sha256};
+
+use super::grants::{GrantIndex, Holder, ResourceKey};
+use super::routes::{PathTemplate, ResourceTemplate, Route, RouteTable};
+use super::source::{Access, ApplicationSpec, IssuerSpec, KeySpec, PolicyFile};
+use super::{
+    ActionSet, AppSelector, Application, DenyIndex, DenyRule, OwnedResourceKey, PolicySet, Role,
+    RoleId,
+};
+use crate::path;
+use crate::token::{self, Issuer, Issuers, JwkKey, KeySet};
+use crate::yaml::{self, LineIndex, Step};
+
+/// One problem in a policy directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found in a policy directory; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// Loads and compiles the policy directory `dir`.
+pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
+    let files = read_dir(dir)?;
+    let version = version_of(&files);
+    let mut errors = Vec::new();
+    let mut parsed = Vec::new();
+    for file in &files {
+        match yaml::parse::<PolicyFile>(&file.text) {
+            Ok(doc) => parsed.push(Parsed {
+                path: &file.path,
+                lines: LineIndex::new(&file.text),
+                doc,
+            }),
+            Err(e) => errors.push(LoadError {
+                file: file.path.clone(),
+                line: e.line,
+                message: e.message,
+            }),
+        }
+    }
+    let mut compiler = Compiler {
+        errors,
+        files: &parsed,
+    };
+    let policy = compiler.compile(version);
+    if compiler.errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(LoadErrors(compiler.errors))
+    }
+}
+
+struct SourceFile {
+    path: PathBuf,
+    text: String,
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
+    let fail = |message: String| {
+        LoadErrors(vec![LoadError {
+            file: dir.to_path_buf(),
+            line: None,
+            message,
+        }])
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| fail(format!("cannot read directory: {e}")))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| fail(format!("cannot read directory: {e}")))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if name.starts_with('.') || !is_yaml {
+            continue;
+        }
+        // Follows links (Kubernetes mounts files as links into `..data`).
+        let path = entry.path();
+        if path.is_file() {
+            paths.push(path);
+        }
+    }
+    if paths.is_empty() {
+        return Err(fail("no policy files (*.yaml, *.yml) in directory".into()));
+    }
+    paths.sort();
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        match std::fs::read(&path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => files.push(SourceFile { path, text }),
+                Err(_) => errors.push(LoadError {
+                    file: path,
+                    line: None,
+                    message: "file is not valid UTF-8".into(),
+                }),
+            },
+            Err(e) => errors.push(LoadError {
+                file: path,
+                line: None,
+                message: format!("cannot read file: {e}"),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(LoadErrors(errors))
+    }
+}
+
+fn version_of(files: &[SourceFile]) -> String {
+    let mut hasher = Sha256::new();
+    for file in files {
+        let name = file
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        hasher.update(name.unwrap_or_default().as_bytes());
+        hasher.update([0]);
+        hasher.update((file.text.len() as u64).to_le_bytes());
+        hasher.update(file.text.as_bytes());
+    }
+    let digest = hasher.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Parsed<'a> {
+    path: &'a Path,
+    lines: LineIndex<'a>,
+    doc: PolicyFile,
+}
+
+struct Compiler<'a> {
+    errors: Vec<LoadError>,
+    files: &'a [Parsed<'a>],
+}
+
+/// Where a definition was first seen: for "defined twice" errors.
+type Origin = (usize, usize);
+
+impl<'a> Compiler<'a> {
+    fn error(&mut self, file: usize, at: &[Step<'_>], message: impl Into<String>) {
+        let parsed = &self.files[file];
+        self.errors.push(LoadError {
+            file: parsed.path.to_path_buf(),
+            line: Some(parsed.lines.line_of(at)),
+            message: message.into(),
+        });
+    }
+
+    fn origin(&self, (file, line): Origin) -> String {
+        format!("{}:{}", self.files[file].path.display(), line)
+    }
+
+    fn line(&self, file: usize, at: &[Step<'_>]) -> usize {
+        self.files[file].lines.line_of(at)
+    }
+
+    fn compile(&mut self, version: String) -> PolicySet {
+        let files = self.files;
+        let issuers = self.issuers();
+        let actions = self.actions();
+        let action_index: HashMap<&str, usize> = actions
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.as_str(), i))
+            .collect();
+        let (roles, role_index) = self.roles(&action_index);
+        let (member_of, groups) = self.groups();
+        let (applications, selector) = self.applications(&issuers, &action_index);
+        let grants = self.grants(&role_index, &groups);
+        let denies = self.denies(&action_index, &groups);
+        if applications.is_empty() && self.errors.is_empty() {
+            if let Some(first) = files.first() {
+                self.errors.push(LoadError {
+                    file: first.path.to_path_buf(),
+                    line: None,
+                    message: "the policy defines no application".into(),
+                });
+            }
+        }
+        PolicySet {
+            version,
+            issuers,
+            applications,
+            selector,
+            actions,
+            roles,
+            member_of,
+            grants: Box::new(grants),
+            denies,
+        }
+    }
+
+    fn issuers(&mut self) -> Issuers {
+        let mut list = Vec::new();
+        let mut names: HashMap<String, Origin> = HashMap::new();
+        let mut values: HashMap<String, Origin> = HashMap::new();
+        for (f, file) in self.files.iter().enumerate() {
+            for (i, spec) in file.doc.issuers.iter().enumerate() {
+                let at = [Step::Key("issuers"), Step::Index(i)];
+                let line = self.line(f, &at);
+                if let Some(first) = names.insert(spec.name.clone(), (f, line)) {
+                    let first = self.origin(first);
+                    self.error(
+                        f,
+                        &at,
+                        format!("issuer {:?} is already defined at {first}", spec.name),
+                    );
+                    continue;
+                }
+                if let Some(first) = values.insert(spec.issuer.clone(), (f, line)) {
+                    let first = self.origin(first);
+                    self.error(
+                        f,
+                        &at,
+                        format!("issuer value {:?} is already used at {first}", spec.issuer),
+                    );
+                    continue;
+                }
+                if let Some(issuer) = self.issuer(f, i, spec) {
+                    list.push(issuer);
+                }
+            }
+        }
+        Issuers::new(list)
+    }
+
+    fn issuer(&mut self, f: usize, i: usize, spec: &IssuerSpec) -> Option<Issuer> {
+        let at = |key| [Step::Key("issuers"), Step::Index(i), Step::Key(key)];
+        let mut ok = true;
+        if spec.name.is_empty() {
+            self.error(f, &at("name"), "issuer name is empty");
+            ok = false;
+        }
+        if spec.issuer.is_empty() {
+            self.error(f, &at("issuer"), "issuer value is empty");
+            ok = false;
+        }
+        if spec.audiences.is_empty() || spec.audiences.iter().any(String::is_empty) {
+            self.error(
+                f,
+                &at("audiences"),
+                format!(
+                    "issuer {:?} needs at least one non-empty audience",
+                    spec.name
+                ),
+            );
+            ok = false;
+        }
+        if spec.subject_claim.is_empty() {
+            self.error(f, &at("subject_claim"), "subject_claim is empty");
+            ok = false;
+        }
+        let mut algorithms = Vec::new();
+        for name in &spec.algorithms {
+            match token::parse_algorithm(name) {
+                Some(alg) => algorithms.push(alg),
+                None => {
+                    self.error(
+                        f,
+                        &at("algorithms"),
+                        format!("unknown algorithm {name:?} (use HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA)"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if spec.algorithms.is_empty() {
+            self.error(
+                f,
+                &at("algorithms"),
+                format!("issuer {:?} pins no algorithm", spec.name),
+            );
+            ok = false;
+        }
+        let families: BTreeSet<String> = algorithms
+            .iter()
+            .map(|a| format!("{:?}", a.family()))
+            .collect();
+        if families.len() > 1 {
+            self.error(
+                f,
+                &at("algorithms"),
+                "algorithms of one issuer must share one key type (HMAC, RSA, EC or EdDSA)",
+            );
+            ok = false;
+        }
+        let keys = match self.keys(f, i, spec, &algorithms) {
+            Ok(keys) => Some(keys),
+            Err(message) => {
+                self.error(f, &at("key"), format!("issuer {:?}: {message}", spec.name));
+                None
+            }
+        };
+        let keys = keys.filter(|_| ok)?;
+        Some(Issuer {
+            name: Arc::from(spec.name.as_str()),
+            issuer: spec.issuer.clone(),
+            audiences: spec.audiences.clone(),
+            algorithms,
+            keys,
+            leeway_seconds: spec.leeway_seconds,
+            subject_claim: spec.subject_claim.clone(),
+            groups_claim: spec.groups_claim.clone(),
+        })
+    }
+
+    /// Reads the key an issuer names and checks it fits its algorithms.
+    fn keys(
+        &self,
+        f: usize,
+        _i: usize,
+        spec: &IssuerSpec,
+        algorithms: &[Algorithm],
+    ) -> Result<KeySet, String> {
+        let KeySpec {
+            secret_env,
+            secret_file,
+            public_key_file,
+            jwks_file,
+        } = &spec.key;
+        let given = [
+            secret_env.is_some(),
+            secret_file.is_some(),
+            public_key_file.is_some(),
+            jwks_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(
+                "key must set exactly one of secret_env, secret_file, public_key_file, jwks_file"
+                    .into(),
+            );
+        }
+        let base = self.files[f].path.parent().unwrap_or(Path::new("."));
+        let Some(family) = algorithms.first().map(|a| a.family()) else {
+            return Err("no algorithm to check the key against".into());
+        };
+        let need = |wanted: AlgorithmFamily, what: &str| {
+            if token::algorithms_fit(algorithms, wanted) {
+                Ok(())
+            } else {
+                Err(format!("a {what} key cannot verify {algorithms:?}"))
+            }
+        };
+
+        let secret = match (secret_env, secret_file) {
+            (Some(var), _) => Some(
+                std::env::var(var)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| format!("environment variable {var} is not set"))?
+                    .into_bytes(),
+            ),
+            (_, Some(file)) => {
+                let path = base.join(file);
+                let mut bytes = std::fs::read(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    bytes.pop();
+                }
+                Some(bytes)
+            }
+            _ => None,
+        };
+        if let Some(secret) = secret {
+            need(AlgorithmFamily::Hmac, "shared-secret")?;
+            let min = algorithms
+                .iter()
+                .map(|a| token::min_secret_len(*a))
+                .max()
+                .unwrap_or(32);
+            if secret.len() < min {
+                return Err(format!(
+                    "the secret is {} bytes; {algorithms:?} needs at least {min}",
+                    secret.len()
+                ));
+            }
+            return Ok(KeySet::Single(DecodingKey::from_secret(&secret)));
+        }
+
+        if let Some(file) = public_key_file {
+            let path = base.join(file);
+            let pem =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let key = match family {
+                AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
+                AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
+                AlgorithmFamily::Ed => DecodingKey::from_ed_pem(&pem),
+                AlgorithmFamily::Hmac => {
+                    return Err("an HMAC algorithm needs a secret, not a public key".into())
+                }
+            };
+            let key = key.map_err(|e| {
+                format!("{} is not a PEM {family:?} public key: {e}", path.display())
+            })?;
+            return Ok(KeySet::Single(key));
+        }
+
+        if let Some(file) = jwks_file {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let set: JwkSet = serde_json::from_str(&text)
+                .map_err(|e| format!("{} is not a JWK set: {e}", path.display()))?;
+            let mut keys = Vec::new();
+            for jwk in &set.keys {
+                if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption))
+                    || !jwk.is_supported()
+                {
+                    continue;
+                }
+                let key = DecodingKey::from_jwk(jwk)
+                    .map_err(|e| format!("{}: unusable key: {e}", path.display()))?;
+                if key.family() != family {
+                    continue;
+                }
+                let algorithm = jwk
+                    .common
+                    .key_algorithm
+                    .and_then(|a| Algorithm::try_from(a).ok());
+                keys.push(JwkKey {
+                    kid: jwk.common.key_id.clone(),
+                    algorithm,
+                    key,
+                });
+            }
+            if keys.is_empty() {
+                return Err(format!(
+                    "{} holds no {family:?} signing key",
+                    path.display()
+                ));
+            }
+            return Ok(KeySet::Jwks(keys));
+        }
+        Err("no key source".into())
+    }
+
+    /// Every action any route names, in a stable order.
+    fn actions(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self
+            .files
+            .iter()
+            .flat_map(|f| &f.doc.applications)
+            .flat_map(|a| &a.routes)
+            .filter_map(|r| r.action.as_deref())
+            .collect();
+        set.into_iter().map(str::to_owned).collect()
+    }
+
+    fn roles(&mut self, actions: &HashMap<&str, usize>) -> (Vec<Role>, HashMap<String, RoleId>) {
+        // Gather definitions first: a role may include one defined in another file.
+        let mut specs: BTreeMap<&str, (usize, &super::source::RoleSpec)> = BTreeMap::new();
+        for (f, file) in self.files.iter().enumerate() {
+            for (name, spec) in &file.doc.roles {
+                if let Some((first, _)) = specs.get(name.as_str()) {
+                    let first = self.origin((
+                        *first,
+                        self.line(*first, &[Step::Key("roles"), Step::Key(name)]),
+                    ));
+                    self.error(
+                        f,
+                        &[Step::Key("roles"), Step::Key(name)],
+                        format!("role {name:?} is already defined at {first}"),
+                    );
+                    continue;
+                }
+                specs.insert(name, (f, spec));
+            }
+        }
+        let index: HashMap<String, RoleId> = specs
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.to_string(), i as RoleId))
+            .collect();
+        let mut roles = Vec::new();
+        for (name, (f, spec)) in &specs {
+            let mut set = ActionSet::default();
+            let mut ok = true;
+            for action in &spec.actions {
+                match actions.get(action.as_str()) {
+                    Some(a) => set.insert(*a),
+                    None => {
+                        self.error(
+                            *f,
+                            &[Step::Key("roles"), Step::Key(name), Step::Key("actions")],
+                            format!(
+                                "unknown action {action:?} in role {name:?} (no route names it)"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            // Fold in included roles, depth first, refusing cycles.
+            let mut stack: Vec<(&str, Vec<&str>)> = spec
+                .includes
+                .iter()
+                .map(|i| (i.as_str(), vec![*name]))
+                .collect();
+            let mut seen = HashSet::new();
+            while let Some((included, chain)) = stack.pop() {
+                if chain.contains(&included) {
+                    let cycle = chain.join(" -> ");
+                    self.error(
+                        *f,
+                        &[Step::Key("roles"), Step::Key(name), Step::Key("includes")],
+                        format!("role {name:?} includes itself ({cycle} -> {included})"),
+                    );
+                    ok = false;
+                    break;
+                }
+                let Some((_, inner)) = specs.get(included) else {
+                    self.error(
+                        *f,
+                        &[Step::Key("roles"), Step::Key(name), Step::Key("includes")],
+                        format!("role {name:?} includes unknown role {included:?}"),
+                    );
+                    ok = false;
+                    continue;
+                };
+                if !seen.insert(included) {
+                    continue;
+                }
+                for action in &inner.actions {
+                    if let Some(a) = actions.get(action.as_str()) {
+                        set.insert(*a);
+                    }
+                }
+                let mut next = chain.clone();
+                next.push(included);
+                stack.extend(inner.includes.iter().map(|i| (i.as_str(), next.clone())));
+            }
+            if ok && set == ActionSet::default() {
+                self.error(
+                    *f,
+                    &[Step::Key("roles"), Step::Key(name)],
+                    format!("role {name:?} grants no action"),
+                );
+            }
+            roles.push(Role {
+                name: name.to_string(),
+                actions: set,
+            });
+        }
+        (roles, index)
+    }
+
+    fn groups(&mut self) -> (HashMap<String, Vec<String>>, HashSet<String>) {
+        let mut member_of: HashMap<String, Vec<String>> = HashMap::new();
+        let mut seen: HashMap<&str, Origin> = HashMap::new();
+        for (f, file) in self.files.iter().enumerate() {
+            for (name, spec) in &file.doc.groups {
+                let at = [Step::Key("groups"), Step::Key(name.as_str())];
+                if let Some(first) = seen.insert(name, (f, self.line(f, &at))) {
+                    let first = self.origin(first);
+                    self.error(
+                        f,
+                        &at,
+                        format!("group {name:?} is already defined at {first}"),
+                    );
+                    continue;
+                }
+                for member in &spec.members {
+                    if member.is_empty() {
+                        self.error(f, &at, format!("group {name:?} has an empty member"));
+                    }
+                    let groups = member_of.entry(member.clone()).or_default();
+                    if !groups.contains(name) {
+                        groups.push(name.clone());
+                    }
+                }
+            }
+        }
+        let names = seen.into_keys().map(str::to_owned).collect();
+        (member_of, names)
+    }
+
+    fn applications(
+        &mut self,
+        issuers: &Issuers,
+        actions: &HashMap<&str, usize>,
+    ) -> (Vec<Application>, AppSelector) {
+        let mut applications = Vec::new();
+        let mut selector = AppSelector::default();
+        let mut names: HashMap<&str, Origin> = HashMap::new();
+        let mut contexts: HashMap<&BTreeMap<String, String>, Origin> = HashMap::new();
+        let mut hosts: HashMap<String, Origin> = HashMap::new();
+        let mut prefixes: HashMap<Vec<String>, Origin> = HashMap::new();
+        for (f, file) in self.files.iter().enumerate() {
+            for (i, spec) in file.doc.applications.iter().enumerate() {
+                let at = |key| [Step::Key("applications"), Step::Index(i), Step::Key(key)];
+                let here = (
+                    f,
+                    self.line(f, &[Step::Key("applications"), Step::Index(i)]),
+                );
+                if let Some(first) = names.insert(&spec.name, here) {
+                    let first = self.origin(first);
+                    self.error(
+                        f,
+                        &at("name"),
+                        format!("application {:?} is already defined at {first}", spec.name),
+                    );
+                    continue;
+                }
+                let app = applications.len();
+                let select = &spec.select;
+                if select.context_extensions.is_empty()
+                    && select.hosts.is_empty()
+                    && select.path_prefixes.is_empty()
+                {
+                    self.error(f, &at("select"), format!("application {:?} has no selector (context_extensions, hosts or path_prefixes)", spec.name));
+                }
+                if !select.context_extensions.is_empty() {
+                    if let Some(first) = contexts.insert(&select.context_extensions, here) {
+                        let first = self.origin(first);
+                        self.error(
+                            f,
+                            &at("select"),
+                            format!(
+                                "the same context_extensions select the application at {first}"
+                            ),
+                        );
+                    }
+                    selector
+                        .by_context
+                        .push((select.context_extensions.clone(), app));
+                }
+                for host in &select.hosts {
+                    let lower = host.to_ascii_lowercase();
+                    let valid = match lower.strip_prefix("*.") {
+                        Some(rest) => {
+                            !rest.is_empty() && crate::policy::normalize_host(rest) == rest
+                        }
+                        None => crate::policy::normalize_host(&lower) == lower,
+                    };
+                    if !valid {
+                        self.error(f, &at("select"), format!("host {host:?} is not a host name or *.suffix (no port, no trailing dot)"));
+                        continue;
+                    }
+                    if let Some(first) = hosts.insert(lower.clone(), here) {
+                        let first = self.origin(first);
+                        self.error(
+                            f,
+                            &at("select"),
+                            format!("host {host:?} already selects the application at {first}"),
+                        );
+                        continue;
+                    }
+                    match lower.strip_prefix('*') {
+                        Some(suffix) => selector.wildcard_hosts.push((suffix.to_owned(), app)),
+                        None => {
+                            selector.exact_hosts.insert(lower, app);
+                        }
+                    }
+                }
+                for prefix in &select.path_prefixes {
+                    let segments: Option<Vec<String>> = path::normalize(prefix)
+                        .ok()
+                        .filter(|p| p.as_str() == prefix)
+                        .map(|p| p.segments().map(str::to_owned).collect());
+                    let Some(segments) = segments else {
+                        self.error(
+                            f,
+                            &at("select"),
+                            format!("path prefix {prefix:?} is not a normalized path"),
+                        );
+                        continue;
+                    };
+                    if let Some(first) = prefixes.insert(segments.clone(), here) {
+                        let first = self.origin(first);
+                        self.error(
+                            f,
+                            &at("select"),
+                            format!(
+                                "path prefix {prefix:?} already selects the application at {first}"
+                            ),
+                        );
+                        continue;
+                    }
+                    selector.prefixes.push((segments, app));
+                }
+                let allowed = self.application_issuers(f, i, spec, issuers);
+                let routes = self.routes(f, i, spec, actions);
+                applications.push(Application {
+                    name: spec.name.clone(),
+                    issuers: allowed,
+                    routes,
+                });
+            }
+        }
+        selector
+            .by_context
+            .sort_by_key(|(wanted, _)| std::cmp::Reverse(wanted.len()));
+        selector
+            .wildcard_hosts
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        selector
+            .prefixes
+            .sort_by_key(|(segments, _)| std::cmp::Reverse(segments.len()));
+        (applications, selector)
+    }
+
+    fn application_issuers(
+        &mut self,
+        f: usize,
+        i: usize,
+        spec: &ApplicationSpec,
+        issuers: &Issuers,
+    ) -> Vec<usize> {
+        let Some(names) = &spec.issuers else {
+            return (0..issuers.len()).collect();
+        };
+        let mut allowed = Vec::new();
+        for name in names {
+            match issuers.position(name) {
+                Some(index) => allowed.push(index),
+                None => self.error(
+                    f,
+                    &[
+                        Step::Key("applications"),
+                        Step::Index(i),
+                        Step::Key("issuers"),
+                    ],
+                    format!("application {:?} names unknown issuer {name:?}", spec.name),
+                ),
+            }
+        }
+        allowed
+    }
+
+    fn routes(
+        &mut self,
+        f: usize,
+        i: usize,
+        spec: &ApplicationSpec,
+        actions: &HashMap<&str, usize>,
+    ) -> RouteTable {
+        let mut routes: Vec<Route> = Vec::new();
+        let mut names: HashSet<&str> = HashSet::new();
+        let mut shapes: HashMap<String, Vec<(String, Vec<String>)>> = HashMap::new();
+        for (r, route) in spec.routes.iter().enumerate() {
+            let at = |key: &'static str| {
+                [
+                    Step::Key("applications"),
+                    Step::Index(i),
+                    Step::Key("routes"),
+                    Step::Index(r),
+                    Step::Key(key),
+                ]
+            };
+            let mut ok = true;
+            if route.name.is_empty() || !names.insert(&route.name) {
+                self.error(
+                    f,
+                    &at("name"),
+                    format!(
+                        "route name {:?} is empty or used twice in application {:?}",
+                        route.name, spec.name
+                    ),
+                );
+                ok = false;
+            }
+            if route.methods.is_empty() {
+                self.error(
+                    f,
+                    &at("methods"),
+                    format!("route {:?} lists no method", route.name),
+                );
+                ok = false;
+            }
+            for method in &route.methods {
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    self.error(
+                        f,
+                        &at("methods"),
+                        format!("method {method:?} must be an upper-case HTTP method such as GET"),
+                    );
+                    ok = false;
+                }
+            }
+            let template = match PathTemplate::parse(&route.path) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.error(f, &at("path"), format!("route {:?}: {e}", route.name));
+                    None
+                }
+            };
+            let action = match &route.action {
+                Some(name) => actions.get(name.as_str()).map(|a| (name.clone(), *a)),
+                None => None,
+            };
+            let needs_target = route.access == Access::Granted;
+            if needs_target && (route.resource.is_none() || route.action.is_none()) {
+                self.error(f, &at("access"), format!("route {:?} needs a resource and an action (or access: public / authenticated)", route.name));
+                ok = false;
+            }
+            if route.action.as_deref() == Some("") {
+                self.error(f, &at("action"), "action is empty");
+                ok = false;
+            }
+            let Some(template) = template else { continue };
+            let resource = match &route.resource {
+                Some(text) => match ResourceTemplate::parse(text, &template) {
+                    Ok(r) if !text.is_empty() => Some(r),
+                    Ok(_) => {
+                        self.error(f, &at("resource"), "resource is empty");
+                        ok = false;
+                        None
+                    }
+                    Err(e) => {
+                        self.error(f, &at("resource"), format!("route {:?}: {e}", route.name));
+                        ok = false;
+                        None
+                    }
+                },
+                None => None,
+            };
+            let shape = template.shape();
+            let overlapping = shapes.get(&shape).and_then(|others| {
+                others
+                    .iter()
+                    .find(|(_, m)| m.iter().any(|x| route.methods.contains(x)))
+            });
+            if let Some((other, _)) = overlapping {
+                self.error(
+                    f,
+                    &at("path"),
+                    format!(
+                        "route {:?} matches the same requests as route {other:?} ({shape})",
+                        route.name
+                    ),
+                );
+                ok = false;
+            }
+            shapes
+                .entry(shape)
+                .or_default()
+                .push((route.name.clone(), route.methods.clone()));
+            if ok {
+                routes.push(Route {
+                    name: route.name.clone(),
+                    methods: route.methods.clone(),
+                    template,
+                    access: route.access,
+                    resource,
+                    action,
+                });
+            }
+        }
+        RouteTable::new(routes)
+    }
+
+    fn holder<'s>(
+        &mut self,
+        f: usize,
+        at: &[Step<'_>],
+        subject: &'s Option<String>,
+        group: &'s Option<String>,
+        groups: &HashSet<String>,
+        everyone_allowed: bool,
+    ) -> Result<Option<Holder<'s>>, ()> {
+        match (subject, group) {
+            (Some(_), Some(_)) => {
+                self.error(f, at, "name either a subject or a group, not both");
+                Err(())
+            }
+            (Some(s), None) if s.is_empty() => {
+                self.error(f, at, "subject is empty");
+                Err(())
+            }
+            (Some(s), None) => Ok(Some(Holder::Subject(s))),
+            (None, Some(g)) if !groups.contains(g) => {
+                self.error(
+                    f,
+                    at,
+                    format!("unknown group {g:?} (declare it under groups:)"),
+                );
+                Err(())
+            }
+            (None, Some(g)) => Ok(Some(Holder::Group(g))),
+            (None, None) if everyone_allowed => Ok(None),
+            (None, None) => {
+                self.error(f, at, "a grant names a subject or a group");
+                Err(())
+            }
+        }
+    }
+
+    fn grants(&mut self, roles: &HashMap<String, RoleId>, groups: &HashSet<String>) -> GrantIndex {
+        let mut index = GrantIndex::new();
+        for (f, file) in self.files.iter().enumerate() {
+            for (g, grant) in file.doc.grants.iter().enumerate() {
+                let at = [Step::Key("grants"), Step::Index(g)];
+                let Ok(holder) = self.holder(f, &at, &grant.subject, &grant.group, groups, false)
+                else {
+                    continue;
+                };
+                let Some(role) = roles.get(&grant.role) else {
+                    let field = [Step::Key("grants"), Step::Index(g), Step::Key("role")];
+                    self.error(f, &field, format!("unknown role {:?} in grant", grant.role));
+                    continue;
+                };
+                let key = match ResourceKey::parse(&grant.resource) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        let field = [Step::Key("grants"), Step::Index(g), Step::Key("resource")];
+                        self.error(f, &field, format!("resource {:?}: {e}", grant.resource));
+                        continue;
+                    }
+                };
+                if let Some(holder) = holder {
+                    index.insert(holder, key, *role);
+                }
+            }
+        }
+        index
+    }
+
+    fn denies(&mut self, actions: &HashMap<&str, usize>, groups: &HashSet<String>) -> DenyIndex {
+        let mut index = DenyIndex::default();
+        let mut names: HashMap<&str, Origin> = HashMap::new();
+        for (f, file) in self.files.iter().enumerate() {
+            for (d, deny) in file.doc.denies.iter().enumerate() {
+                let at = [Step::Key("denies"), Step::Index(d)];
+                if let Some(first) = names.insert(&deny.name, (f, self.line(f, &at))) {
+                    let first = self.origin(first);
+                    self.error(
+                        f,
+                        &at,
+                        format!("deny rule {:?} is already defined at {first}", deny.name),
+                    );
+                    continue;
+                }
+                let Ok(holder) = self.holder(f, &at, &deny.subject, &deny.group, groups, true)
+                else {
+                    continue;
+                };
+                let resource = match ResourceKey::parse(deny.resource.as_deref().unwrap_or("*")) {
+                    Ok(ResourceKey::Exact(r)) => OwnedResourceKey::Exact(r.to_owned()),
+                    Ok(ResourceKey::Prefix(p)) => OwnedResourceKey::Prefix(p.to_owned()),
+                    Err(e) => {
+                        self.error(
+                            f,
+                            &[Step::Key("denies"), Step::Index(d), Step::Key("resource")],
+                            format!("deny rule {:?}: {e}", deny.name),
+                        );
+                        continue;
+                    }
+                };
+                let mut denied = None;
+                if !deny.actions.is_empty() {
+                    let mut set = ActionSet::default();
+                    for action in &deny.actions {
+                        match actions.get(action.as_str()) {
+                            Some(a) => set.insert(*a),
+                            None => self.error(
+                                f,
+                                &[Step::Key("denies"), Step::Index(d), Step::Key("actions")],
+                                format!("unknown action {action:?} in deny rule {:?}", deny.name),
+                            ),
+                        }
+                    }
+                    denied = Some(set);
+                }
+                let rule = DenyRule {
+                    name: deny.name.clone(),
+                    resource,
+                    actions: denied,
+                    reason: deny.reason.clone(),
+                };
+                match holder {
+                    Some(Holder::Subject(s)) => {
+                        index.subjects.entry(s.to_owned()).or_default().push(rule)
+                    }
+                    Some(Holder::Group(g)) => {
+                        index.groups.entry(g.to_owned()).or_default().push(rule)
+                    }
+                    None => index.everyone.push(rule),
+                }
+            }
+        }
+        index
+    }
+}

@@ -1,0 +1,448 @@
+//! Path templates and the route table of one application.
+//!
+//! A template is a sequence of segments: literals (`documents`), captures of
+//! one segment (`{id}`) and, last only, a capture of the rest (`{path...}`).
+//! Literals and captured values are made of unreserved characters only
+//! (`A-Z a-z 0-9 - . _ ~`), so a captured value can never smuggle a `:` into
+//! a resource name or a `;` past a server that strips path parameters.
+//!
+//! The table is sorted once, most specific first: segment by segment, a
+//! literal beats a capture, which beats a rest capture. The first route
+//! whose template and method match wins, so the outcome never depends on
+//! the order of routes in a file.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use super::source::Access;
+use crate::path::{is_unreserved, NormalPath};
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Capture(String),
+    Rest(String),
+}
+
+impl Segment {
+    fn rank(&self) -> u8 {
+        match self {
+            Segment::Literal(_) => 0,
+            Segment::Capture(_) => 1,
+            Segment::Rest(_) => 2,
+        }
+    }
+}
+
+/// A compiled path template such as `/documents/{id}/comments`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    segments: Vec<Segment>,
+}
+
+/// Why a template or resource template was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("path template must start with '/'")]
+    NoLeadingSlash,
+    #[error("path template has an empty segment")]
+    EmptySegment,
+    #[error("segment {0:?} may contain only unreserved characters (A-Z a-z 0-9 - . _ ~)")]
+    BadLiteral(String),
+    #[error("segment {0:?} is a dot-segment or ends in a dot")]
+    DotLiteral(String),
+    #[error("capture name {0:?} must be a non-empty identifier")]
+    BadCaptureName(String),
+    #[error("capture {0:?} appears twice")]
+    DuplicateCapture(String),
+    #[error("a rest capture {{name...}} must be the last segment")]
+    RestNotLast,
+    #[error("resource template refers to {0:?}, which the path does not capture")]
+    UnknownCapture(String),
+    #[error("resource template has an unclosed or stray brace")]
+    BadBrace,
+}
+
+impl PathTemplate {
+    pub fn parse(template: &str) -> Result<Self, TemplateError> {
+        let rest = template
+            .strip_prefix('/')
+            .ok_or(TemplateError::NoLeadingSlash)?;
+        let mut segments: Vec<Segment> = Vec::new();
+        if rest.is_empty() {
+            return Ok(Self { segments });
+        }
+        for raw in rest.split('/') {
+            if matches!(segments.last(), Some(Segment::Rest(_))) {
+                return Err(TemplateError::RestNotLast);
+            }
+            let segment =
+                if let Some(inner) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                    let (name, is_rest) = match inner.strip_suffix("...") {
+                        Some(name) => (name, true),
+                        None => (inner, false),
+                    };
+                    if !is_identifier(name) {
+                        return Err(TemplateError::BadCaptureName(name.to_owned()));
+                    }
+                    let taken = segments
+                        .iter()
+                        .any(|s| matches!(s, Segment::Capture(n) | Segment::Rest(n) if n == name));
+                    if taken {
+                        return Err(TemplateError::DuplicateCapture(name.to_owned()));
+                    }
+                    if is_rest {
+                        Segment::Rest(name.to_owned())
+                    } else {
+                        Segment::Capture(name.to_owned())
+                    }
+                } else {
+                    if raw.is_empty() {
+                        return Err(TemplateError::EmptySegment);
+                    }
+                    if !raw.bytes().all(is_unreserved) {
+                        return Err(TemplateError::BadLiteral(raw.to_owned()));
+                    }
+                    if raw.ends_with('.') {
+                        return Err(TemplateError::DotLiteral(raw.to_owned()));
+                    }
+                    Segment::Literal(raw.to_owned())
+                };
+            segments.push(segment);
+        }
+        Ok(Self { segments })
+    }
+
+    /// Captured values in template order, or `None` when `path` does not match.
+    pub fn matches<'p>(&self, path: &'p NormalPath) -> Option<Vec<&'p str>> {
+        let mut captures = Vec::new();
+        let mut parts = path.segments();
+        for (i, segment) in self.segments.iter().enumerate() {
+            match segment {
+                Segment::Literal(literal) => {
+                    if parts.next()? != literal {
+                        return None;
+                    }
+                }
+                Segment::Capture(_) => {
+                    let value = parts.next()?;
+                    if !value.bytes().all(is_unreserved) {
+                        return None;
+                    }
+                    captures.push(value);
+                }
+                Segment::Rest(_) => {
+                    let tail = path.tail(i)?;
+                    if !parts.all(|p| p.bytes().all(is_unreserved)) {
+                        return None;
+                    }
+                    captures.push(tail);
+                    return Some(captures);
+                }
+            }
+        }
+        parts.next().is_none().then_some(captures)
+    }
+
+    /// Names of the captures, in the order [`Self::matches`] returns values.
+    pub fn capture_names(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Capture(n) | Segment::Rest(n) => Some(n.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    /// Most specific first; equal when neither is more specific.
+    pub fn specificity(&self, other: &Self) -> Ordering {
+        let ours = self.segments.iter().map(Segment::rank);
+        let theirs = other.segments.iter().map(Segment::rank);
+        ours.cmp(theirs)
+            .then(other.segments.len().cmp(&self.segments.len()))
+    }
+
+    /// The template with capture names erased: two routes with the same
+    /// shape match exactly the same paths.
+    pub fn shape(&self) -> String {
+        let mut out = String::new();
+        for s in &self.segments {
+            out.push('/');
+            match s {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::Capture(_) => out.push_str("{}"),
+                Segment::Rest(_) => out.push_str("{...}"),
+            }
+        }
+        if out.is_empty() {
+            out.push('/');
+        }
+        out
+    }
+}
+
+impl fmt::Display for PathTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.segments.is_empty() {
+            return f.write_str("/");
+        }
+        for s in &self.segments {
+            match s {
+                Segment::Literal(l) => write!(f, "/{l}")?,
+                Segment::Capture(n) => write!(f, "/{{{n}}}")?,
+                Segment::Rest(n) => write!(f, "/{{{n}...}}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A resource name with placeholders, such as `document:{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceTemplate {
+    parts: Vec<ResourcePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ResourcePart {
+    Text(String),
+    /// Index into the path template's captures.
+    Capture(usize),
+}
+
+impl ResourceTemplate {
+    /// Compiles `template` against the captures of `path`.
+    pub fn parse(template: &str, path: &PathTemplate) -> Result<Self, TemplateError> {
+        let names: Vec<&str> = path.capture_names().collect();
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find(['{', '}']) {
+            if rest.as_bytes()[open] == b'}' {
+                return Err(TemplateError::BadBrace);
+            }
+            if open > 0 {
+                parts.push(ResourcePart::Text(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 1..];
+            let close = after.find('}').ok_or(TemplateError::BadBrace)?;
+            let name = &after[..close];
+            let index = names
+                .iter()
+                .position(|n| *n == name)
+                .ok_or_else(|| TemplateError::UnknownCapture(name.to_owned()))?;
+            parts.push(ResourcePart::Capture(index));
+            rest = &after[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(ResourcePart::Text(rest.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+
+    pub fn render(&self, captures: &[&str]) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                ResourcePart::Text(t) => out.push_str(t),
+                ResourcePart::Capture(i) => out.push_str(captures.get(*i).copied().unwrap_or("")),
+            }
+        }
+        out
+    }
+}
+
+/// A route: methods and a template, mapped to what the request does.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub methods: Vec<String>,
+    pub template: PathTemplate,
+    pub access: Access,
+    pub resource: Option<ResourceTemplate>,
+    /// The action's name and its index in the policy's action table.
+    pub action: Option<(String, usize)>,
+}
+
+/// The routes of one application, most specific first.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by(|a, b| a.template.specificity(&b.template));
+        Self { routes }
+    }
+
+    /// The most specific route matching `method` and `path`, with its captures.
+    pub fn find<'p>(&self, method: &str, path: &'p NormalPath) -> Option<(&Route, Vec<&'p str>)> {
+        self.routes.iter().find_map(|route| {
+            if !route.methods.iter().any(|m| m == method) {
+                return None;
+            }
+            route
+                .template
+                .matches(path)
+                .map(|captures| (route, captures))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::normalize;
+
+    fn route(name: &str, methods: &[&str], path: &str) -> Route {
+        Route {
+            name: name.into(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            template: PathTemplate::parse(path).unwrap_or_else(|e| panic!("{path}: {e}")),
+            access: Access::Granted,
+            resource: None,
+            action: None,
+        }
+    }
+
+    fn found(table: &RouteTable, method: &str, path: &str) -> Option<(String, Vec<String>)> {
+        let path = normalize(path).ok()?;
+        table
+            .find(method, &path)
+            .map(|(r, c)| (r.name.clone(), c.into_iter().map(str::to_owned).collect()))
+    }
+
+    #[test]
+    fn most_specific_route_wins_whatever_the_order() {
+        let make = || {
+            vec![
+                route("rest", &["GET"], "/documents/{path...}"),
+                route("one", &["GET"], "/documents/{id}"),
+                route("literal", &["GET"], "/documents/new"),
+                route("comments", &["GET"], "/documents/{id}/comments"),
+                route("comment", &["GET"], "/documents/{id}/comments/{cid}"),
+                route("root", &["GET"], "/"),
+            ]
+        };
+        let mut reversed = make();
+        reversed.reverse();
+        for table in [RouteTable::new(make()), RouteTable::new(reversed)] {
+            let f = |p: &str| found(&table, "GET", p).map(|(n, _)| n);
+            assert_eq!(f("/documents/new").as_deref(), Some("literal"));
+            assert_eq!(f("/documents/7").as_deref(), Some("one"));
+            assert_eq!(f("/documents/7/comments").as_deref(), Some("comments"));
+            assert_eq!(f("/documents/7/comments/9").as_deref(), Some("comment"));
+            assert_eq!(f("/documents/7/other/x").as_deref(), Some("rest"));
+            assert_eq!(f("/").as_deref(), Some("root"));
+            assert_eq!(f("/documents"), None);
+            assert_eq!(f("/other"), None);
+        }
+    }
+
+    #[test]
+    fn captures_and_rest_are_returned() {
+        let table = RouteTable::new(vec![
+            route("comment", &["GET"], "/documents/{id}/comments/{cid}"),
+            route("files", &["GET"], "/files/{path...}"),
+        ]);
+        assert_eq!(
+            found(&table, "GET", "/documents/a-1/comments/b_2"),
+            Some(("comment".into(), vec!["a-1".into(), "b_2".into()]))
+        );
+        assert_eq!(
+            found(&table, "GET", "/files/a/b.txt"),
+            Some(("files".into(), vec!["a/b.txt".into()]))
+        );
+        assert_eq!(found(&table, "GET", "/files"), None);
+    }
+
+    #[test]
+    fn method_must_match_exactly() {
+        let table = RouteTable::new(vec![route("one", &["GET", "HEAD"], "/documents/{id}")]);
+        assert!(found(&table, "GET", "/documents/1").is_some());
+        assert!(found(&table, "HEAD", "/documents/1").is_some());
+        assert!(found(&table, "get", "/documents/1").is_none());
+        assert!(found(&table, "DELETE", "/documents/1").is_none());
+    }
+
+    #[test]
+    fn captures_refuse_reserved_characters() {
+        let table = RouteTable::new(vec![
+            route("one", &["GET"], "/documents/{id}"),
+            route("files", &["GET"], "/files/{path...}"),
+        ]);
+        for p in [
+            "/documents/1;x",
+            "/documents/1:2",
+            "/documents/a%20b",
+            "/documents/1,2",
+            "/files/a/b;c",
+        ] {
+            assert_eq!(found(&table, "GET", p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn templates_are_validated() {
+        assert_eq!(
+            PathTemplate::parse("documents"),
+            Err(TemplateError::NoLeadingSlash)
+        );
+        assert_eq!(
+            PathTemplate::parse("/a//b"),
+            Err(TemplateError::EmptySegment)
+        );
+        assert!(matches!(
+            PathTemplate::parse("/a;b"),
+            Err(TemplateError::BadLiteral(_))
+        ));
+        assert!(matches!(
+            PathTemplate::parse("/a/.."),
+            Err(TemplateError::DotLiteral(_))
+        ));
+        assert!(matches!(
+            PathTemplate::parse("/{1d}"),
+            Err(TemplateError::BadCaptureName(_))
+        ));
+        assert!(matches!(
+            PathTemplate::parse("/{a}/{a}"),
+            Err(TemplateError::DuplicateCapture(_))
+        ));
+        assert_eq!(
+            PathTemplate::parse("/{a...}/b"),
+            Err(TemplateError::RestNotLast)
+        );
+        let t = PathTemplate::parse("/documents/{id}").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.to_string(), "/documents/{id}");
+        assert_eq!(t.shape(), "/documents/{}");
+        assert!(matches!(
+            ResourceTemplate::parse("document:{nope}", &t),
+            Err(TemplateError::UnknownCapture(_))
+        ));
+        assert_eq!(
+            ResourceTemplate::parse("document:{id", &t),
+            Err(TemplateError::BadBrace)
+        );
+        let r = ResourceTemplate::parse("document:{id}", &t).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.render(&["42"]), "document:42");
+    }
+}

@@ -1,0 +1,181 @@
+//! The policy language as written: one serde type per YAML construct.
+//!
+//! These types say what a file may contain and nothing more; meaning
+//! (resolving names, compiling templates, indexing grants) is given to them
+//! by [`super::load`]. Every struct denies unknown fields, so a misspelled
+//! key is an error rather than a silently ignored rule. The reference for
+//! every field is `docs/policy-reference.md`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// One policy file. Every section is optional; a directory's files are merged.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub issuers: Vec<IssuerSpec>,
+    #[serde(default)]
+    pub applications: Vec<ApplicationSpec>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleSpec>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupSpec>,
+    #[serde(default)]
+    pub grants: Vec<GrantSpec>,
+    #[serde(default)]
+    pub denies: Vec<DenySpec>,
+}
+
+/// A token issuer Portcullis trusts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSpec {
+    pub name: String,
+    /// The exact `iss` claim.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one of them.
+    pub audiences: Vec<String>,
+    /// The only algorithms accepted, e.g. `[RS256]`.
+    pub algorithms: Vec<String>,
+    pub key: KeySpec,
+    #[serde(default = "IssuerSpec::default_leeway")]
+    pub leeway_seconds: u64,
+    #[serde(default = "IssuerSpec::default_subject_claim")]
+    pub subject_claim: String,
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+}
+
+impl IssuerSpec {
+    fn default_leeway() -> u64 {
+        30
+    }
+
+    fn default_subject_claim() -> String {
+        "sub".to_owned()
+    }
+}
+
+/// Where an issuer's verification key comes from: exactly one field is set.
+/// Paths are relative to the policy file that names them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// HMAC secret in an environment variable.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// HMAC secret in a file (its content, trailing newline removed).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// A PEM public key (RSA, EC or Ed25519).
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// A JSON Web Key Set file; tokens choose a key by `kid`.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+}
+
+/// A protected application and its routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationSpec {
+    pub name: String,
+    pub select: SelectSpec,
+    /// Issuer names whose tokens this application accepts; all when absent.
+    #[serde(default)]
+    pub issuers: Option<Vec<String>>,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// How a request is attributed to an application. Any one selector suffices;
+/// see `docs/policy-reference.md` for the precedence between them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectSpec {
+    #[serde(default)]
+    pub context_extensions: BTreeMap<String, String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub path_prefixes: Vec<String>,
+}
+
+/// Methods and a path template, mapped to a resource and an action.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub name: String,
+    pub methods: Vec<String>,
+    pub path: String,
+    #[serde(default)]
+    pub access: Access,
+    #[serde(default)]
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+/// What a route requires of the caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// No token needed.
+    Public,
+    /// Any verified subject that no deny rule stops.
+    Authenticated,
+    /// A grant of a role holding the route's action on its resource (the default).
+    #[default]
+    Granted,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    #[serde(default)]
+    pub includes: Vec<String>,
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// A role held by a subject or a group on a resource or pattern.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSpec {
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    pub role: String,
+    pub resource: String,
+}
+
+/// A rule that denies, whatever is granted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenySpec {
+    pub name: String,
+    /// The subject denied; with neither `subject` nor `group`, everyone.
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Resource or pattern; every resource when absent.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Actions denied; every action when empty.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// Why, for the decision log.
+    #[serde(default)]
+    pub reason: Option<String>,
+}

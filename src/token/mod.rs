@@ -1,0 +1,371 @@
+//! Bearer tokens: which issuer vouches for them, and whether to believe it.
+//!
+//! Verification is pure: keys are loaded beforehand by the policy loader and
+//! the current time is a parameter, so expiry is tested with a chosen clock.
+//! `jsonwebtoken` checks signatures, `iss` and `aud`; this module pins the
+//! algorithm per issuer, picks the key, and checks the time claims itself.
+
+mod cache;
+
+pub use cache::TokenCache;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Largest token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 8192;
+/// Most groups taken from a token's groups claim.
+pub const MAX_GROUPS: usize = 256;
+/// Longest subject accepted, in bytes.
+pub const MAX_SUBJECT_LEN: usize = 256;
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The name (in the policy) of the issuer that vouched for it.
+    pub issuer: Arc<str>,
+    pub subject: String,
+    /// Groups from the token's groups claim; policy groups are added later.
+    pub groups: Vec<String>,
+    /// The token's `exp`, in seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// Why a token was not believed. Every variant is a 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is larger than {MAX_TOKEN_LEN} bytes")]
+    TooLarge,
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("token issuer is not trusted by this application")]
+    UnknownIssuer,
+    #[error("token algorithm {0} is not allowed for its issuer")]
+    AlgorithmNotAllowed(String),
+    #[error("no key of the issuer matches the token's key id")]
+    UnknownKey,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("token issuer does not match")]
+    WrongIssuer,
+    #[error("token lacks the required claim {0:?}")]
+    MissingClaim(String),
+    #[error("token is expired")]
+    Expired,
+    #[error("token is not yet valid")]
+    NotYetValid,
+    #[error("token subject claim is missing or invalid")]
+    BadSubject,
+    #[error("token groups claim is invalid")]
+    BadGroups,
+}
+
+impl TokenError {
+    /// A short description safe to send to the client: it names no issuer,
+    /// key or claim value.
+    pub fn public_description(&self) -> &'static str {
+        match self {
+            TokenError::Expired => "the token is expired",
+            TokenError::NotYetValid => "the token is not yet valid",
+            _ => "the token is invalid",
+        }
+    }
+
+    /// A stable label for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::TooLarge => "token_too_large",
+            TokenError::Malformed(_) => "token_malformed",
+            TokenError::UnknownIssuer => "token_unknown_issuer",
+            TokenError::AlgorithmNotAllowed(_) => "token_algorithm_not_allowed",
+            TokenError::UnknownKey => "token_unknown_key",
+            TokenError::BadSignature => "token_bad_signature",
+            TokenError::WrongAudience => "token_wrong_audience",
+            TokenError::WrongIssuer => "token_wrong_issuer",
+            TokenError::MissingClaim(_) => "token_missing_claim",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::BadSubject => "token_bad_subject",
+            TokenError::BadGroups => "token_bad_groups",
+        }
+    }
+}
+
+/// Verification keys of one issuer.
+pub enum KeySet {
+    /// One key: an HMAC secret or a PEM public key.
+    Single(DecodingKey),
+    /// Keys from a JWKS, chosen by `kid`.
+    Jwks(Vec<JwkKey>),
+}
+
+/// One key of a JWKS.
+pub struct JwkKey {
+    pub kid: Option<String>,
+    /// The algorithm the JWK pins, if it names one.
+    pub algorithm: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+/// A trusted issuer, compiled from the policy.
+pub struct Issuer {
+    pub name: Arc<str>,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub keys: KeySet,
+    pub leeway_seconds: u64,
+    pub subject_claim: String,
+    pub groups_claim: Option<String>,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("algorithms", &self.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The issuers of a policy, found by their `iss` value.
+#[derive(Debug, Default)]
+pub struct Issuers {
+    list: Vec<Issuer>,
+    by_iss: HashMap<String, usize>,
+}
+
+impl Issuers {
+    /// Builds the set; `iss` values are unique (the loader checks).
+    pub fn new(list: Vec<Issuer>) -> Self {
+        let by_iss = list
+            .iter()
+            .enumerate()
+            .map(|(i, issuer)| (issuer.issuer.clone(), i))
+            .collect();
+        Self { list, by_iss }
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Index of the issuer named `name` in the policy.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.list.iter().position(|i| &*i.name == name)
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Issuer> {
+        self.list.get(index)
+    }
+
+    /// Verifies `token` against the issuers at `allowed` (indices into this set).
+    pub fn verify(
+        &self,
+        allowed: &[usize],
+        token: &str,
+        now: u64,
+    ) -> Result<Principal, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLarge);
+        }
+        check_compact_form(token)?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| TokenError::Malformed("unreadable or unsupported header"))?;
+
+        // The unverified `iss` only chooses the issuer whose keys are tried;
+        // the signature check below then vouches for it.
+        #[derive(Deserialize)]
+        struct Unverified {
+            iss: Option<String>,
+        }
+        let claims: Unverified = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| TokenError::Malformed("unreadable claims"))?;
+        let iss = claims.iss.ok_or(TokenError::MissingClaim("iss".into()))?;
+        let index = *self.by_iss.get(&iss).ok_or(TokenError::UnknownIssuer)?;
+        if !allowed.contains(&index) {
+            return Err(TokenError::UnknownIssuer);
+        }
+        let issuer = self.list.get(index).ok_or(TokenError::UnknownIssuer)?;
+        issuer.verify(&header, token, now)
+    }
+}
+
+impl Issuer {
+    fn verify(
+        &self,
+        header: &jsonwebtoken::Header,
+        token: &str,
+        now: u64,
+    ) -> Result<Principal, TokenError> {
+        let alg = header.alg;
+        if !self.algorithms.contains(&alg) {
+            return Err(TokenError::AlgorithmNotAllowed(format!("{alg:?}")));
+        }
+        let key = self.key_for(alg, header.kid.as_deref())?;
+
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&self.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        // Time is checked below against the caller's clock, not the system's.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
+            .map_err(map_jwt_error)?;
+        let claims = data.claims;
+
+        let expires_at =
+            numeric_date(claims.get("exp")).ok_or(TokenError::MissingClaim("exp".into()))?;
+        if now > expires_at.saturating_add(self.leeway_seconds) {
+            return Err(TokenError::Expired);
+        }
+        for claim in ["nbf", "iat"] {
+            match claims.get(claim) {
+                None => {}
+                Some(value) => {
+                    let at = numeric_date(Some(value))
+                        .ok_or(TokenError::Malformed("time claim is not a number"))?;
+                    if at > now.saturating_add(self.leeway_seconds) {
+                        return Err(TokenError::NotYetValid);
+                    }
+                }
+            }
+        }
+
+        let subject = match claims.get(&self.subject_claim) {
+            Some(Value::String(s))
+                if !s.is_empty()
+                    && s.len() <= MAX_SUBJECT_LEN
+                    && !s.chars().any(char::is_control) =>
+            {
+                s.clone()
+            }
+            _ => return Err(TokenError::BadSubject),
+        };
+        let groups = match self.groups_claim.as_ref().and_then(|c| claims.get(c)) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(g)) => vec![g.clone()],
+            Some(Value::Array(items)) if items.len() <= MAX_GROUPS => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or(TokenError::BadGroups))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(TokenError::BadGroups),
+        };
+        Ok(Principal {
+            issuer: self.name.clone(),
+            subject,
+            groups,
+            expires_at,
+        })
+    }
+
+    /// The key to check a token signed with `alg` (and naming `kid`).
+    fn key_for(&self, alg: Algorithm, kid: Option<&str>) -> Result<&DecodingKey, TokenError> {
+        let family_ok = |key: &DecodingKey| key.family() == alg.family();
+        match &self.keys {
+            KeySet::Single(key) if family_ok(key) => Ok(key),
+            KeySet::Single(_) => Err(TokenError::AlgorithmNotAllowed(format!("{alg:?}"))),
+            KeySet::Jwks(keys) => {
+                let usable =
+                    |k: &&JwkKey| family_ok(&k.key) && k.algorithm.is_none_or(|a| a == alg);
+                let found = match kid {
+                    Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+                    // Without a kid, only an unambiguous key set will do.
+                    None if keys.len() == 1 => keys.first(),
+                    None => None,
+                };
+                found
+                    .filter(usable)
+                    .map(|k| &k.key)
+                    .ok_or(TokenError::UnknownKey)
+            }
+        }
+    }
+}
+
+/// Checks the JWS compact form: three base64url parts, a non-empty signature.
+fn check_compact_form(token: &str) -> Result<(), TokenError> {
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 {
+        return Err(TokenError::Malformed("not three dot-separated parts"));
+    }
+    let base64url = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if parts.iter().any(|p| p.is_empty() || !base64url(p)) {
+        return Err(TokenError::Malformed("a part is empty or not base64url"));
+    }
+    Ok(())
+}
+
+fn numeric_date(value: Option<&Value>) -> Option<u64> {
+    match value? {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        _ => None,
+    }
+}
+
+fn map_jwt_error(error: jsonwebtoken::errors::Error) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::InvalidAlgorithm => TokenError::AlgorithmNotAllowed("mismatch".into()),
+        ErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(claim.clone()),
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        _ => TokenError::Malformed("rejected by the JWT decoder"),
+    }
+}
+
+/// The algorithms Portcullis accepts in a policy, by their JOSE names.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    let alg = match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    };
+    Some(alg)
+}
+
+/// Minimum HMAC secret length for `alg`: the hash output size (RFC 7518 3.2).
+pub fn min_secret_len(alg: Algorithm) -> usize {
+    match alg {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => 32,
+    }
+}
+
+/// True when every algorithm can be checked with a key of `family`.
+pub fn algorithms_fit(algorithms: &[Algorithm], family: AlgorithmFamily) -> bool {
+    algorithms.iter().all(|a| a.family() == family)
+}

@@ -1,0 +1,78 @@
+//! Runs every decision case file in `tests/cases/` against the engine.
+
+use std::path::Path;
+
+use portcullis::cases::run_case_file;
+
+const DEMO_SECRET: &str = "engine-cases-secret-0123456789abcdef0123";
+
+fn run_dir(dir: &Path) -> (usize, Vec<String>) {
+    // The demo issuer reads its secret from the environment; cases do not
+    // use tokens, but the policy must load.
+    std::env::set_var("PORTCULLIS_DEMO_SECRET", DEMO_SECRET);
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    entries.sort();
+    let mut count = 0;
+    let mut failures = Vec::new();
+    for file in entries {
+        match run_case_file(&file) {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    count += 1;
+                    if let Some(failure) = outcome.failure {
+                        failures.push(format!(
+                            "{}:{}: {}: {failure}",
+                            file.display(),
+                            outcome.line,
+                            outcome.name
+                        ));
+                    }
+                }
+            }
+            Err(errors) => failures.extend(errors.iter().map(ToString::to_string)),
+        }
+    }
+    (count, failures)
+}
+
+#[test]
+fn every_case_file_passes() {
+    let (count, failures) = run_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(count >= 40, "only {count} cases ran");
+}
+
+#[test]
+fn a_wrong_expectation_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let file = dir.path().join("wrong.yaml");
+    let text = format!(
+        "policies: {}\ncases:\n  - name: right\n    request: {{ method: GET, path: /healthz }}\n    expect: {{ decision: allow }}\n  - name: wrong\n    request: {{ method: DELETE, path: /documents/2 }}\n    as: {{ subject: alice }}\n    expect: {{ decision: allow, reason: granted }}\n",
+        policies.display()
+    );
+    std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+    let (count, failures) = run_dir(dir.path());
+    assert_eq!(count, 2);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].contains("wrong.yaml:6: wrong: expected Allow, got deny"),
+        "{}",
+        failures[0]
+    );
+    assert!(
+        failures[0].contains("expected reason granted, got no_grant"),
+        "{}",
+        failures[0]
+    );
+}
