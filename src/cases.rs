@@ -169,7 +169,8 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
         } else {
             "deny"
         };
-        problems.push(format!("expected {:?}, got {got}", case.expect.decision));
+        let want = if allowed { "allow" } else { "deny" };
+        problems.push(format!("expected {want}, got {got}"));
     }
     if let Some(status) = case.expect.status.filter(|s| *s != decision.status.code()) {
         problems.push(format!(

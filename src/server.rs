@@ -83,7 +83,7 @@ impl Authorizer {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable CheckRequest; denying");
-                Decision::deny(engine::Status::BadRequest, Reason::InternalError)
+                Decision::deny(engine::Status::Forbidden, Reason::InternalError)
             }
         };
         let response = adapter::check_response(&decision, &self.response);

@@ -297,6 +297,7 @@ roles:
     }
 
     #[derive(Debug, Default, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
     struct Small {
         #[serde(default)]
         names: Vec<String>,
@@ -307,7 +308,7 @@ roles:
         let err = parse::<Small>("names:\n  - a\n  - [b\n").err();
         assert!(err.as_ref().and_then(|e| e.line).is_some(), "{err:?}");
         assert_eq!(parse::<Small>("# nothing\n"), Ok(Small::default()));
-        let err = parse::<Small>("nmes: []\n").err();
-        assert_eq!(err.as_ref().and_then(|e| e.line), Some(1), "{err:?}");
+        let err = parse::<Small>("# a comment\nnmes: []\n").err();
+        assert_eq!(err.as_ref().and_then(|e| e.line), Some(2), "{err:?}");
     }
 }

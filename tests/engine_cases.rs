@@ -66,7 +66,7 @@ fn a_wrong_expectation_is_reported_with_its_line() {
     assert_eq!(count, 2);
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
-        failures[0].contains("wrong.yaml:6: wrong: expected Allow, got deny"),
+        failures[0].contains("wrong.yaml:6: wrong: expected allow, got deny"),
         "{}",
         failures[0]
     );

@@ -65,7 +65,6 @@ impl std::error::Error for LoadErrors {}
 /// Loads and compiles the policy directory `dir`.
 pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
     let files = read_dir(dir)?;
-    let version = version_of(&files);
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
     for file in &files {
@@ -85,8 +84,12 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
     let mut compiler = Compiler {
         errors,
         files: &parsed,
+        key_material: Sha256::new(),
     };
-    let policy = compiler.compile(version);
+    let mut policy = compiler.compile();
+    // The version covers the keys too, so a rotated secret or key file
+    // gives a new version and verified-token cache entries are not reused.
+    policy.version = version_of(&files, compiler.key_material.finalize().as_slice());
     if compiler.errors.is_empty() {
         Ok(policy)
     } else {
@@ -154,8 +157,9 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
     }
 }
 
-fn version_of(files: &[SourceFile]) -> String {
+fn version_of(files: &[SourceFile], key_material: &[u8]) -> String {
     let mut hasher = Sha256::new();
+    hasher.update(key_material);
     for file in files {
         let name = file
             .path
@@ -179,6 +183,8 @@ struct Parsed<'a> {
 struct Compiler<'a> {
     errors: Vec<LoadError>,
     files: &'a [Parsed<'a>],
+    /// A digest of every key read, for the policy version.
+    key_material: Sha256,
 }
 
 /// Where a definition was first seen: for "defined twice" errors.
@@ -202,7 +208,7 @@ impl<'a> Compiler<'a> {
         self.files[file].lines.line_of(at)
     }
 
-    fn compile(&mut self, version: String) -> PolicySet {
+    fn compile(&mut self) -> PolicySet {
         let files = self.files;
         let issuers = self.issuers();
         let actions = self.actions();
@@ -226,7 +232,7 @@ impl<'a> Compiler<'a> {
             }
         }
         PolicySet {
-            version,
+            version: String::new(),
             issuers,
             applications,
             selector,
@@ -332,7 +338,7 @@ impl<'a> Compiler<'a> {
             );
             ok = false;
         }
-        let keys = match self.keys(f, i, spec, &algorithms) {
+        let keys = match self.keys(f, spec, &algorithms) {
             Ok(keys) => Some(keys),
             Err(message) => {
                 self.error(f, &at("key"), format!("issuer {:?}: {message}", spec.name));
@@ -354,9 +360,8 @@ impl<'a> Compiler<'a> {
 
     /// Reads the key an issuer names and checks it fits its algorithms.
     fn keys(
-        &self,
+        &mut self,
         f: usize,
-        _i: usize,
         spec: &IssuerSpec,
         algorithms: &[Algorithm],
     ) -> Result<KeySet, String> {
@@ -411,6 +416,7 @@ impl<'a> Compiler<'a> {
         };
         if let Some(secret) = secret {
             need(AlgorithmFamily::Hmac, "shared-secret")?;
+            self.key_material.update(&secret);
             let min = algorithms
                 .iter()
                 .map(|a| token::min_secret_len(*a))
@@ -429,6 +435,7 @@ impl<'a> Compiler<'a> {
             let path = base.join(file);
             let pem =
                 std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            self.key_material.update(&pem);
             let key = match family {
                 AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
                 AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
@@ -447,17 +454,20 @@ impl<'a> Compiler<'a> {
             let path = base.join(file);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            self.key_material.update(text.as_bytes());
             let set: JwkSet = serde_json::from_str(&text)
                 .map_err(|e| format!("{} is not a JWK set: {e}", path.display()))?;
             let mut keys = Vec::new();
             for jwk in &set.keys {
-                if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption))
-                    || !jwk.is_supported()
-                {
+                if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
                     continue;
                 }
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| format!("{}: unusable key: {e}", path.display()))?;
+                // `alg` is optional in a JWK (RFC 7517 4.4): a key without it
+                // serves every algorithm the issuer pins for its key type.
+                // Keys of types this build cannot use are skipped.
+                let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                    continue;
+                };
                 if key.family() != family {
                     continue;
                 }

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 /// One policy file. Every section is optional; a directory's files are merged.
 #[derive(Debug, Default, Deserialize)]
@@ -19,9 +20,9 @@ pub struct PolicyFile {
     pub issuers: Vec<IssuerSpec>,
     #[serde(default)]
     pub applications: Vec<ApplicationSpec>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub roles: BTreeMap<String, RoleSpec>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub groups: BTreeMap<String, GroupSpec>,
     #[serde(default)]
     pub grants: Vec<GrantSpec>,
@@ -95,7 +96,7 @@ pub struct ApplicationSpec {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelectSpec {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub context_extensions: BTreeMap<String, String>,
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -178,4 +179,35 @@ pub struct DenySpec {
     /// Why, for the decision log.
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// A mapping whose keys must be unique: YAML parsers keep the last of two
+/// equal keys, which would silently drop a role or group written twice.
+fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct UniqueKeys<V>(std::marker::PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueKeys<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a mapping")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, V>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_map(UniqueKeys(std::marker::PhantomData))
 }

@@ -183,6 +183,13 @@ impl Issuers {
         check_compact_form(token)?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| TokenError::Malformed("unreadable or unsupported header"))?;
+        // RFC 7515 4.1.11: a token whose `crit` names extensions the
+        // recipient does not understand is invalid. Portcullis understands none.
+        if header.crit.is_some() {
+            return Err(TokenError::Malformed(
+                "critical header extensions are not supported",
+            ));
+        }
 
         // The unverified `iss` only chooses the issuer whose keys are tried;
         // the signature check below then vouches for it.
