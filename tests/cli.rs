@@ -1,0 +1,265 @@
+//! The `portcullis` binary: exit codes and messages a script relies on.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const SECRET: &str = "cli-test-secret-0123456789abcdef-0123456";
+
+fn portcullis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env("PORTCULLIS_DEMO_SECRET", SECRET)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run portcullis: {e}"))
+}
+
+fn bundled() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A copy of the bundled policies with `edit` applied to one file.
+fn broken_copy(file: &str, edit: impl Fn(&str) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for entry in std::fs::read_dir(bundled()).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if path.is_file() {
+            let name = path.file_name().unwrap_or_default().to_owned();
+            let mut content = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+            if name == file {
+                content = edit(&content);
+            }
+            std::fs::write(dir.path().join(name), content).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    dir
+}
+
+fn line_of(content: &str, needle: &str) -> usize {
+    content
+        .lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{needle:?} not found"))
+}
+
+#[test]
+fn validate_accepts_the_bundled_policies() {
+    let out = portcullis(&["validate", bundled().to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ok: 1 applications, 8 routes"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn validate_reports_each_error_with_file_and_line() {
+    let original = std::fs::read_to_string(bundled().join("grants.yaml")).unwrap_or_default();
+    let dir = broken_copy("grants.yaml", |c| {
+        c.replace("role: editor", "role: editr")
+            .replace("group: auditors", "group: auditorz")
+    });
+    let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let role_line = line_of(&original, "role: editor");
+    let group_line = line_of(&original, "group: auditors");
+    let file = dir.path().join("grants.yaml");
+    assert!(
+        stderr.contains(&format!(
+            "{}:{role_line}: unknown role \"editr\" in grant",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{}:{group_line}: unknown group \"auditorz\"",
+            file.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_yaml_syntax_and_unknown_fields() {
+    let dir = broken_copy("roles.yaml", |c| {
+        c.replace("actions: [read]", "actions: [read")
+    });
+    let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("roles.yaml:"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let dir = broken_copy("documents.yaml", |c| {
+        c.replacen("action: read", "acton: read", 1)
+    });
+    let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("documents.yaml:") && stderr.contains("unknown field `acton`"),
+        "{stderr}"
+    );
+
+    let dir = broken_copy("roles.yaml", |c| {
+        c.replace("actions: [write]", "actions: [wirte]")
+    });
+    let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("unknown action \"wirte\" in role \"editor\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_exit_codes() {
+    let policies = bundled();
+    let policies = policies.to_str().unwrap_or_default();
+    let public = portcullis(&[
+        "check",
+        "--policies",
+        policies,
+        "--method",
+        "GET",
+        "--path",
+        "/healthz",
+    ]);
+    assert_eq!(public.status.code(), Some(0), "{}", text(&public.stdout));
+    assert!(text(&public.stdout).starts_with("allow (200)"));
+
+    let token = portcullis(&[
+        "token",
+        "--policies",
+        policies,
+        "--issuer",
+        "demo-idp",
+        "--subject",
+        "alice",
+    ]);
+    assert!(token.status.success(), "{}", text(&token.stderr));
+    let token = text(&token.stdout).trim().to_owned();
+    let allow = portcullis(&[
+        "check",
+        "--policies",
+        policies,
+        "--method",
+        "GET",
+        "--path",
+        "/documents/1",
+        "--token",
+        &token,
+    ]);
+    assert_eq!(allow.status.code(), Some(0), "{}", text(&allow.stdout));
+    assert!(
+        text(&allow.stdout).contains("grant of role \"owner\" on document:1"),
+        "{}",
+        text(&allow.stdout)
+    );
+
+    let deny = portcullis(&[
+        "check",
+        "--policies",
+        policies,
+        "--method",
+        "DELETE",
+        "--path",
+        "/documents/2",
+        "--token",
+        &token,
+    ]);
+    assert_eq!(deny.status.code(), Some(2), "{}", text(&deny.stdout));
+    assert!(text(&deny.stdout).starts_with("deny (403)"));
+
+    let missing = portcullis(&[
+        "check",
+        "--policies",
+        "/nonexistent",
+        "--method",
+        "GET",
+        "--path",
+        "/",
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn serve_refuses_bad_policies_before_binding() {
+    let dir = broken_copy("grants.yaml", |c| c.replace("role: viewer", "role: nobody"));
+    let out = portcullis(&[
+        "serve",
+        "--policies",
+        dir.path().to_str().unwrap_or_default(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(text(&out.stderr).contains("unknown role \"nobody\""));
+    assert!(!text(&out.stdout).contains("listening"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "serve",
+            "--policies",
+            bundled().to_str().unwrap_or_default(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("PORTCULLIS_DEMO_SECRET")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out.stderr).contains("PORTCULLIS_DEMO_SECRET is not set"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn serve_exits_cleanly_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "serve",
+            "--policies",
+            bundled().to_str().unwrap_or_default(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("PORTCULLIS_DEMO_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.starts_with("listening on 127.0.0.1:"), "{line:?}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success());
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            assert_eq!(status.code(), Some(0));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("portcullis did not exit within 5 s of SIGTERM");
+}

@@ -1,0 +1,247 @@
+//! Server tests: the real gRPC server on a 127.0.0.1 socket, called by a
+//! real tonic client, as Envoy would call it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use jsonwebtoken::{EncodingKey, Header};
+use portcullis::adapter::ResponseConfig;
+use portcullis::policy::load_policies;
+use portcullis::server::{self, Authorizer};
+use portcullis::token::TokenCache;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const SECRET: &str = "server-test-secret-0123456789abcdef-xyz";
+const START: u64 = 1_800_000_000;
+
+struct Running {
+    address: std::net::SocketAddr,
+    clock: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+async fn start() -> Running {
+    std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
+    let policy = load_policies(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let clock = Arc::new(AtomicU64::new(START));
+    let now = clock.clone();
+    let authorizer = Authorizer::new(
+        Arc::new(ArcSwap::from_pointee(policy)),
+        TokenCache::new(100),
+        ResponseConfig::default(),
+        Arc::new(move || now.load(Ordering::SeqCst)),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(server::run(listener, authorizer, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        address,
+        clock,
+        stop: Some(stop),
+        done,
+    }
+}
+
+async fn channel(address: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{address}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn token(sub: &str, exp: u64) -> String {
+    let claims = serde_json::json!({
+        "iss": "https://idp.example.com", "aud": "documents-api", "sub": sub, "exp": exp,
+    });
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn check_request(method: &str, path: &str, token: Option<&str>) -> CheckRequest {
+    let mut headers = std::collections::HashMap::new();
+    if let Some(token) = token {
+        headers.insert("authorization".to_owned(), format!("Bearer {token}"));
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The HTTP status Envoy would send: 200 for OK, else the denied status.
+async fn status_of(client: &mut AuthorizationClient<Channel>, request: CheckRequest) -> i32 {
+    let response = client
+        .check(request)
+        .await
+        .unwrap_or_else(|e| panic!("a check must not fail at the gRPC level: {e}"))
+        .into_inner();
+    match response.http_response {
+        Some(HttpResponse::OkResponse(_)) => 200,
+        Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
+        other => panic!("unexpected response {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn checks_over_a_real_socket() {
+    let running = start().await;
+    let mut client = AuthorizationClient::new(channel(running.address).await);
+    let alice = token("alice", START + 60);
+    assert_eq!(
+        status_of(
+            &mut client,
+            check_request("GET", "/documents/1", Some(&alice))
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status_of(
+            &mut client,
+            check_request("DELETE", "/documents/2", Some(&alice))
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status_of(&mut client, check_request("GET", "/documents/1", None)).await,
+        401
+    );
+    assert_eq!(
+        status_of(&mut client, check_request("GET", "/healthz", None)).await,
+        200
+    );
+    assert_eq!(
+        status_of(
+            &mut client,
+            check_request("GET", "/documents/1/%2e%2e/2", Some(&alice))
+        )
+        .await,
+        400
+    );
+    // An empty CheckRequest is denied, not an error.
+    assert_eq!(status_of(&mut client, CheckRequest::default()).await, 403);
+}
+
+#[tokio::test]
+async fn a_cached_token_stops_working_when_it_expires() {
+    let running = start().await;
+    let mut client = AuthorizationClient::new(channel(running.address).await);
+    let alice = token("alice", START + 60);
+    assert_eq!(
+        status_of(
+            &mut client,
+            check_request("GET", "/documents/1", Some(&alice))
+        )
+        .await,
+        200
+    );
+    // Within the 30 s leeway the token still works; after it, it does not,
+    // although it sits in the verified-token cache.
+    running.clock.store(START + 60 + 30, Ordering::SeqCst);
+    assert_eq!(
+        status_of(
+            &mut client,
+            check_request("GET", "/documents/1", Some(&alice))
+        )
+        .await,
+        200
+    );
+    running.clock.store(START + 60 + 31, Ordering::SeqCst);
+    assert_eq!(
+        status_of(
+            &mut client,
+            check_request("GET", "/documents/1", Some(&alice))
+        )
+        .await,
+        401
+    );
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
+    let running = start().await;
+    let mut health = HealthClient::new(channel(running.address).await);
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{service:?}: {e}"))
+            .into_inner();
+        assert_eq!(
+            response.status,
+            ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await;
+    assert!(unknown.is_err());
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server_and_refuses_new_connections() {
+    let mut running = start().await;
+    let mut client = AuthorizationClient::new(channel(running.address).await);
+    let alice = token("alice", START + 60);
+    assert_eq!(
+        status_of(
+            &mut client,
+            check_request("GET", "/documents/1", Some(&alice))
+        )
+        .await,
+        200
+    );
+    drop(client);
+    if let Some(stop) = running.stop.take() {
+        let _ = stop.send(());
+    }
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), running.done)
+        .await
+        .unwrap_or_else(|_| panic!("the server did not stop"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(result.is_ok(), "{result:?}");
+    let refused = Channel::from_shared(format!("http://{}", running.address))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await;
+    assert!(refused.is_err());
+}
