@@ -89,7 +89,7 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
     let mut policy = compiler.compile();
     // The version covers the keys too, so a rotated secret or key file
     // gives a new version and verified-token cache entries are not reused.
-    policy.version = version_of(&files, compiler.key_material.finalize().as_slice());
+    policy.version = version_of(&files, &compiler.key_material.finalize()[..]);
     if compiler.errors.is_empty() {
         Ok(policy)
     } else {
