@@ -9,23 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use portcullis::engine::{self, Authenticate, Credential, RequestAttrs};
+use portcullis::engine::{self, Credential, KnownPrincipal, RequestAttrs};
 use portcullis::policy::{load_policies, GrantIndex, Holder, PolicySet, ResourceKey};
-use portcullis::token::{Principal, TokenError};
-
-struct Given(Arc<Principal>);
-
-impl Authenticate for Given {
-    fn authenticate(
-        &self,
-        _: &PolicySet,
-        _: &[usize],
-        _: &str,
-        _: u64,
-    ) -> Result<Arc<Principal>, TokenError> {
-        Ok(self.0.clone())
-    }
-}
+use portcullis::token::Principal;
 
 fn policy_with_grants(count: usize) -> PolicySet {
     std::env::set_var(
@@ -69,7 +55,7 @@ fn request(method: &str, path: &str) -> RequestAttrs {
 }
 
 fn decide(c: &mut Criterion) {
-    let caller = Given(Arc::new(Principal {
+    let caller = KnownPrincipal(Arc::new(Principal {
         issuer: Arc::from("demo-idp"),
         subject: "user42".into(),
         groups: vec!["readers".into()],

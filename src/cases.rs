@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::engine::{self, Authenticate, Credential, Decision, RequestAttrs};
+use crate::engine::{self, Credential, Decision, KnownPrincipal, RequestAttrs};
 use crate::policy::{load_policies, LoadError, PolicySet};
-use crate::token::{Principal, TokenError};
+use crate::token::Principal;
 use crate::yaml::{self, LineIndex, Step};
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,21 +91,6 @@ pub struct CaseOutcome {
     pub failure: Option<String>,
 }
 
-/// Stands for a token that was verified and named this principal.
-struct GivenPrincipal(Arc<Principal>);
-
-impl Authenticate for GivenPrincipal {
-    fn authenticate(
-        &self,
-        _: &PolicySet,
-        _: &[usize],
-        _: &str,
-        _: u64,
-    ) -> Result<Arc<Principal>, TokenError> {
-        Ok(self.0.clone())
-    }
-}
-
 /// Runs every case of the file at `path` against the policies it names.
 pub fn run_case_file(path: &Path) -> Result<Vec<CaseOutcome>, Vec<LoadError>> {
     let fail = |line, message: String| {
@@ -145,7 +130,7 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
         context_extensions: case.request.context_extensions.clone(),
         credential,
     };
-    let principal = GivenPrincipal(Arc::new(Principal {
+    let principal = KnownPrincipal(Arc::new(Principal {
         issuer: Arc::from("case"),
         subject: case
             .caller

@@ -76,6 +76,22 @@ impl Authenticate for VerifyEveryTime {
     }
 }
 
+/// A principal already verified elsewhere: a decision case's `as:` caller,
+/// or claims Envoy's jwt_authn filter verified. Every credential maps to it.
+pub struct KnownPrincipal(pub Arc<Principal>);
+
+impl Authenticate for KnownPrincipal {
+    fn authenticate(
+        &self,
+        _: &PolicySet,
+        _: &[usize],
+        _: &str,
+        _: u64,
+    ) -> Result<Arc<Principal>, TokenError> {
+        Ok(self.0.clone())
+    }
+}
+
 impl Authenticate for TokenCache {
     fn authenticate(
         &self,

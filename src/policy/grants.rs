@@ -51,13 +51,11 @@ impl<'a> ResourceKey<'a> {
     /// Every key that covers `resource`: itself, then each pattern from
     /// the most specific (`document:1:*`) to the broadest (`*`).
     pub fn covering(resource: &'a str) -> impl Iterator<Item = ResourceKey<'a>> {
-        let prefixes = resource
-            .char_indices()
-            .filter(|&(_, c)| c == ':')
-            .map(move |(i, _)| ResourceKey::Prefix(&resource[..=i]))
-            .collect::<Vec<_>>();
+        let patterns = resource
+            .rmatch_indices(':')
+            .map(move |(i, _)| ResourceKey::Prefix(&resource[..=i]));
         std::iter::once(ResourceKey::Exact(resource))
-            .chain(prefixes.into_iter().rev())
+            .chain(patterns)
             .chain(std::iter::once(ResourceKey::Prefix("")))
     }
 
