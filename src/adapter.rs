@@ -83,6 +83,19 @@ pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs, AdapterErro
             authorization.push(value);
         }
     }
+    let request_id = http
+        .headers
+        .iter()
+        .find(|(k, _)| named(k, &["x-request-id"]))
+        .map(|(_, v)| v.clone())
+        .or_else(|| {
+            http.header_map
+                .iter()
+                .flat_map(|m| &m.headers)
+                .find(|h| named(&h.key, &["x-request-id"]))
+                .map(header_value)
+        })
+        .map(|id| sanitize_request_id(&id));
     let host_header = http
         .headers
         .iter()
@@ -112,7 +125,20 @@ pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs, AdapterErro
         host,
         context_extensions,
         credential: credential(&authorization),
+        request_id,
     })
+}
+
+/// Longest request id kept for the log.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A request id is client-controlled text bound for the log: keep it short
+/// and printable.
+fn sanitize_request_id(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(MAX_REQUEST_ID_LEN)
+        .collect()
 }
 
 /// A header's value: `raw_value` when Envoy sent raw bytes, else `value`.
@@ -154,14 +180,27 @@ fn parse_bearer(value: &str) -> Credential {
     Credential::Bearer(token.to_owned())
 }
 
+/// The response header that tells a client its request was let through
+/// by dry-run mode although the policy denies it.
+pub const DRY_RUN_HEADER: &str = "x-portcullis-dry-run";
+
 /// Builds the response Envoy acts on.
 pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResponse {
-    if decision.is_allowed() {
+    if decision.lets_through() {
         let mut ok = OkHttpResponse::default();
         match &decision.subject {
             // Overwrites whatever copy the client sent.
             Some(subject) => ok.headers.push(header(&config.subject_header, subject)),
             None => ok.headers_to_remove.push(config.subject_header.clone()),
+        }
+        if !decision.is_allowed() {
+            let value = format!(
+                "would-deny; status={}; reason={}",
+                decision.status.code(),
+                decision.reason.code()
+            );
+            ok.response_headers_to_add
+                .push(header(DRY_RUN_HEADER, &value));
         }
         return CheckResponse {
             status: Some(rpc::Status {

@@ -1,17 +1,23 @@
 //! Decision cases written as data: a request and the decision expected.
 //!
-//! A case file names the policy directory it tests (relative to itself) and
-//! lists cases. A case's caller is either a token-free request or a subject
-//! given directly (`as:`), standing for a verified token, so policy authors
-//! test their rules without minting tokens:
+//! A case file names the policy directory it tests, relative to itself
+//! (by default `..`, so cases live in a `tests/` folder beside the
+//! policies), and lists cases. A case's caller is either anonymous or a
+//! subject given directly (`as:`), standing for a verified token, so policy
+//! authors test their rules without minting tokens. A case is a whole
+//! request, or just a resource and an action:
 //!
 //! ```yaml
-//! policies: ../../policies
 //! cases:
 //!   - name: alice reads document 1
 //!     request: { method: GET, path: /documents/1 }
 //!     as: { subject: alice, groups: [staff] }
 //!     expect: { decision: allow, status: 200, reason: granted }
+//!   - name: bob may not write document 1
+//!     as: { subject: bob }
+//!     resource: document:1
+//!     action: write
+//!     expect: { decision: deny, reason: no_grant }
 //! ```
 
 use std::collections::BTreeMap;
@@ -21,23 +27,35 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::engine::{self, Credential, Decision, KnownPrincipal, RequestAttrs};
-use crate::policy::{load_policies, LoadError, PolicySet};
+use crate::policy::{load_policies, Access, LoadError, PolicySet};
 use crate::token::Principal;
 use crate::yaml::{self, LineIndex, Step};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CaseFile {
+    #[serde(default = "CaseFile::default_policies")]
     policies: PathBuf,
     #[serde(default)]
     cases: Vec<Case>,
+}
+
+impl CaseFile {
+    fn default_policies() -> PathBuf {
+        PathBuf::from("..")
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Case {
     name: String,
-    request: CaseRequest,
+    #[serde(default)]
+    request: Option<CaseRequest>,
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
     #[serde(default, rename = "as")]
     caller: Option<Caller>,
     expect: Expect,
@@ -119,18 +137,7 @@ pub fn run_case_file(path: &Path) -> Result<Vec<CaseOutcome>, Vec<LoadError>> {
 }
 
 fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
-    let credential = match &case.caller {
-        Some(_) => Credential::Bearer("case".into()),
-        None => Credential::Absent,
-    };
-    let request = RequestAttrs {
-        method: case.request.method.clone(),
-        path: case.request.path.clone(),
-        host: case.request.host.clone(),
-        context_extensions: case.request.context_extensions.clone(),
-        credential,
-    };
-    let principal = KnownPrincipal(Arc::new(Principal {
+    let principal = Arc::new(Principal {
         issuer: Arc::from("case"),
         subject: case
             .caller
@@ -143,8 +150,46 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
             .map(|c| c.groups.clone())
             .unwrap_or_default(),
         expires_at: u64::MAX,
-    }));
-    let decision = engine::decide(policy, &request, &principal, 0);
+    });
+    let decision = match (&case.request, &case.resource, &case.action) {
+        (Some(request), None, None) => {
+            let request = RequestAttrs {
+                method: request.method.clone(),
+                path: request.path.clone(),
+                host: request.host.clone(),
+                context_extensions: request.context_extensions.clone(),
+                credential: match &case.caller {
+                    Some(_) => Credential::Bearer("case".into()),
+                    None => Credential::Absent,
+                },
+                request_id: None,
+            };
+            engine::decide(policy, &request, &KnownPrincipal(principal), 0)
+        }
+        (None, Some(resource), Some(action)) if case.caller.is_some() => {
+            let Some(index) = policy.actions.iter().position(|a| a == action) else {
+                return broken(case, line, format!("no route names the action {action:?}"));
+            };
+            let mut d = engine::authorize(
+                policy,
+                &principal,
+                Access::Granted,
+                Some(resource),
+                Some(index),
+            );
+            d.subject = Some(principal.subject.clone());
+            d.resource = Some(resource.clone());
+            d.action = Some(action.clone());
+            d
+        }
+        _ => {
+            return broken(
+                case,
+                line,
+                "a case has either a request, or as: with a resource and an action".into(),
+            )
+        }
+    };
 
     let mut problems = Vec::new();
     let allowed = case.expect.decision == ExpectedEffect::Allow;
@@ -181,5 +226,15 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
         line,
         decision,
         failure,
+    }
+}
+
+/// A case that cannot run: reported as a failure, never as a pass.
+fn broken(case: &Case, line: usize, problem: String) -> CaseOutcome {
+    CaseOutcome {
+        name: case.name.clone(),
+        line,
+        decision: Decision::deny(engine::Status::Forbidden, engine::Reason::InternalError),
+        failure: Some(problem),
     }
 }

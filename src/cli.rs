@@ -1,9 +1,10 @@
-//! The command line: `serve`, `validate`, `check` and `token`.
+//! The command line: `serve`, `validate`, `check`, `test` and `token`.
 //!
 //! Each subcommand loads policies with the one loader and hands them to the
 //! library; nothing here decides anything. Exit codes are for scripts:
-//! `check` exits 0 on allow, 2 on deny, 1 on error; `validate` 0 or 1;
-//! `serve` exits 78 (EX_CONFIG) when the policies do not load.
+//! `check` exits 0 on allow, 2 on deny, 1 on error; `validate` and `test`
+//! 0 or 1; `serve` exits 78 (EX_CONFIG) when the policies do not load and
+//! 64 (EX_USAGE) for settings that contradict each other.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,7 +18,9 @@ use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{EncodingKey, Header};
 
 use crate::adapter::{self, ResponseConfig, DEFAULT_SUBJECT_HEADER};
+use crate::admin::{self, AdminState, Readiness};
 use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
+use crate::metrics::Metrics;
 use crate::policy::{load_policies, PolicySet};
 use crate::server::{self, Authorizer, DEFAULT_TOKEN_CACHE_CAPACITY};
 use crate::token::{KeySet, TokenCache};
@@ -49,6 +52,12 @@ pub enum Command {
     Check(CheckArgs),
     /// Mint a token for an HMAC issuer of the policy (development only)
     Token(TokenArgs),
+    /// Run decision case files (request or subject/resource/action -> expected decision)
+    Test {
+        /// Case files, or directories whose *.yaml files are case files
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +74,26 @@ pub struct ServeArgs {
     /// Verified tokens remembered (each until its exp)
     #[arg(long, env = "PORTCULLIS_TOKEN_CACHE_CAPACITY", default_value_t = DEFAULT_TOKEN_CACHE_CAPACITY)]
     pub token_cache_capacity: u64,
+    /// Address for the admin HTTP listener (/live, /ready, /metrics)
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Fraction of allow decisions written to the decision log (denies are always written)
+    #[arg(long, env = "PORTCULLIS_LOG_ALLOW_RATE", default_value_t = 1.0, value_parser = parse_rate)]
+    pub log_allow_rate: f64,
+    /// Seconds to finish checks in flight after SIGTERM before exiting anyway
+    #[arg(long, env = "PORTCULLIS_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("expected a number from 0.0 to 1.0, got {text:?}")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +147,70 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Validate { dir } => validate(&dir),
         Command::Check(args) => check(args),
         Command::Token(args) => token(args),
+        Command::Test { paths } => test(&paths),
+    }
+}
+
+fn test(paths: &[PathBuf]) -> ExitCode {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                        })
+                        .collect();
+                    found.sort();
+                    files.extend(found);
+                }
+                Err(e) => {
+                    eprintln!("{}: cannot read directory: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let (mut passed, mut failed, mut broken) = (0usize, 0usize, false);
+    for file in &files {
+        match crate::cases::run_case_file(file) {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    match outcome.failure {
+                        None => passed += 1,
+                        Some(failure) => {
+                            failed += 1;
+                            println!(
+                                "{}:{}: {}: {failure}",
+                                file.display(),
+                                outcome.line,
+                                outcome.name
+                            );
+                        }
+                    }
+                }
+            }
+            Err(errors) => {
+                broken = true;
+                for e in errors {
+                    println!("{e}");
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if broken || failed > 0 || passed == 0 {
+        if passed == 0 && failed == 0 && !broken {
+            eprintln!("no test cases found");
+        }
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -172,6 +265,7 @@ fn check(args: CheckArgs) -> ExitCode {
             .into_iter()
             .collect::<BTreeMap<_, _>>(),
         credential,
+        request_id: None,
     };
     let decision = engine::decide(&policy, &request, &VerifyEveryTime, now());
     print!("{}", explain(&decision));
@@ -260,19 +354,12 @@ fn token(args: TokenArgs) -> ExitCode {
     }
 }
 
+/// Exit code for command-line misuse (sysexits.h EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging();
     // Everything is validated before any port is bound.
-    let policy = match load_policies(&args.policies) {
-        Ok(policy) => policy,
-        Err(errors) => {
-            for e in &errors.0 {
-                tracing::error!(error = %e, "policy error");
-                eprintln!("{e}");
-            }
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
     let subject_header = args.subject_header.to_ascii_lowercase();
     let header_ok = !subject_header.is_empty()
         && subject_header
@@ -283,8 +370,29 @@ fn serve(args: ServeArgs) -> ExitCode {
             "--subject-header {:?} is not a valid header name",
             args.subject_header
         );
-        return ExitCode::from(EXIT_CONFIG);
+        return ExitCode::from(EXIT_USAGE);
     }
+    if args.admin_listen == args.listen && args.listen.port() != 0 {
+        eprintln!(
+            "--admin-listen and --listen must differ (both are {})",
+            args.listen
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let tokens = TokenCache::new(args.token_cache_capacity);
+    let metrics = Arc::new(Metrics::new(vec![("token", tokens.stats())]));
+    let policy = match load_policies(&args.policies) {
+        Ok(policy) => policy,
+        Err(errors) => {
+            metrics.record_policy_load(Err(()));
+            for e in &errors.0 {
+                tracing::error!(error = %e, "policy error");
+                eprintln!("{e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    metrics.record_policy_load(Ok((&policy.version, policy.grants.len())));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -296,45 +404,84 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let shutdown = match shutdown_signal() {
-            Ok(shutdown) => shutdown,
+        let signal = match shutdown_signal() {
+            Ok(signal) => signal,
             Err(e) => {
                 eprintln!("cannot install signal handlers: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("cannot listen on {}: {e}", args.listen);
-                return ExitCode::FAILURE;
-            }
+        let bind = |address: SocketAddr| async move {
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| eprintln!("cannot listen on {address}: {e}"))
         };
-        let local = listener.local_addr().map_or(args.listen, |a| a);
-        tracing::info!(
-            address = %local,
-            policy_version = %policy.version,
-            applications = policy.applications.len(),
-            grants = policy.grants.len(),
-            "serving"
-        );
-        println!("listening on {local}");
+        let Ok(admin_listener) = bind(args.admin_listen).await else {
+            return ExitCode::FAILURE;
+        };
+        let Ok(listener) = bind(args.listen).await else {
+            return ExitCode::FAILURE;
+        };
+        let admin_address = admin_listener.local_addr().unwrap_or(args.admin_listen);
+        let address = listener.local_addr().unwrap_or(args.listen);
+
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        let readiness = Arc::new(Readiness::default());
+        let admin_state = AdminState {
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            policy: policy.clone(),
+        };
         let authorizer = Authorizer::new(
-            Arc::new(ArcSwap::from_pointee(policy)),
-            TokenCache::new(args.token_cache_capacity),
+            policy.clone(),
+            tokens,
             ResponseConfig { subject_header },
             server::system_clock(),
-        );
-        match server::run(listener, authorizer, shutdown).await {
-            Ok(()) => {
-                tracing::info!("stopped");
-                ExitCode::SUCCESS
+        )
+        .with_metrics(metrics)
+        .with_allow_log_rate(args.log_allow_rate);
+
+        let (stop_checks, checks_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = tokio::spawn(admin::run(admin_listener, admin_state, async {
+            let _ = admin_stopped.await;
+        }));
+        let mut checks = tokio::spawn(server::run(listener, authorizer, async {
+            let _ = checks_stopped.await;
+        }));
+        readiness.set(true);
+        let version = policy.load().version.clone();
+        tracing::info!(address = %address, admin_address = %admin_address, policy_version = %version, "serving");
+        println!("listening on {address}");
+        println!("admin listening on {admin_address}");
+
+        let mut code = ExitCode::SUCCESS;
+        tokio::select! {
+            () = signal => {
+                // Stop being chosen first, then stop taking checks.
+                readiness.set(false);
+                let _ = stop_checks.send(());
+                let drain = std::time::Duration::from_secs(args.drain_seconds);
+                match tokio::time::timeout(drain, &mut checks).await {
+                    Ok(Ok(Ok(()))) => tracing::info!("checks drained"),
+                    Ok(outcome) => {
+                        tracing::error!(?outcome, "the check server failed while draining");
+                        code = ExitCode::FAILURE;
+                    }
+                    Err(_) => tracing::warn!(seconds = args.drain_seconds, "drain timed out; exiting with checks in flight"),
+                }
             }
-            Err(e) => {
-                eprintln!("server failed: {e}");
-                ExitCode::FAILURE
+            outcome = &mut checks => {
+                readiness.set(false);
+                tracing::error!(?outcome, "the check server stopped");
+                eprintln!("the check server stopped: {outcome:?}");
+                code = ExitCode::FAILURE;
             }
         }
+        let _ = stop_admin.send(());
+        let _ = admin.await;
+        tracing::info!("stopped");
+        code
     })
 }
 

@@ -25,6 +25,8 @@ pub struct RequestAttrs {
     /// Envoy's per-route `context_extensions`.
     pub context_extensions: BTreeMap<String, String>,
     pub credential: Credential,
+    /// The `x-request-id` header, for the decision log; the engine ignores it.
+    pub request_id: Option<String>,
 }
 
 /// What the request offers as proof of identity.
@@ -220,6 +222,9 @@ pub struct Decision {
     pub action: Option<String>,
     /// The grant or deny rule that settled it, in words.
     pub matched_rule: Option<String>,
+    /// The application runs in dry-run mode: a deny is recorded as
+    /// would-deny and the request goes through.
+    pub dry_run: bool,
 }
 
 impl Decision {
@@ -234,6 +239,7 @@ impl Decision {
             resource: None,
             action: None,
             matched_rule: None,
+            dry_run: false,
         }
     }
 
@@ -247,6 +253,20 @@ impl Decision {
 
     pub fn is_allowed(&self) -> bool {
         self.effect == Effect::Allow
+    }
+
+    /// True when the request goes through: allowed, or denied in dry run.
+    pub fn lets_through(&self) -> bool {
+        self.is_allowed() || self.dry_run
+    }
+
+    /// `allow`, `deny`, or `would_deny` for a deny in dry run.
+    pub fn outcome(&self) -> &'static str {
+        match (self.effect, self.dry_run) {
+            (Effect::Allow, _) => "allow",
+            (Effect::Deny, false) => "deny",
+            (Effect::Deny, true) => "would_deny",
+        }
     }
 }
 
@@ -276,6 +296,7 @@ pub fn decide(
     };
     let with_app = |mut d: Decision| {
         d.application = Some(app.name.clone());
+        d.dry_run = app.dry_run;
         d
     };
     let Some((route, captures)) = app.routes.find(&request.method, &path) else {
@@ -284,7 +305,7 @@ pub fn decide(
     let resource = route.resource.as_ref().map(|r| r.render(&captures));
     let action = route.action.as_ref();
     let with_route = |mut d: Decision| {
-        d.application = Some(app.name.clone());
+        d = with_app(d);
         d.route = Some(route.name.clone());
         d.resource.clone_from(&resource);
         d.action = action.map(|(name, _)| name.clone());

@@ -5,9 +5,11 @@
 //! gRPC, and [`cli`] is the command line. See `ARCHITECTURE.md`.
 
 pub mod adapter;
+pub mod admin;
 pub mod cases;
 pub mod cli;
 pub mod engine;
+pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod server;

@@ -8,8 +8,9 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{
@@ -21,6 +22,7 @@ use tonic::{Request, Response, Status};
 
 use crate::adapter::{self, ResponseConfig};
 use crate::engine::{self, Decision, Reason};
+use crate::metrics::Metrics;
 use crate::policy::PolicySet;
 use crate::token::TokenCache;
 
@@ -49,6 +51,8 @@ pub struct Authorizer {
     tokens: TokenCache,
     response: ResponseConfig,
     clock: Clock,
+    metrics: Option<Arc<Metrics>>,
+    log: Arc<DecisionLog>,
 }
 
 impl Authorizer {
@@ -63,57 +67,128 @@ impl Authorizer {
             tokens,
             response,
             clock,
+            metrics: None,
+            log: Arc::new(DecisionLog::new(1.0)),
         }
+    }
+
+    /// Counts every check in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Logs this fraction of allows (0.0 to 1.0); denies are always logged.
+    pub fn with_allow_log_rate(mut self, rate: f64) -> Self {
+        self.log = Arc::new(DecisionLog::new(rate));
+        self
     }
 
     /// Decides one CheckRequest; never panics, never allows on a fault.
     pub fn check_request(&self, request: &CheckRequest) -> (Decision, CheckResponse) {
         let started = Instant::now();
         let policy = self.policy.load_full();
-        let decision = match adapter::request_attrs(request) {
+        let (decision, request_id) = match adapter::request_attrs(request) {
             Ok(attrs) => {
                 let now = (self.clock)();
-                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let decision = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     engine::decide(&policy, &attrs, &self.tokens, now)
                 }))
                 .unwrap_or_else(|_| {
                     tracing::error!("the engine panicked; denying");
                     Decision::deny(engine::Status::Forbidden, Reason::InternalError)
-                })
+                });
+                (decision, attrs.request_id)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable CheckRequest; denying");
-                Decision::deny(engine::Status::Forbidden, Reason::InternalError)
+                (
+                    Decision::deny(engine::Status::Forbidden, Reason::InternalError),
+                    None,
+                )
             }
         };
         let response = adapter::check_response(&decision, &self.response);
-        log_decision(&decision, &policy.version, started);
+        let elapsed = started.elapsed();
+        if let Some(metrics) = &self.metrics {
+            let application = decision.application.as_deref().unwrap_or("");
+            metrics.record_check(
+                application,
+                decision.outcome(),
+                decision.reason.code(),
+                elapsed.as_secs_f64(),
+            );
+        }
+        self.log
+            .record(&decision, request_id.as_deref(), &policy.version, elapsed);
         (decision, response)
     }
 }
 
-fn log_decision(decision: &Decision, version: &str, started: Instant) {
-    let latency_us = started.elapsed().as_micros() as u64;
-    let fields = (
-        decision.application.as_deref().unwrap_or("-"),
-        decision.route.as_deref().unwrap_or("-"),
-        decision.subject.as_deref().unwrap_or("-"),
-        decision.resource.as_deref().unwrap_or("-"),
-        decision.action.as_deref().unwrap_or("-"),
-        decision.matched_rule.as_deref().unwrap_or("-"),
-    );
-    let (application, route, subject, resource, action, rule) = fields;
-    if decision.is_allowed() {
-        tracing::debug!(
-            decision = "allow", status = decision.status.code(), reason = decision.reason.code(),
-            detail = %decision.reason, application, route, subject, resource, action, rule,
-            policy_version = version, latency_us, "decision"
-        );
-    } else {
+/// One structured line per decision, on the `decision` target. Allows are
+/// sampled; denies and would-denies are always written. Tokens are never
+/// part of a decision, so they cannot reach the log.
+#[derive(Debug)]
+pub struct DecisionLog {
+    /// Log one allow in this many; 0 logs none.
+    allow_every: u64,
+    allows: AtomicU64,
+}
+
+impl DecisionLog {
+    /// `rate` is the fraction of allows logged, clamped to 0.0..=1.0.
+    pub fn new(rate: f64) -> Self {
+        let rate = rate.clamp(0.0, 1.0);
+        let allow_every = if rate == 0.0 {
+            0
+        } else {
+            (1.0 / rate).round() as u64
+        };
+        Self {
+            allow_every,
+            allows: AtomicU64::new(0),
+        }
+    }
+
+    fn should_log(&self, decision: &Decision) -> bool {
+        if !decision.is_allowed() {
+            return true;
+        }
+        self.allow_every != 0
+            && self
+                .allows
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(self.allow_every)
+    }
+
+    pub fn record(
+        &self,
+        decision: &Decision,
+        request_id: Option<&str>,
+        version: &str,
+        elapsed: Duration,
+    ) {
+        if !self.should_log(decision) {
+            return;
+        }
+        fn field(value: &Option<String>) -> &str {
+            value.as_deref().unwrap_or_default()
+        }
         tracing::info!(
-            decision = "deny", status = decision.status.code(), reason = decision.reason.code(),
-            detail = %decision.reason, application, route, subject, resource, action, rule,
-            policy_version = version, latency_us, "decision"
+            target: "decision",
+            request_id = request_id.unwrap_or_default(),
+            application = field(&decision.application),
+            route = field(&decision.route),
+            subject = field(&decision.subject),
+            resource = field(&decision.resource),
+            action = field(&decision.action),
+            decision = decision.outcome(),
+            status = decision.status.code(),
+            reason = decision.reason.code(),
+            detail = %decision.reason,
+            rule = field(&decision.matched_rule),
+            policy_version = version,
+            latency_us = elapsed.as_micros() as u64,
         );
     }
 }
@@ -145,4 +220,18 @@ pub async fn run(
         .add_service(AuthorizationServer::new(authorizer))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecisionLog;
+
+    #[test]
+    fn allow_sampling_rate_becomes_an_interval() {
+        assert_eq!(DecisionLog::new(1.0).allow_every, 1);
+        assert_eq!(DecisionLog::new(0.5).allow_every, 2);
+        assert_eq!(DecisionLog::new(0.01).allow_every, 100);
+        assert_eq!(DecisionLog::new(0.0).allow_every, 0);
+        assert_eq!(DecisionLog::new(7.0).allow_every, 1);
+    }
 }

@@ -203,6 +203,8 @@ fn serve_refuses_bad_policies_before_binding() {
         dir.path().to_str().unwrap_or_default(),
         "--listen",
         "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
     ]);
     assert_eq!(out.status.code(), Some(78));
     assert!(text(&out.stderr).contains("unknown role \"nobody\""));
@@ -214,6 +216,8 @@ fn serve_refuses_bad_policies_before_binding() {
             "--policies",
             bundled().to_str().unwrap_or_default(),
             "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
         ])
         .env_remove("PORTCULLIS_DEMO_SECRET")
@@ -235,6 +239,8 @@ fn serve_exits_cleanly_on_sigterm() {
             "--policies",
             bundled().to_str().unwrap_or_default(),
             "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
         ])
         .env("PORTCULLIS_DEMO_SECRET", SECRET)
@@ -262,4 +268,40 @@ fn serve_exits_cleanly_on_sigterm() {
     }
     let _ = child.kill();
     panic!("portcullis did not exit within 5 s of SIGTERM");
+}
+
+#[test]
+fn test_runs_case_files_and_exits_by_outcome() {
+    let cases = bundled().join("tests");
+    let out = portcullis(&["test", cases.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(summary.ends_with("passed, 0 failed"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("wrong.yaml");
+    let cases = format!(
+        "policies: {}\ncases:\n  - name: fine\n    request: {{ method: GET, path: /healthz }}\n    expect: {{ decision: allow }}\n  - name: bob writes 1\n    as: {{ subject: bob }}\n    resource: document:1\n    action: write\n    expect: {{ decision: allow }}\n",
+        bundled().display()
+    );
+    std::fs::write(&file, cases).unwrap_or_else(|e| panic!("{e}"));
+    let out = portcullis(&["test", file.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{}:6: bob writes 1: expected allow, got deny",
+            file.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("no grant holds the action"), "{stdout}");
+    assert!(stdout.ends_with("1 passed, 1 failed\n"), "{stdout}");
+
+    // No case at all is a failure, not a pass.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap_or_else(|e| panic!("{e}"));
+    let out = portcullis(&["test", empty.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
 }

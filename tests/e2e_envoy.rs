@@ -1103,3 +1103,98 @@ fn fails_closed_when_portcullis_is_down() {
     );
     p.finish();
 }
+
+/// Dry-run mode through the real Envoy: a request the policy denies goes
+/// through, is marked for the client, and is recorded as would-deny in the
+/// metrics and the decision log. A bad path is still refused.
+#[test]
+fn dry_run_lets_denied_requests_through_and_records_them() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for entry in std::fs::read_dir(support::bundled_policies()).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if !path.is_file() {
+            continue;
+        }
+        let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        if path.ends_with("documents.yaml") {
+            text = text.replace(
+                "    issuers: [demo-idp]\n",
+                "    issuers: [demo-idp]\n    mode: dry_run\n",
+            );
+            assert!(text.contains("mode: dry_run"));
+        }
+        std::fs::write(dir.path().join(path.file_name().unwrap_or_default()), text)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let Some(stack) = Stack::start_with_policies(dir.path()) else {
+        return;
+    };
+    let mut p = Probes::new(&stack);
+    let bob = bearer(&token("bob"));
+    // bob may only read document 1; in dry run his delete reaches the upstream.
+    let (response, _) = p.check(
+        "dry run: bob deletes 1",
+        "DELETE",
+        b"/documents/1",
+        Some(&bob),
+        &[],
+        Allow(Some("bob")),
+    );
+    assert_eq!(
+        response.header("x-portcullis-dry-run"),
+        Some("would-deny; status=403; reason=no_grant"),
+        "{:?}",
+        response.headers
+    );
+    let (response, _) = p.check(
+        "dry run: no token",
+        "GET",
+        b"/documents/1",
+        None,
+        &[],
+        Allow(None),
+    );
+    assert_eq!(
+        response.header("x-portcullis-dry-run"),
+        Some("would-deny; status=401; reason=missing_credentials")
+    );
+    let (response, _) = p.check(
+        "dry run: an allowed request is not marked",
+        "GET",
+        b"/documents/1",
+        Some(&bob),
+        &[],
+        Allow(Some("bob")),
+    );
+    assert_eq!(response.header("x-portcullis-dry-run"), None);
+    // A path Portcullis refuses is refused in dry run too: it is refused
+    // before any application is chosen, so nothing is dry-run about it.
+    p.check(
+        "dry run: a bad path is still refused",
+        "GET",
+        b"/documents/1.",
+        Some(&bob),
+        &[],
+        Deny(400),
+    );
+    p.finish();
+
+    let metrics = support::send_raw(stack.portcullis.admin_port(), "GET", b"/metrics", &[]).text();
+    let would_deny = metrics
+        .lines()
+        .find(|l| l.starts_with("portcullis_checks_total{application=\"documents\",decision=\"would_deny\",reason=\"no_grant\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(would_deny, Some(1.0), "{metrics}");
+    let logged = stack
+        .portcullis
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|l| l["fields"]["decision"] == "would_deny" && l["fields"]["subject"] == "bob");
+    assert!(
+        logged,
+        "no would_deny line in the log:\n{}",
+        stack.portcullis.log()
+    );
+}

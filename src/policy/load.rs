@@ -742,6 +742,7 @@ impl<'a> Compiler<'a> {
                     name: spec.name.clone(),
                     issuers: allowed,
                     routes,
+                    dry_run: spec.mode == super::source::Mode::DryRun,
                 });
             }
         }

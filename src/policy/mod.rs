@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 pub use grants::{GrantIndex, GrantSource, Holder, ResourceKey, RoleId};
 pub use load::{load_policies, LoadError, LoadErrors};
 pub use routes::{PathTemplate, ResourceTemplate, Route, RouteTable};
-pub use source::Access;
+pub use source::{Access, Mode};
 
 use crate::path::NormalPath;
 use crate::token::Issuers;
@@ -66,6 +66,8 @@ pub struct Application {
     /// Indices of the issuers whose tokens it accepts.
     pub issuers: Vec<usize>,
     pub routes: RouteTable,
+    /// Denies are recorded but not enforced.
+    pub dry_run: bool,
 }
 
 /// A role with every action it grants, inherited ones included.

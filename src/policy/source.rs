@@ -88,7 +88,21 @@ pub struct ApplicationSpec {
     /// Issuer names whose tokens this application accepts; all when absent.
     #[serde(default)]
     pub issuers: Option<Vec<String>>,
+    #[serde(default)]
+    pub mode: Mode,
     pub routes: Vec<RouteSpec>,
+}
+
+/// Whether an application's denies are enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Denies are enforced (the default).
+    #[default]
+    Enforce,
+    /// Decide and record as usual, but let every request through: the safe
+    /// way to roll out a new policy.
+    DryRun,
 }
 
 /// How a request is attributed to an application. Any one selector suffices;

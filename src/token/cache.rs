@@ -14,6 +14,7 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use super::{Issuers, Principal, TokenError};
+use crate::metrics::CacheStats;
 
 type Key = [u8; 32];
 
@@ -21,6 +22,7 @@ type Key = [u8; 32];
 #[derive(Clone)]
 pub struct TokenCache {
     entries: Cache<Key, Arc<Principal>>,
+    stats: Arc<CacheStats>,
 }
 
 struct UntilExpiry;
@@ -49,7 +51,13 @@ impl TokenCache {
                 .max_capacity(capacity)
                 .expire_after(UntilExpiry)
                 .build(),
+            stats: Arc::default(),
         }
+    }
+
+    /// Hit and miss counts, for metrics.
+    pub fn stats(&self) -> Arc<CacheStats> {
+        self.stats.clone()
     }
 
     /// Verifies `token`, or returns the earlier verification of it under the
@@ -64,6 +72,7 @@ impl TokenCache {
     ) -> Result<Arc<Principal>, TokenError> {
         let key = cache_key(policy_version, token);
         if let Some(principal) = self.entries.get(&key) {
+            self.stats.hit();
             let issuer = allowed
                 .iter()
                 .filter_map(|&i| issuers.get(i))
@@ -75,6 +84,7 @@ impl TokenCache {
             }
             return Ok(principal);
         }
+        self.stats.miss();
         let principal = Arc::new(issuers.verify(allowed, token, now)?);
         self.entries.insert(key, principal.clone());
         Ok(principal)

@@ -362,6 +362,7 @@ pub fn tail(text: &str, n: usize) -> String {
 pub struct Portcullis {
     child: Child,
     port: u16,
+    admin_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -381,7 +382,7 @@ impl Portcullis {
             .arg("serve")
             .arg("--policies")
             .arg(policies)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .env("PORTCULLIS_DEMO_SECRET", test_secret())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -394,37 +395,54 @@ impl Portcullis {
             .unwrap_or_else(|e| panic!("cannot start portcullis: {e}"));
         let stdout = child.stdout.take();
 
-        // Read the first stdout line on a thread so the wait is bounded, then
+        // Read the two address lines on a thread so the wait is bounded, then
         // keep draining so the child never blocks on a full pipe.
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let Some(stdout) = stdout else { return };
             let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
+            let _ = tx.send((lines.next(), lines.next()));
             for _ in lines {}
         });
         let first = rx.recv_timeout(STARTUP_TIMEOUT);
-        let port = match &first {
-            Ok(Some(Ok(line))) => parse_listening_line(line),
+        let ports = match &first {
+            Ok((Some(Ok(grpc)), Some(Ok(admin)))) => parse_listening_line(grpc)
+                .zip(admin.strip_prefix("admin ").and_then(parse_listening_line)),
             _ => None,
         };
-        let Some(port) = port else {
+        let Some((port, admin_port)) = ports else {
             kill_and_reap(&mut child);
             panic!(
-                "portcullis did not print `listening on 127.0.0.1:PORT` (first line: {first:?}); \
-                 stderr:\n{}",
+                "portcullis did not print `listening on 127.0.0.1:PORT` and \
+                 `admin listening on 127.0.0.1:PORT` (got: {first:?}); stderr:\n{}",
                 tail(&read_log(&log_path), 40)
             );
         };
-        Portcullis { child, port, dir }
+        Portcullis {
+            child,
+            port,
+            admin_port,
+            dir,
+        }
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The admin HTTP port (/live, /ready, /metrics).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The exit code once the process has exited (`Some(None)` for a
+    /// signal), `None` while it runs.
+    pub fn try_wait(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
     }
 
     /// Kills the process now (the fail-closed test), and reaps it.
@@ -928,9 +946,14 @@ impl Stack {
     /// Starts a stack of its own; `None` when Envoy is missing and not
     /// required.
     pub fn start() -> Option<Stack> {
+        Self::start_with_policies(&bundled_policies())
+    }
+
+    /// Starts a stack of its own on the policy directory `policies`.
+    pub fn start_with_policies(policies: &Path) -> Option<Stack> {
         let envoy_bin = find_envoy()?;
         let upstream = EchoUpstream::start();
-        let portcullis = Portcullis::start(&bundled_policies());
+        let portcullis = Portcullis::start(policies);
         let config = render_envoy_config(
             &repo_path("envoy/front-proxy.yaml"),
             &EnvoyPorts::ephemeral(portcullis.port(), upstream.port()),

@@ -1,0 +1,96 @@
+//! One whole check as the server runs it: CheckRequest → adapter → engine →
+//! CheckResponse, with metrics, and with the decision log on or sampled off.
+//! The log is written as JSON to a sink, so the bench measures formatting,
+//! not a disk. The token is cached after the first check, as in production.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use jsonwebtoken::{EncodingKey, Header};
+use portcullis::adapter::ResponseConfig;
+use portcullis::metrics::Metrics;
+use portcullis::policy::load_policies;
+use portcullis::server::Authorizer;
+use portcullis::token::TokenCache;
+
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+const NOW: u64 = 1_800_000_000;
+
+fn request(method: &str, path: &str, token: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: "documents.example.com".into(),
+                    headers: HashMap::from([
+                        ("authorization".to_owned(), format!("Bearer {token}")),
+                        ("x-request-id".to_owned(), "bench-request".to_owned()),
+                    ]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: HashMap::from([("app".to_owned(), "documents".to_owned())]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn authorizer(allow_log_rate: f64) -> Authorizer {
+    std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
+    let policy = load_policies(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tokens = TokenCache::new(1000);
+    let metrics = Arc::new(Metrics::new(vec![("token", tokens.stats())]));
+    Authorizer::new(
+        Arc::new(ArcSwap::from_pointee(policy)),
+        tokens,
+        ResponseConfig::default(),
+        Arc::new(|| NOW),
+    )
+    .with_metrics(metrics)
+    .with_allow_log_rate(allow_log_rate)
+}
+
+fn check(c: &mut Criterion) {
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::sink)
+        .try_init();
+    let claims = serde_json::json!({
+        "iss": "https://idp.example.com", "aud": "documents-api", "sub": "alice", "exp": NOW + 3600,
+    });
+    let token = jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let allow = request("GET", "/documents/1", &token);
+    let deny = request("DELETE", "/documents/2", &token);
+
+    let mut group = c.benchmark_group("check");
+    for (name, rate) in [("logged", 1.0), ("unlogged", 0.0)] {
+        let authorizer = authorizer(rate);
+        assert!(authorizer.check_request(&allow).0.is_allowed());
+        group.bench_function(format!("allow/{name}"), |b| {
+            b.iter(|| authorizer.check_request(black_box(&allow)))
+        });
+    }
+    let authorizer = authorizer(1.0);
+    group.bench_function("deny/logged", |b| {
+        b.iter(|| authorizer.check_request(black_box(&deny)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, check);
+criterion_main!(benches);

@@ -1,0 +1,469 @@
+//! Operating Portcullis: metrics scraped over HTTP, decision logs parsed,
+//! readiness, and SIGTERM with checks in flight, all against the real
+//! `portcullis` binary (or the real admin server) on 127.0.0.1.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use portcullis::admin::{self, AdminState, Readiness};
+use portcullis::metrics::Metrics;
+use portcullis::policy::load_policies;
+use serde_json::Value;
+use support::{bundled_policies, send_raw, token, Portcullis};
+use tonic::transport::Channel;
+
+fn check_request(
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    request_id: &str,
+) -> CheckRequest {
+    let mut headers = HashMap::from([("x-request-id".to_owned(), request_id.to_owned())]);
+    if let Some(value) = authorization {
+        headers.insert("authorization".to_owned(), value.to_owned());
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn client(port: u16) -> AuthorizationClient<Channel> {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    AuthorizationClient::new(channel)
+}
+
+/// 200 for an OK response, else the denied status.
+async fn status(client: &mut AuthorizationClient<Channel>, request: CheckRequest) -> i32 {
+    let response = client
+        .check(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    match response.http_response {
+        Some(HttpResponse::OkResponse(_)) => 200,
+        Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// `name{labels} value` lines of a Prometheus scrape, keyed by `name{labels}`.
+fn scrape(admin_port: u16) -> HashMap<String, f64> {
+    let response = send_raw(admin_port, "GET", b"/metrics", &[]);
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .header("content-type")
+            .unwrap_or_default()
+            .starts_with("application/openmetrics-text"),
+        "{:?}",
+        response.headers
+    );
+    response
+        .text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
+    after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_checks_caches_and_the_policy() {
+    let portcullis = Portcullis::start(&bundled_policies());
+    let admin = portcullis.admin_port();
+    let live = send_raw(admin, "GET", b"/live", &[]);
+    assert_eq!(live.status, 200);
+    let ready = send_raw(admin, "GET", b"/ready", &[]);
+    assert_eq!(ready.status, 200);
+    assert!(ready.text().contains("policy version"), "{}", ready.text());
+
+    let before = scrape(admin);
+    let mut grpc = client(portcullis.port()).await;
+    let alice = format!("Bearer {}", token("alice"));
+    assert_eq!(
+        status(
+            &mut grpc,
+            check_request("GET", "/documents/1", Some(&alice), "m1")
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status(
+            &mut grpc,
+            check_request("GET", "/documents/1", Some(&alice), "m2")
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status(
+            &mut grpc,
+            check_request("DELETE", "/documents/2", Some(&alice), "m3")
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status(&mut grpc, check_request("GET", "/documents/1", None, "m4")).await,
+        401
+    );
+    assert_eq!(
+        status(&mut grpc, check_request("GET", "/nowhere", None, "m5")).await,
+        403
+    );
+    let after = scrape(admin);
+
+    let checks = |decision: &str, reason: &str, app: &str| {
+        format!("portcullis_checks_total{{application=\"{app}\",decision=\"{decision}\",reason=\"{reason}\"}}")
+    };
+    assert_eq!(
+        delta(&before, &after, &checks("allow", "granted", "documents")),
+        2.0,
+        "{after:#?}"
+    );
+    assert_eq!(
+        delta(&before, &after, &checks("deny", "no_grant", "documents")),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            &checks("deny", "missing_credentials", "documents")
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(&before, &after, &checks("deny", "no_application", "")),
+        1.0
+    );
+    assert_eq!(
+        delta(&before, &after, "portcullis_check_duration_seconds_count"),
+        5.0
+    );
+    // The first alice check verifies the token; the next two find it cached.
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "portcullis_cache_requests_total{cache=\"token\",result=\"miss\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "portcullis_cache_requests_total{cache=\"token\",result=\"hit\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        after.get("portcullis_policy_loads_total{result=\"success\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(after.get("portcullis_policy_grants"), Some(&7.0));
+    let version = ready
+        .text()
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        after.get(&format!("portcullis_policy_info{{version=\"{version}\"}}")),
+        Some(&1.0)
+    );
+    // No subject, path or resource ever becomes a label.
+    let text = send_raw(admin, "GET", b"/metrics", &[]).text();
+    for leak in ["alice", "/documents", "document:1"] {
+        assert!(!text.contains(leak), "metrics contain {leak:?}");
+    }
+}
+
+/// The `decision` lines of a JSON log, parsed.
+fn decision_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "decision")
+        .collect()
+}
+
+#[tokio::test]
+async fn decision_logs_are_json_lines_without_tokens() {
+    let portcullis = Portcullis::start(&bundled_policies());
+    let mut grpc = client(portcullis.port()).await;
+    let bob = token("bob");
+    let header = format!("Bearer {bob}");
+    assert_eq!(
+        status(
+            &mut grpc,
+            check_request("GET", "/documents/1", Some(&header), "req-allow")
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status(
+            &mut grpc,
+            check_request("GET", "/documents/2", Some(&header), "req-deny")
+        )
+        .await,
+        403
+    );
+    // Change one signature character well before the end (the last one
+    // carries padding bits, and changing it may make the base64 invalid).
+    let at = bob.len() - 10;
+    let swapped = if &bob[at..=at] == "A" { "B" } else { "A" };
+    let bad = format!("Bearer {}{swapped}{}", &bob[..at], &bob[at + 1..]);
+    assert_eq!(
+        status(
+            &mut grpc,
+            check_request("GET", "/documents/1", Some(&bad), "req-bad")
+        )
+        .await,
+        401
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines = decision_lines(&portcullis.log());
+        if lines.len() >= 3 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let by_id = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["request_id"] == id)
+            .unwrap_or_else(|| panic!("no decision line for {id}: {lines:#?}"))
+            .clone()
+    };
+    let allow = by_id("req-allow");
+    let fields = &allow["fields"];
+    assert_eq!(allow["level"], "INFO");
+    assert_eq!(fields["decision"], "allow");
+    assert_eq!(fields["application"], "documents");
+    assert_eq!(fields["route"], "read-document");
+    assert_eq!(fields["subject"], "bob");
+    assert_eq!(fields["resource"], "document:1");
+    assert_eq!(fields["action"], "read");
+    assert_eq!(fields["reason"], "granted");
+    assert_eq!(fields["status"], 200);
+    assert!(
+        fields["rule"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("viewer"),
+        "{fields}"
+    );
+    assert!(
+        fields["policy_version"]
+            .as_str()
+            .is_some_and(|v| v.len() == 16),
+        "{fields}"
+    );
+    assert!(fields["latency_us"].is_u64(), "{fields}");
+    let deny = by_id("req-deny");
+    assert_eq!(deny["fields"]["decision"], "deny");
+    assert_eq!(deny["fields"]["reason"], "no_grant");
+    assert_eq!(by_id("req-bad")["fields"]["reason"], "token_bad_signature");
+
+    let log = portcullis.log();
+    for secret in [
+        bob.as_str(),
+        &bad[7..],
+        support::test_secret(),
+        "Bearer",
+        "eyJ",
+    ] {
+        assert!(!log.contains(secret), "the log contains {secret:?}");
+    }
+}
+
+#[tokio::test]
+async fn allows_are_sampled_and_denies_always_logged() {
+    let portcullis =
+        Portcullis::start_with_env(&bundled_policies(), &[("PORTCULLIS_LOG_ALLOW_RATE", "0")]);
+    let mut grpc = client(portcullis.port()).await;
+    let bob = format!("Bearer {}", token("bob"));
+    for i in 0..5 {
+        let id = format!("allow-{i}");
+        assert_eq!(
+            status(
+                &mut grpc,
+                check_request("GET", "/documents/1", Some(&bob), &id)
+            )
+            .await,
+            200
+        );
+    }
+    assert_eq!(
+        status(
+            &mut grpc,
+            check_request("GET", "/documents/2", Some(&bob), "deny-0")
+        )
+        .await,
+        403
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines = decision_lines(&portcullis.log());
+        if !lines.is_empty() || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ids: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["fields"]["request_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["deny-0"]);
+}
+
+#[tokio::test]
+async fn ready_is_false_until_the_policy_is_served() {
+    std::env::set_var("PORTCULLIS_DEMO_SECRET", support::test_secret());
+    let policy = load_policies(&bundled_policies()).unwrap_or_else(|e| panic!("{e}"));
+    let readiness = Arc::new(Readiness::default());
+    let state = AdminState {
+        readiness: readiness.clone(),
+        metrics: Arc::new(Metrics::new(Vec::new())),
+        policy: Arc::new(ArcSwap::from_pointee(policy)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(admin::run(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let get =
+        |path: &'static [u8]| tokio::task::spawn_blocking(move || send_raw(port, "GET", path, &[]));
+    assert_eq!(get(b"/ready").await.map(|r| r.status).unwrap_or(0), 503);
+    assert_eq!(get(b"/live").await.map(|r| r.status).unwrap_or(0), 200);
+    readiness.set(true);
+    assert_eq!(get(b"/ready").await.map(|r| r.status).unwrap_or(0), 200);
+    readiness.set(false);
+    assert_eq!(get(b"/ready").await.map(|r| r.status).unwrap_or(0), 503);
+    assert_eq!(get(b"/nothing").await.map(|r| r.status).unwrap_or(0), 404);
+    let _ = stop.send(());
+    let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_checks_in_flight_and_exits_zero() {
+    let mut portcullis = Portcullis::start(&bundled_policies());
+    let port = portcullis.port();
+    let bob = format!("Bearer {}", token("bob"));
+    // Four clients, each on its own connection, checking until refused (at
+    // most 20,000 checks or 20 s each).
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let bob = bob.clone();
+        let mut grpc = client(port).await;
+        clients.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let (mut answered, mut refused) = (0u32, 0u32);
+            for i in 0..20_000 {
+                if started.elapsed() > Duration::from_secs(20) {
+                    break;
+                }
+                let id = format!("drain-{c}-{i}");
+                match grpc
+                    .check(check_request("GET", "/documents/1", Some(&bob), &id))
+                    .await
+                {
+                    Ok(response) => {
+                        let ok = matches!(
+                            response.into_inner().http_response,
+                            Some(HttpResponse::OkResponse(_))
+                        );
+                        assert!(ok, "a check answered during shutdown must be a real answer");
+                        answered += 1;
+                    }
+                    Err(_) => {
+                        refused += 1;
+                        break;
+                    }
+                }
+            }
+            (answered, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &portcullis.pid().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(kill.success());
+    let code = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(code) = portcullis.try_wait() {
+                return Some(code);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        code,
+        Some(Some(0)),
+        "portcullis must exit 0 within the drain bound"
+    );
+    let mut answered = 0;
+    for client in clients {
+        let (a, refused) = client.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            refused, 1,
+            "every client is refused once the server is gone"
+        );
+        answered += a;
+    }
+    assert!(
+        answered >= 4,
+        "the clients were answered before the shutdown ({answered})"
+    );
+}
