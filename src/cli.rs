@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use clap::{Args, Parser, Subcommand};
@@ -19,11 +19,15 @@ use jsonwebtoken::{EncodingKey, Header};
 
 use crate::adapter::{self, ResponseConfig, DEFAULT_SUBJECT_HEADER};
 use crate::admin::{self, AdminState, Readiness};
+use crate::decision_cache::{
+    DecisionCache, DEFAULT_DECISION_CACHE_CAPACITY, DEFAULT_DECISION_CACHE_TTL,
+};
 use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
 use crate::metrics::Metrics;
 use crate::policy::{load_policies, PolicySet};
+use crate::reload::{self, Reloader, WatchConfig};
 use crate::server::{self, Authorizer, DEFAULT_TOKEN_CACHE_CAPACITY};
-use crate::token::{KeySet, TokenCache};
+use crate::token::{KeySet, TokenCache, DEFAULT_TOKEN_CACHE_TTL};
 
 /// Exit code for configuration errors (sysexits.h EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
@@ -74,6 +78,15 @@ pub struct ServeArgs {
     /// Verified tokens remembered (each until its exp)
     #[arg(long, env = "PORTCULLIS_TOKEN_CACHE_CAPACITY", default_value_t = DEFAULT_TOKEN_CACHE_CAPACITY)]
     pub token_cache_capacity: u64,
+    /// Longest time a verified token is remembered, in seconds (never past its exp)
+    #[arg(long, env = "PORTCULLIS_TOKEN_CACHE_TTL_SECONDS", default_value_t = DEFAULT_TOKEN_CACHE_TTL.as_secs())]
+    pub token_cache_ttl_seconds: u64,
+    /// Decisions remembered per policy version; 0 turns the decision cache off
+    #[arg(long, env = "PORTCULLIS_DECISION_CACHE_CAPACITY", default_value_t = DEFAULT_DECISION_CACHE_CAPACITY)]
+    pub decision_cache_capacity: u64,
+    /// Longest time a decision is remembered, in seconds
+    #[arg(long, env = "PORTCULLIS_DECISION_CACHE_TTL_SECONDS", default_value_t = DEFAULT_DECISION_CACHE_TTL.as_secs())]
+    pub decision_cache_ttl_seconds: u64,
     /// Address for the admin HTTP listener (/live, /ready, /metrics)
     #[arg(
         long,
@@ -87,6 +100,12 @@ pub struct ServeArgs {
     /// Seconds to finish checks in flight after SIGTERM before exiting anyway
     #[arg(long, env = "PORTCULLIS_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    /// Reload when files in the policy directory change (SIGHUP always reloads)
+    #[arg(long, env = "PORTCULLIS_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch: bool,
+    /// Milliseconds of quiet after a file change before reloading
+    #[arg(long, env = "PORTCULLIS_RELOAD_DEBOUNCE_MS", default_value_t = 200)]
+    pub reload_debounce_ms: u64,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -379,8 +398,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     }
-    let tokens = TokenCache::new(args.token_cache_capacity);
-    let metrics = Arc::new(Metrics::new(vec![("token", tokens.stats())]));
+    let tokens = TokenCache::with_ttl(
+        args.token_cache_capacity,
+        Duration::from_secs(args.token_cache_ttl_seconds),
+    );
+    let decisions = (args.decision_cache_capacity > 0).then(|| {
+        DecisionCache::new(
+            args.decision_cache_capacity,
+            Duration::from_secs(args.decision_cache_ttl_seconds),
+        )
+    });
+    let mut caches = vec![("token", tokens.stats())];
+    caches.extend(decisions.iter().map(|d| ("decision", d.stats())));
+    let metrics = Arc::new(Metrics::new(caches));
     let policy = match load_policies(&args.policies) {
         Ok(policy) => policy,
         Err(errors) => {
@@ -411,6 +441,19 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        let reloader = Arc::new(Reloader::new(&args.policies, policy.clone(), Some(metrics.clone())));
+        let watch_config = WatchConfig {
+            watch_files: args.watch,
+            debounce: std::time::Duration::from_millis(args.reload_debounce_ms),
+        };
+        let reloads = match reload::watch(reloader, watch_config) {
+            Ok(reloads) => reloads,
+            Err(e) => {
+                eprintln!("cannot watch {}: {e}", args.policies.display());
+                return ExitCode::FAILURE;
+            }
+        };
         let bind = |address: SocketAddr| async move {
             tokio::net::TcpListener::bind(address)
                 .await
@@ -425,7 +468,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         let admin_address = admin_listener.local_addr().unwrap_or(args.admin_listen);
         let address = listener.local_addr().unwrap_or(args.listen);
 
-        let policy = Arc::new(ArcSwap::from_pointee(policy));
         let readiness = Arc::new(Readiness::default());
         let admin_state = AdminState {
             readiness: readiness.clone(),
@@ -440,6 +482,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         )
         .with_metrics(metrics)
         .with_allow_log_rate(args.log_allow_rate);
+        let authorizer = match decisions {
+            Some(cache) => authorizer.with_decision_cache(cache),
+            None => authorizer,
+        };
 
         let (stop_checks, checks_stopped) = tokio::sync::oneshot::channel::<()>();
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -449,6 +495,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let mut checks = tokio::spawn(server::run(listener, authorizer, async {
             let _ = checks_stopped.await;
         }));
+        tokio::spawn(reloads);
         readiness.set(true);
         let version = policy.load().version.clone();
         tracing::info!(address = %address, admin_address = %admin_address, policy_version = %version, "serving");

@@ -225,6 +225,9 @@ pub struct Decision {
     /// The application runs in dry-run mode: a deny is recorded as
     /// would-deny and the request goes through.
     pub dry_run: bool,
+    /// Until when (seconds since the epoch) the decision holds: the
+    /// subject's token validity; `None` when no token was involved.
+    pub valid_until: Option<u64>,
 }
 
 impl Decision {
@@ -240,6 +243,7 @@ impl Decision {
             action: None,
             matched_rule: None,
             dry_run: false,
+            valid_until: None,
         }
     }
 
@@ -347,6 +351,7 @@ pub fn decide(
         action.map(|(_, index)| *index),
     );
     decision.subject = Some(principal.subject.clone());
+    decision.valid_until = Some(policy.issuers.valid_until(&principal));
     with_route(decision)
 }
 

@@ -21,7 +21,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::adapter::{self, ResponseConfig};
-use crate::engine::{self, Decision, Reason};
+use crate::decision_cache::DecisionCache;
+use crate::engine::{self, Decision, Reason, RequestAttrs};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
 use crate::token::TokenCache;
@@ -53,6 +54,7 @@ pub struct Authorizer {
     clock: Clock,
     metrics: Option<Arc<Metrics>>,
     log: Arc<DecisionLog>,
+    decisions: Option<DecisionCache>,
 }
 
 impl Authorizer {
@@ -69,7 +71,14 @@ impl Authorizer {
             clock,
             metrics: None,
             log: Arc::new(DecisionLog::new(1.0)),
+            decisions: None,
         }
+    }
+
+    /// Remembers decisions per policy version in `cache`.
+    pub fn with_decision_cache(mut self, cache: DecisionCache) -> Self {
+        self.decisions = Some(cache);
+        self
     }
 
     /// Counts every check in `metrics`.
@@ -85,27 +94,15 @@ impl Authorizer {
     }
 
     /// Decides one CheckRequest; never panics, never allows on a fault.
-    pub fn check_request(&self, request: &CheckRequest) -> (Decision, CheckResponse) {
+    pub fn check_request(&self, request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
         let started = Instant::now();
         let policy = self.policy.load_full();
         let (decision, request_id) = match adapter::request_attrs(request) {
-            Ok(attrs) => {
-                let now = (self.clock)();
-                let decision = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    engine::decide(&policy, &attrs, &self.tokens, now)
-                }))
-                .unwrap_or_else(|_| {
-                    tracing::error!("the engine panicked; denying");
-                    Decision::deny(engine::Status::Forbidden, Reason::InternalError)
-                });
-                (decision, attrs.request_id)
-            }
+            Ok(attrs) => (self.decide(&policy, &attrs), attrs.request_id),
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable CheckRequest; denying");
-                (
-                    Decision::deny(engine::Status::Forbidden, Reason::InternalError),
-                    None,
-                )
+                let deny = Decision::deny(engine::Status::Forbidden, Reason::InternalError);
+                (Arc::new(deny), None)
             }
         };
         let response = adapter::check_response(&decision, &self.response);
@@ -122,6 +119,33 @@ impl Authorizer {
         self.log
             .record(&decision, request_id.as_deref(), &policy.version, elapsed);
         (decision, response)
+    }
+
+    /// The cached decision for `attrs`, or a new one (remembered when the
+    /// cache is on). An engine panic is a deny.
+    fn decide(&self, policy: &PolicySet, attrs: &RequestAttrs) -> Arc<Decision> {
+        let now = (self.clock)();
+        let key = self
+            .decisions
+            .as_ref()
+            .map(|_| DecisionCache::key(&policy.version, attrs));
+        if let (Some(cache), Some(key)) = (&self.decisions, &key) {
+            if let Some(decision) = cache.get(key, now) {
+                return decision;
+            }
+        }
+        let decision = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            engine::decide(policy, attrs, &self.tokens, now)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("the engine panicked; denying");
+            Decision::deny(engine::Status::Forbidden, Reason::InternalError)
+        });
+        let decision = Arc::new(decision);
+        if let (Some(cache), Some(key)) = (&self.decisions, key) {
+            cache.insert(key, &decision);
+        }
+        decision
     }
 }
 

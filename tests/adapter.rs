@@ -77,7 +77,7 @@ fn request(http: HttpRequest, context: &[(&str, &str)]) -> CheckRequest {
     }
 }
 
-fn check(request: &CheckRequest) -> (Decision, CheckResponse) {
+fn check(request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
     authorizer().check_request(request)
 }
 

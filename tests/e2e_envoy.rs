@@ -1109,23 +1109,17 @@ fn fails_closed_when_portcullis_is_down() {
 /// metrics and the decision log. A bad path is still refused.
 #[test]
 fn dry_run_lets_denied_requests_through_and_records_them() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    for entry in std::fs::read_dir(support::bundled_policies()).unwrap_or_else(|e| panic!("{e}")) {
-        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
-        if !path.is_file() {
-            continue;
+    let dir = support::copy_policies(|name, text| {
+        if name != "documents.yaml" {
+            return text;
         }
-        let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
-        if path.ends_with("documents.yaml") {
-            text = text.replace(
-                "    issuers: [demo-idp]\n",
-                "    issuers: [demo-idp]\n    mode: dry_run\n",
-            );
-            assert!(text.contains("mode: dry_run"));
-        }
-        std::fs::write(dir.path().join(path.file_name().unwrap_or_default()), text)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+        let dry = text.replace(
+            "    issuers: [demo-idp]\n",
+            "    issuers: [demo-idp]\n    mode: dry_run\n",
+        );
+        assert!(dry.contains("mode: dry_run"));
+        dry
+    });
     let Some(stack) = Stack::start_with_policies(dir.path()) else {
         return;
     };

@@ -10,65 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::ext_authz::v3::pb::HttpResponse;
 use portcullis::admin::{self, AdminState, Readiness};
 use portcullis::metrics::Metrics;
 use portcullis::policy::load_policies;
 use serde_json::Value;
-use support::{bundled_policies, send_raw, token, Portcullis};
-use tonic::transport::Channel;
-
-fn check_request(
-    method: &str,
-    path: &str,
-    authorization: Option<&str>,
-    request_id: &str,
-) -> CheckRequest {
-    let mut headers = HashMap::from([("x-request-id".to_owned(), request_id.to_owned())]);
-    if let Some(value) = authorization {
-        headers.insert("authorization".to_owned(), value.to_owned());
-    }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-async fn client(port: u16) -> AuthorizationClient<Channel> {
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    AuthorizationClient::new(channel)
-}
-
-/// 200 for an OK response, else the denied status.
-async fn status(client: &mut AuthorizationClient<Channel>, request: CheckRequest) -> i32 {
-    let response = client
-        .check(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
-    match response.http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
-        other => panic!("unexpected {other:?}"),
-    }
-}
+use support::{
+    bundled_policies, check_request, grpc_client as client, grpc_status as status, send_raw, token,
+    Portcullis,
+};
 
 /// `name{labels} value` lines of a Prometheus scrape, keyed by `name{labels}`.
 fn scrape(admin_port: u16) -> HashMap<String, f64> {
@@ -172,23 +122,17 @@ async fn metrics_count_checks_caches_and_the_policy() {
         delta(&before, &after, "portcullis_check_duration_seconds_count"),
         5.0
     );
-    // The first alice check verifies the token; the next two find it cached.
-    assert_eq!(
-        delta(
-            &before,
-            &after,
-            "portcullis_cache_requests_total{cache=\"token\",result=\"miss\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        delta(
-            &before,
-            &after,
-            "portcullis_cache_requests_total{cache=\"token\",result=\"hit\"}"
-        ),
-        2.0
-    );
+    // The second identical alice check is a decision-cache hit; the delete
+    // misses the decision cache but finds alice's token verified.
+    let cache = |cache: &str, result: &str| {
+        let key =
+            format!("portcullis_cache_requests_total{{cache=\"{cache}\",result=\"{result}\"}}");
+        delta(&before, &after, &key)
+    };
+    assert_eq!(cache("decision", "hit"), 1.0);
+    assert_eq!(cache("decision", "miss"), 4.0);
+    assert_eq!(cache("token", "miss"), 1.0);
+    assert_eq!(cache("token", "hit"), 1.0);
     assert_eq!(
         after.get("portcullis_policy_loads_total{result=\"success\"}"),
         Some(&1.0)

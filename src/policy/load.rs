@@ -81,6 +81,11 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
             }),
         }
     }
+    if !errors.is_empty() {
+        // Compiling the files that parsed would report every name the
+        // broken file defines as unknown: report the parse errors alone.
+        return Err(LoadErrors(errors));
+    }
     let mut compiler = Compiler {
         errors,
         files: &parsed,

@@ -25,7 +25,10 @@ pub struct TokenCache {
     stats: Arc<CacheStats>,
 }
 
-struct UntilExpiry;
+/// Evicts an entry at its token's `exp`, or after `max_ttl`, whichever is first.
+struct UntilExpiry {
+    max_ttl: Duration,
+}
 
 impl Expiry<Key, Arc<Principal>> for UntilExpiry {
     fn expire_after_create(
@@ -37,22 +40,36 @@ impl Expiry<Key, Arc<Principal>> for UntilExpiry {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        Some(Duration::from_secs(
-            principal.expires_at.saturating_sub(now),
-        ))
+        let until_exp = Duration::from_secs(principal.expires_at.saturating_sub(now));
+        Some(until_exp.min(self.max_ttl))
     }
 }
 
+/// Default longest time a verified token is remembered.
+pub const DEFAULT_TOKEN_CACHE_TTL: Duration = Duration::from_secs(300);
+
 impl TokenCache {
-    /// A cache of at most `capacity` tokens.
+    /// A cache of at most `capacity` tokens, each kept at most
+    /// [`DEFAULT_TOKEN_CACHE_TTL`].
     pub fn new(capacity: u64) -> Self {
+        Self::with_ttl(capacity, DEFAULT_TOKEN_CACHE_TTL)
+    }
+
+    /// A cache of at most `capacity` tokens, each kept at most `max_ttl`
+    /// (and never past its token's `exp`).
+    pub fn with_ttl(capacity: u64, max_ttl: Duration) -> Self {
         Self {
             entries: Cache::builder()
                 .max_capacity(capacity)
-                .expire_after(UntilExpiry)
+                .expire_after(UntilExpiry { max_ttl })
                 .build(),
             stats: Arc::default(),
         }
+    }
+
+    /// Forgets every verification, e.g. when an issuer's keys change.
+    pub fn clear(&self) {
+        self.entries.invalidate_all();
     }
 
     /// Hit and miss counts, for metrics.
@@ -73,12 +90,14 @@ impl TokenCache {
         let key = cache_key(policy_version, token);
         if let Some(principal) = self.entries.get(&key) {
             self.stats.hit();
-            let issuer = allowed
+            let issuer_allowed = allowed
                 .iter()
                 .filter_map(|&i| issuers.get(i))
-                .find(|issuer| issuer.name == principal.issuer)
-                .ok_or(TokenError::UnknownIssuer)?;
-            if now > principal.expires_at.saturating_add(issuer.leeway_seconds) {
+                .any(|issuer| issuer.name == principal.issuer);
+            if !issuer_allowed {
+                return Err(TokenError::UnknownIssuer);
+            }
+            if now > issuers.valid_until(&principal) {
                 self.entries.invalidate(&key);
                 return Err(TokenError::Expired);
             }

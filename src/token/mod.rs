@@ -7,7 +7,7 @@
 
 mod cache;
 
-pub use cache::TokenCache;
+pub use cache::{TokenCache, DEFAULT_TOKEN_CACHE_TTL};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -168,6 +168,18 @@ impl Issuers {
 
     pub fn get(&self, index: usize) -> Option<&Issuer> {
         self.list.get(index)
+    }
+
+    /// The time until which a principal vouched for by the issuer named
+    /// `name` may act: its `exp` plus the issuer's leeway (no leeway for
+    /// a principal no issuer of this policy vouched for).
+    pub fn valid_until(&self, principal: &Principal) -> u64 {
+        let leeway = self
+            .list
+            .iter()
+            .find(|i| i.name == principal.issuer)
+            .map_or(0, |i| i.leeway_seconds);
+        principal.expires_at.saturating_add(leeway)
     }
 
     /// Verifies `token` against the issuers at `allowed` (indices into this set).

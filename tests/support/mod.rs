@@ -27,6 +27,12 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse as CheckHttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as CheckHttpRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
@@ -34,6 +40,7 @@ use hyper::{Request, Response as HyperResponse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::distributions::{Alphanumeric, DistString};
 use serde_json::{json, Value};
+use tonic::transport::Channel;
 
 /// How long a child process may take to say it is ready.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -994,4 +1001,111 @@ impl Stack {
             tail(&self.portcullis.log(), 30)
         )
     }
+}
+
+// ---------------------------------------------------------------------------
+// gRPC checks, as Envoy sends them
+// ---------------------------------------------------------------------------
+
+/// A CheckRequest with an `x-request-id` and, if given, an Authorization header.
+pub fn check_request(
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    request_id: &str,
+) -> CheckRequest {
+    let mut headers = HashMap::from([("x-request-id".to_owned(), request_id.to_owned())]);
+    if let Some(value) = authorization {
+        headers.insert("authorization".to_owned(), value.to_owned());
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(CheckHttpRequest {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A gRPC client of Portcullis on 127.0.0.1:`port`.
+pub async fn grpc_client(port: u16) -> AuthorizationClient<Channel> {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    AuthorizationClient::new(channel)
+}
+
+/// 200 for an OK response, else the denied status.
+pub async fn grpc_status(client: &mut AuthorizationClient<Channel>, request: CheckRequest) -> i32 {
+    let response = client
+        .check(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    match response.http_response {
+        Some(CheckHttpResponse::OkResponse(_)) => 200,
+        Some(CheckHttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Policy directories and readiness
+// ---------------------------------------------------------------------------
+
+/// A copy of the bundled policies (files only), each passed through
+/// `edit(file name, content)`.
+pub fn copy_policies(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let entries = std::fs::read_dir(bundled_policies()).unwrap_or_else(|e| panic!("{e}"));
+    for entry in entries {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if !path.is_file() {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let content = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(&name), edit(&name, content))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    dir
+}
+
+/// The policy version `/ready` reports, or `None` while not ready.
+pub fn ready_version(admin_port: u16) -> Option<String> {
+    let response = try_send(admin_port, "GET", b"/ready", &[]).ok()?;
+    if response.status != 200 {
+        return None;
+    }
+    response.text().trim().rsplit(' ').next().map(str::to_owned)
+}
+
+/// Waits (at most `limit`) until `/ready` reports a version other than
+/// `old`; returns it with the time it took.
+pub fn wait_for_new_version(
+    admin_port: u16,
+    old: &str,
+    limit: Duration,
+) -> Option<(String, Duration)> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Some(version) = ready_version(admin_port).filter(|v| v != old) {
+            return Some((version, started.elapsed()));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    None
 }

@@ -1,0 +1,257 @@
+//! Live policies: the real binary reloads its directory on file changes and
+//! SIGHUP, keeps the last good policy when a new one does not load, and a
+//! revoked grant stops working on the first check after the reload, with
+//! every cache on.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{
+    bearer, check_request, copy_policies, grpc_client, grpc_status, ready_version, send_raw, token,
+    wait_for_new_version, Portcullis, Stack,
+};
+
+const BOB_GRANT: &str = "  - subject: bob\n    role: viewer\n    resource: document:1\n";
+
+fn without_bob(text: &str) -> String {
+    assert!(text.contains(BOB_GRANT), "grants.yaml changed shape");
+    text.replace(BOB_GRANT, "")
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    std::fs::write(dir.join(file), text).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn metric(admin: u16, key: &str) -> f64 {
+    send_raw(admin, "GET", b"/metrics", &[])
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_revoked_grant_is_denied_through_envoy_right_after_the_reload() {
+    let dir = copy_policies(|_, text| text);
+    let Some(stack) = Stack::start_with_policies(dir.path()) else {
+        return;
+    };
+    let admin = stack.portcullis.admin_port();
+    let bob = bearer(&token("bob"));
+    let get = || {
+        stack
+            .send("GET", b"/documents/1", &[("authorization", &bob)])
+            .status
+    };
+    // Twice: the second answer comes from the decision cache.
+    assert_eq!(get(), 200);
+    assert_eq!(get(), 200);
+    let old = ready_version(admin).unwrap_or_else(|| panic!("not ready"));
+
+    let written = Instant::now();
+    write(
+        dir.path(),
+        "grants.yaml",
+        &without_bob(&read(dir.path(), "grants.yaml")),
+    );
+    let (_, reload) = wait_for_new_version(admin, &old, Duration::from_secs(2))
+        .unwrap_or_else(|| panic!("no reload within 2 s of the write:\n{}", stack.logs()));
+    // The very first check after the reload is denied: no cache serves the old grant.
+    assert_eq!(get(), 403, "{}", stack.logs());
+    let revoked = written.elapsed();
+    eprintln!(
+        "revocation: reload published {reload:?} after the write; denied {revoked:?} after it"
+    );
+    assert!(revoked < Duration::from_secs(2));
+    // alice is untouched.
+    let alice = bearer(&token("alice"));
+    assert_eq!(
+        stack
+            .send("GET", b"/documents/1", &[("authorization", &alice)])
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_broken_or_half_written_file_keeps_the_last_good_policy() {
+    let dir = copy_policies(|_, text| text);
+    let portcullis = Portcullis::start(dir.path());
+    let admin = portcullis.admin_port();
+    let mut grpc = grpc_client(portcullis.port()).await;
+    let bob = bearer(&token("bob"));
+    let check = || check_request("GET", "/documents/1", Some(&bob), "reload");
+    assert_eq!(grpc_status(&mut grpc, check()).await, 200);
+    let good = ready_version(admin).unwrap_or_else(|| panic!("not ready"));
+
+    // Broken YAML over a good file: still served, the error logged with its line.
+    let grants = read(dir.path(), "grants.yaml");
+    let failures = metric(admin, "portcullis_policy_loads_total{result=\"failure\"}");
+    write(
+        dir.path(),
+        "grants.yaml",
+        &grants.replace("grants:\n", "grants:\n  - [unclosed\n"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(admin, "portcullis_policy_loads_total{result=\"failure\"}") <= failures {
+        assert!(Instant::now() < deadline, "the broken file was not noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready_version(admin).as_deref(), Some(good.as_str()));
+    assert_eq!(grpc_status(&mut grpc, check()).await, 200);
+    let log = portcullis.log();
+    assert!(log.contains("grants.yaml:"), "{log}");
+    assert!(log.contains("still serving the last good policy"), "{log}");
+
+    // Half a file (cut inside a grant) is just as broken.
+    let revoked = without_bob(&grants);
+    let failures = metric(admin, "portcullis_policy_loads_total{result=\"failure\"}");
+    write(dir.path(), "grants.yaml", &revoked[..revoked.len() / 2]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(admin, "portcullis_policy_loads_total{result=\"failure\"}") <= failures {
+        assert!(
+            Instant::now() < deadline,
+            "the half-written file was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready_version(admin).as_deref(), Some(good.as_str()));
+    assert_eq!(grpc_status(&mut grpc, check()).await, 200);
+
+    // The rest of the file arrives: the fix is picked up.
+    write(dir.path(), "grants.yaml", &revoked);
+    let found = tokio::task::spawn_blocking(move || {
+        wait_for_new_version(admin, &good, Duration::from_secs(5))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(found.is_some(), "the fixed file was not loaded");
+    assert_eq!(grpc_status(&mut grpc, check()).await, 403);
+}
+
+/// Kubernetes mounts a ConfigMap as links into `..data`, itself a link to
+/// a timestamped folder that an update replaces with one atomic rename.
+#[tokio::test]
+async fn a_configmap_style_symlink_swap_is_picked_up() {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let first = root.path().join("..2026_11_26_01");
+    let source = copy_policies(|_, text| text);
+    std::fs::create_dir(&first).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = std::fs::read_dir(source.path())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    for name in &names {
+        std::fs::copy(source.path().join(name), first.join(name)).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(Path::new("..data").join(name), root.path().join(name))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    std::os::unix::fs::symlink("..2026_11_26_01", root.path().join("..data"))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let portcullis = Portcullis::start(root.path());
+    let admin = portcullis.admin_port();
+    let mut grpc = grpc_client(portcullis.port()).await;
+    let bob = bearer(&token("bob"));
+    assert_eq!(
+        grpc_status(
+            &mut grpc,
+            check_request("GET", "/documents/1", Some(&bob), "cm")
+        )
+        .await,
+        200
+    );
+    let old = ready_version(admin).unwrap_or_else(|| panic!("not ready"));
+
+    let second = root.path().join("..2026_11_26_02");
+    std::fs::create_dir(&second).unwrap_or_else(|e| panic!("{e}"));
+    for name in &names {
+        let text = read(&first, name);
+        let text = if name == "grants.yaml" {
+            without_bob(&text)
+        } else {
+            text
+        };
+        write(&second, name, &text);
+    }
+    std::os::unix::fs::symlink("..2026_11_26_02", root.path().join("..data_tmp"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(root.path().join("..data_tmp"), root.path().join("..data"))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let found = tokio::task::spawn_blocking(move || {
+        wait_for_new_version(admin, &old, Duration::from_secs(5))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        found.is_some(),
+        "the swap was not picked up:\n{}",
+        portcullis.log()
+    );
+    assert_eq!(
+        grpc_status(
+            &mut grpc,
+            check_request("GET", "/documents/1", Some(&bob), "cm")
+        )
+        .await,
+        403
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_when_watching_is_off() {
+    let dir = copy_policies(|_, text| text);
+    let portcullis = Portcullis::start_with_env(dir.path(), &[("PORTCULLIS_WATCH", "false")]);
+    let admin = portcullis.admin_port();
+    let mut grpc = grpc_client(portcullis.port()).await;
+    let bob = bearer(&token("bob"));
+    let old = ready_version(admin).unwrap_or_else(|| panic!("not ready"));
+    write(
+        dir.path(),
+        "grants.yaml",
+        &without_bob(&read(dir.path(), "grants.yaml")),
+    );
+    // Not watching: nothing changes until the signal.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ready_version(admin).as_deref(), Some(old.as_str()));
+    assert_eq!(
+        grpc_status(
+            &mut grpc,
+            check_request("GET", "/documents/1", Some(&bob), "hup")
+        )
+        .await,
+        200
+    );
+
+    let hup = Command::new("kill")
+        .args(["-HUP", &portcullis.pid().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(hup.success());
+    let found = tokio::task::spawn_blocking(move || {
+        wait_for_new_version(admin, &old, Duration::from_secs(5))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        found.is_some(),
+        "SIGHUP did not reload:\n{}",
+        portcullis.log()
+    );
+    assert_eq!(
+        grpc_status(
+            &mut grpc,
+            check_request("GET", "/documents/1", Some(&bob), "hup")
+        )
+        .await,
+        403
+    );
+}
