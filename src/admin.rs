@@ -55,11 +55,16 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    let version = state.policy.load().version.clone();
-    if state.readiness.is_ready() {
+    let policy = state.policy.load();
+    let version = policy.version.clone();
+    // Not ready until every key set an issuer fetches from a URL is loaded.
+    if state.readiness.is_ready() && policy.issuers.remote_key_sets_loaded() {
         (StatusCode::OK, format!("ready: policy version {version}\n"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: policy version {version}\n"),
+        )
     }
 }
 

@@ -23,6 +23,7 @@ use crate::decision_cache::{
     DecisionCache, DEFAULT_DECISION_CACHE_CAPACITY, DEFAULT_DECISION_CACHE_TTL,
 };
 use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
+use crate::jwks::JwksFetcher;
 use crate::metrics::Metrics;
 use crate::policy::{load_policies, PolicySet};
 use crate::reload::{self, Reloader, WatchConfig};
@@ -271,6 +272,10 @@ fn check(args: CheckArgs) -> ExitCode {
     let Some(policy) = load_or_report(&args.policies) else {
         return ExitCode::FAILURE;
     };
+    if let Err(message) = fetch_remote_keys(&policy) {
+        eprintln!("{message}");
+        return ExitCode::FAILURE;
+    }
     let credential = match &args.token {
         Some(token) => adapter::credential(&[format!("Bearer {token}")]),
         None => engine::Credential::Absent,
@@ -293,6 +298,22 @@ fn check(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::from(2)
     }
+}
+
+/// Fetches, once, the keys of issuers that publish them at a URL.
+fn fetch_remote_keys(policy: &PolicySet) -> Result<(), String> {
+    if policy.issuers.remote_key_sets().next().is_none() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let fetcher = JwksFetcher::new(Box::new(|| {}), None)
+        .map_err(|e| format!("cannot build the JWKS client: {e}"))?;
+    runtime
+        .block_on(fetcher.fetch_all_once(policy))
+        .map_err(|(url, e)| format!("cannot fetch {url}: {e}"))
 }
 
 /// A decision in words, one field a line.
@@ -411,7 +432,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let mut caches = vec![("token", tokens.stats())];
     caches.extend(decisions.iter().map(|d| ("decision", d.stats())));
     let metrics = Arc::new(Metrics::new(caches));
-    let policy = match load_policies(&args.policies) {
+    let mut policy = match load_policies(&args.policies) {
         Ok(policy) => policy,
         Err(errors) => {
             metrics.record_policy_load(Err(()));
@@ -441,8 +462,27 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // A change of an issuer's fetched keys forgets every verification.
+        let (token_cache, decision_cache) = (tokens.clone(), decisions.clone());
+        let clear_caches = Box::new(move || {
+            token_cache.clear();
+            if let Some(cache) = &decision_cache {
+                cache.clear();
+            }
+        });
+        let fetcher = match JwksFetcher::new(clear_caches, Some(metrics.clone())) {
+            Ok(fetcher) => fetcher,
+            Err(e) => {
+                eprintln!("cannot build the JWKS client: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        fetcher.adopt(&mut policy);
         let policy = Arc::new(ArcSwap::from_pointee(policy));
-        let reloader = Arc::new(Reloader::new(&args.policies, policy.clone(), Some(metrics.clone())));
+        let adopter = fetcher.clone();
+        let reloader = Reloader::new(&args.policies, policy.clone(), Some(metrics.clone()))
+            .with_prepare(Box::new(move |policy| adopter.adopt(policy)));
+        let reloader = Arc::new(reloader);
         let watch_config = WatchConfig {
             watch_files: args.watch,
             debounce: std::time::Duration::from_millis(args.reload_debounce_ms),

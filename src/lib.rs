@@ -10,6 +10,7 @@ pub mod cases;
 pub mod cli;
 pub mod decision_cache;
 pub mod engine;
+pub mod jwks;
 pub mod metrics;
 pub mod path;
 pub mod policy;

@@ -96,6 +96,7 @@ pub struct Metrics {
     policy_loads: Family<ResultLabels, Counter>,
     policy_info: Family<VersionLabels, Gauge>,
     policy_grants: Gauge,
+    jwks_fetches: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -133,6 +134,12 @@ impl Metrics {
             "Grants in the policy being served.",
             policy_grants.clone(),
         );
+        let jwks_fetches = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "portcullis_jwks_fetches",
+            "Fetches of JWKS URLs by result (success, failure).",
+            jwks_fetches.clone(),
+        );
         registry.register_collector(Box::new(CacheCollector { caches }));
         Self {
             registry,
@@ -141,7 +148,16 @@ impl Metrics {
             policy_loads,
             policy_info,
             policy_grants,
+            jwks_fetches,
         }
+    }
+
+    /// Counts one fetch of a JWKS URL.
+    pub fn record_jwks_fetch(&self, succeeded: bool) {
+        let result = if succeeded { "success" } else { "failure" };
+        self.jwks_fetches
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts one answered check.

@@ -34,11 +34,15 @@ pub enum ReloadOutcome {
     Failed(LoadErrors),
 }
 
+/// Work done on a freshly loaded policy before it is published.
+pub type Prepare = Box<dyn Fn(&mut PolicySet) + Send + Sync>;
+
 /// Reloads one policy directory into one policy handle.
 pub struct Reloader {
     dir: PathBuf,
     policy: PolicyHandle,
     metrics: Option<Arc<Metrics>>,
+    prepare: Option<Prepare>,
 }
 
 impl Reloader {
@@ -47,19 +51,30 @@ impl Reloader {
             dir: dir.to_path_buf(),
             policy,
             metrics,
+            prepare: None,
         }
+    }
+
+    /// Runs `prepare` on each new policy before it is published (to hand it
+    /// the key sets already fetched, for instance).
+    pub fn with_prepare(mut self, prepare: Prepare) -> Self {
+        self.prepare = Some(prepare);
+        self
     }
 
     /// Loads the directory and publishes it when it loads and differs from
     /// what is served. Reads files: call it off the async workers.
     pub fn reload(&self) -> ReloadOutcome {
         match load_policies(&self.dir) {
-            Ok(policy) => {
+            Ok(mut policy) => {
                 let current = self.policy.load();
                 if current.version == policy.version {
                     return ReloadOutcome::Unchanged {
                         version: policy.version,
                     };
+                }
+                if let Some(prepare) = &self.prepare {
+                    prepare(&mut policy);
                 }
                 let version = policy.version.clone();
                 let grants = policy.grants.len();
@@ -119,12 +134,25 @@ fn retire(previous: Arc<PolicySet>) {
             std::thread::sleep(Duration::from_millis(5));
         }
         drop(previous);
+        release_freed_memory();
     };
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             runtime.spawn_blocking(drop_when_unused);
         }
         Err(_) => drop_when_unused(),
+    }
+}
+
+/// Hands memory freed by a dropped snapshot back to the operating system.
+/// glibc keeps freed heap pages for reuse, so without this a process that
+/// reloaded a large policy would keep the high-water mark of two snapshots.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only returns free pages of
+    // the allocator's own arenas to the kernel; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -305,3 +305,71 @@ fn test_runs_case_files_and_exits_by_outcome() {
     let out = portcullis(&["test", empty.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn grants_files_load_in_bulk_and_report_lines() {
+    let dir = broken_copy("grants.yaml", str::to_owned);
+    let bulk = dir.path().join("bulk.grants");
+    std::fs::write(
+        &bulk,
+        "# holder role resource\nsubject:zoe editor document:7\n\ngroup:auditors owner document:9\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let policies = dir.path().to_str().unwrap_or_default();
+    let out = portcullis(&["validate", policies]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(" 9 grants"),
+        "{}",
+        text(&out.stdout)
+    );
+    let token = portcullis(&[
+        "token",
+        "--policies",
+        policies,
+        "--issuer",
+        "demo-idp",
+        "--subject",
+        "zoe",
+    ]);
+    let token = text(&token.stdout).trim().to_owned();
+    let check = |method: &str, path: &str| {
+        portcullis(&[
+            "check",
+            "--policies",
+            policies,
+            "--method",
+            method,
+            "--path",
+            path,
+            "--token",
+            &token,
+        ])
+        .status
+        .code()
+    };
+    assert_eq!(check("PUT", "/documents/7"), Some(0));
+    assert_eq!(check("DELETE", "/documents/7"), Some(2));
+
+    std::fs::write(
+        &bulk,
+        "subject:zoe editor document:7\nsubject:zoe ownr document:8\nzoe viewer document:1\ngroup:nobody viewer document:1\nsubject:zoe viewer doc*\nsubject:zoe viewer\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = portcullis(&["validate", policies]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let file = bulk.display();
+    for expected in [
+        format!("{file}:2: unknown role \"ownr\" in grant"),
+        format!("{file}:3: holder \"zoe\" must be subject:NAME or group:NAME"),
+        format!("{file}:4: unknown group \"nobody\""),
+        format!("{file}:5: resource \"doc*\""),
+        format!("{file}:6: expected three fields"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}

@@ -9,6 +9,12 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
+/// Maps of the index. Keys come from the policy, never from requests (which
+/// only look up), so a fast seeded hasher is safe here.
+type Map<K, V> = HashMap<K, V, RandomState>;
+
 /// Index of a role in the policy's role table.
 pub type RoleId = u32;
 
@@ -118,15 +124,15 @@ impl Roles {
 
 #[derive(Debug, Default)]
 struct HolderGrants {
-    exact: HashMap<Box<str>, Roles>,
-    prefix: HashMap<Box<str>, Roles>,
+    exact: Map<Box<str>, Roles>,
+    prefix: Map<Box<str>, Roles>,
 }
 
 /// The in-memory grants source: hash maps by holder, then by resource key.
 #[derive(Debug, Default)]
 pub struct GrantIndex {
-    subjects: HashMap<Box<str>, HolderGrants>,
-    groups: HashMap<Box<str>, HolderGrants>,
+    subjects: Map<Box<str>, HolderGrants>,
+    groups: Map<Box<str>, HolderGrants>,
     len: usize,
 }
 

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
+use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use sha2::{Digest, Sha256};
 
@@ -24,7 +25,7 @@ use super::{
     RoleId,
 };
 use crate::path;
-use crate::token::{self, Issuer, Issuers, JwkKey, KeySet};
+use crate::token::{self, Issuer, Issuers, KeySet, RefreshPolicy, RemoteKeys};
 use crate::yaml::{self, LineIndex, Step};
 
 /// One problem in a policy directory.
@@ -67,7 +68,10 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
     let files = read_dir(dir)?;
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
-    for file in &files {
+    let (grant_files, yaml_files): (Vec<&SourceFile>, Vec<&SourceFile>) = files
+        .iter()
+        .partition(|f| f.path.extension().is_some_and(|e| e == "grants"));
+    for file in yaml_files {
         match yaml::parse::<PolicyFile>(&file.text) {
             Ok(doc) => parsed.push(Parsed {
                 path: &file.path,
@@ -89,6 +93,7 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
     let mut compiler = Compiler {
         errors,
         files: &parsed,
+        grant_files: &grant_files,
         key_material: Sha256::new(),
     };
     let mut policy = compiler.compile();
@@ -122,8 +127,9 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
         let entry = entry.map_err(|e| fail(format!("cannot read directory: {e}")))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        if name.starts_with('.') || !is_yaml {
+        let is_policy =
+            name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".grants");
+        if name.starts_with('.') || !is_policy {
             continue;
         }
         // Follows links (Kubernetes mounts files as links into `..data`).
@@ -133,7 +139,9 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
         }
     }
     if paths.is_empty() {
-        return Err(fail("no policy files (*.yaml, *.yml) in directory".into()));
+        return Err(fail(
+            "no policy files (*.yaml, *.yml, *.grants) in directory".into(),
+        ));
     }
     paths.sort();
     let mut files = Vec::new();
@@ -188,6 +196,8 @@ struct Parsed<'a> {
 struct Compiler<'a> {
     errors: Vec<LoadError>,
     files: &'a [Parsed<'a>],
+    /// `*.grants` files: one grant a line, for grants in bulk.
+    grant_files: &'a [&'a SourceFile],
     /// A digest of every key read, for the policy version.
     key_material: Sha256,
 }
@@ -375,16 +385,19 @@ impl<'a> Compiler<'a> {
             secret_file,
             public_key_file,
             jwks_file,
+            jwks_url,
+            refresh,
         } = &spec.key;
         let given = [
             secret_env.is_some(),
             secret_file.is_some(),
             public_key_file.is_some(),
             jwks_file.is_some(),
+            jwks_url.is_some(),
         ];
         if given.iter().filter(|g| **g).count() != 1 {
             return Err(
-                "key must set exactly one of secret_env, secret_file, public_key_file, jwks_file"
+                "key must set exactly one of secret_env, secret_file, public_key_file, jwks_file, jwks_url"
                     .into(),
             );
         }
@@ -462,30 +475,7 @@ impl<'a> Compiler<'a> {
             self.key_material.update(text.as_bytes());
             let set: JwkSet = serde_json::from_str(&text)
                 .map_err(|e| format!("{} is not a JWK set: {e}", path.display()))?;
-            let mut keys = Vec::new();
-            for jwk in &set.keys {
-                if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-                    continue;
-                }
-                // `alg` is optional in a JWK (RFC 7517 4.4): a key without it
-                // serves every algorithm the issuer pins for its key type.
-                // Keys of types this build cannot use are skipped.
-                let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                    continue;
-                };
-                if key.family() != family {
-                    continue;
-                }
-                let algorithm = jwk
-                    .common
-                    .key_algorithm
-                    .and_then(|a| Algorithm::try_from(a).ok());
-                keys.push(JwkKey {
-                    kid: jwk.common.key_id.clone(),
-                    algorithm,
-                    key,
-                });
-            }
+            let keys = token::jwk_keys(&set, family);
             if keys.is_empty() {
                 return Err(format!(
                     "{} holds no {family:?} signing key",
@@ -493,6 +483,33 @@ impl<'a> Compiler<'a> {
                 ));
             }
             return Ok(KeySet::Jwks(keys));
+        }
+        if let Some(url) = jwks_url {
+            check_jwks_url(url)?;
+            if algorithms
+                .iter()
+                .any(|a| a.family() == AlgorithmFamily::Hmac)
+            {
+                return Err(
+                    "a JWKS URL serves public keys: pin RS, PS, ES or EdDSA algorithms".into(),
+                );
+            }
+            if refresh.min_seconds == 0 || refresh.min_seconds > refresh.max_seconds {
+                return Err("refresh needs 0 < min_seconds <= max_seconds".into());
+            }
+            // The URL and its bounds are part of the version; the keys it
+            // serves change without a new version, and a change clears the caches.
+            self.key_material.update(url.as_bytes());
+            let policy = RefreshPolicy {
+                min: Duration::from_secs(refresh.min_seconds),
+                max: Duration::from_secs(refresh.max_seconds),
+                unknown_kid: Duration::from_secs(refresh.unknown_kid_seconds),
+            };
+            return Ok(KeySet::Remote(Arc::new(RemoteKeys::new(
+                url.clone(),
+                policy,
+                family,
+            ))));
         }
         Err("no key source".into())
     }
@@ -976,7 +993,59 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
+        for file in self.grant_files {
+            self.grant_lines(file, roles, groups, &mut index);
+        }
         index
+    }
+
+    /// Reads a `*.grants` file: one grant a line, `subject:NAME ROLE RESOURCE`
+    /// or `group:NAME ROLE RESOURCE`, blank lines and `#` comment lines
+    /// allowed. Made for grants in bulk: no YAML tree is built.
+    fn grant_lines(
+        &mut self,
+        file: &SourceFile,
+        roles: &HashMap<String, RoleId>,
+        groups: &HashSet<String>,
+        index: &mut GrantIndex,
+    ) {
+        const MAX_REPORTED: usize = 100;
+        let mut failed = 0usize;
+        for (n, line) in file.text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.split_ascii_whitespace();
+            let parsed = match (fields.next(), fields.next(), fields.next(), fields.next()) {
+                (Some(holder), Some(role), Some(resource), None) => {
+                    grant_line(holder, role, resource, roles, groups)
+                }
+                _ => Err(
+                    "expected three fields: subject:NAME or group:NAME, a role, a resource".into(),
+                ),
+            };
+            match parsed {
+                Ok((holder, key, role)) => index.insert(holder, key, role),
+                Err(message) => {
+                    failed += 1;
+                    if failed <= MAX_REPORTED {
+                        self.errors.push(LoadError {
+                            file: file.path.clone(),
+                            line: Some(n + 1),
+                            message,
+                        });
+                    }
+                }
+            }
+        }
+        if failed > MAX_REPORTED {
+            self.errors.push(LoadError {
+                file: file.path.clone(),
+                line: None,
+                message: format!("{} more lines with errors not shown", failed - MAX_REPORTED),
+            });
+        }
     }
 
     fn denies(&mut self, actions: &HashMap<&str, usize>, groups: &HashSet<String>) -> DenyIndex {
@@ -1043,5 +1112,58 @@ impl<'a> Compiler<'a> {
             }
         }
         index
+    }
+}
+
+/// One line of a `*.grants` file, resolved.
+fn grant_line<'l>(
+    holder: &'l str,
+    role: &str,
+    resource: &'l str,
+    roles: &HashMap<String, RoleId>,
+    groups: &HashSet<String>,
+) -> Result<(Holder<'l>, ResourceKey<'l>, RoleId), String> {
+    let holder = match (
+        holder.strip_prefix("subject:"),
+        holder.strip_prefix("group:"),
+    ) {
+        (Some(subject), _) if !subject.is_empty() => Holder::Subject(subject),
+        (_, Some(group)) if groups.contains(group) => Holder::Group(group),
+        (_, Some(group)) => {
+            return Err(format!(
+                "unknown group {group:?} (declare it under groups:)"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "holder {holder:?} must be subject:NAME or group:NAME"
+            ))
+        }
+    };
+    let role = *roles
+        .get(role)
+        .ok_or_else(|| format!("unknown role {role:?} in grant"))?;
+    let key = ResourceKey::parse(resource).map_err(|e| format!("resource {resource:?}: {e}"))?;
+    Ok((holder, key, role))
+}
+
+/// A JWKS URL must be https; plain http is allowed to a loopback address
+/// only (a test IdP on 127.0.0.1), never across a network.
+fn check_jwks_url(url: &str) -> Result<(), String> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("jwks_url {url:?} is not a URL: {e}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" if parsed.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "jwks_url {url:?} must use https (http only to a loopback address)"
+        )),
+        _ => Err(format!("jwks_url {url:?} must be an https URL")),
     }
 }

@@ -77,6 +77,51 @@ pub struct KeySpec {
     /// A JSON Web Key Set file; tokens choose a key by `kid`.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// A JSON Web Key Set URL: https, or http to a loopback address only.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How the `jwks_url` is refreshed.
+    #[serde(default)]
+    pub refresh: RefreshSpec,
+}
+
+/// Refresh bounds of a `jwks_url`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshSpec {
+    /// Never refresh more often than this, whatever `Cache-Control` says.
+    #[serde(default = "RefreshSpec::default_min")]
+    pub min_seconds: u64,
+    /// Refresh at least this often; also the interval without `max-age`.
+    #[serde(default = "RefreshSpec::default_max")]
+    pub max_seconds: u64,
+    /// At most one extra fetch per this interval for unknown key ids.
+    #[serde(default = "RefreshSpec::default_unknown_kid")]
+    pub unknown_kid_seconds: u64,
+}
+
+impl RefreshSpec {
+    fn default_min() -> u64 {
+        60
+    }
+
+    fn default_max() -> u64 {
+        3600
+    }
+
+    fn default_unknown_kid() -> u64 {
+        30
+    }
+}
+
+impl Default for RefreshSpec {
+    fn default() -> Self {
+        Self {
+            min_seconds: Self::default_min(),
+            max_seconds: Self::default_max(),
+            unknown_kid_seconds: Self::default_unknown_kid(),
+        }
+    }
 }
 
 /// A protected application and its routes.

@@ -6,8 +6,10 @@
 //! algorithm per issuer, picks the key, and checks the time claims itself.
 
 mod cache;
+mod remote;
 
 pub use cache::{TokenCache, DEFAULT_TOKEN_CACHE_TTL};
+pub use remote::{RefreshPolicy, RemoteKeys};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,8 +103,10 @@ impl TokenError {
 pub enum KeySet {
     /// One key: an HMAC secret or a PEM public key.
     Single(DecodingKey),
-    /// Keys from a JWKS, chosen by `kid`.
+    /// Keys from a JWKS file, chosen by `kid`.
     Jwks(Vec<JwkKey>),
+    /// Keys from a JWKS URL, fetched and refreshed outside the engine.
+    Remote(Arc<RemoteKeys>),
 }
 
 /// One key of a JWKS.
@@ -182,6 +186,32 @@ impl Issuers {
         principal.expires_at.saturating_add(leeway)
     }
 
+    /// The key sets fetched from URLs, to share them across reloads.
+    pub fn remote_key_sets_mut(&mut self) -> impl Iterator<Item = &mut Arc<RemoteKeys>> {
+        self.list
+            .iter_mut()
+            .filter_map(|issuer| match &mut issuer.keys {
+                KeySet::Remote(remote) => Some(remote),
+                _ => None,
+            })
+    }
+
+    /// The key sets fetched from URLs.
+    pub fn remote_key_sets(&self) -> impl Iterator<Item = &Arc<RemoteKeys>> {
+        self.list.iter().filter_map(|issuer| match &issuer.keys {
+            KeySet::Remote(remote) => Some(remote),
+            _ => None,
+        })
+    }
+
+    /// True when every key set fetched from a URL has been fetched once.
+    pub fn remote_key_sets_loaded(&self) -> bool {
+        self.list.iter().all(|issuer| match &issuer.keys {
+            KeySet::Remote(remote) => remote.is_loaded(),
+            _ => true,
+        })
+    }
+
     /// Verifies `token` against the issuers at `allowed` (indices into this set).
     pub fn verify(
         &self,
@@ -232,8 +262,6 @@ impl Issuer {
         if !self.algorithms.contains(&alg) {
             return Err(TokenError::AlgorithmNotAllowed(format!("{alg:?}")));
         }
-        let key = self.key_for(alg, header.kid.as_deref())?;
-
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
         validation.set_issuer(&[&self.issuer]);
@@ -243,9 +271,9 @@ impl Issuer {
         validation.validate_exp = false;
         validation.validate_nbf = false;
 
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
-            .map_err(map_jwt_error)?;
-        let claims = data.claims;
+        let claims = self
+            .decode(alg, header.kid.as_deref(), token, &validation)?
+            .claims;
 
         let expires_at =
             numeric_date(claims.get("exp")).ok_or(TokenError::MissingClaim("exp".into()))?;
@@ -292,28 +320,78 @@ impl Issuer {
         })
     }
 
-    /// The key to check a token signed with `alg` (and naming `kid`).
-    fn key_for(&self, alg: Algorithm, kid: Option<&str>) -> Result<&DecodingKey, TokenError> {
-        let family_ok = |key: &DecodingKey| key.family() == alg.family();
+    /// Checks the signature and claims of `token` with the key it names.
+    fn decode(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<jsonwebtoken::TokenData<Map<String, Value>>, TokenError> {
+        let decode = |key: &DecodingKey| {
+            jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+                .map_err(map_jwt_error)
+        };
         match &self.keys {
-            KeySet::Single(key) if family_ok(key) => Ok(key),
+            KeySet::Single(key) if key.family() == alg.family() => decode(key),
             KeySet::Single(_) => Err(TokenError::AlgorithmNotAllowed(format!("{alg:?}"))),
-            KeySet::Jwks(keys) => {
-                let usable =
-                    |k: &&JwkKey| family_ok(&k.key) && k.algorithm.is_none_or(|a| a == alg);
-                let found = match kid {
-                    Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-                    // Without a kid, only an unambiguous key set will do.
-                    None if keys.len() == 1 => keys.first(),
-                    None => None,
-                };
-                found
-                    .filter(usable)
-                    .map(|k| &k.key)
-                    .ok_or(TokenError::UnknownKey)
+            KeySet::Jwks(keys) => decode(select_jwk(keys, alg, kid)?),
+            KeySet::Remote(remote) => {
+                let keys = remote.current();
+                match select_jwk(&keys, alg, kid) {
+                    Ok(key) => decode(key),
+                    Err(e) => {
+                        // Perhaps the IdP rotated: ask for a (rate-limited) refetch.
+                        remote.note_unknown_kid();
+                        Err(e)
+                    }
+                }
             }
         }
     }
+}
+
+/// The key of a JWKS that a token signed with `alg`, naming `kid`, needs.
+fn select_jwk<'k>(
+    keys: &'k [JwkKey],
+    alg: Algorithm,
+    kid: Option<&str>,
+) -> Result<&'k DecodingKey, TokenError> {
+    let usable =
+        |k: &&JwkKey| k.key.family() == alg.family() && k.algorithm.is_none_or(|a| a == alg);
+    let found = match kid {
+        Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+        // Without a kid, only an unambiguous key set will do.
+        None if keys.len() == 1 => keys.first(),
+        None => None,
+    };
+    found
+        .filter(usable)
+        .map(|k| &k.key)
+        .ok_or(TokenError::UnknownKey)
+}
+
+/// The signing keys of `set` usable with algorithms of `family`: keys for
+/// encryption and keys of other types or that cannot be read are skipped.
+pub fn jwk_keys(set: &jsonwebtoken::jwk::JwkSet, family: AlgorithmFamily) -> Vec<JwkKey> {
+    use jsonwebtoken::jwk::PublicKeyUse;
+    set.keys
+        .iter()
+        .filter(|jwk| !matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)))
+        .filter_map(|jwk| {
+            // `alg` is optional in a JWK (RFC 7517 4.4): a key without it
+            // serves every algorithm the issuer pins for its key type.
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            (key.family() == family).then(|| JwkKey {
+                kid: jwk.common.key_id.clone(),
+                algorithm: jwk
+                    .common
+                    .key_algorithm
+                    .and_then(|a| Algorithm::try_from(a).ok()),
+                key,
+            })
+        })
+        .collect()
 }
 
 /// Checks the JWS compact form: three base64url parts, a non-empty signature.

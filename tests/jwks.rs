@@ -1,0 +1,325 @@
+//! Keys fetched from a JWKS URL: a test IdP on 127.0.0.1 serves the key
+//! set, and the real binary verifies tokens against it. Rotation, an IdP
+//! that is down, a flood of random key ids, and readiness.
+
+mod support;
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::pkcs8::EncodePrivateKey;
+use portcullis::policy::load_policies;
+use support::{check_request, grpc_client, grpc_status, send_raw, Portcullis};
+
+const ISSUER: &str = "https://idp.test";
+
+/// Two P-256 signing keys, made once per test binary.
+fn signers() -> &'static [EncodingKey; 2] {
+    static KEYS: OnceLock<[EncodingKey; 2]> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let make = || {
+            let secret = p256::SecretKey::random(&mut rand::thread_rng());
+            let pem = secret
+                .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+                .unwrap_or_else(|e| panic!("{e}"));
+            EncodingKey::from_ec_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+        };
+        [make(), make()]
+    })
+}
+
+fn jwk(signer: usize, kid: &str) -> Jwk {
+    let mut jwk = Jwk::from_encoding_key(&signers()[signer], Algorithm::ES256)
+        .unwrap_or_else(|e| panic!("{e}"));
+    jwk.common.key_id = Some(kid.to_owned());
+    jwk
+}
+
+fn jwks(keys: &[(usize, &str)]) -> String {
+    let set = JwkSet {
+        keys: keys.iter().map(|(signer, kid)| jwk(*signer, kid)).collect(),
+    };
+    serde_json::to_string(&set).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn token(signer: usize, kid: &str, sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = serde_json::json!({ "iss": ISSUER, "aud": "api", "sub": sub, "exp": now + 600 });
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, &claims, &signers()[signer]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A JWKS endpoint whose document and status the test controls.
+struct Idp {
+    port: u16,
+    document: Arc<Mutex<(u16, String)>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl Idp {
+    async fn start(document: String) -> Idp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let document = Arc::new(Mutex::new((200u16, document)));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (served, counted) = (document.clone(), fetches.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (served, counted) = (served.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |_: Request<Incoming>| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let (status, body) = served
+                            .lock()
+                            .map(|d| d.clone())
+                            .unwrap_or((500, String::new()));
+                        async move {
+                            let response = Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .header("cache-control", "max-age=1")
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap_or_else(|e| panic!("{e}"));
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Idp {
+            port,
+            document,
+            fetches,
+        }
+    }
+
+    fn serve(&self, status: u16, body: String) {
+        if let Ok(mut document) = self.document.lock() {
+            *document = (status, body);
+        }
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// A policy with one issuer reading `url`, and one route any verified subject may use.
+fn policy(url: &str, refresh: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let text = format!(
+        "issuers:\n  - name: idp\n    issuer: {ISSUER}\n    audiences: [api]\n    algorithms: [ES256]\n    key:\n      jwks_url: {url}\n      refresh: {refresh}\napplications:\n  - name: api\n    select: {{ path_prefixes: [/api] }}\n    routes:\n      - {{ name: whoami, methods: [GET], path: /api/whoami, access: authenticated }}\n"
+    );
+    std::fs::write(dir.path().join("policy.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+async fn status_of(port: u16, token: &str) -> i32 {
+    let mut client = grpc_client(port).await;
+    let bearer = format!("Bearer {token}");
+    grpc_status(
+        &mut client,
+        check_request("GET", "/api/whoami", Some(&bearer), "jwks"),
+    )
+    .await
+}
+
+/// Polls until `/ready` answers `want` (bounded).
+async fn wait_ready(admin: u16, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status =
+            tokio::task::spawn_blocking(move || send_raw(admin, "GET", b"/ready", &[]).status)
+                .await
+                .unwrap_or(0);
+        if status == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/ready never answered {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls a check until it answers `want` (bounded); returns the time it took.
+async fn wait_status(port: u16, token: &str, want: i32) -> Duration {
+    let started = Instant::now();
+    loop {
+        if status_of(port, token).await == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never answered {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_new_kid_accepted_and_removed_key_refused() {
+    let idp = Idp::start(jwks(&[(0, "k1")])).await;
+    let url = format!("http://127.0.0.1:{}/jwks", idp.port);
+    let dir = policy(
+        &url,
+        "{ min_seconds: 1, max_seconds: 1, unknown_kid_seconds: 1 }",
+    );
+    let portcullis = Portcullis::start(dir.path());
+    wait_ready(portcullis.admin_port(), 200).await;
+    assert_eq!(
+        status_of(portcullis.port(), &token(0, "k1", "alice")).await,
+        200
+    );
+
+    // The IdP adds k2 and signs with it: accepted once the set has it.
+    idp.serve(200, jwks(&[(0, "k1"), (1, "k2")]));
+    let took = wait_status(portcullis.port(), &token(1, "k2", "alice"), 200).await;
+    eprintln!("new kid accepted {took:?} after the IdP published it");
+    // A token naming k2 but signed with k1's key is still refused.
+    assert_eq!(
+        status_of(portcullis.port(), &token(0, "k2", "alice")).await,
+        401
+    );
+
+    // The IdP drops k1: tokens signed with it stop working, cached or not.
+    idp.serve(200, jwks(&[(1, "k2")]));
+    wait_status(portcullis.port(), &token(0, "k1", "alice"), 401).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idp_that_is_down_leaves_the_last_good_keys() {
+    let idp = Idp::start(jwks(&[(0, "k1")])).await;
+    let url = format!("http://127.0.0.1:{}/jwks", idp.port);
+    let dir = policy(&url, "{ min_seconds: 1, max_seconds: 1 }");
+    let portcullis = Portcullis::start(dir.path());
+    let admin = portcullis.admin_port();
+    wait_ready(admin, 200).await;
+    idp.serve(503, "down".into());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics =
+            tokio::task::spawn_blocking(move || send_raw(admin, "GET", b"/metrics", &[]).text())
+                .await
+                .unwrap_or_default();
+        if metrics.contains("portcullis_jwks_fetches_total{result=\"failure\"} 2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed fetches:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status_of(portcullis.port(), &token(0, "k1", "bob")).await,
+        200
+    );
+    wait_ready(admin, 200).await;
+    assert!(portcullis.log().contains("keeping the last good keys"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_random_kids_is_not_a_flood_of_fetches() {
+    let idp = Idp::start(jwks(&[(0, "k1")])).await;
+    let url = format!("http://127.0.0.1:{}/jwks", idp.port);
+    let dir = policy(
+        &url,
+        "{ min_seconds: 60, max_seconds: 3600, unknown_kid_seconds: 60 }",
+    );
+    let portcullis = Portcullis::start(dir.path());
+    wait_ready(portcullis.admin_port(), 200).await;
+    assert_eq!(idp.fetches(), 1);
+    let mut client = grpc_client(portcullis.port()).await;
+    for i in 0..300 {
+        let bearer = format!("Bearer {}", token(0, &format!("random-{i}"), "mallory"));
+        let status = grpc_status(
+            &mut client,
+            check_request("GET", "/api/whoami", Some(&bearer), "flood"),
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The refetch an unknown kid asks for waits out the 60 s interval.
+    assert_eq!(idp.fetches(), 1, "a flood of unknown kids caused fetches");
+    assert_eq!(
+        status_of(portcullis.port(), &token(0, "k1", "alice")).await,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_first_key_set_is_loaded() {
+    let idp = Idp::start(String::new()).await;
+    idp.serve(500, "not yet".into());
+    let url = format!("http://127.0.0.1:{}/jwks", idp.port);
+    let dir = policy(&url, "{ min_seconds: 1, max_seconds: 1 }");
+    let portcullis = Portcullis::start(dir.path());
+    wait_ready(portcullis.admin_port(), 503).await;
+    assert_eq!(
+        status_of(portcullis.port(), &token(0, "k1", "alice")).await,
+        401
+    );
+    idp.serve(200, jwks(&[(0, "k1")]));
+    wait_ready(portcullis.admin_port(), 200).await;
+    assert_eq!(
+        status_of(portcullis.port(), &token(0, "k1", "alice")).await,
+        200
+    );
+}
+
+#[test]
+fn jwks_urls_are_checked_when_loading() {
+    let load = |url: &str, algorithms: &str| {
+        let dir = policy(url, "{}");
+        let path = dir.path().join("policy.yaml");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, text.replace("[ES256]", algorithms))
+            .unwrap_or_else(|e| panic!("{e}"));
+        load_policies(Path::new(dir.path()))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(load("https://idp.example.com/jwks", "[ES256]"), Ok(()));
+    assert_eq!(load("http://127.0.0.1:9/jwks", "[ES256]"), Ok(()));
+    assert_eq!(load("http://localhost:9/jwks", "[ES256]"), Ok(()));
+    let refused = [
+        ("http://idp.example.com/jwks", "[ES256]", "must use https"),
+        ("http://10.0.0.1/jwks", "[ES256]", "must use https"),
+        (
+            "ftp://idp.example.com/jwks",
+            "[ES256]",
+            "must be an https URL",
+        ),
+        ("not a url", "[ES256]", "is not a URL"),
+        (
+            "https://idp.example.com/jwks",
+            "[HS256]",
+            "pin RS, PS, ES or EdDSA",
+        ),
+    ];
+    for (url, algorithms, message) in refused {
+        let result = load(url, algorithms);
+        assert!(
+            result.as_ref().is_err_and(|e| e.contains(message)),
+            "{url} {algorithms}: {result:?}"
+        );
+    }
+}
