@@ -12,6 +12,7 @@ use envoy_types::ext_authz::v3::pb::{
     CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue,
     HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
+use envoy_types::pb::google::protobuf::Value as ProtoValue;
 use envoy_types::pb::google::rpc;
 
 use crate::engine::{Credential, CredentialError, Decision, RequestAttrs, Status};
@@ -126,7 +127,55 @@ pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs, AdapterErro
         context_extensions,
         credential: credential(&authorization),
         request_id,
+        verified_payloads: jwt_authn_payloads(attributes),
     })
+}
+
+/// The dynamic-metadata namespace Envoy's jwt_authn filter writes to.
+pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+
+/// Payloads Envoy's jwt_authn filter verified (`payload_in_metadata`),
+/// forwarded by ext_authz's `metadata_context_namespaces`. Dynamic
+/// metadata is set by Envoy's filters, never by the client.
+fn jwt_authn_payloads(
+    attributes: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
+) -> BTreeMap<String, serde_json::Map<String, serde_json::Value>> {
+    let Some(payloads) = attributes
+        .metadata_context
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(JWT_AUTHN_NAMESPACE))
+    else {
+        return BTreeMap::new();
+    };
+    payloads
+        .fields
+        .iter()
+        .filter_map(|(key, value)| match json_of(value) {
+            serde_json::Value::Object(claims) => Some((key.clone(), claims)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A protobuf `Value` as JSON (the two share one data model).
+fn json_of(value: &ProtoValue) -> serde_json::Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(
+            s.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), json_of(v)))
+                .collect(),
+        ),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(json_of).collect())
+        }
+    }
 }
 
 /// Longest request id kept for the log.

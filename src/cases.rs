@@ -163,6 +163,7 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
                     None => Credential::Absent,
                 },
                 request_id: None,
+                verified_payloads: BTreeMap::new(),
             };
             engine::decide(policy, &request, &KnownPrincipal(principal), 0)
         }

@@ -290,6 +290,7 @@ fn check(args: CheckArgs) -> ExitCode {
             .collect::<BTreeMap<_, _>>(),
         credential,
         request_id: None,
+        verified_payloads: BTreeMap::new(),
     };
     let decision = engine::decide(&policy, &request, &VerifyEveryTime, now());
     print!("{}", explain(&decision));

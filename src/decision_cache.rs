@@ -66,6 +66,15 @@ impl DecisionCache {
             field(name.as_bytes());
             field(value.as_bytes());
         }
+        field(&(request.verified_payloads.len() as u64).to_le_bytes());
+        for (key, claims) in &request.verified_payloads {
+            field(key.as_bytes());
+            field(
+                serde_json::Value::Object(claims.clone())
+                    .to_string()
+                    .as_bytes(),
+            );
+        }
         match &request.credential {
             Credential::Absent => field(b"absent"),
             Credential::Bearer(token) => {

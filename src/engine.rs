@@ -27,6 +27,8 @@ pub struct RequestAttrs {
     pub credential: Credential,
     /// The `x-request-id` header, for the decision log; the engine ignores it.
     pub request_id: Option<String>,
+    /// Token payloads Envoy's jwt_authn filter verified, by metadata key.
+    pub verified_payloads: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 /// What the request offers as proof of identity.
@@ -319,29 +321,9 @@ pub fn decide(
     if route.access == Access::Public {
         return with_route(Decision::allow(Reason::PublicRoute));
     }
-    let token = match &request.credential {
-        Credential::Bearer(token) => token,
-        Credential::Absent => {
-            return with_route(Decision::deny(
-                Status::Unauthorized,
-                Reason::MissingCredentials,
-            ))
-        }
-        Credential::Invalid(e) => {
-            return with_route(Decision::deny(
-                Status::Unauthorized,
-                Reason::BadCredentials(*e),
-            ))
-        }
-    };
-    let principal = match authn.authenticate(policy, &app.issuers, token, now) {
+    let principal = match authenticate(policy, &app.issuers, request, authn, now) {
         Ok(principal) => principal,
-        Err(e) => {
-            return with_route(Decision::deny(
-                Status::Unauthorized,
-                Reason::InvalidToken(e),
-            ))
-        }
+        Err(reason) => return with_route(Decision::deny(Status::Unauthorized, reason)),
     };
     let mut decision = authorize(
         policy,
@@ -353,6 +335,42 @@ pub fn decide(
     decision.subject = Some(principal.subject.clone());
     decision.valid_until = Some(policy.issuers.valid_until(&principal));
     with_route(decision)
+}
+
+/// Who the request speaks for. A payload Envoy's jwt_authn filter verified
+/// for an issuer that trusts it comes first; otherwise the bearer token is
+/// verified here (and refused for issuers that trust only jwt_authn).
+fn authenticate(
+    policy: &PolicySet,
+    allowed: &[usize],
+    request: &RequestAttrs,
+    authn: &dyn Authenticate,
+    now: u64,
+) -> Result<Arc<Principal>, Reason> {
+    let trusting = allowed
+        .iter()
+        .filter_map(|&i| policy.issuers.get(i))
+        .filter_map(|issuer| {
+            let key = issuer.jwt_authn_payload.as_deref()?;
+            Some((issuer, request.verified_payloads.get(key)?))
+        });
+    let mut refused = None;
+    for (issuer, payload) in trusting {
+        match issuer.principal_from_payload(payload, now) {
+            Ok(principal) => return Ok(Arc::new(principal)),
+            Err(e) => refused = Some(e),
+        }
+    }
+    if let Some(e) = refused {
+        return Err(Reason::InvalidToken(e));
+    }
+    match &request.credential {
+        Credential::Bearer(token) => authn
+            .authenticate(policy, allowed, token, now)
+            .map_err(Reason::InvalidToken),
+        Credential::Absent => Err(Reason::MissingCredentials),
+        Credential::Invalid(e) => Err(Reason::BadCredentials(*e)),
+    }
 }
 
 /// Decides whether `principal` may perform `action` on `resource`, given

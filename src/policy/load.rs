@@ -319,6 +319,35 @@ impl<'a> Compiler<'a> {
             self.error(f, &at("subject_claim"), "subject_claim is empty");
             ok = false;
         }
+        if let Some(jwt_authn) = &spec.jwt_authn {
+            // Envoy verifies the token; no algorithm or key here.
+            if !spec.algorithms.is_empty() || spec.key.is_some() {
+                self.error(
+                    f,
+                    &at("jwt_authn"),
+                    format!(
+                        "issuer {:?} trusts jwt_authn: it takes no algorithms and no key",
+                        spec.name
+                    ),
+                );
+                return None;
+            }
+            if jwt_authn.payload_key.is_empty() {
+                self.error(f, &at("jwt_authn"), "jwt_authn payload_key is empty");
+                return None;
+            }
+            return ok.then(|| Issuer {
+                name: Arc::from(spec.name.as_str()),
+                issuer: spec.issuer.clone(),
+                audiences: spec.audiences.clone(),
+                algorithms: Vec::new(),
+                keys: KeySet::Jwks(Vec::new()),
+                leeway_seconds: spec.leeway_seconds,
+                subject_claim: spec.subject_claim.clone(),
+                groups_claim: spec.groups_claim.clone(),
+                jwt_authn_payload: Some(jwt_authn.payload_key.clone()),
+            });
+        }
         let mut algorithms = Vec::new();
         for name in &spec.algorithms {
             match token::parse_algorithm(name) {
@@ -370,6 +399,7 @@ impl<'a> Compiler<'a> {
             leeway_seconds: spec.leeway_seconds,
             subject_claim: spec.subject_claim.clone(),
             groups_claim: spec.groups_claim.clone(),
+            jwt_authn_payload: None,
         })
     }
 
@@ -387,7 +417,10 @@ impl<'a> Compiler<'a> {
             jwks_file,
             jwks_url,
             refresh,
-        } = &spec.key;
+        } = spec
+            .key
+            .as_ref()
+            .ok_or("an issuer needs a key (or jwt_authn, to trust Envoy's verification)")?;
         let given = [
             secret_env.is_some(),
             secret_file.is_some(),

@@ -39,9 +39,16 @@ pub struct IssuerSpec {
     pub issuer: String,
     /// Accepted `aud` values; a token must carry at least one of them.
     pub audiences: Vec<String>,
-    /// The only algorithms accepted, e.g. `[RS256]`.
+    /// The only algorithms accepted, e.g. `[RS256]` (not with `jwt_authn`).
+    #[serde(default)]
     pub algorithms: Vec<String>,
-    pub key: KeySpec,
+    /// The verification key (not with `jwt_authn`).
+    #[serde(default)]
+    pub key: Option<KeySpec>,
+    /// Trust Envoy's jwt_authn filter: it verified the token and passed
+    /// its payload in dynamic metadata; Portcullis verifies no token itself.
+    #[serde(default)]
+    pub jwt_authn: Option<JwtAuthnSpec>,
     #[serde(default = "IssuerSpec::default_leeway")]
     pub leeway_seconds: u64,
     #[serde(default = "IssuerSpec::default_subject_claim")]
@@ -57,6 +64,21 @@ impl IssuerSpec {
 
     fn default_subject_claim() -> String {
         "sub".to_owned()
+    }
+}
+
+/// Where Envoy's jwt_authn filter put the verified payload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthnSpec {
+    /// The provider's `payload_in_metadata` name.
+    #[serde(default = "JwtAuthnSpec::default_payload_key")]
+    pub payload_key: String,
+}
+
+impl JwtAuthnSpec {
+    fn default_payload_key() -> String {
+        "jwt_payload".to_owned()
     }
 }
 

@@ -127,6 +127,9 @@ pub struct Issuer {
     pub leeway_seconds: u64,
     pub subject_claim: String,
     pub groups_claim: Option<String>,
+    /// Set when Envoy's jwt_authn filter verifies this issuer's tokens: the
+    /// metadata key of the payload. Raw tokens of this issuer are refused.
+    pub jwt_authn_payload: Option<String>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -247,6 +250,10 @@ impl Issuers {
             return Err(TokenError::UnknownIssuer);
         }
         let issuer = self.list.get(index).ok_or(TokenError::UnknownIssuer)?;
+        if issuer.jwt_authn_payload.is_some() {
+            // Envoy verifies this issuer's tokens; a raw one proves nothing here.
+            return Err(TokenError::UnknownIssuer);
+        }
         issuer.verify(&header, token, now)
     }
 }
@@ -274,21 +281,52 @@ impl Issuer {
         let claims = self
             .decode(alg, header.kid.as_deref(), token, &validation)?
             .claims;
+        self.principal_from_claims(&claims, now)
+    }
 
+    /// The principal of a payload Envoy's jwt_authn filter verified and
+    /// passed in dynamic metadata: its `iss` and `aud` are checked here,
+    /// then everything a verified token's claims are checked for.
+    pub fn principal_from_payload(
+        &self,
+        claims: &Map<String, Value>,
+        now: u64,
+    ) -> Result<Principal, TokenError> {
+        match claims.get("iss") {
+            Some(Value::String(iss)) if *iss == self.issuer => {}
+            Some(_) => return Err(TokenError::WrongIssuer),
+            None => return Err(TokenError::MissingClaim("iss".into())),
+        }
+        let accepted = |aud: &Value| {
+            aud.as_str()
+                .is_some_and(|a| self.audiences.iter().any(|x| x == a))
+        };
+        match claims.get("aud") {
+            Some(Value::Array(auds)) if auds.iter().any(accepted) => {}
+            Some(aud @ Value::String(_)) if accepted(aud) => {}
+            Some(_) => return Err(TokenError::WrongAudience),
+            None => return Err(TokenError::MissingClaim("aud".into())),
+        }
+        self.principal_from_claims(claims, now)
+    }
+
+    /// Time claims, subject and groups of verified claims.
+    fn principal_from_claims(
+        &self,
+        claims: &Map<String, Value>,
+        now: u64,
+    ) -> Result<Principal, TokenError> {
         let expires_at =
             numeric_date(claims.get("exp")).ok_or(TokenError::MissingClaim("exp".into()))?;
         if now > expires_at.saturating_add(self.leeway_seconds) {
             return Err(TokenError::Expired);
         }
         for claim in ["nbf", "iat"] {
-            match claims.get(claim) {
-                None => {}
-                Some(value) => {
-                    let at = numeric_date(Some(value))
-                        .ok_or(TokenError::Malformed("time claim is not a number"))?;
-                    if at > now.saturating_add(self.leeway_seconds) {
-                        return Err(TokenError::NotYetValid);
-                    }
+            if let Some(value) = claims.get(claim) {
+                let at = numeric_date(Some(value))
+                    .ok_or(TokenError::Malformed("time claim is not a number"))?;
+                if at > now.saturating_add(self.leeway_seconds) {
+                    return Err(TokenError::NotYetValid);
                 }
             }
         }

@@ -109,6 +109,16 @@ fn placeholders(ports: &EnvoyPorts) -> [(&'static str, u16); 5] {
 /// from the template or left over after rendering (the two would drift apart
 /// silently otherwise).
 pub fn render_envoy_config(template_path: &Path, ports: &EnvoyPorts) -> String {
+    render_envoy_config_with(template_path, ports, &[])
+}
+
+/// Like [`render_envoy_config`], for templates with more placeholders than
+/// the ports (`extra`: placeholder and value).
+pub fn render_envoy_config_with(
+    template_path: &Path,
+    ports: &EnvoyPorts,
+    extra: &[(&str, &str)],
+) -> String {
     let template = std::fs::read_to_string(template_path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", template_path.display()));
     let mut rendered = template.clone();
@@ -119,6 +129,14 @@ pub fn render_envoy_config(template_path: &Path, ports: &EnvoyPorts) -> String {
             template_path.display()
         );
         rendered = rendered.replace(placeholder, &port.to_string());
+    }
+    for (placeholder, value) in extra {
+        assert!(
+            template.contains(placeholder),
+            "{} does not contain {placeholder}",
+            template_path.display()
+        );
+        rendered = rendered.replace(placeholder, value);
     }
     if let Some(at) = rendered.find("__") {
         let line = rendered[..at].lines().count();
@@ -958,12 +976,19 @@ impl Stack {
 
     /// Starts a stack of its own on the policy directory `policies`.
     pub fn start_with_policies(policies: &Path) -> Option<Stack> {
+        Self::start_with(policies, "envoy/front-proxy.yaml", &[])
+    }
+
+    /// Starts a stack on `policies` behind the Envoy template `template`
+    /// (relative to the repository), with `extra` placeholders replaced too.
+    pub fn start_with(policies: &Path, template: &str, extra: &[(&str, &str)]) -> Option<Stack> {
         let envoy_bin = find_envoy()?;
         let upstream = EchoUpstream::start();
         let portcullis = Portcullis::start(policies);
-        let config = render_envoy_config(
-            &repo_path("envoy/front-proxy.yaml"),
+        let config = render_envoy_config_with(
+            &repo_path(template),
             &EnvoyPorts::ephemeral(portcullis.port(), upstream.port()),
+            extra,
         );
         let envoy = Envoy::start(&envoy_bin, &config);
         Some(Stack {

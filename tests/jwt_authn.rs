@@ -1,0 +1,246 @@
+//! jwt_authn mode: Envoy's jwt_authn filter verifies the token and passes
+//! its payload in dynamic metadata; an issuer marked `jwt_authn` trusts that
+//! payload, and a raw Authorization header proves nothing for it.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as ProtoValue};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::pkcs8::EncodePrivateKey;
+use portcullis::adapter::ResponseConfig;
+use portcullis::engine::Reason;
+use portcullis::policy::load_policies;
+use portcullis::server::Authorizer;
+use portcullis::token::{TokenCache, TokenError};
+use serde_json::{json, Value};
+use support::{copy_policies, now, Stack};
+
+const NOW: u64 = 1_800_000_000;
+
+/// The bundled policies with the demo issuer switched to jwt_authn mode.
+fn jwt_authn_policies() -> tempfile::TempDir {
+    copy_policies(|name, text| {
+        if name != "issuers.yaml" {
+            return text;
+        }
+        let trusted = text.replace(
+            "    algorithms: [HS256]\n    key:\n      secret_env: PORTCULLIS_DEMO_SECRET\n",
+            "    jwt_authn:\n      payload_key: jwt_payload\n",
+        );
+        assert!(trusted.contains("jwt_authn"), "issuers.yaml changed shape");
+        trusted
+    })
+}
+
+fn proto(value: &Value) -> ProtoValue {
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(ListValue {
+            values: items.iter().map(proto).collect(),
+        }),
+        Value::Object(fields) => Kind::StructValue(Struct {
+            fields: fields.iter().map(|(k, v)| (k.clone(), proto(v))).collect(),
+        }),
+    };
+    ProtoValue { kind: Some(kind) }
+}
+
+fn request(path: &str, payload: Option<Value>, authorization: Option<&str>) -> CheckRequest {
+    let metadata = payload.map(|payload| Metadata {
+        filter_metadata: HashMap::from([(
+            "envoy.filters.http.jwt_authn".to_owned(),
+            Struct {
+                fields: [("jwt_payload".to_owned(), proto(&payload))]
+                    .into_iter()
+                    .collect(),
+            },
+        )]),
+        ..Default::default()
+    });
+    let headers = authorization
+        .map(|a| HashMap::from([("authorization".to_owned(), a.to_owned())]))
+        .unwrap_or_default();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            metadata_context: metadata,
+            ..Default::default()
+        }),
+    }
+}
+
+fn authorizer() -> &'static Authorizer {
+    static AUTHORIZER: OnceLock<Authorizer> = OnceLock::new();
+    AUTHORIZER.get_or_init(|| {
+        let dir = jwt_authn_policies();
+        let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        Authorizer::new(
+            Arc::new(ArcSwap::from_pointee(policy)),
+            TokenCache::new(100),
+            ResponseConfig::default(),
+            Arc::new(|| NOW),
+        )
+    })
+}
+
+fn payload(sub: &str) -> Value {
+    json!({ "iss": "https://idp.example.com", "aud": "documents-api", "sub": sub, "exp": NOW + 60 })
+}
+
+#[test]
+fn a_verified_payload_names_the_subject() {
+    let (decision, _) =
+        authorizer().check_request(&request("/documents/1", Some(payload("bob")), None));
+    assert!(decision.is_allowed(), "{decision:?}");
+    assert_eq!(decision.subject.as_deref(), Some("bob"));
+    let (decision, _) =
+        authorizer().check_request(&request("/documents/2", Some(payload("bob")), None));
+    assert_eq!(decision.reason, Reason::NoGrant);
+    // Groups come from the payload's groups claim.
+    let mut dave = payload("dave");
+    dave["groups"] = json!(["auditors"]);
+    let (decision, _) = authorizer().check_request(&request("/documents/9", Some(dave), None));
+    assert!(decision.is_allowed(), "{decision:?}");
+}
+
+#[test]
+fn without_metadata_a_raw_token_proves_nothing() {
+    // Even a well-formed token with the right claims: nobody verified it.
+    let claims = payload("carol");
+    let forged = jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bearer = format!("Bearer {forged}");
+    let (decision, _) = authorizer().check_request(&request("/documents/1", None, Some(&bearer)));
+    assert_eq!(
+        decision.reason,
+        Reason::InvalidToken(TokenError::UnknownIssuer)
+    );
+    assert_eq!(decision.status.code(), 401);
+    let (decision, _) = authorizer().check_request(&request("/documents/1", None, None));
+    assert_eq!(decision.reason, Reason::MissingCredentials);
+}
+
+#[test]
+fn a_payload_is_still_checked() {
+    let cases = [
+        (
+            json!({ "iss": "https://evil.example.com", "aud": "documents-api", "sub": "carol", "exp": NOW + 60 }),
+            TokenError::WrongIssuer,
+        ),
+        (
+            json!({ "iss": "https://idp.example.com", "aud": "other-api", "sub": "carol", "exp": NOW + 60 }),
+            TokenError::WrongAudience,
+        ),
+        (
+            json!({ "iss": "https://idp.example.com", "aud": "documents-api", "sub": "carol", "exp": NOW - 31 }),
+            TokenError::Expired,
+        ),
+        (
+            json!({ "iss": "https://idp.example.com", "aud": "documents-api", "sub": "carol" }),
+            TokenError::MissingClaim("exp".into()),
+        ),
+        (
+            json!({ "iss": "https://idp.example.com", "aud": "documents-api", "exp": NOW + 60 }),
+            TokenError::BadSubject,
+        ),
+    ];
+    for (claims, error) in cases {
+        let (decision, _) =
+            authorizer().check_request(&request("/documents/1", Some(claims.clone()), None));
+        assert_eq!(decision.reason, Reason::InvalidToken(error), "{claims}");
+    }
+    // An audience list is fine when it holds an accepted value.
+    let mut listed = payload("alice");
+    listed["aud"] = json!(["other-api", "documents-api"]);
+    assert!(authorizer()
+        .check_request(&request("/documents/1", Some(listed), None))
+        .0
+        .is_allowed());
+}
+
+/// The real thing: Envoy's jwt_authn verifies an ES256 token against a
+/// generated JWKS, and Portcullis decides on the payload it forwards.
+#[test]
+fn through_envoy_jwt_authn_verifies_and_portcullis_decides() {
+    let secret = p256::SecretKey::random(&mut rand::thread_rng());
+    let pem = secret
+        .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let signer = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let mut jwk =
+        Jwk::from_encoding_key(&signer, Algorithm::ES256).unwrap_or_else(|e| panic!("{e}"));
+    jwk.common.key_id = Some("mesh-1".into());
+    let jwks = serde_json::to_string(&JwkSet { keys: vec![jwk] }).unwrap_or_else(|e| panic!("{e}"));
+
+    let dir = jwt_authn_policies();
+    let Some(stack) = Stack::start_with(
+        dir.path(),
+        "envoy/front-proxy-jwt-authn.yaml",
+        &[("__JWKS__", &jwks)],
+    ) else {
+        return;
+    };
+    let sign = |claims: Value| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("mesh-1".into());
+        jsonwebtoken::encode(&header, &claims, &signer).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let token = |sub: &str| {
+        let now = u64::try_from(now()).unwrap_or_default();
+        sign(
+            json!({ "iss": "https://idp.example.com", "aud": "documents-api", "sub": sub, "exp": now + 300 }),
+        )
+    };
+    let get = |path: &[u8], token: Option<&str>| {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("authorization", b.as_str()))
+            .collect();
+        stack.send("GET", path, &headers)
+    };
+    let alice = token("alice");
+    let allowed = get(b"/documents/1", Some(&alice));
+    assert_eq!(allowed.status, 200, "{}", stack.logs());
+    let seen = stack.upstream.requests();
+    assert!(
+        seen.iter()
+            .any(|r| r.header("x-portcullis-subject") == Some("alice")),
+        "{seen:?}"
+    );
+    assert_eq!(get(b"/documents/3", Some(&alice)).status, 403);
+    // No token: jwt_authn lets it pass without metadata; Portcullis says 401.
+    let anonymous = get(b"/documents/1", None);
+    assert_eq!(anonymous.status, 401, "{}", stack.logs());
+    assert_eq!(get(b"/healthz", None).status, 200);
+    // A token with a bad signature is refused by jwt_authn itself.
+    let mut forged = alice.clone();
+    let at = forged.len() - 10;
+    let swapped = if &forged[at..=at] == "A" { "B" } else { "A" };
+    forged.replace_range(at..=at, swapped);
+    assert_eq!(get(b"/documents/1", Some(&forged)).status, 401);
+}
