@@ -3,8 +3,8 @@
 //! Each subcommand loads policies with the one loader and hands them to the
 //! library; nothing here decides anything. Exit codes are for scripts:
 //! `check` exits 0 on allow, 2 on deny, 1 on error; `validate` and `test`
-//! 0 or 1; `serve` exits 78 (EX_CONFIG) when the policies do not load and
-//! 64 (EX_USAGE) for settings that contradict each other.
+//! 0 or 1; `serve` exits 78 (EX_CONFIG) when the policies or the TLS files
+//! do not load and 64 (EX_USAGE) for settings that contradict each other.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::policy::{load_policies, PolicySet};
 use crate::reload::{self, Reloader, WatchConfig};
 use crate::server::{self, Authorizer, DEFAULT_TOKEN_CACHE_CAPACITY};
+use crate::tls::{self, ServerTls, TlsFiles};
 use crate::token::{KeySet, TokenCache, DEFAULT_TOKEN_CACHE_TTL};
 
 /// Exit code for configuration errors (sysexits.h EX_CONFIG).
@@ -107,6 +108,15 @@ pub struct ServeArgs {
     /// Milliseconds of quiet after a file change before reloading
     #[arg(long, env = "PORTCULLIS_RELOAD_DEBOUNCE_MS", default_value_t = 200)]
     pub reload_debounce_ms: u64,
+    /// PEM certificate chain for the gRPC listener (with --tls-key: serve TLS, ALPN h2)
+    #[arg(long, env = "PORTCULLIS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the --tls-cert certificate
+    #[arg(long, env = "PORTCULLIS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates issued by it (mTLS)
+    #[arg(long, env = "PORTCULLIS_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -420,6 +430,30 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     }
+    let tls_files = match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
+        (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.clone(),
+        }),
+        (None, None, None) => None,
+        (None, None, Some(_)) => {
+            eprintln!("--tls-client-ca needs --tls-cert and --tls-key");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        _ => {
+            eprintln!("--tls-cert and --tls-key go together: give both or neither");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let tls = match tls_files.map(ServerTls::load).transpose() {
+        Ok(tls) => tls.map(Arc::new),
+        Err(e) => {
+            tracing::error!(error = %e, "tls error");
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let tokens = TokenCache::with_ttl(
         args.token_cache_capacity,
         Duration::from_secs(args.token_cache_ttl_seconds),
@@ -495,6 +529,14 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let tls_reloads = match tls.clone().map(|tls| tls::watch(tls, watch_config)) {
+            None => None,
+            Some(Ok(reloads)) => Some(reloads),
+            Some(Err(e)) => {
+                eprintln!("cannot watch the TLS files: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let bind = |address: SocketAddr| async move {
             tokio::net::TcpListener::bind(address)
                 .await
@@ -533,15 +575,30 @@ fn serve(args: ServeArgs) -> ExitCode {
         let admin = tokio::spawn(admin::run(admin_listener, admin_state, async {
             let _ = admin_stopped.await;
         }));
-        let mut checks = tokio::spawn(server::run(listener, authorizer, async {
+        let checks_stopped = async {
             let _ = checks_stopped.await;
-        }));
+        };
+        let mut checks = match &tls {
+            Some(tls) => tokio::spawn(server::run_with_incoming(
+                tls::incoming(listener, tls.clone()),
+                authorizer,
+                checks_stopped,
+            )),
+            None => tokio::spawn(server::run(listener, authorizer, checks_stopped)),
+        };
         tokio::spawn(reloads);
+        if let Some(tls_reloads) = tls_reloads {
+            tokio::spawn(tls_reloads);
+        }
         readiness.set(true);
         let version = policy.load().version.clone();
-        tracing::info!(address = %address, admin_address = %admin_address, policy_version = %version, "serving");
-        println!("listening on {address}");
-        println!("admin listening on {admin_address}");
+        let transport = match &tls {
+            Some(tls) if tls.requires_client_certificates() => "mtls",
+            Some(_) => "tls",
+            None => "plaintext",
+        };
+        tracing::info!(address = %address, admin_address = %admin_address, transport, policy_version = %version, "serving");
+        announce(&format!("listening on {address}\nadmin listening on {admin_address}\n"));
 
         let mut code = ExitCode::SUCCESS;
         tokio::select! {
@@ -571,6 +628,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::info!("stopped");
         code
     })
+}
+
+/// Writes the listening addresses for whoever started us. A reader that
+/// has gone away (a closed pipe) must not take the server down with it,
+/// as `println!` would by panicking.
+fn announce(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
 
 /// A future that completes on SIGTERM or SIGINT. The handlers are

@@ -16,5 +16,6 @@ pub mod path;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod tls;
 pub mod token;
 mod yaml;

@@ -73,7 +73,7 @@ impl Collector for CacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "portcullis_cache_requests",
-            "Cache look-ups by cache and result (hit or miss).",
+            "Cache look-ups by cache and result (hit or miss)",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
@@ -106,38 +106,38 @@ impl Metrics {
         let checks = Family::<CheckLabels, Counter>::default();
         registry.register(
             "portcullis_checks",
-            "Checks answered, by application, decision (allow, deny, would_deny) and reason.",
+            "Checks answered, by application, decision (allow, deny, would_deny) and reason",
             checks.clone(),
         );
         // 10 µs to about 0.3 s.
         let check_duration = Histogram::new(exponential_buckets(0.000_01, 2.0, 16));
         registry.register(
             "portcullis_check_duration_seconds",
-            "Time to decide one check, from CheckRequest to CheckResponse.",
+            "Time to decide one check, from CheckRequest to CheckResponse",
             check_duration.clone(),
         );
         let policy_loads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "portcullis_policy_loads",
-            "Policy loads (the first one and every reload) by result.",
+            "Policy loads (the first one and every reload) by result",
             policy_loads.clone(),
         );
         let policy_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "portcullis_policy_info",
-            "The policy version being served (value 1).",
+            "The policy version being served (value 1)",
             policy_info.clone(),
         );
         let policy_grants = Gauge::default();
         registry.register(
             "portcullis_policy_grants",
-            "Grants in the policy being served.",
+            "Grants in the policy being served",
             policy_grants.clone(),
         );
         let jwks_fetches = Family::<ResultLabels, Counter>::default();
         registry.register(
             "portcullis_jwks_fetches",
-            "Fetches of JWKS URLs by result (success, failure).",
+            "Fetches of JWKS URLs by result (success, failure)",
             jwks_fetches.clone(),
         );
         registry.register_collector(Box::new(CacheCollector { caches }));

@@ -16,8 +16,11 @@ use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use crate::adapter::{self, ResponseConfig};
@@ -235,6 +238,24 @@ pub async fn run(
     authorizer: Authorizer,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    run_with_incoming(TcpListenerStream::new(listener), authorizer, shutdown).await
+}
+
+/// [`run`] on any stream of connections: plain TCP, or TLS connections
+/// whose handshake is done (`tls::incoming`). When `shutdown` completes the
+/// stream is dropped, so no new connection is taken, and the checks in
+/// flight are finished.
+pub async fn run_with_incoming<I, IO, IE>(
+    incoming: I,
+    authorizer: Authorizer,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<AuthorizationServer<Authorizer>>()
@@ -242,7 +263,7 @@ pub async fn run(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(authorizer))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
