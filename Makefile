@@ -84,9 +84,6 @@ test: manifests $(ENVOY_CONFIG)
 	@echo "== policy tests: portcullis test $(POLICIES)/tests"
 	$(CARGO) run -q --bin portcullis -- test $(POLICIES)/tests
 
-bench:
-	$(CARGO) bench
-
 # Offline checks of k8s/, envoy/sidecar.yaml and the Dockerfile: kustomize
 # renders, Kubernetes and Istio schemas, envoy --mode validate, and the
 # cross-checks no schema does; then the self-test, which breaks each check on
@@ -98,6 +95,39 @@ PYTHON ?= python3
 manifests:
 	$(PYTHON) scripts/check_manifests.py
 	$(PYTHON) scripts/check_manifests.py --self-test
+
+# Benchmarks, fuzzing and the soak: none of them is part of `make test`.
+#   make bench            criterion benches, instruction counts (gungraun,
+#                         valgrind), then the load bench (scripts/bench/load.py:
+#                         direct gRPC and through Envoy; LOAD_SECONDS per run)
+#   make fuzz             every cargo-fuzz target for FUZZ_SECONDS (default 60)
+#   make soak             load + a policy reload every 5 s for SOAK_SECONDS (180)
+# Results: target/criterion/, target/bench/*.json.
+CRITERION_BENCHES := decide check tokens policy_load
+FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 180
+LOAD_SECONDS ?= 8
+.PHONY: bench-criterion bench-hot-path bench-load fuzz soak
+
+bench: bench-criterion bench-hot-path bench-load
+
+bench-criterion:
+	$(CARGO) bench $(foreach b,$(CRITERION_BENCHES),--bench $(b))
+
+bench-hot-path:
+	scripts/bench/hot_path.sh
+
+bench-load:
+	scripts/bench/ensure-tools.sh
+	$(CARGO) build --release --bins --example loadbench
+	LOAD_SECONDS=$(LOAD_SECONDS) python3 scripts/bench/load.py
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
+soak:
+	$(CARGO) build --release --bins --example loadbench
+	SOAK_SECONDS=$(SOAK_SECONDS) python3 scripts/bench/soak.py
 
 # Prints only the token on stdout: TOKEN=$$(make -s token SUBJECT=bob)
 token:

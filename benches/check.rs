@@ -2,6 +2,8 @@
 //! CheckResponse, with metrics, and with the decision log on or sampled off.
 //! The log is written as JSON to a sink, so the bench measures formatting,
 //! not a disk. The token is cached after the first check, as in production.
+//! The `adapter` group measures the two conversions alone: CheckRequest →
+//! RequestAttrs, and Decision → CheckResponse for an allow and a deny.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,14 +15,15 @@ use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use jsonwebtoken::{EncodingKey, Header};
-use portcullis::adapter::ResponseConfig;
+use portcullis::adapter::{self, ResponseConfig};
 use portcullis::metrics::Metrics;
 use portcullis::policy::load_policies;
 use portcullis::server::Authorizer;
 use portcullis::token::TokenCache;
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
-const NOW: u64 = 1_800_000_000;
+/// Beyond today: the token cache expires entries by the wall clock at `exp`.
+const NOW: u64 = 4_000_000_000;
 
 fn request(method: &str, path: &str, token: &str) -> CheckRequest {
     CheckRequest {
@@ -60,20 +63,25 @@ fn authorizer(allow_log_rate: f64) -> Authorizer {
     .with_allow_log_rate(allow_log_rate)
 }
 
+/// A demo-issuer token for alice (owner of document 1, editor of 2).
+fn alice_token() -> String {
+    let claims = serde_json::json!({
+        "iss": "https://idp.example.com", "aud": "documents-api", "sub": "alice", "exp": NOW + 3600,
+    });
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn check(c: &mut Criterion) {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::sink)
         .try_init();
-    let claims = serde_json::json!({
-        "iss": "https://idp.example.com", "aud": "documents-api", "sub": "alice", "exp": NOW + 3600,
-    });
-    let token = jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let token = alice_token();
     let allow = request("GET", "/documents/1", &token);
     let deny = request("DELETE", "/documents/2", &token);
 
@@ -92,5 +100,27 @@ fn check(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, check);
+fn adapter(c: &mut Criterion) {
+    let token = alice_token();
+    let read = request("GET", "/documents/1", &token);
+    let authorizer = authorizer(0.0);
+    let (allow, _) = authorizer.check_request(&read);
+    let (deny, _) = authorizer.check_request(&request("DELETE", "/documents/2", &token));
+    assert!(allow.is_allowed() && !deny.is_allowed());
+    let config = ResponseConfig::default();
+
+    let mut group = c.benchmark_group("adapter");
+    group.bench_function("request_attrs", |b| {
+        b.iter(|| adapter::request_attrs(black_box(&read)))
+    });
+    group.bench_function("check_response/allow", |b| {
+        b.iter(|| adapter::check_response(black_box(&allow), &config))
+    });
+    group.bench_function("check_response/deny", |b| {
+        b.iter(|| adapter::check_response(black_box(&deny), &config))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, check, adapter);
 criterion_main!(benches);
