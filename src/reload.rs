@@ -165,13 +165,28 @@ pub struct WatchConfig {
     pub debounce: Duration,
 }
 
-/// Reloads on file events and SIGHUP until `shutdown` completes. The
-/// SIGHUP handler is installed before this returns its future, so a signal
-/// sent once the server is announced is never lost.
+/// Reloads the policy on file events in its directory and on SIGHUP.
 pub fn watch(
     reloader: Arc<Reloader>,
     config: WatchConfig,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let dirs = vec![reloader.dir.clone()];
+    on_change(dirs, config, move |trigger| {
+        reloader.reload_and_log(trigger);
+    })
+}
+
+/// Runs `reload(trigger)` on a blocking thread after file events in `dirs`
+/// (when `config.watch_files`; a burst of events is one call, once they
+/// have been quiet for `config.debounce`) and on SIGHUP. Directories, not
+/// files, are watched, so a rename into place and Kubernetes' `..data` swap
+/// are seen. The SIGHUP handler is installed before this returns, so a
+/// signal sent once the server is announced is never lost.
+pub fn on_change(
+    dirs: Vec<PathBuf>,
+    config: WatchConfig,
+    reload: impl Fn(&'static str) + Send + Sync + 'static,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup())?;
     let (events, mut changed) = mpsc::unbounded_channel::<()>();
@@ -183,13 +198,16 @@ pub fn watch(
                 }
             })
             .map_err(std::io::Error::other)?;
-        watcher
-            .watch(&reloader.dir, RecursiveMode::NonRecursive)
-            .map_err(std::io::Error::other)?;
+        for dir in &dirs {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
+        }
         Some(watcher)
     } else {
         None
     };
+    let reload = Arc::new(reload);
     Ok(async move {
         // Kept alive for as long as the loop runs.
         let _watcher = watcher;
@@ -207,8 +225,8 @@ pub fn watch(
             };
             // Let a burst of events (a save, a ConfigMap swap) settle.
             while let Ok(Some(())) = tokio::time::timeout(config.debounce, changed.recv()).await {}
-            let reloader = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload_and_log(trigger)).await;
+            let reload = reload.clone();
+            let _ = tokio::task::spawn_blocking(move || reload(trigger)).await;
         }
     })
 }

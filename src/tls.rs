@@ -24,7 +24,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -297,54 +296,14 @@ impl ServerTls {
 }
 
 /// Reloads the TLS files on changes in their directories (when
-/// `config.watch_files`) and on SIGHUP. Directories rather than files are
-/// watched so that a rename into place, and Kubernetes' `..data` swap of a
-/// mounted Secret, are seen. The SIGHUP handler is installed before this
-/// returns.
+/// `config.watch_files`) and on SIGHUP; see [`crate::reload::on_change`].
 pub fn watch(
     tls: Arc<ServerTls>,
     config: WatchConfig,
 ) -> io::Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup())?;
-    let (events, mut changed) = mpsc::unbounded_channel::<()>();
-    let watcher = if config.watch_files {
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = events.send(());
-                }
-            })
-            .map_err(io::Error::other)?;
-        for dir in tls.directories() {
-            watcher
-                .watch(&dir, RecursiveMode::NonRecursive)
-                .map_err(|e| io::Error::other(format!("{}: {e}", dir.display())))?;
-        }
-        Some(watcher)
-    } else {
-        None
-    };
-    Ok(async move {
-        // Kept alive for as long as the loop runs.
-        let _watcher = watcher;
-        let mut watching = config.watch_files;
-        loop {
-            let trigger = tokio::select! {
-                event = changed.recv(), if watching => match event {
-                    Some(()) => "file change",
-                    None => {
-                        watching = false;
-                        continue;
-                    }
-                },
-                _ = hangup.recv() => "SIGHUP",
-            };
-            // A rotation writes two or three files: reload once they settle.
-            while let Ok(Some(())) = tokio::time::timeout(config.debounce, changed.recv()).await {}
-            let tls = tls.clone();
-            let _ = tokio::task::spawn_blocking(move || tls.reload_and_log(trigger)).await;
-        }
+    let dirs = tls.directories();
+    crate::reload::on_change(dirs, config, move |trigger| {
+        tls.reload_and_log(trigger);
     })
 }
 
