@@ -238,7 +238,15 @@ pub async fn run(
     authorizer: Authorizer,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    run_with_incoming(TcpListenerStream::new(listener), authorizer, shutdown).await
+    use tokio_stream::StreamExt;
+    // Answers are small and latency is the product: no Nagle delay. tonic
+    // applies its own nodelay setting only to listeners it binds itself.
+    let incoming = TcpListenerStream::new(listener).map(|connection| {
+        connection.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    });
+    run_with_incoming(incoming, authorizer, shutdown).await
 }
 
 /// [`run`] on any stream of connections: plain TCP, or TLS connections
