@@ -497,14 +497,19 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        // A change of an issuer's fetched keys forgets every verification.
-        let (token_cache, decision_cache) = (tokens.clone(), decisions.clone());
-        let clear_caches = Box::new(move || {
-            token_cache.clear();
-            if let Some(cache) = &decision_cache {
-                cache.clear();
+        // A change of an issuer's fetched keys forgets every verification;
+        // a new policy version leaves the old entries unreachable: drop them.
+        let clear_caches = {
+            let (tokens, decisions) = (tokens.clone(), decisions.clone());
+            move || {
+                tokens.clear();
+                if let Some(cache) = &decisions {
+                    cache.clear();
+                }
             }
-        });
+        };
+        let on_publish = Box::new(clear_caches.clone());
+        let clear_caches = Box::new(clear_caches);
         let fetcher = match JwksFetcher::new(clear_caches, Some(metrics.clone())) {
             Ok(fetcher) => fetcher,
             Err(e) => {
@@ -516,7 +521,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         let policy = Arc::new(ArcSwap::from_pointee(policy));
         let adopter = fetcher.clone();
         let reloader = Reloader::new(&args.policies, policy.clone(), Some(metrics.clone()))
-            .with_prepare(Box::new(move |policy| adopter.adopt(policy)));
+            .with_prepare(Box::new(move |policy| adopter.adopt(policy)))
+            .with_published(on_publish);
         let reloader = Arc::new(reloader);
         let watch_config = WatchConfig {
             watch_files: args.watch,

@@ -43,6 +43,7 @@ pub struct Reloader {
     policy: PolicyHandle,
     metrics: Option<Arc<Metrics>>,
     prepare: Option<Prepare>,
+    published: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Reloader {
@@ -52,7 +53,15 @@ impl Reloader {
             policy,
             metrics,
             prepare: None,
+            published: None,
         }
+    }
+
+    /// Runs `published` after each new policy is published: to drop cache
+    /// entries keyed by the old version, which no check can reach any more.
+    pub fn with_published(mut self, published: Box<dyn Fn() + Send + Sync>) -> Self {
+        self.published = Some(published);
+        self
     }
 
     /// Runs `prepare` on each new policy before it is published (to hand it
@@ -81,6 +90,9 @@ impl Reloader {
                 let previous = self.policy.swap(Arc::new(policy));
                 if let Some(metrics) = &self.metrics {
                     metrics.record_policy_load(Ok((&version, grants)));
+                }
+                if let Some(published) = &self.published {
+                    published();
                 }
                 retire(previous);
                 ReloadOutcome::Published { version, grants }
