@@ -18,11 +18,15 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use arc_swap::ArcSwap;
+
 use portcullis::engine::{
     decide, Credential, Decision, Effect, KnownPrincipal, Reason, RequestAttrs,
 };
 use portcullis::path::normalize;
 use portcullis::policy::{load_policies, PolicySet};
+use portcullis::reload::{ReloadOutcome, Reloader};
+use portcullis::server::PolicyHandle;
 use portcullis::token::Principal;
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
@@ -777,8 +781,8 @@ fn grants_alone_allow_and_an_explicit_deny_wins() {
 
 /// What a reload test needs from whatever reloads a directory: reload now,
 /// then say what is served. [`LoaderOnly`] is the one loader itself (a
-/// refused load serves nothing new); a live reloader keeps the last good
-/// snapshot, and the same assertions hold for it.
+/// refused load serves nothing new); [`Live`] is `serve`'s reloader, which
+/// keeps the last good snapshot; the same assertions hold for both.
 trait Reload {
     fn reload(&mut self) -> Served;
 }
@@ -985,6 +989,80 @@ fn reloads_see_whole_versions(dir: &Path, reloader: &mut dyn Reload, reloads: us
     assert!(written > 0, "the writer never wrote");
     // Makes a silent no-op visible in `cargo test -- --nocapture`.
     println!("{reloads} reloads during {written} rewrites: {seen:?}");
+}
+
+/// The live reloader `serve` runs on SIGHUP and on file changes: a check
+/// sees whatever the handle holds after each reload. Reloads run inside a
+/// tokio runtime, as in `serve`, where the replaced snapshot is dropped on
+/// a blocking thread (without one, `Reloader::reload` waits up to 5 s
+/// for its own guard of the old snapshot before dropping it).
+struct Live {
+    reloader: Reloader,
+    handle: PolicyHandle,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Live {
+    fn new(dir: &Path) -> Self {
+        let handle: PolicyHandle = Arc::new(ArcSwap::from_pointee(load(dir)));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+        Live {
+            reloader: Reloader::new(dir, Arc::clone(&handle), None),
+            handle,
+            runtime,
+        }
+    }
+
+    fn served(&self) -> Served {
+        let current = self.handle.load();
+        Served::Policy {
+            version: current.version.clone(),
+            grants: current.grants.len(),
+        }
+    }
+}
+
+impl Reload for Live {
+    fn reload(&mut self) -> Served {
+        set_secret();
+        let _runtime = self.runtime.enter();
+        let _ = self.reloader.reload();
+        self.served()
+    }
+}
+
+#[test]
+fn the_live_reloader_racing_a_writer_serves_whole_versions() {
+    let dir = policy_dir();
+    write(dir.path(), "grants.yaml", &grants_file(5, 0));
+    let mut live = Live::new(dir.path());
+    reloads_see_whole_versions(dir.path(), &mut live, 150);
+}
+
+#[test]
+fn a_broken_rewrite_keeps_the_last_good_policy() {
+    let dir = policy_dir();
+    write(dir.path(), "grants.yaml", &grants_file(30, 1));
+    let live = Live::new(dir.path());
+    let good = live.served();
+    let broken = corrupt(&grants_file(40, 2), Corruption::UnknownRole, 3);
+    std::fs::write(dir.path().join("grants.yaml"), broken).unwrap_or_else(|e| panic!("{e}"));
+    set_secret();
+    let _runtime = live.runtime.enter();
+    assert!(matches!(live.reloader.reload(), ReloadOutcome::Failed(_)));
+    assert_eq!(
+        live.served(),
+        good,
+        "a refused reload changed what is served"
+    );
+    write(dir.path(), "grants.yaml", &grants_file(40, 2));
+    assert!(matches!(
+        live.reloader.reload(),
+        ReloadOutcome::Published { grants: 40, .. }
+    ));
+    assert_ne!(live.served(), good);
 }
 
 #[test]

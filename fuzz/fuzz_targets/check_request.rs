@@ -3,7 +3,8 @@
 //!
 //! Invariants: the adapter and the engine never panic (the engine is
 //! called directly too, since the server turns a panic into a deny); the
-//! server's answer agrees with the engine verifying the token afresh; the
+//! server's answer agrees with the engine verifying the token afresh, and
+//! with itself when asked again (a decision-cache hit); the
 //! response says what the decision says; and nothing is allowed unless
 //! the route is public or the request carries a token this process minted
 //! (the fuzzer holds no key, so any other allow is a forgery or a hole).
@@ -21,6 +22,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (decision, response) = authorizer().check_request(&request);
+    let (again, _) = authorizer().check_request(&request);
+    assert_eq!(
+        (again.effect, &again.reason, &again.subject),
+        (decision.effect, &decision.reason, &decision.subject),
+        "asked twice, the server answered twice differently"
+    );
 
     let lets_through = decision.lets_through();
     let ok_status = response.status.as_ref().is_some_and(|s| s.code == 0);

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HeaderValue};
@@ -18,6 +19,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::adapter::ResponseConfig;
+use portcullis::decision_cache::DecisionCache;
 use portcullis::policy::{load_policies, PolicySet};
 use portcullis::server::Authorizer;
 use portcullis::token::TokenCache;
@@ -54,8 +56,8 @@ pub fn bundled() -> Arc<PolicySet> {
         .clone()
 }
 
-/// An authorizer on the bundled policy, as the server builds it (no
-/// metrics, no decision log output).
+/// An authorizer on the bundled policy, as the server builds it, with its
+/// decision cache (no metrics, no decision log output).
 pub fn authorizer() -> &'static Authorizer {
     static AUTHORIZER: OnceLock<Authorizer> = OnceLock::new();
     AUTHORIZER.get_or_init(|| {
@@ -65,6 +67,7 @@ pub fn authorizer() -> &'static Authorizer {
             ResponseConfig::default(),
             Arc::new(|| NOW),
         )
+        .with_decision_cache(DecisionCache::new(10_000, Duration::from_secs(600)))
         .with_allow_log_rate(0.0)
     })
 }

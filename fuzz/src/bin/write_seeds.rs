@@ -101,6 +101,17 @@ fn policies() {
         "anchors-and-aliases",
         b"\x01grants:\n  - &g { subject: a, role: viewer, resource: document:1 }\n  - *g\n",
     );
+    // Mode 2: a bulk grants file beside the whole bundled policy.
+    write(
+        "policy_load",
+        "bulk-grants",
+        b"\x02# holder role resource\nsubject:erin owner document:9\ngroup:auditors editor document:*\n\nsubject:bob   viewer   *\n",
+    );
+    write(
+        "policy_load",
+        "bulk-bad-lines",
+        b"\x02subject:x nosuch document:1\ngroup:undeclared viewer x\nsubject: viewer\nuser:a viewer b\n",
+    );
 }
 
 fn checks() {
