@@ -21,10 +21,10 @@ pub struct Args {
     /// Tokio worker threads; 0 means one per core, as Portcullis uses.
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Set TCP_NODELAY on accepted connections. Off by default, as in
-    /// `portcullis::server::run` (tonic ignores its own nodelay setting
-    /// for a listener it did not bind).
-    #[arg(long)]
+    /// Set TCP_NODELAY on accepted connections, as `portcullis::server::run`
+    /// does (tonic applies its own setting only to listeners it binds).
+    /// `--nodelay false` shows what Nagle's algorithm costs behind Envoy.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     nodelay: bool,
 }
 

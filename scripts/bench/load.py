@@ -18,7 +18,6 @@ client, Envoy and the servers share (the report says how many).
 2. Through Envoy (envoy/front-proxy.yaml rendered as the tests render it):
    (a) with the ext_authz filter removed (a variant this script generates
    from the same template), (b) ext_authz → the do-nothing server,
-   (b2) the same with TCP_NODELAY set on its accepted connections,
    (c) ext_authz → Portcullis; h2load at a fixed rate (open loop, 1,000
    req/s by default) and at saturation, all requests allowed (one
    subject's token and documents it may read) so every variant does the
@@ -257,18 +256,12 @@ def through_envoy(args, binary, loadbench, workload, run_dir, envoy):
     token = (workload / "envoy-token.txt").read_text().strip()
     paths = [p for p in (workload / "envoy-paths.txt").read_text().splitlines() if p]
     noop = start_noop(loadbench, run_dir, "noop-for-envoy")
-    # The do-nothing server with TCP_NODELAY on its accepted sockets: what
-    # the same stack answers once the listener sets it (portcullis::server
-    # does not on plain-text gRPC; tonic ignores its own setting for a
-    # listener it did not bind).
-    noop_nodelay = start_noop(loadbench, run_dir, "noop-nodelay-for-envoy", ["--nodelay"])
     portcullis = start_portcullis(binary, workload / "policies", run_dir, "portcullis-for-envoy")
     results = {}
     try:
         for variant, authz_port, strip in [
             ("a-no-ext-authz", noop.port, True),
             ("b-ext-authz-noop", noop.port, False),
-            ("b2-ext-authz-noop-nodelay", noop_nodelay.port, False),
             ("c-ext-authz-portcullis", portcullis.port, False),
         ]:
             listen, admin, demo = free_port(), free_port(), free_port()
@@ -300,7 +293,6 @@ def through_envoy(args, binary, loadbench, workload, run_dir, envoy):
                     f.unlink()
     finally:
         noop.stop()
-        noop_nodelay.stop()
         portcullis.stop()
     base = results["a-no-ext-authz"]
     for variant, r in results.items():
