@@ -479,6 +479,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     metrics.record_policy_load(Ok((&policy.version, policy.grants.len())));
+    // The parse trees of a large policy are freed by now; hand them back.
+    reload::release_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

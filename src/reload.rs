@@ -76,8 +76,10 @@ impl Reloader {
     pub fn reload(&self) -> ReloadOutcome {
         match load_policies(&self.dir) {
             Ok(mut policy) => {
-                let current = self.policy.load();
-                if current.version == policy.version {
+                // Compare without holding a guard: `retire` waits for the old
+                // snapshot to be unused, and our own guard would stall it.
+                let unchanged = self.policy.load().version == policy.version;
+                if unchanged {
                     return ReloadOutcome::Unchanged {
                         version: policy.version,
                     };
@@ -159,7 +161,7 @@ fn retire(previous: Arc<PolicySet>) {
 /// Hands memory freed by a dropped snapshot back to the operating system.
 /// glibc keeps freed heap pages for reuse, so without this a process that
 /// reloaded a large policy would keep the high-water mark of two snapshots.
-fn release_freed_memory() {
+pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers and only returns free pages of
     // the allocator's own arenas to the kernel; it is thread-safe.

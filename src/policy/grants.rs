@@ -115,9 +115,16 @@ impl Roles {
         if self.as_slice().contains(&role) {
             return;
         }
+        // Kept sorted, so the grant named in an explanation does not depend
+        // on the order of grants in the files.
         match self {
-            Roles::One([first]) => *self = Roles::Many(vec![*first, role]),
-            Roles::Many(many) => many.push(role),
+            Roles::One([first]) => {
+                *self = Roles::Many(vec![(*first).min(role), (*first).max(role)]);
+            }
+            Roles::Many(many) => {
+                let at = many.partition_point(|r| *r < role);
+                many.insert(at, role);
+            }
         }
     }
 }
@@ -244,7 +251,7 @@ mod tests {
         );
         assert_eq!(
             index.roles(Holder::Subject("alice"), ResourceKey::Exact("document:1")),
-            [2, 1]
+            [1, 2]
         );
         assert_eq!(
             index.roles(Holder::Subject("alice"), ResourceKey::Exact("document:2")),

@@ -1144,6 +1144,11 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
+        // By name, so the rule an explanation names does not depend on file order.
+        let by_name = |rules: &mut Vec<DenyRule>| rules.sort_by(|a, b| a.name.cmp(&b.name));
+        index.subjects.values_mut().for_each(by_name);
+        index.groups.values_mut().for_each(by_name);
+        by_name(&mut index.everyone);
         index
     }
 }
