@@ -1,20 +1,21 @@
 //! Server tests: the real gRPC server on a 127.0.0.1 socket, called by a
 //! real tonic client, as Envoy would call it.
 
+mod support;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use jsonwebtoken::{EncodingKey, Header};
 use portcullis::adapter::ResponseConfig;
 use portcullis::policy::load_policies;
 use portcullis::server::{self, Authorizer};
 use portcullis::token::TokenCache;
+use support::grpc_status;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -80,39 +81,10 @@ fn token(sub: &str, exp: u64) -> String {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A check as Envoy sends it, with `token` as a bearer token.
 fn check_request(method: &str, path: &str, token: Option<&str>) -> CheckRequest {
-    let mut headers = std::collections::HashMap::new();
-    if let Some(token) = token {
-        headers.insert("authorization".to_owned(), format!("Bearer {token}"));
-    }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-/// The HTTP status Envoy would send: 200 for OK, else the denied status.
-async fn status_of(client: &mut AuthorizationClient<Channel>, request: CheckRequest) -> i32 {
-    let response = client
-        .check(request)
-        .await
-        .unwrap_or_else(|e| panic!("a check must not fail at the gRPC level: {e}"))
-        .into_inner();
-    match response.http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
-        other => panic!("unexpected response {other:?}"),
-    }
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    support::check_request(method, path, authorization.as_deref(), "server-test")
 }
 
 #[tokio::test]
@@ -121,7 +93,7 @@ async fn checks_over_a_real_socket() {
     let mut client = AuthorizationClient::new(channel(running.address).await);
     let alice = token("alice", START + 60);
     assert_eq!(
-        status_of(
+        grpc_status(
             &mut client,
             check_request("GET", "/documents/1", Some(&alice))
         )
@@ -129,7 +101,7 @@ async fn checks_over_a_real_socket() {
         200
     );
     assert_eq!(
-        status_of(
+        grpc_status(
             &mut client,
             check_request("DELETE", "/documents/2", Some(&alice))
         )
@@ -137,15 +109,15 @@ async fn checks_over_a_real_socket() {
         403
     );
     assert_eq!(
-        status_of(&mut client, check_request("GET", "/documents/1", None)).await,
+        grpc_status(&mut client, check_request("GET", "/documents/1", None)).await,
         401
     );
     assert_eq!(
-        status_of(&mut client, check_request("GET", "/healthz", None)).await,
+        grpc_status(&mut client, check_request("GET", "/healthz", None)).await,
         200
     );
     assert_eq!(
-        status_of(
+        grpc_status(
             &mut client,
             check_request("GET", "/documents/1/%2e%2e/2", Some(&alice))
         )
@@ -153,7 +125,7 @@ async fn checks_over_a_real_socket() {
         400
     );
     // An empty CheckRequest is denied, not an error.
-    assert_eq!(status_of(&mut client, CheckRequest::default()).await, 403);
+    assert_eq!(grpc_status(&mut client, CheckRequest::default()).await, 403);
 }
 
 #[tokio::test]
@@ -162,7 +134,7 @@ async fn a_cached_token_stops_working_when_it_expires() {
     let mut client = AuthorizationClient::new(channel(running.address).await);
     let alice = token("alice", START + 60);
     assert_eq!(
-        status_of(
+        grpc_status(
             &mut client,
             check_request("GET", "/documents/1", Some(&alice))
         )
@@ -173,7 +145,7 @@ async fn a_cached_token_stops_working_when_it_expires() {
     // although it sits in the verified-token cache.
     running.clock.store(START + 60 + 30, Ordering::SeqCst);
     assert_eq!(
-        status_of(
+        grpc_status(
             &mut client,
             check_request("GET", "/documents/1", Some(&alice))
         )
@@ -182,7 +154,7 @@ async fn a_cached_token_stops_working_when_it_expires() {
     );
     running.clock.store(START + 60 + 31, Ordering::SeqCst);
     assert_eq!(
-        status_of(
+        grpc_status(
             &mut client,
             check_request("GET", "/documents/1", Some(&alice))
         )
@@ -223,7 +195,7 @@ async fn shutdown_stops_the_server_and_refuses_new_connections() {
     let mut client = AuthorizationClient::new(channel(running.address).await);
     let alice = token("alice", START + 60);
     assert_eq!(
-        status_of(
+        grpc_status(
             &mut client,
             check_request("GET", "/documents/1", Some(&alice))
         )
