@@ -104,13 +104,16 @@ impl JwksFetcher {
         let mut failures = 0u32;
         loop {
             let scheduled = Instant::now() + wait;
+            // Early, but not before the unknown-kid interval has passed
+            // since the last fetch, nor later than planned.
+            let early = last_attempt
+                .map_or(scheduled, |at| at + keys.refresh.unknown_kid)
+                .min(scheduled);
+            keys.set_early_fetch_at(early);
             tokio::select! {
                 () = tokio::time::sleep_until(scheduled.into()) => {}
                 () = keys.unknown_kid_seen() => {
-                    // Early, but not before the unknown-kid interval has
-                    // passed since the last fetch, nor later than planned.
-                    let allowed = last_attempt.map_or(scheduled, |at| at + keys.refresh.unknown_kid);
-                    tokio::time::sleep_until(allowed.min(scheduled).into()).await;
+                    tokio::time::sleep_until(early.into()).await;
                 }
             }
             // No policy and no registry hold the set any more: stop.
@@ -119,7 +122,9 @@ impl JwksFetcher {
                 return;
             }
             last_attempt = Some(Instant::now());
-            wait = match self.fetch(&keys).await {
+            let result = self.fetch(&keys).await;
+            keys.fetch_attempted();
+            wait = match result {
                 Ok(next) => {
                     failures = 0;
                     next

@@ -28,7 +28,7 @@ use crate::decision_cache::DecisionCache;
 use crate::engine::{self, Decision, Reason, RequestAttrs};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
-use crate::token::TokenCache;
+use crate::token::{TokenCache, TokenError};
 
 /// The current policy, replaced whole by a reload.
 pub type PolicyHandle = Arc<ArcSwap<PolicySet>>;
@@ -47,6 +47,10 @@ pub fn system_clock() -> Clock {
 
 /// Default number of verified tokens remembered.
 pub const DEFAULT_TOKEN_CACHE_CAPACITY: u64 = 100_000;
+
+/// How long a check whose token names a key id its issuer's JWKS lacks
+/// waits for the refetch that asks for, well inside Envoy's timeout.
+pub const KEY_REFETCH_WAIT: Duration = Duration::from_millis(100);
 
 /// The ext_authz service.
 #[derive(Clone)]
@@ -100,14 +104,64 @@ impl Authorizer {
     pub fn check_request(&self, request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
         let started = Instant::now();
         let policy = self.policy.load_full();
-        let (decision, request_id) = match adapter::request_attrs(request) {
-            Ok(attrs) => (self.decide(&policy, &attrs), attrs.request_id),
+        let attrs = adapter::request_attrs(request);
+        let decision = self.decide_attrs(&policy, &attrs);
+        self.answer(&policy, decision, &attrs, started)
+    }
+
+    /// [`Self::check_request`], except that a token naming a key id its
+    /// issuer's JWKS lacks waits (up to [`KEY_REFETCH_WAIT`]) for the
+    /// refetch that asks for, then is verified once more: the first tokens
+    /// signed with a freshly rotated key are accepted, not refused.
+    pub async fn check_request_awaiting_keys(
+        &self,
+        request: &CheckRequest,
+    ) -> (Arc<Decision>, CheckResponse) {
+        let started = Instant::now();
+        let policy = self.policy.load_full();
+        let attrs = adapter::request_attrs(request);
+        let mut decision = self.decide_attrs(&policy, &attrs);
+        if matches!(
+            decision.reason,
+            Reason::InvalidToken(TokenError::UnknownKey)
+        ) {
+            let deadline = Instant::now() + KEY_REFETCH_WAIT;
+            let mut fetched = false;
+            for remote in policy.issuers.remote_key_sets() {
+                fetched |= remote.await_refetch(deadline).await;
+            }
+            if fetched {
+                decision = self.decide_attrs(&policy, &attrs);
+            }
+        }
+        self.answer(&policy, decision, &attrs, started)
+    }
+
+    /// The decision for a readable request; a deny for an unreadable one.
+    fn decide_attrs(
+        &self,
+        policy: &PolicySet,
+        attrs: &Result<RequestAttrs, adapter::AdapterError>,
+    ) -> Arc<Decision> {
+        match attrs {
+            Ok(attrs) => self.decide(policy, attrs),
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable CheckRequest; denying");
                 let deny = Decision::deny(engine::Status::Forbidden, Reason::InternalError);
-                (Arc::new(deny), None)
+                Arc::new(deny)
             }
-        };
+        }
+    }
+
+    /// The response to `decision`, counted and logged.
+    fn answer(
+        &self,
+        policy: &PolicySet,
+        decision: Arc<Decision>,
+        attrs: &Result<RequestAttrs, adapter::AdapterError>,
+        started: Instant,
+    ) -> (Arc<Decision>, CheckResponse) {
+        let request_id = attrs.as_ref().ok().and_then(|a| a.request_id.as_deref());
         let response = adapter::check_response(&decision, &self.response);
         let elapsed = started.elapsed();
         if let Some(metrics) = &self.metrics {
@@ -120,7 +174,7 @@ impl Authorizer {
             );
         }
         self.log
-            .record(&decision, request_id.as_deref(), &policy.version, elapsed);
+            .record(&decision, request_id, &policy.version, elapsed);
         (decision, response)
     }
 
@@ -226,7 +280,7 @@ impl Authorization for Authorizer {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let (_, response) = self.check_request(request.get_ref());
+        let (_, response) = self.check_request_awaiting_keys(request.get_ref()).await;
         Ok(Response::new(response))
     }
 }

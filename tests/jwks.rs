@@ -207,6 +207,39 @@ async fn rotation_new_kid_accepted_and_removed_key_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_token_signed_with_a_rotated_key_is_accepted() {
+    let idp = Idp::start(jwks(&[(0, "k1")])).await;
+    let url = format!("http://127.0.0.1:{}/jwks", idp.port);
+    // No periodic refresh during the test: only an unknown kid can fetch.
+    let dir = policy(
+        &url,
+        "{ min_seconds: 3600, max_seconds: 3600, unknown_kid_seconds: 1 }",
+    );
+    let portcullis = Portcullis::start(dir.path());
+    wait_ready(portcullis.admin_port(), 200).await;
+    assert_eq!(idp.fetches(), 1);
+    // Past the unknown-kid interval since the fetch at start.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+    idp.serve(200, jwks(&[(0, "k1"), (1, "k2")]));
+    // The check waits for the refetch its unknown kid asked for, then
+    // verifies again: the very first request is answered 200, not 401.
+    assert_eq!(
+        status_of(portcullis.port(), &token(1, "k2", "alice")).await,
+        200
+    );
+    assert_eq!(idp.fetches(), 2);
+
+    // Right after that fetch the interval limits refetches again: a kid
+    // the IdP does not have is refused without a fetch.
+    assert_eq!(
+        status_of(portcullis.port(), &token(1, "k3", "alice")).await,
+        401
+    );
+    assert_eq!(idp.fetches(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idp_that_is_down_leaves_the_last_good_keys() {
     let idp = Idp::start(jwks(&[(0, "k1")])).await;
     let url = format!("http://127.0.0.1:{}/jwks", idp.port);

@@ -3,15 +3,17 @@
 //! This is state, not I/O: the current keys (swapped whole when a fetch
 //! brings new ones), whether any fetch has succeeded yet, and a flag that
 //! verification raises when a token names a key the set lacks. The fetching
-//! itself is done by `crate::jwks`, outside the engine.
+//! itself is done by `crate::jwks`, outside the engine; a check that met an
+//! unknown key id may wait, briefly, for the fetch it asked for
+//! ([`RemoteKeys::await_refetch`]) and decide once more.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::AlgorithmFamily;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::JwkKey;
 
@@ -40,6 +42,12 @@ pub struct RemoteKeys {
     /// A digest of the last key set document fetched.
     fingerprint: Mutex<Option<[u8; 32]>>,
     unknown_kid: Notify,
+    /// Raised by verification on an unknown key id, lowered when a fetch ends.
+    refetch_wanted: AtomicBool,
+    /// When a fetch asked for now would start; `None` before the first one.
+    early_fetch_at: Mutex<Option<Instant>>,
+    /// Counts finished fetch attempts, for the checks waiting on one.
+    attempts: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for RemoteKeys {
@@ -64,6 +72,9 @@ impl RemoteKeys {
             generation: AtomicU64::new(0),
             fingerprint: Mutex::new(None),
             unknown_kid: Notify::new(),
+            refetch_wanted: AtomicBool::new(false),
+            early_fetch_at: Mutex::new(None),
+            attempts: watch::Sender::new(0),
         }
     }
 
@@ -97,7 +108,48 @@ impl RemoteKeys {
 
     /// Called by verification when a token names a key id the set lacks.
     pub fn note_unknown_kid(&self) {
+        self.refetch_wanted.store(true, Ordering::SeqCst);
         self.unknown_kid.notify_one();
+    }
+
+    /// Told by the fetcher: a fetch asked for now would start at `at`.
+    pub fn set_early_fetch_at(&self, at: Instant) {
+        *self
+            .early_fetch_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
+    /// Told by the fetcher when a fetch attempt ends, whatever its result.
+    pub fn fetch_attempted(&self) {
+        self.refetch_wanted.store(false, Ordering::SeqCst);
+        self.attempts.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits, until `deadline` at most, for the fetch that a token naming an
+    /// unknown key id asked for, if it starts before then. True when a
+    /// fetch ended since it was asked for, so verifying again may succeed.
+    /// A fetch limited by the unknown-kid interval is not waited for, so a
+    /// flood of random key ids costs no waiting either.
+    pub async fn await_refetch(&self, deadline: Instant) -> bool {
+        if !self.refetch_wanted.load(Ordering::SeqCst) {
+            return true;
+        }
+        let starts = *self
+            .early_fetch_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if starts.is_some_and(|at| at > deadline) {
+            return false;
+        }
+        let mut attempts = self.attempts.subscribe();
+        // The fetch may have ended between the first look and subscribing.
+        if !self.refetch_wanted.load(Ordering::SeqCst) {
+            return true;
+        }
+        tokio::time::timeout_at(deadline.into(), attempts.changed())
+            .await
+            .is_ok_and(|changed| changed.is_ok())
     }
 
     /// Completes when a token named an unknown key id since the last call.
