@@ -5,52 +5,20 @@
 //! The `adapter` group measures the two conversions alone: CheckRequest →
 //! RequestAttrs, and Decision → CheckResponse for an allow and a deny.
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use envoy_types::ext_authz::v3::pb::CheckRequest;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use jsonwebtoken::{EncodingKey, Header};
 use portcullis::adapter::{self, ResponseConfig};
 use portcullis::metrics::Metrics;
-use portcullis::policy::load_policies;
 use portcullis::server::Authorizer;
 use portcullis::token::TokenCache;
 
-const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
-/// Beyond today: the token cache expires entries by the wall clock at `exp`.
-const NOW: u64 = 4_000_000_000;
-
-fn request(method: &str, path: &str, token: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    host: "documents.example.com".into(),
-                    headers: HashMap::from([
-                        ("authorization".to_owned(), format!("Bearer {token}")),
-                        ("x-request-id".to_owned(), "bench-request".to_owned()),
-                    ]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: HashMap::from([("app".to_owned(), "documents".to_owned())]),
-            ..Default::default()
-        }),
-    }
-}
+mod common;
+use common::{alice_token, bundled, check_request as request, NOW};
 
 fn authorizer(allow_log_rate: f64) -> Authorizer {
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
-    let policy = load_policies(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let policy = bundled();
     let tokens = TokenCache::new(1000);
     let metrics = Arc::new(Metrics::new(vec![("token", tokens.stats())]));
     Authorizer::new(
@@ -61,19 +29,6 @@ fn authorizer(allow_log_rate: f64) -> Authorizer {
     )
     .with_metrics(metrics)
     .with_allow_log_rate(allow_log_rate)
-}
-
-/// A demo-issuer token for alice (owner of document 1, editor of 2).
-fn alice_token() -> String {
-    let claims = serde_json::json!({
-        "iss": "https://idp.example.com", "aud": "documents-api", "sub": "alice", "exp": NOW + 3600,
-    });
-    jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn check(c: &mut Criterion) {

@@ -10,76 +10,25 @@
 //! (`make bench` installs it when missing) and valgrind. Run alone with
 //! `cargo bench --bench hot_path`.
 
-use std::collections::HashMap;
 use std::hint::black_box;
-use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use gungraun::{library_benchmark, library_benchmark_group, main};
-use jsonwebtoken::{EncodingKey, Header};
 use portcullis::adapter::ResponseConfig;
-use portcullis::engine::{self, Credential, Decision, KnownPrincipal, RequestAttrs};
+use portcullis::engine::{self, Decision, RequestAttrs};
 use portcullis::path::{normalize, NormalPath, PathError};
-use portcullis::policy::{load_policies, GrantIndex, Holder, PolicySet, ResourceKey};
+use portcullis::policy::PolicySet;
 use portcullis::server::Authorizer;
-use portcullis::token::{Principal, TokenCache};
+use portcullis::token::TokenCache;
 
-const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
-/// Beyond today: the token cache expires entries by the wall clock at `exp`.
-const NOW: u64 = 4_000_000_000;
+mod common;
+use common::{alice_token, bundled, bundled_with_grants, user42, verified_request, NOW};
 
-fn bundled() -> PolicySet {
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
-    load_policies(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// The bundled policy with its grants replaced by `count` grants over 10k
-/// subjects (as in benches/decide.rs), and a request by user42.
+/// The bundled policy with `count` grants, and a request by user42.
 fn decide_setup(count: usize, method: &str, path: &str) -> (PolicySet, RequestAttrs) {
-    let mut policy = bundled();
-    let role = |name: &str| {
-        policy
-            .roles
-            .iter()
-            .position(|r| r.name == name)
-            .unwrap_or_else(|| panic!("no role {name}")) as u32
-    };
-    let (viewer, editor) = (role("viewer"), role("editor"));
-    let mut index = GrantIndex::new();
-    let documents = (count / 10).max(1);
-    for i in 0..count {
-        let subject = format!("user{}", i % 10_000);
-        let resource = format!("document:{}", i % documents);
-        let role = if i % 3 == 0 { editor } else { viewer };
-        index.insert(
-            Holder::Subject(&subject),
-            ResourceKey::Exact(&resource),
-            role,
-        );
-    }
-    policy.grants = Box::new(index);
-    let request = RequestAttrs {
-        method: method.into(),
-        path: path.into(),
-        host: "documents.example.com".into(),
-        credential: Credential::Bearer("verified".into()),
-        ..Default::default()
-    };
-    (policy, request)
-}
-
-fn user42() -> KnownPrincipal {
-    KnownPrincipal(Arc::new(Principal {
-        issuer: Arc::from("demo-idp"),
-        subject: "user42".into(),
-        groups: vec!["readers".into()],
-        expires_at: u64::MAX,
-    }))
+    (bundled_with_grants(count), verified_request(method, path))
 }
 
 #[library_benchmark]
@@ -115,34 +64,7 @@ fn check_setup(method: &str, path: &str) -> (Authorizer, CheckRequest) {
         Arc::new(|| NOW),
     )
     .with_allow_log_rate(0.0);
-    let claims = serde_json::json!({
-        "iss": "https://idp.example.com", "aud": "documents-api", "sub": "alice", "exp": NOW + 3600,
-    });
-    let token = jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    host: "documents.example.com".into(),
-                    headers: HashMap::from([
-                        ("authorization".to_owned(), format!("Bearer {token}")),
-                        ("x-request-id".to_owned(), "bench-request".to_owned()),
-                    ]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: HashMap::from([("app".to_owned(), "documents".to_owned())]),
-            ..Default::default()
-        }),
-    };
+    let request = common::check_request(method, path, &alice_token());
     // Verify once, so the measured check is a cache hit as in production.
     let _ = authorizer.check_request(&request);
     (authorizer, request)

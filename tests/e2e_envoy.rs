@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use support::{
-    alg_none_token, bearer, find_envoy, mint, render_envoy_config, repo_path, sign, test_secret,
-    token, token_with_groups, Claims, EnvoyPorts, Recorded, Response, Stack, AUDIENCE, ISSUER,
+    alg_none_token, assert_envoy_validates, bearer, find_envoy, mint, render_envoy_config,
+    repo_path, sign, test_secret, token, token_with_groups, Claims, EnvoyPorts, Recorded, Response,
+    Stack, AUDIENCE, ISSUER,
 };
 
 const SUBJECT: &str = "x-portcullis-subject";
@@ -247,24 +248,7 @@ fn front_proxy_template_validates() {
         &EnvoyPorts::ephemeral(9191, 8081),
     );
     std::fs::write(&path, rendered).unwrap_or_else(|e| panic!("write: {e}"));
-    let out = std::process::Command::new(envoy)
-        .args([
-            "--mode",
-            "validate",
-            "--disable-hot-restart",
-            "-l",
-            "warning",
-            "-c",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap_or_else(|e| panic!("run envoy: {e}"));
-    assert!(
-        out.status.success(),
-        "envoy --mode validate failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_envoy_validates(&envoy, &path);
 }
 
 /// For each person in policies/grants.yaml, what they may and may not do.

@@ -221,34 +221,9 @@ fn raw_path() -> impl Strategy<Value = String> {
         .prop_map(|(parts, suffix)| format!("/{}{suffix}", parts.join("/")))
 }
 
-fn hex(b: u8) -> Option<u8> {
-    char::from(b)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
-}
-
 /// Percent-decodes every valid escape, as a naive upstream would.
 fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let pair = bytes
-                .get(i + 1)
-                .copied()
-                .and_then(hex)
-                .zip(bytes.get(i + 2).copied().and_then(hex));
-            if let Some((hi, lo)) = pair {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    out
+    percent_encoding::percent_decode_str(text).collect()
 }
 
 /// RFC 3986 section 5.2.4 on an absolute path.

@@ -35,8 +35,8 @@ use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
 use support::{
-    bundled_policies, check_request, find_envoy, grpc_status, render_envoy_config_with, repo_path,
-    send_raw, EchoUpstream, Envoy, EnvoyPorts, Portcullis,
+    assert_envoy_validates, bundled_policies, check_request, find_envoy, grpc_status,
+    render_envoy_config_with, repo_path, send_raw, EchoUpstream, Envoy, EnvoyPorts, Portcullis,
 };
 
 /// How long a test waits for a reload to show.
@@ -680,24 +680,7 @@ fn front_proxy_mtls_template_validates() {
     let path = pki.path("front-proxy-mtls.yaml");
     let rendered = render_mtls(&EnvoyPorts::ephemeral(9191, 8081), pki.dir.path());
     std::fs::write(&path, rendered).unwrap_or_else(|e| panic!("write: {e}"));
-    let out = Command::new(envoy)
-        .args([
-            "--mode",
-            "validate",
-            "--disable-hot-restart",
-            "-l",
-            "warning",
-            "-c",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap_or_else(|e| panic!("run envoy: {e}"));
-    assert!(
-        out.status.success(),
-        "envoy --mode validate failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_envoy_validates(&envoy, &path);
 }
 
 /// The mTLS variant is the front proxy plus a transport socket on the

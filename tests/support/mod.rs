@@ -175,6 +175,29 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Asserts that `envoy --mode validate` accepts the config at `path`.
+pub fn assert_envoy_validates(envoy: &Path, path: &Path) {
+    let out = Command::new(envoy)
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+            "-c",
+        ])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("run envoy: {e}"));
+    assert!(
+        out.status.success(),
+        "envoy --mode validate {} failed:\n{}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The Envoy binary: `ENVOY_BIN`, else `envoy` on `PATH`. `None` (after a
 /// notice on stderr) when there is none and none is required; a panic when
 /// one is required.

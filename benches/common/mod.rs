@@ -1,0 +1,115 @@
+//! What the benches share: the bundled policy, the same policy with N grants
+//! built in code, a verified caller, a demo token and a CheckRequest.
+
+// Each bench compiles this module on its own and uses part of it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use jsonwebtoken::{EncodingKey, Header};
+use portcullis::engine::{Credential, KnownPrincipal, RequestAttrs};
+use portcullis::policy::{load_policies, GrantIndex, Holder, PolicySet, ResourceKey};
+use portcullis::token::Principal;
+
+/// The demo issuer's secret in the benches (`PORTCULLIS_DEMO_SECRET`).
+pub const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+/// Beyond today: the token cache expires entries by the wall clock at `exp`.
+pub const NOW: u64 = 4_000_000_000;
+
+/// The bundled documents policy.
+pub fn bundled() -> PolicySet {
+    std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
+    load_policies(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The bundled policy with its grants replaced by `count` grants spread over
+/// 10k subjects and `count / 10` documents, built in code so a bench measures
+/// deciding, not YAML parsing. user42 holds document:42 at every size.
+pub fn bundled_with_grants(count: usize) -> PolicySet {
+    let mut policy = bundled();
+    let role = |name: &str| {
+        policy
+            .roles
+            .iter()
+            .position(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no role {name}")) as u32
+    };
+    let (viewer, editor) = (role("viewer"), role("editor"));
+    let mut index = GrantIndex::new();
+    let documents = (count / 10).max(1);
+    for i in 0..count {
+        let subject = format!("user{}", i % 10_000);
+        let resource = format!("document:{}", i % documents);
+        let role = if i % 3 == 0 { editor } else { viewer };
+        index.insert(
+            Holder::Subject(&subject),
+            ResourceKey::Exact(&resource),
+            role,
+        );
+    }
+    policy.grants = Box::new(index);
+    policy
+}
+
+/// A documents request whose caller is already verified (see [`user42`]).
+pub fn verified_request(method: &str, path: &str) -> RequestAttrs {
+    RequestAttrs {
+        method: method.into(),
+        path: path.into(),
+        host: "documents.example.com".into(),
+        credential: Credential::Bearer("verified".into()),
+        ..Default::default()
+    }
+}
+
+/// user42, in the group readers, as a verified principal.
+pub fn user42() -> KnownPrincipal {
+    KnownPrincipal(Arc::new(Principal {
+        issuer: Arc::from("demo-idp"),
+        subject: "user42".into(),
+        groups: vec!["readers".into()],
+        expires_at: u64::MAX,
+    }))
+}
+
+/// A demo-issuer token for alice (owner of document 1, editor of 2).
+pub fn alice_token() -> String {
+    let claims = serde_json::json!({
+        "iss": "https://idp.example.com", "aud": "documents-api", "sub": "alice", "exp": NOW + 3600,
+    });
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A CheckRequest as Envoy sends it for the documents application.
+pub fn check_request(method: &str, path: &str, token: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: "documents.example.com".into(),
+                    headers: HashMap::from([
+                        ("authorization".to_owned(), format!("Bearer {token}")),
+                        ("x-request-id".to_owned(), "bench-request".to_owned()),
+                    ]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: HashMap::from([("app".to_owned(), "documents".to_owned())]),
+            ..Default::default()
+        }),
+    }
+}
