@@ -124,6 +124,18 @@ fn validate_reports_yaml_syntax_and_unknown_fields() {
 }
 
 #[test]
+fn validate_refuses_an_emptied_file() {
+    let dir = broken_copy("grants.yaml", |_| "# truncated by a writer\n".into());
+    let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("grants.yaml: file holds nothing but blanks and comments"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_exit_codes() {
     let policies = bundled();
     let policies = policies.to_str().unwrap_or_default();

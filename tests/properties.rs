@@ -1048,22 +1048,19 @@ fn the_loader_racing_a_writer_sees_whole_versions() {
 }
 
 #[test]
-fn an_emptied_grants_file_is_reported() {
-    // Not a property: documents what the loader does with a grants file
-    // that a non-atomic writer has truncated to nothing. The loader has no
-    // way to tell "no grants" from "not written yet", which is why
-    // rewrites must be atomic (a rename) or debounced.
+fn an_emptied_grants_file_is_refused() {
+    // A non-atomic writer truncates before it writes: a file caught empty
+    // (or holding only comments) is refused, never loaded as "no grants".
     let dir = policy_dir();
     write(dir.path(), "grants.yaml", &grants_file(10, 0));
     let mut loader = LoaderOnly(dir.path());
     assert!(matches!(loader.reload(), Served::Policy { grants: 10, .. }));
-    write(dir.path(), "grants.yaml", "");
-    let emptied = loader.reload();
-    println!("an empty grants.yaml loads as: {emptied:?}");
-    assert!(
-        matches!(emptied, Served::Refused | Served::Policy { grants: 0, .. }),
-        "{emptied:?}"
-    );
+    for emptied in ["", "\n  \n", "# grants\n---\n"] {
+        write(dir.path(), "grants.yaml", emptied);
+        assert_eq!(loader.reload(), Served::Refused, "{emptied:?}");
+    }
+    write(dir.path(), "grants.yaml", "grants: []\n");
+    assert!(matches!(loader.reload(), Served::Policy { grants: 0, .. }));
 }
 
 #[test]
