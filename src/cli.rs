@@ -269,6 +269,9 @@ fn validate(dir: &Path) -> ExitCode {
         policy.issuers.len(),
         policy.version
     );
+    // The process exits next: freeing a million grants one by one would
+    // only add a tenth of a second to every validation in CI.
+    std::mem::forget(policy);
     ExitCode::SUCCESS
 }
 

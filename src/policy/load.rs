@@ -28,6 +28,12 @@ use crate::path;
 use crate::token::{self, Issuer, Issuers, KeySet, RefreshPolicy, RemoteKeys};
 use crate::yaml::{self, LineIndex, Step};
 
+/// Role ids by name, and the declared group names: looked up once per grant
+/// line (a million times for a large `.grants` file), with names that come
+/// from the policy, so a fast seeded hasher fits.
+type RoleIds = HashMap<String, RoleId, foldhash::fast::RandomState>;
+type GroupNames = HashSet<String, foldhash::fast::RandomState>;
+
 /// One problem in a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
@@ -576,7 +582,7 @@ impl<'a> Compiler<'a> {
         set.into_iter().map(str::to_owned).collect()
     }
 
-    fn roles(&mut self, actions: &HashMap<&str, usize>) -> (Vec<Role>, HashMap<String, RoleId>) {
+    fn roles(&mut self, actions: &HashMap<&str, usize>) -> (Vec<Role>, RoleIds) {
         // Gather definitions first: a role may include one defined in another file.
         let mut specs: BTreeMap<&str, (usize, &super::source::RoleSpec)> = BTreeMap::new();
         for (f, file) in self.files.iter().enumerate() {
@@ -596,7 +602,7 @@ impl<'a> Compiler<'a> {
                 specs.insert(name, (f, spec));
             }
         }
-        let index: HashMap<String, RoleId> = specs
+        let index: RoleIds = specs
             .keys()
             .enumerate()
             .map(|(i, name)| (name.to_string(), i as RoleId))
@@ -674,7 +680,7 @@ impl<'a> Compiler<'a> {
         (roles, index)
     }
 
-    fn groups(&mut self) -> (HashMap<String, Vec<String>>, HashSet<String>) {
+    fn groups(&mut self) -> (HashMap<String, Vec<String>>, GroupNames) {
         let mut member_of: HashMap<String, Vec<String>> = HashMap::new();
         let mut seen: HashMap<&str, Origin> = HashMap::new();
         for (f, file) in self.files.iter().enumerate() {
@@ -986,7 +992,7 @@ impl<'a> Compiler<'a> {
         at: &[Step<'_>],
         subject: &'s Option<String>,
         group: &'s Option<String>,
-        groups: &HashSet<String>,
+        groups: &GroupNames,
         everyone_allowed: bool,
     ) -> Result<Option<Holder<'s>>, ()> {
         match (subject, group) {
@@ -1016,7 +1022,7 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn grants(&mut self, roles: &HashMap<String, RoleId>, groups: &HashSet<String>) -> GrantIndex {
+    fn grants(&mut self, roles: &RoleIds, groups: &GroupNames) -> GrantIndex {
         let mut index = GrantIndex::new();
         for (f, file) in self.files.iter().enumerate() {
             for (g, grant) in file.doc.grants.iter().enumerate() {
@@ -1055,8 +1061,8 @@ impl<'a> Compiler<'a> {
     fn grant_lines(
         &mut self,
         file: &SourceFile,
-        roles: &HashMap<String, RoleId>,
-        groups: &HashSet<String>,
+        roles: &RoleIds,
+        groups: &GroupNames,
         index: &mut GrantIndex,
     ) {
         const MAX_REPORTED: usize = 100;
@@ -1098,7 +1104,7 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn denies(&mut self, actions: &HashMap<&str, usize>, groups: &HashSet<String>) -> DenyIndex {
+    fn denies(&mut self, actions: &HashMap<&str, usize>, groups: &GroupNames) -> DenyIndex {
         let mut index = DenyIndex::default();
         let mut names: HashMap<&str, Origin> = HashMap::new();
         for (f, file) in self.files.iter().enumerate() {
@@ -1175,8 +1181,8 @@ fn grant_line<'l>(
     holder: &'l str,
     role: &str,
     resource: &'l str,
-    roles: &HashMap<String, RoleId>,
-    groups: &HashSet<String>,
+    roles: &RoleIds,
+    groups: &GroupNames,
 ) -> Result<(Holder<'l>, ResourceKey<'l>, RoleId), String> {
     let holder = match (
         holder.strip_prefix("subject:"),
