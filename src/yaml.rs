@@ -16,12 +16,18 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// True for text with no content: only blank lines, `#` comments and
+/// `---` document markers.
+pub fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---"
+    })
+}
+
 /// Parses one YAML document into `T`. An empty document is `T::default()`.
 pub fn parse<T: DeserializeOwned + Default>(text: &str) -> Result<T, YamlError> {
-    if text.lines().all(|l| {
-        let t = l.trim();
-        t.is_empty() || t.starts_with('#') || t == "---"
-    }) {
+    if is_blank(text) {
         return Ok(T::default());
     }
     serde_yaml::from_str(text).map_err(|e| YamlError {

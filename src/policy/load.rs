@@ -157,7 +157,7 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
             Ok(bytes) => match String::from_utf8(bytes) {
                 // A writer that truncates before writing leaves this for a
                 // moment: loading it would revoke everything it granted.
-                Ok(text) if is_blank(&text) => errors.push(LoadError {
+                Ok(text) if yaml::is_blank(&text) => errors.push(LoadError {
                     file: path,
                     line: None,
                     message: "file holds nothing but blanks and comments (caught mid-write?); \
@@ -183,14 +183,6 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
     } else {
         Err(LoadErrors(errors))
     }
-}
-
-/// True for text with no content: only whitespace, `#` comments and `---`.
-fn is_blank(text: &str) -> bool {
-    text.lines().all(|line| {
-        let line = line.trim();
-        line.is_empty() || line.starts_with('#') || line == "---"
-    })
 }
 
 fn version_of(files: &[SourceFile], key_material: &[u8]) -> String {
