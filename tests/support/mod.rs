@@ -121,6 +121,17 @@ pub fn render_envoy_config_with(
 ) -> String {
     let template = std::fs::read_to_string(template_path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", template_path.display()));
+    // Checked on the template, not the output: a value such as a JWK set
+    // may itself contain `__` (base64url), and that is no placeholder.
+    for (line, placeholder) in template_placeholders(&template) {
+        let known = placeholders(ports).iter().any(|(p, _)| *p == placeholder)
+            || extra.iter().any(|(p, _)| *p == placeholder);
+        assert!(
+            known,
+            "{}:{line}: placeholder {placeholder} is never rendered",
+            template_path.display()
+        );
+    }
     let mut rendered = template.clone();
     for (placeholder, port) in placeholders(ports) {
         assert!(
@@ -138,15 +149,26 @@ pub fn render_envoy_config_with(
         );
         rendered = rendered.replace(placeholder, value);
     }
-    if let Some(at) = rendered.find("__") {
-        let line = rendered[..at].lines().count();
-        panic!(
-            "{}: unrendered placeholder near line {line}: {}",
-            template_path.display(),
-            rendered[at..].lines().next().unwrap_or_default()
-        );
-    }
     rendered
+}
+
+/// Each `__NAME__` in `template` (NAME of A-Z, 0-9 and `_`), with its line.
+fn template_placeholders(template: &str) -> Vec<(usize, &str)> {
+    let is_name = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_';
+    let mut found = Vec::new();
+    for (n, line) in template.lines().enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("__") {
+            let run = &rest[start..];
+            let end = run.find(|c: char| !is_name(c)).unwrap_or(run.len());
+            let word = &run[..end];
+            if word.len() > 4 && word.ends_with("__") {
+                found.push((n + 1, word));
+            }
+            rest = &run[end.max(2)..];
+        }
+    }
+    found
 }
 
 // ---------------------------------------------------------------------------
