@@ -70,13 +70,7 @@ struct Idp {
 
 impl Idp {
     async fn start(document: String) -> Idp {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .port();
+        let (listener, port) = support::bind_loopback().await;
         let document = Arc::new(Mutex::new((200u16, document)));
         let fetches = Arc::new(AtomicUsize::new(0));
         let (served, counted) = (document.clone(), fetches.clone());

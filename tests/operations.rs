@@ -307,13 +307,7 @@ async fn ready_is_false_until_the_policy_is_served() {
         metrics: Arc::new(Metrics::new(Vec::new())),
         policy: Arc::new(ArcSwap::from_pointee(policy)),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let port = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .port();
+    let (listener, port) = support::bind_loopback().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(admin::run(listener, state, async {
         let _ = stopped.await;

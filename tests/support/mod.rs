@@ -1105,6 +1105,18 @@ pub fn check_request(
 }
 
 /// A gRPC client of Portcullis on 127.0.0.1:`port`.
+/// A tokio listener on 127.0.0.1 at an ephemeral port, and that port.
+pub async fn bind_loopback() -> (tokio::net::TcpListener, u16) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port();
+    (listener, port)
+}
+
 pub async fn grpc_client(port: u16) -> AuthorizationClient<Channel> {
     let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap_or_else(|e| panic!("{e}"))
