@@ -5,6 +5,7 @@ Every process is started here, remembered by PID, and stopped by that PID
 name. Everything binds 127.0.0.1.
 """
 
+import datetime
 import json
 import os
 import signal
@@ -211,6 +212,20 @@ def machine():
         "commit": commit.stdout.decode().strip() + ("+dirty" if dirty.stdout.strip() else ""),
         "note": f"client, Envoy and server share the same {os.cpu_count()} cores",
     }
+
+
+def new_run(kind):
+    """Starts a bench run: target/bench/, a stamp, and run directory <kind>-<stamp>.
+
+    Returns (out_dir, started, stamp, run_dir); `started` is a UTC datetime.
+    """
+    out_dir = ROOT / "target" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    run_dir = out_dir / f"{kind}-{stamp}"
+    run_dir.mkdir()
+    return out_dir, started, stamp, run_dir
 
 
 def ensure_workload(loadbench, out_dir, args=(), max_age_hours=12):

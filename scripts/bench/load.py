@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    DEMO_SECRET, ROOT, Process, ensure_workload, free_port, http_get, log, machine,
+    DEMO_SECRET, ROOT, Process, ensure_workload, free_port, http_get, log, machine, new_run,
     run_load, start_noop, start_portcullis, wait_until,
 )
 
@@ -416,12 +416,7 @@ def main():
     if not 0 < args.seconds <= 120 or not 1 <= args.rounds <= 5:
         parser.error("--seconds must be in (0, 120] and --rounds in [1, 5]")
 
-    out_dir = ROOT / "target" / "bench"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now(datetime.timezone.utc)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    run_dir = out_dir / f"run-{stamp}"
-    run_dir.mkdir()
+    out_dir, started, stamp, run_dir = new_run("run")
     binary, loadbench = Path(args.portcullis), Path(args.loadbench)
     for path in (binary, loadbench):
         if not path.exists():

@@ -20,7 +20,6 @@ warm-up is a bug to report.
 """
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    ROOT, ensure_workload, http_get, log, machine, metric, start_portcullis,
+    ROOT, ensure_workload, http_get, log, machine, metric, new_run, start_portcullis,
 )
 
 GROWTH_LIMIT_PERCENT = 5.0
@@ -76,12 +75,7 @@ def main():
     warmup = args.warmup if args.warmup is not None else max(30.0, args.seconds * 0.2)
     window = 15.0
 
-    out_dir = ROOT / "target" / "bench"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now(datetime.timezone.utc)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    run_dir = out_dir / f"soak-{stamp}"
-    run_dir.mkdir()
+    out_dir, started, stamp, run_dir = new_run("soak")
     binary, loadbench = Path(args.portcullis), Path(args.loadbench)
     workload = out_dir / "workload"
     summary = ensure_workload(loadbench, workload)
