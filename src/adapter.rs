@@ -1,6 +1,8 @@
 //! The only module that knows Envoy's ext_authz types.
 //!
-//! [`request_attrs`] turns a `CheckRequest` into [`RequestAttrs`];
+//! [`read_check`] turns a `CheckRequest` into our [`Check`]: an HTTP
+//! request ([`RequestAttrs`]) or, without HTTP attributes, a connection
+//! ([`ConnectionAttrs`], from Envoy's network ext_authz filter);
 //! [`check_response`] turns a [`Decision`] into a `CheckResponse`. Headers
 //! are read from both places Envoy may put them (`headers`, and
 //! `header_map` when `encode_raw_headers` is on); a header that appears
@@ -15,7 +17,9 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::protobuf::Value as ProtoValue;
 use envoy_types::pb::google::rpc;
 
-use crate::engine::{Credential, CredentialError, Decision, RequestAttrs, Status};
+use crate::engine::{
+    ConnectionAttrs, Credential, CredentialError, Decision, Reason, RequestAttrs, Status,
+};
 use crate::token::MAX_TOKEN_LEN;
 
 /// The request header that carries the verified subject to the upstream.
@@ -25,20 +29,72 @@ pub const DEFAULT_SUBJECT_HEADER: &str = "x-portcullis-subject";
 #[derive(Debug, Clone)]
 pub struct ResponseConfig {
     /// Lower-case name of the header set to the verified subject.
-    pub subject_header: String,
+    subject_header: String,
+    /// Every other `-`/`_` spelling of it: frameworks that fold `_` into
+    /// `-` (CGI, WSGI, Rack, ...) would read a client's
+    /// `x_portcullis_subject` as the verified subject, so each is removed.
+    look_alikes: Vec<String>,
+}
+
+impl ResponseConfig {
+    pub fn new(subject_header: &str) -> Self {
+        let subject_header = subject_header.to_ascii_lowercase();
+        let look_alikes = dash_underscore_spellings(&subject_header)
+            .into_iter()
+            .filter(|name| *name != subject_header)
+            .collect();
+        Self {
+            subject_header,
+            look_alikes,
+        }
+    }
+
+    pub fn subject_header(&self) -> &str {
+        &self.subject_header
+    }
 }
 
 impl Default for ResponseConfig {
     fn default() -> Self {
-        Self {
-            subject_header: DEFAULT_SUBJECT_HEADER.to_owned(),
-        }
+        Self::new(DEFAULT_SUBJECT_HEADER)
     }
+}
+
+/// Every spelling of `name` with each `-` or `_` as either (at most 2^8
+/// spellings; a longer run keeps the rest as written).
+fn dash_underscore_spellings(name: &str) -> Vec<String> {
+    const MAX_SEPARATORS: usize = 8;
+    let positions: Vec<usize> = name
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| matches!(b, b'-' | b'_'))
+        .map(|(i, _)| i)
+        .take(MAX_SEPARATORS)
+        .collect();
+    (0..1u32 << positions.len())
+        .map(|mask| {
+            let mut bytes = name.as_bytes().to_vec();
+            for (bit, &at) in positions.iter().enumerate() {
+                bytes[at] = if mask & (1 << bit) == 0 { b'-' } else { b'_' };
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .collect()
+}
+
+/// What a CheckRequest asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Http(RequestAttrs),
+    /// No HTTP attributes: a connection (Envoy's network ext_authz filter).
+    Connection(ConnectionAttrs),
 }
 
 /// Why a CheckRequest could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AdapterError {
+    #[error("CheckRequest carries no attributes")]
+    NoAttributes,
     #[error("CheckRequest carries no HTTP request attributes")]
     NoHttpRequest,
 }
@@ -51,17 +107,45 @@ mod code {
     pub const UNAUTHENTICATED: i32 = 16;
 }
 
-/// Reads what the engine needs from a CheckRequest.
+/// The HTTP request of a CheckRequest; an error for a connection check.
 pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs, AdapterError> {
+    match read_check(request)? {
+        Check::Http(attrs) => Ok(attrs),
+        Check::Connection(_) => Err(AdapterError::NoHttpRequest),
+    }
+}
+
+/// Reads what the engine needs from a CheckRequest.
+pub fn read_check(request: &CheckRequest) -> Result<Check, AdapterError> {
     let attributes = request
         .attributes
         .as_ref()
-        .ok_or(AdapterError::NoHttpRequest)?;
-    let http = attributes
-        .request
+        .ok_or(AdapterError::NoAttributes)?;
+    let destination = attributes
+        .destination
         .as_ref()
-        .and_then(|r| r.http.as_ref())
-        .ok_or(AdapterError::NoHttpRequest)?;
+        .map(|peer| peer.principal.clone())
+        .unwrap_or_default();
+    let Some(http) = attributes.request.as_ref().and_then(|r| r.http.as_ref()) else {
+        let source = attributes
+            .source
+            .as_ref()
+            .map(|peer| peer.principal.clone())
+            .unwrap_or_default();
+        let destination = if destination.is_empty() {
+            attributes
+                .destination
+                .as_ref()
+                .and_then(|peer| peer_address(peer.address.as_ref()))
+                .unwrap_or_default()
+        } else {
+            destination
+        };
+        return Ok(Check::Connection(ConnectionAttrs {
+            source: printable(&source),
+            destination: printable(&destination),
+        }));
+    };
 
     let named = |name: &str, wanted: &[&str]| wanted.iter().any(|w| name.eq_ignore_ascii_case(w));
     let listed: Vec<String> = http
@@ -120,16 +204,45 @@ pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs, AdapterErro
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    Ok(RequestAttrs {
+    Ok(Check::Http(RequestAttrs {
         method: http.method.clone(),
         path: http.path.clone(),
         host,
+        destination,
         context_extensions,
         credential: credential(&authorization),
         request_id,
         verified_payloads: jwt_authn_payloads(attributes),
-    })
+    }))
 }
+
+/// `ip:port` of a peer's socket address, for the log of a connection.
+fn peer_address(
+    address: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
+) -> Option<String> {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
+    match address?.address.as_ref()? {
+        address::Address::SocketAddress(socket) => {
+            let port = match socket.port_specifier {
+                Some(PortSpecifier::PortValue(port)) => port,
+                _ => 0,
+            };
+            Some(format!("{}:{port}", socket.address))
+        }
+        _ => None,
+    }
+}
+
+/// Peer text bound for the log: printable ASCII only, bounded.
+fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(MAX_PEER_LEN)
+        .collect()
+}
+
+/// Longest peer principal or address kept.
+const MAX_PEER_LEN: usize = 512;
 
 /// The dynamic-metadata namespace Envoy's jwt_authn filter writes to.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
@@ -235,6 +348,25 @@ pub const DRY_RUN_HEADER: &str = "x-portcullis-dry-run";
 
 /// Builds the response Envoy acts on.
 pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResponse {
+    if matches!(
+        decision.reason,
+        Reason::ConnectionAllowed | Reason::ConnectionDenied
+    ) {
+        // Envoy's network filter reads the status only.
+        let code = if decision.is_allowed() {
+            code::OK
+        } else {
+            code::PERMISSION_DENIED
+        };
+        return CheckResponse {
+            status: Some(rpc::Status {
+                code,
+                message: decision.reason.code().to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+    }
     if decision.lets_through() {
         let mut ok = OkHttpResponse::default();
         match &decision.subject {
@@ -242,6 +374,8 @@ pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResp
             Some(subject) => ok.headers.push(header(&config.subject_header, subject)),
             None => ok.headers_to_remove.push(config.subject_header.clone()),
         }
+        ok.headers_to_remove
+            .extend(config.look_alikes.iter().cloned());
         if !decision.is_allowed() {
             let value = format!(
                 "would-deny; status={}; reason={}",
@@ -317,5 +451,29 @@ fn header(name: &str, value: &str) -> HeaderValueOption {
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denied_connection_is_permission_denied_without_an_http_response() {
+        let deny = Decision::deny(Status::Forbidden, Reason::ConnectionDenied);
+        let response = check_response(&deny, &ResponseConfig::default());
+        assert_eq!(
+            response.status.as_ref().map(|s| s.code),
+            Some(code::PERMISSION_DENIED)
+        );
+        assert!(response.http_response.is_none());
+    }
+
+    #[test]
+    fn look_alikes_cover_every_separator_spelling() {
+        let mut names = dash_underscore_spellings("x-a_b");
+        names.sort();
+        assert_eq!(names, ["x-a-b", "x-a_b", "x_a-b", "x_a_b"]);
+        assert_eq!(dash_underscore_spellings("plain"), ["plain"]);
     }
 }

@@ -68,6 +68,9 @@ struct CaseRequest {
     path: String,
     #[serde(default)]
     host: String,
+    /// The destination workload's principal (SPIFFE id), as the mesh proves it.
+    #[serde(default)]
+    destination: String,
     #[serde(default)]
     context_extensions: BTreeMap<String, String>,
 }
@@ -157,6 +160,7 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
                 method: request.method.clone(),
                 path: request.path.clone(),
                 host: request.host.clone(),
+                destination: request.destination.clone(),
                 context_extensions: request.context_extensions.clone(),
                 credential: match &case.caller {
                     Some(_) => Credential::Bearer("case".into()),

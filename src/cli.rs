@@ -138,6 +138,10 @@ pub struct CheckArgs {
     pub path: String,
     #[arg(long, default_value = "")]
     pub host: String,
+    /// The destination workload's principal (a SPIFFE id), as Envoy reports
+    /// it from the mesh's mTLS
+    #[arg(long, default_value = "")]
+    pub destination: String,
     /// A bearer token (without the "Bearer " prefix)
     #[arg(long)]
     pub token: Option<String>,
@@ -297,6 +301,7 @@ fn check(args: CheckArgs) -> ExitCode {
         method: args.method,
         path: args.path,
         host: args.host,
+        destination: args.destination,
         context_extensions: args
             .context_extensions
             .into_iter()
@@ -571,7 +576,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let authorizer = Authorizer::new(
             policy.clone(),
             tokens,
-            ResponseConfig { subject_header },
+            ResponseConfig::new(&subject_header),
             server::system_clock(),
         )
         .with_metrics(metrics)

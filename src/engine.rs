@@ -3,15 +3,19 @@
 //! [`decide`] is synchronous and does no I/O; the time is a parameter and
 //! token verification goes through an [`Authenticate`] the caller passes
 //! (the server passes a cache). Every path that is not a positive match
-//! ends in a deny: no application, no route, a bad path, a missing or bad
-//! token, an explicit deny, or no grant.
+//! ends in a deny: a bad path or Host, no application, no route, a missing
+//! or bad token, an explicit deny, or no grant. A caller without a valid
+//! credential learns nothing about routes: anything but a public route is
+//! a 401 to it, whether or not the route exists.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
 use crate::path::{self, PathError};
-use crate::policy::{Access, Holder, PolicySet, ResourceKey, Selection};
+use crate::policy::{
+    normalize_host, Access, Connections, Holder, PolicySet, ResourceKey, SelectInput, Selection,
+};
 use crate::token::{Principal, TokenCache, TokenError};
 
 /// A request as Portcullis sees it, free of any protocol's types.
@@ -22,6 +26,9 @@ pub struct RequestAttrs {
     pub path: String,
     /// The `:authority` (or `host`) header.
     pub host: String,
+    /// The destination workload's principal (its mTLS identity, a SPIFFE
+    /// id under Istio); empty when the connection proved none.
+    pub destination: String,
     /// Envoy's per-route `context_extensions`.
     pub context_extensions: BTreeMap<String, String>,
     pub credential: Credential,
@@ -29,6 +36,16 @@ pub struct RequestAttrs {
     pub request_id: Option<String>,
     /// Token payloads Envoy's jwt_authn filter verified, by metadata key.
     pub verified_payloads: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A check without HTTP attributes: a connection, as Envoy's network
+/// ext_authz filter reports it. There is no method, path or token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionAttrs {
+    /// The source workload's principal, empty when unknown.
+    pub source: String,
+    /// The destination workload's principal, or its address when it has none.
+    pub destination: String,
 }
 
 /// What the request offers as proof of identity.
@@ -140,6 +157,7 @@ pub enum Reason {
     /// A grant holds the action.
     Granted,
     BadPath(PathError),
+    BadHost,
     NoApplication,
     AmbiguousApplication,
     NoRoute,
@@ -150,6 +168,10 @@ pub enum Reason {
     NoGrant,
     /// The engine failed; the server turns any fault into this deny.
     InternalError,
+    /// A connection check, answered by the policy's `connections: allow`.
+    ConnectionAllowed,
+    /// A connection check, answered by `connections: deny` (the default).
+    ConnectionDenied,
 }
 
 impl Reason {
@@ -160,6 +182,7 @@ impl Reason {
             Reason::Authenticated => "authenticated",
             Reason::Granted => "granted",
             Reason::BadPath(_) => "bad_path",
+            Reason::BadHost => "bad_host",
             Reason::NoApplication => "no_application",
             Reason::AmbiguousApplication => "ambiguous_application",
             Reason::NoRoute => "no_route",
@@ -169,14 +192,20 @@ impl Reason {
             Reason::ExplicitDeny => "explicit_deny",
             Reason::NoGrant => "no_grant",
             Reason::InternalError => "internal_error",
+            Reason::ConnectionAllowed => "connection_allowed",
+            Reason::ConnectionDenied => "connection_denied",
         }
     }
 
     /// Text safe to show the client: no token, rule or grant details.
     pub fn public_message(&self) -> &'static str {
         match self {
-            Reason::PublicRoute | Reason::Authenticated | Reason::Granted => "allowed",
+            Reason::PublicRoute
+            | Reason::Authenticated
+            | Reason::Granted
+            | Reason::ConnectionAllowed => "allowed",
             Reason::BadPath(_) => "the request path is not acceptable",
+            Reason::BadHost => "the Host header is not acceptable",
             Reason::NoApplication | Reason::AmbiguousApplication | Reason::NoRoute => {
                 "no route allows this request"
             }
@@ -185,6 +214,7 @@ impl Reason {
             Reason::InvalidToken(e) => e.public_description(),
             Reason::ExplicitDeny | Reason::NoGrant => "the subject may not do this",
             Reason::InternalError => "the request could not be authorized",
+            Reason::ConnectionDenied => "the connection is not allowed",
         }
     }
 }
@@ -196,6 +226,9 @@ impl fmt::Display for Reason {
             Reason::Authenticated => f.write_str("the route admits any authenticated subject"),
             Reason::Granted => f.write_str("a grant holds the action"),
             Reason::BadPath(e) => write!(f, "bad path: {e}"),
+            Reason::BadHost => f.write_str(
+                "the Host header is not a plain host name with an optional numeric port",
+            ),
             Reason::NoApplication => f.write_str("no application matches the request"),
             Reason::AmbiguousApplication => {
                 f.write_str("several applications match the request equally")
@@ -207,6 +240,12 @@ impl fmt::Display for Reason {
             Reason::ExplicitDeny => f.write_str("an explicit deny rule matches"),
             Reason::NoGrant => f.write_str("no grant holds the action on the resource"),
             Reason::InternalError => f.write_str("internal error while deciding"),
+            Reason::ConnectionAllowed => {
+                f.write_str("a check without HTTP attributes, allowed by `connections: allow`")
+            }
+            Reason::ConnectionDenied => {
+                f.write_str("a check without HTTP attributes, denied by `connections`")
+            }
         }
     }
 }
@@ -287,14 +326,38 @@ pub fn decide(
         Ok(path) => path,
         Err(e) => return Decision::deny(Status::BadRequest, Reason::BadPath(e)),
     };
-    let app_index = match policy
-        .selector
-        .select(&request.context_extensions, &request.host, &path)
-    {
-        Selection::Found(index) => index,
-        Selection::NotFound => return Decision::deny(Status::Forbidden, Reason::NoApplication),
+    let Ok(host) = normalize_host(&request.host) else {
+        return Decision::deny(Status::BadRequest, Reason::BadHost);
+    };
+    let selection = policy.selector.select(SelectInput {
+        context: &request.context_extensions,
+        destination: &request.destination,
+        host: &host,
+        path: &path,
+    });
+    let (app_index, selected_by) = match selection {
+        Selection::Found(index, by) => (index, by),
+        Selection::NotFound => {
+            let every_issuer: Vec<usize> = (0..policy.issuers.len()).collect();
+            return refuse_unknown(
+                policy,
+                &every_issuer,
+                request,
+                authn,
+                now,
+                Reason::NoApplication,
+            );
+        }
         Selection::Ambiguous => {
-            return Decision::deny(Status::Forbidden, Reason::AmbiguousApplication)
+            let every_issuer: Vec<usize> = (0..policy.issuers.len()).collect();
+            return refuse_unknown(
+                policy,
+                &every_issuer,
+                request,
+                authn,
+                now,
+                Reason::AmbiguousApplication,
+            );
         }
     };
     let Some(app) = policy.applications.get(app_index) else {
@@ -302,11 +365,21 @@ pub fn decide(
     };
     let with_app = |mut d: Decision| {
         d.application = Some(app.name.clone());
-        d.dry_run = app.dry_run;
+        // Dry run lets denies through; never where the client could have
+        // picked this application over an enforcing one.
+        d.dry_run = app.dry_run && !selected_by.client_chosen();
         d
     };
-    let Some((route, captures)) = app.routes.find(&request.method, &path) else {
-        return with_app(Decision::deny(Status::Forbidden, Reason::NoRoute));
+    let folded;
+    let path = if app.case_insensitive {
+        folded = path.to_ascii_lowercase();
+        &folded
+    } else {
+        &path
+    };
+    let Some((route, captures)) = app.routes.find(&request.method, path) else {
+        let refused = refuse_unknown(policy, &app.issuers, request, authn, now, Reason::NoRoute);
+        return with_app(refused);
     };
     let resource = route.resource.as_ref().map(|r| r.render(&captures));
     let action = route.action.as_ref();
@@ -335,6 +408,49 @@ pub fn decide(
     decision.subject = Some(principal.subject.clone());
     decision.valid_until = Some(policy.issuers.valid_until(&principal));
     with_route(decision)
+}
+
+/// The deny for a request that no application or route takes: 403 with
+/// `reason` to a caller with a valid credential, and to any other the same
+/// 401 an existing route would give, so that routes cannot be probed
+/// without a token. The log still says why (`matched_rule`).
+fn refuse_unknown(
+    policy: &PolicySet,
+    issuers: &[usize],
+    request: &RequestAttrs,
+    authn: &dyn Authenticate,
+    now: u64,
+    reason: Reason,
+) -> Decision {
+    match authenticate(policy, issuers, request, authn, now) {
+        Ok(principal) => {
+            let mut d = Decision::deny(Status::Forbidden, reason);
+            d.subject = Some(principal.subject.clone());
+            d.valid_until = Some(policy.issuers.valid_until(&principal));
+            d
+        }
+        Err(unauthenticated) => {
+            let mut d = Decision::deny(Status::Unauthorized, unauthenticated);
+            d.matched_rule = Some(reason.to_string());
+            d
+        }
+    }
+}
+
+/// Decides a connection check: the policy's `connections` setting, nothing
+/// else (there is no path or token to decide on).
+pub fn decide_connection(policy: &PolicySet, connection: &ConnectionAttrs) -> Decision {
+    let mut decision = match policy.connections {
+        Connections::Allow => Decision::allow(Reason::ConnectionAllowed),
+        Connections::Deny => Decision::deny(Status::Forbidden, Reason::ConnectionDenied),
+    };
+    if !connection.destination.is_empty() {
+        decision.resource = Some(connection.destination.clone());
+    }
+    if !connection.source.is_empty() {
+        decision.matched_rule = Some(format!("connection from {}", connection.source));
+    }
+    decision
 }
 
 /// Who the request speaks for. A payload Envoy's jwt_authn filter verified

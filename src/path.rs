@@ -65,6 +65,14 @@ impl NormalPath {
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()
     }
+
+    /// The same path in ASCII lower case (segment bounds do not move).
+    pub fn to_ascii_lowercase(&self) -> Self {
+        Self {
+            text: self.text.to_ascii_lowercase(),
+            segments: self.segments.clone(),
+        }
+    }
 }
 
 impl fmt::Display for NormalPath {

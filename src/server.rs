@@ -23,6 +23,7 @@ use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
+use crate::adapter::Check;
 use crate::adapter::{self, ResponseConfig};
 use crate::decision_cache::DecisionCache;
 use crate::engine::{self, Decision, Reason, RequestAttrs};
@@ -104,7 +105,7 @@ impl Authorizer {
     pub fn check_request(&self, request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
         let started = Instant::now();
         let policy = self.policy.load_full();
-        let attrs = adapter::request_attrs(request);
+        let attrs = adapter::read_check(request);
         let decision = self.decide_attrs(&policy, &attrs);
         self.answer(&policy, decision, &attrs, started)
     }
@@ -119,7 +120,7 @@ impl Authorizer {
     ) -> (Arc<Decision>, CheckResponse) {
         let started = Instant::now();
         let policy = self.policy.load_full();
-        let attrs = adapter::request_attrs(request);
+        let attrs = adapter::read_check(request);
         let mut decision = self.decide_attrs(&policy, &attrs);
         if matches!(
             decision.reason,
@@ -141,10 +142,14 @@ impl Authorizer {
     fn decide_attrs(
         &self,
         policy: &PolicySet,
-        attrs: &Result<RequestAttrs, adapter::AdapterError>,
+        attrs: &Result<Check, adapter::AdapterError>,
     ) -> Arc<Decision> {
         match attrs {
-            Ok(attrs) => self.decide(policy, attrs),
+            Ok(Check::Http(attrs)) => self.decide(policy, attrs),
+            // Cheap and keyed by nothing the cache knows: never cached.
+            Ok(Check::Connection(connection)) => {
+                Arc::new(engine::decide_connection(policy, connection))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable CheckRequest; denying");
                 let deny = Decision::deny(engine::Status::Forbidden, Reason::InternalError);
@@ -158,10 +163,13 @@ impl Authorizer {
         &self,
         policy: &PolicySet,
         decision: Arc<Decision>,
-        attrs: &Result<RequestAttrs, adapter::AdapterError>,
+        attrs: &Result<Check, adapter::AdapterError>,
         started: Instant,
     ) -> (Arc<Decision>, CheckResponse) {
-        let request_id = attrs.as_ref().ok().and_then(|a| a.request_id.as_deref());
+        let request_id = match attrs {
+            Ok(Check::Http(attrs)) => attrs.request_id.as_deref(),
+            _ => None,
+        };
         let response = adapter::check_response(&decision, &self.response);
         let elapsed = started.elapsed();
         if let Some(metrics) = &self.metrics {

@@ -131,6 +131,18 @@ fn allow_sets_the_subject_header_and_overwrites_the_clients() {
         .collect();
     // 2 = OVERWRITE_IF_EXISTS_OR_ADD: the client's copy is replaced.
     assert_eq!(set, [("x-portcullis-subject", "alice", 2)]);
+    // Every other `-`/`_` spelling is removed: frameworks that fold `_` into
+    // `-` would read a client's `x_portcullis_subject` as the subject.
+    let mut removed = ok.headers_to_remove.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            "x-portcullis_subject",
+            "x_portcullis-subject",
+            "x_portcullis_subject"
+        ]
+    );
 }
 
 #[test]
@@ -145,7 +157,44 @@ fn public_allow_removes_a_client_sent_subject_header() {
         panic!("expected OkResponse: {response:?}");
     };
     assert!(ok.headers.is_empty());
-    assert_eq!(ok.headers_to_remove, ["x-portcullis-subject"]);
+    let mut removed = ok.headers_to_remove.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            "x-portcullis-subject",
+            "x-portcullis_subject",
+            "x_portcullis-subject",
+            "x_portcullis_subject"
+        ]
+    );
+}
+
+#[test]
+fn a_check_without_http_attributes_is_a_connection_check() {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+    let peer = |principal: &str| Peer {
+        principal: principal.into(),
+        ..Default::default()
+    };
+    // What Envoy's network ext_authz filter sends for a TCP connection.
+    let connection = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(peer("spiffe://cluster.local/ns/app/sa/client")),
+            destination: Some(peer("spiffe://cluster.local/ns/db/sa/postgres")),
+            ..Default::default()
+        }),
+    };
+    let (decision, response) = check(&connection);
+    // The bundled policy says `connections: allow` (policies/connections.yaml).
+    assert_eq!(decision.reason.code(), "connection_allowed");
+    assert!(decision.is_allowed());
+    assert_eq!(response.status.as_ref().map(|s| s.code), Some(0));
+    assert!(response.http_response.is_none(), "{response:?}");
+    assert_eq!(
+        decision.resource.as_deref(),
+        Some("spiffe://cluster.local/ns/db/sa/postgres")
+    );
 }
 
 #[test]
@@ -348,9 +397,10 @@ fn huge_and_hostile_inputs_are_denied_not_panicked() {
             Some(HttpResponse::DeniedResponse(_))
         ));
     }
-    // A CheckRequest without HTTP attributes.
+    // A CheckRequest without any attributes.
     let (decision, _) = check(&CheckRequest::default());
     assert!(!decision.is_allowed());
+    assert_eq!(decision.reason.code(), "internal_error");
 }
 
 #[test]

@@ -90,7 +90,8 @@ async fn metrics_count_checks_caches_and_the_policy() {
     );
     assert_eq!(
         status(&mut grpc, check_request("GET", "/nowhere", None, "m5")).await,
-        403
+        // No route without a credential is the 401 of any protected route.
+        401
     );
     let after = scrape(admin);
 
@@ -115,7 +116,7 @@ async fn metrics_count_checks_caches_and_the_policy() {
         1.0
     );
     assert_eq!(
-        delta(&before, &after, &checks("deny", "no_application", "")),
+        delta(&before, &after, &checks("deny", "missing_credentials", "")),
         1.0
     );
     assert_eq!(

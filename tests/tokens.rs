@@ -147,6 +147,10 @@ struct IssuerYaml {
     leeway_seconds: u64,
     subject_claim: String,
     groups_claim: Option<String>,
+    /// The policy groups a token may assert (`groups_allowed`).
+    groups_allowed: Vec<String>,
+    /// Set by [`PolicyDir`] when it holds several issuers.
+    subject_prefix: Option<String>,
 }
 
 impl IssuerYaml {
@@ -160,6 +164,10 @@ impl IssuerYaml {
             leeway_seconds: LEEWAY,
             subject_claim: "sub".to_owned(),
             groups_claim: Some("groups".to_owned()),
+            groups_allowed: ["staff", "editors", "admins", "reader", "g*"]
+                .map(str::to_owned)
+                .to_vec(),
+            subject_prefix: None,
         }
     }
 
@@ -190,6 +198,13 @@ impl IssuerYaml {
         );
         if let Some(groups) = &self.groups_claim {
             out.push_str(&format!("    groups_claim: {}\n", q(groups)));
+            out.push_str(&format!(
+                "    groups_allowed: {}\n",
+                list(&self.groups_allowed)
+            ));
+        }
+        if let Some(prefix) = &self.subject_prefix {
+            out.push_str(&format!("    subject_prefix: {}\n", q(prefix)));
         }
         out
     }
@@ -241,11 +256,20 @@ impl PolicyDir {
     }
 
     fn try_load(&self) -> Result<PolicySet, LoadErrors> {
+        // Several issuers: each subject carries its issuer's name as a
+        // prefix, and the application lists its issuers, as the loader asks.
+        let several = self.issuers.len() > 1;
         let mut text = String::from("issuers:\n");
         for issuer in &self.issuers {
+            let mut issuer = issuer.clone();
+            if several {
+                issuer.subject_prefix = Some(format!("{}:", issuer.name));
+            }
             text.push_str(&issuer.yaml());
         }
-        let app_issuers = match &self.app_issuers {
+        let every: Vec<String> = self.issuers.iter().map(|i| i.name.clone()).collect();
+        let listed = self.app_issuers.as_ref().or(several.then_some(&every));
+        let app_issuers = match listed {
             Some(names) => format!(
                 "    issuers: {}\n",
                 serde_json::to_string(names).unwrap_or_else(|e| panic!("{e}"))
@@ -748,10 +772,10 @@ fn a_token_naming_one_issuer_but_signed_with_anothers_key_is_a_bad_signature() {
         .issuer(IssuerYaml::hmac("hs", &["HS256"]))
         .issuer(other)
         .load();
-    // Each issuer's own token verifies...
-    assert_eq!(subject_of(&policy, &hs256(&[])), "alice");
+    // Each issuer's own token verifies, its subject tied to that issuer...
+    assert_eq!(subject_of(&policy, &hs256(&[])), "hs:alice");
     let own = hs(Algorithm::HS256, &claims("other"), OTHER_SECRET);
-    assert_eq!(subject_of(&policy, &own), "alice");
+    assert_eq!(subject_of(&policy, &own), "other:alice");
     // ...but naming `hs` while signing with `other`'s secret does not.
     let forged = hs(Algorithm::HS256, &claims("hs"), OTHER_SECRET);
     assert_eq!(verify(&policy, &forged), Err(TokenError::BadSignature));

@@ -186,13 +186,13 @@ pub fn token_world() -> &'static TokenWorld {
         write("ec.pem", &ec_public);
         let issuer = |name: &str, alg: &str, key: &str| {
             format!(
-                "  - name: {name}\n    issuer: https://{name}.idp.test\n    audiences: [api]\n    algorithms: [{alg}]\n    key: {{ {key} }}\n    groups_claim: groups\n"
+                "  - name: {name}\n    issuer: https://{name}.idp.test\n    audiences: [api]\n    algorithms: [{alg}]\n    key: {{ {key} }}\n    subject_prefix: \"{name}:\"\n    groups_claim: groups\n    groups_allowed: [staff, readers, editors, \"g*\"]\n"
             )
         };
         write(
             "policy.yaml",
             &format!(
-                "issuers:\n{}{}{}applications:\n  - name: api\n    select:\n      path_prefixes: [/api]\n    routes:\n      - name: whoami\n        methods: [GET]\n        path: /api/whoami\n        access: authenticated\n",
+                "issuers:\n{}{}{}applications:\n  - name: api\n    select:\n      path_prefixes: [/api]\n    issuers: [hs, rs, es]\n    routes:\n      - name: whoami\n        methods: [GET]\n        path: /api/whoami\n        access: authenticated\n",
                 issuer("hs", "HS256", "secret_file: hmac.secret"),
                 issuer("rs", "RS256", "public_key_file: rsa.pem"),
                 issuer("es", "ES256", "public_key_file: ec.pem"),

@@ -19,13 +19,13 @@ use sha2::{Digest, Sha256};
 
 use super::grants::{GrantIndex, Holder, ResourceKey};
 use super::routes::{PathTemplate, ResourceTemplate, Route, RouteTable};
-use super::source::{Access, ApplicationSpec, IssuerSpec, KeySpec, PolicyFile};
+use super::source::{Access, ApplicationSpec, Connections, IssuerSpec, KeySpec, PolicyFile};
 use super::{
     ActionSet, AppSelector, Application, DenyIndex, DenyRule, OwnedResourceKey, PolicySet, Role,
     RoleId,
 };
 use crate::path;
-use crate::token::{self, Issuer, Issuers, KeySet, RefreshPolicy, RemoteKeys};
+use crate::token::{self, Issuer, Issuers, KeySet, NamePattern, RefreshPolicy, RemoteKeys};
 use crate::yaml::{self, LineIndex, Step};
 
 /// Role ids by name, and the declared group names: looked up once per grant
@@ -252,6 +252,7 @@ impl<'a> Compiler<'a> {
         let (applications, selector) = self.applications(&issuers, &action_index);
         let grants = self.grants(&role_index, &groups);
         let denies = self.denies(&action_index, &groups);
+        let connections = self.connections();
         if applications.is_empty() && self.errors.is_empty() {
             if let Some(first) = files.first() {
                 self.errors.push(LoadError {
@@ -271,11 +272,33 @@ impl<'a> Compiler<'a> {
             member_of,
             grants: Box::new(grants),
             denies,
+            connections,
         }
+    }
+
+    /// The one `connections:` setting; deny when no file says.
+    fn connections(&mut self) -> Connections {
+        let mut found: Option<(Connections, Origin)> = None;
+        for (f, file) in self.files.iter().enumerate() {
+            let Some(value) = file.doc.connections else {
+                continue;
+            };
+            let at = [Step::Key("connections")];
+            let here = (f, self.line(f, &at));
+            match found {
+                Some((_, first)) => {
+                    let first = self.origin(first);
+                    self.error(f, &at, format!("connections is already set at {first}"));
+                }
+                None => found = Some((value, here)),
+            }
+        }
+        found.map_or(Connections::Deny, |(value, _)| value)
     }
 
     fn issuers(&mut self) -> Issuers {
         let mut list = Vec::new();
+        let mut specs = Vec::new();
         let mut names: HashMap<String, Origin> = HashMap::new();
         let mut values: HashMap<String, Origin> = HashMap::new();
         for (f, file) in self.files.iter().enumerate() {
@@ -303,9 +326,35 @@ impl<'a> Compiler<'a> {
                 if let Some(issuer) = self.issuer(f, i, spec) {
                     list.push(issuer);
                 }
+                specs.push((f, i, spec));
             }
         }
+        self.subject_prefixes(&specs);
         Issuers::new(list)
+    }
+
+    /// With several issuers, every issuer's subjects carry a prefix of its
+    /// own, and no prefix starts another: a partner's `carol` is then never
+    /// the corporate `carol` that grants, groups and denies name.
+    fn subject_prefixes(&mut self, specs: &[(usize, usize, &IssuerSpec)]) {
+        if specs.len() < 2 {
+            return;
+        }
+        let at = |i| [Step::Key("issuers"), Step::Index(i), Step::Key("name")];
+        for &(f, i, spec) in specs {
+            let mine = spec.subject_prefix.as_deref().unwrap_or_default();
+            if mine.is_empty() {
+                self.error(f, &at(i), format!("issuer {:?} needs a subject_prefix (such as \"{}:\"): the policy trusts {} issuers, and a subject must name one issuer's subject only", spec.name, spec.name, specs.len()));
+                continue;
+            }
+            let clash = specs.iter().find(|(_, _, other)| {
+                let theirs = other.subject_prefix.as_deref().unwrap_or_default();
+                other.name != spec.name && !theirs.is_empty() && mine.starts_with(theirs)
+            });
+            if let Some((_, _, other)) = clash {
+                self.error(f, &at(i), format!("subject_prefix {mine:?} of issuer {:?} starts with the subject_prefix of issuer {:?}: their subjects could collide", spec.name, other.name));
+            }
+        }
     }
 
     fn issuer(&mut self, f: usize, i: usize, spec: &IssuerSpec) -> Option<Issuer> {
@@ -334,6 +383,44 @@ impl<'a> Compiler<'a> {
             self.error(f, &at("subject_claim"), "subject_claim is empty");
             ok = false;
         }
+        let groups_allowed: Vec<NamePattern> = spec
+            .groups_allowed
+            .iter()
+            .map(|g| NamePattern::parse(g))
+            .collect();
+        match (&spec.groups_claim, spec.groups_allowed.is_empty()) {
+            (Some(claim), true) => {
+                self.error(f, &at("groups_claim"), format!("issuer {:?} reads groups from {claim:?} but lists no groups_allowed: name the policy groups its tokens may assert (or prefixes ending in *)", spec.name));
+                ok = false;
+            }
+            (None, false) => {
+                self.error(
+                    f,
+                    &at("groups_allowed"),
+                    format!(
+                        "issuer {:?} lists groups_allowed but no groups_claim to read them from",
+                        spec.name
+                    ),
+                );
+                ok = false;
+            }
+            _ => {}
+        }
+        if spec.groups_allowed.iter().any(|g| g.is_empty() || g == "*") {
+            self.error(f, &at("groups_allowed"), "groups_allowed entries must be group names or prefixes ending in * (a bare * would let the token name any group)");
+            ok = false;
+        }
+        let subject_prefix = spec.subject_prefix.clone().unwrap_or_default();
+        if spec.subject_prefix.is_some()
+            && !token::is_printable_name(&subject_prefix, token::MAX_SUBJECT_LEN)
+        {
+            self.error(
+                f,
+                &at("subject_prefix"),
+                "subject_prefix must be non-empty printable text",
+            );
+            ok = false;
+        }
         if let Some(jwt_authn) = &spec.jwt_authn {
             // Envoy verifies the token; no algorithm or key here.
             if !spec.algorithms.is_empty() || spec.key.is_some() {
@@ -359,7 +446,9 @@ impl<'a> Compiler<'a> {
                 keys: KeySet::Jwks(Vec::new()),
                 leeway_seconds: spec.leeway_seconds,
                 subject_claim: spec.subject_claim.clone(),
+                subject_prefix,
                 groups_claim: spec.groups_claim.clone(),
+                groups_allowed,
                 jwt_authn_payload: Some(jwt_authn.payload_key.clone()),
             });
         }
@@ -413,7 +502,9 @@ impl<'a> Compiler<'a> {
             keys,
             leeway_seconds: spec.leeway_seconds,
             subject_claim: spec.subject_claim.clone(),
+            subject_prefix,
             groups_claim: spec.groups_claim.clone(),
+            groups_allowed,
             jwt_authn_payload: None,
         })
     }
@@ -712,6 +803,7 @@ impl<'a> Compiler<'a> {
         let mut names: HashMap<&str, Origin> = HashMap::new();
         let mut contexts: HashMap<&BTreeMap<String, String>, Origin> = HashMap::new();
         let mut hosts: HashMap<String, Origin> = HashMap::new();
+        let mut destinations: HashMap<String, Origin> = HashMap::new();
         let mut prefixes: HashMap<Vec<String>, Origin> = HashMap::new();
         for (f, file) in self.files.iter().enumerate() {
             for (i, spec) in file.doc.applications.iter().enumerate() {
@@ -731,11 +823,41 @@ impl<'a> Compiler<'a> {
                 }
                 let app = applications.len();
                 let select = &spec.select;
-                if select.context_extensions.is_empty()
-                    && select.hosts.is_empty()
-                    && select.path_prefixes.is_empty()
-                {
-                    self.error(f, &at("select"), format!("application {:?} has no selector (context_extensions, hosts or path_prefixes)", spec.name));
+                let trusted = !select.context_extensions.is_empty()
+                    || !select.destination_principals.is_empty()
+                    || !select.destination_namespaces.is_empty();
+                if !trusted && select.hosts.is_empty() && select.path_prefixes.is_empty() {
+                    self.error(f, &at("select"), format!("application {:?} has no selector (context_extensions, destination_principals, destination_namespaces, hosts or path_prefixes)", spec.name));
+                }
+                if spec.mode == super::source::Mode::DryRun && !trusted {
+                    self.error(f, &at("mode"), format!("application {:?} is in dry_run but only hosts or path_prefixes select it: the client chooses those, and could choose this application to have its requests let through; select it by context_extensions or destination_* (docs/policy-reference.md)", spec.name));
+                }
+                for principal in &select.destination_principals {
+                    if crate::policy::spiffe_namespace(principal).is_none() {
+                        self.error(f, &at("select"), format!("destination principal {principal:?} is not a SPIFFE id of the form spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT"));
+                    } else if let Some(first) = destinations.insert(principal.clone(), here) {
+                        let first = self.origin(first);
+                        self.error(f, &at("select"), format!("destination principal {principal:?} already selects the application at {first}"));
+                    } else {
+                        selector.by_principal.insert(principal.clone(), app);
+                    }
+                }
+                for namespace in &select.destination_namespaces {
+                    let probe = format!("spiffe://x/ns/{namespace}/sa/x");
+                    if namespace.contains('/') || crate::policy::spiffe_namespace(&probe).is_none()
+                    {
+                        self.error(
+                            f,
+                            &at("select"),
+                            format!("destination namespace {namespace:?} is not a namespace name"),
+                        );
+                    } else if let Some(first) = destinations.insert(format!("ns/{namespace}"), here)
+                    {
+                        let first = self.origin(first);
+                        self.error(f, &at("select"), format!("destination namespace {namespace:?} already selects the application at {first}"));
+                    } else {
+                        selector.by_namespace.insert(namespace.clone(), app);
+                    }
                 }
                 if !select.context_extensions.is_empty() {
                     if let Some(first) = contexts.insert(&select.context_extensions, here) {
@@ -756,9 +878,10 @@ impl<'a> Compiler<'a> {
                     let lower = host.to_ascii_lowercase();
                     let valid = match lower.strip_prefix("*.") {
                         Some(rest) => {
-                            !rest.is_empty() && crate::policy::normalize_host(rest) == rest
+                            !rest.is_empty()
+                                && crate::policy::normalize_host(rest).as_deref() == Ok(rest)
                         }
-                        None => crate::policy::normalize_host(&lower) == lower,
+                        None => crate::policy::normalize_host(&lower).as_deref() == Ok(&lower),
                     };
                     if !valid {
                         self.error(f, &at("select"), format!("host {host:?} is not a host name or *.suffix (no port, no trailing dot)"));
@@ -804,7 +927,14 @@ impl<'a> Compiler<'a> {
                         );
                         continue;
                     }
-                    selector.prefixes.push((segments, app));
+                    let segments = if spec.case_insensitive {
+                        segments.iter().map(|s| s.to_ascii_lowercase()).collect()
+                    } else {
+                        segments
+                    };
+                    selector
+                        .prefixes
+                        .push((segments, app, spec.case_insensitive));
                 }
                 let allowed = self.application_issuers(f, i, spec, issuers);
                 let routes = self.routes(f, i, spec, actions);
@@ -813,6 +943,7 @@ impl<'a> Compiler<'a> {
                     issuers: allowed,
                     routes,
                     dry_run: spec.mode == super::source::Mode::DryRun,
+                    case_insensitive: spec.case_insensitive,
                 });
             }
         }
@@ -824,7 +955,7 @@ impl<'a> Compiler<'a> {
             .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         selector
             .prefixes
-            .sort_by_key(|(segments, _)| std::cmp::Reverse(segments.len()));
+            .sort_by_key(|(segments, _, _)| std::cmp::Reverse(segments.len()));
         (applications, selector)
     }
 
@@ -836,6 +967,17 @@ impl<'a> Compiler<'a> {
         issuers: &Issuers,
     ) -> Vec<usize> {
         let Some(names) = &spec.issuers else {
+            if issuers.len() > 1 {
+                self.error(
+                    f,
+                    &[Step::Key("applications"), Step::Index(i), Step::Key("name")],
+                    format!(
+                        "application {:?} must list its issuers: the policy trusts {} issuers",
+                        spec.name,
+                        issuers.len()
+                    ),
+                );
+            }
             return (0..issuers.len()).collect();
         };
         let mut allowed = Vec::new();
@@ -907,6 +1049,7 @@ impl<'a> Compiler<'a> {
                 }
             }
             let template = match PathTemplate::parse(&route.path) {
+                Ok(t) if spec.case_insensitive => Some(t.with_lowercase_literals()),
                 Ok(t) => Some(t),
                 Err(e) => {
                     self.error(f, &at("path"), format!("route {:?}: {e}", route.name));

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 pub use grants::{GrantIndex, GrantSource, Holder, ResourceKey, RoleId};
 pub use load::{load_policies, LoadError, LoadErrors};
 pub use routes::{PathTemplate, ResourceTemplate, Route, RouteTable};
-pub use source::{Access, Mode};
+pub use source::{Access, Connections, Mode};
 
 use crate::path::NormalPath;
 use crate::token::Issuers;
@@ -34,6 +34,8 @@ pub struct PolicySet {
     pub(crate) member_of: HashMap<String, Vec<String>>,
     pub grants: Box<dyn GrantSource>,
     pub(crate) denies: DenyIndex,
+    /// What a check without HTTP attributes gets.
+    pub connections: Connections,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -66,8 +68,11 @@ pub struct Application {
     /// Indices of the issuers whose tokens it accepts.
     pub issuers: Vec<usize>,
     pub routes: RouteTable,
-    /// Denies are recorded but not enforced.
+    /// Denies are recorded but not enforced (only when a selector the
+    /// client cannot choose picked the application).
     pub dry_run: bool,
+    /// Routes match the lower-cased path.
+    pub case_insensitive: bool,
 }
 
 /// A role with every action it grants, inherited ones included.
@@ -156,88 +161,184 @@ pub(crate) struct DenyIndex {
 /// The outcome of choosing an application for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selection {
-    Found(usize),
+    Found(usize, SelectedBy),
     NotFound,
     /// Two applications match equally well; the request is denied.
     Ambiguous,
 }
 
-/// Chooses the application of a request. Context extensions (set by Envoy's
-/// configuration, not by the client) are trusted first, then the host, then
-/// the path prefix; within each, the most specific selector wins.
+/// Which selector chose the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectedBy {
+    /// Envoy's per-route configuration: the client cannot set it.
+    ContextExtensions,
+    /// The destination workload's mTLS identity: the client cannot set it.
+    Destination,
+    /// The Host header: the client writes it.
+    Host,
+    /// The path: the client writes it.
+    PathPrefix,
+}
+
+impl SelectedBy {
+    /// True when the client could have made another application apply by
+    /// sending another request line or Host.
+    pub fn client_chosen(self) -> bool {
+        matches!(self, SelectedBy::Host | SelectedBy::PathPrefix)
+    }
+}
+
+/// What the application selector reads from a request.
+#[derive(Debug, Clone, Copy)]
+pub struct SelectInput<'r> {
+    pub context: &'r BTreeMap<String, String>,
+    /// The destination workload's principal (a SPIFFE id), empty when the
+    /// connection carried none.
+    pub destination: &'r str,
+    /// The Host, already checked by [`normalize_host`].
+    pub host: &'r str,
+    pub path: &'r NormalPath,
+}
+
+/// Chooses the application of a request. The selectors the client cannot
+/// forge come first: context extensions (set by Envoy's configuration),
+/// then the destination workload's identity; then the host, then the path
+/// prefix. Within each, the most specific selector wins.
 #[derive(Debug, Default)]
 pub(crate) struct AppSelector {
     /// Required context extensions, most keys first.
     pub by_context: Vec<(BTreeMap<String, String>, usize)>,
+    pub by_principal: HashMap<String, usize>,
+    pub by_namespace: HashMap<String, usize>,
     pub exact_hosts: HashMap<String, usize>,
     /// `*.example.com` stored as `.example.com`, longest first.
     pub wildcard_hosts: Vec<(String, usize)>,
-    /// Path prefixes as segments, longest first.
-    pub prefixes: Vec<(Vec<String>, usize)>,
+    /// Path prefixes as segments, longest first, and whether the
+    /// application ignores case (its prefix is then stored lower-case).
+    pub prefixes: Vec<(Vec<String>, usize, bool)>,
 }
 
 impl AppSelector {
-    pub fn select(
-        &self,
-        context: &BTreeMap<String, String>,
-        host: &str,
-        path: &NormalPath,
-    ) -> Selection {
+    pub fn select(&self, input: SelectInput<'_>) -> Selection {
         let mut by_context = self
             .by_context
             .iter()
-            .filter(|(wanted, _)| wanted.iter().all(|(k, v)| context.get(k) == Some(v)));
+            .filter(|(wanted, _)| wanted.iter().all(|(k, v)| input.context.get(k) == Some(v)));
         if let Some((first, app)) = by_context.next() {
             return match by_context.next() {
                 Some((second, _)) if second.len() == first.len() => Selection::Ambiguous,
-                _ => Selection::Found(*app),
+                _ => Selection::Found(*app, SelectedBy::ContextExtensions),
             };
         }
 
-        let host = normalize_host(host);
-        if let Some(app) = self.exact_hosts.get(host.as_str()) {
-            return Selection::Found(*app);
+        if !input.destination.is_empty() {
+            let by_principal = self.by_principal.get(input.destination);
+            let by_namespace =
+                || spiffe_namespace(input.destination).and_then(|ns| self.by_namespace.get(ns));
+            if let Some(app) = by_principal.or_else(by_namespace) {
+                return Selection::Found(*app, SelectedBy::Destination);
+            }
+        }
+
+        let host = input.host;
+        if let Some(app) = self.exact_hosts.get(host) {
+            return Selection::Found(*app, SelectedBy::Host);
         }
         if let Some((_, app)) = self
             .wildcard_hosts
             .iter()
             .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
         {
-            return Selection::Found(*app);
+            return Selection::Found(*app, SelectedBy::Host);
         }
 
-        let found = self.prefixes.iter().find(|(prefix, _)| {
-            path.len() >= prefix.len() && path.segments().zip(prefix).all(|(a, b)| a == b)
+        let path = input.path;
+        let found = self.prefixes.iter().find(|(prefix, _, fold)| {
+            path.len() >= prefix.len()
+                && path.segments().zip(prefix).all(|(a, b)| {
+                    if *fold {
+                        a.eq_ignore_ascii_case(b)
+                    } else {
+                        a == b
+                    }
+                })
         });
-        found.map_or(Selection::NotFound, |(_, app)| Selection::Found(*app))
+        found.map_or(Selection::NotFound, |(_, app, _)| {
+            Selection::Found(*app, SelectedBy::PathPrefix)
+        })
     }
 }
 
-/// Lower-cases a host and removes its port and a trailing dot. Anything
-/// that is not a plausible host name becomes empty and matches no selector.
-pub fn normalize_host(host: &str) -> String {
-    let without_port = if let Some(rest) = host.strip_prefix('[') {
-        // An IPv6 literal: keep the brackets' content.
-        rest.split(']').next().unwrap_or_default()
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        })
+/// The namespace of an Istio SPIFFE id, `spiffe://<trust domain>/ns/<namespace>/sa/<account>`.
+pub fn spiffe_namespace(principal: &str) -> Option<&str> {
+    let rest = principal.strip_prefix("spiffe://")?;
+    let mut parts = rest.split('/');
+    let (Some(domain), Some("ns"), Some(namespace), Some("sa"), Some(account), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
     };
-    let host = without_port.strip_suffix('.').unwrap_or(without_port);
-    let plausible = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':'));
-    if plausible {
-        host.to_ascii_lowercase()
-    } else {
-        String::new()
+    let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+    (valid(domain) && valid(namespace) && valid(account)).then_some(namespace)
+}
+
+/// Why a Host was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the Host header is not a plain host name with an optional numeric port")]
+pub struct BadHost;
+
+/// The Host as selectors compare it: lower case, without its port. A Host
+/// Envoy would not route as written is refused rather than repaired: a
+/// trailing dot, a port that is not a number from 1 to 65535, anything
+/// after an IPv6 literal's `]`, or a character a host name cannot hold.
+/// Repairing would pick an application for a name Envoy routed elsewhere.
+pub fn normalize_host(host: &str) -> Result<String, BadHost> {
+    if host.is_empty() {
+        return Ok(String::new());
     }
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (literal, after) = rest.split_once(']').ok_or(BadHost)?;
+        let ipv6 = !literal.is_empty()
+            && literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+        if !ipv6 {
+            return Err(BadHost);
+        }
+        match after {
+            "" => (literal, None),
+            _ => (literal, Some(after.strip_prefix(':').ok_or(BadHost)?)),
+        }
+    } else {
+        let (name, port) = match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        };
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(BadHost);
+        }
+        (name, port)
+    };
+    if let Some(port) = port {
+        let numeric =
+            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        if !numeric || !(1..=65535).contains(&port.parse::<u32>().map_err(|_| BadHost)?) {
+            return Err(BadHost);
+        }
+    }
+    Ok(name.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -246,11 +347,51 @@ mod tests {
 
     #[test]
     fn hosts_are_normalized() {
-        assert_eq!(normalize_host("Docs.Example.COM:8080"), "docs.example.com");
-        assert_eq!(normalize_host("docs.example.com."), "docs.example.com");
-        assert_eq!(normalize_host("[::1]:9000"), "::1");
-        assert_eq!(normalize_host("evil.com/x"), "");
-        assert_eq!(normalize_host(""), "");
+        let ok = |h: &str| normalize_host(h).ok();
+        assert_eq!(
+            ok("Docs.Example.COM:8080").as_deref(),
+            Some("docs.example.com")
+        );
+        assert_eq!(ok("[::1]:9000").as_deref(), Some("::1"));
+        assert_eq!(ok("[::1]").as_deref(), Some("::1"));
+        assert_eq!(ok("10.0.0.1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(ok("").as_deref(), Some(""));
+        for bad in [
+            "docs.example.com.",
+            "docs.example.com:",
+            "docs.example.com:0",
+            "docs.example.com:65536",
+            "docs.example.com:80:80",
+            "docs.example.com:http",
+            "[docs]suffix",
+            "[::1]x",
+            "[::1]:",
+            "[docs.example.com]",
+            "evil.com/x",
+            "a..b",
+            ".example.com",
+            "ex ample.com",
+            "exam_ple.com",
+        ] {
+            assert_eq!(normalize_host(bad), Err(BadHost), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn spiffe_namespaces() {
+        assert_eq!(
+            spiffe_namespace("spiffe://cluster.local/ns/documents/sa/api"),
+            Some("documents")
+        );
+        for bad in [
+            "spiffe://cluster.local/ns/documents",
+            "spiffe://cluster.local/ns//sa/api",
+            "spiffe://cluster.local/ns/a/sa/api/extra",
+            "http://cluster.local/ns/a/sa/b",
+            "spiffe://cluster.local/sa/a/ns/b",
+        ] {
+            assert_eq!(spiffe_namespace(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Path templates and the route table of one application.
 //!
 //! A template is a sequence of segments: literals (`documents`), captures of
-//! one segment (`{id}`) and, last only, a capture of the rest (`{path...}`).
+//! one segment (`{id}`, or typed: `{id:uint}`, `{id:uuid}`) and, last only, a
+//! capture of the rest (`{path...}`). A typed capture accepts only the
+//! canonical spelling of its type, so the resource it names has one key:
+//! `/documents/01` and `/documents/1.json` are not document 1.
 //! Literals and captured values are made of unreserved characters only
 //! (`A-Z a-z 0-9 - . _ ~`), so a captured value can never smuggle a `:` into
 //! a resource name or a `;` past a server that strips path parameters.
@@ -21,7 +24,7 @@ use crate::path::{is_unreserved, NormalPath};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
     Literal(String),
-    Capture(String),
+    Capture(String, CaptureType),
     Rest(String),
 }
 
@@ -29,8 +32,61 @@ impl Segment {
     fn rank(&self) -> u8 {
         match self {
             Segment::Literal(_) => 0,
-            Segment::Capture(_) => 1,
-            Segment::Rest(_) => 2,
+            Segment::Capture(_, CaptureType::Any) => 2,
+            Segment::Capture(_, _) => 1,
+            Segment::Rest(_) => 3,
+        }
+    }
+}
+
+/// What one captured segment may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureType {
+    /// Any non-empty run of unreserved characters.
+    Any,
+    /// An unsigned integer in canonical form: `0`, or digits without a
+    /// leading zero, at most 20 of them (every `u64`).
+    Uint,
+    /// A UUID in canonical form: lower-case hex, 8-4-4-4-12.
+    Uuid,
+}
+
+impl CaptureType {
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "uint" => Some(CaptureType::Uint),
+            "uuid" => Some(CaptureType::Uuid),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CaptureType::Any => "",
+            CaptureType::Uint => "uint",
+            CaptureType::Uuid => "uuid",
+        }
+    }
+
+    /// True when `value` (already known to be unreserved) is canonical.
+    pub fn accepts(self, value: &str) -> bool {
+        let bytes = value.as_bytes();
+        match self {
+            CaptureType::Any => !value.is_empty(),
+            CaptureType::Uint => {
+                !bytes.is_empty()
+                    && bytes.len() <= 20
+                    && bytes.iter().all(u8::is_ascii_digit)
+                    && (bytes[0] != b'0' || bytes.len() == 1)
+                    && value.parse::<u64>().is_ok()
+            }
+            CaptureType::Uuid => {
+                bytes.len() == 36
+                    && bytes.iter().enumerate().all(|(i, &b)| match i {
+                        8 | 13 | 18 | 23 => b == b'-',
+                        _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+                    })
+            }
         }
     }
 }
@@ -54,6 +110,10 @@ pub enum TemplateError {
     DotLiteral(String),
     #[error("capture name {0:?} must be a non-empty identifier")]
     BadCaptureName(String),
+    #[error("capture type {0:?} is unknown (use uint or uuid, or no type)")]
+    BadCaptureType(String),
+    #[error("a rest capture {{name...}} takes no type")]
+    TypedRest,
     #[error("capture {0:?} appears twice")]
     DuplicateCapture(String),
     #[error("a rest capture {{name...}} must be the last segment")]
@@ -79,23 +139,34 @@ impl PathTemplate {
             }
             let segment =
                 if let Some(inner) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
-                    let (name, is_rest) = match inner.strip_suffix("...") {
+                    let (inner, is_rest) = match inner.strip_suffix("...") {
                         Some(name) => (name, true),
                         None => (inner, false),
                     };
+                    let (name, kind) = match inner.split_once(':') {
+                        Some((name, kind)) => (
+                            name,
+                            CaptureType::parse(kind)
+                                .ok_or_else(|| TemplateError::BadCaptureType(kind.to_owned()))?,
+                        ),
+                        None => (inner, CaptureType::Any),
+                    };
+                    if is_rest && kind != CaptureType::Any {
+                        return Err(TemplateError::TypedRest);
+                    }
                     if !is_identifier(name) {
                         return Err(TemplateError::BadCaptureName(name.to_owned()));
                     }
-                    let taken = segments
-                        .iter()
-                        .any(|s| matches!(s, Segment::Capture(n) | Segment::Rest(n) if n == name));
+                    let taken = segments.iter().any(
+                        |s| matches!(s, Segment::Capture(n, _) | Segment::Rest(n) if n == name),
+                    );
                     if taken {
                         return Err(TemplateError::DuplicateCapture(name.to_owned()));
                     }
                     if is_rest {
                         Segment::Rest(name.to_owned())
                     } else {
-                        Segment::Capture(name.to_owned())
+                        Segment::Capture(name.to_owned(), kind)
                     }
                 } else {
                     if raw.is_empty() {
@@ -125,9 +196,9 @@ impl PathTemplate {
                         return None;
                     }
                 }
-                Segment::Capture(_) => {
+                Segment::Capture(_, kind) => {
                     let value = parts.next()?;
-                    if !value.bytes().all(is_unreserved) {
+                    if !value.bytes().all(is_unreserved) || !kind.accepts(value) {
                         return None;
                     }
                     captures.push(value);
@@ -145,10 +216,21 @@ impl PathTemplate {
         parts.next().is_none().then_some(captures)
     }
 
+    /// The template with its literals in lower case, for an application
+    /// whose upstream ignores case (its paths are lower-cased before matching).
+    pub fn with_lowercase_literals(mut self) -> Self {
+        for segment in &mut self.segments {
+            if let Segment::Literal(literal) = segment {
+                literal.make_ascii_lowercase();
+            }
+        }
+        self
+    }
+
     /// Names of the captures, in the order [`Self::matches`] returns values.
     pub fn capture_names(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|s| match s {
-            Segment::Capture(n) | Segment::Rest(n) => Some(n.as_str()),
+            Segment::Capture(n, _) | Segment::Rest(n) => Some(n.as_str()),
             Segment::Literal(_) => None,
         })
     }
@@ -169,7 +251,12 @@ impl PathTemplate {
             out.push('/');
             match s {
                 Segment::Literal(l) => out.push_str(l),
-                Segment::Capture(_) => out.push_str("{}"),
+                Segment::Capture(_, CaptureType::Any) => out.push_str("{}"),
+                Segment::Capture(_, kind) => {
+                    out.push_str("{:");
+                    out.push_str(kind.name());
+                    out.push('}');
+                }
                 Segment::Rest(_) => out.push_str("{...}"),
             }
         }
@@ -188,7 +275,8 @@ impl fmt::Display for PathTemplate {
         for s in &self.segments {
             match s {
                 Segment::Literal(l) => write!(f, "/{l}")?,
-                Segment::Capture(n) => write!(f, "/{{{n}}}")?,
+                Segment::Capture(n, CaptureType::Any) => write!(f, "/{{{n}}}")?,
+                Segment::Capture(n, kind) => write!(f, "/{{{n}:{}}}", kind.name())?,
                 Segment::Rest(n) => write!(f, "/{{{n}...}}")?,
             }
         }
@@ -399,6 +487,55 @@ mod tests {
         ] {
             assert_eq!(found(&table, "GET", p), None, "{p}");
         }
+    }
+
+    #[test]
+    fn typed_captures_accept_only_canonical_values() {
+        let table = RouteTable::new(vec![
+            route("by-number", &["GET"], "/documents/{id:uint}"),
+            route("by-uuid", &["GET"], "/files/{id:uuid}"),
+            route("any", &["GET"], "/documents/{name}"),
+        ]);
+        let f = |p: &str| found(&table, "GET", p).map(|(n, _)| n);
+        assert_eq!(f("/documents/0").as_deref(), Some("by-number"));
+        assert_eq!(
+            f("/documents/18446744073709551615").as_deref(),
+            Some("by-number")
+        );
+        // Not canonical integers: the untyped route (or none) takes them.
+        for p in [
+            "/documents/01",
+            "/documents/1.json",
+            "/documents/-1",
+            "/documents/18446744073709551616",
+        ] {
+            assert_eq!(f(p).as_deref(), Some("any"), "{p}");
+        }
+        // Not unreserved at all: no route.
+        assert_eq!(f("/documents/+1"), None);
+        assert_eq!(
+            f("/files/0a1b2c3d-0000-4000-8000-00000000000f").as_deref(),
+            Some("by-uuid")
+        );
+        for p in [
+            "/files/0A1B2C3D-0000-4000-8000-00000000000F",
+            "/files/0a1b2c3d00004000800000000000000f",
+            "/files/{0a1b2c3d-0000-4000-8000-00000000000f}",
+            "/files/0a1b2c3d-0000-4000-8000-00000000000g",
+        ] {
+            assert_eq!(f(p), None, "{p}");
+        }
+        assert!(matches!(
+            PathTemplate::parse("/a/{id:int}"),
+            Err(TemplateError::BadCaptureType(_))
+        ));
+        assert_eq!(
+            PathTemplate::parse("/a/{rest:uint...}"),
+            Err(TemplateError::TypedRest)
+        );
+        let t = PathTemplate::parse("/a/{id:uint}").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.to_string(), "/a/{id:uint}");
+        assert_eq!(t.shape(), "/a/{:uint}");
     }
 
     #[test]

@@ -28,6 +28,21 @@ pub struct PolicyFile {
     pub grants: Vec<GrantSpec>,
     #[serde(default)]
     pub denies: Vec<DenySpec>,
+    /// What a check without HTTP attributes gets (one file may say).
+    #[serde(default)]
+    pub connections: Option<Connections>,
+}
+
+/// The answer to a connection check: a CheckRequest without HTTP
+/// attributes, as Envoy's network ext_authz filter sends for a TCP
+/// connection (Istio adds that filter to the TCP filter chains of every
+/// workload a CUSTOM policy covers). There is no path, method or token to
+/// decide on, so the policy says once what such a connection gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Connections {
+    Allow,
+    Deny,
 }
 
 /// A token issuer Portcullis trusts.
@@ -53,8 +68,17 @@ pub struct IssuerSpec {
     pub leeway_seconds: u64,
     #[serde(default = "IssuerSpec::default_subject_claim")]
     pub subject_claim: String,
+    /// Put before each subject of this issuer (`partner:`); required when
+    /// the policy trusts more than one issuer, so that their subjects can
+    /// never name the same holder.
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
     #[serde(default)]
     pub groups_claim: Option<String>,
+    /// The policy groups this issuer's tokens may assert (names, or
+    /// prefixes ending in `*`); required with `groups_claim`.
+    #[serde(default)]
+    pub groups_allowed: Vec<String>,
 }
 
 impl IssuerSpec {
@@ -157,6 +181,10 @@ pub struct ApplicationSpec {
     pub issuers: Option<Vec<String>>,
     #[serde(default)]
     pub mode: Mode,
+    /// The upstream treats paths case-insensitively: match routes on the
+    /// lower-cased path, so `/ADMIN` cannot sidestep a route for `/admin`.
+    #[serde(default)]
+    pub case_insensitive: bool,
     pub routes: Vec<RouteSpec>,
 }
 
@@ -179,6 +207,13 @@ pub enum Mode {
 pub struct SelectSpec {
     #[serde(default, deserialize_with = "unique_keys")]
     pub context_extensions: BTreeMap<String, String>,
+    /// SPIFFE ids of the destination workload (`spiffe://td/ns/N/sa/S`), as
+    /// the mesh's mTLS proves them: the client cannot choose these.
+    #[serde(default)]
+    pub destination_principals: Vec<String>,
+    /// Namespaces of the destination workload, from its SPIFFE id.
+    #[serde(default)]
+    pub destination_namespaces: Vec<String>,
     #[serde(default)]
     pub hosts: Vec<String>,
     #[serde(default)]

@@ -126,7 +126,13 @@ pub struct Issuer {
     pub keys: KeySet,
     pub leeway_seconds: u64,
     pub subject_claim: String,
+    /// Put before every subject of this issuer, so that two issuers'
+    /// subjects can never name the same holder in the policy (`corp:`).
+    pub subject_prefix: String,
     pub groups_claim: Option<String>,
+    /// The policy groups this issuer's tokens may assert; any other group
+    /// a token names is ignored.
+    pub groups_allowed: Vec<NamePattern>,
     /// Set when Envoy's jwt_authn filter verifies this issuer's tokens: the
     /// metadata key of the payload. Raw tokens of this issuer are refused.
     pub jwt_authn_payload: Option<String>,
@@ -332,24 +338,29 @@ impl Issuer {
         }
 
         let subject = match claims.get(&self.subject_claim) {
-            Some(Value::String(s))
-                if !s.is_empty()
-                    && s.len() <= MAX_SUBJECT_LEN
-                    && !s.chars().any(char::is_control) =>
-            {
-                s.clone()
+            Some(Value::String(s)) if is_printable_name(s, MAX_SUBJECT_LEN) => {
+                format!("{}{s}", self.subject_prefix)
             }
             _ => return Err(TokenError::BadSubject),
         };
-        let groups = match self.groups_claim.as_ref().and_then(|c| claims.get(c)) {
+        let named = match self.groups_claim.as_ref().and_then(|c| claims.get(c)) {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::String(g)) => vec![g.clone()],
+            Some(Value::String(g)) => vec![g.as_str()],
             Some(Value::Array(items)) if items.len() <= MAX_GROUPS => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned).ok_or(TokenError::BadGroups))
+                .map(|v| v.as_str().ok_or(TokenError::BadGroups))
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(TokenError::BadGroups),
         };
+        if !named.iter().all(|g| is_printable_name(g, MAX_SUBJECT_LEN)) {
+            return Err(TokenError::BadGroups);
+        }
+        // A token may only speak for the groups its issuer is trusted with.
+        let groups = named
+            .into_iter()
+            .filter(|g| self.groups_allowed.iter().any(|p| p.matches(g)))
+            .map(str::to_owned)
+            .collect();
         Ok(Principal {
             issuer: self.name.clone(),
             subject,
@@ -503,4 +514,59 @@ pub fn min_secret_len(alg: Algorithm) -> usize {
 /// True when every algorithm can be checked with a key of `family`.
 pub fn algorithms_fit(algorithms: &[Algorithm], family: AlgorithmFamily) -> bool {
     algorithms.iter().all(|a| a.family() == family)
+}
+
+/// A name, or a prefix written with a trailing `*` (`partner-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamePattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl NamePattern {
+    pub fn parse(text: &str) -> Self {
+        match text.strip_suffix('*') {
+            Some(prefix) => NamePattern::Prefix(prefix.to_owned()),
+            None => NamePattern::Exact(text.to_owned()),
+        }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            NamePattern::Exact(n) => n == name,
+            NamePattern::Prefix(p) => name.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// True for a non-empty name of at most `max` bytes without control,
+/// direction-override or invisible formatting characters: names reach logs,
+/// the subject header and the policy's holder lookups, where such characters
+/// would make two names look alike or reorder what a reader sees.
+pub fn is_printable_name(name: &str, max: usize) -> bool {
+    !name.is_empty() && name.len() <= max && !name.chars().any(is_invisible)
+}
+
+/// Control characters, and the format characters (Unicode category Cf) and
+/// separators that render as nothing or change the direction of text.
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}'                      // soft hyphen
+            | '\u{034F}'                    // combining grapheme joiner
+            | '\u{061C}'                    // Arabic letter mark
+            | '\u{115F}' | '\u{1160}'       // Hangul fillers
+            | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'       // Mongolian selectors and vowel separator
+            | '\u{200B}'..='\u{200F}'       // zero-width characters, LRM, RLM
+            | '\u{2028}'..='\u{202E}'       // line/paragraph separators, bidi embeddings and overrides
+            | '\u{2060}'..='\u{206F}'       // word joiner, invisible operators, bidi isolates
+            | '\u{3164}'                    // Hangul filler
+            | '\u{FE00}'..='\u{FE0F}'       // variation selectors
+            | '\u{FEFF}'                    // zero-width no-break space (BOM)
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'       // interlinear annotations
+            | '\u{1D173}'..='\u{1D17A}'     // musical formatting
+            | '\u{E0000}'..='\u{E0FFF}'     // tags and variation selectors supplement
+        )
 }

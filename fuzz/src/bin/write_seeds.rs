@@ -73,6 +73,7 @@ fn policies() {
         "roles.yaml",
         "documents.yaml",
         "grants.yaml",
+        "connections.yaml",
     ] {
         whole.extend(read(file));
         whole.push(b'\n');
