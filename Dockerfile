@@ -10,6 +10,10 @@
 # distroless `nonroot` user (uid 65532) and needs no writable file system.
 # k8s/base/deployment.yaml runs it with readOnlyRootFilesystem.
 
+# Both base images are named by tag, not pinned by digest (no registry is
+# reachable where this file is checked): pin them for your builds as
+# docs/deployment.md, "The image and its base images", shows.
+#
 # Build on the same Debian release as the runtime image (bookworm = Debian
 # 12): a binary linked on a newer glibc would not start on cc-debian12.
 FROM rust:1-bookworm AS builder

@@ -63,9 +63,46 @@ MESH_CONFIG_FILES = {
 # Istio resources that are reference material, applied by hand.
 ISTIO_EXAMPLES = "k8s/overlays/istio/examples"
 SIDECAR_CONFIG = "envoy/sidecar.yaml"
+FRONT_JWT_AUTHN = "envoy/front-proxy-jwt-authn.yaml"
 JWT_AUTHN_NAMESPACE = "envoy.filters.http.jwt_authn"
 HCM = "envoy.filters.network.http_connection_manager"
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
+# The NETWORK ext_authz filter Istio adds on TCP filter chains for a CUSTOM
+# policy with a gRPC provider (istio pkg/wellknown ExternalAuthorization).
+NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
+HEADER_MUTATION = "envoy.filters.http.header_mutation"
+# Every `-`/`_` spelling of the subject header: the one Portcullis sets and
+# the look-alikes a framework folding `_` into `-` would read as it.
+SUBJECT_HEADERS = ("x-portcullis-subject", "x_portcullis_subject",
+                   "x-portcullis_subject", "x_portcullis-subject")
+# Pod labels as Istio puts them on its proxies (Istio 1.30 source), for the
+# NetworkPolicy cross-check. Sidecars: the injector's sidecar template
+# (manifests/charts/istio-control/istio-discovery/files/injection-template.yaml)
+# adds security.istio.io/tlsMode and service.istio.io/canonical-*. Gateways
+# of the istio/gateway chart: chart labels app/istio and inject=true, then
+# the `gateway` injection template (gateway-injection-template.yaml) adds
+# only service.istio.io/canonical-* (istio.io/rev is an annotation there).
+# Gateway API gateways: istiod's deployer (kube-gateway.yaml) sets
+# canonical-* and the gateway-name labels, with injection off.
+ISTIO_PROXY_PODS = {
+    "an injected sidecar": {
+        "app": "shop", "security.istio.io/tlsMode": "istio",
+        "service.istio.io/canonical-name": "shop",
+        "service.istio.io/canonical-revision": "latest"},
+    "an istio/gateway chart gateway": {
+        "app": "istio-ingressgateway", "istio": "ingressgateway",
+        "sidecar.istio.io/inject": "true",
+        "service.istio.io/canonical-name": "istio-ingressgateway",
+        "service.istio.io/canonical-revision": "latest"},
+    "a Gateway API gateway": {
+        "sidecar.istio.io/inject": "false",
+        "service.istio.io/canonical-name": "web-istio",
+        "service.istio.io/canonical-revision": "latest",
+        "gateway.networking.k8s.io/gateway-name": "web",
+        "gateway.istio.io/managed": "istio.io-gateway-controller"},
+}
+# A pod no Istio injector touched: the NetworkPolicy must not admit it.
+NON_MESH_POD = {"app": "batch-job"}
 
 
 def fail(message: str) -> None:
@@ -122,6 +159,8 @@ class Bundle:
     sidecar_text: str
     # policies/*.yaml: file name -> text
     policies: dict[str, str]
+    # envoy/*.yaml (templates included, placeholders and all), parsed
+    envoy_configs: dict[str, dict]
     dockerfile: str
     dockerignore: str
 
@@ -212,6 +251,10 @@ def load_bundle(tools: Tools, rendered_text: dict[str, str]) -> Bundle:
         mesh_config=mesh_config,
         sidecar=sidecar_docs[0] if sidecar_docs else {},
         sidecar_text=sidecar_text,
+        envoy_configs={
+            str(p.relative_to(root)): (load_yaml_docs(p.read_text(), str(p)) or [{}])[0]
+            for p in sorted((root / "envoy").glob("*.yaml"))
+        },
         policies={p.name: p.read_text() for p in sorted((root / "policies").glob("*.yaml"))},
         dockerfile=(root / "Dockerfile").read_text(),
         dockerignore=(root / ".dockerignore").read_text(),
@@ -699,7 +742,8 @@ def check_sidecar_cluster(bundle: Bundle) -> list[str]:
         ns_labels.setdefault("kubernetes.io/metadata.name", namespace(workload))
         if netpol is None:
             errors.append(f"{overlay}: no NetworkPolicy {PORTCULLIS}")
-        elif not netpol_admits(netpol, found[1] if found else {}, grpc_port, ns_labels):
+        elif not netpol_admits(netpol, found[1] if found else {}, grpc_port, ns_labels,
+                               pod_labels(workload), namespace(workload)):
             errors.append(
                 f"{where}: namespace {namespace(workload)} (labels {ns_labels}) is not admitted "
                 f"to Portcullis's gRPC port by {ref(netpol)}"
@@ -707,7 +751,15 @@ def check_sidecar_cluster(bundle: Bundle) -> list[str]:
     return errors
 
 
-def netpol_admits(netpol: dict, container: dict, port: int | None, ns_labels: dict) -> bool:
+def netpol_admits(netpol: dict, container: dict, port: int | None, ns_labels: dict,
+                  client_labels: dict, client_ns: str | None) -> bool:
+    """Whether `netpol` admits a pod with `client_labels` in namespace
+    `client_ns` (labelled `ns_labels`) to `port` of `container`.
+
+    NetworkPolicy peer semantics: namespaceSelector and podSelector in one
+    peer must both match; a podSelector alone means the policy's own
+    namespace; a namespaceSelector alone, every pod there; no `from` at all,
+    everyone."""
     for rule in get(netpol, "spec", "ingress", default=[]):
         ports = rule.get("ports")
         if ports and not any(container_port(container, p.get("port")) == port for p in ports):
@@ -716,7 +768,14 @@ def netpol_admits(netpol: dict, container: dict, port: int | None, ns_labels: di
         if not peers:
             return True
         for peer in peers:
-            if "namespaceSelector" in peer and label_selector_matches(peer["namespaceSelector"], ns_labels):
+            if "ipBlock" in peer:
+                continue
+            if "namespaceSelector" in peer:
+                ns_ok = label_selector_matches(peer["namespaceSelector"], ns_labels)
+            else:
+                ns_ok = client_ns == namespace(netpol)
+            pod_ok = "podSelector" not in peer or label_selector_matches(peer["podSelector"], client_labels)
+            if ns_ok and pod_ok:
                 return True
     return False
 
@@ -899,13 +958,39 @@ def check_mesh_policy(bundle: Bundle) -> list[str]:
     return errors
 
 
+def jwt_authn_token_errors(where: str, tc: dict) -> list[str]:
+    """A jwt_authn config (typed_config) reads tokens from the Authorization
+    header only, and lets every request it cannot verify through to
+    Portcullis without metadata (`allow_missing_or_failed`)."""
+    errors = []
+    for pname, provider in (tc.get("providers") or {}).items():
+        headers = [(h.get("name", "").lower(), h.get("value_prefix")) for h in provider.get("from_headers") or []]
+        if headers != [("authorization", "Bearer ")]:
+            errors.append(f"{where}: provider {pname}: from_headers is {headers or 'unset'}; "
+                          "read the token from `Authorization: Bearer ` only (unset also reads "
+                          "the access_token query parameter)")
+        for other in ("from_params", "from_cookies"):
+            if provider.get(other):
+                errors.append(f"{where}: provider {pname}: {other} reads tokens from outside the Authorization header")
+    for rule in tc.get("rules") or []:
+        requires = rule.get("requires") or {}
+        requirements = get(requires, "requires_any", "requirements", default=[]) or [requires]
+        if not any("allow_missing_or_failed" in r for r in requirements):
+            errors.append(f"{where}: rule {rule.get('match')}: no allow_missing_or_failed: a token "
+                          "this filter cannot verify (another issuer, an opaque key) would get "
+                          "Envoy's 401 instead of reaching Portcullis")
+    return errors
+
+
 def check_jwt_authn(bundle: Bundle) -> list[str]:
     """jwt_authn EnvoyFilter: before ext_authz, metadata passed, issuers agree.
 
     For each context, jwt_authn is inserted before the ext_authz filter and
     ext_authz is merged with metadata_context_namespaces
     [envoy.filters.http.jwt_authn]; every provider writes its payload to
-    dynamic metadata and refuses invalid tokens. Against the policies: no
+    dynamic metadata. Here and in envoy/front-proxy-jwt-authn.yaml, tokens
+    come from the Authorization header only, and a request the filter cannot
+    verify goes on to Portcullis (allow_missing_or_failed). Against the policies: no
     Portcullis issuer that verifies with an HMAC secret shares a provider's
     `iss` (Envoy would refuse its tokens first), and a Portcullis issuer
     with `jwt_authn` and that `iss` reads the provider's payload key and
@@ -957,6 +1042,17 @@ def check_jwt_authn(bundle: Bundle) -> list[str]:
                                 errors.append(f"{where}: provider {pname}: audiences {provider.get('audiences')} are not all issuer {issuer.get('name')!r}'s")
                 if not tc.get("rules") and not tc.get("requirement_map"):
                     errors.append(f"{where}: {context}: jwt_authn has no rules, so it checks nothing")
+                errors += jwt_authn_token_errors(f"{where}: {context}", tc)
+    front = bundle.envoy_configs.get(FRONT_JWT_AUTHN)
+    if front is None:
+        errors.append(f"{FRONT_JWT_AUTHN}: missing")
+    else:
+        filters = [f for _, hcm in hcm_configs(front) for f in hcm.get("http_filters") or []
+                   if f.get("name") == JWT_AUTHN_NAMESPACE]
+        if not filters:
+            errors.append(f"{FRONT_JWT_AUTHN}: no {JWT_AUTHN_NAMESPACE} filter")
+        for f in filters:
+            errors += jwt_authn_token_errors(FRONT_JWT_AUTHN, f.get("typed_config") or {})
     return errors
 
 
@@ -1212,6 +1308,210 @@ def docker_context_builds(tools: Tools, bundle: Bundle, patterns: list[str]) -> 
     return []
 
 
+def mesh_envoy_filters(docs: list[dict]) -> list[dict]:
+    """EnvoyFilters in the root namespace that apply to every proxy."""
+    return [f for f in of_kind(docs, "EnvoyFilter")
+            if namespace(f) == "istio-system"
+            and not get(f, "spec", "workloadSelector") and not get(f, "spec", "targetRefs")]
+
+
+def patches(envoy_filter: dict, apply_to: str, operation: str) -> list[dict]:
+    return [p for p in get(envoy_filter, "spec", "configPatches", default=[])
+            if p.get("applyTo") == apply_to and get(p, "patch", "operation") == operation]
+
+
+def patched_filter(patch: dict) -> tuple[str | None, str | None]:
+    """(network filter name, HTTP sub-filter name) a patch matches."""
+    f = get(patch, "match", "listener", "filterChain", "filter", default={})
+    return f.get("name"), get(f, "subFilter", "name")
+
+
+def removals(envoy_filter: dict) -> set[tuple[str, str, str | None]]:
+    """(context, applyTo, filter name) of every REMOVE patch."""
+    out = set()
+    for apply_to in ("NETWORK_FILTER", "HTTP_FILTER"):
+        for p in patches(envoy_filter, apply_to, "REMOVE"):
+            net, sub = patched_filter(p)
+            out.add((get(p, "match", "context"), apply_to, sub if apply_to == "HTTP_FILTER" else net))
+    return out
+
+
+def jwt_authn_filter_names(bundle: Bundle) -> set[str]:
+    """Names of the HTTP filters the jwt_authn overlay inserts."""
+    docs = bundle.rendered.get(JWT, [])
+    return {get(p, "patch", "value", "name")
+            for f in of_kind(docs, "EnvoyFilter")
+            for p in patches(f, "HTTP_FILTER", "INSERT_BEFORE")
+            if get(p, "patch", "value", "name")}
+
+
+def check_http_only(bundle: Bundle) -> list[str]:
+    """Portcullis is HTTP only: the network ext_authz filter is removed.
+
+    Istio answers the mesh-wide CUSTOM policy on TCP filter chains with a
+    network ext_authz filter and a rule that matches every connection (HTTP
+    fields are dropped there). The istio overlay must remove that filter in
+    the root namespace for sidecars (SIDECAR_INBOUND) and gateways
+    (GATEWAY); the opt-out example must remove everything Portcullis brings
+    to a namespace (HTTP ext_authz, network ext_authz, the jwt_authn filter
+    of the jwt_authn overlay); and the policies must say explicitly how
+    Portcullis answers a connection check (`connections:`), the second line
+    of defence."""
+    errors = []
+    for overlay in (ISTIO, JWT):
+        docs = bundle.rendered.get(overlay, [])
+        removed = set().union(*[removals(f) for f in mesh_envoy_filters(docs)])
+        for context in ("SIDECAR_INBOUND", "GATEWAY"):
+            if (context, "NETWORK_FILTER", NETWORK_EXT_AUTHZ) not in removed:
+                errors.append(
+                    f"{overlay}: no root-namespace EnvoyFilter REMOVEs the NETWORK_FILTER "
+                    f"{NETWORK_EXT_AUTHZ} in {context}: the mesh-wide CUSTOM policy would send "
+                    "every TCP connection to Portcullis"
+                )
+    opt_outs = [(origin, f) for origin, docs in bundle.examples.items()
+                for f in of_kind(docs, "EnvoyFilter") if "opt-out" in origin]
+    if not opt_outs:
+        errors.append(f"{ISTIO_EXAMPLES}: no opt-out EnvoyFilter")
+    wanted = [("HTTP_FILTER", EXT_AUTHZ), ("NETWORK_FILTER", NETWORK_EXT_AUTHZ)]
+    wanted += [("HTTP_FILTER", n) for n in sorted(jwt_authn_filter_names(bundle))]
+    for origin, f in opt_outs:
+        removed = removals(f)
+        for apply_to, filter_name in wanted:
+            if ("SIDECAR_INBOUND", apply_to, filter_name) not in removed:
+                errors.append(f"{origin}: {ref(f)} does not REMOVE the {apply_to} {filter_name} "
+                              "(SIDECAR_INBOUND): the namespace would still be checked")
+    settings = []
+    for file_name, text in bundle.policies.items():
+        doc = yaml.safe_load(text) or {}
+        if isinstance(doc, dict) and "connections" in doc:
+            settings.append((file_name, doc["connections"]))
+    if not settings:
+        errors.append("policies/: no file sets `connections:`; say explicitly how Portcullis "
+                      "answers a check without HTTP attributes (allow or deny)")
+    for file_name, value in settings:
+        if value not in ("allow", "deny"):
+            errors.append(f"policies/{file_name}: connections: {value!r} is neither allow nor deny")
+    return errors
+
+
+def hcm_filter_names(hcm: dict) -> list[str]:
+    return [f.get("name") for f in hcm.get("http_filters") or []]
+
+
+def removed_request_headers(http_filter: dict) -> set[str]:
+    return {str(m.get("remove")).lower()
+            for m in get(http_filter, "typed_config", "mutations", "request_mutations", default=[])
+            if m.get("remove")}
+
+
+def check_underscore_headers(bundle: Bundle) -> list[str]:
+    """Header names with `_` refused; subject look-alikes stripped.
+
+    Every HTTP connection manager of every envoy/*.yaml refuses header names
+    with underscores (headers_with_underscores_action: REJECT_REQUEST), and
+    where ext_authz runs, a header_mutation before it removes every `-`/`_`
+    spelling of the subject header. The istio overlay MERGEs the same
+    REJECT_REQUEST into the connection managers of every sidecar
+    (SIDECAR_INBOUND) and gateway (GATEWAY), from the root namespace."""
+    errors = []
+    if not bundle.envoy_configs:
+        errors.append("envoy/: no Envoy config found")
+    for path, bootstrap in bundle.envoy_configs.items():
+        hcms = hcm_configs(bootstrap)
+        if not hcms:
+            errors.append(f"{path}: no HTTP connection manager")
+        for listener, hcm in hcms:
+            where = f"{path}: listener {listener.get('name')}"
+            action = get(hcm, "common_http_protocol_options", "headers_with_underscores_action")
+            if action != "REJECT_REQUEST":
+                errors.append(f"{where}: headers_with_underscores_action is {action!r}, not REJECT_REQUEST")
+            names = hcm_filter_names(hcm)
+            if EXT_AUTHZ not in names:
+                continue
+            before = (hcm.get("http_filters") or [])[: names.index(EXT_AUTHZ)]
+            stripped = set().union(*[removed_request_headers(f) for f in before
+                                     if f.get("name") == HEADER_MUTATION])
+            missing = [h for h in SUBJECT_HEADERS if h not in stripped]
+            if missing:
+                errors.append(f"{where}: no header_mutation before ext_authz removes {missing}")
+    for overlay in (ISTIO, JWT):
+        docs = bundle.rendered.get(overlay, [])
+        merged = set()
+        for f in mesh_envoy_filters(docs):
+            for p in patches(f, "NETWORK_FILTER", "MERGE"):
+                net, _ = patched_filter(p)
+                tc = get(p, "patch", "value", "typed_config", default={})
+                if net == HCM and get(tc, "common_http_protocol_options",
+                                      "headers_with_underscores_action") == "REJECT_REQUEST":
+                    merged.add(get(p, "match", "context"))
+        for context in ("SIDECAR_INBOUND", "GATEWAY"):
+            if context not in merged:
+                errors.append(
+                    f"{overlay}: no root-namespace EnvoyFilter MERGEs headers_with_underscores_action: "
+                    f"REJECT_REQUEST into the {HCM} of {context}"
+                )
+    return errors
+
+
+def check_mesh_clients(bundle: Bundle) -> list[str]:
+    """The NetworkPolicy admits Istio sidecars and gateways, in any namespace.
+
+    Under Istio the callers of Portcullis's gRPC port are the proxies:
+    sidecars, gateways of the istio/gateway chart and Gateway API gateways,
+    in any namespace (gateways are injected by pod label wherever they run).
+    The Portcullis NetworkPolicy must admit each, labelled as Istio labels
+    them, in a namespace that carries no injection label; and must not admit
+    a pod that no Istio injector touched."""
+    errors = []
+    for overlay in (ISTIO, JWT):
+        docs = bundle.rendered.get(overlay, [])
+        found = portcullis_workload(docs)
+        netpol = next((n for n in of_kind(docs, "NetworkPolicy") if name(n) == PORTCULLIS), None)
+        if found is None or netpol is None:
+            errors.append(f"{overlay}: no Deployment and NetworkPolicy {PORTCULLIS}")
+            continue
+        container = found[1]
+        port = container_port(container, "grpc")
+        for ns in ("shop", "ingress-gateways"):
+            ns_labels = {"kubernetes.io/metadata.name": ns}
+            for what, labels in ISTIO_PROXY_PODS.items():
+                if not netpol_admits(netpol, container, port, ns_labels, labels, ns):
+                    errors.append(f"{overlay}: {ref(netpol)} does not admit {what} (labels {labels}) "
+                                  f"in namespace {ns} to the gRPC port: its requests would be 503s")
+            if netpol_admits(netpol, container, port, ns_labels, NON_MESH_POD, ns):
+                errors.append(f"{overlay}: {ref(netpol)} admits a pod outside the mesh "
+                              f"(labels {NON_MESH_POD}) in namespace {ns} to the gRPC port")
+    return errors
+
+
+def check_scheduling(bundle: Bundle) -> list[str]:
+    """The HPA owns replicas; hard spread constraints honour taints.
+
+    A Deployment that a HorizontalPodAutoscaler scales has no spec.replicas
+    (every apply would reset the count the HPA chose), and every
+    DoNotSchedule topology spread constraint counts only nodes the pod may
+    run on (nodeTaintsPolicy and nodeAffinityPolicy Honor), or a tainted
+    node would hold replicas Pending."""
+    errors = []
+    for origin, docs in bundle.rendered.items():
+        scaled = {(get(h, "spec", "scaleTargetRef", "kind"), get(h, "spec", "scaleTargetRef", "name"), namespace(h))
+                  for h in of_kind(docs, "HorizontalPodAutoscaler")}
+        for w in workloads(docs):
+            if (w.get("kind"), name(w), namespace(w)) in scaled and "replicas" in (w.get("spec") or {}):
+                errors.append(f"{origin}: {ref(w)}: spec.replicas is set, but a HorizontalPodAutoscaler "
+                              "scales it: every apply would reset the replica count")
+            if name(w) != PORTCULLIS:
+                continue
+            for tsc in pod_spec(w).get("topologySpreadConstraints") or []:
+                if tsc.get("whenUnsatisfiable") != "DoNotSchedule":
+                    continue
+                for key in ("nodeTaintsPolicy", "nodeAffinityPolicy"):
+                    if tsc.get(key) != "Honor":
+                        errors.append(f"{origin}: {ref(w)}: topology spread on {tsc.get('topologyKey')} "
+                                      f"(DoNotSchedule) without {key}: Honor")
+    return errors
+
+
 CROSS_CHECKS: list[Callable[[Bundle], list[str]]] = [
     check_provider_names,
     check_provider_service,
@@ -1227,6 +1527,10 @@ CROSS_CHECKS: list[Callable[[Bundle], list[str]]] = [
     check_sidecar_hardening,
     check_pod_security,
     check_dockerfile,
+    check_http_only,
+    check_underscore_headers,
+    check_mesh_clients,
+    check_scheduling,
 ]
 
 
@@ -1556,15 +1860,15 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
     (check_mesh_policy, "opt-out by notHosts",
      lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"]["rules"][0]["to"][0]["operation"].update(notHosts=["*.legacy.svc.cluster.local"])),
     (check_jwt_authn, "ext_authz not given the jwt_authn metadata",
-     lambda b: [p["patch"]["value"]["typed_config"].pop("metadata_context_namespaces") for p in first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"] if p["patch"]["operation"] == "MERGE" and p["match"]["context"] == "GATEWAY"]),
+     lambda b: [p["patch"]["value"]["typed_config"].pop("metadata_context_namespaces") for p in first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"] if p["patch"]["operation"] == "MERGE" and p["match"]["context"] == "GATEWAY"]),
     (check_jwt_authn, "jwt_authn inserted AFTER ext_authz",
-     lambda b: first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"][0]["patch"].update(operation="INSERT_AFTER")),
+     lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][0]["patch"].update(operation="INSERT_AFTER")),
     (check_jwt_authn, "provider iss is the HMAC demo issuer's",
-     lambda b: first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].update(issuer="https://idp.example.com")),
+     lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].update(issuer="https://idp.example.com")),
     (check_jwt_authn, "a trusting issuer reads another payload key",
      lambda b: b.policies.update({"mesh.yaml": "issuers:\n  - name: mesh-idp\n    issuer: https://mesh-idp.example.com\n    audiences: [documents-api]\n    jwt_authn: { payload_key: claims }\n"})),
     (check_jwt_authn, "no payload_in_metadata",
-     lambda b: first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"][2]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].pop("payload_in_metadata")),
+     lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][2]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].pop("payload_in_metadata")),
     (check_egress, "an issuer fetches a jwks_url, egress denied",
      lambda b: b.policies.update({"remote.yaml": "issuers:\n  - name: remote\n    issuer: https://login.example.com\n    audiences: [documents-api]\n    algorithms: [RS256]\n    key: { jwks_url: https://login.example.com/jwks }\n"})),
     (check_sidecar_hardening, "failure_mode_allow true",
@@ -1605,7 +1909,92 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
      lambda b: setattr(b, "dockerignore", b.dockerignore.replace("!Cargo.lock\n", ""))),
     (check_dockerfile, ".dockerignore drops src/",
      lambda b: setattr(b, "dockerignore", b.dockerignore.replace("!src/", ""))),
+    (check_policy_mount, "policies/connections.yaml left out of the ConfigMap",
+     lambda b: _policies_cm(b.rendered[ISTIO])["data"].pop("connections.yaml")),
+    (check_http_only, "the network ext_authz filter kept on gateways",
+     lambda b: _drop_patches(first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-http-only"), context="GATEWAY")),
+    (check_http_only, "the network ext_authz filter kept on sidecars (jwt_authn overlay)",
+     lambda b: _drop_patches(first(b.rendered[JWT], "EnvoyFilter", "portcullis-http-only"), context="SIDECAR_INBOUND")),
+    (check_http_only, "the HTTP-only EnvoyFilter narrowed to one workload",
+     lambda b: first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-http-only")["spec"].update(workloadSelector={"labels": {"app": "x"}})),
+    (check_http_only, "the opt-out keeps the network ext_authz filter",
+     lambda b: _drop_patches(_opt_out(b), apply_to="NETWORK_FILTER")),
+    (check_http_only, "the opt-out keeps the jwt_authn filter",
+     lambda b: _drop_patches(_opt_out(b), sub_filter="portcullis.jwt_authn")),
+    (check_http_only, "no policy file says how connections are answered",
+     lambda b: b.policies.pop("connections.yaml")),
+    (check_http_only, "connections: maybe",
+     lambda b: b.policies.update({"connections.yaml": "connections: maybe\n"})),
+    (check_underscore_headers, "front proxy drops underscore headers instead of refusing them",
+     lambda b: _envoy_hcm(b, "envoy/front-proxy.yaml").update(common_http_protocol_options={"headers_with_underscores_action": "DROP_HEADER"})),
+    (check_underscore_headers, "jwt_authn front proxy allows underscore headers",
+     lambda b: _envoy_hcm(b, FRONT_JWT_AUTHN).pop("common_http_protocol_options")),
+    (check_underscore_headers, "the demo upstream listener allows underscore headers",
+     lambda b: hcm_configs(b.envoy_configs["envoy/front-proxy.yaml"])[1][1].pop("common_http_protocol_options")),
+    (check_underscore_headers, "mTLS front proxy no longer strips x_portcullis_subject",
+     lambda b: _envoy_hcm(b, "envoy/front-proxy-mtls.yaml")["http_filters"][0]["typed_config"]["mutations"]["request_mutations"].pop(1)),
+    (check_underscore_headers, "sidecar strips the look-alikes only after ext_authz",
+     lambda b: _envoy_hcm(b, SIDECAR_CONFIG)["http_filters"].insert(1, _envoy_hcm(b, SIDECAR_CONFIG)["http_filters"].pop(0))),
+    (check_underscore_headers, "gateways keep accepting underscore headers",
+     lambda b: _drop_patches(first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-reject-underscore-headers"), context="GATEWAY")),
+    (check_mesh_clients, "NetworkPolicy admits only injection-labelled namespaces (gateways elsewhere: 503)",
+     lambda b: first(b.rendered[ISTIO], "NetworkPolicy", PORTCULLIS)["spec"]["ingress"][0].update({"from": [
+         {"namespaceSelector": {"matchExpressions": [{"key": "istio-injection", "operator": "In", "values": ["enabled"]}]}},
+         {"namespaceSelector": {"matchExpressions": [{"key": "istio.io/rev", "operator": "Exists"}]}},
+         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}}}]})),
+    (check_mesh_clients, "NetworkPolicy admits pods by security.istio.io/tlsMode (sidecars only)",
+     lambda b: first(b.rendered[JWT], "NetworkPolicy", PORTCULLIS)["spec"]["ingress"][0]["from"][0].update(
+         podSelector={"matchLabels": {"security.istio.io/tlsMode": "istio"}})),
+    (check_mesh_clients, "NetworkPolicy admits every pod to the gRPC port",
+     lambda b: first(b.rendered[ISTIO], "NetworkPolicy", PORTCULLIS)["spec"]["ingress"][0].pop("from")),
+    (check_mesh_clients, "namespaceSelector and podSelector split into two peers (either admits)",
+     lambda b: first(b.rendered[ISTIO], "NetworkPolicy", PORTCULLIS)["spec"]["ingress"][0].update({"from": [
+         {"namespaceSelector": {}},
+         {"podSelector": {"matchExpressions": [{"key": "service.istio.io/canonical-name", "operator": "Exists"}]}}]})),
+    (check_scheduling, "spec.replicas: 2 next to the HPA",
+     lambda b: first(b.rendered[BASE], "Deployment", PORTCULLIS)["spec"].update(replicas=2)),
+    (check_scheduling, "hostname spread without nodeTaintsPolicy",
+     lambda b: pod_spec(first(b.rendered[ISTIO], "Deployment", PORTCULLIS))["topologySpreadConstraints"][0].pop("nodeTaintsPolicy")),
+    (check_scheduling, "hostname spread without nodeAffinityPolicy",
+     lambda b: pod_spec(first(b.rendered[SIDECAR], "Deployment", PORTCULLIS))["topologySpreadConstraints"][0].pop("nodeAffinityPolicy")),
+    (check_jwt_authn, "front proxy jwt_authn back to allow_missing (Envoy's 401 for unknown tokens)",
+     lambda b: _jwt_authn_front(b)["rules"][0]["requires"]["requires_any"]["requirements"][1].update({"allow_missing": {}}) or
+     _jwt_authn_front(b)["rules"][0]["requires"]["requires_any"]["requirements"][1].pop("allow_missing_or_failed")),
+    (check_jwt_authn, "front proxy jwt_authn reads the default locations (access_token query parameter)",
+     lambda b: _jwt_authn_front(b)["providers"]["demo-idp"].pop("from_headers")),
+    (check_jwt_authn, "mesh jwt_authn also reads a query parameter",
+     lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][2]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].update(from_params=["access_token"])),
+    (check_jwt_authn, "mesh jwt_authn refuses tokens it cannot verify",
+     lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["rules"][0].update(requires={"provider_name": "mesh-idp"})),
 ]
+
+
+def _drop_patches(envoy_filter: dict, context: str | None = None, apply_to: str | None = None,
+                  sub_filter: str | None = None) -> None:
+    """Removes the configPatches matching every given criterion."""
+    kept = []
+    for p in envoy_filter["spec"]["configPatches"]:
+        hit = ((context is None or get(p, "match", "context") == context)
+               and (apply_to is None or p.get("applyTo") == apply_to)
+               and (sub_filter is None or patched_filter(p)[1] == sub_filter))
+        if not hit:
+            kept.append(p)
+    if len(kept) == len(envoy_filter["spec"]["configPatches"]):
+        raise KeyError(f"no patch matches context={context} applyTo={apply_to} subFilter={sub_filter}")
+    envoy_filter["spec"]["configPatches"] = kept
+
+
+def _opt_out(bundle: Bundle) -> dict:
+    return first(next(v for k, v in bundle.examples.items() if "opt-out" in k), "EnvoyFilter")
+
+
+def _envoy_hcm(bundle: Bundle, path: str) -> dict:
+    return hcm_configs(bundle.envoy_configs[path])[0][1]
+
+
+def _jwt_authn_front(bundle: Bundle) -> dict:
+    return next(f["typed_config"] for f in _envoy_hcm(bundle, FRONT_JWT_AUTHN)["http_filters"]
+                if f.get("name") == JWT_AUTHN_NAMESPACE)
 
 
 def _rename_key(obj: dict, old: str, new: str) -> None:
@@ -1639,9 +2028,9 @@ TOOL_MUTATIONS: list[tuple[str, Callable[[Bundle], None]]] = [
     ("envoy: ext_authz timeout not a duration",
      lambda b: _sidecar_text(b, "timeout: 0.5s", "timeout: soon")),
     ("envoy: jwt_authn provider with an unknown field",
-     lambda b: first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].update(payload_in_metadata_please=True)),
+     lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].update(payload_in_metadata_please=True)),
     ("envoy: jwt_authn JWKS that is not JSON",
-     lambda b: first(b.rendered[JWT], "EnvoyFilter")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"]["local_jwks"].update(inline_string="{not json")),
+     lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"]["local_jwks"].update(inline_string="{not json")),
 ]
 
 
