@@ -827,11 +827,11 @@ fn the_connections_setting_answers_connection_checks() {
     let admin = sidecar.portcullis.admin_port();
     let old = ready_version(admin)
         .unwrap_or_else(|| panic!("portcullis is not ready\n{}", sidecar.logs()));
-    std::fs::write(
-        policies.path().join("connections.yaml"),
-        "connections: deny\n",
-    )
-    .unwrap_or_else(|e| panic!("write: {e}"));
+    // Whole, renamed into place: the watcher never reads half a file.
+    let staged = policies.path().join(".connections.yaml.tmp");
+    std::fs::write(&staged, "connections: deny\n").unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::rename(&staged, policies.path().join("connections.yaml"))
+        .unwrap_or_else(|e| panic!("rename: {e}"));
     if wait_for_new_version(admin, &old, RELOAD_LIMIT).is_none() {
         panic!(
             "`connections: deny` was not loaded within {RELOAD_LIMIT:?}\n{}",
