@@ -12,6 +12,12 @@
 //! with no route, alternate spellings of a resource, and connection checks
 //! (CheckRequests without HTTP attributes).
 //!
+//! One test puts a recording ext_authz server that answers OK in
+//! Portcullis' place, to pin down what the sidecar itself sends (the
+//! destination's SPIFFE id, no context_extensions, the Host and headers as
+//! the client wrote them, one check per TCP connection) independently of
+//! any decision.
+//!
 //! Every probe carries a unique `x-e2e-probe` header, so "the upstream never
 //! saw it" is exact. Failed probes are reported together, with the tail of
 //! Envoy's and Portcullis' logs. Without Envoy the tests print SKIPPED and
@@ -21,13 +27,19 @@ mod support;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer};
+use envoy_types::pb::google::rpc;
 use serde_json::Value;
 use support::{
-    assert_envoy_validates, bearer, bundled_policies, copy_policies, find_envoy, ready_version,
-    render_template, repo_path, tail, token, wait_for_new_version, EchoUpstream, Envoy, MeshPki,
-    Portcullis, Recorded, Response, TcpEcho, TlsClient,
+    assert_envoy_validates, bearer, bind_loopback, bundled_policies, copy_policies, find_envoy,
+    ready_version, render_template, repo_path, tail, token, wait_for_new_version, EchoUpstream,
+    Envoy, MeshPki, Portcullis, Recorded, Response, TcpEcho, TlsClient,
 };
 
 const TEMPLATE: &str = "tests/envoy/istio-sidecar.yaml";
@@ -456,6 +468,220 @@ fn istio_sidecar_template_validates() {
     let path = dir.path().join("istio-sidecar.yaml");
     std::fs::write(&path, rendered).unwrap_or_else(|e| panic!("write: {e}"));
     assert_envoy_validates(&envoy, &path);
+}
+
+// ---------------------------------------------------------------------------
+// What the sidecar sends: an ext_authz server that answers OK and records
+// ---------------------------------------------------------------------------
+
+/// An ext_authz server that answers OK to every check and keeps each
+/// CheckRequest: it stands in for Portcullis where a test is about what the
+/// sidecar asks and forwards, not about a decision. Stopped on drop.
+struct RecordingAuthz {
+    port: u16,
+    checks: Arc<Mutex<Vec<CheckRequest>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+#[derive(Clone)]
+struct Recorder(Arc<Mutex<Vec<CheckRequest>>>);
+
+#[tonic::async_trait]
+impl Authorization for Recorder {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        if let Ok(mut checks) = self.0.lock() {
+            checks.push(request.into_inner());
+        }
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(rpc::Status {
+                code: 0,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            ..Default::default()
+        }))
+    }
+}
+
+impl RecordingAuthz {
+    fn start() -> RecordingAuthz {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("recording-authz")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("recording ext_authz runtime: {e}"));
+        let (listener, port) = runtime.block_on(bind_loopback());
+        let checks: Arc<Mutex<Vec<CheckRequest>>> = Arc::default();
+        let service = AuthorizationServer::new(Recorder(Arc::clone(&checks)));
+        runtime.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                panic!("recording ext_authz server: {e}");
+            }
+        });
+        RecordingAuthz {
+            port,
+            checks,
+            runtime: Some(runtime),
+        }
+    }
+
+    fn checks(&self) -> Vec<CheckRequest> {
+        self.checks.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for RecordingAuthz {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// What a CheckRequest says about the HTTP request, if anything.
+fn http_of(check: &CheckRequest) -> Option<&HttpRequest> {
+    check.attributes.as_ref()?.request.as_ref()?.http.as_ref()
+}
+
+/// The principals of a check: (source, destination).
+fn principals(check: &CheckRequest) -> (String, String) {
+    let attributes = check.attributes.as_ref();
+    let principal = |peer: Option<&Peer>| peer.map(|p| p.principal.clone()).unwrap_or_default();
+    (
+        principal(attributes.and_then(|a| a.source.as_ref())),
+        principal(attributes.and_then(|a| a.destination.as_ref())),
+    )
+}
+
+const WORKLOAD: &str = "spiffe://cluster.local/ns/documents/sa/documents";
+const CALLER: &str = "spiffe://cluster.local/ns/frontend/sa/frontend";
+
+/// The facts the engine contract builds on, checked against Envoy itself:
+/// the sidecar's checks carry the destination workload's SPIFFE id and no
+/// context_extensions; the client's Host and subject look-alikes reach the
+/// authorizer untouched; the CUSTOM policy's exempt paths are never asked
+/// about; and on the TCP chain a connection is asked about once, with no
+/// HTTP attributes, and its bytes flow when the answer is OK.
+#[test]
+fn the_sidecar_asks_what_istio_asks() {
+    let Some(envoy_bin) = find_envoy() else {
+        return;
+    };
+    let pki = MeshPki::generate("documents", "documents");
+    let authz = RecordingAuthz::start();
+    let upstream = EchoUpstream::start();
+    let tcp_upstream = TcpEcho::start();
+    let envoy = Envoy::start(
+        &envoy_bin,
+        &render(authz.port, upstream.port(), tcp_upstream.port(), pki.dir()),
+    );
+    let client = pki.client(Some(&pki.caller));
+    let logs = || format!("--- envoy (tail) ---\n{}", tail(&envoy.log(), 30));
+
+    // HTTP: one check, as Istio builds it.
+    let probe = format!("istio-asks-{}", std::process::id());
+    let response = client
+        .send(
+            envoy.listener_port("inbound_http"),
+            "GET",
+            b"/documents/1",
+            &[
+                ("Host", "anything.example"),
+                ("x_portcullis_subject", "carol"),
+                (PROBE, &probe),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("GET over mTLS: {e}\n{}", logs()));
+    assert_eq!(response.status, 200, "{}", logs());
+    let checks = authz.checks();
+    let asked: Vec<&CheckRequest> = checks
+        .iter()
+        .filter(|c| http_of(c).is_some_and(|h| h.headers.get(PROBE) == Some(&probe)))
+        .collect();
+    assert_eq!(asked.len(), 1, "checks for one request: {checks:#?}");
+    let check = asked[0];
+    let http = http_of(check).unwrap_or_else(|| panic!("no http attributes"));
+    assert_eq!(http.host, "anything.example", "the client's Host, as sent");
+    assert_eq!(
+        http.headers.get("x_portcullis_subject").map(String::as_str),
+        Some("carol"),
+        "nothing in Istio's chain removes look-alikes: only Portcullis can"
+    );
+    assert!(
+        check
+            .attributes
+            .as_ref()
+            .is_some_and(|a| a.context_extensions.is_empty()),
+        "Istio sends no context_extensions: {check:#?}"
+    );
+    assert_eq!(
+        principals(check),
+        (CALLER.to_owned(), WORKLOAD.to_owned()),
+        "source and destination principals"
+    );
+
+    // An exempt path (notPaths) reaches the application without a check.
+    let probe_livez = format!("istio-livez-{}", std::process::id());
+    let response = client
+        .send(
+            envoy.listener_port("inbound_http"),
+            "GET",
+            b"/livez",
+            &[(PROBE, &probe_livez)],
+        )
+        .unwrap_or_else(|e| panic!("GET /livez over mTLS: {e}\n{}", logs()));
+    assert_eq!(response.status, 200, "{}", logs());
+    assert_eq!(
+        upstream.requests_with_header(PROBE, &probe_livez).len(),
+        1,
+        "/livez did not reach the application"
+    );
+    assert!(
+        !authz
+            .checks()
+            .iter()
+            .any(|c| http_of(c).is_some_and(|h| h.path == "/livez")),
+        "an exempt path was sent to ext_authz"
+    );
+
+    // TCP: one connection check without HTTP attributes; bytes flow on OK.
+    let before = authz.checks().len();
+    let payload = unique_payload("istio-asks");
+    let answer = client
+        .echo(envoy.listener_port("inbound_tcp"), &payload)
+        .unwrap_or_else(|e| panic!("tcp over mTLS: {e}\n{}", logs()));
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        String::from_utf8_lossy(&payload),
+        "an allowed connection did not echo\n{}",
+        logs()
+    );
+    let checks = authz.checks();
+    let connection_checks = &checks[before..];
+    assert_eq!(
+        connection_checks.len(),
+        1,
+        "one check per connection: {connection_checks:#?}"
+    );
+    let check = &connection_checks[0];
+    assert!(
+        http_of(check).is_none(),
+        "a connection check has no HTTP attributes: {check:#?}"
+    );
+    assert_eq!(
+        principals(check),
+        (CALLER.to_owned(), WORKLOAD.to_owned()),
+        "source and destination principals of a connection"
+    );
 }
 
 // ---------------------------------------------------------------------------
