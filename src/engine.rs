@@ -337,27 +337,14 @@ pub fn decide(
     });
     let (app_index, selected_by) = match selection {
         Selection::Found(index, by) => (index, by),
-        Selection::NotFound => {
+        Selection::NotFound | Selection::Ambiguous => {
+            let reason = if selection == Selection::NotFound {
+                Reason::NoApplication
+            } else {
+                Reason::AmbiguousApplication
+            };
             let every_issuer: Vec<usize> = (0..policy.issuers.len()).collect();
-            return refuse_unknown(
-                policy,
-                &every_issuer,
-                request,
-                authn,
-                now,
-                Reason::NoApplication,
-            );
-        }
-        Selection::Ambiguous => {
-            let every_issuer: Vec<usize> = (0..policy.issuers.len()).collect();
-            return refuse_unknown(
-                policy,
-                &every_issuer,
-                request,
-                authn,
-                now,
-                Reason::AmbiguousApplication,
-            );
+            return refuse_unknown(policy, &every_issuer, request, authn, now, reason);
         }
     };
     let Some(app) = policy.applications.get(app_index) else {
