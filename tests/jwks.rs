@@ -1,6 +1,6 @@
 //! Keys fetched from a JWKS URL: a test IdP on 127.0.0.1 serves the key
 //! set, and the real binary verifies tokens against it. Rotation, an IdP
-//! that is down, a flood of random key ids, and readiness.
+//! that is down, a flood of random key ids, readiness, and a redirect.
 
 mod support;
 
@@ -61,10 +61,11 @@ fn token(signer: usize, kid: &str, sub: &str) -> String {
     jsonwebtoken::encode(&header, &claims, &signers()[signer]).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A JWKS endpoint whose document and status the test controls.
+/// A JWKS endpoint whose document, status and `Location` the test controls.
 struct Idp {
     port: u16,
     document: Arc<Mutex<(u16, String)>>,
+    location: Arc<Mutex<Option<String>>>,
     fetches: Arc<AtomicUsize>,
 }
 
@@ -72,11 +73,14 @@ impl Idp {
     async fn start(document: String) -> Idp {
         let (listener, port) = support::bind_loopback().await;
         let document = Arc::new(Mutex::new((200u16, document)));
+        let location: Arc<Mutex<Option<String>>> = Arc::default();
         let fetches = Arc::new(AtomicUsize::new(0));
         let (served, counted) = (document.clone(), fetches.clone());
+        let redirect = location.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (served, counted) = (served.clone(), counted.clone());
+                let redirect = redirect.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |_: Request<Incoming>| {
                         counted.fetch_add(1, Ordering::SeqCst);
@@ -84,11 +88,16 @@ impl Idp {
                             .lock()
                             .map(|d| d.clone())
                             .unwrap_or((500, String::new()));
+                        let location = redirect.lock().map(|l| l.clone()).unwrap_or(None);
                         async move {
-                            let response = Response::builder()
+                            let mut response = Response::builder()
                                 .status(status)
                                 .header("content-type", "application/json")
-                                .header("cache-control", "max-age=1")
+                                .header("cache-control", "max-age=1");
+                            if let Some(location) = location {
+                                response = response.header("location", location);
+                            }
+                            let response = response
                                 .body(Full::new(Bytes::from(body)))
                                 .unwrap_or_else(|e| panic!("{e}"));
                             Ok::<_, Infallible>(response)
@@ -104,7 +113,16 @@ impl Idp {
         Idp {
             port,
             document,
+            location,
             fetches,
+        }
+    }
+
+    /// Answers every fetch with `status` and `Location: to`.
+    fn redirect(&self, status: u16, to: String) {
+        self.serve(status, String::new());
+        if let Ok(mut location) = self.location.lock() {
+            *location = Some(to);
         }
     }
 
@@ -309,6 +327,52 @@ async fn not_ready_until_the_first_key_set_is_loaded() {
     assert_eq!(
         status_of(portcullis.port(), &token(0, "k1", "alice")).await,
         200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_behind_a_redirect_are_not_used() {
+    // The keys are served, but only behind a redirect (here to another
+    // port; to another host or down to http it would be the same).
+    let target = Idp::start(jwks(&[(0, "k1")])).await;
+    let redirector = Idp::start(String::new()).await;
+    redirector.redirect(302, format!("http://127.0.0.1:{}/jwks", target.port));
+    let url = format!("http://127.0.0.1:{}/jwks", redirector.port);
+    let dir = policy(&url, "{ min_seconds: 1, max_seconds: 1 }");
+    let portcullis = Portcullis::start(dir.path());
+    let admin = portcullis.admin_port();
+    // A redirect is a failed fetch, counted like any other.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics =
+            tokio::task::spawn_blocking(move || send_raw(admin, "GET", b"/metrics", &[]).text())
+                .await
+                .unwrap_or_default();
+        if metrics.contains("portcullis_jwks_fetches_total{result=\"failure\"} 2") {
+            assert!(
+                !metrics.contains("portcullis_jwks_fetches_total{result=\"success\"}"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed fetches:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(redirector.fetches() >= 2);
+    assert_eq!(target.fetches(), 0, "the redirect was followed");
+    let ready = tokio::task::spawn_blocking(move || send_raw(admin, "GET", b"/ready", &[]).status)
+        .await
+        .unwrap_or(0);
+    assert_eq!(ready, 503);
+    assert_eq!(
+        status_of(portcullis.port(), &token(0, "k1", "alice")).await,
+        401
+    );
+    let log = portcullis.log();
+    assert!(
+        log.contains("redirects are refused") && log.contains("keeping the last good keys"),
+        "{}",
+        support::tail(&log, 20)
     );
 }
 
