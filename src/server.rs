@@ -45,8 +45,9 @@ pub fn system_clock() -> Clock {
     })
 }
 
-/// Default number of verified tokens remembered.
-pub const DEFAULT_TOKEN_CACHE_CAPACITY: u64 = 100_000;
+/// Default bound of `serve`'s verified-token cache: 16 MiB, tens of
+/// thousands of typical principals, a small part of a 256 MiB pod.
+pub const DEFAULT_TOKEN_CACHE_BYTES: u64 = 16 << 20;
 
 /// How long a check whose token names a key id its issuer's JWKS lacks
 /// waits for the refetch that asks for, well inside Envoy's timeout.
@@ -179,14 +180,24 @@ impl Authorizer {
     }
 
     /// The cached decision for `attrs`, or a new one (remembered when the
-    /// cache is on). An engine panic is a deny.
+    /// cache is on and the decision is worth keeping). An engine panic is a
+    /// deny.
     fn decide(&self, policy: &PolicySet, attrs: &RequestAttrs) -> Arc<Decision> {
         let now = (self.clock)();
-        let key = self
+        // A request without a token cannot have a decision in the cache:
+        // it is not looked up (nor hashed), and its decision is not kept.
+        let cache = self
             .decisions
             .as_ref()
-            .map(|_| DecisionCache::key(&policy.version, attrs));
-        if let (Some(cache), Some(key)) = (&self.decisions, &key) {
+            .filter(|_| DecisionCache::may_hold(attrs));
+        // The key epoch is read before the engine reads any key, so a
+        // decision made with keys that are then replaced is filed under an
+        // epoch no later check computes.
+        let key = cache.map(|_| {
+            let epoch = TokenCache::key_epoch(&policy.issuers);
+            DecisionCache::key(&policy.version, epoch, attrs)
+        });
+        if let (Some(cache), Some(key)) = (cache, &key) {
             if let Some(decision) = cache.get(key, now) {
                 return decision;
             }
@@ -199,7 +210,7 @@ impl Authorizer {
             Decision::deny(engine::Status::Forbidden, Reason::InternalError)
         });
         let decision = Arc::new(decision);
-        if let (Some(cache), Some(key)) = (&self.decisions, key) {
+        if let (Some(cache), Some(key)) = (cache, key) {
             cache.insert(key, &decision);
         }
         decision

@@ -1,6 +1,7 @@
 //! Keys fetched from a JWKS URL: a test IdP on 127.0.0.1 serves the key
 //! set, and the real binary verifies tokens against it. Rotation, an IdP
-//! that is down, a flood of random key ids, readiness, and a redirect.
+//! that is down, a flood of random key ids, readiness, a redirect, and a
+//! verification with removed keys that races the clearing of the caches.
 
 mod support;
 
@@ -17,7 +18,13 @@ use hyper::{Request, Response};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::EncodePrivateKey;
+use portcullis::adapter::{self, ResponseConfig};
+use portcullis::decision_cache::DecisionCache;
+use portcullis::engine::{self, Reason, Status, VerifyEveryTime};
 use portcullis::policy::load_policies;
+use portcullis::server::Authorizer;
+use portcullis::token::{jwk_keys, TokenCache, TokenError};
+use sha2::{Digest, Sha256};
 use support::{check_request, grpc_client, grpc_status, send_raw, Portcullis};
 
 const ISSUER: &str = "https://idp.test";
@@ -373,6 +380,85 @@ async fn keys_behind_a_redirect_are_not_used() {
         log.contains("redirects are refused") && log.contains("keeping the last good keys"),
         "{}",
         support::tail(&log, 20)
+    );
+}
+
+#[test]
+fn a_verification_with_removed_keys_filed_after_the_clear_is_never_served() {
+    let dir = policy("https://idp.example.com/jwks", "{}");
+    let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let remote = policy
+        .issuers
+        .remote_key_sets()
+        .next()
+        .unwrap_or_else(|| panic!("no remote key set"))
+        .clone();
+    // What the fetcher does with a document it fetched.
+    let publish = |keys: &[(usize, &str)]| {
+        let document = jwks(keys);
+        let set: JwkSet = serde_json::from_str(&document).unwrap_or_else(|e| panic!("{e}"));
+        remote.publish(
+            jwk_keys(&set, remote.family),
+            Sha256::digest(document.as_bytes()).into(),
+        )
+    };
+    assert!(publish(&[(0, "k1")]));
+    let version = policy.version.clone();
+    let handle = Arc::new(arc_swap::ArcSwap::from_pointee(policy));
+    let tokens = TokenCache::new(100);
+    let decisions = DecisionCache::new(100, Duration::from_secs(60));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let authorizer = Authorizer::new(
+        handle.clone(),
+        tokens.clone(),
+        ResponseConfig::default(),
+        Arc::new(move || now),
+    )
+    .with_decision_cache(decisions.clone());
+    let bearer = format!("Bearer {}", token(0, "k1", "alice"));
+    let request = check_request("GET", "/api/whoami", Some(&bearer), "race");
+    let attrs = adapter::request_attrs(&request).unwrap_or_else(|e| panic!("{e}"));
+    let engine::Credential::Bearer(raw) = &attrs.credential else {
+        panic!("no bearer token in {attrs:?}");
+    };
+
+    // A check begins: it computes where its results go, and the keys it
+    // reads still hold k1.
+    let policy = handle.load_full();
+    let token_key = TokenCache::key(&policy.issuers, &version, raw);
+    let epoch = TokenCache::key_epoch(&policy.issuers);
+    let decision_key = DecisionCache::key(&version, epoch, &attrs);
+    let principal = policy
+        .issuers
+        .verify(&[0], raw, now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let decision = engine::decide(&policy, &attrs, &VerifyEveryTime, now);
+    assert!(decision.is_allowed(), "{decision:?}");
+
+    // Meanwhile the IdP drops k1: the fetcher publishes the new set and
+    // clears both caches.
+    assert!(publish(&[(1, "k2")]));
+    tokens.clear();
+    decisions.clear();
+
+    // Then the check files what it found with the old keys.
+    tokens.remember(token_key, Arc::new(principal));
+    decisions.insert(decision_key, &Arc::new(decision));
+
+    // No later check is answered from either entry.
+    assert_eq!(
+        tokens
+            .verify(&policy.issuers, &version, &[0], raw, now)
+            .map(|p| p.subject.clone()),
+        Err(TokenError::UnknownKey)
+    );
+    let (decision, _) = authorizer.check_request(&request);
+    assert_eq!(decision.status, Status::Unauthorized, "{decision:?}");
+    assert_eq!(
+        decision.reason,
+        Reason::InvalidToken(TokenError::UnknownKey)
     );
 }
 

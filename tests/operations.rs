@@ -1,6 +1,7 @@
 //! Operating Portcullis: metrics scraped over HTTP, decision logs parsed,
-//! readiness, and SIGTERM with checks in flight, all against the real
-//! `portcullis` binary (or the real admin server) on 127.0.0.1.
+//! readiness, SIGTERM with checks in flight, and caches under a flood, all
+//! against the real `portcullis` binary (or the real admin server) on
+//! 127.0.0.1.
 
 mod support;
 
@@ -123,14 +124,15 @@ async fn metrics_count_checks_caches_and_the_policy() {
         5.0
     );
     // The second identical alice check is a decision-cache hit; the delete
-    // misses the decision cache but finds alice's token verified.
+    // misses the decision cache but finds alice's token verified. Checks
+    // without a token never ask the decision cache.
     let cache = |cache: &str, result: &str| {
         let key =
             format!("portcullis_cache_requests_total{{cache=\"{cache}\",result=\"{result}\"}}");
         delta(&before, &after, &key)
     };
     assert_eq!(cache("decision", "hit"), 1.0);
-    assert_eq!(cache("decision", "miss"), 4.0);
+    assert_eq!(cache("decision", "miss"), 2.0);
     assert_eq!(cache("token", "miss"), 1.0);
     assert_eq!(cache("token", "hit"), 1.0);
     assert_eq!(
@@ -404,4 +406,88 @@ async fn sigterm_drains_checks_in_flight_and_exits_zero() {
         answered >= 4,
         "the clients were answered before the shutdown ({answered})"
     );
+}
+
+/// Sends `count` checks built by `request` from 4 clients at once.
+async fn flood(
+    port: u16,
+    count: usize,
+    request: impl Fn(usize) -> envoy_types::ext_authz::v3::pb::CheckRequest + Send + Sync + 'static,
+) {
+    let request = Arc::new(request);
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let request = request.clone();
+        let mut grpc = client(port).await;
+        clients.push(tokio::spawn(async move {
+            for i in (c..count).step_by(4) {
+                let answer = grpc.check(request(i)).await;
+                assert!(answer.is_ok(), "{answer:?}");
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_stay_within_their_bytes_under_a_flood() {
+    const BOUND: f64 = 65_536.0;
+    let portcullis = Portcullis::start_with_env(
+        &bundled_policies(),
+        &[
+            ("PORTCULLIS_DECISION_CACHE_BYTES", "64Ki"),
+            ("PORTCULLIS_TOKEN_CACHE_BYTES", "64Ki"),
+            ("PORTCULLIS_LOG_ALLOW_RATE", "0"),
+            ("PORTCULLIS_LOG", "warn"),
+        ],
+    );
+    let admin = portcullis.admin_port();
+    let port = portcullis.port();
+    let before = scrape(admin);
+    let capacity = |cache: &str| format!("portcullis_cache_capacity_bytes{{cache=\"{cache}\"}}");
+    let bytes = |cache: &str| format!("portcullis_cache_bytes{{cache=\"{cache}\"}}");
+    let entries = |cache: &str| format!("portcullis_cache_entries{{cache=\"{cache}\"}}");
+    let misses = "portcullis_cache_requests_total{cache=\"decision\",result=\"miss\"}";
+    for cache in ["decision", "token"] {
+        assert_eq!(before.get(&capacity(cache)), Some(&BOUND), "{before:#?}");
+    }
+
+    // Unique paths without a token, each carrying a long query: denied,
+    // and neither looked up nor kept.
+    let padding = "p".repeat(3000);
+    flood(port, 4000, move |i| {
+        let path = format!("/documents/{}?pad={padding}", 1_000_000 + i);
+        check_request("GET", &path, None, "anonymous")
+    })
+    .await;
+    let after_anonymous = scrape(admin);
+    assert_eq!(after_anonymous.get(&entries("decision")), Some(&0.0));
+    assert_eq!(after_anonymous.get(&bytes("decision")), Some(&0.0));
+    assert_eq!(delta(&before, &after_anonymous, misses), 0.0);
+
+    // Unique paths, each with its own valid token: both caches fill, and
+    // stay within their bound.
+    let tokens: Vec<String> = (0..3000).map(|i| token(&format!("user-{i}"))).collect();
+    let tokens = Arc::new(tokens);
+    flood(port, 3000, move |i| {
+        let bearer = format!("Bearer {}", tokens[i]);
+        let path = format!("/documents/{}", 1_000_000 + i);
+        check_request("GET", &path, Some(&bearer), "verified")
+    })
+    .await;
+    let after = scrape(admin);
+    assert_eq!(delta(&after_anonymous, &after, misses), 3000.0);
+    for cache in ["decision", "token"] {
+        let held = after.get(&bytes(cache)).copied().unwrap_or(f64::NAN);
+        let count = after.get(&entries(cache)).copied().unwrap_or(0.0);
+        assert!(held <= BOUND, "{cache}: {held} bytes over {BOUND}");
+        assert!(
+            count > 0.0 && held > 0.0,
+            "{cache} cache unused: {after:#?}"
+        );
+        // 3000 entries would not fit: some were evicted or refused.
+        assert!(count < 3000.0, "{cache}: {count} entries");
+    }
 }
