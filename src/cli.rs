@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{EncodingKey, Header};
 
 use crate::adapter::{self, ResponseConfig, DEFAULT_SUBJECT_HEADER};
-use crate::admin::{self, AdminState, Readiness};
+use crate::admin::{self, AdminLimits, AdminState, Readiness};
 use crate::decision_cache::{
     DecisionCache, DEFAULT_DECISION_CACHE_BYTES, DEFAULT_DECISION_CACHE_TTL,
 };
@@ -598,7 +598,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             server::system_clock(),
         )
         .with_metrics(metrics)
-        .with_allow_log_rate(args.log_allow_rate);
+        .with_allow_log_rate(args.log_allow_rate)
+        .with_readiness(readiness.clone());
         let authorizer = match decisions {
             Some(cache) => authorizer.with_decision_cache(cache),
             None => authorizer,
@@ -658,7 +659,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
         let _ = stop_admin.send(());
-        let _ = admin.await;
+        // The admin server bounds its own shutdown; this bounds it again,
+        // so nothing a client of the admin port does can hold the exit.
+        let admin_limit = AdminLimits::default().shutdown_grace + Duration::from_secs(1);
+        if tokio::time::timeout(admin_limit, admin).await.is_err() {
+            tracing::warn!("the admin server did not stop in time; exiting anyway");
+        }
         tracing::info!("stopped");
         code
     })

@@ -5,9 +5,16 @@
 //! a reload may publish the next. The handler never returns a gRPC error
 //! for a request it can read: a deny is an `Ok(CheckResponse)`, and a fault
 //! inside the engine is caught and answered with a deny.
+//!
+//! `grpc.health.v1` answers what `/ready` answers: SERVING once the policy
+//! is served and every key set fetched from a URL is loaded, NOT_SERVING
+//! before that and from the moment a shutdown begins. A `Watch` stream
+//! sends NOT_SERVING and ends when the shutdown begins, so it cannot hold
+//! the drain open.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,12 +25,17 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::adapter::{self, ResponseConfig};
+use crate::admin::Readiness;
 use crate::decision_cache::DecisionCache;
 use crate::engine::{self, Decision, Reason, RequestAttrs};
 use crate::metrics::Metrics;
@@ -63,6 +75,7 @@ pub struct Authorizer {
     metrics: Option<Arc<Metrics>>,
     log: Arc<DecisionLog>,
     decisions: Option<DecisionCache>,
+    readiness: Option<Arc<Readiness>>,
 }
 
 impl Authorizer {
@@ -80,7 +93,16 @@ impl Authorizer {
             metrics: None,
             log: Arc::new(DecisionLog::new(1.0)),
             decisions: None,
+            readiness: None,
         }
+    }
+
+    /// Reports `grpc.health.v1` SERVING only while `readiness` is set (as
+    /// `/ready` does); without it, while every fetched key set is loaded
+    /// and the server is not shutting down.
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Remembers decisions per policy version in `cache`.
@@ -329,15 +351,133 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<Authorizer>>()
-        .await;
+    let (draining, drained) = watch::channel(false);
+    let health = HealthService {
+        policy: authorizer.policy.clone(),
+        readiness: authorizer.readiness.clone(),
+        draining: drained,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        // Health turns NOT_SERVING and its watch streams end before the
+        // server waits for the calls in flight.
+        draining.send_replace(true);
+    };
     tonic::transport::Server::builder()
-        .add_service(health_service)
+        .add_service(HealthServer::new(health))
         .add_service(AuthorizationServer::new(authorizer))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// The service names health answers for: the server as a whole and the
+/// ext_authz service.
+const HEALTH_SERVICES: [&str; 2] = ["", "envoy.service.auth.v3.Authorization"];
+
+/// How often a `Watch` stream looks again at what no event announces:
+/// a key set's first load, a reload.
+const HEALTH_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `grpc.health.v1.Health`, computed from the state `/ready` reads.
+#[derive(Clone)]
+struct HealthService {
+    policy: PolicyHandle,
+    readiness: Option<Arc<Readiness>>,
+    draining: watch::Receiver<bool>,
+}
+
+impl HealthService {
+    fn status(&self) -> ServingStatus {
+        let policy = self.policy.load();
+        let ready = match &self.readiness {
+            Some(readiness) => readiness.serving(&policy),
+            None => policy.issuers.remote_key_sets_loaded(),
+        };
+        if ready && !*self.draining.borrow() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    }
+
+    fn knows(service: &str) -> bool {
+        HEALTH_SERVICES.contains(&service)
+    }
+}
+
+type HealthStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        if !Self::knows(&request.get_ref().service) {
+            return Err(Status::not_found("service not registered"));
+        }
+        Ok(Response::new(HealthCheckResponse {
+            status: self.status() as i32,
+        }))
+    }
+
+    type WatchStream = HealthStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        if !Self::knows(&request.get_ref().service) {
+            return Err(Status::not_found("service not registered"));
+        }
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let health = self.clone();
+        tokio::spawn(async move {
+            let mut draining = health.draining.clone();
+            let mut ready = health.readiness.as_ref().map(|r| r.subscribe());
+            let mut tick = tokio::time::interval(HEALTH_WATCH_INTERVAL);
+            let mut last = None;
+            loop {
+                let status = health.status();
+                if last != Some(status) {
+                    let response = HealthCheckResponse {
+                        status: status as i32,
+                    };
+                    if sender.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                    last = Some(status);
+                }
+                if *draining.borrow() {
+                    // NOT_SERVING was sent above: end the stream.
+                    return;
+                }
+                let readiness_changed = async {
+                    match &mut ready {
+                        Some(ready) => {
+                            if ready.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    changed = draining.changed() => {
+                        if changed.is_err() {
+                            // The server is gone.
+                            return;
+                        }
+                    }
+                    () = readiness_changed => {}
+                    _ = tick.tick() => {}
+                    () = sender.closed() => return,
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        Ok(Response::new(Box::pin(stream)))
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Keys fetched from a JWKS URL: a test IdP on 127.0.0.1 serves the key
 //! set, and the real binary verifies tokens against it. Rotation, an IdP
-//! that is down, a flood of random key ids, readiness, a redirect, and a
-//! verification with removed keys that races the clearing of the caches.
+//! that is down, a flood of random key ids, readiness and gRPC health, a
+//! redirect, and a verification with removed keys that races the clearing
+//! of the caches.
 
 mod support;
 
@@ -26,6 +27,10 @@ use portcullis::server::Authorizer;
 use portcullis::token::{jwk_keys, TokenCache, TokenError};
 use sha2::{Digest, Sha256};
 use support::{check_request, grpc_client, grpc_status, send_raw, Portcullis};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 const ISSUER: &str = "https://idp.test";
 
@@ -317,6 +322,23 @@ async fn a_flood_of_random_kids_is_not_a_flood_of_fetches() {
     );
 }
 
+/// gRPC health of the ext_authz service, as Envoy's health checker asks.
+async fn health_of(port: u16) -> i32 {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_the_first_key_set_is_loaded() {
     let idp = Idp::start(String::new()).await;
@@ -325,12 +347,21 @@ async fn not_ready_until_the_first_key_set_is_loaded() {
     let dir = policy(&url, "{ min_seconds: 1, max_seconds: 1 }");
     let portcullis = Portcullis::start(dir.path());
     wait_ready(portcullis.admin_port(), 503).await;
+    // gRPC health says what /ready says.
+    assert_eq!(
+        health_of(portcullis.port()).await,
+        ServingStatus::NotServing as i32
+    );
     assert_eq!(
         status_of(portcullis.port(), &token(0, "k1", "alice")).await,
         401
     );
     idp.serve(200, jwks(&[(0, "k1")]));
     wait_ready(portcullis.admin_port(), 200).await;
+    assert_eq!(
+        health_of(portcullis.port()).await,
+        ServingStatus::Serving as i32
+    );
     assert_eq!(
         status_of(portcullis.port(), &token(0, "k1", "alice")).await,
         200

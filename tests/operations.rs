@@ -1,11 +1,14 @@
 //! Operating Portcullis: metrics scraped over HTTP, decision logs parsed,
-//! readiness, SIGTERM with checks in flight, and caches under a flood, all
+//! readiness and gRPC health, SIGTERM with checks in flight or with admin
+//! clients that never finish a request, and caches under a flood, all
 //! against the real `portcullis` binary (or the real admin server) on
 //! 127.0.0.1.
 
 mod support;
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +23,10 @@ use support::{
     bundled_policies, check_request, grpc_client as client, grpc_status as status, send_raw, token,
     Portcullis,
 };
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 /// `name{labels} value` lines of a Prometheus scrape, keyed by `name{labels}`.
 fn scrape(admin_port: u16) -> HashMap<String, f64> {
@@ -406,6 +413,133 @@ async fn sigterm_drains_checks_in_flight_and_exits_zero() {
         answered >= 4,
         "the clients were answered before the shutdown ({answered})"
     );
+}
+
+/// Sends SIGTERM to `portcullis`.
+fn terminate(portcullis: &Portcullis) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &portcullis.pid().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(kill.success());
+}
+
+/// The exit code once `portcullis` exits within `bound`; `None` if it
+/// still runs then.
+async fn exit_within(mut portcullis: Portcullis, bound: Duration) -> Option<Option<i32>> {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(code) = portcullis.try_wait() {
+                return Some(code);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_admin_requests_do_not_hold_the_exit() {
+    let portcullis =
+        Portcullis::start_with_env(&bundled_policies(), &[("PORTCULLIS_DRAIN_SECONDS", "1")]);
+    let admin = portcullis.admin_port();
+    // Three clients send half a request, then nothing, and stay: half a
+    // request line, a head without its end, and a body shorter than its
+    // Content-Length.
+    let halves: [&[u8]; 3] = [
+        b"GET /rea",
+        b"GET /ready HTTP/1.1\r\nHost: portcullis\r\n",
+        b"POST /ready HTTP/1.1\r\nHost: portcullis\r\nContent-Length: 100\r\n\r\n0123456789",
+    ];
+    let mut held = Vec::new();
+    for half in halves {
+        let mut stream = TcpStream::connect(("127.0.0.1", admin)).unwrap_or_else(|e| panic!("{e}"));
+        stream.write_all(half).unwrap_or_else(|e| panic!("{e}"));
+        held.push(stream);
+    }
+    // A whole request after them is answered: the server has taken the
+    // three (connections are accepted in order).
+    let ready = tokio::task::spawn_blocking(move || send_raw(admin, "GET", b"/ready", &[]).status)
+        .await
+        .unwrap_or(0);
+    assert_eq!(ready, 200);
+
+    terminate(&portcullis);
+    // The drain is 1 s; the admin port adds at most a short grace. Without
+    // bounds, the three connections held the process until they closed.
+    let code = exit_within(portcullis, Duration::from_secs(8)).await;
+    assert_eq!(code, Some(Some(0)), "portcullis must exit 0 despite them");
+    drop(held);
+}
+
+#[test]
+fn the_admin_port_cuts_a_request_head_that_never_ends() {
+    let portcullis = Portcullis::start(&bundled_policies());
+    let mut stream = TcpStream::connect(("127.0.0.1", portcullis.admin_port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(b"GET /ready HTTP/1.1\r\nHost: portcullis\r\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The head must arrive within 5 s; the server then closes the
+    // connection. The bound here is far above that, and without a
+    // header-read timeout the connection stays open past it.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = Vec::new();
+    let read = std::io::Read::read_to_end(&mut stream, &mut answer);
+    let closed = match &read {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(
+        closed,
+        "the connection is still open: {read:?} {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Nothing was served for the incomplete request.
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_is_not_serving_from_sigterm() {
+    let portcullis = Portcullis::start(&bundled_policies());
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", portcullis.port()))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    assert_eq!(next(&mut watch).await, Some(ServingStatus::Serving as i32));
+    terminate(&portcullis);
+    assert_eq!(
+        next(&mut watch).await,
+        Some(ServingStatus::NotServing as i32)
+    );
+    assert_eq!(next(&mut watch).await, None, "the watch stream ends");
+    let code = exit_within(portcullis, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(Some(0)));
+}
+
+/// The next status of a health watch stream (bounded), `None` at its end.
+async fn next(watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> Option<i32> {
+    tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap_or_else(|_| panic!("no health message"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .map(|m| m.status)
 }
 
 /// Sends `count` checks built by `request` from 4 clients at once.
