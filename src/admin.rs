@@ -5,10 +5,17 @@
 //! only. `/ready` answers 503 until the policies are served and again once
 //! shutdown has begun, so load balancers stop sending checks before the
 //! gRPC server stops taking them.
+//!
+//! Whoever can reach the port must not be able to hold the process: each
+//! connection serves one request, the request head must arrive within
+//! [`AdminLimits::header_read_timeout`], at most
+//! [`AdminLimits::max_connections`] connections are served at once (more
+//! wait in the listen backlog), and at shutdown a request in flight gets
+//! [`AdminLimits::shutdown_grace`] before every connection is dropped.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::extract::State;
@@ -16,24 +23,72 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
 
-/// Whether this instance should be sent checks.
-#[derive(Debug, Default)]
+/// Whether this instance should be sent checks, as far as the process
+/// knows: set once serving, cleared when shutdown begins.
+#[derive(Debug)]
 pub struct Readiness {
-    ready: AtomicBool,
+    ready: watch::Sender<bool>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            ready: watch::Sender::new(false),
+        }
+    }
 }
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+        self.ready.send_replace(ready);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        *self.ready.borrow()
+    }
+
+    /// Sees every change of [`Self::set`].
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// What `/ready` and gRPC health answer: set, and every key set an
+    /// issuer of `policy` fetches from a URL loaded.
+    pub fn serving(&self, policy: &PolicySet) -> bool {
+        self.is_ready() && policy.issuers.remote_key_sets_loaded()
+    }
+}
+
+/// Bounds on what clients of the admin port can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Time for a request's head to arrive, from the connection's start.
+    pub header_read_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Longest life of one connection, whatever it does.
+    pub connection_lifetime: Duration,
+    /// After shutdown, how long requests in flight may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(5),
+            max_connections: 64,
+            connection_lifetime: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(1),
+        }
     }
 }
 
@@ -58,7 +113,7 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
     let policy = state.policy.load();
     let version = policy.version.clone();
     // Not ready until every key set an issuer fetches from a URL is loaded.
-    if state.readiness.is_ready() && policy.issuers.remote_key_sets_loaded() {
+    if state.readiness.serving(&policy) {
         (StatusCode::OK, format!("ready: policy version {version}\n"))
     } else {
         (
@@ -78,13 +133,89 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-/// Serves the admin routes on `listener` until `shutdown` completes.
+/// Serves the admin routes on `listener` until `shutdown` completes, with
+/// the default [`AdminLimits`].
 pub async fn run(
     listener: TcpListener,
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    run_with_limits(listener, state, AdminLimits::default(), shutdown).await
+}
+
+/// Serves the admin routes on `listener` until `shutdown` completes; then
+/// takes no new connection, lets requests in flight finish within
+/// `limits.shutdown_grace`, and drops every connection left (idle or with a
+/// request half sent).
+pub async fn run_with_limits(
+    listener: TcpListener,
+    state: AdminState,
+    limits: AdminLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = router(state);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing, closed) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Past the limit, connections wait in the kernel's backlog.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: not a reason to stop serving probes.
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let service = TowerToHyperService::new(router.clone());
+        let mut closed = closed.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .keep_alive(false);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let served = tokio::time::timeout(limits.connection_lifetime, async {
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    _ = closed.wait_for(|closing| *closing) => {}
+                }
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.as_mut().await;
+            });
+            let _ = served.await;
+        });
+    }
+    drop(listener);
+    closing.send_replace(true);
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.shutdown_grace, finished)
         .await
+        .is_err()
+    {
+        tracing::debug!(
+            left = connections.len(),
+            "admin connections dropped at shutdown"
+        );
+    }
+    // Dropping the set aborts every connection still open.
+    drop(connections);
+    Ok(())
 }

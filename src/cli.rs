@@ -18,16 +18,16 @@ use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{EncodingKey, Header};
 
 use crate::adapter::{self, ResponseConfig, DEFAULT_SUBJECT_HEADER};
-use crate::admin::{self, AdminState, Readiness};
+use crate::admin::{self, AdminLimits, AdminState, Readiness};
 use crate::decision_cache::{
-    DecisionCache, DEFAULT_DECISION_CACHE_CAPACITY, DEFAULT_DECISION_CACHE_TTL,
+    DecisionCache, DEFAULT_DECISION_CACHE_BYTES, DEFAULT_DECISION_CACHE_TTL,
 };
 use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
 use crate::jwks::JwksFetcher;
 use crate::metrics::Metrics;
 use crate::policy::{load_policies, PolicySet};
 use crate::reload::{self, Reloader, WatchConfig};
-use crate::server::{self, Authorizer, DEFAULT_TOKEN_CACHE_CAPACITY};
+use crate::server::{self, Authorizer, DEFAULT_TOKEN_CACHE_BYTES};
 use crate::tls::{self, ServerTls, TlsFiles};
 use crate::token::{KeySet, TokenCache, DEFAULT_TOKEN_CACHE_TTL};
 
@@ -77,15 +77,15 @@ pub struct ServeArgs {
     /// Request header that carries the verified subject upstream
     #[arg(long, env = "PORTCULLIS_SUBJECT_HEADER", default_value = DEFAULT_SUBJECT_HEADER)]
     pub subject_header: String,
-    /// Verified tokens remembered (each until its exp)
-    #[arg(long, env = "PORTCULLIS_TOKEN_CACHE_CAPACITY", default_value_t = DEFAULT_TOKEN_CACHE_CAPACITY)]
-    pub token_cache_capacity: u64,
+    /// Memory for verified tokens (each kept until its exp), in bytes, or with Ki, Mi, Gi
+    #[arg(long, env = "PORTCULLIS_TOKEN_CACHE_BYTES", default_value_t = DEFAULT_TOKEN_CACHE_BYTES, value_parser = parse_bytes)]
+    pub token_cache_bytes: u64,
     /// Longest time a verified token is remembered, in seconds (never past its exp)
     #[arg(long, env = "PORTCULLIS_TOKEN_CACHE_TTL_SECONDS", default_value_t = DEFAULT_TOKEN_CACHE_TTL.as_secs())]
     pub token_cache_ttl_seconds: u64,
-    /// Decisions remembered per policy version; 0 turns the decision cache off
-    #[arg(long, env = "PORTCULLIS_DECISION_CACHE_CAPACITY", default_value_t = DEFAULT_DECISION_CACHE_CAPACITY)]
-    pub decision_cache_capacity: u64,
+    /// Memory for decisions about verified callers, in bytes, or with Ki, Mi, Gi; 0 turns the decision cache off
+    #[arg(long, env = "PORTCULLIS_DECISION_CACHE_BYTES", default_value_t = DEFAULT_DECISION_CACHE_BYTES, value_parser = parse_bytes)]
+    pub decision_cache_bytes: u64,
     /// Longest time a decision is remembered, in seconds
     #[arg(long, env = "PORTCULLIS_DECISION_CACHE_TTL_SECONDS", default_value_t = DEFAULT_DECISION_CACHE_TTL.as_secs())]
     pub decision_cache_ttl_seconds: u64,
@@ -117,6 +117,29 @@ pub struct ServeArgs {
     /// PEM CA bundle: require client certificates issued by it (mTLS)
     #[arg(long, env = "PORTCULLIS_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+}
+
+/// A size in bytes: digits, optionally followed by `Ki`, `Mi` or `Gi`
+/// (powers of 1024, as Kubernetes writes them; a trailing `B` is allowed).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let number = trimmed.trim_end_matches('B');
+    let (digits, unit) = match number.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => number.split_at(at),
+        None => (number, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        _ => return Err(format!("expected bytes such as 16Mi, got {text:?}")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("expected bytes such as 16Mi, got {text:?}"))
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -462,13 +485,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let tokens = TokenCache::with_ttl(
-        args.token_cache_capacity,
+    let tokens = TokenCache::with_max_bytes(
+        args.token_cache_bytes,
         Duration::from_secs(args.token_cache_ttl_seconds),
     );
-    let decisions = (args.decision_cache_capacity > 0).then(|| {
-        DecisionCache::new(
-            args.decision_cache_capacity,
+    let decisions = (args.decision_cache_bytes > 0).then(|| {
+        DecisionCache::with_max_bytes(
+            args.decision_cache_bytes,
             Duration::from_secs(args.decision_cache_ttl_seconds),
         )
     });
@@ -580,7 +603,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             server::system_clock(),
         )
         .with_metrics(metrics)
-        .with_allow_log_rate(args.log_allow_rate);
+        .with_allow_log_rate(args.log_allow_rate)
+        .with_readiness(readiness.clone());
         let authorizer = match decisions {
             Some(cache) => authorizer.with_decision_cache(cache),
             None => authorizer,
@@ -640,7 +664,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
         let _ = stop_admin.send(());
-        let _ = admin.await;
+        // The admin server bounds its own shutdown; this bounds it again,
+        // so nothing a client of the admin port does can hold the exit.
+        let admin_limit = AdminLimits::default().shutdown_grace + Duration::from_secs(1);
+        if tokio::time::timeout(admin_limit, admin).await.is_err() {
+            tracing::warn!("the admin server did not stop in time; exiting anyway");
+        }
         tracing::info!("stopped");
         code
     })
@@ -680,4 +709,30 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_in_bytes_or_binary_units() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("65536"), Ok(65_536));
+        assert_eq!(parse_bytes("512Ki"), Ok(512 << 10));
+        assert_eq!(parse_bytes("16Mi"), Ok(16 << 20));
+        assert_eq!(parse_bytes("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_bytes("1Gi"), Ok(1 << 30));
+        for bad in [
+            "",
+            "Mi",
+            "16M",
+            "16 Mi",
+            "-1",
+            "1.5Mi",
+            "99999999999999999999Gi",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,14 +1,25 @@
-//! Whole decisions, remembered per policy version.
+//! Whole decisions about verified callers, remembered per policy version.
 //!
-//! The key is a SHA-256 of the policy version and everything a decision
+//! The key is a SHA-256 of the policy version, the key epoch of the keys
+//! fetched from URLs ([`TokenCache::key_epoch`]) and everything a decision
 //! reads from the request: method, raw path, host, context extensions and
-//! the credential. A reload publishes a new version, so no decision made
-//! under an old policy can ever be served again; the first check after a
-//! reload decides afresh. Within one version a decision changes only with
+//! the credential. A reload publishes a new version and a key change a new
+//! epoch, so no decision made under an old policy or with removed keys can
+//! ever be served again. Within one version a decision changes only with
 //! time, through the token's validity: each entry carries the time until
 //! which its subject may act, checked against the caller's clock on every
-//! hit, and decisions about tokens that failed verification (one not yet
-//! valid may become valid) are never cached.
+//! hit.
+//!
+//! Only decisions that established a principal are kept: verifying a token
+//! is the expensive part of a check, and everything else (a missing or
+//! malformed credential, a bad path, no application or route before
+//! authentication, a public route) costs less to decide again than to hash,
+//! store and look up. So requests without a credential never touch the
+//! cache, and a flood of them cannot fill it. A decision about a token that
+//! failed verification is never kept either (one not yet valid may become
+//! valid). The cache is bounded by bytes, an estimate of each entry's
+//! heap footprint, and one decision heavier than [`MAX_ENTRY_BYTES`] (a
+//! long rendered resource) is decided afresh each time instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +28,22 @@ use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
 use crate::engine::{Credential, Decision, Reason, RequestAttrs};
-use crate::metrics::CacheStats;
+use crate::metrics::{
+    CacheSize, CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES,
+};
 
 type Key = [u8; 32];
 
-/// Default number of decisions remembered.
+/// Default number of decisions remembered by [`DecisionCache::new`].
 pub const DEFAULT_DECISION_CACHE_CAPACITY: u64 = 100_000;
+/// Default bound of `serve`'s decision cache: 16 MiB, some tens of
+/// thousands of decisions, a small part of a 256 MiB pod.
+pub const DEFAULT_DECISION_CACHE_BYTES: u64 = 16 << 20;
 /// Default longest time a decision is remembered.
 pub const DEFAULT_DECISION_CACHE_TTL: Duration = Duration::from_secs(60);
+/// The heaviest decision remembered, bookkeeping included. Typical
+/// decisions weigh well under half of it.
+pub const MAX_ENTRY_BYTES: usize = 2048;
 
 /// A bounded cache of decisions.
 #[derive(Clone)]
@@ -34,23 +53,84 @@ pub struct DecisionCache {
 }
 
 impl DecisionCache {
+    /// A cache of at most `capacity` decisions, each kept at most `ttl`.
     pub fn new(capacity: u64, ttl: Duration) -> Self {
-        Self {
-            entries: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .build(),
-            stats: Arc::default(),
-        }
+        let entries = Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .build();
+        Self::around(entries, None)
     }
 
-    /// Hit and miss counts, for metrics.
+    /// A cache whose decisions weigh at most `max_bytes` in all (by
+    /// [`Self::entry_bytes`]), each kept at most `ttl`.
+    pub fn with_max_bytes(max_bytes: u64, ttl: Duration) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_: &Key, decision: &Arc<Decision>| {
+                u32::try_from(Self::entry_bytes(decision)).unwrap_or(u32::MAX)
+            })
+            .time_to_live(ttl)
+            .build();
+        Self::around(entries, Some(max_bytes))
+    }
+
+    fn around(entries: Cache<Key, Arc<Decision>>, max_bytes: Option<u64>) -> Self {
+        let stats = Arc::new(CacheStats::default());
+        let measured = entries.clone();
+        stats.set_size_source(Box::new(move || {
+            // Apply pending inserts and evictions so the size is current.
+            measured.run_pending_tasks();
+            CacheSize {
+                entries: measured.entry_count(),
+                bytes: max_bytes.map(|_| measured.weighted_size()),
+                max_bytes,
+            }
+        }));
+        Self { entries, stats }
+    }
+
+    /// The estimated memory one decision holds: key, decision, the text of
+    /// its fields, and moka's own bookkeeping.
+    pub fn entry_bytes(decision: &Decision) -> usize {
+        let allocation = |bytes: usize| match bytes {
+            0 => 0,
+            n => n + ALLOCATION_OVERHEAD_BYTES,
+        };
+        let text: usize = [
+            &decision.application,
+            &decision.route,
+            &decision.subject,
+            &decision.resource,
+            &decision.action,
+            &decision.matched_rule,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|text| allocation(text.capacity()))
+        .sum();
+        std::mem::size_of::<Key>()
+            + CACHE_ENTRY_OVERHEAD_BYTES
+            // The Arc's allocation: two counts and the decision.
+            + allocation(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Decision>())
+            + text
+    }
+
+    /// Hit and miss counts and the size, for metrics.
     pub fn stats(&self) -> Arc<CacheStats> {
         self.stats.clone()
     }
 
-    /// The key of `request` under the policy `version`.
-    pub fn key(version: &str, request: &RequestAttrs) -> Key {
+    /// Whether a decision about `request` could be in the cache at all:
+    /// only a request that offers a token (or a payload Envoy verified)
+    /// can establish a principal.
+    pub fn may_hold(request: &RequestAttrs) -> bool {
+        matches!(request.credential, Credential::Bearer(_)) || !request.verified_payloads.is_empty()
+    }
+
+    /// The key of `request` under the policy `version` and key epoch
+    /// `key_epoch`, read before the decision is made.
+    pub fn key(version: &str, key_epoch: u64, request: &RequestAttrs) -> Key {
         let mut hasher = Sha256::new();
         // Each field is length-prefixed, so no two requests share a key.
         let mut field = |bytes: &[u8]| {
@@ -58,6 +138,7 @@ impl DecisionCache {
             hasher.update(bytes);
         };
         field(version.as_bytes());
+        field(&key_epoch.to_le_bytes());
         field(request.method.as_bytes());
         field(request.path.as_bytes());
         field(request.host.as_bytes());
@@ -108,13 +189,20 @@ impl DecisionCache {
         }
     }
 
-    /// Remembers `decision` unless it depends on more than the key says.
-    pub fn insert(&self, key: Key, decision: &Arc<Decision>) {
-        let cacheable = !matches!(
+    /// Whether `decision` is kept: it established a principal, it depends
+    /// on nothing the key leaves out, and it is not too heavy.
+    pub fn keeps(decision: &Decision) -> bool {
+        let verified = decision.subject.is_some() && decision.valid_until.is_some();
+        let depends_on_more = matches!(
             decision.reason,
             Reason::InvalidToken(_) | Reason::InternalError
         );
-        if cacheable {
+        verified && !depends_on_more && Self::entry_bytes(decision) <= MAX_ENTRY_BYTES
+    }
+
+    /// Remembers `decision` if [`Self::keeps`] says so.
+    pub fn insert(&self, key: Key, decision: &Arc<Decision>) {
+        if Self::keeps(decision) {
             self.entries.insert(key, decision.clone());
         }
     }

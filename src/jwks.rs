@@ -8,6 +8,11 @@
 //! Key sets are shared across policy reloads by URL, so a reload neither
 //! refetches nor loses keys; a change of keys clears the verification
 //! caches through the callback given at start.
+//!
+//! Redirects are refused: the loader checked the configured URL (https, or
+//! http to loopback only), and a hop to another host or down to plain http
+//! would let whoever answers there choose the keys. A redirect is a failed
+//! fetch like any other: logged, counted, and the last good keys are kept.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +36,8 @@ pub enum FetchError {
     Http(#[from] reqwest::Error),
     #[error("answered HTTP {0}")]
     Status(u16),
+    #[error("answered HTTP {status} redirecting to {location:?}; redirects are refused, configure the final URL")]
+    Redirect { status: u16, location: String },
     #[error("document is larger than {MAX_JWKS_BYTES} bytes")]
     TooLarge,
     #[error("not a JWK set: {0}")]
@@ -55,6 +62,7 @@ impl JwksFetcher {
     ) -> Result<Arc<Self>, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Arc::new(Self {
@@ -178,6 +186,22 @@ impl JwksFetcher {
     ) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
         let mut response = self.client.get(&keys.url).send().await?;
         let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map(|v| {
+                    String::from_utf8_lossy(v.as_bytes())
+                        .chars()
+                        .take(200)
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Err(FetchError::Redirect {
+                status: status.as_u16(),
+                location,
+            });
+        }
         if !status.is_success() {
             return Err(FetchError::Status(status.as_u16()));
         }

@@ -5,9 +5,16 @@
 //! a reload may publish the next. The handler never returns a gRPC error
 //! for a request it can read: a deny is an `Ok(CheckResponse)`, and a fault
 //! inside the engine is caught and answered with a deny.
+//!
+//! `grpc.health.v1` answers what `/ready` answers: SERVING once the policy
+//! is served and every key set fetched from a URL is loaded, NOT_SERVING
+//! before that and from the moment a shutdown begins. A `Watch` stream
+//! sends NOT_SERVING and ends when the shutdown begins, so it cannot hold
+//! the drain open.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,13 +25,18 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::adapter::Check;
 use crate::adapter::{self, ResponseConfig};
+use crate::admin::Readiness;
 use crate::decision_cache::DecisionCache;
 use crate::engine::{self, Decision, Reason, RequestAttrs};
 use crate::metrics::Metrics;
@@ -46,8 +58,9 @@ pub fn system_clock() -> Clock {
     })
 }
 
-/// Default number of verified tokens remembered.
-pub const DEFAULT_TOKEN_CACHE_CAPACITY: u64 = 100_000;
+/// Default bound of `serve`'s verified-token cache: 16 MiB, tens of
+/// thousands of typical principals, a small part of a 256 MiB pod.
+pub const DEFAULT_TOKEN_CACHE_BYTES: u64 = 16 << 20;
 
 /// How long a check whose token names a key id its issuer's JWKS lacks
 /// waits for the refetch that asks for, well inside Envoy's timeout.
@@ -63,6 +76,7 @@ pub struct Authorizer {
     metrics: Option<Arc<Metrics>>,
     log: Arc<DecisionLog>,
     decisions: Option<DecisionCache>,
+    readiness: Option<Arc<Readiness>>,
 }
 
 impl Authorizer {
@@ -80,7 +94,16 @@ impl Authorizer {
             metrics: None,
             log: Arc::new(DecisionLog::new(1.0)),
             decisions: None,
+            readiness: None,
         }
+    }
+
+    /// Reports `grpc.health.v1` SERVING only while `readiness` is set (as
+    /// `/ready` does); without it, while every fetched key set is loaded
+    /// and the server is not shutting down.
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Remembers decisions per policy version in `cache`.
@@ -187,14 +210,24 @@ impl Authorizer {
     }
 
     /// The cached decision for `attrs`, or a new one (remembered when the
-    /// cache is on). An engine panic is a deny.
+    /// cache is on and the decision is worth keeping). An engine panic is a
+    /// deny.
     fn decide(&self, policy: &PolicySet, attrs: &RequestAttrs) -> Arc<Decision> {
         let now = (self.clock)();
-        let key = self
+        // A request without a token cannot have a decision in the cache:
+        // it is not looked up (nor hashed), and its decision is not kept.
+        let cache = self
             .decisions
             .as_ref()
-            .map(|_| DecisionCache::key(&policy.version, attrs));
-        if let (Some(cache), Some(key)) = (&self.decisions, &key) {
+            .filter(|_| DecisionCache::may_hold(attrs));
+        // The key epoch is read before the engine reads any key, so a
+        // decision made with keys that are then replaced is filed under an
+        // epoch no later check computes.
+        let key = cache.map(|_| {
+            let epoch = TokenCache::key_epoch(&policy.issuers);
+            DecisionCache::key(&policy.version, epoch, attrs)
+        });
+        if let (Some(cache), Some(key)) = (cache, &key) {
             if let Some(decision) = cache.get(key, now) {
                 return decision;
             }
@@ -207,7 +240,7 @@ impl Authorizer {
             Decision::deny(engine::Status::Forbidden, Reason::InternalError)
         });
         let decision = Arc::new(decision);
-        if let (Some(cache), Some(key)) = (&self.decisions, key) {
+        if let (Some(cache), Some(key)) = (cache, key) {
             cache.insert(key, &decision);
         }
         decision
@@ -326,15 +359,133 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<Authorizer>>()
-        .await;
+    let (draining, drained) = watch::channel(false);
+    let health = HealthService {
+        policy: authorizer.policy.clone(),
+        readiness: authorizer.readiness.clone(),
+        draining: drained,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        // Health turns NOT_SERVING and its watch streams end before the
+        // server waits for the calls in flight.
+        draining.send_replace(true);
+    };
     tonic::transport::Server::builder()
-        .add_service(health_service)
+        .add_service(HealthServer::new(health))
         .add_service(AuthorizationServer::new(authorizer))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// The service names health answers for: the server as a whole and the
+/// ext_authz service.
+const HEALTH_SERVICES: [&str; 2] = ["", "envoy.service.auth.v3.Authorization"];
+
+/// How often a `Watch` stream looks again at what no event announces:
+/// a key set's first load, a reload.
+const HEALTH_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `grpc.health.v1.Health`, computed from the state `/ready` reads.
+#[derive(Clone)]
+struct HealthService {
+    policy: PolicyHandle,
+    readiness: Option<Arc<Readiness>>,
+    draining: watch::Receiver<bool>,
+}
+
+impl HealthService {
+    fn status(&self) -> ServingStatus {
+        let policy = self.policy.load();
+        let ready = match &self.readiness {
+            Some(readiness) => readiness.serving(&policy),
+            None => policy.issuers.remote_key_sets_loaded(),
+        };
+        if ready && !*self.draining.borrow() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    }
+
+    fn knows(service: &str) -> bool {
+        HEALTH_SERVICES.contains(&service)
+    }
+}
+
+type HealthStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        if !Self::knows(&request.get_ref().service) {
+            return Err(Status::not_found("service not registered"));
+        }
+        Ok(Response::new(HealthCheckResponse {
+            status: self.status() as i32,
+        }))
+    }
+
+    type WatchStream = HealthStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        if !Self::knows(&request.get_ref().service) {
+            return Err(Status::not_found("service not registered"));
+        }
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let health = self.clone();
+        tokio::spawn(async move {
+            let mut draining = health.draining.clone();
+            let mut ready = health.readiness.as_ref().map(|r| r.subscribe());
+            let mut tick = tokio::time::interval(HEALTH_WATCH_INTERVAL);
+            let mut last = None;
+            loop {
+                let status = health.status();
+                if last != Some(status) {
+                    let response = HealthCheckResponse {
+                        status: status as i32,
+                    };
+                    if sender.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                    last = Some(status);
+                }
+                if *draining.borrow() {
+                    // NOT_SERVING was sent above: end the stream.
+                    return;
+                }
+                let readiness_changed = async {
+                    match &mut ready {
+                        Some(ready) => {
+                            if ready.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    changed = draining.changed() => {
+                        if changed.is_err() {
+                            // The server is gone.
+                            return;
+                        }
+                    }
+                    () = readiness_changed => {}
+                    _ = tick.tick() => {}
+                    () = sender.closed() => return,
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        Ok(Response::new(Box::pin(stream)))
+    }
 }
 
 #[cfg(test)]

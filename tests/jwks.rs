@@ -1,6 +1,8 @@
 //! Keys fetched from a JWKS URL: a test IdP on 127.0.0.1 serves the key
 //! set, and the real binary verifies tokens against it. Rotation, an IdP
-//! that is down, a flood of random key ids, and readiness.
+//! that is down, a flood of random key ids, readiness and gRPC health, a
+//! redirect, and a verification with removed keys that races the clearing
+//! of the caches.
 
 mod support;
 
@@ -17,8 +19,18 @@ use hyper::{Request, Response};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::EncodePrivateKey;
+use portcullis::adapter::{self, ResponseConfig};
+use portcullis::decision_cache::DecisionCache;
+use portcullis::engine::{self, Reason, Status, VerifyEveryTime};
 use portcullis::policy::load_policies;
+use portcullis::server::Authorizer;
+use portcullis::token::{jwk_keys, TokenCache, TokenError};
+use sha2::{Digest, Sha256};
 use support::{check_request, grpc_client, grpc_status, send_raw, Portcullis};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 const ISSUER: &str = "https://idp.test";
 
@@ -61,10 +73,11 @@ fn token(signer: usize, kid: &str, sub: &str) -> String {
     jsonwebtoken::encode(&header, &claims, &signers()[signer]).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A JWKS endpoint whose document and status the test controls.
+/// A JWKS endpoint whose document, status and `Location` the test controls.
 struct Idp {
     port: u16,
     document: Arc<Mutex<(u16, String)>>,
+    location: Arc<Mutex<Option<String>>>,
     fetches: Arc<AtomicUsize>,
 }
 
@@ -72,11 +85,14 @@ impl Idp {
     async fn start(document: String) -> Idp {
         let (listener, port) = support::bind_loopback().await;
         let document = Arc::new(Mutex::new((200u16, document)));
+        let location: Arc<Mutex<Option<String>>> = Arc::default();
         let fetches = Arc::new(AtomicUsize::new(0));
         let (served, counted) = (document.clone(), fetches.clone());
+        let redirect = location.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (served, counted) = (served.clone(), counted.clone());
+                let redirect = redirect.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |_: Request<Incoming>| {
                         counted.fetch_add(1, Ordering::SeqCst);
@@ -84,11 +100,16 @@ impl Idp {
                             .lock()
                             .map(|d| d.clone())
                             .unwrap_or((500, String::new()));
+                        let location = redirect.lock().map(|l| l.clone()).unwrap_or(None);
                         async move {
-                            let response = Response::builder()
+                            let mut response = Response::builder()
                                 .status(status)
                                 .header("content-type", "application/json")
-                                .header("cache-control", "max-age=1")
+                                .header("cache-control", "max-age=1");
+                            if let Some(location) = location {
+                                response = response.header("location", location);
+                            }
+                            let response = response
                                 .body(Full::new(Bytes::from(body)))
                                 .unwrap_or_else(|e| panic!("{e}"));
                             Ok::<_, Infallible>(response)
@@ -104,7 +125,16 @@ impl Idp {
         Idp {
             port,
             document,
+            location,
             fetches,
+        }
+    }
+
+    /// Answers every fetch with `status` and `Location: to`.
+    fn redirect(&self, status: u16, to: String) {
+        self.serve(status, String::new());
+        if let Ok(mut location) = self.location.lock() {
+            *location = Some(to);
         }
     }
 
@@ -292,6 +322,23 @@ async fn a_flood_of_random_kids_is_not_a_flood_of_fetches() {
     );
 }
 
+/// gRPC health of the ext_authz service, as Envoy's health checker asks.
+async fn health_of(port: u16) -> i32 {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner()
+        .status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_the_first_key_set_is_loaded() {
     let idp = Idp::start(String::new()).await;
@@ -300,6 +347,11 @@ async fn not_ready_until_the_first_key_set_is_loaded() {
     let dir = policy(&url, "{ min_seconds: 1, max_seconds: 1 }");
     let portcullis = Portcullis::start(dir.path());
     wait_ready(portcullis.admin_port(), 503).await;
+    // gRPC health says what /ready says.
+    assert_eq!(
+        health_of(portcullis.port()).await,
+        ServingStatus::NotServing as i32
+    );
     assert_eq!(
         status_of(portcullis.port(), &token(0, "k1", "alice")).await,
         401
@@ -307,8 +359,137 @@ async fn not_ready_until_the_first_key_set_is_loaded() {
     idp.serve(200, jwks(&[(0, "k1")]));
     wait_ready(portcullis.admin_port(), 200).await;
     assert_eq!(
+        health_of(portcullis.port()).await,
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
         status_of(portcullis.port(), &token(0, "k1", "alice")).await,
         200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_behind_a_redirect_are_not_used() {
+    // The keys are served, but only behind a redirect (here to another
+    // port; to another host or down to http it would be the same).
+    let target = Idp::start(jwks(&[(0, "k1")])).await;
+    let redirector = Idp::start(String::new()).await;
+    redirector.redirect(302, format!("http://127.0.0.1:{}/jwks", target.port));
+    let url = format!("http://127.0.0.1:{}/jwks", redirector.port);
+    let dir = policy(&url, "{ min_seconds: 1, max_seconds: 1 }");
+    let portcullis = Portcullis::start(dir.path());
+    let admin = portcullis.admin_port();
+    // A redirect is a failed fetch, counted like any other.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics =
+            tokio::task::spawn_blocking(move || send_raw(admin, "GET", b"/metrics", &[]).text())
+                .await
+                .unwrap_or_default();
+        if metrics.contains("portcullis_jwks_fetches_total{result=\"failure\"} 2") {
+            assert!(
+                !metrics.contains("portcullis_jwks_fetches_total{result=\"success\"}"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed fetches:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(redirector.fetches() >= 2);
+    assert_eq!(target.fetches(), 0, "the redirect was followed");
+    let ready = tokio::task::spawn_blocking(move || send_raw(admin, "GET", b"/ready", &[]).status)
+        .await
+        .unwrap_or(0);
+    assert_eq!(ready, 503);
+    assert_eq!(
+        status_of(portcullis.port(), &token(0, "k1", "alice")).await,
+        401
+    );
+    let log = portcullis.log();
+    assert!(
+        log.contains("redirects are refused") && log.contains("keeping the last good keys"),
+        "{}",
+        support::tail(&log, 20)
+    );
+}
+
+#[test]
+fn a_verification_with_removed_keys_filed_after_the_clear_is_never_served() {
+    let dir = policy("https://idp.example.com/jwks", "{}");
+    let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let remote = policy
+        .issuers
+        .remote_key_sets()
+        .next()
+        .unwrap_or_else(|| panic!("no remote key set"))
+        .clone();
+    // What the fetcher does with a document it fetched.
+    let publish = |keys: &[(usize, &str)]| {
+        let document = jwks(keys);
+        let set: JwkSet = serde_json::from_str(&document).unwrap_or_else(|e| panic!("{e}"));
+        remote.publish(
+            jwk_keys(&set, remote.family),
+            Sha256::digest(document.as_bytes()).into(),
+        )
+    };
+    assert!(publish(&[(0, "k1")]));
+    let version = policy.version.clone();
+    let handle = Arc::new(arc_swap::ArcSwap::from_pointee(policy));
+    let tokens = TokenCache::new(100);
+    let decisions = DecisionCache::new(100, Duration::from_secs(60));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let authorizer = Authorizer::new(
+        handle.clone(),
+        tokens.clone(),
+        ResponseConfig::default(),
+        Arc::new(move || now),
+    )
+    .with_decision_cache(decisions.clone());
+    let bearer = format!("Bearer {}", token(0, "k1", "alice"));
+    let request = check_request("GET", "/api/whoami", Some(&bearer), "race");
+    let attrs = adapter::request_attrs(&request).unwrap_or_else(|e| panic!("{e}"));
+    let engine::Credential::Bearer(raw) = &attrs.credential else {
+        panic!("no bearer token in {attrs:?}");
+    };
+
+    // A check begins: it computes where its results go, and the keys it
+    // reads still hold k1.
+    let policy = handle.load_full();
+    let token_key = TokenCache::key(&policy.issuers, &version, raw);
+    let epoch = TokenCache::key_epoch(&policy.issuers);
+    let decision_key = DecisionCache::key(&version, epoch, &attrs);
+    let principal = policy
+        .issuers
+        .verify(&[0], raw, now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let decision = engine::decide(&policy, &attrs, &VerifyEveryTime, now);
+    assert!(decision.is_allowed(), "{decision:?}");
+
+    // Meanwhile the IdP drops k1: the fetcher publishes the new set and
+    // clears both caches.
+    assert!(publish(&[(1, "k2")]));
+    tokens.clear();
+    decisions.clear();
+
+    // Then the check files what it found with the old keys.
+    tokens.remember(token_key, Arc::new(principal));
+    decisions.insert(decision_key, &Arc::new(decision));
+
+    // No later check is answered from either entry.
+    assert_eq!(
+        tokens
+            .verify(&policy.issuers, &version, &[0], raw, now)
+            .map(|p| p.subject.clone()),
+        Err(TokenError::UnknownKey)
+    );
+    let (decision, _) = authorizer.check_request(&request);
+    assert_eq!(decision.status, Status::Unauthorized, "{decision:?}");
+    assert_eq!(
+        decision.reason,
+        Reason::InvalidToken(TokenError::UnknownKey)
     );
 }
 

@@ -1,10 +1,14 @@
 //! Operating Portcullis: metrics scraped over HTTP, decision logs parsed,
-//! readiness, and SIGTERM with checks in flight, all against the real
-//! `portcullis` binary (or the real admin server) on 127.0.0.1.
+//! readiness and gRPC health, SIGTERM with checks in flight or with admin
+//! clients that never finish a request, and caches under a flood, all
+//! against the real `portcullis` binary (or the real admin server) on
+//! 127.0.0.1.
 
 mod support;
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +23,10 @@ use support::{
     bundled_policies, check_request, grpc_client as client, grpc_status as status, send_raw, token,
     Portcullis,
 };
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 /// `name{labels} value` lines of a Prometheus scrape, keyed by `name{labels}`.
 fn scrape(admin_port: u16) -> HashMap<String, f64> {
@@ -124,14 +132,15 @@ async fn metrics_count_checks_caches_and_the_policy() {
         5.0
     );
     // The second identical alice check is a decision-cache hit; the delete
-    // misses the decision cache but finds alice's token verified.
+    // misses the decision cache but finds alice's token verified. Checks
+    // without a token never ask the decision cache.
     let cache = |cache: &str, result: &str| {
         let key =
             format!("portcullis_cache_requests_total{{cache=\"{cache}\",result=\"{result}\"}}");
         delta(&before, &after, &key)
     };
     assert_eq!(cache("decision", "hit"), 1.0);
-    assert_eq!(cache("decision", "miss"), 4.0);
+    assert_eq!(cache("decision", "miss"), 2.0);
     assert_eq!(cache("token", "miss"), 1.0);
     assert_eq!(cache("token", "hit"), 1.0);
     assert_eq!(
@@ -405,4 +414,215 @@ async fn sigterm_drains_checks_in_flight_and_exits_zero() {
         answered >= 4,
         "the clients were answered before the shutdown ({answered})"
     );
+}
+
+/// Sends SIGTERM to `portcullis`.
+fn terminate(portcullis: &Portcullis) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &portcullis.pid().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(kill.success());
+}
+
+/// The exit code once `portcullis` exits within `bound`; `None` if it
+/// still runs then.
+async fn exit_within(mut portcullis: Portcullis, bound: Duration) -> Option<Option<i32>> {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(code) = portcullis.try_wait() {
+                return Some(code);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_admin_requests_do_not_hold_the_exit() {
+    let portcullis =
+        Portcullis::start_with_env(&bundled_policies(), &[("PORTCULLIS_DRAIN_SECONDS", "1")]);
+    let admin = portcullis.admin_port();
+    // Three clients send half a request, then nothing, and stay: half a
+    // request line, a head without its end, and a body shorter than its
+    // Content-Length.
+    let halves: [&[u8]; 3] = [
+        b"GET /rea",
+        b"GET /ready HTTP/1.1\r\nHost: portcullis\r\n",
+        b"POST /ready HTTP/1.1\r\nHost: portcullis\r\nContent-Length: 100\r\n\r\n0123456789",
+    ];
+    let mut held = Vec::new();
+    for half in halves {
+        let mut stream = TcpStream::connect(("127.0.0.1", admin)).unwrap_or_else(|e| panic!("{e}"));
+        stream.write_all(half).unwrap_or_else(|e| panic!("{e}"));
+        held.push(stream);
+    }
+    // A whole request after them is answered: the server has taken the
+    // three (connections are accepted in order).
+    let ready = tokio::task::spawn_blocking(move || send_raw(admin, "GET", b"/ready", &[]).status)
+        .await
+        .unwrap_or(0);
+    assert_eq!(ready, 200);
+
+    terminate(&portcullis);
+    // The drain is 1 s; the admin port adds at most a short grace. Without
+    // bounds, the three connections held the process until they closed.
+    let code = exit_within(portcullis, Duration::from_secs(8)).await;
+    assert_eq!(code, Some(Some(0)), "portcullis must exit 0 despite them");
+    drop(held);
+}
+
+#[test]
+fn the_admin_port_cuts_a_request_head_that_never_ends() {
+    let portcullis = Portcullis::start(&bundled_policies());
+    let mut stream = TcpStream::connect(("127.0.0.1", portcullis.admin_port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(b"GET /ready HTTP/1.1\r\nHost: portcullis\r\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The head must arrive within 5 s; the server then closes the
+    // connection. The bound here is far above that, and without a
+    // header-read timeout the connection stays open past it.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = Vec::new();
+    let read = std::io::Read::read_to_end(&mut stream, &mut answer);
+    let closed = match &read {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(
+        closed,
+        "the connection is still open: {read:?} {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Nothing was served for the incomplete request.
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_is_not_serving_from_sigterm() {
+    let portcullis = Portcullis::start(&bundled_policies());
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", portcullis.port()))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    assert_eq!(next(&mut watch).await, Some(ServingStatus::Serving as i32));
+    terminate(&portcullis);
+    assert_eq!(
+        next(&mut watch).await,
+        Some(ServingStatus::NotServing as i32)
+    );
+    assert_eq!(next(&mut watch).await, None, "the watch stream ends");
+    let code = exit_within(portcullis, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(Some(0)));
+}
+
+/// The next status of a health watch stream (bounded), `None` at its end.
+async fn next(watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> Option<i32> {
+    tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap_or_else(|_| panic!("no health message"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .map(|m| m.status)
+}
+
+/// Sends `count` checks built by `request` from 4 clients at once.
+async fn flood(
+    port: u16,
+    count: usize,
+    request: impl Fn(usize) -> envoy_types::ext_authz::v3::pb::CheckRequest + Send + Sync + 'static,
+) {
+    let request = Arc::new(request);
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let request = request.clone();
+        let mut grpc = client(port).await;
+        clients.push(tokio::spawn(async move {
+            for i in (c..count).step_by(4) {
+                let answer = grpc.check(request(i)).await;
+                assert!(answer.is_ok(), "{answer:?}");
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_stay_within_their_bytes_under_a_flood() {
+    const BOUND: f64 = 65_536.0;
+    let portcullis = Portcullis::start_with_env(
+        &bundled_policies(),
+        &[
+            ("PORTCULLIS_DECISION_CACHE_BYTES", "64Ki"),
+            ("PORTCULLIS_TOKEN_CACHE_BYTES", "64Ki"),
+            ("PORTCULLIS_LOG_ALLOW_RATE", "0"),
+            ("PORTCULLIS_LOG", "warn"),
+        ],
+    );
+    let admin = portcullis.admin_port();
+    let port = portcullis.port();
+    let before = scrape(admin);
+    let capacity = |cache: &str| format!("portcullis_cache_capacity_bytes{{cache=\"{cache}\"}}");
+    let bytes = |cache: &str| format!("portcullis_cache_bytes{{cache=\"{cache}\"}}");
+    let entries = |cache: &str| format!("portcullis_cache_entries{{cache=\"{cache}\"}}");
+    let misses = "portcullis_cache_requests_total{cache=\"decision\",result=\"miss\"}";
+    for cache in ["decision", "token"] {
+        assert_eq!(before.get(&capacity(cache)), Some(&BOUND), "{before:#?}");
+    }
+
+    // Unique paths without a token, each carrying a long query: denied,
+    // and neither looked up nor kept.
+    let padding = "p".repeat(3000);
+    flood(port, 4000, move |i| {
+        let path = format!("/documents/{}?pad={padding}", 1_000_000 + i);
+        check_request("GET", &path, None, "anonymous")
+    })
+    .await;
+    let after_anonymous = scrape(admin);
+    assert_eq!(after_anonymous.get(&entries("decision")), Some(&0.0));
+    assert_eq!(after_anonymous.get(&bytes("decision")), Some(&0.0));
+    assert_eq!(delta(&before, &after_anonymous, misses), 0.0);
+
+    // Unique paths, each with its own valid token: both caches fill, and
+    // stay within their bound.
+    let tokens: Vec<String> = (0..3000).map(|i| token(&format!("user-{i}"))).collect();
+    let tokens = Arc::new(tokens);
+    flood(port, 3000, move |i| {
+        let bearer = format!("Bearer {}", tokens[i]);
+        let path = format!("/documents/{}", 1_000_000 + i);
+        check_request("GET", &path, Some(&bearer), "verified")
+    })
+    .await;
+    let after = scrape(admin);
+    assert_eq!(delta(&after_anonymous, &after, misses), 3000.0);
+    for cache in ["decision", "token"] {
+        let held = after.get(&bytes(cache)).copied().unwrap_or(f64::NAN);
+        let count = after.get(&entries(cache)).copied().unwrap_or(0.0);
+        assert!(held <= BOUND, "{cache}: {held} bytes over {BOUND}");
+        assert!(
+            count > 0.0 && held > 0.0,
+            "{cache} cache unused: {after:#?}"
+        );
+        // 3000 entries would not fit: some were evicted or refused.
+        assert!(count < 3000.0, "{cache}: {count} entries");
+    }
 }

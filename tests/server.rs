@@ -217,3 +217,45 @@ async fn shutdown_stops_the_server_and_refuses_new_connections() {
         .await;
     assert!(refused.is_err());
 }
+
+#[tokio::test]
+async fn health_turns_not_serving_when_shutdown_begins() {
+    let mut running = start().await;
+    let mut health = HealthClient::new(channel(running.address).await);
+    let request = || HealthCheckRequest {
+        service: "envoy.service.auth.v3.Authorization".into(),
+    };
+    let mut watch = health
+        .watch(request())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+    let bounded = std::time::Duration::from_secs(10);
+    let first = tokio::time::timeout(bounded, watch.message())
+        .await
+        .unwrap_or_else(|_| panic!("no first health message"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .map(|m| m.status);
+    assert_eq!(first, Some(ServingStatus::Serving as i32));
+
+    if let Some(stop) = running.stop.take() {
+        let _ = stop.send(());
+    }
+    // The watcher hears NOT_SERVING, then its stream ends, so it does not
+    // hold the drain open.
+    let next = tokio::time::timeout(bounded, watch.message())
+        .await
+        .unwrap_or_else(|_| panic!("health never turned NOT_SERVING"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .map(|m| m.status);
+    assert_eq!(next, Some(ServingStatus::NotServing as i32));
+    let end = tokio::time::timeout(bounded, watch.message())
+        .await
+        .unwrap_or_else(|_| panic!("the watch stream did not end"));
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    let result = tokio::time::timeout(bounded, running.done)
+        .await
+        .unwrap_or_else(|_| panic!("the server did not stop"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(result.is_ok(), "{result:?}");
+}

@@ -1,10 +1,17 @@
 //! Verified tokens, remembered so a signature is checked once per token.
 //!
-//! The key is a SHA-256 of the policy version and the token, so the cache
-//! holds no token and a new policy (new keys, new issuers) never reuses a
-//! verification made under the old one. An entry expires with its token:
+//! The key is a SHA-256 of the policy version, the key epoch (see
+//! [`TokenCache::key_epoch`]) and the token, so the cache holds no token, a
+//! new policy (new keys, new issuers) never reuses a verification made under
+//! the old one, and neither does a key set fetched from a URL once its keys
+//! have changed: not even a verification that met the old keys and was
+//! filed after the caches were cleared. An entry expires with its token:
 //! moka evicts it at `exp`, and a hit is checked against the caller's clock
 //! as well, so a stale entry can never outlive the token.
+//!
+//! `serve` bounds the cache by bytes (an estimate of each entry's heap
+//! footprint, moka's bookkeeping included), so a burst of tokens with large
+//! groups claims cannot grow it past what the pod can afford.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,14 +21,19 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use super::{Issuers, Principal, TokenError};
-use crate::metrics::CacheStats;
+use crate::metrics::{
+    CacheSize, CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES,
+};
 
-type Key = [u8; 32];
+/// Where a verification is filed: SHA-256 of the policy version, the key
+/// epoch and the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenKey([u8; 32]);
 
 /// A bounded cache of successful verifications.
 #[derive(Clone)]
 pub struct TokenCache {
-    entries: Cache<Key, Arc<Principal>>,
+    entries: Cache<TokenKey, Arc<Principal>>,
     stats: Arc<CacheStats>,
 }
 
@@ -30,10 +42,10 @@ struct UntilExpiry {
     max_ttl: Duration,
 }
 
-impl Expiry<Key, Arc<Principal>> for UntilExpiry {
+impl Expiry<TokenKey, Arc<Principal>> for UntilExpiry {
     fn expire_after_create(
         &self,
-        _key: &Key,
+        _key: &TokenKey,
         principal: &Arc<Principal>,
         _created_at: Instant,
     ) -> Option<Duration> {
@@ -58,13 +70,62 @@ impl TokenCache {
     /// A cache of at most `capacity` tokens, each kept at most `max_ttl`
     /// (and never past its token's `exp`).
     pub fn with_ttl(capacity: u64, max_ttl: Duration) -> Self {
-        Self {
-            entries: Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(UntilExpiry { max_ttl })
-                .build(),
-            stats: Arc::default(),
-        }
+        let entries = Cache::builder()
+            .max_capacity(capacity)
+            .expire_after(UntilExpiry { max_ttl })
+            .build();
+        Self::around(entries, None)
+    }
+
+    /// A cache whose entries weigh at most `max_bytes` in all (by
+    /// [`Self::entry_bytes`]), each kept at most `max_ttl` (and never past
+    /// its token's `exp`).
+    pub fn with_max_bytes(max_bytes: u64, max_ttl: Duration) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_: &TokenKey, principal: &Arc<Principal>| {
+                u32::try_from(Self::entry_bytes(principal)).unwrap_or(u32::MAX)
+            })
+            .expire_after(UntilExpiry { max_ttl })
+            .build();
+        Self::around(entries, Some(max_bytes))
+    }
+
+    fn around(entries: Cache<TokenKey, Arc<Principal>>, max_bytes: Option<u64>) -> Self {
+        let stats = Arc::new(CacheStats::default());
+        let measured = entries.clone();
+        stats.set_size_source(Box::new(move || {
+            // Apply pending inserts and evictions so the size is current.
+            measured.run_pending_tasks();
+            CacheSize {
+                entries: measured.entry_count(),
+                bytes: max_bytes.map(|_| measured.weighted_size()),
+                max_bytes,
+            }
+        }));
+        Self { entries, stats }
+    }
+
+    /// The estimated memory one verification holds: key, principal, its
+    /// subject and groups, and moka's own bookkeeping. The issuer name is
+    /// shared with the policy and not counted.
+    pub fn entry_bytes(principal: &Principal) -> usize {
+        let allocation = |bytes: usize| match bytes {
+            0 => 0,
+            n => n + ALLOCATION_OVERHEAD_BYTES,
+        };
+        let groups: usize = principal
+            .groups
+            .iter()
+            .map(|g| allocation(g.capacity()))
+            .sum::<usize>()
+            + allocation(principal.groups.capacity() * std::mem::size_of::<String>());
+        std::mem::size_of::<TokenKey>()
+            + CACHE_ENTRY_OVERHEAD_BYTES
+            // The Arc's allocation: two counts and the principal.
+            + allocation(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Principal>())
+            + allocation(principal.subject.capacity())
+            + groups
     }
 
     /// Forgets every verification, e.g. when an issuer's keys change.
@@ -72,13 +133,27 @@ impl TokenCache {
         self.entries.invalidate_all();
     }
 
-    /// Hit and miss counts, for metrics.
+    /// Hit and miss counts and the size, for metrics.
     pub fn stats(&self) -> Arc<CacheStats> {
         self.stats.clone()
     }
 
+    /// A number that changes whenever the keys of any key set the issuers
+    /// fetch from a URL change: the sum of their generations, each of which
+    /// only grows. Read it before the keys are read (as [`Self::verify`]
+    /// and the server's decision cache do): keys are published before
+    /// their generation is bumped, so a check that reads the new epoch
+    /// verifies with the new keys, and a check that read the old epoch
+    /// files its result where no later lookup looks.
+    pub fn key_epoch(issuers: &Issuers) -> u64 {
+        issuers
+            .remote_key_sets()
+            .fold(0u64, |sum, keys| sum.wrapping_add(keys.generation()))
+    }
+
     /// Verifies `token`, or returns the earlier verification of it under the
-    /// same policy version. `allowed` names the issuers the caller accepts.
+    /// same policy version and key epoch. `allowed` names the issuers the
+    /// caller accepts.
     pub fn verify(
         &self,
         issuers: &Issuers,
@@ -87,26 +162,59 @@ impl TokenCache {
         token: &str,
         now: u64,
     ) -> Result<Arc<Principal>, TokenError> {
-        let key = cache_key(policy_version, token);
-        if let Some(principal) = self.entries.get(&key) {
-            self.stats.hit();
-            let issuer_allowed = allowed
-                .iter()
-                .filter_map(|&i| issuers.get(i))
-                .any(|issuer| issuer.name == principal.issuer);
-            if !issuer_allowed {
-                return Err(TokenError::UnknownIssuer);
-            }
-            if now > issuers.valid_until(&principal) {
-                self.entries.invalidate(&key);
-                return Err(TokenError::Expired);
-            }
-            return Ok(principal);
+        let key = Self::key(issuers, policy_version, token);
+        if let Some(found) = self.lookup(&key, issuers, allowed, now) {
+            return found;
         }
-        self.stats.miss();
         let principal = Arc::new(issuers.verify(allowed, token, now)?);
-        self.entries.insert(key, principal.clone());
+        self.remember(key, principal.clone());
         Ok(principal)
+    }
+
+    /// The first half of [`Self::verify`]: where the verification of
+    /// `token` is filed, by the key epoch as of now.
+    pub fn key(issuers: &Issuers, policy_version: &str, token: &str) -> TokenKey {
+        let epoch = Self::key_epoch(issuers);
+        let mut hasher = Sha256::new();
+        hasher.update((policy_version.len() as u64).to_le_bytes());
+        hasher.update(policy_version.as_bytes());
+        hasher.update(epoch.to_le_bytes());
+        hasher.update(token.as_bytes());
+        TokenKey(hasher.finalize().into())
+    }
+
+    /// The verification filed under `key`, checked against `allowed` and
+    /// the clock; `None` when there is none.
+    fn lookup(
+        &self,
+        key: &TokenKey,
+        issuers: &Issuers,
+        allowed: &[usize],
+        now: u64,
+    ) -> Option<Result<Arc<Principal>, TokenError>> {
+        let Some(principal) = self.entries.get(key) else {
+            self.stats.miss();
+            return None;
+        };
+        self.stats.hit();
+        let issuer_allowed = allowed
+            .iter()
+            .filter_map(|&i| issuers.get(i))
+            .any(|issuer| issuer.name == principal.issuer);
+        if !issuer_allowed {
+            return Some(Err(TokenError::UnknownIssuer));
+        }
+        if now > issuers.valid_until(&principal) {
+            self.entries.invalidate(key);
+            return Some(Err(TokenError::Expired));
+        }
+        Some(Ok(principal))
+    }
+
+    /// The second half of [`Self::verify`]: files a successful
+    /// verification under the key computed before it started.
+    pub fn remember(&self, key: TokenKey, principal: Arc<Principal>) {
+        self.entries.insert(key, principal);
     }
 
     /// Entries currently held (approximate, as moka counts).
@@ -117,12 +225,4 @@ impl TokenCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn cache_key(policy_version: &str, token: &str) -> Key {
-    let mut hasher = Sha256::new();
-    hasher.update(policy_version.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(token.as_bytes());
-    hasher.finalize().into()
 }
