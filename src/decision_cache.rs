@@ -2,8 +2,9 @@
 //!
 //! The key is a SHA-256 of the policy version, the key epoch of the keys
 //! fetched from URLs ([`TokenCache::key_epoch`]) and everything a decision
-//! reads from the request: method, raw path, host, context extensions and
-//! the credential. A reload publishes a new version and a key change a new
+//! reads from the request: method, raw path, host, destination principal,
+//! context extensions, verified payloads and the credential (the key
+//! function destructures the request, so a new field cannot be forgotten). A reload publishes a new version and a key change a new
 //! epoch, so no decision made under an old policy or with removed keys can
 //! ever be served again. Within one version a decision changes only with
 //! time, through the token's validity: each entry carries the time until
@@ -137,18 +138,31 @@ impl DecisionCache {
             hasher.update((bytes.len() as u64).to_le_bytes());
             hasher.update(bytes);
         };
+        // Every field the engine may read; a field added to the request is a
+        // compile error here until the key covers it.
+        let RequestAttrs {
+            method,
+            path,
+            host,
+            destination,
+            context_extensions,
+            credential,
+            request_id: _, // for the log only
+            verified_payloads,
+        } = request;
         field(version.as_bytes());
         field(&key_epoch.to_le_bytes());
-        field(request.method.as_bytes());
-        field(request.path.as_bytes());
-        field(request.host.as_bytes());
-        field(&(request.context_extensions.len() as u64).to_le_bytes());
-        for (name, value) in &request.context_extensions {
+        field(method.as_bytes());
+        field(path.as_bytes());
+        field(host.as_bytes());
+        field(destination.as_bytes());
+        field(&(context_extensions.len() as u64).to_le_bytes());
+        for (name, value) in context_extensions {
             field(name.as_bytes());
             field(value.as_bytes());
         }
-        field(&(request.verified_payloads.len() as u64).to_le_bytes());
-        for (key, claims) in &request.verified_payloads {
+        field(&(verified_payloads.len() as u64).to_le_bytes());
+        for (key, claims) in verified_payloads {
             field(key.as_bytes());
             field(
                 serde_json::Value::Object(claims.clone())
@@ -156,7 +170,7 @@ impl DecisionCache {
                     .as_bytes(),
             );
         }
-        match &request.credential {
+        match credential {
             Credential::Absent => field(b"absent"),
             Credential::Bearer(token) => {
                 field(b"bearer");
@@ -210,5 +224,37 @@ impl DecisionCache {
     /// Forgets every decision.
     pub fn clear(&self) {
         self.entries.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_that_differ_in_what_the_engine_reads_never_share_a_key() {
+        let base = RequestAttrs {
+            method: "GET".into(),
+            path: "/documents/1".into(),
+            credential: Credential::Bearer("t".into()),
+            ..Default::default()
+        };
+        let key = |r: &RequestAttrs| DecisionCache::key("v1", 0, r);
+        let mut other_destination = base.clone();
+        other_destination.destination = "spiffe://cluster.local/ns/billing/sa/api".into();
+        let mut other_host = base.clone();
+        other_host.host = "billing.example.com".into();
+        let mut other_context = base.clone();
+        other_context
+            .context_extensions
+            .insert("app".into(), "billing".into());
+        for other in [other_destination, other_host, other_context] {
+            assert_ne!(key(&base), key(&other), "{other:?}");
+        }
+        assert_ne!(key(&base), DecisionCache::key("v2", 0, &base));
+        assert_ne!(key(&base), DecisionCache::key("v1", 1, &base));
+        let mut only_id = base.clone();
+        only_id.request_id = Some("abc".into());
+        assert_eq!(key(&base), key(&only_id));
     }
 }

@@ -10,7 +10,7 @@ client, Envoy and the servers share (the report says how many).
    tonic stack, and against `portcullis serve` (release) on the scaled
    documents workload: 10k users, 100k documents, 200k grants, 1k distinct
    tokens, ~60% allows. Portcullis runs with its decision cache as shipped
-   and with it off (`--decision-cache-capacity 0`: every check is decided),
+   and with it off (`--decision-cache-bytes 0`: every check is decided),
    logging off (PORTCULLIS_LOG=warn, --log-allow-rate 0); the rounds
    alternate so drift hits every server alike. One more run has the
    decision log on (every decision written as JSON). Besides req/s and
@@ -85,10 +85,10 @@ def direct(args, binary, loadbench, workload, run_dir):
     servers = [("noop", start_noop(loadbench, run_dir))]
     servers.append(("portcullis", start_portcullis(binary, workload / "policies", run_dir,
                                                    "portcullis")))
-    if serve_supports(binary, "--decision-cache-capacity"):
+    if serve_supports(binary, "--decision-cache-bytes"):
         servers.append(("portcullis-nocache", start_portcullis(
             binary, workload / "policies", run_dir, "portcullis-nocache",
-            extra=["--decision-cache-capacity", "0"])))
+            extra=["--decision-cache-bytes", "0"])))
     try:
         for round_ in range(args.rounds):
             log(f"direct gRPC, closed loop, round {round_ + 1}/{args.rounds}")

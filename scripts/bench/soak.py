@@ -64,7 +64,7 @@ def main():
     parser.add_argument("--warmup", type=float, default=None,
                         help="seconds before the start RSS window (default: 20%% of the soak, at least 30)")
     parser.add_argument("--serve-arg", action="append", default=[],
-                        help="an extra `portcullis serve` argument, e.g. --serve-arg=--decision-cache-capacity=0")
+                        help="an extra `portcullis serve` argument, e.g. --serve-arg=--decision-cache-bytes=0")
     parser.add_argument("--malloc-arena-max", type=int, default=None,
                         help="MALLOC_ARENA_MAX for portcullis (glibc), to tell allocator growth from a leak")
     parser.add_argument("--portcullis", default=str(ROOT / "target/release/portcullis"))
