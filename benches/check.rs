@@ -12,7 +12,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use portcullis::adapter::{self, ResponseConfig};
 use portcullis::metrics::Metrics;
 use portcullis::server::Authorizer;
-use portcullis::token::TokenCache;
+use portcullis::token_cache::TokenCache;
 
 mod common;
 use common::{alice_token, bundled, check_request as request, NOW};

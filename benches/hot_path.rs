@@ -21,7 +21,7 @@ use portcullis::engine::{self, Decision, RequestAttrs};
 use portcullis::path::{normalize, NormalPath, PathError};
 use portcullis::policy::PolicySet;
 use portcullis::server::Authorizer;
-use portcullis::token::TokenCache;
+use portcullis::token_cache::TokenCache;
 
 mod common;
 use common::{alice_token, bundled, bundled_with_grants, user42, verified_request, NOW};

@@ -14,7 +14,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::policy::{load_policies, PolicySet};
-use portcullis::token::TokenCache;
+use portcullis::token_cache::TokenCache;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use tempfile::TempDir;
 

@@ -29,7 +29,8 @@ use crate::policy::{load_policies, PolicySet};
 use crate::reload::{self, Reloader, WatchConfig};
 use crate::server::{self, Authorizer, DEFAULT_TOKEN_CACHE_BYTES};
 use crate::tls::{self, ServerTls, TlsFiles};
-use crate::token::{KeySet, TokenCache, DEFAULT_TOKEN_CACHE_TTL};
+use crate::token::KeySet;
+use crate::token_cache::{TokenCache, DEFAULT_TOKEN_CACHE_TTL};
 
 /// Exit code for configuration errors (sysexits.h EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;

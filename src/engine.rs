@@ -16,7 +16,7 @@ use crate::path::{self, PathError};
 use crate::policy::{
     normalize_host, Access, Connections, Holder, PolicySet, ResourceKey, SelectInput, Selection,
 };
-use crate::token::{Principal, TokenCache, TokenError};
+use crate::token::{Principal, TokenError};
 
 /// A request as Portcullis sees it, free of any protocol's types.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,18 +110,6 @@ impl Authenticate for KnownPrincipal {
         _: u64,
     ) -> Result<Arc<Principal>, TokenError> {
         Ok(self.0.clone())
-    }
-}
-
-impl Authenticate for TokenCache {
-    fn authenticate(
-        &self,
-        policy: &PolicySet,
-        allowed: &[usize],
-        token: &str,
-        now: u64,
-    ) -> Result<Arc<Principal>, TokenError> {
-        self.verify(&policy.issuers, &policy.version, allowed, token, now)
     }
 }
 

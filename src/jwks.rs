@@ -22,7 +22,8 @@ use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
-use crate::token::{self, RemoteKeys};
+use crate::remote_keys::RemoteKeys;
+use crate::token;
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1 << 20;

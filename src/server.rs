@@ -41,7 +41,8 @@ use crate::decision_cache::DecisionCache;
 use crate::engine::{self, Decision, Reason, RequestAttrs};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
-use crate::token::{TokenCache, TokenError};
+use crate::token::TokenError;
+use crate::token_cache::TokenCache;
 
 /// The current policy, replaced whole by a reload.
 pub type PolicyHandle = Arc<ArcSwap<PolicySet>>;

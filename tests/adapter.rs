@@ -15,7 +15,7 @@ use portcullis::adapter::ResponseConfig;
 use portcullis::engine::{Decision, Reason};
 use portcullis::policy::load_policies;
 use portcullis::server::Authorizer;
-use portcullis::token::TokenCache;
+use portcullis::token_cache::TokenCache;
 
 const SECRET: &str = "adapter-test-secret-0123456789abcdef-xyz";
 const NOW: u64 = 1_800_000_000;

@@ -20,7 +20,8 @@ use portcullis::adapter::ResponseConfig;
 use portcullis::engine::Reason;
 use portcullis::policy::load_policies;
 use portcullis::server::Authorizer;
-use portcullis::token::{TokenCache, TokenError};
+use portcullis::token::TokenError;
+use portcullis::token_cache::TokenCache;
 use serde_json::{json, Value};
 use support::{bearer, copy_policies, now, Response, Stack};
 

@@ -14,7 +14,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use portcullis::adapter::ResponseConfig;
 use portcullis::policy::load_policies;
 use portcullis::server::{self, Authorizer};
-use portcullis::token::TokenCache;
+use portcullis::token_cache::TokenCache;
 use support::grpc_status;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

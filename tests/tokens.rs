@@ -18,7 +18,8 @@ use portcullis::engine::{
     decide, Credential, Decision, Effect, Reason, RequestAttrs, Status, VerifyEveryTime,
 };
 use portcullis::policy::{load_policies, LoadErrors, PolicySet};
-use portcullis::token::{Principal, TokenCache, TokenError, MAX_SUBJECT_LEN, MAX_TOKEN_LEN};
+use portcullis::token::{Principal, TokenError, MAX_SUBJECT_LEN, MAX_TOKEN_LEN};
+use portcullis::token_cache::TokenCache;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;

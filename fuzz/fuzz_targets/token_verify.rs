@@ -7,7 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::token::{TokenCache, MAX_GROUPS, MAX_SUBJECT_LEN};
+use portcullis::token::{MAX_GROUPS, MAX_SUBJECT_LEN};
+use portcullis::token_cache::TokenCache;
 use portcullis_fuzz::{token_world, NOW};
 
 fuzz_target!(|data: &[u8]| {

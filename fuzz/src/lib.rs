@@ -22,7 +22,7 @@ use portcullis::adapter::ResponseConfig;
 use portcullis::decision_cache::DecisionCache;
 use portcullis::policy::{load_policies, PolicySet};
 use portcullis::server::Authorizer;
-use portcullis::token::TokenCache;
+use portcullis::token_cache::TokenCache;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};

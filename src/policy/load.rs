@@ -25,7 +25,8 @@ use super::{
     RoleId,
 };
 use crate::path;
-use crate::token::{self, Issuer, Issuers, KeySet, NamePattern, RefreshPolicy, RemoteKeys};
+use crate::remote_keys::{RefreshPolicy, RemoteKeys};
+use crate::token::{self, Issuer, Issuers, KeySet, NamePattern};
 use crate::yaml::{self, LineIndex, Step};
 
 /// Role ids by name, and the declared group names: looked up once per grant

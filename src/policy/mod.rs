@@ -1,8 +1,9 @@
 //! A compiled, immutable policy: what the engine decides against.
 //!
 //! A [`PolicySet`] is built whole by [`load_policies`] and never changed
-//! afterwards; a reload builds a new one. Names are resolved and templates
-//! compiled at load time, so nothing here can fail while deciding.
+//! afterwards, except the current keys of an issuer's `jwks_url`, which the
+//! fetcher swaps whole; a reload builds a new set. Names are resolved and
+//! templates compiled at load time, so nothing here can fail while deciding.
 
 pub mod grants;
 mod load;

@@ -5,11 +5,7 @@
 //! `jsonwebtoken` checks signatures, `iss` and `aud`; this module pins the
 //! algorithm per issuer, picks the key, and checks the time claims itself.
 
-mod cache;
-mod remote;
-
-pub use cache::{TokenCache, DEFAULT_TOKEN_CACHE_TTL};
-pub use remote::{RefreshPolicy, RemoteKeys};
+use crate::remote_keys::RemoteKeys;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -20,10 +20,12 @@ use moka::sync::Cache;
 use moka::Expiry;
 use sha2::{Digest, Sha256};
 
-use super::{Issuers, Principal, TokenError};
+use crate::engine::Authenticate;
 use crate::metrics::{
     CacheSize, CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES,
 };
+use crate::policy::PolicySet;
+use crate::token::{Issuers, Principal, TokenError};
 
 /// Where a verification is filed: SHA-256 of the policy version, the key
 /// epoch and the token.
@@ -224,5 +226,19 @@ impl TokenCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The server's way of authenticating: each token verified once, then
+/// remembered (the engine itself caches nothing).
+impl Authenticate for TokenCache {
+    fn authenticate(
+        &self,
+        policy: &PolicySet,
+        allowed: &[usize],
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<Principal>, TokenError> {
+        self.verify(&policy.issuers, &policy.version, allowed, token, now)
     }
 }

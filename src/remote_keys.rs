@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::AlgorithmFamily;
 use tokio::sync::{watch, Notify};
 
-use super::JwkKey;
+use crate::token::JwkKey;
 
 /// How often a remote key set is fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
