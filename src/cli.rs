@@ -1,7 +1,8 @@
 //! The command line: `serve`, `validate`, `check`, `test` and `token`.
 //!
-//! Each subcommand loads policies with the one loader and hands them to the
-//! library; nothing here decides anything. Exit codes are for scripts:
+//! Each subcommand parses its arguments and hands them to the library:
+//! `serve` to [`crate::app`], the others to the one loader and the engine;
+//! nothing here decides anything. Exit codes ([`Exit`]) are for scripts:
 //! `check` exits 0 on allow, 2 on deny, 1 on error; `validate` and `test`
 //! 0 or 1; `serve` exits 78 (EX_CONFIG) when the policies or the TLS files
 //! do not load and 64 (EX_USAGE) for settings that contradict each other.
@@ -10,30 +11,22 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{EncodingKey, Header};
 
-use crate::adapter::{self, ResponseConfig, DEFAULT_SUBJECT_HEADER};
-use crate::admin::{self, AdminLimits, AdminState, Readiness};
-use crate::decision_cache::{
-    DecisionCache, DEFAULT_DECISION_CACHE_BYTES, DEFAULT_DECISION_CACHE_TTL,
-};
+use crate::adapter::{self, DEFAULT_SUBJECT_HEADER};
+use crate::app::{self, Exit, ServeConfig};
+use crate::decision_cache::{DEFAULT_DECISION_CACHE_BYTES, DEFAULT_DECISION_CACHE_TTL};
 use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
 use crate::jwks::JwksFetcher;
-use crate::metrics::Metrics;
 use crate::policy::{load_policies, PolicySet};
-use crate::reload::{self, Reloader, WatchConfig};
-use crate::server::{self, Authorizer, DEFAULT_TOKEN_CACHE_BYTES};
-use crate::tls::{self, ServerTls, TlsFiles};
+use crate::reload::WatchConfig;
+use crate::server::DEFAULT_TOKEN_CACHE_BYTES;
+use crate::tls::TlsFiles;
 use crate::token::KeySet;
-use crate::token_cache::{TokenCache, DEFAULT_TOKEN_CACHE_TTL};
-
-/// Exit code for configuration errors (sysexits.h EX_CONFIG).
-pub const EXIT_CONFIG: u8 = 78;
+use crate::token_cache::DEFAULT_TOKEN_CACHE_TTL;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -339,7 +332,7 @@ fn check(args: CheckArgs) -> ExitCode {
     if decision.is_allowed() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(2)
+        Exit::Deny.into()
     }
 }
 
@@ -437,269 +430,42 @@ fn token(args: TokenArgs) -> ExitCode {
     }
 }
 
-/// Exit code for command-line misuse (sysexits.h EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
-
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging();
-    // Everything is validated before any port is bound.
-    let subject_header = args.subject_header.to_ascii_lowercase();
-    let header_ok = !subject_header.is_empty()
-        && subject_header
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !header_ok {
-        eprintln!(
-            "--subject-header {:?} is not a valid header name",
-            args.subject_header
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
-    if args.admin_listen == args.listen && args.listen.port() != 0 {
-        eprintln!(
-            "--admin-listen and --listen must differ (both are {})",
-            args.listen
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let tls_files = match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
+    let tls = match (args.tls_cert, args.tls_key, args.tls_client_ca) {
         (Some(cert), Some(key), client_ca) => Some(TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: client_ca.clone(),
+            cert,
+            key,
+            client_ca,
         }),
         (None, None, None) => None,
         (None, None, Some(_)) => {
             eprintln!("--tls-client-ca needs --tls-cert and --tls-key");
-            return ExitCode::from(EXIT_USAGE);
+            return Exit::Usage.into();
         }
         _ => {
             eprintln!("--tls-cert and --tls-key go together: give both or neither");
-            return ExitCode::from(EXIT_USAGE);
+            return Exit::Usage.into();
         }
     };
-    let tls = match tls_files.map(ServerTls::load).transpose() {
-        Ok(tls) => tls.map(Arc::new),
-        Err(e) => {
-            tracing::error!(error = %e, "tls error");
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let tokens = TokenCache::with_max_bytes(
-        args.token_cache_bytes,
-        Duration::from_secs(args.token_cache_ttl_seconds),
-    );
-    let decisions = (args.decision_cache_bytes > 0).then(|| {
-        DecisionCache::with_max_bytes(
-            args.decision_cache_bytes,
-            Duration::from_secs(args.decision_cache_ttl_seconds),
-        )
-    });
-    let mut caches = vec![("token", tokens.stats())];
-    caches.extend(decisions.iter().map(|d| ("decision", d.stats())));
-    let metrics = Arc::new(Metrics::new(caches));
-    let mut policy = match load_policies(&args.policies) {
-        Ok(policy) => policy,
-        Err(errors) => {
-            metrics.record_policy_load(Err(()));
-            for e in &errors.0 {
-                tracing::error!(error = %e, "policy error");
-                eprintln!("{e}");
-            }
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    metrics.record_policy_load(Ok((&policy.version, policy.grants.len())));
-    // The parse trees of a large policy are freed by now; hand them back.
-    reload::release_freed_memory();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let signal = match shutdown_signal() {
-            Ok(signal) => signal,
-            Err(e) => {
-                eprintln!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        // A change of an issuer's fetched keys forgets every verification;
-        // a new policy version leaves the old entries unreachable: drop them.
-        let clear_caches = {
-            let (tokens, decisions) = (tokens.clone(), decisions.clone());
-            move || {
-                tokens.clear();
-                if let Some(cache) = &decisions {
-                    cache.clear();
-                }
-            }
-        };
-        let on_publish = Box::new(clear_caches.clone());
-        let clear_caches = Box::new(clear_caches);
-        let fetcher = match JwksFetcher::new(clear_caches, Some(metrics.clone())) {
-            Ok(fetcher) => fetcher,
-            Err(e) => {
-                eprintln!("cannot build the JWKS client: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        fetcher.adopt(&mut policy);
-        let policy = Arc::new(ArcSwap::from_pointee(policy));
-        let adopter = fetcher.clone();
-        let reloader = Reloader::new(&args.policies, policy.clone(), Some(metrics.clone()))
-            .with_prepare(Box::new(move |policy| adopter.adopt(policy)))
-            .with_published(on_publish);
-        let reloader = Arc::new(reloader);
-        let watch_config = WatchConfig {
+    app::serve(ServeConfig {
+        policies: args.policies,
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        subject_header: args.subject_header,
+        token_cache_bytes: args.token_cache_bytes,
+        token_cache_ttl: Duration::from_secs(args.token_cache_ttl_seconds),
+        decision_cache_bytes: args.decision_cache_bytes,
+        decision_cache_ttl: Duration::from_secs(args.decision_cache_ttl_seconds),
+        log_allow_rate: args.log_allow_rate,
+        drain: Duration::from_secs(args.drain_seconds),
+        watch: WatchConfig {
             watch_files: args.watch,
-            debounce: std::time::Duration::from_millis(args.reload_debounce_ms),
-        };
-        let reloads = match reload::watch(reloader, watch_config) {
-            Ok(reloads) => reloads,
-            Err(e) => {
-                eprintln!("cannot watch {}: {e}", args.policies.display());
-                return ExitCode::FAILURE;
-            }
-        };
-        let tls_reloads = match tls.clone().map(|tls| tls::watch(tls, watch_config)) {
-            None => None,
-            Some(Ok(reloads)) => Some(reloads),
-            Some(Err(e)) => {
-                eprintln!("cannot watch the TLS files: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let bind = |address: SocketAddr| async move {
-            tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|e| eprintln!("cannot listen on {address}: {e}"))
-        };
-        let Ok(admin_listener) = bind(args.admin_listen).await else {
-            return ExitCode::FAILURE;
-        };
-        let Ok(listener) = bind(args.listen).await else {
-            return ExitCode::FAILURE;
-        };
-        let admin_address = admin_listener.local_addr().unwrap_or(args.admin_listen);
-        let address = listener.local_addr().unwrap_or(args.listen);
-
-        let readiness = Arc::new(Readiness::default());
-        let admin_state = AdminState {
-            readiness: readiness.clone(),
-            metrics: metrics.clone(),
-            policy: policy.clone(),
-        };
-        let authorizer = Authorizer::new(
-            policy.clone(),
-            tokens,
-            ResponseConfig::new(&subject_header),
-            server::system_clock(),
-        )
-        .with_metrics(metrics)
-        .with_allow_log_rate(args.log_allow_rate)
-        .with_readiness(readiness.clone());
-        let authorizer = match decisions {
-            Some(cache) => authorizer.with_decision_cache(cache),
-            None => authorizer,
-        };
-
-        let (stop_checks, checks_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = tokio::spawn(admin::run(admin_listener, admin_state, async {
-            let _ = admin_stopped.await;
-        }));
-        let checks_stopped = async {
-            let _ = checks_stopped.await;
-        };
-        let mut checks = match &tls {
-            Some(tls) => tokio::spawn(server::run_with_incoming(
-                tls::incoming(listener, tls.clone()),
-                authorizer,
-                checks_stopped,
-            )),
-            None => tokio::spawn(server::run(listener, authorizer, checks_stopped)),
-        };
-        tokio::spawn(reloads);
-        if let Some(tls_reloads) = tls_reloads {
-            tokio::spawn(tls_reloads);
-        }
-        readiness.set(true);
-        let version = policy.load().version.clone();
-        let transport = match &tls {
-            Some(tls) if tls.requires_client_certificates() => "mtls",
-            Some(_) => "tls",
-            None => "plaintext",
-        };
-        tracing::info!(address = %address, admin_address = %admin_address, transport, policy_version = %version, "serving");
-        announce(&format!("listening on {address}\nadmin listening on {admin_address}\n"));
-
-        let mut code = ExitCode::SUCCESS;
-        tokio::select! {
-            () = signal => {
-                // Stop being chosen first, then stop taking checks.
-                readiness.set(false);
-                let _ = stop_checks.send(());
-                let drain = std::time::Duration::from_secs(args.drain_seconds);
-                match tokio::time::timeout(drain, &mut checks).await {
-                    Ok(Ok(Ok(()))) => tracing::info!("checks drained"),
-                    Ok(outcome) => {
-                        tracing::error!(?outcome, "the check server failed while draining");
-                        code = ExitCode::FAILURE;
-                    }
-                    Err(_) => tracing::warn!(seconds = args.drain_seconds, "drain timed out; exiting with checks in flight"),
-                }
-            }
-            outcome = &mut checks => {
-                readiness.set(false);
-                tracing::error!(?outcome, "the check server stopped");
-                eprintln!("the check server stopped: {outcome:?}");
-                code = ExitCode::FAILURE;
-            }
-        }
-        let _ = stop_admin.send(());
-        // The admin server bounds its own shutdown; this bounds it again,
-        // so nothing a client of the admin port does can hold the exit.
-        let admin_limit = AdminLimits::default().shutdown_grace + Duration::from_secs(1);
-        if tokio::time::timeout(admin_limit, admin).await.is_err() {
-            tracing::warn!("the admin server did not stop in time; exiting anyway");
-        }
-        tracing::info!("stopped");
-        code
+            debounce: Duration::from_millis(args.reload_debounce_ms),
+        },
+        tls,
     })
-}
-
-/// Writes the listening addresses for whoever started us. A reader that
-/// has gone away (a closed pipe) must not take the server down with it,
-/// as `println!` would by panicking.
-fn announce(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
-}
-
-/// A future that completes on SIGTERM or SIGINT. The handlers are
-/// installed by this call, before the listener is announced, so a signal
-/// sent as soon as the address is printed still shuts down gracefully.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        tracing::info!("shutting down: finishing checks in flight");
-    })
+    .into()
 }
 
 fn init_logging() {

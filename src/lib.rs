@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod app;
 pub mod cases;
 pub mod cli;
 pub mod decision_cache;

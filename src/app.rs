@@ -1,0 +1,384 @@
+//! The service, wired: validated settings in, a running server out.
+//!
+//! [`ServeConfig`] holds every setting of `serve`, checked once
+//! ([`ServeConfig::check`]: contradictions are [`Exit::Usage`]). [`App::build`]
+//! loads what must load before any port is bound (policies, TLS files:
+//! [`Exit::Config`] when they do not) and builds the caches and metrics;
+//! [`App::run`] then serves ext_authz and the admin port on listeners it is
+//! given, until `shutdown` completes, and drains. Tests run the whole
+//! service in-process on `127.0.0.1:0` with the same `run`; [`serve`] is what
+//! the binary does (its own runtime, bound listeners, SIGTERM/SIGINT).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+
+use crate::adapter::ResponseConfig;
+use crate::admin::{self, AdminLimits, AdminState, Readiness};
+use crate::decision_cache::DecisionCache;
+use crate::jwks::JwksFetcher;
+use crate::metrics::Metrics;
+use crate::policy::{load_policies, PolicySet};
+use crate::reload::{self, Reloader, WatchConfig};
+use crate::server::{self, Authorizer};
+use crate::tls::{self, ServerTls, TlsFiles};
+use crate::token_cache::TokenCache;
+
+/// How a command ends, as a script sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done; for `check`, allowed.
+    Ok = 0,
+    /// A runtime error, or failed checks.
+    Failure = 1,
+    /// `check` decided deny.
+    Deny = 2,
+    /// Settings that contradict each other (sysexits.h EX_USAGE).
+    Usage = 64,
+    /// Policies or TLS files that do not load (sysexits.h EX_CONFIG).
+    Config = 78,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// Every setting of `serve`. Built by the command line; [`Self::check`]
+/// refuses contradictions before anything is loaded.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub policies: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// The header that carries the verified subject upstream.
+    pub subject_header: String,
+    pub token_cache_bytes: u64,
+    pub token_cache_ttl: Duration,
+    /// 0 turns the decision cache off.
+    pub decision_cache_bytes: u64,
+    pub decision_cache_ttl: Duration,
+    /// Fraction of allows written to the decision log.
+    pub log_allow_rate: f64,
+    /// How long checks in flight may take after shutdown begins.
+    pub drain: Duration,
+    pub watch: WatchConfig,
+    pub tls: Option<TlsFiles>,
+}
+
+impl ServeConfig {
+    /// Refuses settings that contradict each other, with a message for the
+    /// operator; the subject header comes back lower-cased.
+    pub fn check(mut self) -> Result<Self, String> {
+        let header = self.subject_header.to_ascii_lowercase();
+        let header_ok = !header.is_empty()
+            && header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !header_ok {
+            return Err(format!(
+                "--subject-header {:?} is not a valid header name",
+                self.subject_header
+            ));
+        }
+        self.subject_header = header;
+        if self.admin_listen == self.listen && self.listen.port() != 0 {
+            return Err(format!(
+                "--admin-listen and --listen must differ (both are {})",
+                self.listen
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// The listeners the service answers on, bound by the caller.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Everything loaded and built before a port is bound.
+pub struct App {
+    config: ServeConfig,
+    policy: PolicySet,
+    tls: Option<Arc<ServerTls>>,
+    tokens: TokenCache,
+    decisions: Option<DecisionCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Loads the policies and TLS files and builds the caches and metrics.
+    /// Every error is printed to stderr and logged; the exit code says which
+    /// kind it was.
+    pub fn build(config: ServeConfig) -> Result<Self, Exit> {
+        let config = config.check().map_err(|message| {
+            eprintln!("{message}");
+            Exit::Usage
+        })?;
+        let tls = match config.tls.clone().map(ServerTls::load).transpose() {
+            Ok(tls) => tls.map(Arc::new),
+            Err(e) => {
+                tracing::error!(error = %e, "tls error");
+                eprintln!("{e}");
+                return Err(Exit::Config);
+            }
+        };
+        let tokens = TokenCache::with_max_bytes(config.token_cache_bytes, config.token_cache_ttl);
+        let decisions = (config.decision_cache_bytes > 0).then(|| {
+            DecisionCache::with_max_bytes(config.decision_cache_bytes, config.decision_cache_ttl)
+        });
+        let mut caches = vec![("token", tokens.stats())];
+        caches.extend(decisions.iter().map(|d| ("decision", d.stats())));
+        let metrics = Arc::new(Metrics::new(caches));
+        let policy = match load_policies(&config.policies) {
+            Ok(policy) => policy,
+            Err(errors) => {
+                metrics.record_policy_load(Err(()));
+                for e in &errors.0 {
+                    tracing::error!(error = %e, "policy error");
+                    eprintln!("{e}");
+                }
+                return Err(Exit::Config);
+            }
+        };
+        metrics.record_policy_load(Ok((&policy.version, policy.grants.len())));
+        // The parse trees of a large policy are freed by now; hand them back.
+        reload::release_freed_memory();
+        Ok(Self {
+            config,
+            policy,
+            tls,
+            tokens,
+            decisions,
+            metrics,
+        })
+    }
+
+    /// Serves until `shutdown` completes, then stops being ready, drains the
+    /// checks in flight (at most the configured drain time) and stops the
+    /// admin server. `on_listening` is told the bound addresses (gRPC, admin)
+    /// once the service is ready.
+    pub async fn run(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+        on_listening: impl FnOnce(SocketAddr, SocketAddr),
+    ) -> Exit {
+        let App {
+            config,
+            mut policy,
+            tls,
+            tokens,
+            decisions,
+            metrics,
+        } = self;
+        // A change of an issuer's fetched keys forgets every verification;
+        // a new policy version leaves the old entries unreachable: drop them.
+        let clear_caches = {
+            let (tokens, decisions) = (tokens.clone(), decisions.clone());
+            move || {
+                tokens.clear();
+                if let Some(cache) = &decisions {
+                    cache.clear();
+                }
+            }
+        };
+        let on_publish = Box::new(clear_caches.clone());
+        let fetcher = match JwksFetcher::new(Box::new(clear_caches), Some(metrics.clone())) {
+            Ok(fetcher) => fetcher,
+            Err(e) => {
+                eprintln!("cannot build the JWKS client: {e}");
+                return Exit::Failure;
+            }
+        };
+        fetcher.adopt(&mut policy);
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        let adopter = fetcher.clone();
+        let reloader = Reloader::new(&config.policies, policy.clone(), Some(metrics.clone()))
+            .with_prepare(Box::new(move |policy| adopter.adopt(policy)))
+            .with_published(on_publish);
+        let reloads = match reload::watch(Arc::new(reloader), config.watch) {
+            Ok(reloads) => reloads,
+            Err(e) => {
+                eprintln!("cannot watch {}: {e}", config.policies.display());
+                return Exit::Failure;
+            }
+        };
+        let tls_reloads = match tls.clone().map(|tls| tls::watch(tls, config.watch)) {
+            None => None,
+            Some(Ok(reloads)) => Some(reloads),
+            Some(Err(e)) => {
+                eprintln!("cannot watch the TLS files: {e}");
+                return Exit::Failure;
+            }
+        };
+        let admin_address = listeners.admin.local_addr().unwrap_or(config.admin_listen);
+        let address = listeners.grpc.local_addr().unwrap_or(config.listen);
+
+        let readiness = Arc::new(Readiness::default());
+        let admin_state = AdminState {
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            policy: policy.clone(),
+        };
+        let authorizer = Authorizer::new(
+            policy.clone(),
+            tokens,
+            ResponseConfig::new(&config.subject_header),
+            server::system_clock(),
+        )
+        .with_metrics(metrics)
+        .with_allow_log_rate(config.log_allow_rate)
+        .with_readiness(readiness.clone());
+        let authorizer = match decisions {
+            Some(cache) => authorizer.with_decision_cache(cache),
+            None => authorizer,
+        };
+
+        let (stop_checks, checks_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = tokio::spawn(admin::run(listeners.admin, admin_state, async {
+            let _ = admin_stopped.await;
+        }));
+        let checks_stopped = async {
+            let _ = checks_stopped.await;
+        };
+        let mut checks = match &tls {
+            Some(tls) => tokio::spawn(server::run_with_incoming(
+                tls::incoming(listeners.grpc, tls.clone()),
+                authorizer,
+                checks_stopped,
+            )),
+            None => tokio::spawn(server::run(listeners.grpc, authorizer, checks_stopped)),
+        };
+        let reloads = tokio::spawn(reloads);
+        let tls_reloads = tls_reloads.map(tokio::spawn);
+        readiness.set(true);
+        let version = policy.load().version.clone();
+        let transport = match &tls {
+            Some(tls) if tls.requires_client_certificates() => "mtls",
+            Some(_) => "tls",
+            None => "plaintext",
+        };
+        tracing::info!(address = %address, admin_address = %admin_address, transport, policy_version = %version, "serving");
+        on_listening(address, admin_address);
+
+        let mut exit = Exit::Ok;
+        tokio::select! {
+            () = shutdown => {
+                tracing::info!("shutting down: finishing checks in flight");
+                // Stop being chosen first, then stop taking checks.
+                readiness.set(false);
+                let _ = stop_checks.send(());
+                match tokio::time::timeout(config.drain, &mut checks).await {
+                    Ok(Ok(Ok(()))) => tracing::info!("checks drained"),
+                    Ok(outcome) => {
+                        tracing::error!(?outcome, "the check server failed while draining");
+                        exit = Exit::Failure;
+                    }
+                    Err(_) => tracing::warn!(seconds = config.drain.as_secs(), "drain timed out; exiting with checks in flight"),
+                }
+            }
+            outcome = &mut checks => {
+                readiness.set(false);
+                tracing::error!(?outcome, "the check server stopped");
+                eprintln!("the check server stopped: {outcome:?}");
+                exit = Exit::Failure;
+            }
+        }
+        let _ = stop_admin.send(());
+        // The admin server bounds its own shutdown; this bounds it again,
+        // so nothing a client of the admin port does can hold the exit.
+        let admin_limit = AdminLimits::default().shutdown_grace + Duration::from_secs(1);
+        if tokio::time::timeout(admin_limit, admin).await.is_err() {
+            tracing::warn!("the admin server did not stop in time; exiting anyway");
+        }
+        // In-process runs outlive this call: no watcher may keep reloading.
+        reloads.abort();
+        if let Some(tls_reloads) = tls_reloads {
+            tls_reloads.abort();
+        }
+        tracing::info!("stopped");
+        exit
+    }
+}
+
+/// What `portcullis serve` does: everything checked and loaded before a
+/// port is bound, then served on its own runtime until SIGTERM or SIGINT.
+/// The bound addresses are printed on stdout for whoever started us.
+pub fn serve(config: ServeConfig) -> Exit {
+    let app = match App::build(config) {
+        Ok(app) => app,
+        Err(exit) => return exit,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return Exit::Failure;
+        }
+    };
+    runtime.block_on(async move {
+        let signal = match shutdown_signal() {
+            Ok(signal) => signal,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                return Exit::Failure;
+            }
+        };
+        let bind = |address: SocketAddr| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|e| eprintln!("cannot listen on {address}: {e}"))
+        };
+        let Ok(admin) = bind(app.config.admin_listen).await else {
+            return Exit::Failure;
+        };
+        let Ok(grpc) = bind(app.config.listen).await else {
+            return Exit::Failure;
+        };
+        app.run(Listeners { grpc, admin }, signal, |address, admin| {
+            announce(&format!(
+                "listening on {address}\nadmin listening on {admin}\n"
+            ));
+        })
+        .await
+    })
+}
+
+/// Writes the listening addresses for whoever started us. A reader that
+/// has gone away (a closed pipe) must not take the server down with it,
+/// as `println!` would by panicking.
+fn announce(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// A future that completes on SIGTERM or SIGINT. The handlers are
+/// installed by this call, before the listener is announced, so a signal
+/// sent as soon as the address is printed still shuts down gracefully.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
+}

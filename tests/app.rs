@@ -1,0 +1,145 @@
+//! The whole service in-process: `App::build` and `App::run` on listeners
+//! bound to 127.0.0.1:0, as `portcullis serve` runs them, with a shutdown
+//! the test controls. No child process, no environment variable: the
+//! issuer's secret is a file in the test's policy directory.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use portcullis::app::{App, Exit, Listeners, ServeConfig};
+use portcullis::reload::WatchConfig;
+use support::{copy_policies, grpc_status, send_raw, test_secret, token};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn config(policies: PathBuf) -> ServeConfig {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+    ServeConfig {
+        policies,
+        listen: any,
+        admin_listen: any,
+        subject_header: "X-Portcullis-Subject".into(),
+        token_cache_bytes: 1 << 20,
+        token_cache_ttl: Duration::from_secs(60),
+        decision_cache_bytes: 1 << 20,
+        decision_cache_ttl: Duration::from_secs(60),
+        log_allow_rate: 1.0,
+        drain: Duration::from_secs(5),
+        watch: WatchConfig {
+            watch_files: false,
+            debounce: Duration::from_millis(50),
+        },
+        tls: None,
+    }
+}
+
+/// The bundled policies with the demo secret in a file instead of the
+/// environment.
+fn policies() -> tempfile::TempDir {
+    let dir = copy_policies(|name, text| {
+        if name == "issuers.yaml" {
+            text.replace(
+                "secret_env: PORTCULLIS_DEMO_SECRET",
+                "secret_file: demo.secret",
+            )
+        } else {
+            text
+        }
+    });
+    std::fs::write(dir.path().join("demo.secret"), test_secret()).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+async fn health(address: SocketAddr) -> i32 {
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn the_service_runs_in_process_and_drains_on_shutdown() {
+    let dir = policies();
+    let app = App::build(config(dir.path().to_path_buf())).unwrap_or_else(|e| panic!("{e:?}"));
+    let bind = || async {
+        TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let listeners = Listeners {
+        grpc: bind().await,
+        admin: bind().await,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (listening, addresses) = oneshot::channel::<(SocketAddr, SocketAddr)>();
+    let running = tokio::spawn(app.run(
+        listeners,
+        async {
+            let _ = stopped.await;
+        },
+        move |grpc, admin| {
+            let _ = listening.send((grpc, admin));
+        },
+    ));
+    let (grpc, admin) = addresses.await.unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(health(grpc).await, ServingStatus::Serving as i32);
+    let ready = tokio::task::spawn_blocking(move || send_raw(admin.port(), "GET", b"/ready", &[]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ready.status, 200);
+    let channel = Channel::from_shared(format!("http://{grpc}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut client = AuthorizationClient::new(channel);
+    let alice = format!("Bearer {}", token("alice"));
+    let allow = support::check_request("GET", "/documents/1", Some(&alice), "app-1");
+    assert_eq!(grpc_status(&mut client, allow).await, 200);
+    let deny = support::check_request("DELETE", "/documents/2", Some(&alice), "app-2");
+    assert_eq!(grpc_status(&mut client, deny).await, 403);
+
+    let _ = stop.send(());
+    let exit = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .unwrap_or_else(|_| panic!("the service did not stop within its drain bound"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(exit, Exit::Ok);
+}
+
+#[test]
+fn contradicting_settings_are_a_usage_error_and_bad_policies_a_config_error() {
+    let dir = policies();
+    let mut same_port = config(dir.path().to_path_buf());
+    same_port.listen = "127.0.0.1:9999".parse().unwrap_or_else(|e| panic!("{e}"));
+    same_port.admin_listen = same_port.listen;
+    assert_eq!(App::build(same_port).err(), Some(Exit::Usage));
+
+    let mut bad_header = config(dir.path().to_path_buf());
+    bad_header.subject_header = "x subject".into();
+    assert_eq!(App::build(bad_header).err(), Some(Exit::Usage));
+
+    std::fs::write(dir.path().join("broken.yaml"), "roles: [not, a, map]\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        App::build(config(dir.path().to_path_buf())).err(),
+        Some(Exit::Config)
+    );
+}
