@@ -59,6 +59,35 @@ struct Case {
     #[serde(default, rename = "as")]
     caller: Option<Caller>,
     expect: Expect,
+    /// How a deployment in front of Portcullis changes this request, for
+    /// the end-to-end runners; the engine and `portcullis test` ignore it.
+    #[serde(default)]
+    through: BTreeMap<Deployment, Through>,
+}
+
+/// A deployment the end-to-end tests run the case corpus through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deployment {
+    /// `envoy/front-proxy.yaml`.
+    FrontProxy,
+    /// The Istio-shaped sidecar of the end-to-end tests.
+    IstioSidecar,
+}
+
+/// What a deployment does to a case instead of what the engine decides.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Through {
+    /// The request cannot be sent through this deployment at all.
+    #[serde(default)]
+    pub skip: bool,
+    /// The HTTP status the client gets instead (Envoy's own answer, or
+    /// Portcullis's on the request as Envoy rewrote it).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Why: a case that differs says so.
+    pub because: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +136,13 @@ pub struct CaseOutcome {
     pub name: String,
     /// 1-based line of the case in its file.
     pub line: usize,
+    /// The request decided, for a request case (its credential stands for
+    /// the caller's verified token).
+    pub request: Option<RequestAttrs>,
+    /// The caller's subject and token groups, if any.
+    pub caller: Option<(String, Vec<String>)>,
+    /// How deployments change the case (for the end-to-end runners).
+    pub through: BTreeMap<Deployment, Through>,
     pub decision: Decision,
     /// What did not match the expectation; `None` when the case passed.
     pub failure: Option<String>,
@@ -154,6 +190,7 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
             .unwrap_or_default(),
         expires_at: u64::MAX,
     });
+    let mut decided_request = None;
     let decision = match (&case.request, &case.resource, &case.action) {
         (Some(request), None, None) => {
             let request = RequestAttrs {
@@ -169,7 +206,9 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
                 request_id: None,
                 verified_payloads: BTreeMap::new(),
             };
-            engine::decide(policy, &request, &KnownPrincipal(principal), 0)
+            let decision = engine::decide(policy, &request, &KnownPrincipal(principal), 0);
+            decided_request = Some(request);
+            decision
         }
         (None, Some(resource), Some(action)) if case.caller.is_some() => {
             let Some(index) = policy.actions.iter().position(|a| a == action) else {
@@ -229,6 +268,12 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
     CaseOutcome {
         name: case.name.clone(),
         line,
+        request: decided_request,
+        caller: case
+            .caller
+            .as_ref()
+            .map(|c| (c.subject.clone(), c.groups.clone())),
+        through: case.through.clone(),
         decision,
         failure,
     }
@@ -239,6 +284,9 @@ fn broken(case: &Case, line: usize, problem: String) -> CaseOutcome {
     CaseOutcome {
         name: case.name.clone(),
         line,
+        request: None,
+        caller: None,
+        through: BTreeMap::new(),
         decision: Decision::deny(engine::Status::Forbidden, engine::Reason::InternalError),
         failure: Some(problem),
     }

@@ -14,6 +14,8 @@
 // Each integration test compiles this module on its own and uses part of it.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fs::File;
