@@ -233,9 +233,15 @@ fn test(paths: &[PathBuf]) -> ExitCode {
             files.push(path.clone());
         }
     }
-    let (mut passed, mut failed, mut broken) = (0usize, 0usize, false);
+    let (mut passed, mut failed, mut broken) = (0usize, 0usize, 0usize);
+    let mut runner = crate::cases::CaseRunner::new();
     for file in &files {
-        match crate::cases::run_case_file(file) {
+        let outcome = runner.run_file(file);
+        // Each policy directory's warnings once, when it is first loaded.
+        for warning in runner.take_warnings() {
+            eprintln!("{warning}");
+        }
+        match outcome {
             Ok(outcomes) => {
                 for outcome in outcomes {
                     match outcome.failure {
@@ -253,18 +259,32 @@ fn test(paths: &[PathBuf]) -> ExitCode {
                 }
             }
             Err(errors) => {
-                broken = true;
+                broken += 1;
                 for e in errors {
                     println!("{e}");
                 }
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
-    if broken || failed > 0 || passed == 0 {
-        if passed == 0 && failed == 0 && !broken {
-            eprintln!("no test cases found");
-        }
+    // A summary never reads as a pass when nothing ran.
+    if passed + failed == 0 {
+        let why = if files.is_empty() {
+            "no case files (*.yaml, *.yml) found".to_owned()
+        } else if broken > 0 {
+            format!("{broken} of {} case files could not be run", files.len())
+        } else {
+            format!("the {} case files hold no cases", files.len())
+        };
+        println!("FAILED: no case ran: {why}");
+        return ExitCode::FAILURE;
+    }
+    let not_run = match broken {
+        0 => String::new(),
+        1 => ", 1 case file not run".to_owned(),
+        n => format!(", {n} case files not run"),
+    };
+    println!("{passed} passed, {failed} failed{not_run}");
+    if broken > 0 || failed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

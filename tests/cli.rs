@@ -385,3 +385,114 @@ fn grants_files_load_in_bulk_and_report_lines() {
         );
     }
 }
+
+/// `portcullis ARGS` with the environment variables `unset` removed from
+/// the child's environment only.
+fn portcullis_without(args: &[&str], unset: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command.args(args);
+    for name in unset {
+        command.env_remove(name);
+    }
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run portcullis: {e}"))
+}
+
+/// Case files never verify a token (`as:` stands for a verified one), so a
+/// CI without the issuers' secrets still runs every case. The missing
+/// secret is one warning, named as what it is, once per policy directory
+/// however many case files use it; nothing reads as an unknown issuer.
+#[test]
+fn test_runs_every_case_without_the_issuers_secrets() {
+    let cases = bundled().join("tests").join("documents.yaml");
+    let cases = cases.to_str().unwrap_or_default();
+    let with_secret = portcullis(&["test", cases]);
+    assert_eq!(
+        with_secret.status.code(),
+        Some(0),
+        "{}",
+        text(&with_secret.stdout)
+    );
+    let summary = text(&with_secret.stdout);
+    let summary = summary.lines().last().unwrap_or_default().to_owned();
+
+    // The same file twice: the policy directory is loaded (and warned about) once.
+    let out = portcullis_without(&["test", cases, cases], &["PORTCULLIS_DEMO_SECRET"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let passed: usize = summary
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {summary:?}"));
+    assert!(passed > 0, "{summary}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some(format!("{} passed, 0 failed", 2 * passed).as_str()),
+        "{stdout}"
+    );
+    let warnings: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    let issuers = std::fs::read_to_string(bundled().join("issuers.yaml")).unwrap_or_default();
+    let key_line = line_of(&issuers, "key:");
+    assert!(
+        warnings[0].contains(&format!("issuers.yaml:{key_line}: "))
+            && warnings[0].contains("warning: issuer \"demo-idp\": environment variable PORTCULLIS_DEMO_SECRET is not set"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("unknown issuer"), "{stdout}");
+}
+
+/// `validate` still refuses a missing secret, with that one error: the
+/// application that names the issuer does not get a second one saying the
+/// issuer is unknown (it is declared; it failed to load).
+#[test]
+fn validate_reports_a_missing_secret_once() {
+    let policies = bundled();
+    let out = portcullis_without(
+        &["validate", policies.to_str().unwrap_or_default()],
+        &["PORTCULLIS_DEMO_SECRET"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(
+            "issuer \"demo-idp\": environment variable PORTCULLIS_DEMO_SECRET is not set"
+        ),
+        "{stderr}"
+    );
+
+    // The same for an issuer that fails for another reason.
+    let dir = broken_copy("issuers.yaml", |c| c.replace("[HS256]", "[HS999]"));
+    let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unknown algorithm \"HS999\""), "{stderr}");
+    assert!(!stderr.contains("unknown issuer"), "{stderr}");
+}
+
+/// A run where nothing ran never reads as a pass: policies that do not load
+/// leave no `0 passed, 0 failed` behind, but a failure saying no case ran.
+#[test]
+fn test_says_no_case_ran_when_the_policies_do_not_load() {
+    let dir = broken_copy("roles.yaml", |c| format!("{c}\nnot yaml: [\n"));
+    let tests = dir.path().join("tests");
+    std::fs::create_dir(&tests).unwrap_or_else(|e| panic!("{e}"));
+    let file = tests.join("cases.yaml");
+    std::fs::write(
+        &file,
+        "cases:\n  - name: health\n    request: { method: GET, path: /healthz }\n    expect: { decision: allow }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = portcullis(&["test", file.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("0 passed"), "{stdout}");
+    assert!(
+        stdout.ends_with("FAILED: no case ran: 1 of 1 case files could not be run\n"),
+        "{stdout}"
+    );
+}
