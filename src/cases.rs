@@ -236,7 +236,11 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
         }
         (None, Some(resource), Some(action)) if case.caller.is_some() => {
             let Some(index) = policy.actions.iter().position(|a| a == action) else {
-                return broken(case, line, format!("no route names the action {action:?}"));
+                return broken(
+                    case,
+                    line,
+                    format!("no route or role names the action {action:?}"),
+                );
             };
             let mut d = engine::authorize(
                 policy,

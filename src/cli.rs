@@ -316,6 +316,24 @@ fn validate(dir: &Path) -> ExitCode {
         policy.issuers.len(),
         policy.version
     );
+    // Roles define actions no route names (asked about by resource and
+    // action); listed, so a misspelled one is seen, not silently new.
+    let routed: std::collections::HashSet<usize> = policy
+        .applications
+        .iter()
+        .flat_map(|a| a.routes.iter())
+        .filter_map(|r| r.action.as_ref().map(|(_, index)| *index))
+        .collect();
+    let role_only: Vec<&str> = (0..policy.actions.len())
+        .filter(|i| !routed.contains(i))
+        .filter_map(|i| policy.actions.get(i).map(String::as_str))
+        .collect();
+    if !role_only.is_empty() {
+        println!(
+            "note: actions no route names (only resource/action checks ask about them): {}",
+            role_only.join(", ")
+        );
+    }
     // The process exits next: freeing a million grants one by one would
     // only add a tenth of a second to every validation in CI.
     std::mem::forget(policy);

@@ -112,15 +112,70 @@ fn validate_reports_yaml_syntax_and_unknown_fields() {
         "{stderr}"
     );
 
-    let dir = broken_copy("roles.yaml", |c| {
-        c.replace("actions: [write]", "actions: [wirte]")
+    // A deny rule defines no action: one that no route or role names is a
+    // misspelling.
+    let dir = broken_copy("grants.yaml", |c| {
+        c.replace(
+            "    subject: mallory\n",
+            "    subject: mallory\n    actions: [wirte]\n",
+        )
     });
     let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("unknown action \"wirte\" in role \"editor\""),
+        stderr.contains(
+            "unknown action \"wirte\" in deny rule \"suspend-mallory\" (no route or role names it)"
+        ),
         "{stderr}"
     );
+}
+
+/// Actions a role lists are actions, whether or not a route maps to one:
+/// cases (and evaluation-style checks) ask about them directly, and deny
+/// rules may name them. `validate` lists them, so a misspelling shows.
+#[test]
+fn role_actions_are_actions_without_a_route() {
+    let dir = broken_copy("roles.yaml", |c| {
+        c.replace("actions: [create]", "actions: [create, can_audit]")
+    });
+    let grants = dir.path().join("grants.yaml");
+    let text_before = std::fs::read_to_string(&grants).unwrap_or_default();
+    std::fs::write(
+        &grants,
+        text_before.replace(
+            "    subject: mallory\n",
+            "    subject: mallory\n    actions: [read, can_audit]\n",
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let policies = dir.path().to_str().unwrap_or_default();
+    let out = portcullis(&["validate", policies]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "note: actions no route names (only resource/action checks ask about them): can_audit"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let tests = dir.path().join("tests");
+    std::fs::create_dir(&tests).unwrap_or_else(|e| panic!("{e}"));
+    let file = tests.join("audit.yaml");
+    std::fs::write(
+        &file,
+        "cases:\n  - name: an admin may audit\n    as: { subject: carol }\n    resource: document:1\n    action: can_audit\n    expect: { decision: allow, reason: granted }\n  - name: mallory may not\n    as: { subject: mallory }\n    resource: document:1\n    action: can_audit\n    expect: { decision: deny, reason: explicit_deny }\n  - name: nobody names this one\n    as: { subject: carol }\n    resource: document:1\n    action: can_fly\n    expect: { decision: deny }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = portcullis(&["test", file.to_str().unwrap_or_default()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("nobody names this one: no route or role names the action \"can_fly\""),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("2 passed, 1 failed\n"), "{stdout}");
 }
 
 #[test]

@@ -797,15 +797,23 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    /// Every action any route names, in a stable order.
+    /// Every action a route or a role names, in a stable order. A role
+    /// defines the actions it lists: evaluation-style checks (a case's
+    /// `resource`/`action`) ask about actions no route maps to. Deny rules
+    /// define none, so a misspelled action there is still an error.
     fn actions(&self) -> Vec<String> {
-        let set: BTreeSet<&str> = self
+        let routes = self
             .files
             .iter()
             .flat_map(|f| &f.doc.applications)
             .flat_map(|a| &a.routes)
-            .filter_map(|r| r.action.as_deref())
-            .collect();
+            .filter_map(|r| r.action.as_deref());
+        let roles = self
+            .files
+            .iter()
+            .flat_map(|f| f.doc.roles.values())
+            .flat_map(|r| r.actions.iter().map(String::as_str));
+        let set: BTreeSet<&str> = routes.chain(roles).filter(|a| !a.is_empty()).collect();
         set.into_iter().map(str::to_owned).collect()
     }
 
@@ -845,9 +853,7 @@ impl<'a> Compiler<'a> {
                         self.error(
                             *f,
                             &[Step::Key("roles"), Step::Key(name), Step::Key("actions")],
-                            format!(
-                                "unknown action {action:?} in role {name:?} (no route names it)"
-                            ),
+                            format!("role {name:?} lists an empty action"),
                         );
                         ok = false;
                     }
@@ -1436,7 +1442,10 @@ impl<'a> Compiler<'a> {
                             None => self.error(
                                 f,
                                 &[Step::Key("denies"), Step::Index(d), Step::Key("actions")],
-                                format!("unknown action {action:?} in deny rule {:?}", deny.name),
+                                format!(
+                                    "unknown action {action:?} in deny rule {:?} (no route or role names it)",
+                                    deny.name
+                                ),
                             ),
                         }
                     }
