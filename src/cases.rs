@@ -217,6 +217,7 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
             .unwrap_or_default(),
         expires_at: u64::MAX,
     });
+    let mut unmatched = None;
     let decision = match (&case.request, &case.resource, &case.action) {
         (Some(request), None, None) => {
             let request = RequestAttrs {
@@ -232,7 +233,13 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
                 request_id: None,
                 verified_payloads: BTreeMap::new(),
             };
-            engine::decide(policy, &request, &KnownPrincipal(principal), 0)
+            let decision = engine::decide(policy, &request, &KnownPrincipal(principal), 0);
+            // Explained only for a deny no route took, and only here, off
+            // the engine's path.
+            if decision.route.is_none() && !decision.is_allowed() {
+                unmatched = engine::explain_unmatched(policy, &request);
+            }
+            decision
         }
         (None, Some(resource), Some(action)) if case.caller.is_some() => {
             let Some(index) = policy.actions.iter().position(|a| a == action) else {
@@ -291,8 +298,13 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
             decision.reason.code()
         ));
     }
-    let failure = (!problems.is_empty())
-        .then(|| format!("{} (engine: {})", problems.join("; "), decision.reason));
+    let failure = (!problems.is_empty()).then(|| {
+        let why = match unmatched {
+            Some(u) => format!("{}; {}", decision.reason, u.explanation),
+            None => decision.reason.to_string(),
+        };
+        format!("{} (engine: {why})", problems.join("; "))
+    });
     CaseOutcome {
         name: case.name.clone(),
         line,

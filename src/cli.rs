@@ -373,6 +373,13 @@ fn check(args: CheckArgs) -> ExitCode {
     };
     let decision = engine::decide(&policy, &request, &VerifyEveryTime, now());
     print!("{}", explain(&decision));
+    // Which route came closest, and why it did not take the request:
+    // worked out here, on demand, never by the engine while deciding.
+    if decision.route.is_none() && !decision.is_allowed() {
+        if let Some(unmatched) = engine::explain_unmatched(&policy, &request) {
+            println!("  {:<12} {}", "why", unmatched.explanation);
+        }
+    }
     if decision.is_allowed() {
         ExitCode::SUCCESS
     } else {

@@ -551,3 +551,61 @@ fn test_says_no_case_ran_when_the_policies_do_not_load() {
         "{stdout}"
     );
 }
+
+/// `check` says why no route took a request: the route that came closest
+/// and the segment (or method) that failed.
+#[test]
+fn check_explains_which_route_came_closest() {
+    let policies = bundled();
+    let policies = policies.to_str().unwrap_or_default();
+    let token = portcullis(&[
+        "token",
+        "--policies",
+        policies,
+        "--issuer",
+        "demo-idp",
+        "--subject",
+        "alice",
+    ]);
+    let token = text(&token.stdout).trim().to_owned();
+    let check = |method: &str, path: &str| {
+        let out = portcullis(&[
+            "check",
+            "--policies",
+            policies,
+            "--method",
+            method,
+            "--path",
+            path,
+            "--token",
+            &token,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+        text(&out.stdout)
+    };
+    let out = check("GET", "/documents/beth@the-smiths.com");
+    assert!(out.starts_with("deny (403): no route matches"), "{out}");
+    assert!(
+        out.contains("  why          no route of application \"documents\" takes GET /documents/beth@the-smiths.com; closest: route \"read-document\" (/documents/{id:uint}): segment 2 \"beth@the-smiths.com\" holds characters a capture does not accept (`@`)"),
+        "{out}"
+    );
+    let out = check("GET", "/documents/01");
+    assert!(
+        out.contains("segment 2: `{id:uint}` does not accept \"01\""),
+        "{out}"
+    );
+    let out = check("DELETE", "/documents/1/comments");
+    assert!(
+        out.contains(
+            "route \"read-comments\" (/documents/{id:uint}/comments) takes GET, not DELETE"
+        ),
+        "{out}"
+    );
+    // A decision past route matching has nothing to explain.
+    let out = check("DELETE", "/documents/2");
+    assert!(
+        out.contains("no_grant") || out.contains("no grant"),
+        "{out}"
+    );
+    assert!(!out.contains("why"), "{out}");
+}

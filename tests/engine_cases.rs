@@ -73,3 +73,23 @@ fn a_wrong_expectation_is_reported_with_its_line() {
         failures[0]
     );
 }
+
+#[test]
+fn a_failed_case_no_route_took_names_the_closest_route() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let file = dir.path().join("miss.yaml");
+    let text = format!(
+        "policies: {}\ncases:\n  - name: zero-padded id\n    request: {{ method: GET, path: /documents/01 }}\n    as: {{ subject: alice }}\n    expect: {{ decision: allow }}\n",
+        policies.display()
+    );
+    std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+    let (count, failures) = run_dir(dir.path());
+    assert_eq!(count, 1);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].contains("expected allow, got deny (engine: no route matches the method and path; no route of application \"documents\" takes GET /documents/01; closest: route \"read-document\" (/documents/{id:uint}): segment 2: `{id:uint}` does not accept \"01\""),
+        "{}",
+        failures[0]
+    );
+}
