@@ -60,7 +60,7 @@ pub enum Command {
     Token(TokenArgs),
     /// Run decision case files (request or subject/resource/action -> expected decision)
     Test {
-        /// Case files, or directories whose *.yaml files are case files
+        /// Case files, or directories whose *.yaml, *.yml and *.json files are case files
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -218,7 +218,9 @@ fn test(paths: &[PathBuf]) -> ExitCode {
                         .filter_map(Result::ok)
                         .map(|e| e.path())
                         .filter(|p| {
-                            p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                            p.is_file()
+                                && p.extension()
+                                    .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
                         })
                         .collect();
                     found.sort();
@@ -269,7 +271,7 @@ fn test(paths: &[PathBuf]) -> ExitCode {
     // A summary never reads as a pass when nothing ran.
     if passed + failed == 0 {
         let why = if files.is_empty() {
-            "no case files (*.yaml, *.yml) found".to_owned()
+            "no case files (*.yaml, *.yml, *.json) found".to_owned()
         } else if broken > 0 {
             format!("{broken} of {} case files could not be run", files.len())
         } else {

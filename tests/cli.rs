@@ -609,3 +609,44 @@ fn check_explains_which_route_came_closest() {
     );
     assert!(!out.contains("why"), "{out}");
 }
+
+/// JSON is YAML, and what a generator writes: a failing case of a JSON case
+/// file is reported at its own line, not at line 1.
+#[test]
+fn test_reports_the_line_of_a_failing_case_in_a_json_file() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("generated.json");
+    let policies = serde_json::to_string(&bundled().display().to_string()).unwrap_or_default();
+    let json = format!(
+        r#"{{
+  "policies": {policies},
+  "cases": [
+    {{"name": "health", "request": {{"method": "GET", "path": "/healthz"}},
+      "expect": {{"decision": "allow"}}}},
+    {{"name": "bob reads 1", "request": {{"method": "GET", "path": "/documents/1"}},
+      "as": {{"subject": "bob"}}, "expect": {{"decision": "allow"}}}},
+    {{
+      "name": "bob deletes 1",
+      "request": {{"method": "DELETE", "path": "/documents/1"}},
+      "as": {{"subject": "bob"}},
+      "expect": {{"decision": "allow"}}
+    }}
+  ]
+}}
+"#
+    );
+    std::fs::write(&file, &json).unwrap_or_else(|e| panic!("{e}"));
+    // A directory's *.json files are case files too.
+    let out = portcullis(&["test", dir.path().to_str().unwrap_or_default()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = line_of(&json, "\"bob deletes 1\"") - 1;
+    assert!(
+        stdout.contains(&format!(
+            "{}:{line}: bob deletes 1: expected allow, got deny",
+            file.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("2 passed, 1 failed\n"), "{stdout}");
+}
