@@ -30,6 +30,10 @@ ADMIN_PORT ?= 9901
 PORTCULLIS_PORT ?= 9191
 DEMO_UPSTREAM_PORT ?= 8081
 UPSTREAM_PORT ?= $(DEMO_UPSTREAM_PORT)
+# The application the front proxy names in context_extensions (`app`): the
+# bundled policy selects `documents`; `make envoy-config APP=todo` renders
+# the template for another policy (docs/walkthrough.md).
+APP ?= documents
 ENVOY_TEMPLATE := envoy/front-proxy.yaml
 ENVOY_CONFIG := target/envoy-front-proxy.yaml
 
@@ -53,10 +57,11 @@ $(ENVOY_CONFIG): $(ENVOY_TEMPLATE)
 	    -e 's/__PORTCULLIS_PORT__/$(PORTCULLIS_PORT)/g' \
 	    -e 's/__UPSTREAM_PORT__/$(UPSTREAM_PORT)/g' \
 	    -e 's/__DEMO_UPSTREAM_PORT__/$(DEMO_UPSTREAM_PORT)/g' \
+	    -e 's/__APP__/$(APP)/g' \
 	    $< > $@.tmp
 	@if grep -n '__[A-Z_]*__' $@.tmp; then echo "unrendered placeholder in $@" >&2; rm -f $@.tmp; exit 1; fi
 	@mv $@.tmp $@
-	@echo "rendered $@ (listen $(LISTEN_PORT), admin $(ADMIN_PORT), portcullis $(PORTCULLIS_PORT), upstream $(UPSTREAM_PORT), demo upstream $(DEMO_UPSTREAM_PORT))"
+	@echo "rendered $@ (app $(APP), listen $(LISTEN_PORT), admin $(ADMIN_PORT), portcullis $(PORTCULLIS_PORT), upstream $(UPSTREAM_PORT), demo upstream $(DEMO_UPSTREAM_PORT))"
 
 envoy-validate: $(ENVOY_CONFIG)
 	envoy_bin=$$(scripts/ensure-envoy.sh); \

@@ -20,14 +20,14 @@
 //!     expect: { decision: deny, reason: no_grant }
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::engine::{self, Credential, Decision, KnownPrincipal, RequestAttrs};
-use crate::policy::{load_policies, Access, LoadError, PolicySet};
+use crate::policy::{load_policies_with, Access, LoadError, PolicySet, UnreadableKeys};
 use crate::token::Principal;
 use crate::yaml::{self, LineIndex, Step};
 
@@ -148,31 +148,94 @@ pub struct CaseOutcome {
     pub failure: Option<String>,
 }
 
-/// Runs every case of the file at `path` against the policies it names.
+/// Policy directories loaded for case files, each once, however many case
+/// files name it (so its warnings are reported once).
+///
+/// Keys the policy names but this run cannot read (an issuer's secret in
+/// an environment variable CI does not have, say) do not stop the run: the
+/// cases stand for verified callers (`as:`) and never verify a token. Such
+/// an issuer is loaded with a key set that refuses every token, and the
+/// loader's warning says so.
+#[derive(Default)]
+pub struct CaseRunner {
+    loaded: HashMap<PathBuf, Result<Arc<PolicySet>, ()>>,
+    warnings: Vec<LoadError>,
+}
+
+impl CaseRunner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Warnings of the policy directories loaded since the last call.
+    pub fn take_warnings(&mut self) -> Vec<LoadError> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Runs every case of the file at `path` against the policies it names.
+    pub fn run_file(&mut self, path: &Path) -> Result<Vec<CaseOutcome>, Vec<LoadError>> {
+        let fail = |line, message: String| {
+            vec![LoadError {
+                file: path.to_path_buf(),
+                line,
+                message,
+            }]
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(None, format!("cannot read file: {e}")))?;
+        let file: CaseFile = yaml::parse(&text).map_err(|e| fail(e.line, e.message))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let dir = base.join(&file.policies);
+        let policy = self.policy(&dir).map_err(|errors| {
+            if errors.is_empty() {
+                // Reported with the first case file that named it.
+                fail(
+                    None,
+                    format!("its policies ({}) do not load (see above)", dir.display()),
+                )
+            } else {
+                errors
+            }
+        })?;
+        let lines = LineIndex::new(&text);
+        let outcomes = file
+            .cases
+            .iter()
+            .enumerate()
+            .map(|(i, case)| {
+                let line = lines.line_of(&[Step::Key("cases"), Step::Index(i)]);
+                run_case(&policy, case, line)
+            })
+            .collect();
+        Ok(outcomes)
+    }
+
+    /// The policy in `dir`, loaded on first use. The errors of a directory
+    /// that does not load are returned the first time, then an empty list.
+    fn policy(&mut self, dir: &Path) -> Result<Arc<PolicySet>, Vec<LoadError>> {
+        let key = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        if let Some(found) = self.loaded.get(&key) {
+            return found.clone().map_err(|()| Vec::new());
+        }
+        match load_policies_with(dir, UnreadableKeys::Unverifiable) {
+            Ok(loaded) => {
+                self.warnings.extend(loaded.warnings);
+                let policy = Arc::new(loaded.policy);
+                self.loaded.insert(key, Ok(policy.clone()));
+                Ok(policy)
+            }
+            Err(errors) => {
+                self.loaded.insert(key, Err(()));
+                Err(errors.0)
+            }
+        }
+    }
+}
+
+/// Runs every case of the file at `path` against the policies it names
+/// (a [`CaseRunner`] of its own; its warnings are dropped).
 pub fn run_case_file(path: &Path) -> Result<Vec<CaseOutcome>, Vec<LoadError>> {
-    let fail = |line, message: String| {
-        vec![LoadError {
-            file: path.to_path_buf(),
-            line,
-            message,
-        }]
-    };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| fail(None, format!("cannot read file: {e}")))?;
-    let file: CaseFile = yaml::parse(&text).map_err(|e| fail(e.line, e.message))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let policy = load_policies(&base.join(&file.policies)).map_err(|e| e.0)?;
-    let lines = LineIndex::new(&text);
-    let outcomes = file
-        .cases
-        .iter()
-        .enumerate()
-        .map(|(i, case)| {
-            let line = lines.line_of(&[Step::Key("cases"), Step::Index(i)]);
-            run_case(&policy, case, line)
-        })
-        .collect();
-    Ok(outcomes)
+    CaseRunner::new().run_file(path)
 }
 
 fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
@@ -191,6 +254,7 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
         expires_at: u64::MAX,
     });
     let mut decided_request = None;
+    let mut unmatched = None;
     let decision = match (&case.request, &case.resource, &case.action) {
         (Some(request), None, None) => {
             let request = RequestAttrs {
@@ -207,12 +271,21 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
                 verified_payloads: BTreeMap::new(),
             };
             let decision = engine::decide(policy, &request, &KnownPrincipal(principal), 0);
+            // Explained only for a deny no route took, and only here, off
+            // the engine's path.
+            if decision.route.is_none() && !decision.is_allowed() {
+                unmatched = engine::explain_unmatched(policy, &request);
+            }
             decided_request = Some(request);
             decision
         }
         (None, Some(resource), Some(action)) if case.caller.is_some() => {
             let Some(index) = policy.actions.iter().position(|a| a == action) else {
-                return broken(case, line, format!("no route names the action {action:?}"));
+                return broken(
+                    case,
+                    line,
+                    format!("no route or role names the action {action:?}"),
+                );
             };
             let mut d = engine::authorize(
                 policy,
@@ -263,8 +336,13 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
             decision.reason.code()
         ));
     }
-    let failure = (!problems.is_empty())
-        .then(|| format!("{} (engine: {})", problems.join("; "), decision.reason));
+    let failure = (!problems.is_empty()).then(|| {
+        let why = match unmatched {
+            Some(u) => format!("{}; {}", decision.reason, u.explanation),
+            None => decision.reason.to_string(),
+        };
+        format!("{} (engine: {why})", problems.join("; "))
+    });
     CaseOutcome {
         name: case.name.clone(),
         line,

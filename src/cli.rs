@@ -54,7 +54,7 @@ pub enum Command {
     Token(TokenArgs),
     /// Run decision case files (request or subject/resource/action -> expected decision)
     Test {
-        /// Case files, or directories whose *.yaml files are case files
+        /// Case files, or directories whose *.yaml, *.yml and *.json files are case files
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -212,7 +212,9 @@ fn test(paths: &[PathBuf]) -> ExitCode {
                         .filter_map(Result::ok)
                         .map(|e| e.path())
                         .filter(|p| {
-                            p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                            p.is_file()
+                                && p.extension()
+                                    .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
                         })
                         .collect();
                     found.sort();
@@ -227,9 +229,15 @@ fn test(paths: &[PathBuf]) -> ExitCode {
             files.push(path.clone());
         }
     }
-    let (mut passed, mut failed, mut broken) = (0usize, 0usize, false);
+    let (mut passed, mut failed, mut broken) = (0usize, 0usize, 0usize);
+    let mut runner = crate::cases::CaseRunner::new();
     for file in &files {
-        match crate::cases::run_case_file(file) {
+        let outcome = runner.run_file(file);
+        // Each policy directory's warnings once, when it is first loaded.
+        for warning in runner.take_warnings() {
+            eprintln!("{warning}");
+        }
+        match outcome {
             Ok(outcomes) => {
                 for outcome in outcomes {
                     match outcome.failure {
@@ -247,18 +255,32 @@ fn test(paths: &[PathBuf]) -> ExitCode {
                 }
             }
             Err(errors) => {
-                broken = true;
+                broken += 1;
                 for e in errors {
                     println!("{e}");
                 }
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
-    if broken || failed > 0 || passed == 0 {
-        if passed == 0 && failed == 0 && !broken {
-            eprintln!("no test cases found");
-        }
+    // A summary never reads as a pass when nothing ran.
+    if passed + failed == 0 {
+        let why = if files.is_empty() {
+            "no case files (*.yaml, *.yml, *.json) found".to_owned()
+        } else if broken > 0 {
+            format!("{broken} of {} case files could not be run", files.len())
+        } else {
+            format!("the {} case files hold no cases", files.len())
+        };
+        println!("FAILED: no case ran: {why}");
+        return ExitCode::FAILURE;
+    }
+    let not_run = match broken {
+        0 => String::new(),
+        1 => ", 1 case file not run".to_owned(),
+        n => format!(", {n} case files not run"),
+    };
+    println!("{passed} passed, {failed} failed{not_run}");
+    if broken > 0 || failed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -290,6 +312,24 @@ fn validate(dir: &Path) -> ExitCode {
         policy.issuers.len(),
         policy.version
     );
+    // Roles define actions no route names (asked about by resource and
+    // action); listed, so a misspelled one is seen, not silently new.
+    let routed: std::collections::HashSet<usize> = policy
+        .applications
+        .iter()
+        .flat_map(|a| a.routes.iter())
+        .filter_map(|r| r.action.as_ref().map(|(_, index)| *index))
+        .collect();
+    let role_only: Vec<&str> = (0..policy.actions.len())
+        .filter(|i| !routed.contains(i))
+        .filter_map(|i| policy.actions.get(i).map(String::as_str))
+        .collect();
+    if !role_only.is_empty() {
+        println!(
+            "note: actions no route names (only resource/action checks ask about them): {}",
+            role_only.join(", ")
+        );
+    }
     // The process exits next: freeing a million grants one by one would
     // only add a tenth of a second to every validation in CI.
     std::mem::forget(policy);
@@ -329,6 +369,13 @@ fn check(args: CheckArgs) -> ExitCode {
     };
     let decision = engine::decide(&policy, &request, &VerifyEveryTime, now());
     print!("{}", explain(&decision));
+    // Which route came closest, and why it did not take the request:
+    // worked out here, on demand, never by the engine while deciding.
+    if decision.route.is_none() && !decision.is_allowed() {
+        if let Some(unmatched) = engine::explain_unmatched(&policy, &request) {
+            println!("  {:<12} {}", "why", unmatched.explanation);
+        }
+    }
     if decision.is_allowed() {
         ExitCode::SUCCESS
     } else {

@@ -205,8 +205,22 @@ impl Authorizer {
                 elapsed.as_secs_f64(),
             );
         }
-        self.log
-            .record(&decision, request_id, &policy.version, elapsed);
+        // A deny no application or route took says what the request was
+        // and what came closest: worked out here, only for such denies,
+        // never in the engine's decision path.
+        let unmatched = match attrs {
+            Ok(Check::Http(attrs)) if DecisionLog::explains(&decision) => {
+                engine::explain_unmatched(policy, attrs)
+            }
+            _ => None,
+        };
+        self.log.record(
+            &decision,
+            request_id,
+            &policy.version,
+            elapsed,
+            unmatched.as_ref(),
+        );
         (decision, response)
     }
 
@@ -284,14 +298,57 @@ impl DecisionLog {
                 .is_multiple_of(self.allow_every)
     }
 
+    /// True for a deny that no application or route took (a 403
+    /// `no_route` or `no_application`, or the 401 such a request gets
+    /// without a valid token): its log line carries the method, the
+    /// normalized path and an explanation. Every decision past route
+    /// matching names its route; bad paths and Hosts have nothing to match.
+    pub fn explains(decision: &Decision) -> bool {
+        !decision.is_allowed()
+            && decision.route.is_none()
+            && !matches!(
+                decision.reason,
+                Reason::BadPath(_)
+                    | Reason::BadHost
+                    | Reason::InternalError
+                    | Reason::ConnectionDenied
+            )
+    }
+
+    /// Writes the line for `decision`. `unmatched` (a deny no route took)
+    /// adds `method`, `path` (normalized, no query, bounded) and `why`.
     pub fn record(
         &self,
         decision: &Decision,
         request_id: Option<&str>,
         version: &str,
         elapsed: Duration,
+        unmatched: Option<&engine::Unmatched>,
     ) {
         if !self.should_log(decision) {
+            return;
+        }
+        if let Some(unmatched) = unmatched {
+            fn field(value: &Option<String>) -> &str {
+                value.as_deref().unwrap_or_default()
+            }
+            tracing::info!(
+                target: "decision",
+                request_id = request_id.unwrap_or_default(),
+                application = field(&decision.application),
+                route = "",
+                subject = field(&decision.subject),
+                method = %unmatched.method,
+                path = %unmatched.path,
+                why = %unmatched.explanation,
+                decision = decision.outcome(),
+                status = decision.status.code(),
+                reason = decision.reason.code(),
+                detail = %decision.reason,
+                rule = field(&decision.matched_rule),
+                policy_version = version,
+                latency_us = elapsed.as_micros() as u64,
+            );
             return;
         }
         fn field(value: &Option<String>) -> &str {

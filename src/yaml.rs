@@ -4,8 +4,10 @@
 //! module means swapping the parser touches nothing else. Besides parsing,
 //! the module finds the line of a node by its path (`grants[3].role`), so
 //! that errors found after parsing (an unknown role, say) still point at a
-//! line. That locator reads block-style YAML, which is what policy files use;
-//! for flow style it falls back to the nearest enclosing node it can find.
+//! line. That locator reads block-style YAML, which is what policy files use,
+//! and flow style (`{ a: 1 }`, `[x, y]`), which is what JSON is: a
+//! generator's JSON case file points at the right case, whether the whole
+//! document or only one value is written in flow style.
 
 use serde::de::DeserializeOwned;
 
@@ -64,6 +66,9 @@ struct Block {
     line: usize,
     col: usize,
     end: usize,
+    /// Where the node is a flow collection: the line and column of its
+    /// opening `{` or `[`.
+    flow: Option<(usize, usize)>,
 }
 
 impl<'t> LineIndex<'t> {
@@ -80,9 +85,19 @@ impl<'t> LineIndex<'t> {
             line: 0,
             col: 0,
             end: self.lines.len(),
+            flow: self.flow_root(),
         };
         let mut found = None;
-        for step in path {
+        for (k, step) in path.iter().enumerate() {
+            if let Some((line, col)) = block.flow {
+                let mut cursor = Cursor {
+                    lines: &self.lines,
+                    line,
+                    col,
+                };
+                flow_find(&mut cursor, &path[k..], &mut found);
+                break;
+            }
             let next = match *step {
                 Step::Key(key) => self.find_key(block, key),
                 Step::Index(index) => self.find_item(block, index),
@@ -96,6 +111,14 @@ impl<'t> LineIndex<'t> {
             }
         }
         found.map_or(1, |line| line + 1)
+    }
+
+    /// The opening of a document written in flow style (JSON): its first
+    /// content starts with `{` or `[`.
+    fn flow_root(&self) -> Option<(usize, usize)> {
+        let (line, indent) = (0..self.lines.len()).find_map(|l| self.indent(l).map(|i| (l, i)))?;
+        let first = self.lines.get(line)?.as_bytes().get(indent)?;
+        matches!(first, b'{' | b'[').then_some((line, indent))
     }
 
     /// The indentation of a line that holds content, or `None` for blank and
@@ -143,13 +166,19 @@ impl<'t> LineIndex<'t> {
         } else {
             self.indent(line)?
         };
-        let value = content[content.find(':').unwrap_or(0) + 1..].trim();
+        let after_colon = &content[content.find(':').unwrap_or(0) + 1..];
+        let value = after_colon.trim();
         if !(value.is_empty() || value.starts_with('#')) {
-            // An inline value: nothing below it to descend into.
+            // An inline value: nothing below it in block style; a flow
+            // collection (which may span lines) is read by the flow locator.
+            let start = col + (content.len() - after_colon.trim_start().len());
+            let flow = (value.starts_with('{') || value.starts_with('['))
+                .then_some((line, start.min(self.lines[line].len())));
             let here = Block {
                 line,
                 col: usize::MAX,
                 end: line + 1,
+                flow,
             };
             return Some((line, here));
         }
@@ -184,12 +213,14 @@ impl<'t> LineIndex<'t> {
                     line: first_line,
                     col: indent,
                     end: stop,
+                    flow: None,
                 }
             }
             _ => Block {
                 line,
                 col,
                 end: line + 1,
+                flow: None,
             },
         }
     }
@@ -213,14 +244,225 @@ impl<'t> LineIndex<'t> {
             let child = self.child_block(line, col, end);
             return Some((line, child));
         }
+        let start = col + 1 + inner;
+        let flow = matches!(
+            content[1..].trim_start().as_bytes().first(),
+            Some(b'{' | b'[')
+        )
+        .then_some((line, start));
         Some((
             line,
             Block {
                 line,
-                col: col + 1 + inner,
+                col: start,
                 end,
+                flow,
             },
         ))
+    }
+}
+
+/// A position in a document, read byte by byte across lines (every byte
+/// the flow syntax cares about is ASCII, so UTF-8 text is never split).
+struct Cursor<'a, 't> {
+    lines: &'a [&'t str],
+    line: usize,
+    col: usize,
+}
+
+impl Cursor<'_, '_> {
+    /// The byte here; `\n` at the end of a line, `None` after the last.
+    fn peek(&self) -> Option<u8> {
+        let text = self.lines.get(self.line)?;
+        Some(text.as_bytes().get(self.col).copied().unwrap_or(b'\n'))
+    }
+
+    fn bump(&mut self) {
+        match self.lines.get(self.line) {
+            Some(text) if self.col < text.len() => self.col += 1,
+            Some(_) => {
+                self.line += 1;
+                self.col = 0;
+            }
+            None => {}
+        }
+    }
+
+    /// Skips blanks, line ends and `#` comments.
+    fn skip_blank(&mut self) {
+        while let Some(b) = self.peek() {
+            match b {
+                b' ' | b'\t' | b'\r' | b'\n' => self.bump(),
+                b'#' if self.col == 0 || self.after_blank() => {
+                    self.line += 1;
+                    self.col = 0;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn after_blank(&self) -> bool {
+        self.lines
+            .get(self.line)
+            .and_then(|t| t.as_bytes().get(self.col.wrapping_sub(1)))
+            .is_some_and(|b| *b == b' ' || *b == b'\t')
+    }
+
+    /// Reads a quoted scalar (the cursor on its quote), unescaping `\"`,
+    /// `\\` and `''` enough to compare keys.
+    fn quoted(&mut self) -> String {
+        let Some(quote) = self.peek() else {
+            return String::new();
+        };
+        self.bump();
+        let mut out = Vec::new();
+        while let Some(b) = self.peek() {
+            self.bump();
+            match b {
+                b'\\' if quote == b'"' => {
+                    if let Some(next) = self.peek() {
+                        out.push(next);
+                        self.bump();
+                    }
+                }
+                b'\'' if quote == b'\'' && self.peek() == Some(b'\'') => {
+                    out.push(b'\'');
+                    self.bump();
+                }
+                b if b == quote => break,
+                b'\n' => out.push(b' '),
+                b => out.push(b),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Reads a mapping key: quoted, or plain up to `: `, `,` or `}`.
+    fn key(&mut self) -> String {
+        if matches!(self.peek(), Some(b'"' | b'\'')) {
+            return self.quoted();
+        }
+        let mut out = Vec::new();
+        while let Some(b) = self.peek() {
+            if b == b',' || b == b'}' || b == b'\n' {
+                break;
+            }
+            if b == b':' {
+                let next = self
+                    .lines
+                    .get(self.line)
+                    .and_then(|t| t.as_bytes().get(self.col + 1).copied());
+                if next.is_none_or(|n| matches!(n, b' ' | b'\t' | b',' | b'[' | b']' | b'{' | b'}'))
+                {
+                    break;
+                }
+            }
+            out.push(b);
+            self.bump();
+        }
+        String::from_utf8_lossy(&out).trim().to_owned()
+    }
+
+    /// Skips one value: a nested collection, a quoted or a plain scalar.
+    fn skip_value(&mut self) {
+        self.skip_blank();
+        let mut depth = 0usize;
+        while let Some(b) = self.peek() {
+            match b {
+                b'"' | b'\'' => {
+                    self.quoted();
+                    if depth == 0 {
+                        return;
+                    }
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth == 0 => return,
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        self.bump();
+                        return;
+                    }
+                }
+                b',' if depth == 0 => return,
+                b'#' if self.after_blank() => {
+                    self.line += 1;
+                    self.col = 0;
+                    continue;
+                }
+                _ => {}
+            }
+            self.bump();
+        }
+    }
+}
+
+/// Follows `path` through the flow collection at `cursor`, recording in
+/// `found` the 0-based line of each step it finds.
+fn flow_find(cursor: &mut Cursor<'_, '_>, path: &[Step<'_>], found: &mut Option<usize>) {
+    cursor.skip_blank();
+    let Some((step, rest)) = path.split_first() else {
+        return;
+    };
+    match (cursor.peek(), *step) {
+        (Some(b'{'), Step::Key(wanted)) => {
+            cursor.bump();
+            loop {
+                cursor.skip_blank();
+                match cursor.peek() {
+                    None | Some(b'}') => return,
+                    Some(b',') => {
+                        cursor.bump();
+                        continue;
+                    }
+                    _ => {}
+                }
+                let (line, col) = (cursor.line, cursor.col);
+                let key = cursor.key();
+                cursor.skip_blank();
+                if cursor.peek() == Some(b':') {
+                    cursor.bump();
+                }
+                if key == wanted {
+                    *found = Some(line);
+                    return flow_find(cursor, rest, found);
+                }
+                cursor.skip_value();
+                if (cursor.line, cursor.col) == (line, col) {
+                    // Not a mapping entry (the document does not parse):
+                    // stop rather than loop.
+                    return;
+                }
+            }
+        }
+        (Some(b'['), Step::Index(wanted)) => {
+            cursor.bump();
+            let mut index = 0;
+            loop {
+                cursor.skip_blank();
+                match cursor.peek() {
+                    None | Some(b']') => return,
+                    Some(b',') => {
+                        cursor.bump();
+                        continue;
+                    }
+                    _ => {}
+                }
+                if index == wanted {
+                    *found = Some(cursor.line);
+                    return flow_find(cursor, rest, found);
+                }
+                let at = (cursor.line, cursor.col);
+                cursor.skip_value();
+                if (cursor.line, cursor.col) == at {
+                    return;
+                }
+                index += 1;
+            }
+        }
+        _ => {}
     }
 }
 
@@ -300,6 +542,75 @@ roles:
         );
         assert_eq!(index.line_of(&[Key("missing")]), 1);
         assert_eq!(index.line_of(&[Key("issuers"), Index(7)]), 2);
+    }
+
+    #[test]
+    fn finds_nodes_of_a_json_document() {
+        let json = r#"{
+  "policies": "..",
+  "cases": [
+    {"name": "one", "request": {"method": "GET", "path": "/a,b}"}},
+    {
+      "name": "two, with \"quotes\" and a ] bracket",
+      "expect": {"decision": "allow"}
+    },
+
+    {"name": "three", "as": {"subject": "x", "groups": ["a", "b"]},
+     "expect": {"decision": "deny"}}
+  ]
+}
+"#;
+        let index = LineIndex::new(json);
+        assert_eq!(index.line_of(&[Key("policies")]), 2);
+        assert_eq!(index.line_of(&[Key("cases")]), 3);
+        assert_eq!(index.line_of(&[Key("cases"), Index(0)]), 4);
+        assert_eq!(index.line_of(&[Key("cases"), Index(1)]), 5);
+        assert_eq!(index.line_of(&[Key("cases"), Index(1), Key("expect")]), 7);
+        assert_eq!(index.line_of(&[Key("cases"), Index(2)]), 10);
+        assert_eq!(index.line_of(&[Key("cases"), Index(2), Key("expect")]), 11);
+        assert_eq!(
+            index.line_of(&[Key("cases"), Index(2), Key("as"), Key("groups"), Index(1)]),
+            10
+        );
+        // Not there: the deepest ancestor found.
+        assert_eq!(index.line_of(&[Key("cases"), Index(9)]), 3);
+    }
+
+    #[test]
+    fn malformed_flow_text_ends_the_search() {
+        for text in [
+            "{ ] }",
+            "[ } ]",
+            "{ a: [ } ",
+            "{\"a\": \"",
+            "cases: [ {",
+            "- {",
+        ] {
+            let index = LineIndex::new(text);
+            let line = index.line_of(&[Key("cases"), Index(3), Key("a"), Index(0)]);
+            assert!(line >= 1, "{text}");
+            assert!(index.line_of(&[Key("a"), Key("b")]) >= 1, "{text}");
+        }
+    }
+
+    #[test]
+    fn finds_nodes_of_flow_values_in_a_block_document() {
+        let text = "\
+cases: [
+  { name: a, expect: { decision: allow } },
+  # a comment, with a ] bracket
+  { name: b,
+    expect: { decision: deny } },
+]
+roles:
+  - { name: r,
+      actions: [read] }
+";
+        let index = LineIndex::new(text);
+        assert_eq!(index.line_of(&[Key("cases"), Index(0)]), 2);
+        assert_eq!(index.line_of(&[Key("cases"), Index(1)]), 4);
+        assert_eq!(index.line_of(&[Key("cases"), Index(1), Key("expect")]), 5);
+        assert_eq!(index.line_of(&[Key("roles"), Index(0), Key("actions")]), 9);
     }
 
     #[derive(Debug, Default, serde::Deserialize, PartialEq)]

@@ -112,15 +112,70 @@ fn validate_reports_yaml_syntax_and_unknown_fields() {
         "{stderr}"
     );
 
-    let dir = broken_copy("roles.yaml", |c| {
-        c.replace("actions: [write]", "actions: [wirte]")
+    // A deny rule defines no action: one that no route or role names is a
+    // misspelling.
+    let dir = broken_copy("grants.yaml", |c| {
+        c.replace(
+            "    subject: mallory\n",
+            "    subject: mallory\n    actions: [wirte]\n",
+        )
     });
     let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("unknown action \"wirte\" in role \"editor\""),
+        stderr.contains(
+            "unknown action \"wirte\" in deny rule \"suspend-mallory\" (no route or role names it)"
+        ),
         "{stderr}"
     );
+}
+
+/// Actions a role lists are actions, whether or not a route maps to one:
+/// cases (and evaluation-style checks) ask about them directly, and deny
+/// rules may name them. `validate` lists them, so a misspelling shows.
+#[test]
+fn role_actions_are_actions_without_a_route() {
+    let dir = broken_copy("roles.yaml", |c| {
+        c.replace("actions: [create]", "actions: [create, can_audit]")
+    });
+    let grants = dir.path().join("grants.yaml");
+    let text_before = std::fs::read_to_string(&grants).unwrap_or_default();
+    std::fs::write(
+        &grants,
+        text_before.replace(
+            "    subject: mallory\n",
+            "    subject: mallory\n    actions: [read, can_audit]\n",
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let policies = dir.path().to_str().unwrap_or_default();
+    let out = portcullis(&["validate", policies]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "note: actions no route names (only resource/action checks ask about them): can_audit"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let tests = dir.path().join("tests");
+    std::fs::create_dir(&tests).unwrap_or_else(|e| panic!("{e}"));
+    let file = tests.join("audit.yaml");
+    std::fs::write(
+        &file,
+        "cases:\n  - name: an admin may audit\n    as: { subject: carol }\n    resource: document:1\n    action: can_audit\n    expect: { decision: allow, reason: granted }\n  - name: mallory may not\n    as: { subject: mallory }\n    resource: document:1\n    action: can_audit\n    expect: { decision: deny, reason: explicit_deny }\n  - name: nobody names this one\n    as: { subject: carol }\n    resource: document:1\n    action: can_fly\n    expect: { decision: deny }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = portcullis(&["test", file.to_str().unwrap_or_default()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("nobody names this one: no route or role names the action \"can_fly\""),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("2 passed, 1 failed\n"), "{stdout}");
 }
 
 #[test]
@@ -384,4 +439,214 @@ fn grants_files_load_in_bulk_and_report_lines() {
             "missing {expected:?} in:\n{stderr}"
         );
     }
+}
+
+/// `portcullis ARGS` with the environment variables `unset` removed from
+/// the child's environment only.
+fn portcullis_without(args: &[&str], unset: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command.args(args);
+    for name in unset {
+        command.env_remove(name);
+    }
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run portcullis: {e}"))
+}
+
+/// Case files never verify a token (`as:` stands for a verified one), so a
+/// CI without the issuers' secrets still runs every case. The missing
+/// secret is one warning, named as what it is, once per policy directory
+/// however many case files use it; nothing reads as an unknown issuer.
+#[test]
+fn test_runs_every_case_without_the_issuers_secrets() {
+    let cases = bundled().join("tests").join("documents.yaml");
+    let cases = cases.to_str().unwrap_or_default();
+    let with_secret = portcullis(&["test", cases]);
+    assert_eq!(
+        with_secret.status.code(),
+        Some(0),
+        "{}",
+        text(&with_secret.stdout)
+    );
+    let summary = text(&with_secret.stdout);
+    let summary = summary.lines().last().unwrap_or_default().to_owned();
+
+    // The same file twice: the policy directory is loaded (and warned about) once.
+    let out = portcullis_without(&["test", cases, cases], &["PORTCULLIS_DEMO_SECRET"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let passed: usize = summary
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {summary:?}"));
+    assert!(passed > 0, "{summary}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some(format!("{} passed, 0 failed", 2 * passed).as_str()),
+        "{stdout}"
+    );
+    let warnings: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    let issuers = std::fs::read_to_string(bundled().join("issuers.yaml")).unwrap_or_default();
+    let key_line = line_of(&issuers, "key:");
+    assert!(
+        warnings[0].contains(&format!("issuers.yaml:{key_line}: "))
+            && warnings[0].contains("warning: issuer \"demo-idp\": environment variable PORTCULLIS_DEMO_SECRET is not set"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("unknown issuer"), "{stdout}");
+}
+
+/// `validate` still refuses a missing secret, with that one error: the
+/// application that names the issuer does not get a second one saying the
+/// issuer is unknown (it is declared; it failed to load).
+#[test]
+fn validate_reports_a_missing_secret_once() {
+    let policies = bundled();
+    let out = portcullis_without(
+        &["validate", policies.to_str().unwrap_or_default()],
+        &["PORTCULLIS_DEMO_SECRET"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(
+            "issuer \"demo-idp\": environment variable PORTCULLIS_DEMO_SECRET is not set"
+        ),
+        "{stderr}"
+    );
+
+    // The same for an issuer that fails for another reason.
+    let dir = broken_copy("issuers.yaml", |c| c.replace("[HS256]", "[HS999]"));
+    let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unknown algorithm \"HS999\""), "{stderr}");
+    assert!(!stderr.contains("unknown issuer"), "{stderr}");
+}
+
+/// A run where nothing ran never reads as a pass: policies that do not load
+/// leave no `0 passed, 0 failed` behind, but a failure saying no case ran.
+#[test]
+fn test_says_no_case_ran_when_the_policies_do_not_load() {
+    let dir = broken_copy("roles.yaml", |c| format!("{c}\nnot yaml: [\n"));
+    let tests = dir.path().join("tests");
+    std::fs::create_dir(&tests).unwrap_or_else(|e| panic!("{e}"));
+    let file = tests.join("cases.yaml");
+    std::fs::write(
+        &file,
+        "cases:\n  - name: health\n    request: { method: GET, path: /healthz }\n    expect: { decision: allow }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = portcullis(&["test", file.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("0 passed"), "{stdout}");
+    assert!(
+        stdout.ends_with("FAILED: no case ran: 1 of 1 case files could not be run\n"),
+        "{stdout}"
+    );
+}
+
+/// `check` says why no route took a request: the route that came closest
+/// and the segment (or method) that failed.
+#[test]
+fn check_explains_which_route_came_closest() {
+    let policies = bundled();
+    let policies = policies.to_str().unwrap_or_default();
+    let token = portcullis(&[
+        "token",
+        "--policies",
+        policies,
+        "--issuer",
+        "demo-idp",
+        "--subject",
+        "alice",
+    ]);
+    let token = text(&token.stdout).trim().to_owned();
+    let check = |method: &str, path: &str| {
+        let out = portcullis(&[
+            "check",
+            "--policies",
+            policies,
+            "--method",
+            method,
+            "--path",
+            path,
+            "--token",
+            &token,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+        text(&out.stdout)
+    };
+    let out = check("GET", "/documents/beth@the-smiths.com");
+    assert!(out.starts_with("deny (403): no route matches"), "{out}");
+    assert!(
+        out.contains("  why          no route of application \"documents\" takes GET /documents/beth@the-smiths.com; closest: route \"read-document\" (/documents/{id:uint}): segment 2 \"beth@the-smiths.com\" holds characters a capture does not accept (`@`)"),
+        "{out}"
+    );
+    let out = check("GET", "/documents/01");
+    assert!(
+        out.contains("segment 2: `{id:uint}` does not accept \"01\""),
+        "{out}"
+    );
+    let out = check("DELETE", "/documents/1/comments");
+    assert!(
+        out.contains(
+            "route \"read-comments\" (/documents/{id:uint}/comments) takes GET, not DELETE"
+        ),
+        "{out}"
+    );
+    // A decision past route matching has nothing to explain.
+    let out = check("DELETE", "/documents/2");
+    assert!(
+        out.contains("no_grant") || out.contains("no grant"),
+        "{out}"
+    );
+    assert!(!out.contains("why"), "{out}");
+}
+
+/// JSON is YAML, and what a generator writes: a failing case of a JSON case
+/// file is reported at its own line, not at line 1.
+#[test]
+fn test_reports_the_line_of_a_failing_case_in_a_json_file() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("generated.json");
+    let policies = serde_json::to_string(&bundled().display().to_string()).unwrap_or_default();
+    let json = format!(
+        r#"{{
+  "policies": {policies},
+  "cases": [
+    {{"name": "health", "request": {{"method": "GET", "path": "/healthz"}},
+      "expect": {{"decision": "allow"}}}},
+    {{"name": "bob reads 1", "request": {{"method": "GET", "path": "/documents/1"}},
+      "as": {{"subject": "bob"}}, "expect": {{"decision": "allow"}}}},
+    {{
+      "name": "bob deletes 1",
+      "request": {{"method": "DELETE", "path": "/documents/1"}},
+      "as": {{"subject": "bob"}},
+      "expect": {{"decision": "allow"}}
+    }}
+  ]
+}}
+"#
+    );
+    std::fs::write(&file, &json).unwrap_or_else(|e| panic!("{e}"));
+    // A directory's *.json files are case files too.
+    let out = portcullis(&["test", dir.path().to_str().unwrap_or_default()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = line_of(&json, "\"bob deletes 1\"") - 1;
+    assert!(
+        stdout.contains(&format!(
+            "{}:{line}: bob deletes 1: expected allow, got deny",
+            file.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("2 passed, 1 failed\n"), "{stdout}");
 }

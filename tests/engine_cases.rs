@@ -4,12 +4,9 @@ use std::path::Path;
 
 use portcullis::cases::run_case_file;
 
-const DEMO_SECRET: &str = "engine-cases-secret-0123456789abcdef0123";
-
 fn run_dir(dir: &Path) -> (usize, Vec<String>) {
-    // The demo issuer reads its secret from the environment; cases do not
-    // use tokens, but the policy must load.
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", DEMO_SECRET);
+    // The demo issuer's secret is not needed: cases never verify a token,
+    // so a secret the environment lacks only makes its issuer unverifiable.
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(Result::ok)
@@ -72,6 +69,26 @@ fn a_wrong_expectation_is_reported_with_its_line() {
     );
     assert!(
         failures[0].contains("expected reason granted, got no_grant"),
+        "{}",
+        failures[0]
+    );
+}
+
+#[test]
+fn a_failed_case_no_route_took_names_the_closest_route() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let file = dir.path().join("miss.yaml");
+    let text = format!(
+        "policies: {}\ncases:\n  - name: zero-padded id\n    request: {{ method: GET, path: /documents/01 }}\n    as: {{ subject: alice }}\n    expect: {{ decision: allow }}\n",
+        policies.display()
+    );
+    std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+    let (count, failures) = run_dir(dir.path());
+    assert_eq!(count, 1);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].contains("expected allow, got deny (engine: no route matches the method and path; no route of application \"documents\" takes GET /documents/01; closest: route \"read-document\" (/documents/{id:uint}): segment 2: `{id:uint}` does not accept \"01\""),
         "{}",
         failures[0]
     );

@@ -626,3 +626,71 @@ async fn caches_stay_within_their_bytes_under_a_flood() {
         assert!(count < 3000.0, "{cache}: {count} entries");
     }
 }
+
+/// A deny that no route took says in the log what the request was and
+/// which route came closest: the method, the normalized path (bounded, no
+/// query string) and why, for a caller with a token (403 `no_route`) and
+/// for one without (the 401 that hides routes from it).
+#[tokio::test]
+async fn a_no_route_deny_logs_the_method_path_and_closest_route() {
+    let portcullis = Portcullis::start(&bundled_policies());
+    let mut grpc = client(portcullis.port()).await;
+    let header = format!("Bearer {}", token("bob"));
+    let odd = "/documents/beth@the-smiths.com?access_token=query-secret-value";
+    assert_eq!(
+        status(
+            &mut grpc,
+            check_request("GET", odd, Some(&header), "req-odd")
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status(&mut grpc, check_request("GET", odd, None, "req-anon")).await,
+        401
+    );
+    let long = format!("/documents/{}", "x".repeat(1000));
+    assert_eq!(
+        status(
+            &mut grpc,
+            check_request("GET", &long, Some(&header), "req-long")
+        )
+        .await,
+        403
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines = decision_lines(&portcullis.log());
+        if lines.len() >= 3 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let by_id = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["request_id"] == id)
+            .unwrap_or_else(|| panic!("no decision line for {id}: {lines:#?}"))["fields"]
+            .clone()
+    };
+    for (id, reason) in [("req-odd", "no_route"), ("req-anon", "missing_credentials")] {
+        let fields = by_id(id);
+        assert_eq!(fields["reason"], reason, "{fields}");
+        assert_eq!(fields["method"], "GET", "{fields}");
+        assert_eq!(fields["path"], "/documents/beth@the-smiths.com", "{fields}");
+        let why = fields["why"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("route \"read-document\" (/documents/{id:uint})")
+                && why.contains("holds characters a capture does not accept (`@`)"),
+            "{fields}"
+        );
+    }
+    let long = by_id("req-long");
+    let path = long["path"].as_str().unwrap_or_default();
+    assert!(path.len() <= 256 + "…".len(), "{long}");
+    assert!(
+        long["why"].as_str().unwrap_or_default().len() < 1024,
+        "{long}"
+    );
+    assert!(!portcullis.log().contains("query-secret-value"));
+}

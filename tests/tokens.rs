@@ -1705,3 +1705,60 @@ fn a_critical_header_that_is_not_understood_is_refused() {
         "{result:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Keys the loader could not read (`portcullis test`)
+// ---------------------------------------------------------------------------
+
+/// A key file that is missing is an error for every loader but the case
+/// runner's, which loads the issuer with a key set that refuses every
+/// token (fail closed, never a dummy key): a token signed with the very
+/// secret the file would hold is still refused.
+#[test]
+fn an_unreadable_key_is_unverifiable_and_refuses_every_token() {
+    use portcullis::policy::{load_policies_with, UnreadableKeys};
+    let policy = PolicyDir::new().issuer(IssuerYaml::new(
+        "hs",
+        &["HS256"],
+        "secret_file",
+        "gone.secret",
+    ));
+    let error = policy.load_error();
+    assert!(error.contains("issuer \"hs\": cannot read"), "{error}");
+    assert!(error.contains("gone.secret"), "{error}");
+
+    let loaded = load_policies_with(policy.dir.path(), UnreadableKeys::Unverifiable)
+        .unwrap_or_else(|e| panic!("the policy should load for cases:\n{e}"));
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let warning = loaded.warnings[0].to_string();
+    assert!(
+        warning.contains("warning: issuer \"hs\": cannot read") && warning.contains("refused"),
+        "{warning}"
+    );
+    for secret in [SECRET, OTHER_SECRET, ""] {
+        let token = hs(Algorithm::HS256, &claims("hs"), secret);
+        assert_refused_by_engine(&loaded.policy, &token, NOW, TokenError::UnknownKey);
+    }
+
+    // Only the missing bytes are forgiven: a secret for an RSA issuer is
+    // still an error.
+    let policy = PolicyDir::new().issuer(IssuerYaml::new(
+        "rs",
+        &["RS256"],
+        "secret_file",
+        "gone.secret",
+    ));
+    policy
+        .try_load()
+        .err()
+        .unwrap_or_else(|| panic!("should not load"));
+    let errors = load_policies_with(policy.dir.path(), UnreadableKeys::Unverifiable)
+        .err()
+        .unwrap_or_else(|| panic!("a secret for RS256 must not load"));
+    assert!(
+        errors
+            .to_string()
+            .contains("shared-secret key cannot verify"),
+        "{errors}"
+    );
+}

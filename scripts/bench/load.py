@@ -268,6 +268,7 @@ def through_envoy(args, binary, loadbench, workload, run_dir, envoy):
             config = render(template, {
                 "LISTEN_PORT": listen, "ADMIN_PORT": admin, "PORTCULLIS_PORT": authz_port,
                 "UPSTREAM_PORT": demo, "DEMO_UPSTREAM_PORT": demo,
+                "APP": "documents",
             }, without_ext_authz=strip)
             envoy_proc = start_envoy(envoy, config, run_dir, f"envoy-{variant}")
             try:

@@ -70,8 +70,39 @@ impl fmt::Display for LoadErrors {
 
 impl std::error::Error for LoadErrors {}
 
-/// Loads and compiles the policy directory `dir`.
+/// What the loader does with an issuer key it cannot read (an unset
+/// `secret_env` variable, a missing `secret_file`, `public_key_file` or
+/// `jwks_file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnreadableKeys {
+    /// An error: the policy does not load. `serve`, `validate`, `check`
+    /// and reloads, where a token must be verifiable.
+    Refuse,
+    /// A warning: the issuer gets a key set that refuses every token
+    /// ([`KeySet::Unverifiable`]). For `portcullis test`, whose cases stand
+    /// for verified callers and never verify a token, so policy tests run
+    /// in CI without production secrets. Never a dummy secret.
+    Unverifiable,
+}
+
+/// A loaded policy and what the loader warned about.
+#[derive(Debug)]
+pub struct Loaded {
+    pub policy: PolicySet,
+    /// Problems that did not stop the load (each `file:line: message`).
+    pub warnings: Vec<LoadError>,
+}
+
+/// Loads and compiles the policy directory `dir`; every issuer key must be
+/// readable.
 pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
+    load_policies_with(dir, UnreadableKeys::Refuse).map(|loaded| loaded.policy)
+}
+
+/// Loads and compiles the policy directory `dir`, treating keys that cannot
+/// be read as `unreadable` says. The one loader: [`load_policies`] is this
+/// with [`UnreadableKeys::Refuse`].
+pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Loaded, LoadErrors> {
     let files = read_dir(dir)?;
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
@@ -97,10 +128,17 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
         // broken file defines as unknown: report the parse errors alone.
         return Err(LoadErrors(errors));
     }
+    // Everything outside the directory the policy names (environment
+    // variables, key files) is read here, before compiling, so that what
+    // cannot be read is one decision (`unreadable`), not a dozen branches.
+    let keys = read_keys(&parsed);
     let mut compiler = Compiler {
         errors,
+        warnings: Vec::new(),
         files: &parsed,
         grant_files: &grant_files,
+        keys,
+        unreadable,
         key_material: Sha256::new(),
     };
     let mut policy = compiler.compile();
@@ -108,10 +146,112 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
     // gives a new version and verified-token cache entries are not reused.
     policy.version = version_of(&files, &compiler.key_material.finalize()[..]);
     if compiler.errors.is_empty() {
-        Ok(policy)
+        Ok(Loaded {
+            policy,
+            warnings: compiler.warnings,
+        })
     } else {
         Err(LoadErrors(compiler.errors))
     }
+}
+
+/// What an issuer's key source held when it was read.
+enum KeyMaterial {
+    Secret(Vec<u8>),
+    /// A PEM public key file: its path (for messages) and bytes.
+    Pem(PathBuf, Vec<u8>),
+    /// A JWKS file: its path and text.
+    Jwks(PathBuf, String),
+    /// A `jwks_url`: nothing to read at load; fetched while serving.
+    Url,
+}
+
+/// The key sources of every issuer, read: by (file, issuer index). Key
+/// specs that do not name exactly one source are left out (compiling
+/// reports them).
+type KeyReads = HashMap<(usize, usize), Result<KeyMaterial, String>>;
+
+fn read_keys(files: &[Parsed<'_>]) -> KeyReads {
+    let mut reads = KeyReads::new();
+    for (f, file) in files.iter().enumerate() {
+        let base = file.path.parent().unwrap_or(Path::new("."));
+        for (i, spec) in file.doc.issuers.iter().enumerate() {
+            if let Some(key) = &spec.key {
+                if let Some(read) = read_key(key, base) {
+                    reads.insert((f, i), read);
+                }
+            }
+        }
+    }
+    reads
+}
+
+/// Reads the one source `key` names; `None` unless it names exactly one.
+/// An error is a source that cannot be read, in words.
+fn read_key(key: &KeySpec, base: &Path) -> Option<Result<KeyMaterial, String>> {
+    let read = |file: &Path| {
+        let path = base.join(file);
+        std::fs::read(&path)
+            .map(|bytes| (path.clone(), bytes))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let material = match key {
+        KeySpec {
+            secret_env: Some(var),
+            secret_file: None,
+            public_key_file: None,
+            jwks_file: None,
+            jwks_url: None,
+            ..
+        } => std::env::var(var)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(|s| KeyMaterial::Secret(s.into_bytes()))
+            .ok_or_else(|| format!("environment variable {var} is not set")),
+        KeySpec {
+            secret_env: None,
+            secret_file: Some(file),
+            public_key_file: None,
+            jwks_file: None,
+            jwks_url: None,
+            ..
+        } => read(file).map(|(_, mut bytes)| {
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            KeyMaterial::Secret(bytes)
+        }),
+        KeySpec {
+            secret_env: None,
+            secret_file: None,
+            public_key_file: Some(file),
+            jwks_file: None,
+            jwks_url: None,
+            ..
+        } => read(file).map(|(path, bytes)| KeyMaterial::Pem(path, bytes)),
+        KeySpec {
+            secret_env: None,
+            secret_file: None,
+            public_key_file: None,
+            jwks_file: Some(file),
+            jwks_url: None,
+            ..
+        } => read(file).and_then(|(path, bytes)| {
+            String::from_utf8(bytes)
+                .map(|text| KeyMaterial::Jwks(path.clone(), text))
+                .map_err(|_| format!("{} is not valid UTF-8", path.display()))
+        }),
+        KeySpec {
+            secret_env: None,
+            secret_file: None,
+            public_key_file: None,
+            jwks_file: None,
+            jwks_url: Some(_),
+            ..
+        } => Ok(KeyMaterial::Url),
+        _ => return None,
+    };
+    Some(material)
 }
 
 struct SourceFile {
@@ -211,9 +351,13 @@ struct Parsed<'a> {
 
 struct Compiler<'a> {
     errors: Vec<LoadError>,
+    warnings: Vec<LoadError>,
     files: &'a [Parsed<'a>],
     /// `*.grants` files: one grant a line, for grants in bulk.
     grant_files: &'a [&'a SourceFile],
+    /// Every issuer's key source, read before compiling.
+    keys: KeyReads,
+    unreadable: UnreadableKeys,
     /// A digest of every key read, for the policy version.
     key_material: Sha256,
 }
@@ -487,7 +631,7 @@ impl<'a> Compiler<'a> {
             );
             ok = false;
         }
-        let keys = match self.keys(f, spec, &algorithms) {
+        let keys = match self.keys(f, i, spec, &algorithms) {
             Ok(keys) => Some(keys),
             Err(message) => {
                 self.error(f, &at("key"), format!("issuer {:?}: {message}", spec.name));
@@ -510,30 +654,25 @@ impl<'a> Compiler<'a> {
         })
     }
 
-    /// Reads the key an issuer names and checks it fits its algorithms.
+    /// Compiles the key an issuer names (read by [`read_keys`]) and checks
+    /// it fits its algorithms.
     fn keys(
         &mut self,
         f: usize,
+        i: usize,
         spec: &IssuerSpec,
         algorithms: &[Algorithm],
     ) -> Result<KeySet, String> {
-        let KeySpec {
-            secret_env,
-            secret_file,
-            public_key_file,
-            jwks_file,
-            jwks_url,
-            refresh,
-        } = spec
+        let key = spec
             .key
             .as_ref()
             .ok_or("an issuer needs a key (or jwt_authn, to trust Envoy's verification)")?;
         let given = [
-            secret_env.is_some(),
-            secret_file.is_some(),
-            public_key_file.is_some(),
-            jwks_file.is_some(),
-            jwks_url.is_some(),
+            key.secret_env.is_some(),
+            key.secret_file.is_some(),
+            key.public_key_file.is_some(),
+            key.jwks_file.is_some(),
+            key.jwks_url.is_some(),
         ];
         if given.iter().filter(|g| **g).count() != 1 {
             return Err(
@@ -541,7 +680,6 @@ impl<'a> Compiler<'a> {
                     .into(),
             );
         }
-        let base = self.files[f].path.parent().unwrap_or(Path::new("."));
         let Some(family) = algorithms.first().map(|a| a.family()) else {
             return Err("no algorithm to check the key against".into());
         };
@@ -552,117 +690,131 @@ impl<'a> Compiler<'a> {
                 Err(format!("a {what} key cannot verify {algorithms:?}"))
             }
         };
-
-        let secret = match (secret_env, secret_file) {
-            (Some(var), _) => Some(
-                std::env::var(var)
-                    .ok()
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| format!("environment variable {var} is not set"))?
-                    .into_bytes(),
-            ),
-            (_, Some(file)) => {
-                let path = base.join(file);
-                let mut bytes = std::fs::read(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    bytes.pop();
+        let is_secret = key.secret_env.is_some() || key.secret_file.is_some();
+        let material = match self.keys.remove(&(f, i)) {
+            Some(Ok(material)) => material,
+            Some(Err(unreadable)) => {
+                if self.unreadable == UnreadableKeys::Refuse {
+                    return Err(unreadable);
                 }
-                Some(bytes)
+                // What the key would be is still checked against the
+                // algorithms: only the missing bytes are forgiven.
+                if is_secret {
+                    need(AlgorithmFamily::Hmac, "shared-secret")?;
+                } else if family == AlgorithmFamily::Hmac {
+                    return Err("an HMAC algorithm needs a secret, not a public key".into());
+                }
+                let at = [Step::Key("issuers"), Step::Index(i), Step::Key("key")];
+                let parsed = &self.files[f];
+                self.warnings.push(LoadError {
+                    file: parsed.path.to_path_buf(),
+                    line: Some(parsed.lines.line_of(&at)),
+                    message: format!(
+                        "warning: issuer {:?}: {unreadable}; its tokens cannot be verified in this run (every one is refused)",
+                        spec.name
+                    ),
+                });
+                self.key_material.update(b"unverifiable\0");
+                self.key_material.update(spec.name.as_bytes());
+                return Ok(KeySet::Unverifiable(unreadable));
             }
-            _ => None,
+            None => return Err("no key source".into()),
         };
-        if let Some(secret) = secret {
-            need(AlgorithmFamily::Hmac, "shared-secret")?;
-            self.key_material.update(&secret);
-            let min = algorithms
-                .iter()
-                .map(|a| token::min_secret_len(*a))
-                .max()
-                .unwrap_or(32);
-            if secret.len() < min {
-                return Err(format!(
-                    "the secret is {} bytes; {algorithms:?} needs at least {min}",
-                    secret.len()
-                ));
-            }
-            return Ok(KeySet::Single(DecodingKey::from_secret(&secret)));
-        }
-
-        if let Some(file) = public_key_file {
-            let path = base.join(file);
-            let pem =
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            self.key_material.update(&pem);
-            let key = match family {
-                AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
-                AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
-                AlgorithmFamily::Ed => DecodingKey::from_ed_pem(&pem),
-                AlgorithmFamily::Hmac => {
-                    return Err("an HMAC algorithm needs a secret, not a public key".into())
+        match material {
+            KeyMaterial::Secret(secret) => {
+                need(AlgorithmFamily::Hmac, "shared-secret")?;
+                self.key_material.update(&secret);
+                let min = algorithms
+                    .iter()
+                    .map(|a| token::min_secret_len(*a))
+                    .max()
+                    .unwrap_or(32);
+                if secret.len() < min {
+                    return Err(format!(
+                        "the secret is {} bytes; {algorithms:?} needs at least {min}",
+                        secret.len()
+                    ));
                 }
-            };
-            let key = key.map_err(|e| {
-                format!("{} is not a PEM {family:?} public key: {e}", path.display())
-            })?;
-            return Ok(KeySet::Single(key));
-        }
-
-        if let Some(file) = jwks_file {
-            let path = base.join(file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            self.key_material.update(text.as_bytes());
-            let set: JwkSet = serde_json::from_str(&text)
-                .map_err(|e| format!("{} is not a JWK set: {e}", path.display()))?;
-            let keys = token::jwk_keys(&set, family);
-            if keys.is_empty() {
-                return Err(format!(
-                    "{} holds no {family:?} signing key",
-                    path.display()
-                ));
+                Ok(KeySet::Single(DecodingKey::from_secret(&secret)))
             }
-            return Ok(KeySet::Jwks(keys));
-        }
-        if let Some(url) = jwks_url {
-            check_jwks_url(url)?;
-            if algorithms
-                .iter()
-                .any(|a| a.family() == AlgorithmFamily::Hmac)
-            {
-                return Err(
-                    "a JWKS URL serves public keys: pin RS, PS, ES or EdDSA algorithms".into(),
-                );
+            KeyMaterial::Pem(path, pem) => {
+                self.key_material.update(&pem);
+                let key = match family {
+                    AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
+                    AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
+                    AlgorithmFamily::Ed => DecodingKey::from_ed_pem(&pem),
+                    AlgorithmFamily::Hmac => {
+                        return Err("an HMAC algorithm needs a secret, not a public key".into())
+                    }
+                };
+                let key = key.map_err(|e| {
+                    format!("{} is not a PEM {family:?} public key: {e}", path.display())
+                })?;
+                Ok(KeySet::Single(key))
             }
-            if refresh.min_seconds == 0 || refresh.min_seconds > refresh.max_seconds {
-                return Err("refresh needs 0 < min_seconds <= max_seconds".into());
+            KeyMaterial::Jwks(path, text) => {
+                self.key_material.update(text.as_bytes());
+                let set: JwkSet = serde_json::from_str(&text)
+                    .map_err(|e| format!("{} is not a JWK set: {e}", path.display()))?;
+                let keys = token::jwk_keys(&set, family);
+                if keys.is_empty() {
+                    return Err(format!(
+                        "{} holds no {family:?} signing key",
+                        path.display()
+                    ));
+                }
+                Ok(KeySet::Jwks(keys))
             }
-            // The URL and its bounds are part of the version; the keys it
-            // serves change without a new version, and a change clears the caches.
-            self.key_material.update(url.as_bytes());
-            let policy = RefreshPolicy {
-                min: Duration::from_secs(refresh.min_seconds),
-                max: Duration::from_secs(refresh.max_seconds),
-                unknown_kid: Duration::from_secs(refresh.unknown_kid_seconds),
-            };
-            return Ok(KeySet::Remote(Arc::new(RemoteKeys::new(
-                url.clone(),
-                policy,
-                family,
-            ))));
+            KeyMaterial::Url => {
+                let (Some(url), refresh) = (&key.jwks_url, &key.refresh) else {
+                    return Err("no key source".into());
+                };
+                check_jwks_url(url)?;
+                if algorithms
+                    .iter()
+                    .any(|a| a.family() == AlgorithmFamily::Hmac)
+                {
+                    return Err(
+                        "a JWKS URL serves public keys: pin RS, PS, ES or EdDSA algorithms".into(),
+                    );
+                }
+                if refresh.min_seconds == 0 || refresh.min_seconds > refresh.max_seconds {
+                    return Err("refresh needs 0 < min_seconds <= max_seconds".into());
+                }
+                // The URL and its bounds are part of the version; the keys it
+                // serves change without a new version, and a change clears the caches.
+                self.key_material.update(url.as_bytes());
+                let policy = RefreshPolicy {
+                    min: Duration::from_secs(refresh.min_seconds),
+                    max: Duration::from_secs(refresh.max_seconds),
+                    unknown_kid: Duration::from_secs(refresh.unknown_kid_seconds),
+                };
+                Ok(KeySet::Remote(Arc::new(RemoteKeys::new(
+                    url.clone(),
+                    policy,
+                    family,
+                ))))
+            }
         }
-        Err("no key source".into())
     }
 
-    /// Every action any route names, in a stable order.
+    /// Every action a route or a role names, in a stable order. A role
+    /// defines the actions it lists: evaluation-style checks (a case's
+    /// `resource`/`action`) ask about actions no route maps to. Deny rules
+    /// define none, so a misspelled action there is still an error.
     fn actions(&self) -> Vec<String> {
-        let set: BTreeSet<&str> = self
+        let routes = self
             .files
             .iter()
             .flat_map(|f| &f.doc.applications)
             .flat_map(|a| &a.routes)
-            .filter_map(|r| r.action.as_deref())
-            .collect();
+            .filter_map(|r| r.action.as_deref());
+        let roles = self
+            .files
+            .iter()
+            .flat_map(|f| f.doc.roles.values())
+            .flat_map(|r| r.actions.iter().map(String::as_str));
+        let set: BTreeSet<&str> = routes.chain(roles).filter(|a| !a.is_empty()).collect();
         set.into_iter().map(str::to_owned).collect()
     }
 
@@ -702,9 +854,7 @@ impl<'a> Compiler<'a> {
                         self.error(
                             *f,
                             &[Step::Key("roles"), Step::Key(name), Step::Key("actions")],
-                            format!(
-                                "unknown action {action:?} in role {name:?} (no route names it)"
-                            ),
+                            format!("role {name:?} lists an empty action"),
                         );
                         ok = false;
                     }
@@ -960,6 +1110,15 @@ impl<'a> Compiler<'a> {
         (applications, selector)
     }
 
+    /// True when some file defines an issuer named `name`, whether or not
+    /// it compiled.
+    fn declares_issuer(&self, name: &str) -> bool {
+        self.files
+            .iter()
+            .flat_map(|f| &f.doc.issuers)
+            .any(|spec| spec.name == name)
+    }
+
     fn application_issuers(
         &mut self,
         f: usize,
@@ -985,6 +1144,10 @@ impl<'a> Compiler<'a> {
         for name in names {
             match issuers.position(name) {
                 Some(index) => allowed.push(index),
+                // Declared, but its definition failed: that error is
+                // reported where it is; a second one here would only
+                // send the author looking for a missing definition.
+                None if self.declares_issuer(name) => {}
                 None => self.error(
                     f,
                     &[
@@ -1280,7 +1443,10 @@ impl<'a> Compiler<'a> {
                             None => self.error(
                                 f,
                                 &[Step::Key("denies"), Step::Index(d), Step::Key("actions")],
-                                format!("unknown action {action:?} in deny rule {:?}", deny.name),
+                                format!(
+                                    "unknown action {action:?} in deny rule {:?} (no route or role names it)",
+                                    deny.name
+                                ),
                             ),
                         }
                     }

@@ -216,6 +216,97 @@ impl PathTemplate {
         parts.next().is_none().then_some(captures)
     }
 
+    /// How far `path` gets through the template: the number of leading
+    /// segments that match, and why the next one does not (`None` when the
+    /// whole path matches). For explanations only; [`Self::matches`] is
+    /// what decides.
+    pub fn mismatch(&self, path: &NormalPath) -> (usize, Option<Mismatch>) {
+        let parts: Vec<&str> = path.segments().collect();
+        for (i, segment) in self.segments.iter().enumerate() {
+            let Some(&value) = parts.get(i) else {
+                let rest = PathTemplate {
+                    segments: self.segments[i..].to_vec(),
+                };
+                return (
+                    i,
+                    Some(Mismatch::TooShort {
+                        missing: rest.to_string(),
+                    }),
+                );
+            };
+            match segment {
+                Segment::Literal(literal) if literal != value => {
+                    return (
+                        i,
+                        Some(Mismatch::Literal {
+                            segment: i + 1,
+                            value: value.to_owned(),
+                            expected: literal.clone(),
+                        }),
+                    );
+                }
+                Segment::Literal(_) => {}
+                Segment::Capture(name, kind) => {
+                    let chars = reserved_chars(value);
+                    if !chars.is_empty() {
+                        return (
+                            i,
+                            Some(Mismatch::Reserved {
+                                segment: i + 1,
+                                value: value.to_owned(),
+                                chars,
+                            }),
+                        );
+                    }
+                    if !kind.accepts(value) {
+                        let capture = Segment::Capture(name.clone(), *kind);
+                        return (
+                            i,
+                            Some(Mismatch::Type {
+                                segment: i + 1,
+                                value: value.to_owned(),
+                                capture: PathTemplate {
+                                    segments: vec![capture],
+                                }
+                                .to_string()
+                                .trim_start_matches('/')
+                                .to_owned(),
+                            }),
+                        );
+                    }
+                }
+                Segment::Rest(_) => {
+                    for (j, part) in parts.iter().enumerate().skip(i) {
+                        let value = *part;
+                        let chars = reserved_chars(value);
+                        if !chars.is_empty() {
+                            return (
+                                j,
+                                Some(Mismatch::Reserved {
+                                    segment: j + 1,
+                                    value: value.to_owned(),
+                                    chars,
+                                }),
+                            );
+                        }
+                    }
+                    return (parts.len(), None);
+                }
+            }
+        }
+        if parts.len() > self.segments.len() {
+            let extra = self.segments.len();
+            return (
+                extra,
+                Some(Mismatch::TooLong {
+                    segment: extra + 1,
+                    value: parts[extra].to_owned(),
+                }),
+            );
+        }
+        (parts.len(), None)
+    }
+
     /// The template with its literals in lower case, for an application
     /// whose upstream ignores case (its paths are lower-cased before matching).
     pub fn with_lowercase_literals(mut self) -> Self {
@@ -284,6 +375,18 @@ impl fmt::Display for PathTemplate {
     }
 }
 
+/// Each character of `value` that is not unreserved, once, in order.
+fn reserved_chars(value: &str) -> String {
+    let mut seen = String::new();
+    for c in value.chars() {
+        let unreserved = c.is_ascii() && is_unreserved(c as u8);
+        if !unreserved && !seen.contains(c) {
+            seen.push(c);
+        }
+    }
+    seen
+}
+
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -346,6 +449,135 @@ impl ResourceTemplate {
     }
 }
 
+/// Why a path does not match a template, at the first segment that fails
+/// (segments count from 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// A literal segment differs.
+    Literal {
+        segment: usize,
+        value: String,
+        expected: String,
+    },
+    /// A segment a capture would take holds characters no capture accepts.
+    Reserved {
+        segment: usize,
+        value: String,
+        /// Each character that is not unreserved, once.
+        chars: String,
+    },
+    /// A typed capture does not accept the value.
+    Type {
+        segment: usize,
+        value: String,
+        /// The capture as written, such as `{id:uint}`.
+        capture: String,
+    },
+    /// The path ends where the template goes on with `missing`.
+    TooShort { missing: String },
+    /// The path goes on after the template ends.
+    TooLong { segment: usize, value: String },
+}
+
+/// Values quoted in an explanation are cut to this many bytes.
+const QUOTED_MAX: usize = 64;
+
+/// `value`, cut to at most `max` bytes at a character boundary, with `…`
+/// when cut.
+pub fn bounded(value: &str, max: usize) -> String {
+    if value.len() <= max {
+        return value.to_owned();
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end])
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let q = |v: &str| bounded(v, QUOTED_MAX);
+        match self {
+            Mismatch::Literal {
+                segment,
+                value,
+                expected,
+            } => write!(f, "segment {segment} {:?} is not {expected:?}", q(value)),
+            Mismatch::Reserved {
+                segment,
+                value,
+                chars,
+            } => {
+                let listed: Vec<String> = chars.chars().map(|c| format!("`{c}`")).collect();
+                write!(
+                    f,
+                    "segment {segment} {:?} holds characters a capture does not accept ({}): captures take only A-Z a-z 0-9 - . _ ~",
+                    q(value),
+                    listed.join(" ")
+                )
+            }
+            Mismatch::Type {
+                segment,
+                value,
+                capture,
+            } => {
+                let what = if capture.contains(":uint") {
+                    "an unsigned integer without leading zeros"
+                } else if capture.contains(":uuid") {
+                    "a lower-case hyphenated UUID"
+                } else {
+                    "a non-empty value"
+                };
+                write!(
+                    f,
+                    "segment {segment}: `{capture}` does not accept {:?} (it takes {what})",
+                    q(value)
+                )
+            }
+            Mismatch::TooShort { missing } => {
+                write!(f, "the path ends where the template goes on with {missing}")
+            }
+            Mismatch::TooLong { segment, value } => write!(
+                f,
+                "the path goes on after the template ends, at segment {segment} {:?}",
+                q(value)
+            ),
+        }
+    }
+}
+
+/// The route that came closest to taking a request, and why it did not.
+#[derive(Debug)]
+pub struct NearMiss<'t> {
+    pub route: &'t Route,
+    /// `None` when the path matches and only the method does not.
+    pub mismatch: Option<Mismatch>,
+    /// The method is one the route takes.
+    pub method_ok: bool,
+}
+
+impl NearMiss<'_> {
+    /// The explanation in words, the request's method given.
+    pub fn describe(&self, method: &str) -> String {
+        let route = &self.route;
+        let head = format!("route {:?} ({})", route.name, route.template);
+        match (&self.mismatch, self.method_ok) {
+            (Some(mismatch), true) => format!("{head}: {mismatch}"),
+            (Some(mismatch), false) => format!(
+                "{head}: {mismatch}; it also takes {}, not {}",
+                route.methods.join(", "),
+                bounded(method, 32)
+            ),
+            (None, _) => format!(
+                "{head} takes {}, not {}",
+                route.methods.join(", "),
+                bounded(method, 32)
+            ),
+        }
+    }
+}
+
 /// A route: methods and a template, mapped to what the request does.
 #[derive(Debug)]
 pub struct Route {
@@ -381,6 +613,39 @@ impl RouteTable {
                 .matches(path)
                 .map(|captures| (route, captures))
         })
+    }
+
+    /// The route that came closest to taking `method` and `path`, when
+    /// none does: the one whose template matches the most leading segments
+    /// (a whole-path match first), then one of the path's length, then one
+    /// that takes the method; among
+    /// equals, the most specific. `None` when a route takes the request or
+    /// the table is empty. Only for explanations, never on the decision path.
+    pub fn closest<'t>(&'t self, method: &str, path: &NormalPath) -> Option<NearMiss<'t>> {
+        let mut best: Option<((bool, usize, bool, bool), NearMiss<'t>)> = None;
+        for route in &self.routes {
+            let (matched, mismatch) = route.template.mismatch(path);
+            let method_ok = route.methods.iter().any(|m| m == method);
+            if mismatch.is_none() && method_ok {
+                return None;
+            }
+            // A template of the path's length that fails at one segment is
+            // closer than one that ends early or goes on.
+            let same_length = !matches!(
+                mismatch,
+                Some(Mismatch::TooShort { .. } | Mismatch::TooLong { .. })
+            );
+            let score = (mismatch.is_none(), matched, same_length, method_ok);
+            if best.as_ref().is_none_or(|(top, _)| score > *top) {
+                let miss = NearMiss {
+                    route,
+                    mismatch,
+                    method_ok,
+                };
+                best = Some((score, miss));
+            }
+        }
+        best.map(|(_, miss)| miss)
     }
 
     pub fn len(&self) -> usize {
@@ -536,6 +801,49 @@ mod tests {
         let t = PathTemplate::parse("/a/{id:uint}").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.to_string(), "/a/{id:uint}");
         assert_eq!(t.shape(), "/a/{:uint}");
+    }
+
+    fn closest(table: &RouteTable, method: &str, path: &str) -> Option<String> {
+        let path = normalize(path).ok()?;
+        table.closest(method, &path).map(|m| m.describe(method))
+    }
+
+    #[test]
+    fn the_closest_route_explains_a_miss() {
+        let table = RouteTable::new(vec![
+            route("read-user", &["GET", "PUT"], "/users/{id}"),
+            route("read-todo", &["GET"], "/todos/{id:uint}"),
+            route("todo-items", &["GET"], "/todos/{id:uint}/items"),
+            route("files", &["GET"], "/files/{path...}"),
+        ]);
+        let why = |m: &str, p: &str| closest(&table, m, p).unwrap_or_else(|| panic!("{m} {p}"));
+        assert_eq!(
+            why("GET", "/users/beth@the-smiths.com"),
+            "route \"read-user\" (/users/{id}): segment 2 \"beth@the-smiths.com\" holds characters a capture does not accept (`@`): captures take only A-Z a-z 0-9 - . _ ~"
+        );
+        assert_eq!(
+            why("GET", "/todos/01"),
+            "route \"read-todo\" (/todos/{id:uint}): segment 2: `{id:uint}` does not accept \"01\" (it takes an unsigned integer without leading zeros)"
+        );
+        assert_eq!(
+            why("DELETE", "/users/beth"),
+            "route \"read-user\" (/users/{id}) takes GET, PUT, not DELETE"
+        );
+        assert_eq!(
+            why("GET", "/todos/7/items/3"),
+            "route \"todo-items\" (/todos/{id:uint}/items): the path goes on after the template ends, at segment 4 \"3\""
+        );
+        assert_eq!(
+            why("GET", "/todo/7"),
+            "route \"read-todo\" (/todos/{id:uint}): segment 1 \"todo\" is not \"todos\""
+        );
+        assert!(why("GET", "/files/a/b+c").contains("segment 3 \"b+c\""));
+        assert!(
+            why("GET", "/users").contains("the path ends where the template goes on with /{id}")
+        );
+        assert_eq!(closest(&table, "GET", "/users/beth"), None);
+        let long = format!("/users/{}@x", "a".repeat(500));
+        assert!(why("GET", &long).len() < 300, "{}", why("GET", &long));
     }
 
     #[test]

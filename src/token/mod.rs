@@ -103,6 +103,11 @@ pub enum KeySet {
     Jwks(Vec<JwkKey>),
     /// Keys from a JWKS URL, fetched and refreshed outside the engine.
     Remote(Arc<RemoteKeys>),
+    /// No key at all: the key source could not be read, and the loader was
+    /// asked to go on without it (`portcullis test`, whose cases never
+    /// verify a token). Every token is refused, so a policy loaded this
+    /// way fails closed. The text says why, for explanations.
+    Unverifiable(String),
 }
 
 /// One key of a JWKS.
@@ -381,6 +386,7 @@ impl Issuer {
             KeySet::Single(key) if key.family() == alg.family() => decode(key),
             KeySet::Single(_) => Err(TokenError::AlgorithmNotAllowed(format!("{alg:?}"))),
             KeySet::Jwks(keys) => decode(select_jwk(keys, alg, kid)?),
+            KeySet::Unverifiable(_) => Err(TokenError::UnknownKey),
             KeySet::Remote(remote) => {
                 let keys = remote.current();
                 match select_jwk(&keys, alg, kid) {

@@ -114,8 +114,13 @@ pub fn render_envoy_config(template_path: &Path, ports: &EnvoyPorts) -> String {
     render_envoy_config_with(template_path, ports, &[])
 }
 
+/// The application the front-proxy templates name in context_extensions
+/// (`__APP__`) unless `extra` says otherwise: the bundled policy's.
+pub const DEFAULT_APP: &str = "documents";
+
 /// Like [`render_envoy_config`], for templates with more placeholders than
-/// the ports (`extra`: placeholder and value).
+/// the ports (`extra`: placeholder and value). `__APP__` is
+/// [`DEFAULT_APP`] unless `extra` names it.
 pub fn render_envoy_config_with(
     template_path: &Path,
     ports: &EnvoyPorts,
@@ -126,6 +131,9 @@ pub fn render_envoy_config_with(
         .map(|(placeholder, port)| (*placeholder, port.to_string()))
         .collect();
     let mut values: Vec<(&str, &str)> = ports.iter().map(|(p, v)| (*p, v.as_str())).collect();
+    if !extra.iter().any(|(p, _)| *p == "__APP__") {
+        values.push(("__APP__", DEFAULT_APP));
+    }
     values.extend_from_slice(extra);
     render_template(template_path, &values)
 }
