@@ -961,6 +961,15 @@ def check_mesh_policy(bundle: Bundle) -> list[str]:
         for p in not_paths:
             if "*" in p:
                 errors.append(f"{origin}: {ref(policy)}: notPaths {p!r} is a wildcard; only exact health paths may skip Portcullis")
+        # Only reads of the health paths skip Portcullis: another rule must
+        # send every other method on them to it.
+        reads_only = any(
+            sorted(get(to, "operation", "paths", default=[])) == sorted(not_paths)
+            and sorted(get(to, "operation", "notMethods", default=[])) == ["GET", "HEAD"]
+            for rule in spec.get("rules") or [] for to in rule.get("to") or [])
+        if not_paths and not reads_only:
+            errors.append(f"{origin}: {ref(policy)}: the health paths skip Portcullis for every method; "
+                          f"add a rule with paths: {not_paths} and notMethods: [GET, HEAD]")
         for rule in spec.get("rules") or []:
             for to in rule.get("to") or []:
                 if get(to, "operation", "notHosts") or get(to, "operation", "hosts"):
@@ -1867,6 +1876,8 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
      lambda b: b.rendered[BASE].append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "portcullis-issuer-secrets", "namespace": PORTCULLIS}, "stringData": {"demo-secret": "x"}})),
     (check_mesh_policy, "mesh-wide policy exempts /documents*",
      lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"]["rules"][0]["to"][0]["operation"]["notPaths"].append("/documents*")),
+    (check_mesh_policy, "the health paths exempt for every method (the GET/HEAD-only rule dropped)",
+     lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"]["rules"].pop(1)),
     (check_mesh_policy, "mesh-wide policy narrowed by a selector",
      lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"].update(selector={"matchLabels": {"app": "x"}})),
     (check_mesh_policy, "health paths no longer excluded",

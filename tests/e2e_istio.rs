@@ -35,11 +35,12 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer};
 use envoy_types::pb::google::rpc;
+use portcullis::cases::Deployment;
 use serde_json::Value;
 use support::{
-    assert_envoy_validates, bearer, bind_loopback, bundled_policies, copy_policies, find_envoy,
-    ready_version, render_template, repo_path, tail, token, wait_for_new_version, EchoUpstream,
-    Envoy, MeshPki, Portcullis, Recorded, Response, TcpEcho, TlsClient,
+    assert_envoy_validates, bearer, bind_loopback, bundled_policies, copy_policies, corpus,
+    find_envoy, ready_version, render_template, repo_path, tail, token, wait_for_new_version,
+    EchoUpstream, Envoy, MeshPki, Portcullis, Recorded, Response, TcpEcho, TlsClient,
 };
 
 const TEMPLATE: &str = "tests/envoy/istio-sidecar.yaml";
@@ -164,11 +165,13 @@ enum Expect {
     Allow(Option<&'static str>),
     /// Portcullis' own deny: this status, its JSON body, never upstream.
     Deny(u16),
+    /// This status, from Envoy or Portcullis, never upstream.
+    Status(u16),
     /// Anything but 2xx, never upstream.
     NotAllowed,
 }
 
-use Expect::{Allow, Deny, NotAllowed};
+use Expect::{Allow, Deny, NotAllowed, Status};
 
 /// Sends probes through one sidecar and collects what went wrong.
 struct Probes<'a> {
@@ -279,6 +282,11 @@ fn problems(resp: &Response, seen: &[Recorded], expect: Expect) -> Vec<String> {
                 out.push(format!("status {} is not {status}", resp.status));
             }
             out.extend(portcullis_deny_problems(resp));
+        }
+        Status(status) => {
+            if resp.status != status {
+                out.push(format!("status {} is not {status}", resp.status));
+            }
         }
         NotAllowed => {
             if (200..300).contains(&resp.status) {
@@ -739,6 +747,70 @@ fn bundled_policy_decides_behind_the_istio_sidecar() {
         stranger.is_err(),
         "a client certificate from outside the mesh was answered: {stranger:?}"
     );
+}
+
+/// The decision case corpus (`policies/tests/*.yaml`) through the Istio
+/// sidecar: every request case the sidecar can express (no context
+/// extension, and no mesh identity but the sidecar's own) comes back
+/// exactly as the engine decided it, unless the case says how the sidecar
+/// changes it (`through: { istio_sidecar: ... }`, with the reason).
+#[test]
+fn the_case_corpus_through_the_istio_sidecar() {
+    let Some(sidecar) = Sidecar::start(&bundled_policies()) else {
+        return;
+    };
+    let mut p = Probes::new(&sidecar);
+    let (mut ran, mut skipped) = (0, Vec::new());
+    for (file, outcome) in corpus::cases() {
+        let label = format!("{file}:{}: {}", outcome.line, outcome.name);
+        let Some(request) = &outcome.request else {
+            continue; // a subject/resource/action case: no request to send
+        };
+        let through = outcome.through.get(&Deployment::IstioSidecar);
+        let expressible = request.context_extensions.is_empty()
+            && (request.destination.is_empty() || request.destination == WORKLOAD);
+        if through.is_some_and(|t| t.skip) || !expressible {
+            skipped.push(label);
+            continue;
+        }
+        let authorization = corpus::authorization(&outcome);
+        let mut headers = Vec::new();
+        if !request.host.is_empty() {
+            headers.push(("Host", request.host.as_str()));
+        }
+        let decision = &outcome.decision;
+        let expect = match (through.and_then(|t| t.status), decision.is_allowed()) {
+            // The sidecar rewrote the request into one the caller may make.
+            (Some(200), _) => Allow(
+                outcome
+                    .caller
+                    .as_ref()
+                    .map(|(s, _)| corpus::leak(s.clone())),
+            ),
+            (Some(status), _) => Status(status),
+            (None, true) => Allow(decision.subject.clone().map(corpus::leak)),
+            (None, false) => Deny(decision.status.code()),
+        };
+        p.check(
+            &label,
+            &request.method,
+            request.path.as_bytes(),
+            authorization.as_deref(),
+            &headers,
+            expect,
+        );
+        ran += 1;
+    }
+    eprintln!(
+        "corpus through the Istio sidecar: {ran} cases sent, {} skipped:\n  {}",
+        skipped.len(),
+        skipped.join("\n  ")
+    );
+    assert!(
+        ran >= 50,
+        "only {ran} corpus cases went through the sidecar"
+    );
+    p.finish();
 }
 
 // ---------------------------------------------------------------------------
