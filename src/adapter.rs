@@ -18,7 +18,8 @@ use envoy_types::pb::google::protobuf::Value as ProtoValue;
 use envoy_types::pb::google::rpc;
 
 use crate::engine::{
-    ConnectionAttrs, Credential, CredentialError, Decision, Reason, RequestAttrs, Status,
+    ConnectionAttrs, Credential, CredentialError, Decision, DenyStatus, Effect, Reason,
+    RequestAttrs,
 };
 use crate::token::MAX_TOKEN_LEN;
 
@@ -367,43 +368,14 @@ pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResp
             ..Default::default()
         };
     }
-    if decision.lets_through() {
-        let mut ok = OkHttpResponse::default();
-        match &decision.subject {
-            // Overwrites whatever copy the client sent.
-            Some(subject) => ok.headers.push(header(&config.subject_header, subject)),
-            None => ok.headers_to_remove.push(config.subject_header.clone()),
-        }
-        ok.headers_to_remove
-            .extend(config.look_alikes.iter().cloned());
-        if !decision.is_allowed() {
-            let value = format!(
-                "would-deny; status={}; reason={}",
-                decision.status.code(),
-                decision.reason.code()
-            );
-            ok.response_headers_to_add
-                .push(header(DRY_RUN_HEADER, &value));
-        }
-        return CheckResponse {
-            status: Some(rpc::Status {
-                code: code::OK,
-                ..Default::default()
-            }),
-            http_response: Some(HttpResponse::OkResponse(ok)),
-            ..Default::default()
-        };
-    }
-
-    let (grpc_code, error) = match decision.status {
-        Status::BadRequest => (code::INVALID_ARGUMENT, "bad_request"),
-        Status::Unauthorized => (code::UNAUTHENTICATED, "unauthorized"),
-        Status::Forbidden | Status::Ok => (code::PERMISSION_DENIED, "forbidden"),
+    let http_status = match decision.effect {
+        Effect::Deny(status) if !decision.dry_run => status,
+        _ => return let_through(decision, config),
     };
-    // A deny that somehow carries 200 must not read as success downstream.
-    let http_status = match decision.status {
-        Status::Ok => Status::Forbidden,
-        other => other,
+    let (grpc_code, error) = match http_status {
+        DenyStatus::BadRequest => (code::INVALID_ARGUMENT, "bad_request"),
+        DenyStatus::Unauthorized => (code::UNAUTHENTICATED, "unauthorized"),
+        DenyStatus::Forbidden => (code::PERMISSION_DENIED, "forbidden"),
     };
     let body = serde_json::json!({
         "error": error,
@@ -411,7 +383,7 @@ pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResp
     })
     .to_string();
     let mut headers = vec![header("content-type", "application/json")];
-    if http_status == Status::Unauthorized {
+    if http_status == DenyStatus::Unauthorized {
         headers.push(header("www-authenticate", &www_authenticate(decision)));
     }
     CheckResponse {
@@ -427,6 +399,36 @@ pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResp
             headers,
             body,
         })),
+        ..Default::default()
+    }
+}
+
+/// The response that lets a request through: an allow, or a deny in dry
+/// run (which the client learns from a response header).
+fn let_through(decision: &Decision, config: &ResponseConfig) -> CheckResponse {
+    let mut ok = OkHttpResponse::default();
+    match &decision.subject {
+        // Overwrites whatever copy the client sent.
+        Some(subject) => ok.headers.push(header(&config.subject_header, subject)),
+        None => ok.headers_to_remove.push(config.subject_header.clone()),
+    }
+    ok.headers_to_remove
+        .extend(config.look_alikes.iter().cloned());
+    if !decision.is_allowed() {
+        let value = format!(
+            "would-deny; status={}; reason={}",
+            decision.status_code(),
+            decision.reason.code()
+        );
+        ok.response_headers_to_add
+            .push(header(DRY_RUN_HEADER, &value));
+    }
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: code::OK,
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::OkResponse(ok)),
         ..Default::default()
     }
 }
@@ -460,7 +462,7 @@ mod tests {
 
     #[test]
     fn a_denied_connection_is_permission_denied_without_an_http_response() {
-        let deny = Decision::deny(Status::Forbidden, Reason::ConnectionDenied);
+        let deny = Decision::deny(DenyStatus::Forbidden, Reason::ConnectionDenied);
         let response = check_response(&deny, &ResponseConfig::default());
         assert_eq!(
             response.status.as_ref().map(|s| s.code),

@@ -17,7 +17,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -30,7 +29,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
-use crate::policy::PolicySet;
+use crate::policy::{PolicyHandle, PolicySet};
 
 /// Whether this instance should be sent checks, as far as the process
 /// knows: set once serving, cleared when shutdown begins.
@@ -97,7 +96,7 @@ impl Default for AdminLimits {
 pub struct AdminState {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
-    pub policy: Arc<ArcSwap<PolicySet>>,
+    pub policy: PolicyHandle,
 }
 
 /// The admin routes, for serving or for testing without a socket.

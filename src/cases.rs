@@ -319,10 +319,10 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
         let want = if allowed { "allow" } else { "deny" };
         problems.push(format!("expected {want}, got {got}"));
     }
-    if let Some(status) = case.expect.status.filter(|s| *s != decision.status.code()) {
+    if let Some(status) = case.expect.status.filter(|s| *s != decision.status_code()) {
         problems.push(format!(
             "expected status {status}, got {}",
-            decision.status.code()
+            decision.status_code()
         ));
     }
     if let Some(reason) = case
@@ -365,7 +365,7 @@ fn broken(case: &Case, line: usize, problem: String) -> CaseOutcome {
         request: None,
         caller: None,
         through: BTreeMap::new(),
-        decision: Decision::deny(engine::Status::Forbidden, engine::Reason::InternalError),
+        decision: Decision::deny(engine::DenyStatus::Forbidden, engine::Reason::InternalError),
         failure: Some(problem),
     }
 }

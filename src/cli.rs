@@ -408,7 +408,7 @@ pub fn explain(decision: &Decision) -> String {
     };
     let mut out = format!(
         "{verdict} ({}): {}\n",
-        decision.status.code(),
+        decision.status_code(),
         decision.reason
     );
     let fields = [

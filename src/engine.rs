@@ -114,23 +114,23 @@ impl Authenticate for KnownPrincipal {
     }
 }
 
-/// Allow or deny.
+/// Allow, or deny with the HTTP status the deny stands for: an allow has
+/// no deny status, and a deny cannot carry 200.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
     Allow,
-    Deny,
+    Deny(DenyStatus),
 }
 
-/// The HTTP status a decision stands for.
+/// The HTTP status of a deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ok = 200,
+pub enum DenyStatus {
     BadRequest = 400,
     Unauthorized = 401,
     Forbidden = 403,
 }
 
-impl Status {
+impl DenyStatus {
     pub fn code(self) -> u16 {
         self as u16
     }
@@ -243,7 +243,6 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub effect: Effect,
-    pub status: Status,
     pub reason: Reason,
     pub application: Option<String>,
     pub route: Option<String>,
@@ -261,10 +260,9 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn new(effect: Effect, status: Status, reason: Reason) -> Self {
+    fn new(effect: Effect, reason: Reason) -> Self {
         Self {
             effect,
-            status,
             reason,
             application: None,
             route: None,
@@ -277,16 +275,24 @@ impl Decision {
         }
     }
 
-    pub fn deny(status: Status, reason: Reason) -> Self {
-        Self::new(Effect::Deny, status, reason)
+    pub fn deny(status: DenyStatus, reason: Reason) -> Self {
+        Self::new(Effect::Deny(status), reason)
     }
 
     fn allow(reason: Reason) -> Self {
-        Self::new(Effect::Allow, Status::Ok, reason)
+        Self::new(Effect::Allow, reason)
     }
 
     pub fn is_allowed(&self) -> bool {
         self.effect == Effect::Allow
+    }
+
+    /// The HTTP status the decision stands for: 200 for an allow.
+    pub fn status_code(&self) -> u16 {
+        match self.effect {
+            Effect::Allow => 200,
+            Effect::Deny(status) => status.code(),
+        }
     }
 
     /// True when the request goes through: allowed, or denied in dry run.
@@ -298,8 +304,8 @@ impl Decision {
     pub fn outcome(&self) -> &'static str {
         match (self.effect, self.dry_run) {
             (Effect::Allow, _) => "allow",
-            (Effect::Deny, false) => "deny",
-            (Effect::Deny, true) => "would_deny",
+            (Effect::Deny(_), false) => "deny",
+            (Effect::Deny(_), true) => "would_deny",
         }
     }
 }
@@ -313,10 +319,10 @@ pub fn decide(
 ) -> Decision {
     let path = match path::normalize(&request.path) {
         Ok(path) => path,
-        Err(e) => return Decision::deny(Status::BadRequest, Reason::BadPath(e)),
+        Err(e) => return Decision::deny(DenyStatus::BadRequest, Reason::BadPath(e)),
     };
     let Ok(host) = normalize_host(&request.host) else {
-        return Decision::deny(Status::BadRequest, Reason::BadHost);
+        return Decision::deny(DenyStatus::BadRequest, Reason::BadHost);
     };
     let selection = policy.selector.select(SelectInput {
         context: &request.context_extensions,
@@ -337,7 +343,7 @@ pub fn decide(
         }
     };
     let Some(app) = policy.applications.get(app_index) else {
-        return Decision::deny(Status::Forbidden, Reason::InternalError);
+        return Decision::deny(DenyStatus::Forbidden, Reason::InternalError);
     };
     let with_app = |mut d: Decision| {
         d.application = Some(app.name.clone());
@@ -372,7 +378,7 @@ pub fn decide(
     }
     let principal = match authenticate(policy, &app.issuers, request, authn, now) {
         Ok(principal) => principal,
-        Err(reason) => return with_route(Decision::deny(Status::Unauthorized, reason)),
+        Err(reason) => return with_route(Decision::deny(DenyStatus::Unauthorized, reason)),
     };
     let mut decision = authorize(
         policy,
@@ -400,13 +406,13 @@ fn refuse_unknown(
 ) -> Decision {
     match authenticate(policy, issuers, request, authn, now) {
         Ok(principal) => {
-            let mut d = Decision::deny(Status::Forbidden, reason);
+            let mut d = Decision::deny(DenyStatus::Forbidden, reason);
             d.subject = Some(principal.subject.clone());
             d.valid_until = Some(policy.issuers.valid_until(&principal));
             d
         }
         Err(unauthenticated) => {
-            let mut d = Decision::deny(Status::Unauthorized, unauthenticated);
+            let mut d = Decision::deny(DenyStatus::Unauthorized, unauthenticated);
             d.matched_rule = Some(reason.to_string());
             d
         }
@@ -502,7 +508,7 @@ pub fn explain_unmatched(policy: &PolicySet, request: &RequestAttrs) -> Option<U
 pub fn decide_connection(policy: &PolicySet, connection: &ConnectionAttrs) -> Decision {
     let mut decision = match policy.connections {
         Connections::Allow => Decision::allow(Reason::ConnectionAllowed),
-        Connections::Deny => Decision::deny(Status::Forbidden, Reason::ConnectionDenied),
+        Connections::Deny => Decision::deny(DenyStatus::Forbidden, Reason::ConnectionDenied),
     };
     if !connection.destination.is_empty() {
         decision.resource = Some(connection.destination.clone());
@@ -573,7 +579,7 @@ pub fn authorize(
         .chain(&policy.denies.everyone)
         .find(|rule| rule.applies(target, action));
     if let Some(rule) = denied {
-        let mut d = Decision::deny(Status::Forbidden, Reason::ExplicitDeny);
+        let mut d = Decision::deny(DenyStatus::Forbidden, Reason::ExplicitDeny);
         d.matched_rule = Some(match &rule.reason {
             Some(why) => format!("deny {:?}: {why}", rule.name),
             None => format!("deny {:?}", rule.name),
@@ -587,7 +593,7 @@ pub fn authorize(
         Access::Granted => {}
     }
     let (Some(resource), Some(action)) = (resource, action) else {
-        return Decision::deny(Status::Forbidden, Reason::NoGrant);
+        return Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
     };
     let holders =
         std::iter::once(Holder::Subject(subject)).chain(groups().map(|g| Holder::Group(g)));
@@ -610,5 +616,5 @@ pub fn authorize(
             }
         }
     }
-    Decision::deny(Status::Forbidden, Reason::NoGrant)
+    Decision::deny(DenyStatus::Forbidden, Reason::NoGrant)
 }

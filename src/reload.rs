@@ -20,8 +20,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+use crate::policy::PolicyHandle;
 use crate::policy::{load_policies, LoadErrors, PolicySet};
-use crate::server::PolicyHandle;
 
 /// What a reload did.
 #[derive(Debug)]

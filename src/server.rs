@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
 };
@@ -40,12 +39,9 @@ use crate::admin::Readiness;
 use crate::decision_cache::DecisionCache;
 use crate::engine::{self, Decision, Reason, RequestAttrs};
 use crate::metrics::Metrics;
-use crate::policy::PolicySet;
+use crate::policy::{PolicyHandle, PolicySet};
 use crate::token::TokenError;
 use crate::token_cache::TokenCache;
-
-/// The current policy, replaced whole by a reload.
-pub type PolicyHandle = Arc<ArcSwap<PolicySet>>;
 
 /// Seconds since the Unix epoch; a parameter so tests can choose the time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -169,14 +165,14 @@ impl Authorizer {
         attrs: &Result<Check, adapter::AdapterError>,
     ) -> Arc<Decision> {
         match attrs {
-            Ok(Check::Http(attrs)) => self.decide(policy, attrs),
+            Ok(Check::Http(attrs)) => self.decide_cached(policy, attrs),
             // Cheap and keyed by nothing the cache knows: never cached.
             Ok(Check::Connection(connection)) => {
                 Arc::new(engine::decide_connection(policy, connection))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable CheckRequest; denying");
-                let deny = Decision::deny(engine::Status::Forbidden, Reason::InternalError);
+                let deny = Decision::deny(engine::DenyStatus::Forbidden, Reason::InternalError);
                 Arc::new(deny)
             }
         }
@@ -227,7 +223,7 @@ impl Authorizer {
     /// The cached decision for `attrs`, or a new one (remembered when the
     /// cache is on and the decision is worth keeping). An engine panic is a
     /// deny.
-    fn decide(&self, policy: &PolicySet, attrs: &RequestAttrs) -> Arc<Decision> {
+    fn decide_cached(&self, policy: &PolicySet, attrs: &RequestAttrs) -> Arc<Decision> {
         let now = (self.clock)();
         // A request without a token cannot have a decision in the cache:
         // it is not looked up (nor hashed), and its decision is not kept.
@@ -252,7 +248,7 @@ impl Authorizer {
         }))
         .unwrap_or_else(|_| {
             tracing::error!("the engine panicked; denying");
-            Decision::deny(engine::Status::Forbidden, Reason::InternalError)
+            Decision::deny(engine::DenyStatus::Forbidden, Reason::InternalError)
         });
         let decision = Arc::new(decision);
         if let (Some(cache), Some(key)) = (cache, key) {
@@ -342,7 +338,7 @@ impl DecisionLog {
                 path = %unmatched.path,
                 why = %unmatched.explanation,
                 decision = decision.outcome(),
-                status = decision.status.code(),
+                status = decision.status_code(),
                 reason = decision.reason.code(),
                 detail = %decision.reason,
                 rule = field(&decision.matched_rule),
@@ -363,7 +359,7 @@ impl DecisionLog {
             resource = field(&decision.resource),
             action = field(&decision.action),
             decision = decision.outcome(),
-            status = decision.status.code(),
+            status = decision.status_code(),
             reason = decision.reason.code(),
             detail = %decision.reason,
             rule = field(&decision.matched_rule),

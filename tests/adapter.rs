@@ -306,7 +306,7 @@ fn headers_are_read_from_header_map_too() {
             .collect(),
     });
     let (decision, _) = check(&request(h.clone(), &[]));
-    assert_eq!(decision.status.code(), 401, "{decision:?}");
+    assert_eq!(decision.status_code(), 401, "{decision:?}");
 
     // One in each place, disagreeing, is two headers as well.
     h.header_map = Some(HeaderMap {
@@ -318,7 +318,7 @@ fn headers_are_read_from_header_map_too() {
     });
     h.headers.insert("authorization".into(), auth.clone());
     let (decision, _) = check(&request(h, &[]));
-    assert_eq!(decision.status.code(), 401, "{decision:?}");
+    assert_eq!(decision.status_code(), 401, "{decision:?}");
 }
 
 #[test]

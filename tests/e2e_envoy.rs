@@ -306,7 +306,7 @@ fn the_case_corpus_through_the_front_proxy() {
             ),
             (Some(status), _) => Status(status),
             (None, true) => Allow(decision.subject.clone().map(corpus::leak)),
-            (None, false) => Deny(decision.status.code()),
+            (None, false) => Deny(decision.status_code()),
         };
         p.check(
             &label,

@@ -345,7 +345,7 @@ applications:
     r.destination = "spiffe://cluster.local/ns/docs/sa/api".into();
     let d = check(&policy, &r);
     assert_eq!(d.application.as_deref(), Some("docs"), "{d:?}");
-    assert_eq!(d.status.code(), 401);
+    assert_eq!(d.status_code(), 401);
     // Without the mesh identity the host decides (and the public route allows).
     r.destination.clear();
     let d = check(&policy, &r);
@@ -380,7 +380,7 @@ fn invisible_characters_in_subjects_and_groups_are_refused() {
         let t = corp(json!({ "sub": sub }));
         let d = check(&policy, &request("GET", "/docs/1", Some(&t)));
         assert_eq!(d.reason.code(), "token_bad_subject", "{sub:?}: {d:?}");
-        assert_eq!(d.status.code(), 401);
+        assert_eq!(d.status_code(), 401);
     }
     let t = corp(json!({ "sub": "alice", "groups": ["audi\u{200D}tors"] }));
     let d = check(&policy, &request("GET", "/docs/1", Some(&t)));

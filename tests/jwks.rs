@@ -21,7 +21,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::EncodePrivateKey;
 use portcullis::adapter::{self, ResponseConfig};
 use portcullis::decision_cache::DecisionCache;
-use portcullis::engine::{self, Reason, Status, VerifyEveryTime};
+use portcullis::engine::{self, DenyStatus, Effect, Reason, VerifyEveryTime};
 use portcullis::policy::load_policies;
 use portcullis::server::Authorizer;
 use portcullis::token::{jwk_keys, TokenError};
@@ -487,7 +487,11 @@ fn a_verification_with_removed_keys_filed_after_the_clear_is_never_served() {
         Err(TokenError::UnknownKey)
     );
     let (decision, _) = authorizer.check_request(&request);
-    assert_eq!(decision.status, Status::Unauthorized, "{decision:?}");
+    assert_eq!(
+        decision.effect,
+        Effect::Deny(DenyStatus::Unauthorized),
+        "{decision:?}"
+    );
     assert_eq!(
         decision.reason,
         Reason::InvalidToken(TokenError::UnknownKey)

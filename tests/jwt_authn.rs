@@ -140,7 +140,7 @@ fn without_metadata_a_raw_token_proves_nothing() {
         decision.reason,
         Reason::InvalidToken(TokenError::UnknownIssuer)
     );
-    assert_eq!(decision.status.code(), 401);
+    assert_eq!(decision.status_code(), 401);
     let (decision, _) = authorizer().check_request(&request("/documents/1", None, None));
     assert_eq!(decision.reason, Reason::MissingCredentials);
 }

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::engine::{
-    decide, Credential, Decision, Effect, Reason, RequestAttrs, Status, VerifyEveryTime,
+    decide, Credential, Decision, DenyStatus, Effect, Reason, RequestAttrs, VerifyEveryTime,
 };
 use portcullis::policy::{load_policies, LoadErrors, PolicySet};
 use portcullis::token::{Principal, TokenError, MAX_SUBJECT_LEN, MAX_TOKEN_LEN};
@@ -408,8 +408,12 @@ fn decide_at(policy: &PolicySet, token: &str, now: u64) -> Decision {
 /// Asserts that the engine refuses `token` at `now` with `error`, as a 401.
 fn assert_refused_by_engine(policy: &PolicySet, token: &str, now: u64, error: TokenError) {
     let decision = decide_at(policy, token, now);
-    assert_eq!(decision.effect, Effect::Deny, "{decision:?}");
-    assert_eq!(decision.status, Status::Unauthorized, "{decision:?}");
+
+    assert_eq!(
+        decision.effect,
+        Effect::Deny(DenyStatus::Unauthorized),
+        "{decision:?}"
+    );
     assert_eq!(decision.reason, Reason::InvalidToken(error), "{decision:?}");
     assert_eq!(decision.subject, None, "{decision:?}");
 }
@@ -451,7 +455,7 @@ fn a_valid_token_is_allowed_by_the_engine() {
     let policy = hmac_policy(&["HS256"]);
     let decision = decide_at(&policy, &hs256(&[]), NOW);
     assert_eq!(decision.effect, Effect::Allow, "{decision:?}");
-    assert_eq!(decision.status, Status::Ok);
+    assert_eq!(decision.effect, Effect::Allow);
     assert_eq!(decision.reason, Reason::Authenticated);
     assert_eq!(decision.subject.as_deref(), Some("alice"));
     assert_eq!(decision.route.as_deref(), Some("whoami"));
@@ -603,7 +607,7 @@ fn alg_none_without_signature_is_malformed() {
     }
     let token = unsigned_token("none", "");
     let decision = decide_at(&policy, &token, NOW);
-    assert_eq!(decision.status, Status::Unauthorized);
+    assert_eq!(decision.effect, Effect::Deny(DenyStatus::Unauthorized));
     assert!(
         matches!(
             decision.reason,
@@ -1126,7 +1130,7 @@ fn malformed_tokens_are_refused() {
         assert_malformed(&policy, token);
     }
     let decision = decide_at(&policy, &format!("{h}.{p}"), NOW);
-    assert_eq!(decision.status, Status::Unauthorized);
+    assert_eq!(decision.effect, Effect::Deny(DenyStatus::Unauthorized));
     assert!(
         matches!(
             decision.reason,
@@ -1627,7 +1631,7 @@ fn the_engine_decides_through_the_cache() {
         assert_eq!(decision.subject.as_deref(), Some("alice"));
     }
     let decision = decide(&policy, &request, &cache, CACHE_NOW + 3600 + LEEWAY + 1);
-    assert_eq!(decision.status, Status::Unauthorized);
+    assert_eq!(decision.effect, Effect::Deny(DenyStatus::Unauthorized));
     assert_eq!(decision.reason, Reason::InvalidToken(TokenError::Expired));
 }
 

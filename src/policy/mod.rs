@@ -20,6 +20,10 @@ pub use source::{Access, Connections, Mode};
 use crate::path::NormalPath;
 use crate::token::Issuers;
 
+/// The policy being served: one whole [`PolicySet`] that a reload replaces
+/// with one atomic swap, so a check that took it sees it to the end.
+pub type PolicyHandle = std::sync::Arc<arc_swap::ArcSwap<PolicySet>>;
+
 /// Everything a decision needs, loaded from one policy directory.
 pub struct PolicySet {
     /// A hash of the policy files' names and contents.
