@@ -26,8 +26,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Credential, Decision, KnownPrincipal, RequestAttrs};
-use crate::policy::{load_policies_with, Access, LoadError, PolicySet, UnreadableKeys};
+use crate::policy::{load_policies_with, Access, PolicySet, UnreadableKeys};
 use crate::token::Principal;
 use crate::yaml::{self, LineIndex, Step};
 
@@ -159,7 +160,7 @@ pub struct CaseOutcome {
 #[derive(Default)]
 pub struct CaseRunner {
     loaded: HashMap<PathBuf, Result<Arc<PolicySet>, ()>>,
-    warnings: Vec<LoadError>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl CaseRunner {
@@ -168,14 +169,14 @@ impl CaseRunner {
     }
 
     /// Warnings of the policy directories loaded since the last call.
-    pub fn take_warnings(&mut self) -> Vec<LoadError> {
+    pub fn take_warnings(&mut self) -> Vec<Diagnostic> {
         std::mem::take(&mut self.warnings)
     }
 
     /// Runs every case of the file at `path` against the policies it names.
-    pub fn run_file(&mut self, path: &Path) -> Result<Vec<CaseOutcome>, Vec<LoadError>> {
+    pub fn run_file(&mut self, path: &Path) -> Result<Vec<CaseOutcome>, Vec<Diagnostic>> {
         let fail = |line, message: String| {
-            vec![LoadError {
+            vec![Diagnostic {
                 file: path.to_path_buf(),
                 line,
                 message,
@@ -183,7 +184,7 @@ impl CaseRunner {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| fail(None, format!("cannot read file: {e}")))?;
-        let file: CaseFile = yaml::parse(&text).map_err(|e| fail(e.line, e.message))?;
+        let file: CaseFile = yaml::parse(path, &text).map_err(|e| vec![e])?;
         let base = path.parent().unwrap_or(Path::new("."));
         let dir = base.join(&file.policies);
         let policy = self.policy(&dir).map_err(|errors| {
@@ -212,7 +213,7 @@ impl CaseRunner {
 
     /// The policy in `dir`, loaded on first use. The errors of a directory
     /// that does not load are returned the first time, then an empty list.
-    fn policy(&mut self, dir: &Path) -> Result<Arc<PolicySet>, Vec<LoadError>> {
+    fn policy(&mut self, dir: &Path) -> Result<Arc<PolicySet>, Vec<Diagnostic>> {
         let key = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         if let Some(found) = self.loaded.get(&key) {
             return found.clone().map_err(|()| Vec::new());
@@ -234,7 +235,7 @@ impl CaseRunner {
 
 /// Runs every case of the file at `path` against the policies it names
 /// (a [`CaseRunner`] of its own; its warnings are dropped).
-pub fn run_case_file(path: &Path) -> Result<Vec<CaseOutcome>, Vec<LoadError>> {
+pub fn run_case_file(path: &Path) -> Result<Vec<CaseOutcome>, Vec<Diagnostic>> {
     CaseRunner::new().run_file(path)
 }
 

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cases;
 pub mod cli;
 pub mod decision_cache;
+pub mod diagnostic;
 pub mod engine;
 pub mod jwks;
 pub mod metrics;

@@ -9,14 +9,11 @@
 //! generator's JSON case file points at the right case, whether the whole
 //! document or only one value is written in flow style.
 
+use std::path::Path;
+
 use serde::de::DeserializeOwned;
 
-/// A syntax or shape error, with its 1-based line when the parser knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct YamlError {
-    pub line: Option<usize>,
-    pub message: String,
-}
+use crate::diagnostic::Diagnostic;
 
 /// True for text with no content: only blank lines, `#` comments and
 /// `---` document markers.
@@ -27,12 +24,15 @@ pub fn is_blank(text: &str) -> bool {
     })
 }
 
-/// Parses one YAML document into `T`. An empty document is `T::default()`.
-pub fn parse<T: DeserializeOwned + Default>(text: &str) -> Result<T, YamlError> {
+/// Parses one YAML document, the text of `file`, into `T`. An empty
+/// document is `T::default()`. A syntax or shape error names `file` and,
+/// when the parser knows it, the line.
+pub fn parse<T: DeserializeOwned + Default>(file: &Path, text: &str) -> Result<T, Diagnostic> {
     if is_blank(text) {
         return Ok(T::default());
     }
-    serde_yaml::from_str(text).map_err(|e| YamlError {
+    serde_yaml::from_str(text).map_err(|e| Diagnostic {
+        file: file.to_path_buf(),
         line: e.location().map(|l| l.line()),
         message: strip_location(&e.to_string()),
     })
@@ -621,11 +621,16 @@ roles:
     }
 
     #[test]
-    fn parse_reports_the_line() {
-        let err = parse::<Small>("names:\n  - a\n  - [b\n").err();
+    fn parse_reports_the_file_and_line() {
+        let file = Path::new("p/small.yaml");
+        let err = parse::<Small>(file, "names:\n  - a\n  - [b\n").err();
         assert!(err.as_ref().and_then(|e| e.line).is_some(), "{err:?}");
-        assert_eq!(parse::<Small>("# nothing\n"), Ok(Small::default()));
-        let err = parse::<Small>("# a comment\nnmes: []\n").err();
+        assert_eq!(parse::<Small>(file, "# nothing\n"), Ok(Small::default()));
+        let err = parse::<Small>(file, "# a comment\nnmes: []\n").err();
         assert_eq!(err.as_ref().and_then(|e| e.line), Some(2), "{err:?}");
+        assert_eq!(
+            err.map(|e| e.to_string()),
+            Some("p/small.yaml:2: unknown field `nmes`, expected `names`".to_owned())
+        );
     }
 }

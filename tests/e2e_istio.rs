@@ -760,55 +760,36 @@ fn the_case_corpus_through_the_istio_sidecar() {
         return;
     };
     let mut p = Probes::new(&sidecar);
-    let (mut ran, mut skipped) = (0, Vec::new());
-    for (file, outcome) in corpus::cases() {
-        let label = format!("{file}:{}: {}", outcome.line, outcome.name);
-        let Some(request) = &outcome.request else {
-            continue; // a subject/resource/action case: no request to send
-        };
-        let through = outcome.through.get(&Deployment::IstioSidecar);
-        let expressible = request.context_extensions.is_empty()
-            && (request.destination.is_empty() || request.destination == WORKLOAD);
-        if through.is_some_and(|t| t.skip) || !expressible {
-            skipped.push(label);
-            continue;
-        }
-        let authorization = corpus::authorization(&outcome);
-        let mut headers = Vec::new();
-        if !request.host.is_empty() {
-            headers.push(("Host", request.host.as_str()));
-        }
-        let decision = &outcome.decision;
-        let expect = match (through.and_then(|t| t.status), decision.is_allowed()) {
-            // The sidecar rewrote the request into one the caller may make.
-            (Some(200), _) => Allow(
-                outcome
-                    .caller
-                    .as_ref()
-                    .map(|(s, _)| corpus::leak(s.clone())),
-            ),
-            (Some(status), _) => Status(status),
-            (None, true) => Allow(decision.subject.clone().map(corpus::leak)),
-            (None, false) => Deny(decision.status_code()),
+    let cases = corpus::cases();
+    let (probes, skipped) = corpus::probes(&cases, Deployment::IstioSidecar, |request| {
+        request.context_extensions.is_empty()
+            && (request.destination.is_empty() || request.destination == WORKLOAD)
+    });
+    for probe in &probes {
+        let expect = match probe.expected {
+            corpus::Expected::Allow(subject) => Allow(subject),
+            corpus::Expected::Deny(status) => Deny(status),
+            corpus::Expected::Status(status) => Status(status),
         };
         p.check(
-            &label,
-            &request.method,
-            request.path.as_bytes(),
-            authorization.as_deref(),
-            &headers,
+            &probe.label,
+            probe.method,
+            probe.path,
+            probe.authorization.as_deref(),
+            &probe.headers,
             expect,
         );
-        ran += 1;
     }
     eprintln!(
-        "corpus through the Istio sidecar: {ran} cases sent, {} skipped:\n  {}",
+        "corpus through the Istio sidecar: {} cases sent, {} skipped:\n  {}",
+        probes.len(),
         skipped.len(),
         skipped.join("\n  ")
     );
     assert!(
-        ran >= 50,
-        "only {ran} corpus cases went through the sidecar"
+        probes.len() >= 50,
+        "only {} corpus cases were sent",
+        probes.len()
     );
     p.finish();
 }

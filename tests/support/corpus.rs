@@ -3,7 +3,8 @@
 //! makes it, so a runner can send the same request through a real Envoy and
 //! compare.
 
-use portcullis::cases::{run_case_file, CaseOutcome};
+use portcullis::cases::{run_case_file, CaseOutcome, Deployment};
+use portcullis::engine::RequestAttrs;
 
 use super::repo_path;
 
@@ -54,4 +55,71 @@ pub fn authorization(outcome: &CaseOutcome) -> Option<String> {
 /// test's whole run.
 pub fn leak(text: String) -> &'static str {
     Box::leak(text.into_boxed_str())
+}
+
+/// What a corpus case must come back with through a deployment.
+#[derive(Debug, Clone, Copy)]
+pub enum Expected {
+    /// Let through, with this subject header upstream (`None`: none).
+    Allow(Option<&'static str>),
+    /// Portcullis's own deny with this status.
+    Deny(u16),
+    /// This status from Envoy or Portcullis, never upstream.
+    Status(u16),
+}
+
+/// One request of the corpus, ready to send.
+pub struct Probe<'c> {
+    pub label: String,
+    pub method: &'c str,
+    pub path: &'c [u8],
+    pub authorization: Option<String>,
+    pub headers: Vec<(&'static str, &'c str)>,
+    pub expected: Expected,
+}
+
+/// Every request case of `cases` that `deployment` can express
+/// (`expressible` says which requests it can send at all), with what it
+/// must come back with: the engine's decision, unless the case says how
+/// the deployment changes it (`through:`). Returns the probes and the
+/// labels of the cases skipped.
+pub fn probes<'c>(
+    cases: &'c [(String, CaseOutcome)],
+    deployment: Deployment,
+    expressible: impl Fn(&RequestAttrs) -> bool,
+) -> (Vec<Probe<'c>>, Vec<String>) {
+    let (mut probes, mut skipped) = (Vec::new(), Vec::new());
+    for (file, outcome) in cases {
+        let label = format!("{file}:{}: {}", outcome.line, outcome.name);
+        let Some(request) = &outcome.request else {
+            continue; // a subject/resource/action case: no request to send
+        };
+        let through = outcome.through.get(&deployment);
+        if through.is_some_and(|t| t.skip) || !expressible(request) {
+            skipped.push(label);
+            continue;
+        }
+        let mut headers = Vec::new();
+        if !request.host.is_empty() {
+            headers.push(("Host", request.host.as_str()));
+        }
+        let decision = &outcome.decision;
+        let caller = || outcome.caller.as_ref().map(|(s, _)| leak(s.clone()));
+        let expected = match (through.and_then(|t| t.status), decision.is_allowed()) {
+            // The deployment rewrote the request into one the caller may make.
+            (Some(200), _) => Expected::Allow(caller()),
+            (Some(status), _) => Expected::Status(status),
+            (None, true) => Expected::Allow(decision.subject.clone().map(leak)),
+            (None, false) => Expected::Deny(decision.status_code()),
+        };
+        probes.push(Probe {
+            label,
+            method: &request.method,
+            path: request.path.as_bytes(),
+            authorization: authorization(outcome),
+            headers,
+            expected,
+        });
+    }
+    (probes, skipped)
 }

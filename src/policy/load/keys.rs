@@ -1,0 +1,125 @@
+//! Reading what the policy points at outside its own files: issuer keys
+//! from files and environment variables, and the rule for `jwks_url`s.
+//! Done once, before compiling, so compiling is pure.
+
+use super::*;
+
+/// What an issuer's key source held when it was read.
+pub(super) enum KeyMaterial {
+    Secret(Vec<u8>),
+    /// A PEM public key file: its path (for messages) and bytes.
+    Pem(PathBuf, Vec<u8>),
+    /// A JWKS file: its path and text.
+    Jwks(PathBuf, String),
+    /// A `jwks_url`: nothing to read at load; fetched while serving.
+    Url,
+}
+
+/// The key sources of every issuer, read: by (file, issuer index). Key
+/// specs that do not name exactly one source are left out (compiling
+/// reports them).
+pub(super) type KeyReads = HashMap<(usize, usize), Result<KeyMaterial, String>>;
+
+pub(super) fn read_keys(files: &[Parsed<'_>]) -> KeyReads {
+    let mut reads = KeyReads::new();
+    for (f, file) in files.iter().enumerate() {
+        let base = file.path.parent().unwrap_or(Path::new("."));
+        for (i, spec) in file.doc.issuers.iter().enumerate() {
+            if let Some(key) = &spec.key {
+                if let Some(read) = read_key(key, base) {
+                    reads.insert((f, i), read);
+                }
+            }
+        }
+    }
+    reads
+}
+
+/// Reads the one source `key` names; `None` unless it names exactly one.
+/// An error is a source that cannot be read, in words.
+fn read_key(key: &KeySpec, base: &Path) -> Option<Result<KeyMaterial, String>> {
+    let read = |file: &Path| {
+        let path = base.join(file);
+        std::fs::read(&path)
+            .map(|bytes| (path.clone(), bytes))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let material = match key {
+        KeySpec {
+            secret_env: Some(var),
+            secret_file: None,
+            public_key_file: None,
+            jwks_file: None,
+            jwks_url: None,
+            ..
+        } => std::env::var(var)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(|s| KeyMaterial::Secret(s.into_bytes()))
+            .ok_or_else(|| format!("environment variable {var} is not set")),
+        KeySpec {
+            secret_env: None,
+            secret_file: Some(file),
+            public_key_file: None,
+            jwks_file: None,
+            jwks_url: None,
+            ..
+        } => read(file).map(|(_, mut bytes)| {
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            KeyMaterial::Secret(bytes)
+        }),
+        KeySpec {
+            secret_env: None,
+            secret_file: None,
+            public_key_file: Some(file),
+            jwks_file: None,
+            jwks_url: None,
+            ..
+        } => read(file).map(|(path, bytes)| KeyMaterial::Pem(path, bytes)),
+        KeySpec {
+            secret_env: None,
+            secret_file: None,
+            public_key_file: None,
+            jwks_file: Some(file),
+            jwks_url: None,
+            ..
+        } => read(file).and_then(|(path, bytes)| {
+            String::from_utf8(bytes)
+                .map(|text| KeyMaterial::Jwks(path.clone(), text))
+                .map_err(|_| format!("{} is not valid UTF-8", path.display()))
+        }),
+        KeySpec {
+            secret_env: None,
+            secret_file: None,
+            public_key_file: None,
+            jwks_file: None,
+            jwks_url: Some(_),
+            ..
+        } => Ok(KeyMaterial::Url),
+        _ => return None,
+    };
+    Some(material)
+}
+
+/// A JWKS URL must be https; plain http is allowed to a loopback address
+/// only (a test IdP on 127.0.0.1), never across a network.
+pub(super) fn check_jwks_url(url: &str) -> Result<(), String> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("jwks_url {url:?} is not a URL: {e}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" if parsed.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "jwks_url {url:?} must use https (http only to a loopback address)"
+        )),
+        _ => Err(format!("jwks_url {url:?} must be an https URL")),
+    }
+}

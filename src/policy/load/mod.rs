@@ -1,0 +1,337 @@
+//! The one loader: a policy directory in, a [`PolicySet`] or every error out.
+//!
+//! `serve`, `validate`, `check` and reloads all call [`load_policies`], so
+//! what validates is exactly what serves. The loader reads every `*.yaml`
+//! and `*.yml` file directly in the directory (not below it; hidden files
+//! and Kubernetes' `..data` links are skipped), merges their sections,
+//! resolves every name, and reads the keys the issuers point at. It reports
+//! all errors it finds, each as `file:line: message`, not just the first.
+//!
+//! Reading comes first and is all here and in [`keys`] (the directory, then
+//! the key files and environment variables the issuers name); compiling is
+//! then pure, one file per part of the policy: [`issuers`], [`roles`] (and
+//! groups), [`applications`] (and routes), [`grants`] (and denies).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use sha2::{Digest, Sha256};
+
+use super::grants::{GrantIndex, Holder, ResourceKey};
+use super::routes::{PathTemplate, ResourceTemplate, Route, RouteTable};
+use super::source::{Access, ApplicationSpec, Connections, IssuerSpec, KeySpec, PolicyFile};
+use super::{
+    ActionSet, AppSelector, Application, DenyIndex, DenyRule, OwnedResourceKey, PolicySet, Role,
+    RoleId,
+};
+use crate::diagnostic::Diagnostic;
+use crate::path;
+use crate::remote_keys::{RefreshPolicy, RemoteKeys};
+use crate::token::{self, Issuer, Issuers, KeySet, NamePattern};
+use crate::yaml::{self, LineIndex, Step};
+
+mod applications;
+mod grants;
+mod issuers;
+mod keys;
+mod roles;
+
+use keys::{check_jwks_url, read_keys, KeyMaterial, KeyReads};
+
+/// Role ids by name, and the declared group names: looked up once per grant
+/// line (a million times for a large `.grants` file), with names that come
+/// from the policy, so a fast seeded hasher fits.
+type RoleIds = HashMap<String, RoleId, foldhash::fast::RandomState>;
+type GroupNames = HashSet<String, foldhash::fast::RandomState>;
+
+/// Every problem found in a policy directory; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// What the loader does with an issuer key it cannot read (an unset
+/// `secret_env` variable, a missing `secret_file`, `public_key_file` or
+/// `jwks_file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnreadableKeys {
+    /// An error: the policy does not load. `serve`, `validate`, `check`
+    /// and reloads, where a token must be verifiable.
+    Refuse,
+    /// A warning: the issuer gets a key set that refuses every token
+    /// ([`KeySet::Unverifiable`]). For `portcullis test`, whose cases stand
+    /// for verified callers and never verify a token, so policy tests run
+    /// in CI without production secrets. Never a dummy secret.
+    Unverifiable,
+}
+
+/// A loaded policy and what the loader warned about.
+#[derive(Debug)]
+pub struct Loaded {
+    pub policy: PolicySet,
+    /// Problems that did not stop the load (each `file:line: message`).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Loads and compiles the policy directory `dir`; every issuer key must be
+/// readable.
+pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
+    load_policies_with(dir, UnreadableKeys::Refuse).map(|loaded| loaded.policy)
+}
+
+/// Loads and compiles the policy directory `dir`, treating keys that cannot
+/// be read as `unreadable` says. The one loader: [`load_policies`] is this
+/// with [`UnreadableKeys::Refuse`].
+pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Loaded, LoadErrors> {
+    let files = read_dir(dir)?;
+    let mut errors = Vec::new();
+    let mut parsed = Vec::new();
+    let (grant_files, yaml_files): (Vec<&SourceFile>, Vec<&SourceFile>) = files
+        .iter()
+        .partition(|f| f.path.extension().is_some_and(|e| e == "grants"));
+    for file in yaml_files {
+        match yaml::parse::<PolicyFile>(&file.path, &file.text) {
+            Ok(doc) => parsed.push(Parsed {
+                path: &file.path,
+                lines: LineIndex::new(&file.text),
+                doc,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        // Compiling the files that parsed would report every name the
+        // broken file defines as unknown: report the parse errors alone.
+        return Err(LoadErrors(errors));
+    }
+    // Everything outside the directory the policy names (environment
+    // variables, key files) is read here, before compiling, so that what
+    // cannot be read is one decision (`unreadable`), not a dozen branches.
+    let keys = read_keys(&parsed);
+    let mut compiler = Compiler {
+        errors,
+        warnings: Vec::new(),
+        files: &parsed,
+        grant_files: &grant_files,
+        keys,
+        unreadable,
+        key_material: Sha256::new(),
+    };
+    let mut policy = compiler.compile();
+    // The version covers the keys too, so a rotated secret or key file
+    // gives a new version and verified-token cache entries are not reused.
+    policy.version = version_of(&files, &compiler.key_material.finalize()[..]);
+    if compiler.errors.is_empty() {
+        Ok(Loaded {
+            policy,
+            warnings: compiler.warnings,
+        })
+    } else {
+        Err(LoadErrors(compiler.errors))
+    }
+}
+
+struct SourceFile {
+    path: PathBuf,
+    text: String,
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
+    let fail = |message: String| {
+        LoadErrors(vec![Diagnostic {
+            file: dir.to_path_buf(),
+            line: None,
+            message,
+        }])
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| fail(format!("cannot read directory: {e}")))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| fail(format!("cannot read directory: {e}")))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_policy =
+            name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".grants");
+        if name.starts_with('.') || !is_policy {
+            continue;
+        }
+        // Follows links (Kubernetes mounts files as links into `..data`).
+        let path = entry.path();
+        if path.is_file() {
+            paths.push(path);
+        }
+    }
+    if paths.is_empty() {
+        return Err(fail(
+            "no policy files (*.yaml, *.yml, *.grants) in directory".into(),
+        ));
+    }
+    paths.sort();
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        match std::fs::read(&path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                // A writer that truncates before writing leaves this for a
+                // moment: loading it would revoke everything it granted.
+                Ok(text) if yaml::is_blank(&text) => errors.push(Diagnostic {
+                    file: path,
+                    line: None,
+                    message: "file holds nothing but blanks and comments (caught mid-write?); \
+                              delete it, or say what it holds, e.g. `grants: []`"
+                        .into(),
+                }),
+                Ok(text) => files.push(SourceFile { path, text }),
+                Err(_) => errors.push(Diagnostic {
+                    file: path,
+                    line: None,
+                    message: "file is not valid UTF-8".into(),
+                }),
+            },
+            Err(e) => errors.push(Diagnostic {
+                file: path,
+                line: None,
+                message: format!("cannot read file: {e}"),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(LoadErrors(errors))
+    }
+}
+
+fn version_of(files: &[SourceFile], key_material: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(key_material);
+    for file in files {
+        let name = file
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        hasher.update(name.unwrap_or_default().as_bytes());
+        hasher.update([0]);
+        hasher.update((file.text.len() as u64).to_le_bytes());
+        hasher.update(file.text.as_bytes());
+    }
+    let digest = hasher.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Parsed<'a> {
+    path: &'a Path,
+    lines: LineIndex<'a>,
+    doc: PolicyFile,
+}
+
+struct Compiler<'a> {
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+    files: &'a [Parsed<'a>],
+    /// `*.grants` files: one grant a line, for grants in bulk.
+    grant_files: &'a [&'a SourceFile],
+    /// Every issuer's key source, read before compiling.
+    keys: KeyReads,
+    unreadable: UnreadableKeys,
+    /// A digest of every key read, for the policy version.
+    key_material: Sha256,
+}
+
+/// Where a definition was first seen: for "defined twice" errors.
+type Origin = (usize, usize);
+
+impl<'a> Compiler<'a> {
+    fn error(&mut self, file: usize, at: &[Step<'_>], message: impl Into<String>) {
+        let parsed = &self.files[file];
+        self.errors.push(Diagnostic {
+            file: parsed.path.to_path_buf(),
+            line: Some(parsed.lines.line_of(at)),
+            message: message.into(),
+        });
+    }
+
+    fn origin(&self, (file, line): Origin) -> String {
+        format!("{}:{}", self.files[file].path.display(), line)
+    }
+
+    fn line(&self, file: usize, at: &[Step<'_>]) -> usize {
+        self.files[file].lines.line_of(at)
+    }
+
+    fn compile(&mut self) -> PolicySet {
+        let files = self.files;
+        let issuers = self.issuers();
+        let actions = self.actions();
+        let action_index: HashMap<&str, usize> = actions
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.as_str(), i))
+            .collect();
+        let (roles, role_index) = self.roles(&action_index);
+        let (member_of, groups) = self.groups();
+        let (applications, selector) = self.applications(&issuers, &action_index);
+        let grants = self.grants(&role_index, &groups);
+        let denies = self.denies(&action_index, &groups);
+        let connections = self.connections();
+        if applications.is_empty() && self.errors.is_empty() {
+            if let Some(first) = files.first() {
+                self.errors.push(Diagnostic {
+                    file: first.path.to_path_buf(),
+                    line: None,
+                    message: "the policy defines no application".into(),
+                });
+            }
+        }
+        PolicySet {
+            version: String::new(),
+            issuers,
+            applications,
+            selector,
+            actions,
+            roles,
+            member_of,
+            grants: Box::new(grants),
+            denies,
+            connections,
+        }
+    }
+
+    /// The one `connections:` setting; deny when no file says.
+    fn connections(&mut self) -> Connections {
+        let mut found: Option<(Connections, Origin)> = None;
+        for (f, file) in self.files.iter().enumerate() {
+            let Some(value) = file.doc.connections else {
+                continue;
+            };
+            let at = [Step::Key("connections")];
+            let here = (f, self.line(f, &at));
+            match found {
+                Some((_, first)) => {
+                    let first = self.origin(first);
+                    self.error(f, &at, format!("connections is already set at {first}"));
+                }
+                None => found = Some((value, here)),
+            }
+        }
+        found.map_or(Connections::Deny, |(value, _)| value)
+    }
+}
