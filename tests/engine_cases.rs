@@ -3,13 +3,28 @@
 use std::path::Path;
 
 use portcullis::cases::run_case_file;
+use tempfile::TempDir;
 
 const DEMO_SECRET: &str = "engine-cases-secret-0123456789abcdef0123";
 
+/// The bundled policies with their case files in `tests/`, the demo
+/// issuer's secret in a file: cases use no token, but the policy must load,
+/// and no test may set the process's environment.
+fn bundled_with_cases() -> TempDir {
+    let dir = portcullis_testkit::bundled_with_secret(DEMO_SECRET);
+    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/tests");
+    std::fs::create_dir(dir.path().join("tests")).unwrap_or_else(|e| panic!("{e}"));
+    for entry in std::fs::read_dir(&cases).unwrap_or_else(|e| panic!("{}: {e}", cases.display())) {
+        let from = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if let Some(name) = from.file_name() {
+            std::fs::copy(&from, dir.path().join("tests").join(name))
+                .unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        }
+    }
+    dir
+}
+
 fn run_dir(dir: &Path) -> (usize, Vec<String>) {
-    // The demo issuer reads its secret from the environment; cases do not
-    // use tokens, but the policy must load.
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", DEMO_SECRET);
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(Result::ok)
@@ -42,7 +57,8 @@ fn run_dir(dir: &Path) -> (usize, Vec<String>) {
 
 #[test]
 fn every_case_file_passes() {
-    let (count, failures) = run_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/tests"));
+    let bundled = bundled_with_cases();
+    let (count, failures) = run_dir(&bundled.path().join("tests"));
     assert!(
         failures.is_empty(),
         "{} of {count} cases failed:\n{}",
@@ -55,7 +71,8 @@ fn every_case_file_passes() {
 #[test]
 fn a_wrong_expectation_is_reported_with_its_line() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let bundled = bundled_with_cases();
+    let policies = bundled.path();
     let file = dir.path().join("wrong.yaml");
     let text = format!(
         "policies: {}\ncases:\n  - name: right\n    request: {{ method: GET, path: /healthz }}\n    expect: {{ decision: allow }}\n  - name: wrong\n    request: {{ method: DELETE, path: /documents/2 }}\n    as: {{ subject: alice }}\n    expect: {{ decision: allow, reason: granted }}\n",

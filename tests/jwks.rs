@@ -17,8 +17,6 @@ use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use p256::pkcs8::EncodePrivateKey;
 use portcullis::adapter::{self, ResponseConfig};
 use portcullis::decision_cache::DecisionCache;
 use portcullis::engine::{self, Reason, Status, VerifyEveryTime};
@@ -26,6 +24,7 @@ use portcullis::policy::load_policies;
 use portcullis::server::Authorizer;
 use portcullis::token::{jwk_keys, TokenError};
 use portcullis::token_cache::TokenCache;
+use portcullis_testkit::{unix_now, Claims, Signer};
 use sha2::{Digest, Sha256};
 use support::{check_request, grpc_client, grpc_status, send_raw, Portcullis};
 use tonic::transport::Channel;
@@ -36,25 +35,18 @@ use tonic_health::pb::HealthCheckRequest;
 const ISSUER: &str = "https://idp.test";
 
 /// Two P-256 signing keys, made once per test binary.
-fn signers() -> &'static [EncodingKey; 2] {
-    static KEYS: OnceLock<[EncodingKey; 2]> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let make = || {
-            let secret = p256::SecretKey::random(&mut rand::thread_rng());
-            let pem = secret
-                .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
-                .unwrap_or_else(|e| panic!("{e}"));
-            EncodingKey::from_ec_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
-        };
-        [make(), make()]
-    })
+fn signers() -> &'static [Signer; 2] {
+    static KEYS: OnceLock<[Signer; 2]> = OnceLock::new();
+    KEYS.get_or_init(|| [Signer::es256(), Signer::es256()])
+}
+
+/// Key `signer` under `kid`.
+fn keyed(signer: usize, kid: &str) -> Signer {
+    signers()[signer].clone().with_kid(kid)
 }
 
 fn jwk(signer: usize, kid: &str) -> Jwk {
-    let mut jwk = Jwk::from_encoding_key(&signers()[signer], Algorithm::ES256)
-        .unwrap_or_else(|e| panic!("{e}"));
-    jwk.common.key_id = Some(kid.to_owned());
-    jwk
+    keyed(signer, kid).jwk()
 }
 
 fn jwks(keys: &[(usize, &str)]) -> String {
@@ -64,14 +56,14 @@ fn jwks(keys: &[(usize, &str)]) -> String {
     serde_json::to_string(&set).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A token of the test IdP for `sub`, valid for 10 minutes by the wall
+/// clock (the binary under test reads it).
 fn token(signer: usize, kid: &str, sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let claims = serde_json::json!({ "iss": ISSUER, "aud": "api", "sub": sub, "exp": now + 600 });
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(&header, &claims, &signers()[signer]).unwrap_or_else(|e| panic!("{e}"))
+    let claims = Claims {
+        iat_offset: None,
+        ..Claims::new(ISSUER, "api", sub, unix_now()).ttl(600)
+    };
+    claims.sign(&keyed(signer, kid))
 }
 
 /// A JWKS endpoint whose document, status and `Location` the test controls.

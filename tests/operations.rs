@@ -309,8 +309,8 @@ async fn allows_are_sampled_and_denies_always_logged() {
 
 #[tokio::test]
 async fn ready_is_false_until_the_policy_is_served() {
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", support::test_secret());
-    let policy = load_policies(&bundled_policies()).unwrap_or_else(|e| panic!("{e}"));
+    let dir = support::copy_policies(|_, text| text);
+    let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let readiness = Arc::new(Readiness::default());
     let state = AdminState {
         readiness: readiness.clone(),

@@ -34,33 +34,21 @@ use tempfile::TempDir;
 
 const SECRET: &str = "properties-test-secret-0123456789abcdef";
 
-fn bundled_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
-}
-
-fn set_secret() {
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
-}
-
 fn write(dir: &Path, name: &str, contents: &str) {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
-/// A new directory holding the bundled issuers, roles and documents
-/// application, without the bundled grants.
+/// A new directory holding the bundled issuers (the demo secret in a file),
+/// roles and documents application, without the bundled grants.
 fn policy_dir() -> TempDir {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    for file in ["documents.yaml", "issuers.yaml", "roles.yaml"] {
-        let from = bundled_dir().join(file);
-        std::fs::copy(&from, dir.path().join(file))
-            .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
-    }
+    let keep = |name: &str| ["documents.yaml", "issuers.yaml", "roles.yaml"].contains(&name);
+    portcullis_testkit::copy_bundled(dir.path(), SECRET, keep, |_, text| text);
     dir
 }
 
 fn load(dir: &Path) -> PolicySet {
-    set_secret();
     load_policies(dir).unwrap_or_else(|e| panic!("the policy should load:\n{e}"))
 }
 
@@ -775,7 +763,6 @@ struct LoaderOnly<'a>(&'a Path);
 
 impl Reload for LoaderOnly<'_> {
     fn reload(&mut self) -> Served {
-        set_secret();
         match load_policies(self.0) {
             Ok(policy) => Served::Policy {
                 version: policy.version.clone(),
@@ -886,7 +873,6 @@ proptest! {
         let broken = corrupt(&valid, how, at);
         std::fs::write(dir.path().join("grants.yaml"), &broken)
             .unwrap_or_else(|e| panic!("{e}"));
-        set_secret();
         match load_policies(dir.path()) {
             Ok(policy) => prop_assert!(
                 false,
@@ -1001,7 +987,6 @@ impl Live {
 
 impl Reload for Live {
     fn reload(&mut self) -> Served {
-        set_secret();
         let _runtime = self.runtime.enter();
         let _ = self.reloader.reload();
         self.served()
@@ -1024,7 +1009,6 @@ fn a_broken_rewrite_keeps_the_last_good_policy() {
     let good = live.served();
     let broken = corrupt(&grants_file(40, 2), Corruption::UnknownRole, 3);
     std::fs::write(dir.path().join("grants.yaml"), broken).unwrap_or_else(|e| panic!("{e}"));
-    set_secret();
     let _runtime = live.runtime.enter();
     assert!(matches!(live.reloader.reload(), ReloadOutcome::Failed(_)));
     assert_eq!(
