@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{test_secret, try_send};
+use super::{send_raw, test_secret, try_send};
 
 /// A file or directory of this repository.
 pub fn repo_path(relative: &str) -> PathBuf {
@@ -56,4 +56,14 @@ pub fn wait_for_new_version(
         thread::sleep(Duration::from_millis(5));
     }
     None
+}
+
+/// The value of one series on `/metrics` (`name{labels}` exactly as
+/// exposed), or `None` when it is not exposed.
+pub fn metric(admin_port: u16, series: &str) -> Option<f64> {
+    let text = send_raw(admin_port, "GET", b"/metrics", &[]).text();
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }

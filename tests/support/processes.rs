@@ -450,3 +450,48 @@ impl Stack {
         )
     }
 }
+
+// ---------------------------------------------------------------------------
+// What a process watches
+// ---------------------------------------------------------------------------
+
+/// The inode of `path`.
+pub fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .ino()
+}
+
+/// The inodes process `pid` watches with inotify, as the kernel reports
+/// them (`inotify wd:N ino:HEX ...` lines of `/proc/PID/fdinfo/FD`). A
+/// test proves "this process is not watching that directory" with it, at
+/// once, instead of sleeping and seeing that nothing reloaded.
+pub fn inotify_watched_inodes(pid: u32) -> Vec<u64> {
+    let fds = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&fds).unwrap_or_else(|e| panic!("{fds}: {e}"));
+    let mut inodes = Vec::new();
+    for entry in entries.flatten() {
+        let is_inotify = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy() == "anon_inode:inotify");
+        if !is_inotify {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        // The descriptor may close between the two reads: nothing to count.
+        let Ok(text) = std::fs::read_to_string(&info) else {
+            continue;
+        };
+        for line in text.lines().filter(|l| l.starts_with("inotify ")) {
+            let ino = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("ino:"))
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+            match ino {
+                Some(ino) => inodes.push(ino),
+                None => panic!("{info}: unreadable inotify line {line:?}"),
+            }
+        }
+    }
+    inodes
+}
