@@ -22,6 +22,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY testkit ./testkit
 RUN cargo build --release --locked --bin portcullis
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -77,12 +77,12 @@ fmt:
 	$(CARGO) fmt --all
 
 clippy:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # A missing Envoy fails the end-to-end tests here instead of skipping them.
 test: manifests $(ENVOY_CONFIG)
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	envoy_bin=$$(scripts/ensure-envoy.sh); \
 	"$$envoy_bin" --mode validate --disable-hot-restart -l warning -c $(ENVOY_CONFIG); \
 	ENVOY_BIN="$$envoy_bin" PORTCULLIS_REQUIRE_ENVOY=1 $(CARGO) test

@@ -10,7 +10,6 @@
 //! measures one 1M load with its peak RSS instead.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -41,22 +40,19 @@ fn grants_yaml(count: usize) -> String {
 
 fn policy_dir(count: usize) -> TempDir {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    for file in ["documents.yaml", "issuers.yaml", "roles.yaml"] {
-        let from: PathBuf = bundled.join(file);
-        std::fs::copy(&from, dir.path().join(file))
-            .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
-    }
+    let keep = |name: &str| ["documents.yaml", "issuers.yaml", "roles.yaml"].contains(&name);
+    portcullis_testkit::copy_bundled(
+        dir.path(),
+        "bench-secret-0123456789abcdef0123456789",
+        keep,
+        |_, text| text,
+    );
     std::fs::write(dir.path().join("grants.yaml"), grants_yaml(count))
         .unwrap_or_else(|e| panic!("writing grants.yaml: {e}"));
     dir
 }
 
 fn load(c: &mut Criterion) {
-    std::env::set_var(
-        "PORTCULLIS_DEMO_SECRET",
-        "bench-secret-0123456789abcdef0123456789",
-    );
     let mut sizes = vec![10_000usize, 100_000];
     if std::env::var_os("PORTCULLIS_BENCH_1M").is_some_and(|v| v == "1") {
         sizes.push(1_000_000);

@@ -12,10 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::policy::{load_policies, PolicySet};
 use portcullis::token_cache::TokenCache;
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+use portcullis_testkit::{Claims, Signer};
 use tempfile::TempDir;
 
 /// The benches' clock. The cache expires entries by the wall clock at the
@@ -24,10 +23,10 @@ const NOW: u64 = 4_000_000_000;
 const AUDIENCE: &str = "bench-api";
 const SECRET: &str = "bench-only-hmac-secret-0123456789abcdef0123456789";
 
-struct Signer {
+/// An issuer of the bench policy and its key.
+struct Issuer {
     name: &'static str,
-    alg: Algorithm,
-    key: EncodingKey,
+    signer: Signer,
 }
 
 fn write(dir: &Path, name: &str, contents: &str) {
@@ -35,30 +34,13 @@ fn write(dir: &Path, name: &str, contents: &str) {
     std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
-/// A policy directory with issuers `hs`, `rs` and `es`, and their signers.
-fn setup() -> (TempDir, PolicySet, Vec<Signer>) {
+/// A policy directory with issuers `hs`, `rs` and `es`, and their keys.
+fn setup() -> (TempDir, PolicySet, Vec<Issuer>) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let rsa = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
-        .unwrap_or_else(|e| panic!("RSA key: {e}"));
-    let rsa_private = rsa
-        .to_pkcs8_pem(LineEnding::LF)
-        .unwrap_or_else(|e| panic!("RSA private PEM: {e}"));
-    let rsa_public = rsa
-        .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap_or_else(|e| panic!("RSA public PEM: {e}"));
-    let ec = p256::SecretKey::random(&mut rand::thread_rng());
-    let ec_private = ec
-        .to_pkcs8_pem(LineEnding::LF)
-        .unwrap_or_else(|e| panic!("EC private PEM: {e}"));
-    let ec_public = ec
-        .public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap_or_else(|e| panic!("EC public PEM: {e}"));
-
+    let (rsa, ec) = (Signer::rs256(), Signer::es256());
     write(dir.path(), "hmac.secret", SECRET);
-    write(dir.path(), "rsa.pem", &rsa_public);
-    write(dir.path(), "ec.pem", &ec_public);
+    write(dir.path(), "rsa.pem", rsa.public_pem());
+    write(dir.path(), "ec.pem", ec.public_pem());
     let issuer = |name: &str, alg: &str, key: &str| {
         format!(
             "  - name: {name}\n    issuer: https://{name}.idp.test\n    audiences: [{AUDIENCE}]\n    algorithms: [{alg}]\n    key: {{ {key} }}\n    subject_prefix: \"{name}:\"\n    groups_claim: groups\n    groups_allowed: [staff, readers, editors, \"g*\"]\n"
@@ -72,40 +54,32 @@ fn setup() -> (TempDir, PolicySet, Vec<Signer>) {
     );
     write(dir.path(), "policy.yaml", &policy);
     let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-
-    let signers = vec![
-        Signer {
+    let issuers = vec![
+        Issuer {
             name: "hs",
-            alg: Algorithm::HS256,
-            key: EncodingKey::from_secret(SECRET.as_bytes()),
+            signer: Signer::hs256(SECRET.as_bytes()),
         },
-        Signer {
+        Issuer {
             name: "rs",
-            alg: Algorithm::RS256,
-            key: EncodingKey::from_rsa_pem(rsa_private.as_bytes())
-                .unwrap_or_else(|e| panic!("RSA signer: {e}")),
+            signer: rsa,
         },
-        Signer {
+        Issuer {
             name: "es",
-            alg: Algorithm::ES256,
-            key: EncodingKey::from_ec_pem(ec_private.as_bytes())
-                .unwrap_or_else(|e| panic!("EC signer: {e}")),
+            signer: ec,
         },
     ];
-    (dir, policy, signers)
+    (dir, policy, issuers)
 }
 
-fn token(signer: &Signer) -> String {
-    let claims = serde_json::json!({
-        "iss": format!("https://{}.idp.test", signer.name),
-        "aud": AUDIENCE,
-        "sub": "user42",
-        "groups": ["staff", "readers"],
-        "iat": NOW - 60,
-        "exp": NOW + 3600,
-    });
-    jsonwebtoken::encode(&Header::new(signer.alg), &claims, &signer.key)
-        .unwrap_or_else(|e| panic!("signing: {e}"))
+fn token(issuer: &Issuer) -> String {
+    let iss = format!("https://{}.idp.test", issuer.name);
+    let claims = Claims {
+        iat_offset: Some(-60),
+        ..Claims::new(&iss, AUDIENCE, "user42", NOW)
+            .groups(&["staff", "readers"])
+            .ttl(3600)
+    };
+    claims.sign(&issuer.signer)
 }
 
 fn verify(c: &mut Criterion) {
@@ -113,9 +87,9 @@ fn verify(c: &mut Criterion) {
     let issuers = &policy.issuers;
     let all: Vec<usize> = (0..issuers.len()).collect();
     let mut group = c.benchmark_group("token");
-    for signer in &signers {
-        let token = token(signer);
-        let alg = format!("{:?}", signer.alg);
+    for issuer in &signers {
+        let token = token(issuer);
+        let alg = format!("{:?}", issuer.signer.alg());
         let verified = issuers
             .verify(&all, &token, NOW)
             .unwrap_or_else(|e| panic!("{alg} token does not verify: {e}"));

@@ -2,79 +2,58 @@
 //! checking the CheckResponse Envoy would act on.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use jsonwebtoken::{EncodingKey, Header};
 use portcullis::adapter::ResponseConfig;
 use portcullis::engine::{Decision, Reason};
 use portcullis::policy::load_policies;
 use portcullis::server::Authorizer;
 use portcullis::token_cache::TokenCache;
+use portcullis_testkit::{connection_check, Check, Claims, Signer};
 
 const SECRET: &str = "adapter-test-secret-0123456789abcdef-xyz";
 const NOW: u64 = 1_800_000_000;
 
 fn authorizer() -> &'static Authorizer {
-    static AUTHORIZER: OnceLock<Authorizer> = OnceLock::new();
-    AUTHORIZER.get_or_init(|| {
-        std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-        let policy = load_policies(&dir).unwrap_or_else(|e| panic!("{e}"));
-        Authorizer::new(
+    static AUTHORIZER: OnceLock<(tempfile::TempDir, Authorizer)> = OnceLock::new();
+    let (_, authorizer) = AUTHORIZER.get_or_init(|| {
+        let dir = portcullis_testkit::bundled_with_secret(SECRET);
+        let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let authorizer = Authorizer::new(
             Arc::new(ArcSwap::from_pointee(policy)),
             TokenCache::new(1000),
             ResponseConfig::default(),
             Arc::new(|| NOW),
-        )
-    })
-}
-
-fn token(sub: &str, groups: &[&str]) -> String {
-    let claims = serde_json::json!({
-        "iss": "https://idp.example.com", "aud": "documents-api", "sub": sub,
-        "groups": groups, "iat": NOW - 10, "exp": NOW + 600,
+        );
+        (dir, authorizer)
     });
-    jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    authorizer
 }
 
-fn http(method: &str, path: &str, headers: &[(&str, &str)]) -> HttpRequest {
-    HttpRequest {
-        method: method.into(),
-        path: path.into(),
-        host: "documents.example.com".into(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    }
+/// A demo-issuer token for `sub`, issued 10 s before [`NOW`].
+fn token(sub: &str, groups: &[&str]) -> String {
+    let claims = Claims {
+        iat_offset: Some(-10),
+        ..Claims::demo(sub, NOW).groups(groups).ttl(600)
+    };
+    claims.sign(&Signer::hs256(SECRET.as_bytes()))
 }
 
-fn request(http: HttpRequest, context: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(http),
-                ..Default::default()
-            }),
-            context_extensions: context
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-    }
+/// A documents request with `headers` (no context extension yet).
+fn http(method: &str, path: &str, headers: &[(&str, &str)]) -> Check {
+    Check::http(method, path)
+        .host("documents.example.com")
+        .headers(headers)
+}
+
+fn request(http: Check, context: &[(&str, &str)]) -> CheckRequest {
+    context
+        .iter()
+        .fold(http, |check, (key, value)| check.context(key, value))
+        .build()
 }
 
 fn check(request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
@@ -82,7 +61,7 @@ fn check(request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
 }
 
 fn bearer(sub: &str) -> String {
-    format!("Bearer {}", token(sub, &[]))
+    portcullis_testkit::bearer(&token(sub, &[]))
 }
 
 /// (HTTP status, headers, body) of a denied response; panics on an allow.
@@ -172,19 +151,11 @@ fn public_allow_removes_a_client_sent_subject_header() {
 
 #[test]
 fn a_check_without_http_attributes_is_a_connection_check() {
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
-    let peer = |principal: &str| Peer {
-        principal: principal.into(),
-        ..Default::default()
-    };
     // What Envoy's network ext_authz filter sends for a TCP connection.
-    let connection = CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(peer("spiffe://cluster.local/ns/app/sa/client")),
-            destination: Some(peer("spiffe://cluster.local/ns/db/sa/postgres")),
-            ..Default::default()
-        }),
-    };
+    let connection = connection_check(
+        "spiffe://cluster.local/ns/app/sa/client",
+        "spiffe://cluster.local/ns/db/sa/postgres",
+    );
     let (decision, response) = check(&connection);
     // The bundled policy says `connections: allow` (policies/connections.yaml).
     assert_eq!(decision.reason.code(), "connection_allowed");
@@ -281,43 +252,32 @@ fn lower_case_bearer_scheme_is_accepted() {
 #[test]
 fn headers_are_read_from_header_map_too() {
     let auth = bearer("bob");
-    let mut h = http("GET", "/documents/1", &[]);
-    h.header_map = Some(HeaderMap {
-        headers: vec![HeaderValue {
-            key: "authorization".into(),
-            raw_value: auth.clone().into_bytes(),
-            ..Default::default()
-        }],
-    });
-    let (decision, _) = check(&request(h.clone(), &[]));
+    let h = http("GET", "/documents/1", &[]);
+    let (decision, _) = check(&request(h.clone().raw_header("authorization", &auth), &[]));
     assert!(decision.is_allowed(), "{decision:?}");
     assert_eq!(decision.subject.as_deref(), Some("bob"));
 
     // Two Authorization lines in header_map are two headers.
     let other = bearer("carol");
-    h.header_map = Some(HeaderMap {
-        headers: [&auth, &other]
-            .iter()
-            .map(|v| HeaderValue {
-                key: "Authorization".into(),
-                raw_value: v.as_bytes().to_vec(),
-                ..Default::default()
-            })
-            .collect(),
-    });
-    let (decision, _) = check(&request(h.clone(), &[]));
+    let two = h
+        .clone()
+        .raw_header("Authorization", &auth)
+        .raw_header("Authorization", &other);
+    let (decision, _) = check(&request(two, &[]));
     assert_eq!(decision.status_code(), 401, "{decision:?}");
 
-    // One in each place, disagreeing, is two headers as well.
-    h.header_map = Some(HeaderMap {
-        headers: vec![HeaderValue {
-            key: "authorization".into(),
-            value: other.clone(),
-            ..Default::default()
-        }],
+    // One in each place, disagreeing, is two headers as well (the map
+    // entry in `value`, as Envoy sends it without raw headers).
+    let both = h.header("authorization", &auth).with_http(|http| {
+        http.header_map = Some(HeaderMap {
+            headers: vec![HeaderValue {
+                key: "authorization".into(),
+                value: other.clone(),
+                ..Default::default()
+            }],
+        })
     });
-    h.headers.insert("authorization".into(), auth.clone());
-    let (decision, _) = check(&request(h, &[]));
+    let (decision, _) = check(&request(both, &[]));
     assert_eq!(decision.status_code(), 401, "{decision:?}");
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use portcullis::app::{App, Exit, Listeners, ServeConfig};
 use portcullis::reload::WatchConfig;
-use support::{copy_policies, grpc_status, send_raw, test_secret, token};
+use support::{copy_policies, grpc_status, send_raw, token};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -41,21 +41,9 @@ fn config(policies: PathBuf) -> ServeConfig {
     }
 }
 
-/// The bundled policies with the demo secret in a file instead of the
-/// environment.
+/// The bundled policies, the demo secret in a file (as every copy has it).
 fn policies() -> tempfile::TempDir {
-    let dir = copy_policies(|name, text| {
-        if name == "issuers.yaml" {
-            text.replace(
-                "secret_env: PORTCULLIS_DEMO_SECRET",
-                "secret_file: demo.secret",
-            )
-        } else {
-            text
-        }
-    });
-    std::fs::write(dir.path().join("demo.secret"), test_secret()).unwrap_or_else(|e| panic!("{e}"));
-    dir
+    copy_policies(|_, text| text)
 }
 
 async fn health(address: SocketAddr) -> i32 {

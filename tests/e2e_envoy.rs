@@ -19,9 +19,9 @@ use jsonwebtoken::Algorithm;
 use portcullis::cases::Deployment;
 use serde_json::{json, Value};
 use support::{
-    alg_none_token, assert_envoy_validates, bearer, corpus, find_envoy, mint, render_envoy_config,
-    repo_path, sign, test_secret, token, Claims, EnvoyPorts, Recorded, Response, Stack, AUDIENCE,
-    ISSUER,
+    alg_none_token, assert_envoy_validates, b64url, bearer, corpus, demo_claims, demo_signer,
+    find_envoy, mint, render_envoy_config, repo_path, sign, test_secret, token, Claims, EnvoyPorts,
+    Recorded, Response, Stack, AUDIENCE, ISSUER,
 };
 
 const SUBJECT: &str = "x-portcullis-subject";
@@ -475,12 +475,12 @@ fn token_tricks_are_unauthorized() {
         }
     };
 
-    let valid = Claims::valid("alice").to_json();
+    let valid = demo_claims("alice").to_json();
     invalid_token(&mut p, "alg none", &bearer(&alg_none_token(&valid)));
     let none_upper = format!(
         "{}.{}.",
-        b64(br#"{"alg":"None","typ":"JWT"}"#),
-        b64(valid.to_string().as_bytes())
+        b64url(br#"{"alg":"None","typ":"JWT"}"#),
+        b64url(valid.to_string().as_bytes())
     );
     invalid_token(&mut p, "alg None", &bearer(&none_upper));
     invalid_token(
@@ -500,7 +500,7 @@ fn token_tricks_are_unauthorized() {
     let real = token("alice");
     let (head, rest) = real.split_once('.').unwrap_or_default();
     let (_, sig) = rest.split_once('.').unwrap_or_default();
-    let carol_payload = b64(Claims::valid("carol").to_json().to_string().as_bytes());
+    let carol_payload = b64url(demo_claims("carol").to_json().to_string().as_bytes());
     invalid_token(
         &mut p,
         "payload swapped under alice's signature",
@@ -510,18 +510,22 @@ fn token_tricks_are_unauthorized() {
     let expired = Claims {
         exp_offset: Some(-120),
         iat_offset: Some(-600),
-        ..Claims::valid("alice")
+        ..demo_claims("alice")
     };
     invalid_token(
         &mut p,
         "expired beyond the 30 s leeway",
-        &bearer(&expired.sign()),
+        &bearer(&expired.sign(demo_signer())),
     );
     let early = Claims {
         nbf_offset: Some(3600),
-        ..Claims::valid("alice")
+        ..demo_claims("alice")
     };
-    invalid_token(&mut p, "not valid for another hour", &bearer(&early.sign()));
+    invalid_token(
+        &mut p,
+        "not valid for another hour",
+        &bearer(&early.sign(demo_signer())),
+    );
     invalid_token(
         &mut p,
         "wrong issuer",
@@ -597,10 +601,10 @@ fn token_tricks_are_unauthorized() {
 
     // ~20 KB, validly signed: a size limit must stop it (Envoy itself may
     // answer 431 first).
-    let mut huge = Claims::valid("alice");
+    let mut huge = demo_claims("alice");
     huge.extra
         .insert("padding".into(), json!("x".repeat(15_000)));
-    let huge = huge.sign();
+    let huge = huge.sign(demo_signer());
     assert!(
         huge.len() >= 19_000,
         "huge token is only {} bytes",
@@ -636,22 +640,17 @@ fn token_tricks_are_unauthorized() {
     let just_expired = Claims {
         exp_offset: Some(-10),
         iat_offset: Some(-600),
-        ..Claims::valid("alice")
+        ..demo_claims("alice")
     };
     p.check(
         "expired 10 s ago, within leeway",
         "GET",
         doc,
-        Some(&bearer(&just_expired.sign())),
+        Some(&bearer(&just_expired.sign(demo_signer()))),
         &[],
         Allow(Some("alice")),
     );
     p.finish();
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Paths bent to reach a document the caller may not touch. Envoy normalizes

@@ -8,11 +8,11 @@
 
 use std::path::Path;
 
-use jsonwebtoken::{EncodingKey, Header};
 use portcullis::engine::{
     decide, decide_connection, ConnectionAttrs, Credential, Decision, RequestAttrs, VerifyEveryTime,
 };
 use portcullis::policy::{load_policies, LoadErrors, PolicySet};
+use portcullis_testkit::{Claims, Signer};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -95,19 +95,18 @@ applications:
     )
 }
 
+/// A token of `iss` for audience `api`, issued 10 s before [`NOW`], with
+/// `claims` (the subject among them) merged in.
 fn token(iss: &str, secret: &str, claims: serde_json::Value) -> String {
-    let mut body = json!({ "iss": iss, "aud": "api", "iat": NOW - 10, "exp": NOW + 600 });
-    if let (Some(body), Some(extra)) = (body.as_object_mut(), claims.as_object()) {
-        for (k, v) in extra {
-            body.insert(k.clone(), v.clone());
-        }
+    let mut body = Claims {
+        sub: None,
+        iat_offset: Some(-10),
+        ..Claims::new(iss, "api", "", NOW).ttl(600)
+    };
+    if let Some(extra) = claims.as_object() {
+        body.extra.extend(extra.clone());
     }
-    jsonwebtoken::encode(
-        &Header::default(),
-        &body,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    body.sign(&Signer::hs256(secret.as_bytes()))
 }
 
 fn corp(claims: serde_json::Value) -> String {

@@ -10,18 +10,14 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::config::core::v3::Metadata;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as ProtoValue};
-use jsonwebtoken::jwk::{Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use p256::pkcs8::EncodePrivateKey;
 use portcullis::adapter::ResponseConfig;
 use portcullis::engine::Reason;
 use portcullis::policy::load_policies;
 use portcullis::server::Authorizer;
 use portcullis::token::TokenError;
 use portcullis::token_cache::TokenCache;
+use portcullis_testkit::{Check, Signer};
 use serde_json::{json, Value};
 use support::{bearer, copy_policies, now, Response, Stack};
 
@@ -34,7 +30,7 @@ fn jwt_authn_policies() -> tempfile::TempDir {
             return text;
         }
         let trusted = text.replace(
-            "    algorithms: [HS256]\n    key:\n      secret_env: PORTCULLIS_DEMO_SECRET\n",
+            "    algorithms: [HS256]\n    key:\n      secret_file: demo.secret\n",
             "    jwt_authn:\n      payload_key: jwt_payload\n",
         );
         assert!(trusted.contains("jwt_authn"), "issuers.yaml changed shape");
@@ -70,24 +66,11 @@ fn request(path: &str, payload: Option<Value>, authorization: Option<&str>) -> C
         )]),
         ..Default::default()
     });
-    let headers = authorization
-        .map(|a| HashMap::from([("authorization".to_owned(), a.to_owned())]))
-        .unwrap_or_default();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: path.into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            metadata_context: metadata,
-            ..Default::default()
-        }),
+    let mut request = Check::get(path).authorization(authorization).build();
+    if let Some(attributes) = request.attributes.as_mut() {
+        attributes.metadata_context = metadata;
     }
+    request
 }
 
 fn authorizer() -> &'static Authorizer {
@@ -128,12 +111,7 @@ fn a_verified_payload_names_the_subject() {
 fn without_metadata_a_raw_token_proves_nothing() {
     // Even a well-formed token with the right claims: nobody verified it.
     let claims = payload("carol");
-    let forged = jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let forged = Signer::hs256(b"0123456789abcdef0123456789abcdef").sign(&claims);
     let bearer = format!("Bearer {forged}");
     let (decision, _) = authorizer().check_request(&request("/documents/1", None, Some(&bearer)));
     assert_eq!(
@@ -188,22 +166,14 @@ fn a_payload_is_still_checked() {
 /// `envoy/front-proxy-jwt-authn.yaml` in front of Portcullis.
 struct JwtAuthnStack {
     stack: Stack,
-    signer: EncodingKey,
+    signer: Signer,
     _policies: tempfile::TempDir,
 }
 
 impl JwtAuthnStack {
     fn start() -> Option<JwtAuthnStack> {
-        let secret = p256::SecretKey::random(&mut rand::thread_rng());
-        let pem = secret
-            .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let signer = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-        let mut jwk =
-            Jwk::from_encoding_key(&signer, Algorithm::ES256).unwrap_or_else(|e| panic!("{e}"));
-        jwk.common.key_id = Some("mesh-1".into());
-        let jwks =
-            serde_json::to_string(&JwkSet { keys: vec![jwk] }).unwrap_or_else(|e| panic!("{e}"));
+        let signer = Signer::es256().with_kid("mesh-1");
+        let jwks = portcullis_testkit::jwks(&[&signer]);
         let policies = jwt_authn_policies();
         let stack = Stack::start_with(
             policies.path(),
@@ -219,9 +189,7 @@ impl JwtAuthnStack {
 
     /// Signed with the key Envoy's JWKS holds.
     fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some("mesh-1".into());
-        jsonwebtoken::encode(&header, claims, &self.signer).unwrap_or_else(|e| panic!("{e}"))
+        self.signer.sign(claims)
     }
 
     /// A valid token of the provider's issuer for `sub`.

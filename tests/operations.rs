@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -309,8 +310,8 @@ async fn allows_are_sampled_and_denies_always_logged() {
 
 #[tokio::test]
 async fn ready_is_false_until_the_policy_is_served() {
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", support::test_secret());
-    let policy = load_policies(&bundled_policies()).unwrap_or_else(|e| panic!("{e}"));
+    let dir = support::copy_policies(|_, text| text);
+    let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let readiness = Arc::new(Readiness::default());
     let state = AdminState {
         readiness: readiness.clone(),
@@ -342,10 +343,14 @@ async fn sigterm_drains_checks_in_flight_and_exits_zero() {
     let port = portcullis.port();
     let bob = format!("Bearer {}", token("bob"));
     // Four clients, each on its own connection, checking until refused (at
-    // most 20,000 checks or 20 s each).
+    // most 20,000 checks or 20 s each). `answering` counts the clients that
+    // have had an answer: the signal waits for all four, so every client is
+    // mid-stream when it comes, however slow the machine.
+    let answering = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for c in 0..4 {
         let bob = bob.clone();
+        let answering = answering.clone();
         let mut grpc = client(port).await;
         clients.push(tokio::spawn(async move {
             let started = Instant::now();
@@ -366,6 +371,9 @@ async fn sigterm_drains_checks_in_flight_and_exits_zero() {
                         );
                         assert!(ok, "a check answered during shutdown must be a real answer");
                         answered += 1;
+                        if answered == 1 {
+                            answering.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                     Err(_) => {
                         refused += 1;
@@ -376,7 +384,15 @@ async fn sigterm_drains_checks_in_flight_and_exits_zero() {
             (answered, refused)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answering.load(Ordering::SeqCst) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 4 clients were answered",
+            answering.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let kill = Command::new("kill")
         .args(["-TERM", &portcullis.pid().to_string()])
         .status()

@@ -34,33 +34,21 @@ use tempfile::TempDir;
 
 const SECRET: &str = "properties-test-secret-0123456789abcdef";
 
-fn bundled_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
-}
-
-fn set_secret() {
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
-}
-
 fn write(dir: &Path, name: &str, contents: &str) {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
-/// A new directory holding the bundled issuers, roles and documents
-/// application, without the bundled grants.
+/// A new directory holding the bundled issuers (the demo secret in a file),
+/// roles and documents application, without the bundled grants.
 fn policy_dir() -> TempDir {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    for file in ["documents.yaml", "issuers.yaml", "roles.yaml"] {
-        let from = bundled_dir().join(file);
-        std::fs::copy(&from, dir.path().join(file))
-            .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
-    }
+    let keep = |name: &str| ["documents.yaml", "issuers.yaml", "roles.yaml"].contains(&name);
+    portcullis_testkit::copy_bundled(dir.path(), SECRET, keep, |_, text| text);
     dir
 }
 
 fn load(dir: &Path) -> PolicySet {
-    set_secret();
     load_policies(dir).unwrap_or_else(|e| panic!("the policy should load:\n{e}"))
 }
 
@@ -775,7 +763,6 @@ struct LoaderOnly<'a>(&'a Path);
 
 impl Reload for LoaderOnly<'_> {
     fn reload(&mut self) -> Served {
-        set_secret();
         match load_policies(self.0) {
             Ok(policy) => Served::Policy {
                 version: policy.version.clone(),
@@ -886,7 +873,6 @@ proptest! {
         let broken = corrupt(&valid, how, at);
         std::fs::write(dir.path().join("grants.yaml"), &broken)
             .unwrap_or_else(|e| panic!("{e}"));
-        set_secret();
         match load_policies(dir.path()) {
             Ok(policy) => prop_assert!(
                 false,
@@ -902,11 +888,53 @@ proptest! {
     }
 }
 
-/// Rewrites `grants.yaml` the way a deployment tool should (a new file,
-/// then a rename over the old one), cycling through two valid versions
-/// and a broken one, while `reloader` reloads; every reload must serve a
-/// whole version, never an empty or mixed one.
-fn reloads_see_whole_versions(dir: &Path, reloader: &mut dyn Reload, reloads: usize) {
+/// How the racing writer replaces `grants.yaml`.
+#[derive(Debug, Clone, Copy)]
+enum Writer {
+    /// As a deployment tool should: a new file, renamed over the old one.
+    Rename,
+    /// As an editor or `cp` does: truncate the file, then write it again.
+    /// A reader may find it empty for a moment, which must be refused.
+    InPlace,
+}
+
+impl Writer {
+    fn write(self, dir: &Path, bytes: &[u8]) {
+        let target = dir.join("grants.yaml");
+        match self {
+            Writer::Rename => {
+                let staging = dir.join(".grants.yaml.tmp");
+                std::fs::write(&staging, bytes).unwrap_or_else(|e| panic!("{e}"));
+                std::fs::rename(&staging, &target).unwrap_or_else(|e| panic!("{e}"));
+            }
+            // `fs::write` opens with O_TRUNC, then writes.
+            Writer::InPlace => std::fs::write(&target, bytes).unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+}
+
+/// What every reload racing a writer must serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// One of the versions written, whole (or a refusal).
+    WholeVersions,
+    /// Some grants (or a refusal): never the empty policy a truncated
+    /// file would be.
+    NeverEmpty,
+}
+
+/// Rewrites `grants.yaml` with `writer`, cycling through two valid
+/// versions and a broken one, while `reloader` reloads at least `reloads`
+/// times and until it has served both valid versions (bounded); every
+/// reload must serve what `expect` says, and both versions must have been
+/// seen, or the race proved nothing.
+fn reloads_race_a_writer(
+    dir: &Path,
+    reloader: &mut dyn Reload,
+    writer: Writer,
+    expect: Expect,
+    reloads: usize,
+) {
     let versions = [grants_file(300, 1), grants_file(200, 2)];
     let broken = corrupt(&versions[0], Corruption::UnknownRole, 7);
     let mut known = BTreeSet::new();
@@ -922,7 +950,7 @@ fn reloads_see_whole_versions(dir: &Path, reloader: &mut dyn Reload, reloads: us
     assert_eq!(known.len(), 2, "the two versions should differ: {known:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
+    let writing = {
         let stop = Arc::clone(&stop);
         let dir = dir.to_path_buf();
         std::thread::spawn(move || {
@@ -934,22 +962,28 @@ fn reloads_see_whole_versions(dir: &Path, reloader: &mut dyn Reload, reloads: us
                     1 => versions[1].as_bytes(),
                     _ => &broken,
                 };
-                let staging = dir.join(".grants.yaml.tmp");
-                std::fs::write(&staging, bytes).unwrap_or_else(|e| panic!("{e}"));
-                std::fs::rename(&staging, dir.join("grants.yaml"))
-                    .unwrap_or_else(|e| panic!("{e}"));
+                writer.write(&dir, bytes);
                 written += 1;
             }
             written
         })
     };
     let mut seen = BTreeMap::<String, usize>::new();
-    for _ in 0..reloads {
+    let both_seen = |seen: &BTreeMap<String, usize>| {
+        known.iter().all(|(version, _)| seen.contains_key(version))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut done = 0;
+    while done < reloads || !both_seen(&seen) {
+        if done >= 100 * reloads || std::time::Instant::now() > deadline {
+            break;
+        }
+        done += 1;
         match reloader.reload() {
             Served::Policy { version, grants } => {
                 assert!(grants > 0, "an empty policy was served ({version})");
                 assert!(
-                    known.contains(&(version.clone(), grants)),
+                    expect == Expect::NeverEmpty || known.contains(&(version.clone(), grants)),
                     "a mixed policy was served: {version} with {grants} grants, known {known:?}"
                 );
                 *seen.entry(version).or_default() += 1;
@@ -958,12 +992,15 @@ fn reloads_see_whole_versions(dir: &Path, reloader: &mut dyn Reload, reloads: us
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let written = writer
+    let written = writing
         .join()
         .unwrap_or_else(|_| panic!("the writer panicked"));
     assert!(written > 0, "the writer never wrote");
-    // Makes a silent no-op visible in `cargo test -- --nocapture`.
-    println!("{reloads} reloads during {written} rewrites: {seen:?}");
+    println!("{writer:?}: {done} reloads during {written} rewrites: {seen:?}");
+    assert!(
+        both_seen(&seen),
+        "{writer:?}: {done} reloads during {written} rewrites never served both versions: {seen:?}"
+    );
 }
 
 /// The live reloader `serve` runs on SIGHUP and on file changes: a check
@@ -1001,7 +1038,6 @@ impl Live {
 
 impl Reload for Live {
     fn reload(&mut self) -> Served {
-        set_secret();
         let _runtime = self.runtime.enter();
         let _ = self.reloader.reload();
         self.served()
@@ -1013,7 +1049,52 @@ fn the_live_reloader_racing_a_writer_serves_whole_versions() {
     let dir = policy_dir();
     write(dir.path(), "grants.yaml", &grants_file(5, 0));
     let mut live = Live::new(dir.path());
-    reloads_see_whole_versions(dir.path(), &mut live, 150);
+    reloads_race_a_writer(
+        dir.path(),
+        &mut live,
+        Writer::Rename,
+        Expect::WholeVersions,
+        150,
+    );
+}
+
+/// A writer that truncates and rewrites in place never makes `serve`
+/// serve an empty policy: a file caught empty is refused and the last
+/// good policy stays. Both versions are seen.
+#[test]
+fn the_live_reloader_racing_an_in_place_writer_never_serves_an_empty_policy() {
+    let dir = policy_dir();
+    write(dir.path(), "grants.yaml", &grants_file(5, 0));
+    let mut live = Live::new(dir.path());
+    reloads_race_a_writer(
+        dir.path(),
+        &mut live,
+        Writer::InPlace,
+        Expect::NeverEmpty,
+        150,
+    );
+}
+
+/// KNOWN DEFECT (the loader, not this test): a reload that reads a file
+/// while it is truncated and rewritten can read the old version's start
+/// and the new one's end, and publish grants neither version holds
+/// (observed: 301 grants from versions of 300 and 200). Needs the loader
+/// to refuse a file that changed while it was read (compare length and
+/// mtime before and after, or read twice); then remove the `ignore`.
+/// Run with `cargo test --test properties -- --ignored`.
+#[test]
+#[ignore = "known defect: a torn read of an in-place rewrite can be published (see the doc comment)"]
+fn the_live_reloader_racing_an_in_place_writer_serves_whole_versions() {
+    let dir = policy_dir();
+    write(dir.path(), "grants.yaml", &grants_file(5, 0));
+    let mut live = Live::new(dir.path());
+    reloads_race_a_writer(
+        dir.path(),
+        &mut live,
+        Writer::InPlace,
+        Expect::WholeVersions,
+        5_000,
+    );
 }
 
 #[test]
@@ -1024,7 +1105,6 @@ fn a_broken_rewrite_keeps_the_last_good_policy() {
     let good = live.served();
     let broken = corrupt(&grants_file(40, 2), Corruption::UnknownRole, 3);
     std::fs::write(dir.path().join("grants.yaml"), broken).unwrap_or_else(|e| panic!("{e}"));
-    set_secret();
     let _runtime = live.runtime.enter();
     assert!(matches!(live.reloader.reload(), ReloadOutcome::Failed(_)));
     assert_eq!(
@@ -1044,7 +1124,26 @@ fn a_broken_rewrite_keeps_the_last_good_policy() {
 fn the_loader_racing_a_writer_sees_whole_versions() {
     let dir = policy_dir();
     let mut loader = LoaderOnly(dir.path());
-    reloads_see_whole_versions(dir.path(), &mut loader, 150);
+    reloads_race_a_writer(
+        dir.path(),
+        &mut loader,
+        Writer::Rename,
+        Expect::WholeVersions,
+        150,
+    );
+}
+
+#[test]
+fn the_loader_racing_an_in_place_writer_never_loads_an_empty_policy() {
+    let dir = policy_dir();
+    let mut loader = LoaderOnly(dir.path());
+    reloads_race_a_writer(
+        dir.path(),
+        &mut loader,
+        Writer::InPlace,
+        Expect::NeverEmpty,
+        150,
+    );
 }
 
 #[test]

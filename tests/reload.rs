@@ -10,9 +10,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{
-    bearer, check_request, copy_policies, grpc_client, grpc_status, ready_version, send_raw, token,
+    bearer, check_request, copy_policies, grpc_client, grpc_status, ready_version, token,
     wait_for_new_version, Portcullis, Stack,
 };
+use support::{inode, inotify_watched_inodes, metric};
 
 const BOB_GRANT: &str = "  - subject: bob\n    role: viewer\n    resource: document:1\n";
 
@@ -29,12 +30,9 @@ fn write(dir: &Path, file: &str, text: &str) {
     std::fs::write(dir.join(file), text).unwrap_or_else(|e| panic!("{e}"));
 }
 
-fn metric(admin: u16, key: &str) -> f64 {
-    send_raw(admin, "GET", b"/metrics", &[])
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
-        .unwrap_or(0.0)
+/// A counter on `/metrics`; 0 before its first increment.
+fn counter(admin: u16, series: &str) -> f64 {
+    metric(admin, series).unwrap_or(0.0)
 }
 
 #[test]
@@ -93,14 +91,14 @@ async fn a_broken_or_half_written_file_keeps_the_last_good_policy() {
 
     // Broken YAML over a good file: still served, the error logged with its line.
     let grants = read(dir.path(), "grants.yaml");
-    let failures = metric(admin, "portcullis_policy_loads_total{result=\"failure\"}");
+    let failures = counter(admin, "portcullis_policy_loads_total{result=\"failure\"}");
     write(
         dir.path(),
         "grants.yaml",
         &grants.replace("grants:\n", "grants:\n  - [unclosed\n"),
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(admin, "portcullis_policy_loads_total{result=\"failure\"}") <= failures {
+    while counter(admin, "portcullis_policy_loads_total{result=\"failure\"}") <= failures {
         assert!(Instant::now() < deadline, "the broken file was not noticed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -112,10 +110,10 @@ async fn a_broken_or_half_written_file_keeps_the_last_good_policy() {
 
     // Half a file (cut inside a grant) is just as broken.
     let revoked = without_bob(&grants);
-    let failures = metric(admin, "portcullis_policy_loads_total{result=\"failure\"}");
+    let failures = counter(admin, "portcullis_policy_loads_total{result=\"failure\"}");
     write(dir.path(), "grants.yaml", &revoked[..revoked.len() / 2]);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(admin, "portcullis_policy_loads_total{result=\"failure\"}") <= failures {
+    while counter(admin, "portcullis_policy_loads_total{result=\"failure\"}") <= failures {
         assert!(
             Instant::now() < deadline,
             "the half-written file was not noticed"
@@ -206,29 +204,53 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
     );
 }
 
+/// Successful policy loads `/metrics` reports (the first and each reload
+/// that published a new version).
+const LOADS: &str = "portcullis_policy_loads_total{result=\"success\"}";
+
+fn loads(admin: u16) -> f64 {
+    metric(admin, LOADS).unwrap_or_else(|| panic!("/metrics has no {LOADS}"))
+}
+
+/// "policy reloaded" lines of a log, with their trigger.
+fn reloads(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("policy reloaded"))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[tokio::test]
 async fn sighup_reloads_when_watching_is_off() {
     let dir = copy_policies(|_, text| text);
+    let watched = inode(dir.path());
+    // The probe sees a watch where there is one, so its silence below
+    // means something.
+    {
+        let watching = Portcullis::start(dir.path());
+        assert!(
+            inotify_watched_inodes(watching.pid()).contains(&watched),
+            "a watching process shows no inotify watch on its directory"
+        );
+    }
     let portcullis = Portcullis::start_with_env(dir.path(), &[("PORTCULLIS_WATCH", "false")]);
     let admin = portcullis.admin_port();
+    // Not watching, proven at once: the watchers are set up before the
+    // process announces its ports, and it holds no inotify watch at all.
+    // So no file event can reload it; only the signal below can.
+    assert_eq!(
+        inotify_watched_inodes(portcullis.pid()),
+        Vec::<u64>::new(),
+        "watching is off, yet the process watches files"
+    );
     let mut grpc = grpc_client(portcullis.port()).await;
     let bob = bearer(&token("bob"));
     let old = ready_version(admin).unwrap_or_else(|| panic!("not ready"));
+    assert_eq!(loads(admin), 1.0, "the first load");
     write(
         dir.path(),
         "grants.yaml",
         &without_bob(&read(dir.path(), "grants.yaml")),
-    );
-    // Not watching: nothing changes until the signal.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(ready_version(admin).as_deref(), Some(old.as_str()));
-    assert_eq!(
-        grpc_status(
-            &mut grpc,
-            check_request("GET", "/documents/1", Some(&bob), "hup")
-        )
-        .await,
-        200
     );
 
     let hup = Command::new("kill")
@@ -246,6 +268,12 @@ async fn sighup_reloads_when_watching_is_off() {
         "SIGHUP did not reload:\n{}",
         portcullis.log()
     );
+    // Exactly one reload, and the signal made it.
+    assert_eq!(loads(admin), 2.0, "{}", portcullis.log());
+    let log = portcullis.log();
+    let reloaded = reloads(&log);
+    assert_eq!(reloaded.len(), 1, "{log}");
+    assert!(reloaded[0].contains("SIGHUP"), "{}", reloaded[0]);
     assert_eq!(
         grpc_status(
             &mut grpc,

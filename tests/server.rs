@@ -3,18 +3,17 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use jsonwebtoken::{EncodingKey, Header};
 use portcullis::adapter::ResponseConfig;
 use portcullis::policy::load_policies;
 use portcullis::server::{self, Authorizer};
 use portcullis::token_cache::TokenCache;
+use portcullis_testkit::{Claims, Signer};
 use support::grpc_status;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -34,9 +33,8 @@ struct Running {
 }
 
 async fn start() -> Running {
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
-    let policy = load_policies(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = portcullis_testkit::bundled_with_secret(SECRET);
+    let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let clock = Arc::new(AtomicU64::new(START));
     let now = clock.clone();
     let authorizer = Authorizer::new(
@@ -69,16 +67,15 @@ async fn channel(address: std::net::SocketAddr) -> Channel {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A demo-issuer token for `sub` that expires at `exp`.
 fn token(sub: &str, exp: u64) -> String {
-    let claims = serde_json::json!({
-        "iss": "https://idp.example.com", "aud": "documents-api", "sub": sub, "exp": exp,
-    });
-    jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    let claims = Claims {
+        iat_offset: None,
+        exp_offset: None,
+        ..Claims::demo(sub, START)
+    }
+    .claim("exp", serde_json::json!(exp));
+    claims.sign(&Signer::hs256(SECRET.as_bytes()))
 }
 
 /// A check as Envoy sends it, with `token` as a bearer token.

@@ -439,6 +439,13 @@ async fn the_server_certificate_rotates_without_a_restart() {
     let pki = Pki::generate();
     let mut portcullis = pki.start_portcullis(true);
     let port = portcullis.port();
+    // The kernel shows the watch on the TLS files' directory (what
+    // `sighup_reloads_the_certificate_when_watching_is_off` relies on
+    // seeing when it is there).
+    assert!(
+        support::inotify_watched_inodes(portcullis.pid()).contains(&support::inode(pki.dir.path())),
+        "a watching process shows no inotify watch on its TLS directory"
+    );
     let config = pki.client_config(Some(&pki.client));
     let (mut client, connections) = tls_grpc_client(port, config.clone()).await;
     let public = || check_request("GET", "/healthz", None, "rotation");
@@ -505,11 +512,18 @@ async fn sighup_reloads_the_certificate_when_watching_is_off() {
     let portcullis = Portcullis::start_with_env(&bundled_policies(), &env);
     let port = portcullis.port();
     let config = pki.client_config(Some(&pki.client));
+    // Not watching, proven at once: the watchers are set up before the
+    // process announces its ports, and it holds no inotify watch at all
+    // (`the_server_certificate_rotates_without_a_restart` shows the probe
+    // sees the watch of a watching process). No file event can reload it; only SIGHUP can.
+    assert_eq!(
+        support::inotify_watched_inodes(portcullis.pid()),
+        Vec::<u64>::new(),
+        "watching is off, yet the process watches files"
+    );
 
     let rotated = server_leaf(&pki.ca, "portcullis-sighup");
     pki.write_leaf("server", &rotated);
-    // Not watched: still the first certificate.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         handshake(port, config.clone()).await,
         Ok(pki.server.der.clone())
@@ -525,6 +539,14 @@ async fn sighup_reloads_the_certificate_when_watching_is_off() {
         async move { handshake(port, config).await == Ok(expected) }
     })
     .await;
+    // One reload, and the signal made it.
+    let log = portcullis.log();
+    let reloads: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("tls certificate reloaded"))
+        .collect();
+    assert_eq!(reloads.len(), 1, "{log}");
+    assert!(reloads[0].contains("SIGHUP"), "{}", reloads[0]);
 }
 
 /// The client CA bundle is reloaded too: after it is replaced, the other
@@ -761,15 +783,17 @@ fn envoy_with_the_right_client_certificate_is_answered() {
         return;
     };
     // The first check also opens the TLS connection; on a loaded machine its
-    // handshake can outlast the 250 ms ext_authz timeout once.
-    let mut response = stack.get(b"/healthz");
-    for _ in 0..3 {
-        if response.status != 503 {
-            break;
+    // handshake can outlast the 250 ms ext_authz timeout, which Envoy
+    // answers 503 without reaching the application. Wait for the connection
+    // to be up (bounded), not for a fixed number of tries.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        let response = stack.get(b"/healthz");
+        if response.status != 503 || Instant::now() > deadline {
+            break response;
         }
-        std::thread::sleep(Duration::from_millis(200));
-        response = stack.get(b"/healthz");
-    }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(response.status, 200, "{}", stack.logs());
     assert_eq!(
         stack.upstream.requests().len(),

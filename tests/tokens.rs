@@ -20,7 +20,7 @@ use portcullis::engine::{
 use portcullis::policy::{load_policies, LoadErrors, PolicySet};
 use portcullis::token::{Principal, TokenError, MAX_SUBJECT_LEN, MAX_TOKEN_LEN};
 use portcullis::token_cache::TokenCache;
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+use portcullis_testkit::Signer;
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
 
@@ -40,86 +40,31 @@ const LEEWAY: u64 = 30;
 // Keys
 // ---------------------------------------------------------------------------
 
-struct KeyPair {
-    private_pem: String,
-    public_pem: String,
+fn rsa_keys() -> &'static [Signer; 2] {
+    static KEYS: OnceLock<[Signer; 2]> = OnceLock::new();
+    KEYS.get_or_init(|| [Signer::rs256(), Signer::rs256()])
 }
 
-fn rsa_keys() -> &'static [KeyPair; 2] {
-    static KEYS: OnceLock<[KeyPair; 2]> = OnceLock::new();
-    KEYS.get_or_init(|| [new_rsa_key(), new_rsa_key()])
+fn ec_keys() -> &'static [Signer; 2] {
+    static KEYS: OnceLock<[Signer; 2]> = OnceLock::new();
+    KEYS.get_or_init(|| [Signer::es256(), Signer::es256()])
 }
 
-fn new_rsa_key() -> KeyPair {
-    let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
-        .unwrap_or_else(|e| panic!("generating an RSA key: {e}"));
-    let private_pem = private
-        .to_pkcs8_pem(LineEnding::LF)
-        .unwrap_or_else(|e| panic!("encoding the RSA private key: {e}"))
-        .to_string();
-    let public_pem = private
-        .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap_or_else(|e| panic!("encoding the RSA public key: {e}"));
-    KeyPair {
-        private_pem,
-        public_pem,
-    }
-}
-
-fn ec_keys() -> &'static [KeyPair; 2] {
-    static KEYS: OnceLock<[KeyPair; 2]> = OnceLock::new();
-    KEYS.get_or_init(|| [new_ec_key(), new_ec_key()])
-}
-
-fn new_ec_key() -> KeyPair {
-    let secret = p256::SecretKey::random(&mut rand::thread_rng());
-    let private_pem = secret
-        .to_pkcs8_pem(LineEnding::LF)
-        .unwrap_or_else(|e| panic!("encoding the P-256 private key: {e}"))
-        .to_string();
-    let public_pem = secret
-        .public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap_or_else(|e| panic!("encoding the P-256 public key: {e}"));
-    KeyPair {
-        private_pem,
-        public_pem,
-    }
-}
-
-fn ed_key() -> &'static KeyPair {
-    static KEY: OnceLock<KeyPair> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let signing = ed25519_dalek::SigningKey::generate(&mut rand::thread_rng());
-        let private_pem = signing
-            .to_pkcs8_pem(LineEnding::LF)
-            .unwrap_or_else(|e| panic!("encoding the Ed25519 private key: {e}"))
-            .to_string();
-        let public_pem = signing
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_else(|e| panic!("encoding the Ed25519 public key: {e}"));
-        KeyPair {
-            private_pem,
-            public_pem,
-        }
-    })
+fn ed_key() -> &'static Signer {
+    static KEY: OnceLock<Signer> = OnceLock::new();
+    KEY.get_or_init(Signer::eddsa)
 }
 
 fn rsa_signer(index: usize) -> EncodingKey {
-    EncodingKey::from_rsa_pem(rsa_keys()[index].private_pem.as_bytes())
-        .unwrap_or_else(|e| panic!("RSA encoding key: {e}"))
+    rsa_keys()[index].encoding_key().clone()
 }
 
 fn ec_signer(index: usize) -> EncodingKey {
-    EncodingKey::from_ec_pem(ec_keys()[index].private_pem.as_bytes())
-        .unwrap_or_else(|e| panic!("EC encoding key: {e}"))
+    ec_keys()[index].encoding_key().clone()
 }
 
 fn ed_signer() -> EncodingKey {
-    EncodingKey::from_ed_pem(ed_key().private_pem.as_bytes())
-        .unwrap_or_else(|e| panic!("Ed25519 encoding key: {e}"))
+    ed_key().encoding_key().clone()
 }
 
 /// The public JWK of `key` for `alg`, as JSON, with `kid` when given.
@@ -234,9 +179,9 @@ impl PolicyDir {
         };
         policy.file("hmac.secret", SECRET);
         policy.file("other.secret", OTHER_SECRET);
-        policy.file("rsa.pem", &rsa_keys()[0].public_pem);
-        policy.file("ec.pem", &ec_keys()[0].public_pem);
-        policy.file("ed.pem", &ed_key().public_pem);
+        policy.file("rsa.pem", rsa_keys()[0].public_pem());
+        policy.file("ec.pem", ec_keys()[0].public_pem());
+        policy.file("ed.pem", ed_key().public_pem());
         policy
     }
 
@@ -666,7 +611,7 @@ fn an_asymmetric_token_for_an_hmac_issuer_is_refused() {
 fn hs256_signed_with_the_rsa_public_key_is_refused() {
     // The classic key confusion: the attacker knows the public key and uses
     // its PEM bytes as an HMAC secret.
-    let public_pem = rsa_keys()[0].public_pem.as_str();
+    let public_pem = rsa_keys()[0].public_pem();
     let policy = PolicyDir::new()
         .issuer(IssuerYaml::new(
             "rsa",
@@ -1682,7 +1627,7 @@ fn a_jwk_without_alg_serves_the_issuers_algorithms() {
     let hs = sign(
         &with_kid(Algorithm::HS256, Some("no-alg")),
         &claims("jwks"),
-        &EncodingKey::from_secret(rsa_keys()[0].public_pem.as_bytes()),
+        &EncodingKey::from_secret(rsa_keys()[0].public_pem().as_bytes()),
     );
     assert_eq!(
         verify(&policy, &hs),

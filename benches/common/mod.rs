@@ -4,28 +4,24 @@
 // Each bench compiles this module on its own and uses part of it.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use jsonwebtoken::{EncodingKey, Header};
 use portcullis::engine::{Credential, KnownPrincipal, RequestAttrs};
 use portcullis::policy::{load_policies, GrantIndex, Holder, PolicySet, ResourceKey};
 use portcullis::token::Principal;
+use portcullis_testkit::{Check, Claims, Signer};
 
-/// The demo issuer's secret in the benches (`PORTCULLIS_DEMO_SECRET`).
+/// The demo issuer's secret in the benches.
 pub const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 /// Beyond today: the token cache expires entries by the wall clock at `exp`.
 pub const NOW: u64 = 4_000_000_000;
 
-/// The bundled documents policy.
+/// The bundled documents policy (a copy whose demo issuer reads
+/// [`SECRET`] from a file).
 pub fn bundled() -> PolicySet {
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
-    load_policies(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
-        .unwrap_or_else(|e| panic!("{e}"))
+    let dir = portcullis_testkit::bundled_with_secret(SECRET);
+    load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The bundled policy with its grants replaced by `count` grants spread over
@@ -80,36 +76,19 @@ pub fn user42() -> KnownPrincipal {
 
 /// A demo-issuer token for alice (owner of document 1, editor of 2).
 pub fn alice_token() -> String {
-    let claims = serde_json::json!({
-        "iss": "https://idp.example.com", "aud": "documents-api", "sub": "alice", "exp": NOW + 3600,
-    });
-    jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    let claims = Claims {
+        iat_offset: None,
+        ..Claims::demo("alice", NOW).ttl(3600)
+    };
+    claims.sign(&Signer::hs256(SECRET.as_bytes()))
 }
 
 /// A CheckRequest as Envoy sends it for the documents application.
 pub fn check_request(method: &str, path: &str, token: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    host: "documents.example.com".into(),
-                    headers: HashMap::from([
-                        ("authorization".to_owned(), format!("Bearer {token}")),
-                        ("x-request-id".to_owned(), "bench-request".to_owned()),
-                    ]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: HashMap::from([("app".to_owned(), "documents".to_owned())]),
-            ..Default::default()
-        }),
-    }
+    Check::http(method, path)
+        .host("documents.example.com")
+        .bearer(token)
+        .header("x-request-id", "bench-request")
+        .app("documents")
+        .build()
 }

@@ -15,7 +15,6 @@
 //! through. The first `--warmup` seconds are not recorded. The result is
 //! one JSON line on stdout.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,12 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HeaderValue};
-use envoy_types::pb::envoy::config::core::v3::HeaderMap;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use hdrhistogram::Histogram;
+use portcullis_testkit::Check;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(clap::Args)]
@@ -78,14 +75,6 @@ struct Prepared {
     expect_allow: bool,
 }
 
-fn header(key: &str, value: &str) -> HeaderValue {
-    HeaderValue {
-        key: key.to_owned(),
-        raw_value: value.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-
 fn load_requests(dir: &std::path::Path) -> anyhow::Result<Vec<Prepared>> {
     let tokens_path = dir.join("tokens.txt");
     let tokens: Vec<String> = std::fs::read_to_string(&tokens_path)
@@ -102,15 +91,18 @@ fn load_requests(dir: &std::path::Path) -> anyhow::Result<Vec<Prepared>> {
         let [method, path, token, expected] = fields[..] else {
             anyhow::bail!("{}:{}: expected 4 fields", requests_path.display(), n + 1);
         };
-        let mut headers = vec![
-            header(":authority", "documents.example.com"),
-            header(":path", path),
-            header(":method", method),
-            header(":scheme", "http"),
-            header("user-agent", "loadbench"),
-            header("x-forwarded-proto", "http"),
-            header("x-request-id", &format!("loadbench-{n}")),
-        ];
+        // Raw headers in `header_map`, as our Envoy configs send them
+        // (`encode_raw_headers: true`).
+        let mut check = Check::http(method, path)
+            .host("documents.example.com")
+            .app("documents")
+            .raw_header(":authority", "documents.example.com")
+            .raw_header(":path", path)
+            .raw_header(":method", method)
+            .raw_header(":scheme", "http")
+            .raw_header("user-agent", "loadbench")
+            .raw_header("x-forwarded-proto", "http")
+            .raw_header("x-request-id", &format!("loadbench-{n}"));
         if token != "-" {
             let index: usize = token
                 .parse()
@@ -118,27 +110,15 @@ fn load_requests(dir: &std::path::Path) -> anyhow::Result<Vec<Prepared>> {
             let token = tokens
                 .get(index)
                 .with_context(|| format!("no token {index} in {}", tokens_path.display()))?;
-            headers.push(header("authorization", &format!("Bearer {token}")));
+            check = check.raw_header("authorization", &format!("Bearer {token}"));
         }
-        let request = CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(Request {
-                    http: Some(HttpRequest {
-                        id: n.to_string(),
-                        method: method.to_owned(),
-                        path: path.to_owned(),
-                        host: "documents.example.com".to_owned(),
-                        scheme: "http".to_owned(),
-                        protocol: "HTTP/1.1".to_owned(),
-                        header_map: Some(HeaderMap { headers }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                context_extensions: HashMap::from([("app".to_owned(), "documents".to_owned())]),
-                ..Default::default()
-            }),
-        };
+        let request = check
+            .with_http(|http| {
+                http.id = n.to_string();
+                http.scheme = "http".to_owned();
+                http.protocol = "HTTP/1.1".to_owned();
+            })
+            .build();
         out.push(Prepared {
             request,
             expect_allow: expected == "allow",

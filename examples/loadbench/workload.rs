@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use jsonwebtoken::{EncodingKey, Header};
+use portcullis_testkit::{Claims, Signer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -114,17 +114,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let step = (args.users / args.tokens.max(1)).max(1);
     let token_users: Vec<usize> = (0..args.tokens).map(|i| i * step).collect();
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let key = EncodingKey::from_secret(secret.as_bytes());
+    let signer = Signer::hs256(secret.as_bytes());
+    let ttl = i64::try_from(args.ttl).context("--ttl is too large")?;
     let mut tokens = String::new();
     for &user in &token_users {
-        let claims = serde_json::json!({
-            "iss": "https://idp.example.com",
-            "aud": "documents-api",
-            "sub": format!("user{user}"),
-            "iat": now,
-            "exp": now + args.ttl,
-        });
-        let token = jsonwebtoken::encode(&Header::default(), &claims, &key)?;
+        let token = Claims::demo(&format!("user{user}"), now)
+            .ttl(ttl)
+            .sign(&signer);
         tokens.push_str(&token);
         tokens.push('\n');
     }

@@ -15,7 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use portcullis::engine::{decide, Credential, KnownPrincipal, RequestAttrs};
 use portcullis::policy::load_policies;
 use portcullis::token::Principal;
-use portcullis_fuzz::{bundled_dir, set_secret, NOW};
+use portcullis_fuzz::{bundled_copy, NOW, SECRET};
+use portcullis_testkit::DEMO_SECRET_FILE;
 
 struct Dirs {
     _alone: tempfile::TempDir,
@@ -29,23 +30,24 @@ struct Dirs {
 fn dirs() -> &'static Dirs {
     static DIRS: OnceLock<Dirs> = OnceLock::new();
     DIRS.get_or_init(|| {
-        set_secret();
         let alone = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let beside = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let bulk = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        for file in ["documents.yaml", "issuers.yaml", "roles.yaml"] {
-            std::fs::copy(bundled_dir().join(file), beside.path().join(file))
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        for file in [
-            "documents.yaml",
-            "issuers.yaml",
-            "roles.yaml",
-            "grants.yaml",
-        ] {
-            std::fs::copy(bundled_dir().join(file), bulk.path().join(file))
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
+        // Mode 0's file names its demo secret as the copies do.
+        std::fs::write(alone.path().join(DEMO_SECRET_FILE), SECRET)
+            .unwrap_or_else(|e| panic!("{e}"));
+        bundled_copy(beside.path(), |name| {
+            ["documents.yaml", "issuers.yaml", "roles.yaml"].contains(&name)
+        });
+        bundled_copy(bulk.path(), |name| {
+            [
+                "documents.yaml",
+                "issuers.yaml",
+                "roles.yaml",
+                "grants.yaml",
+            ]
+            .contains(&name)
+        });
         Dirs {
             alone: alone.path().to_path_buf(),
             _alone: alone,

@@ -7,25 +7,20 @@
 //! run and the seed corpora can carry valid tokens. A target's invariant
 //! "only these tokens ever verify" is then exact: the fuzzer holds no key.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HeaderValue};
-use envoy_types::pb::envoy::config::core::v3::HeaderMap;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use envoy_types::ext_authz::v3::pb::CheckRequest;
 use portcullis::adapter::ResponseConfig;
 use portcullis::decision_cache::DecisionCache;
 use portcullis::policy::{load_policies, PolicySet};
 use portcullis::server::Authorizer;
 use portcullis::token_cache::TokenCache;
+use portcullis_testkit::{Check, Claims, Signer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 
 /// FUZZING ONLY: the demo issuer's HMAC secret inside the fuzz targets.
 pub const SECRET: &str = "fuzz-only-secret-not-for-anything-0123456789";
@@ -35,14 +30,17 @@ pub const NOW: u64 = 4_000_000_000;
 /// `exp` of every seed token.
 pub const EXP: u64 = NOW + 3_600;
 
-/// The repository's bundled policy directory.
+/// The repository's bundled policy directory (read only: its demo issuer
+/// names an environment variable; see [`bundled_copy`]).
 pub fn bundled_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+    portcullis_testkit::bundled_dir()
 }
 
-/// Sets the secret the bundled issuer reads.
-pub fn set_secret() {
-    std::env::set_var("PORTCULLIS_DEMO_SECRET", SECRET);
+/// The bundled policy files that `keep` accepts, copied into `into` with
+/// the demo issuer reading [`SECRET`] from a file: no target sets the
+/// process's environment.
+pub fn bundled_copy(into: &std::path::Path, keep: impl Fn(&str) -> bool) {
+    portcullis_testkit::copy_bundled(into, SECRET, keep, |_, text| text);
 }
 
 /// The bundled policy, loaded once.
@@ -50,8 +48,8 @@ pub fn bundled() -> Arc<PolicySet> {
     static POLICY: OnceLock<Arc<PolicySet>> = OnceLock::new();
     POLICY
         .get_or_init(|| {
-            set_secret();
-            Arc::new(load_policies(&bundled_dir()).unwrap_or_else(|e| panic!("{e}")))
+            let dir = portcullis_testkit::bundled_with_secret(SECRET);
+            Arc::new(load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}")))
         })
         .clone()
 }
@@ -74,20 +72,11 @@ pub fn authorizer() -> &'static Authorizer {
 
 /// A demo-issuer token (HS256, the fuzz secret) for `subject`.
 pub fn demo_token(subject: &str, groups: &[&str]) -> String {
-    let claims = serde_json::json!({
-        "iss": "https://idp.example.com",
-        "aud": "documents-api",
-        "sub": subject,
-        "groups": groups,
-        "iat": NOW - 60,
-        "exp": EXP,
-    });
-    jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    let claims = Claims {
+        iat_offset: Some(-60),
+        ..Claims::demo(subject, NOW).groups(groups).ttl(3_600)
+    };
+    claims.sign(&Signer::hs256(SECRET.as_bytes()))
 }
 
 /// Every demo-issuer token the seeds carry: the only ones that verify
@@ -106,48 +95,26 @@ pub fn demo_tokens() -> &'static [String] {
     })
 }
 
-/// One header for `header_map` (Envoy's `encode_raw_headers: true`).
-pub fn raw_header(key: &str, value: &str) -> HeaderValue {
-    HeaderValue {
-        key: key.to_owned(),
-        raw_value: value.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-
-/// A CheckRequest as Envoy sends one for the front proxy.
+/// A CheckRequest as Envoy sends one for the front proxy: with `raw`, every
+/// header in `header_map` (Envoy's `encode_raw_headers: true`), otherwise
+/// the Authorization values in the `headers` map.
 pub fn check_request(method: &str, path: &str, authorization: &[&str], raw: bool) -> CheckRequest {
-    let mut listed = vec![
-        raw_header(":authority", "localhost"),
-        raw_header(":method", method),
-        raw_header(":path", path),
-        raw_header("x-request-id", "fuzz-seed"),
-    ];
-    let mut mapped = HashMap::new();
+    let mut check = Check::http(method, path).host("localhost").app("documents");
+    if raw {
+        check = check
+            .raw_header(":authority", "localhost")
+            .raw_header(":method", method)
+            .raw_header(":path", path)
+            .raw_header("x-request-id", "fuzz-seed");
+    }
     for value in authorization {
-        if raw {
-            listed.push(raw_header("authorization", value));
+        check = if raw {
+            check.raw_header("authorization", value)
         } else {
-            mapped.insert("authorization".to_owned(), (*value).to_owned());
-        }
+            check.header("authorization", value)
+        };
     }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.to_owned(),
-                    path: path.to_owned(),
-                    host: "localhost".to_owned(),
-                    headers: mapped,
-                    header_map: raw.then_some(HeaderMap { headers: listed }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: HashMap::from([("app".to_owned(), "documents".to_owned())]),
-            ..Default::default()
-        }),
-    }
+    check.build()
 }
 
 /// The token-parser target's world: a policy directory with one issuer
@@ -163,27 +130,19 @@ pub struct TokenWorld {
 pub fn token_world() -> &'static TokenWorld {
     static WORLD: OnceLock<TokenWorld> = OnceLock::new();
     WORLD.get_or_init(|| {
+        // The same seed, drawn in the same order, makes the same keys in
+        // every run: the committed seeds' tokens keep verifying.
         let mut rng = StdRng::seed_from_u64(0x5EED_F022);
-        let rsa = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap_or_else(|e| panic!("{e}"));
-        let ec = p256::SecretKey::random(&mut rng);
-        let rsa_private = rsa.to_pkcs8_pem(LineEnding::LF).unwrap_or_else(|e| panic!("{e}"));
-        let rsa_public = rsa
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let ec_private = ec.to_pkcs8_pem(LineEnding::LF).unwrap_or_else(|e| panic!("{e}"));
-        let ec_public = ec
-            .public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let rsa = Signer::rs256_from(&mut rng);
+        let ec = Signer::es256_from(&mut rng);
 
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let write = |name: &str, text: &str| {
             std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"))
         };
         write("hmac.secret", SECRET);
-        write("rsa.pem", &rsa_public);
-        write("ec.pem", &ec_public);
+        write("rsa.pem", rsa.public_pem());
+        write("ec.pem", ec.public_pem());
         let issuer = |name: &str, alg: &str, key: &str| {
             format!(
                 "  - name: {name}\n    issuer: https://{name}.idp.test\n    audiences: [api]\n    algorithms: [{alg}]\n    key: {{ {key} }}\n    subject_prefix: \"{name}:\"\n    groups_claim: groups\n    groups_allowed: [staff, readers, editors, \"g*\"]\n"
@@ -199,29 +158,19 @@ pub fn token_world() -> &'static TokenWorld {
             ),
         );
         let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let sign = |name: &str, alg: Algorithm, key: &EncodingKey| {
-            let claims = serde_json::json!({
-                "iss": format!("https://{name}.idp.test"),
-                "aud": "api",
-                "sub": "alice",
-                "groups": ["staff"],
-                "iat": NOW - 60,
-                "exp": EXP,
-            });
-            jsonwebtoken::encode(&Header::new(alg), &claims, key).unwrap_or_else(|e| panic!("{e}"))
+        let sign = |name: &str, signer: &Signer| {
+            let claims = Claims {
+                iat_offset: Some(-60),
+                ..Claims::new(&format!("https://{name}.idp.test"), "api", "alice", NOW)
+                    .groups(&["staff"])
+                    .ttl(3_600)
+            };
+            claims.sign(signer)
         };
         let valid = vec![
-            sign("hs", Algorithm::HS256, &EncodingKey::from_secret(SECRET.as_bytes())),
-            sign(
-                "rs",
-                Algorithm::RS256,
-                &EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
-            ),
-            sign(
-                "es",
-                Algorithm::ES256,
-                &EncodingKey::from_ec_pem(ec_private.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
-            ),
+            sign("hs", &Signer::hs256(SECRET.as_bytes())),
+            sign("rs", &rsa),
+            sign("es", &ec),
         ];
         TokenWorld {
             _dir: dir,

@@ -62,6 +62,11 @@ fn paths() {
     }
 }
 
+/// How the bundled demo issuer names its secret, and how a seed that
+/// carries it names it instead.
+const SECRET_FROM_ENV: &str = "secret_env: PORTCULLIS_DEMO_SECRET";
+const SECRET_FROM_FILE: &str = "secret_file: demo.secret";
+
 fn policies() {
     let read = |file: &str| {
         std::fs::read(bundled_dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
@@ -75,7 +80,10 @@ fn policies() {
         "grants.yaml",
         "connections.yaml",
     ] {
-        whole.extend(read(file));
+        // The target's directory holds the secret in `demo.secret`: the
+        // fuzz process sets no environment variable.
+        let text = String::from_utf8(read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        whole.extend(text.replace(SECRET_FROM_ENV, SECRET_FROM_FILE).into_bytes());
         whole.push(b'\n');
     }
     write("policy_load", "bundled-in-one-file", &whole);
@@ -85,7 +93,7 @@ fn policies() {
     write("policy_load", "bundled-grants", &grants);
     let extra = b"\x01groups:\n  team:\n    members: [alice, bob]\ngrants:\n  - group: team\n    role: editor\n    resource: \"document:*\"\n  - subject: erin\n    role: admin\n    resource: \"*\"\ndenies:\n  - name: no-deletes\n    group: team\n    resource: \"document:*\"\n    actions: [delete]\n  - name: everyone-off-7\n    resource: document:7\n";
     write("policy_load", "groups-patterns-denies", extra);
-    let dry_run = b"\x00issuers:\n  - name: idp\n    issuer: https://idp.test\n    audiences: [api]\n    algorithms: [HS256]\n    key: { secret_env: PORTCULLIS_DEMO_SECRET }\nroles:\n  reader: { actions: [read] }\napplications:\n  - name: api\n    mode: dry_run\n    select:\n      hosts: [api.example.com, \"*.example.org\"]\n      context_extensions: { app: api }\n    routes:\n      - name: files\n        methods: [GET, HEAD]\n        path: /files/{path...}\n        resource: file:{path}\n        action: read\n      - name: open\n        methods: [GET]\n        path: /\n        access: public\ngrants:\n  - subject: alice\n    role: reader\n    resource: \"file:*\"\n";
+    let dry_run = b"\x00issuers:\n  - name: idp\n    issuer: https://idp.test\n    audiences: [api]\n    algorithms: [HS256]\n    key: { secret_file: demo.secret }\nroles:\n  reader: { actions: [read] }\napplications:\n  - name: api\n    mode: dry_run\n    select:\n      hosts: [api.example.com, \"*.example.org\"]\n      context_extensions: { app: api }\n    routes:\n      - name: files\n        methods: [GET, HEAD]\n        path: /files/{path...}\n        resource: file:{path}\n        action: read\n      - name: open\n        methods: [GET]\n        path: /\n        access: public\ngrants:\n  - subject: alice\n    role: reader\n    resource: \"file:*\"\n";
     write("policy_load", "dry-run-rest-capture-hosts", dry_run);
     write(
         "policy_load",
