@@ -188,7 +188,7 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
-        match std::fs::read(&path) {
+        match read_whole(&path) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 // A writer that truncates before writing leaves this for a
                 // moment: loading it would revoke everything it granted.
@@ -218,6 +218,38 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
     } else {
         Err(LoadErrors(errors))
     }
+}
+
+/// Reads `path` whole, refusing a read that a writer changed underneath.
+///
+/// A writer that truncates and rewrites a file in place can be caught
+/// half-way: the start of one version and the end of the next would load as
+/// grants that neither holds. So the file's size and change time are taken
+/// before and after the read, and a read they disagree with is tried again,
+/// then refused (the last good policy stays served; the writer's next change
+/// reloads). Writing by rename, as Kubernetes does for ConfigMaps, never
+/// needs this.
+fn read_whole(path: &Path) -> std::io::Result<Vec<u8>> {
+    const TRIES: usize = 3;
+    let stamp = |meta: &std::fs::Metadata| (meta.len(), meta.modified().ok(), ctime(meta));
+    for _ in 0..TRIES {
+        let before = std::fs::metadata(path)?;
+        let bytes = std::fs::read(path)?;
+        let after = std::fs::metadata(path)?;
+        if stamp(&before) == stamp(&after) && bytes.len() as u64 == after.len() {
+            return Ok(bytes);
+        }
+    }
+    Err(std::io::Error::other(
+        "the file changed while it was read (rewritten in place?); write policy files by rename",
+    ))
+}
+
+/// The inode change time, which every write moves (even one that keeps the
+/// size and lands within the modification time's granularity).
+fn ctime(meta: &std::fs::Metadata) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.ctime(), meta.ctime_nsec())
 }
 
 fn version_of(files: &[SourceFile], key_material: &[u8]) -> String {
