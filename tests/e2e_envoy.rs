@@ -13,7 +13,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
 use portcullis::cases::Deployment;
@@ -21,198 +21,10 @@ use serde_json::{json, Value};
 use support::{
     alg_none_token, assert_envoy_validates, b64url, bearer, corpus, demo_claims, demo_signer,
     find_envoy, mint, render_envoy_config, repo_path, sign, test_secret, token, Claims, EnvoyPorts,
-    Recorded, Response, Stack, AUDIENCE, ISSUER,
+    Stack, AUDIENCE, ISSUER,
 };
 
-const SUBJECT: &str = "x-portcullis-subject";
-const PROBE: &str = "x-e2e-probe";
-
-/// What a probe must come back with.
-#[derive(Debug, Clone, Copy)]
-enum Expect {
-    /// 200 from the upstream, which got the request exactly once with exactly
-    /// this subject header (`None`: no subject header at all).
-    Allow(Option<&'static str>),
-    /// Portcullis's own deny: this status, its JSON body, never upstream.
-    Deny(u16),
-    /// One of these statuses (Envoy may refuse before asking), never upstream.
-    OneOf(&'static [u16]),
-    /// This status, from Envoy or Portcullis, never upstream.
-    Status(u16),
-    /// Anything but 2xx, never upstream.
-    NotAllowed,
-}
-
-/// Sends probes through one stack and collects what went wrong.
-struct Probes<'a> {
-    stack: &'a Stack,
-    ran: usize,
-    failures: Vec<String>,
-}
-
-impl<'a> Probes<'a> {
-    fn new(stack: &'a Stack) -> Self {
-        Probes {
-            stack,
-            ran: 0,
-            failures: Vec::new(),
-        }
-    }
-
-    /// Sends one request with `authorization` (the whole header value) and
-    /// `headers`, checks it against `expect`, and returns what the upstream
-    /// recorded for it.
-    fn check(
-        &mut self,
-        label: &str,
-        method: &str,
-        path: &[u8],
-        authorization: Option<&str>,
-        headers: &[(&str, &str)],
-        expect: Expect,
-    ) -> (Response, Vec<Recorded>) {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let probe = format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut all: Vec<(&str, &str)> = Vec::new();
-        if let Some(authorization) = authorization {
-            all.push(("Authorization", authorization));
-        }
-        all.extend_from_slice(headers);
-        all.push((PROBE, &probe));
-
-        let resp = self.stack.send(method, path, &all);
-        let seen = self.stack.upstream.requests_with_header(PROBE, &probe);
-        self.ran += 1;
-
-        let problems = problems(&resp, &seen, expect);
-        if !problems.is_empty() {
-            let body: String = resp.text().chars().take(200).collect();
-            self.failures.push(format!(
-                "{label}: {method} {} → {} {}\n    expected {expect:?}: {}\n    upstream saw: {:?}",
-                String::from_utf8_lossy(path),
-                resp.status,
-                body,
-                problems.join("; "),
-                seen.iter()
-                    .map(|r| (&r.method, &r.path, r.header_values(SUBJECT)))
-                    .collect::<Vec<_>>(),
-            ));
-        }
-        (resp, seen)
-    }
-
-    fn fail(&mut self, message: String) {
-        self.failures.push(message);
-    }
-
-    fn finish(self) {
-        assert!(
-            self.failures.is_empty(),
-            "{} of {} probes failed:\n{}\n{}",
-            self.failures.len(),
-            self.ran,
-            self.failures.join("\n"),
-            self.stack.logs()
-        );
-    }
-}
-
-fn problems(resp: &Response, seen: &[Recorded], expect: Expect) -> Vec<String> {
-    let mut out = Vec::new();
-    match expect {
-        Expect::Allow(subject) => {
-            if resp.status != 200 {
-                out.push(format!("status {} is not 200", resp.status));
-            }
-            if seen.len() != 1 {
-                out.push(format!("upstream got it {} times, not once", seen.len()));
-            }
-            if let Some(request) = seen.first() {
-                let got = request.header_values(SUBJECT);
-                let want: Vec<&str> = subject.into_iter().collect();
-                if got != want {
-                    out.push(format!("upstream {SUBJECT} was {got:?}, not {want:?}"));
-                }
-            }
-        }
-        Expect::Deny(status) => {
-            if resp.status != status {
-                out.push(format!("status {} is not {status}", resp.status));
-            }
-            out.extend(portcullis_deny_problems(resp));
-        }
-        Expect::OneOf(statuses) => {
-            if !statuses.contains(&resp.status) {
-                out.push(format!("status {} is not one of {statuses:?}", resp.status));
-            }
-        }
-        Expect::Status(status) => {
-            if resp.status != status {
-                out.push(format!("status {} is not {status}", resp.status));
-            }
-        }
-        Expect::NotAllowed => {
-            if (200..300).contains(&resp.status) {
-                out.push(format!("status {} is a success", resp.status));
-            }
-        }
-    }
-    if !matches!(expect, Expect::Allow(_)) && !seen.is_empty() {
-        out.push(format!("upstream was reached {} time(s)", seen.len()));
-    }
-    out
-}
-
-/// The shape of a deny Portcullis wrote (as opposed to one Envoy made up).
-fn portcullis_deny_problems(resp: &Response) -> Vec<String> {
-    let mut out = Vec::new();
-    let want_error = match resp.status {
-        400 => "bad_request",
-        401 => "unauthorized",
-        403 => "forbidden",
-        _ => return out,
-    };
-    if !resp
-        .header("content-type")
-        .is_some_and(|ct| ct.starts_with("application/json"))
-    {
-        out.push(format!(
-            "content-type {:?} is not JSON",
-            resp.header("content-type")
-        ));
-    }
-    match resp.json() {
-        Some(body) => {
-            if body.get("error").and_then(Value::as_str) != Some(want_error) {
-                out.push(format!("body error is not {want_error:?}"));
-            }
-            if body
-                .get("reason")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                out.push("body has no reason".to_string());
-            }
-        }
-        None => out.push("body is not JSON".to_string()),
-    }
-    if resp.status == 401
-        && !resp
-            .header("www-authenticate")
-            .is_some_and(|v| v.to_ascii_lowercase().starts_with("bearer"))
-    {
-        out.push(format!(
-            "www-authenticate {:?} is not a Bearer challenge",
-            resp.header("www-authenticate")
-        ));
-    }
-    out
-}
-
+use support::probes::{Expect, Probes, SUBJECT};
 use Expect::{Allow, Deny, NotAllowed, OneOf, Status};
 
 // ---------------------------------------------------------------------------
@@ -461,11 +273,11 @@ fn token_tricks_are_unauthorized() {
     let Some(stack) = Stack::shared() else { return };
     let mut p = Probes::new(&stack);
     let doc = b"/documents/1";
-    let unauthorized = |p: &mut Probes, label: &str, authorization: &str| {
+    let unauthorized = |p: &mut Probes<Arc<Stack>>, label: &str, authorization: &str| {
         p.check(label, "GET", doc, Some(authorization), &[], Deny(401));
     };
     // A bearer token was presented and refused: RFC 6750 §3.1 invalid_token.
-    let invalid_token = |p: &mut Probes, label: &str, authorization: &str| {
+    let invalid_token = |p: &mut Probes<Arc<Stack>>, label: &str, authorization: &str| {
         let (resp, _) = p.check(label, "GET", doc, Some(authorization), &[], Deny(401));
         let challenge = resp.header("www-authenticate");
         if resp.status == 401 && !challenge.is_some_and(|c| c.contains("invalid_token")) {

@@ -36,23 +36,14 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer};
 use envoy_types::pb::google::rpc;
 use portcullis::cases::Deployment;
-use serde_json::Value;
+
 use support::{
     assert_envoy_validates, bearer, bind_loopback, bundled_policies, copy_policies, corpus,
     find_envoy, ready_version, render_template, repo_path, tail, token, wait_for_new_version,
-    EchoUpstream, Envoy, MeshPki, Portcullis, Recorded, Response, TcpEcho, TlsClient,
+    EchoUpstream, Envoy, MeshPki, Portcullis, Response, TcpEcho, TlsClient,
 };
 
 const TEMPLATE: &str = "tests/envoy/istio-sidecar.yaml";
-const SUBJECT: &str = "x-portcullis-subject";
-/// Every spelling of the subject header an application might read as ours
-/// (frameworks that fold `_` into `-`).
-const LOOK_ALIKES: [&str; 3] = [
-    "x_portcullis_subject",
-    "x-portcullis_subject",
-    "x_portcullis-subject",
-];
-const PROBE: &str = "x-e2e-probe";
 /// How long a reload may take to show on `/ready`.
 const RELOAD_LIMIT: Duration = Duration::from_secs(10);
 
@@ -157,177 +148,21 @@ impl Sidecar {
 // Probes
 // ---------------------------------------------------------------------------
 
-/// What a probe must come back with.
-#[derive(Debug, Clone, Copy)]
-enum Expect {
-    /// 200 from the upstream, which got it once with exactly this subject
-    /// header (`None`: none) and none of its look-alikes.
-    Allow(Option<&'static str>),
-    /// Portcullis' own deny: this status, its JSON body, never upstream.
-    Deny(u16),
-    /// This status, from Envoy or Portcullis, never upstream.
-    Status(u16),
-    /// Anything but 2xx, never upstream.
-    NotAllowed,
-}
-
+use support::probes::{Expect, Probes, Target, PROBE};
 use Expect::{Allow, Deny, NotAllowed, Status};
 
-/// Sends probes through one sidecar and collects what went wrong.
-struct Probes<'a> {
-    sidecar: &'a Sidecar,
-    ran: usize,
-    failures: Vec<String>,
-}
-
-impl<'a> Probes<'a> {
-    fn new(sidecar: &'a Sidecar) -> Self {
-        Probes {
-            sidecar,
-            ran: 0,
-            failures: Vec::new(),
-        }
+impl Target for Sidecar {
+    fn send(&self, method: &str, path: &[u8], headers: &[(&str, &str)]) -> Response {
+        Sidecar::send(self, method, path, headers)
     }
 
-    /// Sends one request with `authorization` (the whole header value, if
-    /// any) and `headers`, and checks it against `expect`.
-    fn check(
-        &mut self,
-        label: &str,
-        method: &str,
-        path: &[u8],
-        authorization: Option<&str>,
-        headers: &[(&str, &str)],
-        expect: Expect,
-    ) {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let probe = format!(
-            "istio-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut all: Vec<(&str, &str)> = Vec::new();
-        if let Some(authorization) = authorization {
-            all.push(("Authorization", authorization));
-        }
-        all.extend_from_slice(headers);
-        all.push((PROBE, &probe));
-
-        let resp = self.sidecar.send(method, path, &all);
-        let seen = self.sidecar.upstream.requests_with_header(PROBE, &probe);
-        self.ran += 1;
-
-        let problems = problems(&resp, &seen, expect);
-        if !problems.is_empty() {
-            let body: String = resp.text().chars().take(200).collect();
-            self.failures.push(format!(
-                "{label}: {method} {} {headers:?} → {} {}\n    expected {expect:?}: {}\n    upstream saw: {:?}",
-                String::from_utf8_lossy(path),
-                resp.status,
-                body,
-                problems.join("; "),
-                seen.iter().map(|r| (&r.method, &r.path, subject_headers(r))).collect::<Vec<_>>(),
-            ));
-        }
+    fn upstream(&self) -> &EchoUpstream {
+        &self.upstream
     }
 
-    fn finish(self) {
-        assert!(
-            self.failures.is_empty(),
-            "{} of {} probes failed:\n{}\n{}",
-            self.failures.len(),
-            self.ran,
-            self.failures.join("\n"),
-            self.sidecar.logs()
-        );
+    fn logs(&self) -> String {
+        Sidecar::logs(self)
     }
-}
-
-/// The subject header and its look-alikes as the upstream received them.
-fn subject_headers(request: &Recorded) -> Vec<(String, String)> {
-    request
-        .headers
-        .iter()
-        .filter(|(k, _)| k == SUBJECT || LOOK_ALIKES.contains(&k.as_str()))
-        .cloned()
-        .collect()
-}
-
-fn problems(resp: &Response, seen: &[Recorded], expect: Expect) -> Vec<String> {
-    let mut out = Vec::new();
-    match expect {
-        Allow(subject) => {
-            if resp.status != 200 {
-                out.push(format!("status {} is not 200", resp.status));
-            }
-            if seen.len() != 1 {
-                out.push(format!("upstream got it {} times, not once", seen.len()));
-            }
-            if let Some(request) = seen.first() {
-                let got = request.header_values(SUBJECT);
-                let want: Vec<&str> = subject.into_iter().collect();
-                if got != want {
-                    out.push(format!("upstream {SUBJECT} was {got:?}, not {want:?}"));
-                }
-                for name in LOOK_ALIKES {
-                    let got = request.header_values(name);
-                    if !got.is_empty() {
-                        out.push(format!("look-alike {name}: {got:?} reached the upstream"));
-                    }
-                }
-            }
-        }
-        Deny(status) => {
-            if resp.status != status {
-                out.push(format!("status {} is not {status}", resp.status));
-            }
-            out.extend(portcullis_deny_problems(resp));
-        }
-        Status(status) => {
-            if resp.status != status {
-                out.push(format!("status {} is not {status}", resp.status));
-            }
-        }
-        NotAllowed => {
-            if (200..300).contains(&resp.status) {
-                out.push(format!("status {} is a success", resp.status));
-            }
-        }
-    }
-    if !matches!(expect, Allow(_)) && !seen.is_empty() {
-        out.push(format!("upstream was reached {} time(s)", seen.len()));
-    }
-    out
-}
-
-/// The shape of a deny Portcullis wrote (as opposed to one Envoy made up).
-fn portcullis_deny_problems(resp: &Response) -> Vec<String> {
-    let mut out = Vec::new();
-    let want_error = match resp.status {
-        400 => "bad_request",
-        401 => "unauthorized",
-        403 => "forbidden",
-        _ => return out,
-    };
-    match resp.json() {
-        Some(body) => {
-            if body.get("error").and_then(Value::as_str) != Some(want_error) {
-                out.push(format!("body error is not {want_error:?}"));
-            }
-        }
-        None => out.push("body is not Portcullis' JSON".to_string()),
-    }
-    if resp.status == 401
-        && !resp
-            .header("www-authenticate")
-            .is_some_and(|v| v.to_ascii_lowercase().starts_with("bearer"))
-    {
-        out.push(format!(
-            "www-authenticate {:?} is not a Bearer challenge",
-            resp.header("www-authenticate")
-        ));
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@
 pub mod corpus;
 mod http;
 mod policies;
+pub mod probes;
 mod processes;
 mod templates;
 mod tls;
