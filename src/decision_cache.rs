@@ -29,9 +29,7 @@ use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
 use crate::engine::{Credential, Decision, Reason, RequestAttrs};
-use crate::metrics::{
-    CacheSize, CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES,
-};
+use crate::metrics::{CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES};
 
 type Key = [u8; 32];
 
@@ -77,17 +75,7 @@ impl DecisionCache {
     }
 
     fn around(entries: Cache<Key, Arc<Decision>>, max_bytes: Option<u64>) -> Self {
-        let stats = Arc::new(CacheStats::default());
-        let measured = entries.clone();
-        stats.set_size_source(Box::new(move || {
-            // Apply pending inserts and evictions so the size is current.
-            measured.run_pending_tasks();
-            CacheSize {
-                entries: measured.entry_count(),
-                bytes: max_bytes.map(|_| measured.weighted_size()),
-                max_bytes,
-            }
-        }));
+        let stats = CacheStats::measuring(&entries, max_bytes);
         Self { entries, stats }
     }
 

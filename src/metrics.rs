@@ -72,8 +72,29 @@ impl std::fmt::Debug for CacheStats {
 }
 
 impl CacheStats {
+    /// Stats for `entries`, whose size they read at scrape time (pending
+    /// inserts and evictions applied first, so the size is current);
+    /// `max_bytes` is the bound of a cache weighed in bytes.
+    pub fn measuring<K, V>(entries: &moka::sync::Cache<K, V>, max_bytes: Option<u64>) -> Arc<Self>
+    where
+        K: std::hash::Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        let stats = Arc::new(CacheStats::default());
+        let measured = entries.clone();
+        stats.set_size_source(Box::new(move || {
+            measured.run_pending_tasks();
+            CacheSize {
+                entries: measured.entry_count(),
+                bytes: max_bytes.map(|_| measured.weighted_size()),
+                max_bytes,
+            }
+        }));
+        stats
+    }
+
     /// Set once by the cache: how to read its size. Later calls are ignored.
-    pub fn set_size_source(&self, source: SizeSource) {
+    fn set_size_source(&self, source: SizeSource) {
         let _ = self.size.set(source);
     }
 

@@ -21,9 +21,7 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use crate::engine::Authenticate;
-use crate::metrics::{
-    CacheSize, CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES,
-};
+use crate::metrics::{CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES};
 use crate::policy::PolicySet;
 use crate::token::{Issuers, Principal, TokenError};
 
@@ -94,17 +92,7 @@ impl TokenCache {
     }
 
     fn around(entries: Cache<TokenKey, Arc<Principal>>, max_bytes: Option<u64>) -> Self {
-        let stats = Arc::new(CacheStats::default());
-        let measured = entries.clone();
-        stats.set_size_source(Box::new(move || {
-            // Apply pending inserts and evictions so the size is current.
-            measured.run_pending_tasks();
-            CacheSize {
-                entries: measured.entry_count(),
-                bytes: max_bytes.map(|_| measured.weighted_size()),
-                max_bytes,
-            }
-        }));
+        let stats = CacheStats::measuring(&entries, max_bytes);
         Self { entries, stats }
     }
 

@@ -25,7 +25,7 @@ use support::{
 };
 
 use support::probes::{Expect, Probes, SUBJECT};
-use Expect::{Allow, Deny, NotAllowed, OneOf, Status};
+use Expect::{Allow, Deny, NotAllowed, OneOf};
 
 // ---------------------------------------------------------------------------
 
@@ -83,38 +83,16 @@ fn front_proxy_template_validates() {
 fn the_case_corpus_through_the_front_proxy() {
     let Some(stack) = Stack::shared() else { return };
     let mut p = Probes::new(&stack);
-    let cases = corpus::cases();
-    let (probes, skipped) = corpus::probes(&cases, Deployment::FrontProxy, |request| {
-        let front_proxy_context = request.context_extensions.is_empty()
-            || request.context_extensions.get("app").map(String::as_str) == Some("documents")
-                && request.context_extensions.len() == 1;
-        front_proxy_context && request.destination.is_empty()
-    });
-    for probe in &probes {
-        let expect = match probe.expected {
-            corpus::Expected::Allow(subject) => Allow(subject),
-            corpus::Expected::Deny(status) => Deny(status),
-            corpus::Expected::Status(status) => Status(status),
-        };
-        p.check(
-            &probe.label,
-            probe.method,
-            probe.path,
-            probe.authorization.as_deref(),
-            &probe.headers,
-            expect,
-        );
-    }
-    eprintln!(
-        "corpus through the front proxy (not expressible through it): {} cases sent, {} skipped:\n  {}",
-        probes.len(),
-        skipped.len(),
-        skipped.join("\n  ")
-    );
-    assert!(
-        probes.len() >= 50,
-        "only {} corpus cases were sent",
-        probes.len()
+    corpus::send_through(
+        &mut p,
+        Deployment::FrontProxy,
+        |request| {
+            let front_proxy_context = request.context_extensions.is_empty()
+                || request.context_extensions.get("app").map(String::as_str) == Some("documents")
+                    && request.context_extensions.len() == 1;
+            front_proxy_context && request.destination.is_empty()
+        },
+        50,
     );
     p.finish();
 }

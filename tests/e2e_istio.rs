@@ -149,7 +149,7 @@ impl Sidecar {
 // ---------------------------------------------------------------------------
 
 use support::probes::{Expect, Probes, Target, PROBE};
-use Expect::{Allow, Deny, NotAllowed, Status};
+use Expect::{Allow, Deny, NotAllowed};
 
 impl Target for Sidecar {
     fn send(&self, method: &str, path: &[u8], headers: &[(&str, &str)]) -> Response {
@@ -595,36 +595,14 @@ fn the_case_corpus_through_the_istio_sidecar() {
         return;
     };
     let mut p = Probes::new(&sidecar);
-    let cases = corpus::cases();
-    let (probes, skipped) = corpus::probes(&cases, Deployment::IstioSidecar, |request| {
-        request.context_extensions.is_empty()
-            && (request.destination.is_empty() || request.destination == WORKLOAD)
-    });
-    for probe in &probes {
-        let expect = match probe.expected {
-            corpus::Expected::Allow(subject) => Allow(subject),
-            corpus::Expected::Deny(status) => Deny(status),
-            corpus::Expected::Status(status) => Status(status),
-        };
-        p.check(
-            &probe.label,
-            probe.method,
-            probe.path,
-            probe.authorization.as_deref(),
-            &probe.headers,
-            expect,
-        );
-    }
-    eprintln!(
-        "corpus through the Istio sidecar: {} cases sent, {} skipped:\n  {}",
-        probes.len(),
-        skipped.len(),
-        skipped.join("\n  ")
-    );
-    assert!(
-        probes.len() >= 50,
-        "only {} corpus cases were sent",
-        probes.len()
+    corpus::send_through(
+        &mut p,
+        Deployment::IstioSidecar,
+        |request| {
+            request.context_extensions.is_empty()
+                && (request.destination.is_empty() || request.destination == WORKLOAD)
+        },
+        50,
     );
     p.finish();
 }

@@ -10,6 +10,7 @@ mod load;
 pub mod routes;
 pub mod source;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 pub use grants::{GrantIndex, GrantSource, Holder, ResourceKey, RoleId};
@@ -302,9 +303,9 @@ pub struct BadHost;
 /// trailing dot, a port that is not a number from 1 to 65535, anything
 /// after an IPv6 literal's `]`, or a character a host name cannot hold.
 /// Repairing would pick an application for a name Envoy routed elsewhere.
-pub fn normalize_host(host: &str) -> Result<String, BadHost> {
+pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, BadHost> {
     if host.is_empty() {
-        return Ok(String::new());
+        return Ok(Cow::Borrowed(""));
     }
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
         let (literal, after) = rest.split_once(']').ok_or(BadHost)?;
@@ -343,7 +344,12 @@ pub fn normalize_host(host: &str) -> Result<String, BadHost> {
             return Err(BadHost);
         }
     }
-    Ok(name.to_ascii_lowercase())
+    // Most Hosts are lower case already: copy only those that are not.
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Owned(name.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(name))
+    }
 }
 
 #[cfg(test)]
@@ -352,7 +358,7 @@ mod tests {
 
     #[test]
     fn hosts_are_normalized() {
-        let ok = |h: &str| normalize_host(h).ok();
+        let ok = |h: &str| normalize_host(h).ok().map(|h| h.into_owned());
         assert_eq!(
             ok("Docs.Example.COM:8080").as_deref(),
             Some("docs.example.com")

@@ -6,6 +6,7 @@
 use portcullis::cases::{run_case_file, CaseOutcome, Deployment};
 use portcullis::engine::RequestAttrs;
 
+use super::probes::{Expect, Probes, Target};
 use super::repo_path;
 
 /// Every case of the bundled corpus, with its file name. Panics when the
@@ -58,39 +59,20 @@ pub fn leak(text: String) -> &'static str {
     Box::leak(text.into_boxed_str())
 }
 
-/// What a corpus case must come back with through a deployment.
-#[derive(Debug, Clone, Copy)]
-pub enum Expected {
-    /// Let through, with this subject header upstream (`None`: none).
-    Allow(Option<&'static str>),
-    /// Portcullis's own deny with this status.
-    Deny(u16),
-    /// This status from Envoy or Portcullis, never upstream.
-    Status(u16),
-}
-
-/// One request of the corpus, ready to send.
-pub struct Probe<'c> {
-    pub label: String,
-    pub method: &'c str,
-    pub path: &'c [u8],
-    pub authorization: Option<String>,
-    pub headers: Vec<(&'static str, &'c str)>,
-    pub expected: Expected,
-}
-
-/// Every request case of `cases` that `deployment` can express
-/// (`expressible` says which requests it can send at all), with what it
-/// must come back with: the engine's decision, unless the case says how
-/// the deployment changes it (`through:`). Returns the probes and the
-/// labels of the cases skipped.
-pub fn probes<'c>(
-    cases: &'c [(String, CaseOutcome)],
+/// Sends every request case of the corpus that `deployment` can express
+/// (`expressible` says which requests it can send at all) through `probes`,
+/// each expected to come back as the engine decided it, unless the case
+/// says how the deployment changes it (`through:`). Prints what was sent
+/// and skipped, and fails unless at least `at_least` cases went through.
+pub fn send_through<T: Target>(
+    probes: &mut Probes<'_, T>,
     deployment: Deployment,
     expressible: impl Fn(&RequestAttrs) -> bool,
-) -> (Vec<Probe<'c>>, Vec<String>) {
-    let (mut probes, mut skipped) = (Vec::new(), Vec::new());
-    for (file, outcome) in cases {
+    at_least: usize,
+) {
+    let before = probes.ran();
+    let mut skipped = Vec::new();
+    for (file, outcome) in cases() {
         let label = format!("{file}:{}: {}", outcome.line, outcome.name);
         let Some(request) = &outcome.request else {
             continue; // a subject/resource/action case: no request to send
@@ -106,21 +88,30 @@ pub fn probes<'c>(
         }
         let decision = &outcome.decision;
         let caller = || outcome.caller.as_ref().map(|(s, _)| leak(s.clone()));
-        let expected = match (through.and_then(|t| t.status), decision.is_allowed()) {
+        let expect = match (through.and_then(|t| t.status), decision.is_allowed()) {
             // The deployment rewrote the request into one the caller may make.
-            (Some(200), _) => Expected::Allow(caller()),
-            (Some(status), _) => Expected::Status(status),
-            (None, true) => Expected::Allow(decision.subject.clone().map(leak)),
-            (None, false) => Expected::Deny(decision.status_code()),
+            (Some(200), _) => Expect::Allow(caller()),
+            (Some(status), _) => Expect::Status(status),
+            (None, true) => Expect::Allow(decision.subject.clone().map(leak)),
+            (None, false) => Expect::Deny(decision.status_code()),
         };
-        probes.push(Probe {
-            label,
-            method: &request.method,
-            path: request.path.as_bytes(),
-            authorization: authorization(outcome),
-            headers,
-            expected,
-        });
+        probes.check(
+            &label,
+            &request.method,
+            request.path.as_bytes(),
+            authorization(&outcome).as_deref(),
+            &headers,
+            expect,
+        );
     }
-    (probes, skipped)
+    let sent = probes.ran() - before;
+    eprintln!(
+        "corpus through {deployment:?}: {sent} cases sent, {} skipped (not expressible there):\n  {}",
+        skipped.len(),
+        skipped.join("\n  ")
+    );
+    assert!(
+        sent >= at_least,
+        "only {sent} corpus cases were sent through {deployment:?}"
+    );
 }
