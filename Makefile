@@ -106,8 +106,11 @@ manifests:
 
 # Benchmarks, fuzzing and the soak: none of them is part of `make test`.
 #   make bench            criterion benches, instruction counts (gungraun,
-#                         valgrind), then the load bench (scripts/bench/load.py:
-#                         direct gRPC and through Envoy; LOAD_SECONDS per run)
+#                         valgrind), the defaults as shipped against a
+#                         do-nothing server, with h2load beside our client
+#                         (scripts/bench/shipped.py), then the load bench
+#                         (scripts/bench/load.py: direct gRPC and through
+#                         Envoy; LOAD_SECONDS per run)
 #   make fuzz             every cargo-fuzz target for FUZZ_SECONDS (default 60)
 #   make soak             load + a policy reload every 5 s for SOAK_SECONDS (180)
 # Results: target/criterion/, target/bench/*.json.
@@ -115,15 +118,20 @@ CRITERION_BENCHES := decide check tokens policy_load
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 180
 LOAD_SECONDS ?= 8
-.PHONY: bench-criterion bench-hot-path bench-load fuzz soak
+.PHONY: bench-criterion bench-hot-path bench-shipped bench-load fuzz soak
 
-bench: bench-criterion bench-hot-path bench-load
+bench: bench-criterion bench-hot-path bench-shipped bench-load
 
 bench-criterion:
 	$(CARGO) bench $(foreach b,$(CRITERION_BENCHES),--bench $(b))
 
 bench-hot-path:
 	scripts/bench/hot_path.sh
+
+bench-shipped:
+	scripts/bench/ensure-tools.sh
+	$(CARGO) build --release --bins --example loadbench
+	python3 scripts/bench/shipped.py
 
 bench-load:
 	scripts/bench/ensure-tools.sh

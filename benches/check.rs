@@ -10,6 +10,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use portcullis::adapter::{self, ResponseConfig};
+use portcullis::decision_log::DecisionLog;
+use portcullis::logging::LogLines;
 use portcullis::metrics::Metrics;
 use portcullis::server::Authorizer;
 use portcullis::token_cache::TokenCache;
@@ -28,7 +30,10 @@ fn authorizer(allow_log_rate: f64) -> Authorizer {
         Arc::new(|| NOW),
     )
     .with_metrics(metrics)
-    .with_allow_log_rate(allow_log_rate)
+    .with_decision_log(DecisionLog::new(
+        allow_log_rate,
+        LogLines::to(std::io::sink()),
+    ))
 }
 
 fn check(c: &mut Criterion) {

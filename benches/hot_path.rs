@@ -62,8 +62,7 @@ fn check_setup(method: &str, path: &str) -> (Authorizer, CheckRequest) {
         tokens,
         ResponseConfig::default(),
         Arc::new(|| NOW),
-    )
-    .with_allow_log_rate(0.0);
+    );
     let request = common::check_request(method, path, &alice_token());
     // Verify once, so the measured check is a cache hit as in production.
     let _ = authorizer.check_request(&request);

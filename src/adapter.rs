@@ -377,11 +377,18 @@ pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResp
         DenyStatus::Unauthorized => (code::UNAUTHENTICATED, "unauthorized"),
         DenyStatus::Forbidden => (code::PERMISSION_DENIED, "forbidden"),
     };
-    let body = serde_json::json!({
-        "error": error,
-        "reason": decision.reason.public_message(),
+    /// The deny body: fixed public words, serialized without building a
+    /// JSON tree per check.
+    #[derive(serde::Serialize)]
+    struct DenyBody {
+        error: &'static str,
+        reason: &'static str,
+    }
+    let body = serde_json::to_string(&DenyBody {
+        error,
+        reason: decision.reason.public_message(),
     })
-    .to_string();
+    .unwrap_or_default();
     let mut headers = vec![header("content-type", "application/json")];
     if http_status == DenyStatus::Unauthorized {
         headers.push(header("www-authenticate", &www_authenticate(decision)));

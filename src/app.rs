@@ -22,7 +22,9 @@ use tokio::net::TcpListener;
 use crate::adapter::ResponseConfig;
 use crate::admin::{self, AdminLimits, AdminState, Readiness};
 use crate::decision_cache::DecisionCache;
+use crate::decision_log::DecisionLog;
 use crate::jwks::JwksFetcher;
+use crate::logging::LogLines;
 use crate::metrics::Metrics;
 use crate::policy::{load_policies, PolicySet};
 use crate::reload::{self, Reloader, WatchConfig};
@@ -67,6 +69,8 @@ pub struct ServeConfig {
     pub decision_cache_ttl: Duration,
     /// Fraction of allows written to the decision log.
     pub log_allow_rate: f64,
+    /// The queue log lines go through; `None` makes one to stderr.
+    pub log_lines: Option<LogLines>,
     /// How long checks in flight may take after shutdown begins.
     pub drain: Duration,
     pub watch: WatchConfig,
@@ -113,6 +117,7 @@ pub struct App {
     tokens: TokenCache,
     decisions: Option<DecisionCache>,
     metrics: Arc<Metrics>,
+    log_lines: LogLines,
 }
 
 impl App {
@@ -138,7 +143,8 @@ impl App {
         });
         let mut caches = vec![("token", tokens.stats())];
         caches.extend(decisions.iter().map(|d| ("decision", d.stats())));
-        let metrics = Arc::new(Metrics::new(caches));
+        let log_lines = config.log_lines.clone().unwrap_or_else(LogLines::stderr);
+        let metrics = Arc::new(Metrics::with_log(caches, log_lines.clone()));
         let policy = match load_policies(&config.policies) {
             Ok(policy) => policy,
             Err(errors) => {
@@ -160,6 +166,7 @@ impl App {
             tokens,
             decisions,
             metrics,
+            log_lines,
         })
     }
 
@@ -180,6 +187,7 @@ impl App {
             tokens,
             decisions,
             metrics,
+            log_lines,
         } = self;
         // A change of an issuer's fetched keys forgets every verification;
         // a new policy version leaves the old entries unreachable: drop them.
@@ -237,7 +245,7 @@ impl App {
             server::system_clock(),
         )
         .with_metrics(metrics)
-        .with_allow_log_rate(config.log_allow_rate)
+        .with_decision_log(DecisionLog::new(config.log_allow_rate, log_lines))
         .with_readiness(readiness.clone());
         let authorizer = match decisions {
             Some(cache) => authorizer.with_decision_cache(cache),

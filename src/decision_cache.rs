@@ -35,9 +35,13 @@ type Key = [u8; 32];
 
 /// Default number of decisions remembered by [`DecisionCache::new`].
 pub const DEFAULT_DECISION_CACHE_CAPACITY: u64 = 100_000;
-/// Default bound of `serve`'s decision cache: 16 MiB, some tens of
-/// thousands of decisions, a small part of a 256 MiB pod.
-pub const DEFAULT_DECISION_CACHE_BYTES: u64 = 16 << 20;
+/// Default bound of `serve`'s decision cache: off. A decision from the
+/// policy files costs about what a cache hit does (the engine is a few
+/// hash lookups and verified tokens are cached), while holding a working
+/// set of decisions costs megabytes, and a cache smaller than the working
+/// set costs more than none (its inserts and evictions). Turn it on
+/// (`--decision-cache-bytes 16Mi`) when decisions are dearer than that.
+pub const DEFAULT_DECISION_CACHE_BYTES: u64 = 0;
 /// Default longest time a decision is remembered.
 pub const DEFAULT_DECISION_CACHE_TTL: Duration = Duration::from_secs(60);
 /// The heaviest decision remembered, bookkeeping included. Typical

@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::logging::LogLines;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
     application: String,
@@ -191,6 +193,28 @@ impl Collector for CacheCollector {
     }
 }
 
+/// Reads, at scrape time, the log lines dropped because the queue to
+/// stderr was full.
+struct LogCollector(LogLines);
+
+impl std::fmt::Debug for LogCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Collector for LogCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = encoder.encode_descriptor(
+            "portcullis_log_lines_dropped",
+            "Log lines (decision and operational) dropped because the queue to stderr was full",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        ConstCounter::new(self.0.dropped()).encode(counter)
+    }
+}
+
 /// Every metric Portcullis exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -206,6 +230,15 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric; `caches` are read at each scrape.
     pub fn new(caches: Vec<(&'static str, Arc<CacheStats>)>) -> Self {
+        Self::build(caches, None)
+    }
+
+    /// [`Self::new`], plus the lines `log` dropped, read at each scrape.
+    pub fn with_log(caches: Vec<(&'static str, Arc<CacheStats>)>, log: LogLines) -> Self {
+        Self::build(caches, Some(log))
+    }
+
+    fn build(caches: Vec<(&'static str, Arc<CacheStats>)>, log: Option<LogLines>) -> Self {
         let mut registry = Registry::default();
         let checks = Family::<CheckLabels, Counter>::default();
         registry.register(
@@ -245,6 +278,9 @@ impl Metrics {
             jwks_fetches.clone(),
         );
         registry.register_collector(Box::new(CacheCollector { caches }));
+        if let Some(log) = log {
+            registry.register_collector(Box::new(LogCollector(log)));
+        }
         Self {
             registry,
             checks,

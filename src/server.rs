@@ -15,7 +15,6 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +36,7 @@ use crate::adapter::Check;
 use crate::adapter::{self, ResponseConfig};
 use crate::admin::Readiness;
 use crate::decision_cache::DecisionCache;
+use crate::decision_log::DecisionLog;
 use crate::engine::{self, Decision, Reason, RequestAttrs};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyHandle, PolicySet};
@@ -71,7 +71,7 @@ pub struct Authorizer {
     response: ResponseConfig,
     clock: Clock,
     metrics: Option<Arc<Metrics>>,
-    log: Arc<DecisionLog>,
+    log: Option<Arc<DecisionLog>>,
     decisions: Option<DecisionCache>,
     readiness: Option<Arc<Readiness>>,
 }
@@ -89,7 +89,7 @@ impl Authorizer {
             response,
             clock,
             metrics: None,
-            log: Arc::new(DecisionLog::new(1.0)),
+            log: None,
             decisions: None,
             readiness: None,
         }
@@ -115,9 +115,9 @@ impl Authorizer {
         self
     }
 
-    /// Logs this fraction of allows (0.0 to 1.0); denies are always logged.
-    pub fn with_allow_log_rate(mut self, rate: f64) -> Self {
-        self.log = Arc::new(DecisionLog::new(rate));
+    /// Writes decisions to `log`; without one, none is logged.
+    pub fn with_decision_log(mut self, log: DecisionLog) -> Self {
+        self.log = Some(Arc::new(log));
         self
     }
 
@@ -204,19 +204,21 @@ impl Authorizer {
         // A deny no application or route took says what the request was
         // and what came closest: worked out here, only for such denies,
         // never in the engine's decision path.
-        let unmatched = match attrs {
-            Ok(Check::Http(attrs)) if DecisionLog::explains(&decision) => {
-                engine::explain_unmatched(policy, attrs)
-            }
-            _ => None,
-        };
-        self.log.record(
-            &decision,
-            request_id,
-            &policy.version,
-            elapsed,
-            unmatched.as_ref(),
-        );
+        if let Some(log) = &self.log {
+            let unmatched = match attrs {
+                Ok(Check::Http(attrs)) if DecisionLog::explains(&decision) => {
+                    engine::explain_unmatched(policy, attrs)
+                }
+                _ => None,
+            };
+            log.record(
+                &decision,
+                request_id,
+                &policy.version,
+                elapsed,
+                unmatched.as_ref(),
+            );
+        }
         (decision, response)
     }
 
@@ -255,117 +257,6 @@ impl Authorizer {
             cache.insert(key, &decision);
         }
         decision
-    }
-}
-
-/// One structured line per decision, on the `decision` target. Allows are
-/// sampled; denies and would-denies are always written. Tokens are never
-/// part of a decision, so they cannot reach the log.
-#[derive(Debug)]
-pub struct DecisionLog {
-    /// Log one allow in this many; 0 logs none.
-    allow_every: u64,
-    allows: AtomicU64,
-}
-
-impl DecisionLog {
-    /// `rate` is the fraction of allows logged, clamped to 0.0..=1.0.
-    pub fn new(rate: f64) -> Self {
-        let rate = rate.clamp(0.0, 1.0);
-        let allow_every = if rate == 0.0 {
-            0
-        } else {
-            (1.0 / rate).round() as u64
-        };
-        Self {
-            allow_every,
-            allows: AtomicU64::new(0),
-        }
-    }
-
-    fn should_log(&self, decision: &Decision) -> bool {
-        if !decision.is_allowed() {
-            return true;
-        }
-        self.allow_every != 0
-            && self
-                .allows
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(self.allow_every)
-    }
-
-    /// True for a deny that no application or route took (a 403
-    /// `no_route` or `no_application`, or the 401 such a request gets
-    /// without a valid token): its log line carries the method, the
-    /// normalized path and an explanation. Every decision past route
-    /// matching names its route; bad paths and Hosts have nothing to match.
-    pub fn explains(decision: &Decision) -> bool {
-        !decision.is_allowed()
-            && decision.route.is_none()
-            && !matches!(
-                decision.reason,
-                Reason::BadPath(_)
-                    | Reason::BadHost
-                    | Reason::InternalError
-                    | Reason::ConnectionDenied
-            )
-    }
-
-    /// Writes the line for `decision`. `unmatched` (a deny no route took)
-    /// adds `method`, `path` (normalized, no query, bounded) and `why`.
-    pub fn record(
-        &self,
-        decision: &Decision,
-        request_id: Option<&str>,
-        version: &str,
-        elapsed: Duration,
-        unmatched: Option<&engine::Unmatched>,
-    ) {
-        if !self.should_log(decision) {
-            return;
-        }
-        if let Some(unmatched) = unmatched {
-            fn field(value: &Option<String>) -> &str {
-                value.as_deref().unwrap_or_default()
-            }
-            tracing::info!(
-                target: "decision",
-                request_id = request_id.unwrap_or_default(),
-                application = field(&decision.application),
-                route = "",
-                subject = field(&decision.subject),
-                method = %unmatched.method,
-                path = %unmatched.path,
-                why = %unmatched.explanation,
-                decision = decision.outcome(),
-                status = decision.status_code(),
-                reason = decision.reason.code(),
-                detail = %decision.reason,
-                rule = field(&decision.matched_rule),
-                policy_version = version,
-                latency_us = elapsed.as_micros() as u64,
-            );
-            return;
-        }
-        fn field(value: &Option<String>) -> &str {
-            value.as_deref().unwrap_or_default()
-        }
-        tracing::info!(
-            target: "decision",
-            request_id = request_id.unwrap_or_default(),
-            application = field(&decision.application),
-            route = field(&decision.route),
-            subject = field(&decision.subject),
-            resource = field(&decision.resource),
-            action = field(&decision.action),
-            decision = decision.outcome(),
-            status = decision.status_code(),
-            reason = decision.reason.code(),
-            detail = %decision.reason,
-            rule = field(&decision.matched_rule),
-            policy_version = version,
-            latency_us = elapsed.as_micros() as u64,
-        );
     }
 }
 
@@ -539,19 +430,5 @@ impl Health for HealthService {
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::DecisionLog;
-
-    #[test]
-    fn allow_sampling_rate_becomes_an_interval() {
-        assert_eq!(DecisionLog::new(1.0).allow_every, 1);
-        assert_eq!(DecisionLog::new(0.5).allow_every, 2);
-        assert_eq!(DecisionLog::new(0.01).allow_every, 100);
-        assert_eq!(DecisionLog::new(0.0).allow_every, 0);
-        assert_eq!(DecisionLog::new(7.0).allow_every, 1);
     }
 }

@@ -32,6 +32,7 @@ fn config(policies: PathBuf) -> ServeConfig {
         decision_cache_bytes: 1 << 20,
         decision_cache_ttl: Duration::from_secs(60),
         log_allow_rate: 1.0,
+        log_lines: None,
         drain: Duration::from_secs(5),
         watch: WatchConfig {
             watch_files: false,

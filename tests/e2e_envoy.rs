@@ -695,12 +695,20 @@ fn dry_run_lets_denied_requests_through_and_records_them() {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok());
     assert_eq!(would_deny, Some(1.0), "{metrics}");
-    let logged = stack
-        .portcullis
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .any(|l| l["fields"]["decision"] == "would_deny" && l["fields"]["subject"] == "bob");
+    // The line reaches stderr through the log queue: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let logged = loop {
+        let logged = stack
+            .portcullis
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| l["fields"]["decision"] == "would_deny" && l["fields"]["subject"] == "bob");
+        if logged || std::time::Instant::now() > deadline {
+            break logged;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(
         logged,
         "no would_deny line in the log:\n{}",

@@ -282,7 +282,7 @@ async fn an_idp_that_is_down_leaves_the_last_good_keys() {
         200
     );
     wait_ready(admin, 200).await;
-    assert!(portcullis.log().contains("keeping the last good keys"));
+    support::wait_for_log(|| portcullis.log(), "keeping the last good keys");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,7 +425,8 @@ async fn keys_behind_a_redirect_are_not_used() {
         status_of(portcullis.port(), &token(0, "k1", "alice")).await,
         401
     );
-    let log = portcullis.log();
+    support::wait_for_log(|| portcullis.log(), "keeping the last good keys");
+    let log = support::wait_for_log(|| portcullis.log(), "redirects are refused");
     assert!(
         log.contains("redirects are refused") && log.contains("keeping the last good keys"),
         "{}",

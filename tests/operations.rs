@@ -58,7 +58,11 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str)
 
 #[tokio::test]
 async fn metrics_count_checks_caches_and_the_policy() {
-    let portcullis = Portcullis::start(&bundled_policies());
+    // The decision cache is off by default; its metrics are tested on.
+    let portcullis = Portcullis::start_with_env(
+        &bundled_policies(),
+        &[("PORTCULLIS_DECISION_CACHE_BYTES", "16Mi")],
+    );
     let admin = portcullis.admin_port();
     let live = send_raw(admin, "GET", b"/live", &[]);
     assert_eq!(live.status, 200);
@@ -177,7 +181,8 @@ fn decision_lines(log: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn decision_logs_are_json_lines_without_tokens() {
-    let portcullis = Portcullis::start(&bundled_policies());
+    let portcullis =
+        Portcullis::start_with_env(&bundled_policies(), &[("PORTCULLIS_LOG_ALLOW_RATE", "1")]);
     let mut grpc = client(portcullis.port()).await;
     let bob = token("bob");
     let header = format!("Bearer {bob}");
@@ -266,6 +271,45 @@ async fn decision_logs_are_json_lines_without_tokens() {
     ] {
         assert!(!log.contains(secret), "the log contains {secret:?}");
     }
+}
+
+#[tokio::test]
+async fn by_default_every_deny_and_one_allow_in_a_hundred_are_logged() {
+    let portcullis = Portcullis::start(&bundled_policies());
+    let mut grpc = client(portcullis.port()).await;
+    let bob = format!("Bearer {}", token("bob"));
+    for i in 0..250 {
+        let (path, expected) = if i % 50 == 49 {
+            ("/documents/2", 403)
+        } else {
+            ("/documents/1", 200)
+        };
+        let id = format!("check-{i}");
+        let got = status(&mut grpc, check_request("GET", path, Some(&bob), &id)).await;
+        assert_eq!(got, expected, "{id}");
+    }
+    // One queue, one writer: once the last line is out, so is every
+    // line before it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines = decision_lines(&portcullis.log());
+        let last = lines
+            .iter()
+            .any(|l| l["fields"]["request_id"] == "check-249");
+        if last || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let logged = |decision: &str| {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["decision"] == decision)
+            .count()
+    };
+    assert_eq!(logged("deny"), 5, "{lines:#?}");
+    // 245 allows: the 1st, 101st and 201st are logged.
+    assert_eq!(logged("allow"), 3, "{lines:#?}");
 }
 
 #[tokio::test]

@@ -104,9 +104,8 @@ async fn a_broken_or_half_written_file_keeps_the_last_good_policy() {
     }
     assert_eq!(ready_version(admin).as_deref(), Some(good.as_str()));
     assert_eq!(grpc_status(&mut grpc, check()).await, 200);
-    let log = portcullis.log();
+    let log = support::wait_for_log(|| portcullis.log(), "still serving the last good policy");
     assert!(log.contains("grants.yaml:"), "{log}");
-    assert!(log.contains("still serving the last good policy"), "{log}");
 
     // Half a file (cut inside a grant) is just as broken.
     let revoked = without_bob(&grants);
@@ -270,7 +269,7 @@ async fn sighup_reloads_when_watching_is_off() {
     );
     // Exactly one reload, and the signal made it.
     assert_eq!(loads(admin), 2.0, "{}", portcullis.log());
-    let log = portcullis.log();
+    let log = support::wait_for_log(|| portcullis.log(), "policy reloaded");
     let reloaded = reloads(&log);
     assert_eq!(reloaded.len(), 1, "{log}");
     assert!(reloaded[0].contains("SIGHUP"), "{}", reloaded[0]);

@@ -36,7 +36,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use support::{
     assert_envoy_validates, bundled_policies, check_request, find_envoy, grpc_status,
-    render_envoy_config_with, repo_path, send_raw, EchoUpstream, Envoy, EnvoyPorts, Portcullis,
+    render_envoy_config_with, repo_path, send_raw, wait_for_log, EchoUpstream, Envoy, EnvoyPorts,
+    Portcullis,
 };
 
 /// How long a test waits for a reload to show.
@@ -326,16 +327,6 @@ where
 
 /// Waits (at most [`RELOAD_LIMIT`]) until `log()` contains `needle`: the
 /// server logs a refused handshake just after the client has seen it.
-fn wait_for_log(log: impl Fn() -> String, needle: &str) {
-    let started = Instant::now();
-    while !log().contains(needle) {
-        if started.elapsed() > RELOAD_LIMIT {
-            panic!("no {needle:?} logged within {RELOAD_LIMIT:?}:\n{}", log());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
@@ -359,11 +350,7 @@ async fn a_client_certificate_from_the_ca_gets_decisions() {
 
     let live = send_raw(portcullis.admin_port(), "GET", b"/live", &[]);
     assert_eq!(live.status, 200, "the admin listener is plain HTTP");
-    assert!(
-        portcullis.log().contains(r#""transport":"mtls""#),
-        "{}",
-        portcullis.log()
-    );
+    wait_for_log(|| portcullis.log(), r#""transport":"mtls""#);
 }
 
 /// (2) Without a client certificate the connection is refused.
@@ -540,7 +527,7 @@ async fn sighup_reloads_the_certificate_when_watching_is_off() {
     })
     .await;
     // One reload, and the signal made it.
-    let log = portcullis.log();
+    let log = wait_for_log(|| portcullis.log(), "tls certificate reloaded");
     let reloads: Vec<&str> = log
         .lines()
         .filter(|line| line.contains("tls certificate reloaded"))

@@ -37,7 +37,7 @@ pub fn bundled_with_grants(count: usize) -> PolicySet {
             .unwrap_or_else(|| panic!("no role {name}")) as u32
     };
     let (viewer, editor) = (role("viewer"), role("editor"));
-    let mut index = GrantIndex::new();
+    let mut index = GrantIndex::builder();
     let documents = (count / 10).max(1);
     for i in 0..count {
         let subject = format!("user{}", i % 10_000);
@@ -49,7 +49,7 @@ pub fn bundled_with_grants(count: usize) -> PolicySet {
             role,
         );
     }
-    policy.grants = Box::new(index);
+    policy.grants = Box::new(index.build());
     policy
 }
 

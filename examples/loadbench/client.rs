@@ -70,12 +70,12 @@ pub struct Args {
     check_expected: bool,
 }
 
-struct Prepared {
-    request: CheckRequest,
-    expect_allow: bool,
+pub(crate) struct Prepared {
+    pub(crate) request: CheckRequest,
+    pub(crate) expect_allow: bool,
 }
 
-fn load_requests(dir: &std::path::Path) -> anyhow::Result<Vec<Prepared>> {
+pub(crate) fn load_requests(dir: &std::path::Path) -> anyhow::Result<Vec<Prepared>> {
     let tokens_path = dir.join("tokens.txt");
     let tokens: Vec<String> = std::fs::read_to_string(&tokens_path)
         .with_context(|| format!("reading {}", tokens_path.display()))?

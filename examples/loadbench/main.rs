@@ -1,5 +1,6 @@
-//! The load bench's own programs, driven by `scripts/bench/load.py` and
-//! `scripts/bench/soak.py` (`make bench`, `make soak`):
+//! The load bench's own programs, driven by `scripts/bench/load.py`,
+//! `scripts/bench/shipped.py` and `scripts/bench/soak.py` (`make bench`,
+//! `make soak`):
 //!
 //! - `workload`: writes a scaled-up documents policy directory (users,
 //!   documents, grants, groups, a few denies), tokens minted with the demo
@@ -10,11 +11,14 @@
 //! - `load`: a gRPC load client (closed loop at a fixed concurrency, or
 //!   open loop at a fixed rate) that records every latency in an HDR
 //!   histogram and prints one JSON line: req/s, p50/p90/p99/p99.9, errors,
-//!   and the share of allows.
+//!   and the share of allows;
+//! - `bodies`: requests of the mix as gRPC request bodies, for h2load
+//!   (`scripts/bench/shipped.py`), a client we did not write.
 //!
 //! Everything binds or connects to 127.0.0.1, and every loop is bounded by
 //! a duration and a request count.
 
+mod bodies;
 mod client;
 mod noop;
 mod workload;
@@ -38,6 +42,9 @@ enum Command {
     Noop(noop::Args),
     /// Sends CheckRequests and reports throughput and latency as JSON.
     Load(client::Args),
+    /// Writes requests of the mix as gRPC message bodies, for a load
+    /// client that is not ours (h2load).
+    Bodies(bodies::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
         Command::Workload(args) => workload::run(&args),
         Command::Noop(args) => noop::run(&args),
         Command::Load(args) => client::run(&args),
+        Command::Bodies(args) => bodies::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

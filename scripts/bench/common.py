@@ -45,7 +45,12 @@ class Process:
         self.stderr_path = stderr_path
         stderr = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
         full_env = dict(os.environ)
-        full_env.update(env or {})
+        for key, value in (env or {}).items():
+            # None removes a variable the bench's own environment has.
+            if value is None:
+                full_env.pop(key, None)
+            else:
+                full_env[key] = value
         self.popen = subprocess.Popen(
             [str(a) for a in argv],
             stdin=subprocess.DEVNULL,
@@ -132,18 +137,25 @@ def wait_until(predicate, timeout, what):
     raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
-def start_portcullis(binary, policies, run_dir, name, log_on=False, extra=(), env=None):
-    """`portcullis serve` on ephemeral ports, ready. Logging off unless
-    log_on: PORTCULLIS_LOG=warn and --log-allow-rate 0."""
+def start_portcullis(binary, policies, run_dir, name, logging="off", extra=(), env=None):
+    """`portcullis serve` on ephemeral ports, ready. `logging`: "off"
+    (PORTCULLIS_LOG=warn, --log-allow-rate 0), "all" (info, every allow),
+    or "shipped" (neither set: what a new user gets)."""
     env = dict(env or {}, PORTCULLIS_DEMO_SECRET=DEMO_SECRET)
     argv = [binary, "serve", "--policies", policies, "--listen", "127.0.0.1:0",
             "--admin-listen", "127.0.0.1:0", *extra]
-    if log_on:
+    if logging == "all":
         env["PORTCULLIS_LOG"] = "info"
         argv += ["--log-allow-rate", "1"]
-    else:
+    elif logging == "off":
         env["PORTCULLIS_LOG"] = "warn"
         argv += ["--log-allow-rate", "0"]
+    elif logging == "shipped":
+        for key in os.environ:
+            if key.startswith("PORTCULLIS_") and key != "PORTCULLIS_DEMO_SECRET":
+                env.setdefault(key, None)
+    else:
+        raise ValueError(f"logging must be off, all or shipped, not {logging!r}")
     proc = Process(name, argv, env=env, stderr_path=run_dir / f"{name}.log")
     grpc, admin = proc.read_lines(2, timeout=60)
     proc.port = int(grpc.rsplit(":", 1)[1])

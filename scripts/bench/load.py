@@ -10,7 +10,7 @@ client, Envoy and the servers share (the report says how many).
    tonic stack, and against `portcullis serve` (release) on the scaled
    documents workload: 10k users, 100k documents, 200k grants, 1k distinct
    tokens, ~60% allows. Portcullis runs with its decision cache as shipped
-   and with it off (`--decision-cache-bytes 0`: every check is decided),
+   (off: every check is decided) and on (`--decision-cache-bytes 16Mi`),
    logging off (PORTCULLIS_LOG=warn, --log-allow-rate 0); the rounds
    alternate so drift hits every server alike. One more run has the
    decision log on (every decision written as JSON). Besides req/s and
@@ -86,9 +86,9 @@ def direct(args, binary, loadbench, workload, run_dir):
     servers.append(("portcullis", start_portcullis(binary, workload / "policies", run_dir,
                                                    "portcullis")))
     if serve_supports(binary, "--decision-cache-bytes"):
-        servers.append(("portcullis-nocache", start_portcullis(
-            binary, workload / "policies", run_dir, "portcullis-nocache",
-            extra=["--decision-cache-bytes", "0"])))
+        servers.append(("portcullis-cache", start_portcullis(
+            binary, workload / "policies", run_dir, "portcullis-cache",
+            extra=["--decision-cache-bytes", "16Mi"])))
     try:
         for round_ in range(args.rounds):
             log(f"direct gRPC, closed loop, round {round_ + 1}/{args.rounds}")
@@ -111,7 +111,7 @@ def direct(args, binary, loadbench, workload, run_dir):
 
     log("direct gRPC, decision log on (PORTCULLIS_LOG=info, --log-allow-rate 1)")
     logged = start_portcullis(binary, workload / "policies", run_dir, "portcullis-logged",
-                              log_on=True)
+                              logging="all")
     try:
         report = measure(loadbench, logged, workload, "portcullis-logged", args,
                          ["--check-expected"])

@@ -19,8 +19,10 @@ use jsonwebtoken::{EncodingKey, Header};
 use crate::adapter::{self, DEFAULT_SUBJECT_HEADER};
 use crate::app::{self, Exit, ServeConfig};
 use crate::decision_cache::{DEFAULT_DECISION_CACHE_BYTES, DEFAULT_DECISION_CACHE_TTL};
+use crate::decision_log::DEFAULT_ALLOW_RATE;
 use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
 use crate::jwks::JwksFetcher;
+use crate::logging::LogLines;
 use crate::policy::{load_policies, PolicySet};
 use crate::reload::WatchConfig;
 use crate::server::DEFAULT_TOKEN_CACHE_BYTES;
@@ -96,8 +98,8 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:9090"
     )]
     pub admin_listen: SocketAddr,
-    /// Fraction of allow decisions written to the decision log (denies are always written)
-    #[arg(long, env = "PORTCULLIS_LOG_ALLOW_RATE", default_value_t = 1.0, value_parser = parse_rate)]
+    /// Fraction of allow decisions written to the decision log, 0.0 to 1.0 (denies are always written)
+    #[arg(long, env = "PORTCULLIS_LOG_ALLOW_RATE", default_value_t = DEFAULT_ALLOW_RATE, value_parser = parse_rate)]
     pub log_allow_rate: f64,
     /// Seconds to finish checks in flight after SIGTERM before exiting anyway
     #[arg(long, env = "PORTCULLIS_DRAIN_SECONDS", default_value_t = 10)]
@@ -206,16 +208,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token(args) => token::token(args),
         Command::Test { paths } => test::test(&paths),
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 use super::*;
 
 pub(super) fn serve(args: ServeArgs) -> ExitCode {
-    init_logging();
+    // Held until `serve` returns, so lines still queued are written.
+    let log_lines = LogLines::stderr();
+    log_lines.install_global();
     let tls = match (args.tls_cert, args.tls_key, args.tls_client_ca) {
         (Some(cert), Some(key), client_ca) => Some(TlsFiles {
             cert,
@@ -21,7 +23,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
             return Exit::Usage.into();
         }
     };
-    app::serve(ServeConfig {
+    let exit = app::serve(ServeConfig {
         policies: args.policies,
         listen: args.listen,
         admin_listen: args.admin_listen,
@@ -31,12 +33,14 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         decision_cache_bytes: args.decision_cache_bytes,
         decision_cache_ttl: Duration::from_secs(args.decision_cache_ttl_seconds),
         log_allow_rate: args.log_allow_rate,
+        log_lines: Some(log_lines.clone()),
         drain: Duration::from_secs(args.drain_seconds),
         watch: WatchConfig {
             watch_files: args.watch,
             debounce: Duration::from_millis(args.reload_debounce_ms),
         },
         tls,
-    })
-    .into()
+    });
+    log_lines.close();
+    exit.into()
 }

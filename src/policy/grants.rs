@@ -96,7 +96,8 @@ pub trait GrantSource: Send + Sync {
     }
 }
 
-/// Roles under one key. Most keys hold one role, stored without allocating.
+/// Roles under one pattern key. Most keys hold one role, stored without
+/// allocating.
 #[derive(Debug, Clone)]
 enum Roles {
     One([RoleId; 1]),
@@ -129,25 +130,68 @@ impl Roles {
     }
 }
 
+/// Index of an exact resource in the index's resource table.
+type ResourceId = u32;
+
+/// One holder's grants. Exact resources, by far the most numerous, are two
+/// parallel sorted arrays (8 bytes a grant), so the roles on one resource
+/// are one slice; patterns, few, are a map.
 #[derive(Debug, Default)]
 struct HolderGrants {
-    exact: Map<Box<str>, Roles>,
+    exact_resources: Box<[ResourceId]>,
+    exact_roles: Box<[RoleId]>,
     prefix: Map<Box<str>, Roles>,
 }
 
-/// The in-memory grants source: hash maps by holder, then by resource key.
+impl HolderGrants {
+    fn exact(&self, resource: ResourceId) -> &[RoleId] {
+        let from = self.exact_resources.partition_point(|r| *r < resource);
+        let to = from + self.exact_resources[from..].partition_point(|r| *r == resource);
+        &self.exact_roles[from..to]
+    }
+}
+
+/// The in-memory grants source: holders by name, each with its grants; an
+/// exact resource's name is stored once however many grants name it.
 #[derive(Debug, Default)]
 pub struct GrantIndex {
+    resources: Map<Box<str>, ResourceId>,
     subjects: Map<Box<str>, HolderGrants>,
     groups: Map<Box<str>, HolderGrants>,
     len: usize,
 }
 
 impl GrantIndex {
+    /// An index without grants.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Starts an index: [`GrantIndexBuilder::insert`] each grant, then
+    /// [`GrantIndexBuilder::build`].
+    pub fn builder() -> GrantIndexBuilder {
+        GrantIndexBuilder::default()
+    }
+}
+
+/// A holder's grants while the index is built: exact grants in the order
+/// they came, sorted once at the end.
+#[derive(Debug, Default)]
+struct HolderGrantsBuilder {
+    exact: Vec<(ResourceId, RoleId)>,
+    prefix: Map<Box<str>, Roles>,
+}
+
+/// Collects grants, then builds a [`GrantIndex`] in one pass.
+#[derive(Debug, Default)]
+pub struct GrantIndexBuilder {
+    resources: Map<Box<str>, ResourceId>,
+    subjects: Map<Box<str>, HolderGrantsBuilder>,
+    groups: Map<Box<str>, HolderGrantsBuilder>,
+    len: usize,
+}
+
+impl GrantIndexBuilder {
     /// Records that `holder` holds `role` on `key`. Granting the same
     /// role twice is harmless.
     pub fn insert(&mut self, holder: Holder<'_>, key: ResourceKey<'_>, role: RoleId) {
@@ -159,17 +203,53 @@ impl GrantIndex {
             Some(grants) => grants,
             None => map.entry(name.into()).or_default(),
         };
-        let (map, text) = match key {
-            ResourceKey::Exact(r) => (&mut grants.exact, r),
-            ResourceKey::Prefix(p) => (&mut grants.prefix, p),
-        };
-        match map.get_mut(text) {
-            Some(roles) => roles.add(role),
-            None => {
-                map.insert(text.into(), Roles::One([role]));
+        match key {
+            ResourceKey::Exact(resource) => {
+                let next = self.resources.len() as ResourceId;
+                let id = match self.resources.get(resource) {
+                    Some(id) => *id,
+                    None => *self.resources.entry(resource.into()).or_insert(next),
+                };
+                grants.exact.push((id, role));
             }
+            ResourceKey::Prefix(prefix) => match grants.prefix.get_mut(prefix) {
+                Some(roles) => roles.add(role),
+                None => {
+                    grants.prefix.insert(prefix.into(), Roles::One([role]));
+                }
+            },
         }
         self.len += 1;
+    }
+
+    /// The index, each holder's exact grants sorted by resource and role
+    /// (so the grant an explanation names does not depend on file order)
+    /// and their duplicates dropped.
+    pub fn build(self) -> GrantIndex {
+        fn holders(builders: Map<Box<str>, HolderGrantsBuilder>) -> Map<Box<str>, HolderGrants> {
+            builders
+                .into_iter()
+                .map(|(name, mut grants)| {
+                    grants.exact.sort_unstable();
+                    grants.exact.dedup();
+                    let (resources, roles): (Vec<_>, Vec<_>) = grants.exact.into_iter().unzip();
+                    let built = HolderGrants {
+                        exact_resources: resources.into_boxed_slice(),
+                        exact_roles: roles.into_boxed_slice(),
+                        prefix: grants.prefix,
+                    };
+                    (name, built)
+                })
+                .collect()
+        }
+        let mut resources = self.resources;
+        resources.shrink_to_fit();
+        GrantIndex {
+            resources,
+            subjects: holders(self.subjects),
+            groups: holders(self.groups),
+            len: self.len,
+        }
     }
 }
 
@@ -179,11 +259,16 @@ impl GrantSource for GrantIndex {
             Holder::Subject(s) => self.subjects.get(s),
             Holder::Group(g) => self.groups.get(g),
         };
-        let roles = grants.and_then(|g| match key {
-            ResourceKey::Exact(r) => g.exact.get(r),
-            ResourceKey::Prefix(p) => g.prefix.get(p),
-        });
-        roles.map_or(&[], Roles::as_slice)
+        let Some(grants) = grants else {
+            return &[];
+        };
+        match key {
+            ResourceKey::Exact(resource) => match self.resources.get(resource) {
+                Some(id) => grants.exact(*id),
+                None => &[],
+            },
+            ResourceKey::Prefix(prefix) => grants.prefix.get(prefix).map_or(&[], Roles::as_slice),
+        }
     }
 
     fn len(&self) -> usize {
@@ -228,7 +313,7 @@ mod tests {
 
     #[test]
     fn index_answers_by_holder_and_key() {
-        let mut index = GrantIndex::new();
+        let mut index = GrantIndex::builder();
         index.insert(
             Holder::Subject("alice"),
             ResourceKey::Exact("document:1"),
@@ -249,6 +334,8 @@ mod tests {
             ResourceKey::Prefix("document:"),
             0,
         );
+        index.insert(Holder::Subject("bob"), ResourceKey::Exact("document:2"), 3);
+        let index = index.build();
         assert_eq!(
             index.roles(Holder::Subject("alice"), ResourceKey::Exact("document:1")),
             [1, 2]
@@ -265,6 +352,14 @@ mod tests {
             index.roles(Holder::Group("auditors"), ResourceKey::Prefix("document:")),
             [0]
         );
-        assert_eq!(index.len(), 4);
+        assert_eq!(
+            index.roles(Holder::Subject("bob"), ResourceKey::Exact("document:2")),
+            [3]
+        );
+        assert_eq!(
+            index.roles(Holder::Subject("bob"), ResourceKey::Exact("document:1")),
+            [] as [RoleId; 0]
+        );
+        assert_eq!(index.len(), 5);
     }
 }

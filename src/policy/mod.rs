@@ -13,7 +13,7 @@ pub mod source;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-pub use grants::{GrantIndex, GrantSource, Holder, ResourceKey, RoleId};
+pub use grants::{GrantIndex, GrantIndexBuilder, GrantSource, Holder, ResourceKey, RoleId};
 pub use load::{load_policies, load_policies_with, LoadErrors, Loaded, UnreadableKeys};
 pub use routes::{bounded, Mismatch, NearMiss, PathTemplate, ResourceTemplate, Route, RouteTable};
 pub use source::{Access, Connections, Mode};

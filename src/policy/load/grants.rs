@@ -41,7 +41,7 @@ impl Compiler<'_> {
     }
 
     pub(super) fn grants(&mut self, roles: &RoleIds, groups: &GroupNames) -> GrantIndex {
-        let mut index = GrantIndex::new();
+        let mut index = GrantIndex::builder();
         for (f, file) in self.files.iter().enumerate() {
             for (g, grant) in file.doc.grants.iter().enumerate() {
                 let at = [Step::Key("grants"), Step::Index(g)];
@@ -70,7 +70,7 @@ impl Compiler<'_> {
         for file in self.grant_files {
             self.grant_lines(file, roles, groups, &mut index);
         }
-        index
+        index.build()
     }
 
     /// Reads a `*.grants` file: one grant a line, `subject:NAME ROLE RESOURCE`
@@ -81,7 +81,7 @@ impl Compiler<'_> {
         file: &SourceFile,
         roles: &RoleIds,
         groups: &GroupNames,
-        index: &mut GrantIndex,
+        index: &mut GrantIndexBuilder,
     ) {
         const MAX_REPORTED: usize = 100;
         let mut failed = 0usize;

@@ -22,7 +22,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use sha2::{Digest, Sha256};
 
-use super::grants::{GrantIndex, Holder, ResourceKey};
+use super::grants::{GrantIndex, GrantIndexBuilder, Holder, ResourceKey};
 use super::routes::{PathTemplate, ResourceTemplate, Route, RouteTable};
 use super::source::{Access, ApplicationSpec, Connections, IssuerSpec, KeySpec, PolicyFile};
 use super::{

@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Fast as shipped: `portcullis serve` with the flags a new user gets.
+
+Run by `make bench` (or alone: `make bench-shipped`). Everything runs on
+this machine's cores, which the clients, Envoy and the servers share.
+
+Workload: 10k users, 100k documents, 200k grants in a `.grants` file, 1k
+distinct HS256 tokens, ~60% allows (`loadbench workload --bulk`).
+
+1. Direct gRPC, closed loop, 16 concurrent streams on one plaintext HTTP/2
+   connection, against a do-nothing tonic server and three `serve`s:
+   - `shipped`: no flag and no PORTCULLIS_* variable but the demo secret;
+   - `quiet`: `--log-allow-rate 0` and PORTCULLIS_LOG=warn (no decision log);
+   - `audit`: `--log-allow-rate 1` (every decision logged);
+   each measured by two clients: h2load (nghttp2, a client we did not
+   write) sending prepared gRPC bodies, 8 bodies (5 allowed, 3 denied, each
+   checked once with curl first) with one h2load each, 2 streams apiece;
+   and our own `loadbench load` cycling through the 20k-request mix.
+   Servers alternate within a round and the order flips each round, so
+   drift hits every server alike. Each server's CPU time per check comes
+   from /proc; it depends less than req/s on how the client shares the
+   cores. The peak RSS (VmHWM) of `shipped` is read after its load.
+2. Through Envoy (envoy/front-proxy.yaml) at a fixed rate (1,000 req/s,
+   open loop, h2load): one Envoy whose ext_authz is the do-nothing server,
+   one whose ext_authz is `shipped`. Latency differences of a few tens of
+   microseconds drown in run-to-run noise, so the runs are paired and
+   repeated: each round runs both, in an order that flips every round, and
+   the added p99 is taken within the round (Portcullis minus do-nothing);
+   the report gives the median of the rounds and their spread.
+
+Prints a table and writes target/bench/shipped-<timestamp>.json.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    ROOT, Process, ensure_workload, free_port, log, machine, new_run, run_load, start_noop,
+    start_portcullis,
+)
+from load import percentile, render, start_envoy, h2load  # noqa: E402
+
+GRPC_PATH = "/envoy.service.auth.v3.Authorization/Check"
+GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+
+
+def grpc_code(body):
+    """The google.rpc.Status code of a CheckResponse in a gRPC body (0 when
+    the field is absent, as protobuf leaves a zero)."""
+    if len(body) < 5:
+        raise RuntimeError(f"short gRPC body ({len(body)} bytes)")
+    message = body[5:5 + int.from_bytes(body[1:5], "big")]
+
+    def fields(data):
+        i = 0
+        while i < len(data):
+            key, i = varint(data, i)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, i = varint(data, i)
+            elif wire == 2:
+                length, i = varint(data, i)
+                value, i = data[i:i + length], i + length
+            else:
+                raise RuntimeError(f"unexpected wire type {wire}")
+            yield number, value
+
+    for number, value in fields(message):
+        if number == 1:  # CheckResponse.status
+            for inner, code in fields(value):
+                if inner == 1:  # Status.code
+                    return code
+    return 0
+
+
+def varint(data, i):
+    shift = value = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def verify_bodies(port, bodies):
+    """Sends each body once and checks the decision is the expected one."""
+    for body, expected in bodies:
+        out = subprocess.run(
+            ["curl", "-s", "--http2-prior-knowledge", "--max-time", "5", "--data-binary",
+             f"@{body}", *GRPC_HEADERS, f"http://127.0.0.1:{port}{GRPC_PATH}"],
+            stdout=subprocess.PIPE, check=True)
+        code = grpc_code(out.stdout)
+        allowed = code == 0
+        if allowed != (expected == "allow"):
+            raise RuntimeError(f"{body.name}: expected {expected}, got status code {code}")
+
+
+def h2load_grpc(port, bodies, seconds, warmup, streams_each, run_dir, label):
+    """One h2load per body, all at once, closed loop; merged results."""
+    procs = []
+    for n, (body, _) in enumerate(bodies):
+        log_file = run_dir / f"h2load-{label}-{n}.log"
+        argv = ["h2load", "-D", f"{int(seconds * 1000)}ms", "--warm-up-time",
+                f"{int(warmup * 1000)}ms", "-c", "1", "-m", str(streams_each), "-t", "1",
+                "-d", str(body), *GRPC_HEADERS, "--log-file", str(log_file),
+                f"http://127.0.0.1:{port}{GRPC_PATH}"]
+        procs.append((subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+                      log_file))
+    started = datetime.datetime.now().timestamp()
+    latencies, failed, sent = [], 0, 0
+    for proc, log_file in procs:
+        text, _ = proc.communicate(timeout=seconds + warmup + 60)
+        text = text.decode(errors="replace")
+        if proc.returncode != 0:
+            raise RuntimeError(f"h2load failed: {text[-2000:]}")
+        for line in text.splitlines():
+            if line.startswith("requests:"):
+                parts = line.replace(",", "").split()
+                failed += int(parts[parts.index("failed") - 1]) + int(parts[parts.index("errored") - 1])
+        measure_from_us = (started + warmup) * 1e6
+        with open(log_file) as f:
+            for line in f:
+                start_us, status, elapsed_us = line.split("\t")[:3]
+                sent += 1
+                if float(start_us) >= measure_from_us and status == "200":
+                    latencies.append(int(elapsed_us))
+        log_file.unlink()
+    latencies.sort()
+    return {
+        "client": "h2load",
+        "requests": len(latencies),
+        "sent": sent,
+        "rps": len(latencies) / seconds,
+        "failed": failed,
+        "latency_us": {q: percentile(latencies, v) for q, v in
+                       (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))},
+    }
+
+
+def direct(args, binary, loadbench, workload, bodies, run_dir):
+    policies = workload / "policies"
+    servers = [
+        ("noop", start_noop(loadbench, run_dir)),
+        ("shipped", start_portcullis(binary, policies, run_dir, "shipped", logging="shipped")),
+        ("quiet", start_portcullis(binary, policies, run_dir, "quiet", logging="off")),
+        ("audit", start_portcullis(binary, policies, run_dir, "audit", logging="all")),
+    ]
+    runs = []
+    try:
+        for name, proc in servers[1:]:
+            verify_bodies(proc.port, bodies)
+        for round_ in range(args.rounds):
+            order = servers if round_ % 2 == 0 else servers[::-1]
+            for client in ("h2load", "loadbench"):
+                log(f"direct gRPC, round {round_ + 1}/{args.rounds}, {client}")
+                for name, proc in order:
+                    cpu_before = proc.cpu_seconds()
+                    if client == "h2load":
+                        report = h2load_grpc(proc.port, bodies, args.seconds, args.warmup,
+                                             args.streams // len(bodies), run_dir, name)
+                        sent = report["sent"]
+                    else:
+                        extra = ["--concurrency", args.streams, "--connections", 1]
+                        if name != "noop":
+                            extra.append("--check-expected")
+                        report = run_load(loadbench, proc.port, workload, name, args.seconds,
+                                          args.warmup, extra)
+                        report["client"] = "loadbench"
+                        sent = report["sent"]
+                    cpu = proc.cpu_seconds() - cpu_before
+                    report.update(server=name, round=round_ + 1,
+                                  cpu_us_per_check=round(cpu * 1e6 / max(sent, 1), 2))
+                    log(f"  {name:<8} {report['rps']:>8.0f} req/s  p50 "
+                        f"{report['latency_us']['p50']} us  p99 {report['latency_us']['p99']} us  "
+                        f"cpu {report['cpu_us_per_check']} us/check")
+                    runs.append(report)
+        memory = {name: {"hwm_kib": proc.status("VmHWM"), "rss_kib": proc.status("VmRSS")}
+                  for name, proc in servers}
+    finally:
+        for _, proc in servers:
+            proc.stop()
+    return {"runs": runs, "memory": memory}
+
+
+def through_envoy(args, binary, loadbench, workload, run_dir, envoy):
+    template = (ROOT / "envoy" / "front-proxy.yaml").read_text()
+    token = (workload / "envoy-token.txt").read_text().strip()
+    paths = [p for p in (workload / "envoy-paths.txt").read_text().splitlines() if p]
+    noop = start_noop(loadbench, run_dir, "noop-for-envoy")
+    shipped = start_portcullis(binary, workload / "policies", run_dir, "shipped-for-envoy",
+                               logging="shipped")
+    envoys, rounds = {}, []
+    try:
+        for name, authz in (("noop", noop), ("shipped", shipped)):
+            listen, admin, upstream = free_port(), free_port(), free_port()
+            config = render(template, {
+                "LISTEN_PORT": listen, "ADMIN_PORT": admin, "PORTCULLIS_PORT": authz.port,
+                "UPSTREAM_PORT": upstream, "DEMO_UPSTREAM_PORT": upstream, "APP": "documents",
+            })
+            envoys[name] = start_envoy(envoy, config, run_dir, f"envoy-{name}")
+            urls = run_dir / f"urls-{name}.txt"
+            urls.write_text("".join(f"http://127.0.0.1:{listen}{p}\n" for p in paths))
+            probe = h2load(urls, token, 1, 0, run_dir / "probe.log", 1, 1)
+            if set(probe["statuses"]) - {"200"}:
+                raise RuntimeError(f"through {name}: expected only 200s, got {probe['statuses']}")
+            envoys[name].urls = urls
+        for round_ in range(args.envoy_rounds):
+            order = ("noop", "shipped") if round_ % 2 == 0 else ("shipped", "noop")
+            result = {}
+            for name in order:
+                r = h2load(envoys[name].urls, token, args.envoy_seconds, args.warmup,
+                           run_dir / f"h2load-envoy-{name}.log", 4, 1, rate=args.rate)
+                (run_dir / f"h2load-envoy-{name}.log").unlink(missing_ok=True)
+                result[name] = {"p50": r["latency_us"]["p50"], "p99": r["latency_us"]["p99"],
+                                "rps": r["rps"], "statuses": r["statuses"]}
+            result["added_p50_us"] = result["shipped"]["p50"] - result["noop"]["p50"]
+            result["added_p99_us"] = result["shipped"]["p99"] - result["noop"]["p99"]
+            log(f"through Envoy at {args.rate:g}/s, round {round_ + 1}/{args.envoy_rounds}: "
+                f"p99 noop {result['noop']['p99']} us, shipped {result['shipped']['p99']} us, "
+                f"added {result['added_p99_us']} us (p50 {result['added_p50_us']})")
+            rounds.append(result)
+    finally:
+        for proc in envoys.values():
+            proc.stop()
+        noop.stop()
+        shipped.stop()
+    summary = {}
+    for q in ("p50", "p99"):
+        added = sorted(r[f"added_{q}_us"] for r in rounds)
+        quartiles = statistics.quantiles(added, n=4) if len(added) >= 2 else [added[0]] * 3
+        summary[f"added_{q}_us"] = {"median": statistics.median(added), "min": added[0],
+                                    "max": added[-1], "q1": quartiles[0], "q3": quartiles[2]}
+        for name in ("noop", "shipped"):
+            summary[f"{name}_{q}_us_median"] = statistics.median(r[name][q] for r in rounds)
+    return {"rounds": rounds, "summary": summary}
+
+
+def table(report):
+    m, w = report["machine"], report["workload"]
+    lines = [f"Portcullis as shipped, {report['started']}, commit {m['commit']}",
+             f"{m['cores']} cores ({m['cpu']}): {m['note']}.",
+             f"Workload: {w['users']} users, {w['documents']} documents, {w['grants']} grants "
+             "(.grants file), "
+             f"{w['tokens']} tokens, {w['expected_allow_share']:.0%} allows expected.", "",
+             f"Direct gRPC, closed loop, {report['args']['streams']} streams on one connection, "
+             f"{report['args']['seconds']:g} s after {report['args']['warmup']:g} s warm-up:",
+             f"  {'client':<10}{'server':<9}{'round':>6}{'req/s':>9}{'vs noop':>8}{'p50 us':>8}"
+             f"{'p99 us':>8}{'cpu us/chk':>11}"]
+    runs = report["direct"]["runs"]
+    noop = {(r["client"], r["round"]): r["rps"] for r in runs if r["server"] == "noop"}
+    for r in runs:
+        ratio = r["rps"] / noop[(r["client"], r["round"])]
+        lines.append(f"  {r['client']:<10}{r['server']:<9}{r['round']:>6}{r['rps']:>9.0f}"
+                     f"{ratio:>8.2f}{r['latency_us']['p50']:>8}{r['latency_us']['p99']:>8}"
+                     f"{r['cpu_us_per_check']:>11.1f}")
+    mem = report["direct"]["memory"]
+    lines.append("")
+    lines.append("Memory after load: " + ", ".join(
+        f"{name} VmHWM {v['hwm_kib'] / 1024:.1f} MiB (VmRSS {v['rss_kib'] / 1024:.1f})"
+        for name, v in mem.items()))
+    if "envoy" in report:
+        s = report["envoy"]["summary"]
+        lines.append("")
+        lines.append(f"Through Envoy at {report['args']['rate']:g} req/s, "
+                     f"{report['args']['envoy_rounds']} paired rounds of "
+                     f"{report['args']['envoy_seconds']:g} s (order flips each round):")
+        for q in ("p50", "p99"):
+            a = s[f"added_{q}_us"]
+            lines.append(f"  {q}: noop {s[f'noop_{q}_us_median']:.0f} us, shipped "
+                         f"{s[f'shipped_{q}_us_median']:.0f} us (medians); added: median "
+                         f"{a['median']:.0f} us, quartiles {a['q1']:.0f}..{a['q3']:.0f}, "
+                         f"range {a['min']}..{a['max']}")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("LOAD_SECONDS", 10)))
+    parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--envoy-rounds", type=int, default=7)
+    parser.add_argument("--envoy-seconds", type=float, default=10)
+    parser.add_argument("--skip-envoy", action="store_true")
+    parser.add_argument("--portcullis", default=str(ROOT / "target/release/portcullis"))
+    parser.add_argument("--loadbench", default=str(ROOT / "target/release/examples/loadbench"))
+    args = parser.parse_args()
+    if not 0 < args.seconds <= 120 or not 1 <= args.rounds <= 5 or not 1 <= args.envoy_rounds <= 21:
+        parser.error("--seconds in (0, 120], --rounds in [1, 5], --envoy-rounds in [1, 21]")
+    for tool in ("h2load", "curl"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing (scripts/bench/ensure-tools.sh installs it)")
+
+    out_dir, started, stamp, run_dir = new_run("shipped")
+    binary, loadbench = Path(args.portcullis), Path(args.loadbench)
+    for path in (binary, loadbench):
+        if not path.exists():
+            sys.exit(f"{path} is missing: build with `cargo build --release --bins --example loadbench`")
+    workload = out_dir / "workload-bulk"
+    summary = ensure_workload(loadbench, workload, ["--bulk"])
+    body_dir = run_dir / "bodies"
+    subprocess.run([str(loadbench), "bodies", "--workload", str(workload), "--out", str(body_dir),
+                    "--count", "8"], check=True)
+    bodies = []
+    for line in (body_dir / "bodies.tsv").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, expected = line.split("\t")
+            bodies.append((body_dir / name, expected))
+
+    report = {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "args": vars(args),
+        "workload": summary,
+    }
+    report["direct"] = direct(args, binary, loadbench, workload, bodies, run_dir)
+    if not args.skip_envoy:
+        envoy = os.environ.get("ENVOY_BIN") or subprocess.run(
+            [str(ROOT / "scripts" / "ensure-envoy.sh")], stdout=subprocess.PIPE, check=True
+        ).stdout.decode().strip()
+        report["envoy"] = through_envoy(args, binary, loadbench, workload, run_dir, envoy)
+    report["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    out = out_dir / f"shipped-{stamp}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(report))
+    print(f"\nwritten {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+//! The decision log: one JSON line per logged decision, on the `decision`
+//! target, queued to stderr through [`LogLines`] so a check never waits on
+//! a write.
+//!
+//! Denies are always logged; allows are sampled (`--log-allow-rate`, one
+//! in a hundred by default). The line is serialized here, straight from
+//! the decision's borrowed fields, in the shape `tracing`'s JSON formatter
+//! gives every other line (`timestamp`, `level`, `fields`, `target`), so
+//! one parser reads the whole stream. Tokens are never part of a decision,
+//! so they cannot reach the log.
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::{Serialize, Serializer};
+
+use crate::engine::{Decision, Reason, Unmatched};
+use crate::logging::LogLines;
+
+/// The allow sampling rate a new `serve` has: every deny, one allow in a
+/// hundred. Metrics count every decision; the log is for reading.
+pub const DEFAULT_ALLOW_RATE: f64 = 0.01;
+
+/// Writes decision lines to a [`LogLines`] queue.
+#[derive(Debug)]
+pub struct DecisionLog {
+    /// Log one allow in this many; 0 logs none.
+    allow_every: u64,
+    allows: AtomicU64,
+    lines: LogLines,
+}
+
+impl DecisionLog {
+    /// `rate` is the fraction of allows logged, clamped to 0.0..=1.0.
+    pub fn new(rate: f64, lines: LogLines) -> Self {
+        Self {
+            allow_every: allow_interval(rate),
+            allows: AtomicU64::new(0),
+            lines,
+        }
+    }
+
+    fn should_log(&self, decision: &Decision) -> bool {
+        if !decision.is_allowed() {
+            return true;
+        }
+        self.allow_every != 0
+            && self
+                .allows
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(self.allow_every)
+    }
+
+    /// True for a deny that no application or route took (a 403
+    /// `no_route` or `no_application`, or the 401 such a request gets
+    /// without a valid token): its log line carries the method, the
+    /// normalized path and an explanation. Every decision past route
+    /// matching names its route; bad paths and Hosts have nothing to match.
+    pub fn explains(decision: &Decision) -> bool {
+        !decision.is_allowed()
+            && decision.route.is_none()
+            && !matches!(
+                decision.reason,
+                Reason::BadPath(_)
+                    | Reason::BadHost
+                    | Reason::InternalError
+                    | Reason::ConnectionDenied
+            )
+    }
+
+    /// Queues the line for `decision` when it is to be logged (sampling,
+    /// and `PORTCULLIS_LOG` enabling the `decision` target at `info`).
+    /// `unmatched` (a deny no route took) adds `method`, `path`
+    /// (normalized, no query, bounded) and `why`, and leaves out
+    /// `resource` and `action`.
+    pub fn record(
+        &self,
+        decision: &Decision,
+        request_id: Option<&str>,
+        version: &str,
+        elapsed: Duration,
+        unmatched: Option<&Unmatched>,
+    ) {
+        if !tracing::enabled!(target: "decision", tracing::Level::INFO)
+            || !self.should_log(decision)
+        {
+            return;
+        }
+        fn field(value: &Option<String>) -> &str {
+            value.as_deref().unwrap_or_default()
+        }
+        let (resource, action) = match unmatched {
+            Some(_) => (None, None),
+            None => (
+                Some(field(&decision.resource)),
+                Some(field(&decision.action)),
+            ),
+        };
+        let line = Line {
+            timestamp: Shown(humantime::format_rfc3339_micros(SystemTime::now())),
+            level: "INFO",
+            fields: Fields {
+                request_id: request_id.unwrap_or_default(),
+                application: field(&decision.application),
+                route: field(&decision.route),
+                subject: field(&decision.subject),
+                resource,
+                action,
+                method: unmatched.map(|u| u.method.as_str()),
+                path: unmatched.map(|u| u.path.as_str()),
+                why: unmatched.map(|u| u.explanation.as_str()),
+                decision: decision.outcome(),
+                status: decision.status_code(),
+                reason: decision.reason.code(),
+                detail: Shown(&decision.reason),
+                rule: field(&decision.matched_rule),
+                policy_version: version,
+                latency_us: elapsed.as_micros() as u64,
+            },
+            target: "decision",
+        };
+        let mut bytes = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut bytes, &line).is_ok() {
+            bytes.push(b'\n');
+            self.lines.write_line(bytes);
+        }
+    }
+}
+
+/// `rate` as "one in this many"; 0 for none.
+fn allow_interval(rate: f64) -> u64 {
+    let rate = rate.clamp(0.0, 1.0);
+    if rate == 0.0 {
+        0
+    } else {
+        (1.0 / rate).round() as u64
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    timestamp: Shown<humantime::Rfc3339Timestamp>,
+    level: &'static str,
+    fields: Fields<'a>,
+    target: &'static str,
+}
+
+#[derive(Serialize)]
+struct Fields<'a> {
+    request_id: &'a str,
+    application: &'a str,
+    route: &'a str,
+    subject: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<&'a str>,
+    decision: &'static str,
+    status: u16,
+    reason: &'static str,
+    detail: Shown<&'a Reason>,
+    rule: &'a str,
+    policy_version: &'a str,
+    latency_us: u64,
+}
+
+/// Serializes a value as the string its `Display` writes, without an
+/// intermediate `String`.
+struct Shown<T>(T);
+
+impl<T: Display> Serialize for Shown<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allow_interval;
+
+    #[test]
+    fn allow_sampling_rate_becomes_an_interval() {
+        assert_eq!(allow_interval(1.0), 1);
+        assert_eq!(allow_interval(0.5), 2);
+        assert_eq!(allow_interval(0.01), 100);
+        assert_eq!(allow_interval(0.0), 0);
+        assert_eq!(allow_interval(7.0), 1);
+    }
+}
