@@ -23,6 +23,18 @@ pub type RoleId = u32;
 pub enum Holder<'a> {
     Subject(&'a str),
     Group(&'a str),
+    /// Every subject with a valid token (`authenticated: true`).
+    Authenticated,
+}
+
+impl std::fmt::Display for Holder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Subject(s) => write!(f, "subject {s:?}"),
+            Holder::Group(g) => write!(f, "group {g:?}"),
+            Holder::Authenticated => f.write_str("every authenticated subject"),
+        }
+    }
 }
 
 /// A resource key as stored: one resource, or a pattern given by its prefix
@@ -140,6 +152,7 @@ struct HolderGrants {
 pub struct GrantIndex {
     subjects: Map<Box<str>, HolderGrants>,
     groups: Map<Box<str>, HolderGrants>,
+    authenticated: HolderGrants,
     len: usize,
 }
 
@@ -154,11 +167,21 @@ impl GrantIndex {
         let (map, name) = match holder {
             Holder::Subject(s) => (&mut self.subjects, s),
             Holder::Group(g) => (&mut self.groups, g),
+            Holder::Authenticated => {
+                Self::insert_into(&mut self.authenticated, key, role);
+                self.len += 1;
+                return;
+            }
         };
         let grants = match map.get_mut(name) {
             Some(grants) => grants,
             None => map.entry(name.into()).or_default(),
         };
+        Self::insert_into(grants, key, role);
+        self.len += 1;
+    }
+
+    fn insert_into(grants: &mut HolderGrants, key: ResourceKey<'_>, role: RoleId) {
         let (map, text) = match key {
             ResourceKey::Exact(r) => (&mut grants.exact, r),
             ResourceKey::Prefix(p) => (&mut grants.prefix, p),
@@ -169,7 +192,6 @@ impl GrantIndex {
                 map.insert(text.into(), Roles::One([role]));
             }
         }
-        self.len += 1;
     }
 }
 
@@ -178,6 +200,7 @@ impl GrantSource for GrantIndex {
         let grants = match holder {
             Holder::Subject(s) => self.subjects.get(s),
             Holder::Group(g) => self.groups.get(g),
+            Holder::Authenticated => Some(&self.authenticated),
         };
         let roles = grants.and_then(|g| match key {
             ResourceKey::Exact(r) => g.exact.get(r),
