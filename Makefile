@@ -88,6 +88,8 @@ test: manifests $(ENVOY_CONFIG)
 	ENVOY_BIN="$$envoy_bin" PORTCULLIS_REQUIRE_ENVOY=1 $(CARGO) test
 	@echo "== policy tests: portcullis test $(POLICIES)/tests"
 	$(CARGO) run -q --bin portcullis -- test $(POLICIES)/tests
+	@echo "== policy tests: portcullis test examples/conditions/tests"
+	$(CARGO) run -q --bin portcullis -- test examples/conditions/tests
 
 # Offline checks of k8s/, envoy/sidecar.yaml and the Dockerfile: kustomize
 # renders, Kubernetes and Istio schemas, envoy --mode validate, and the

@@ -3,7 +3,9 @@
 //! The bundled documents policy is loaded, then its grants are replaced by
 //! an index of N grants spread over 10k subjects and N/10 documents, built
 //! in code so the bench measures deciding, not YAML parsing. Tokens are out
-//! of the picture: the caller is a verified principal.
+//! of the picture: the caller is a verified principal. `allow_condition`
+//! is an allow by a grant under a CEL condition (benches/common), beside
+//! `allow`, which evaluates none.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use portcullis::engine;
@@ -19,8 +21,17 @@ fn decide(c: &mut Criterion) {
         // user42 holds document:42 in every size (i = 42 is a grant).
         let allow = verified_request("GET", "/documents/42");
         let deny = verified_request("DELETE", "/documents/43");
+        // Allowed only by a grant whose condition holds.
+        let conditional = verified_request("GET", "/documents/999999");
         assert!(engine::decide(&policy, &allow, &caller, 0).is_allowed());
         assert!(!engine::decide(&policy, &deny, &caller, 0).is_allowed());
+        let decided = engine::decide(&policy, &conditional, &caller, 0);
+        assert!(decided.is_allowed(), "{decided:?}");
+        group.bench_with_input(
+            BenchmarkId::new("allow_condition", count),
+            &conditional,
+            |b, r| b.iter(|| engine::decide(black_box(&policy), black_box(r), &caller, 0)),
+        );
         group.bench_with_input(BenchmarkId::new("allow", count), &allow, |b, r| {
             b.iter(|| engine::decide(black_box(&policy), black_box(r), &caller, 0))
         });

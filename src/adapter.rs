@@ -23,6 +23,9 @@ use crate::engine::{
 };
 use crate::token::MAX_TOKEN_LEN;
 
+/// Longest header value shown to conditions; a longer one is left out.
+pub const MAX_CONDITION_HEADER_LEN: usize = 1024;
+
 /// The request header that carries the verified subject to the upstream.
 pub const DEFAULT_SUBJECT_HEADER: &str = "x-portcullis-subject";
 
@@ -116,8 +119,19 @@ pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs, AdapterErro
     }
 }
 
-/// Reads what the engine needs from a CheckRequest.
+/// Reads what the engine needs from a CheckRequest, no header for conditions.
 pub fn read_check(request: &CheckRequest) -> Result<Check, AdapterError> {
+    read_check_with(request, &[])
+}
+
+/// Reads what the engine needs from a CheckRequest, with the headers named
+/// in `condition_headers` (lower-case: the policy's
+/// [`crate::policy::PolicySet::condition_headers`]) for conditions. No
+/// other header is copied, so a policy without them pays nothing.
+pub fn read_check_with(
+    request: &CheckRequest,
+    condition_headers: &[String],
+) -> Result<Check, AdapterError> {
     let attributes = request
         .attributes
         .as_ref()
@@ -205,6 +219,33 @@ pub fn read_check(request: &CheckRequest) -> Result<Check, AdapterError> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let mut headers = BTreeMap::new();
+    for name in condition_headers {
+        let listed = http
+            .header_map
+            .iter()
+            .flat_map(|m| &m.headers)
+            .filter(|h| h.key.eq_ignore_ascii_case(name))
+            .map(header_value);
+        let mapped = http
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone());
+        let mut values: Vec<String> = listed.collect();
+        for value in mapped {
+            if !values.contains(&value) {
+                values.push(value);
+            }
+        }
+        // A header sent twice (or joined by Envoy with a comma) is
+        // ambiguous: a condition reading it finds it missing, and fails.
+        if let [value] = values.as_slice() {
+            if !value.contains(',') && value.len() <= MAX_CONDITION_HEADER_LEN {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
     Ok(Check::Http(RequestAttrs {
         method: http.method.clone(),
         path: http.path.clone(),
@@ -214,6 +255,7 @@ pub fn read_check(request: &CheckRequest) -> Result<Check, AdapterError> {
         credential: credential(&authorization),
         request_id,
         verified_payloads: jwt_authn_payloads(attributes),
+        headers,
     }))
 }
 

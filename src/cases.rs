@@ -19,6 +19,11 @@
 //!     action: write
 //!     expect: { decision: deny, reason: no_grant }
 //! ```
+//!
+//! For conditions, a caller may carry verified `claims`, a request
+//! `headers`, a resource/action case `resource_properties`,
+//! `subject_properties` and `context` (the [`engine::Attributes`] a service
+//! passes), and any case a `time` (RFC 3339; `context.time`, else the epoch).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -27,8 +32,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::diagnostic::Diagnostic;
-use crate::engine::{self, Credential, Decision, KnownPrincipal, RequestAttrs};
-use crate::policy::{load_policies_with, Access, PolicySet, UnreadableKeys};
+use crate::engine::{self, Attributes, Credential, Decision, KnownPrincipal, RequestAttrs};
+use crate::policy::{load_policies_with, PolicySet, UnreadableKeys};
 use crate::token::Principal;
 use crate::yaml::{self, LineIndex, Step};
 
@@ -59,6 +64,16 @@ struct Case {
     action: Option<String>,
     #[serde(default, rename = "as")]
     caller: Option<Caller>,
+    /// Resource/action cases: attributes the asking service passes.
+    #[serde(default)]
+    resource_properties: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    subject_properties: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    context: serde_json::Map<String, serde_json::Value>,
+    /// When the case is decided (RFC 3339): `context.time`.
+    #[serde(default)]
+    time: Option<String>,
     expect: Expect,
     /// How a deployment in front of Portcullis changes this request, for
     /// the end-to-end runners; the engine and `portcullis test` ignore it.
@@ -103,6 +118,9 @@ struct CaseRequest {
     destination: String,
     #[serde(default)]
     context_extensions: BTreeMap<String, String>,
+    /// Request headers; conditions see those a route names.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +129,9 @@ struct Caller {
     subject: String,
     #[serde(default)]
     groups: Vec<String>,
+    /// The verified token's claims, for conditions.
+    #[serde(default)]
+    claims: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,7 +274,19 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
             .map(|c| c.groups.clone())
             .unwrap_or_default(),
         expires_at: u64::MAX,
+        claims: case
+            .caller
+            .as_ref()
+            .map(|c| c.claims.clone())
+            .unwrap_or_default(),
     });
+    let now = match &case.time {
+        None => 0,
+        Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(t) => u64::try_from(t.timestamp()).unwrap_or(0),
+            Err(e) => return broken(case, line, format!("time {text:?} is not RFC 3339: {e}")),
+        },
+    };
     let mut decided_request = None;
     let mut unmatched = None;
     let decision = match (&case.request, &case.resource, &case.action) {
@@ -270,8 +303,15 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
                 },
                 request_id: None,
                 verified_payloads: BTreeMap::new(),
+                // As the adapter does: only the headers the policy names.
+                headers: request
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .filter(|(k, _)| policy.condition_headers.contains(k))
+                    .collect(),
             };
-            let decision = engine::decide(policy, &request, &KnownPrincipal(principal), 0);
+            let decision = engine::decide(policy, &request, &KnownPrincipal(principal), now);
             // Explained only for a deny no route took, and only here, off
             // the engine's path.
             if decision.route.is_none() && !decision.is_allowed() {
@@ -281,24 +321,19 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
             decision
         }
         (None, Some(resource), Some(action)) if case.caller.is_some() => {
-            let Some(index) = policy.actions.iter().position(|a| a == action) else {
+            if !policy.actions.iter().any(|a| a == action) {
                 return broken(
                     case,
                     line,
                     format!("no route or role names the action {action:?}"),
                 );
+            }
+            let attributes = Attributes {
+                subject: case.subject_properties.clone(),
+                resource: case.resource_properties.clone(),
+                context: case.context.clone(),
             };
-            let mut d = engine::authorize(
-                policy,
-                &principal,
-                Access::Granted,
-                Some(resource),
-                Some(index),
-            );
-            d.subject = Some(principal.subject.clone());
-            d.resource = Some(resource.clone());
-            d.action = Some(action.clone());
-            d
+            engine::evaluate(policy, &principal, resource, action, &attributes, now)
         }
         _ => {
             return broken(

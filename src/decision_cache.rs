@@ -141,6 +141,7 @@ impl DecisionCache {
             credential,
             request_id: _, // for the log only
             verified_payloads,
+            headers,
         } = request;
         field(version.as_bytes());
         field(&key_epoch.to_le_bytes());
@@ -161,6 +162,11 @@ impl DecisionCache {
                     .to_string()
                     .as_bytes(),
             );
+        }
+        field(&(headers.len() as u64).to_le_bytes());
+        for (name, value) in headers {
+            field(name.as_bytes());
+            field(value.as_bytes());
         }
         match credential {
             Credential::Absent => field(b"absent"),
@@ -240,7 +246,9 @@ mod tests {
         other_context
             .context_extensions
             .insert("app".into(), "billing".into());
-        for other in [other_destination, other_host, other_context] {
+        let mut other_header = base.clone();
+        other_header.headers.insert("x-tenant".into(), "t2".into());
+        for other in [other_destination, other_host, other_context, other_header] {
             assert_ne!(key(&base), key(&other), "{other:?}");
         }
         assert_ne!(key(&base), DecisionCache::key("v2", 0, &base));

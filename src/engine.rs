@@ -8,14 +8,18 @@
 //! credential learns nothing about routes: anything but a public route is
 //! a 401 to it, whether or not the route exists.
 
+use std::cell::{Cell, OnceCell};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use serde_json::{Map, Value};
+
 use crate::path::{self, PathError};
+use crate::policy::condition::{Inputs, Scope};
 use crate::policy::{
-    bounded, normalize_host, Access, Connections, Holder, PolicySet, ResourceKey, SelectInput,
-    Selection,
+    bounded, normalize_host, Access, Condition, Connections, Holder, PolicySet, ResourceKey,
+    SelectInput, Selection,
 };
 use crate::token::{Principal, TokenError};
 
@@ -37,6 +41,31 @@ pub struct RequestAttrs {
     pub request_id: Option<String>,
     /// Token payloads Envoy's jwt_authn filter verified, by metadata key.
     pub verified_payloads: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// The request headers the policy's routes show conditions
+    /// ([`PolicySet::condition_headers`]), by lower-case name; a header
+    /// sent more than once is left out. Empty for a policy that names none.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Attributes the caller of the resource/action form ([`authorize`],
+/// [`evaluate`]) passes with its question, as JSON objects: what AuthZEN
+/// calls `subject.properties`, `resource.properties` and `context`.
+/// Conditions read them as `subject.properties`, `resource.properties` and
+/// `context.properties`; `context.time` is always the `now` of the call,
+/// never a value the caller sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attributes {
+    pub subject: Map<String, Value>,
+    pub resource: Map<String, Value>,
+    pub context: Map<String, Value>,
+}
+
+impl Attributes {
+    /// No attributes: conditions that read any are false.
+    pub fn none() -> &'static Attributes {
+        static NONE: std::sync::OnceLock<Attributes> = std::sync::OnceLock::new();
+        NONE.get_or_init(Attributes::default)
+    }
 }
 
 /// A check without HTTP attributes: a connection, as Envoy's network
@@ -155,6 +184,8 @@ pub enum Reason {
     InvalidToken(TokenError),
     ExplicitDeny,
     NoGrant,
+    /// The route's condition does not hold (or cannot be evaluated).
+    ConditionNotMet,
     /// The engine failed; the server turns any fault into this deny.
     InternalError,
     /// A connection check, answered by the policy's `connections: allow`.
@@ -180,6 +211,7 @@ impl Reason {
             Reason::InvalidToken(e) => e.code(),
             Reason::ExplicitDeny => "explicit_deny",
             Reason::NoGrant => "no_grant",
+            Reason::ConditionNotMet => "condition_not_met",
             Reason::InternalError => "internal_error",
             Reason::ConnectionAllowed => "connection_allowed",
             Reason::ConnectionDenied => "connection_denied",
@@ -201,7 +233,9 @@ impl Reason {
             Reason::MissingCredentials => "a bearer token is required",
             Reason::BadCredentials(_) => "the Authorization header is not acceptable",
             Reason::InvalidToken(e) => e.public_description(),
-            Reason::ExplicitDeny | Reason::NoGrant => "the subject may not do this",
+            Reason::ExplicitDeny | Reason::NoGrant | Reason::ConditionNotMet => {
+                "the subject may not do this"
+            }
             Reason::InternalError => "the request could not be authorized",
             Reason::ConnectionDenied => "the connection is not allowed",
         }
@@ -228,6 +262,7 @@ impl fmt::Display for Reason {
             Reason::InvalidToken(e) => write!(f, "{e}"),
             Reason::ExplicitDeny => f.write_str("an explicit deny rule matches"),
             Reason::NoGrant => f.write_str("no grant holds the action on the resource"),
+            Reason::ConditionNotMet => f.write_str("the route's condition does not hold"),
             Reason::InternalError => f.write_str("internal error while deciding"),
             Reason::ConnectionAllowed => {
                 f.write_str("a check without HTTP attributes, allowed by `connections: allow`")
@@ -380,16 +415,83 @@ pub fn decide(
         Ok(principal) => principal,
         Err(reason) => return with_route(Decision::deny(DenyStatus::Unauthorized, reason)),
     };
-    let mut decision = authorize(
+    // What conditions read, gathered only if one is evaluated.
+    let attributes = LazyAttributes::new(policy, || Inputs {
+        subject_id: &principal.subject,
+        groups: principal
+            .groups
+            .iter()
+            .chain(policy.policy_groups(&principal.subject))
+            .map(String::as_str)
+            .collect(),
+        claims: Some(&principal.claims),
+        resource: resource.as_deref(),
+        captures: route
+            .template
+            .capture_names()
+            .zip(captures.iter().copied())
+            .collect(),
+        action: action.map(|(name, _)| name.as_str()),
+        now,
+        headers: Some(&request.headers),
+        extensions: Some(&request.context_extensions),
+        ..Inputs::default()
+    });
+    let mut decision = authorize_in(
         policy,
         &principal,
         route.access,
         resource.as_deref(),
         action.map(|(_, index)| *index),
+        route.condition.as_ref().map(|c| (route.name.as_str(), c)),
+        &attributes,
     );
     decision.subject = Some(principal.subject.clone());
-    decision.valid_until = Some(policy.issuers.valid_until(&principal));
+    let mut valid_until = policy.issuers.valid_until(&principal);
+    if attributes.read_time.get() {
+        // A decision that read the clock holds for this second only.
+        valid_until = valid_until.min(now);
+    }
+    decision.valid_until = Some(valid_until);
     with_route(decision)
+}
+
+/// The attributes of one decision for conditions, built on first use: a
+/// decision that evaluates no condition never builds them.
+struct LazyAttributes<'a, F: Fn() -> Inputs<'a>> {
+    policy: &'a PolicySet,
+    inputs: F,
+    scope: OnceCell<Scope>,
+    /// A condition that reads `context.time` was evaluated.
+    read_time: Cell<bool>,
+}
+
+impl<'a, F: Fn() -> Inputs<'a>> LazyAttributes<'a, F> {
+    fn new(policy: &'a PolicySet, inputs: F) -> Self {
+        Self {
+            policy,
+            inputs,
+            scope: OnceCell::new(),
+            read_time: Cell::new(false),
+        }
+    }
+}
+
+/// Evaluates conditions for [`authorize_in`], whatever the attributes' source.
+trait ConditionScope {
+    fn holds(&self, condition: &Condition) -> bool;
+}
+
+impl<'a, F: Fn() -> Inputs<'a>> ConditionScope for LazyAttributes<'a, F> {
+    fn holds(&self, condition: &Condition) -> bool {
+        if condition.reads().time {
+            self.read_time.set(true);
+        }
+        let scope = self
+            .scope
+            .get_or_init(|| Scope::new(&self.policy.conditions, &(self.inputs)()));
+        condition.holds(scope)
+    }
 }
 
 /// The deny for a request that no application or route takes: 403 with
@@ -555,15 +657,83 @@ fn authenticate(
     }
 }
 
-/// Decides whether `principal` may perform `action` on `resource`, given
-/// what the route requires. Explicit denies are checked first and beat
-/// every grant.
+/// Decides whether `principal` may perform `action` (an index into
+/// [`PolicySet::actions`]) on `resource`, given what the route requires,
+/// with the caller's `attributes` for conditions, at `now` (seconds since
+/// the epoch; `context.time`). Explicit denies are checked first and beat
+/// every grant. The resource/action form of `portcullis check`, decision
+/// cases and the AuthZEN API call this (or [`evaluate`]).
 pub fn authorize(
     policy: &PolicySet,
     principal: &Principal,
     access: Access,
     resource: Option<&str>,
     action: Option<usize>,
+    attributes: &Attributes,
+    now: u64,
+) -> Decision {
+    let action_name = action
+        .and_then(|a| policy.actions.get(a))
+        .map(String::as_str);
+    let lazy = LazyAttributes::new(policy, || Inputs {
+        subject_id: &principal.subject,
+        groups: principal
+            .groups
+            .iter()
+            .chain(policy.policy_groups(&principal.subject))
+            .map(String::as_str)
+            .collect(),
+        claims: Some(&principal.claims),
+        subject_properties: Some(&attributes.subject),
+        resource,
+        resource_properties: Some(&attributes.resource),
+        action: action_name,
+        now,
+        context_properties: Some(&attributes.context),
+        ..Inputs::default()
+    });
+    authorize_in(policy, principal, access, resource, action, None, &lazy)
+}
+
+/// "May `principal` do `action` on `resource`?" by names, as a service asks
+/// it: [`authorize`] on a granted access, with the decision's subject,
+/// resource and action filled in. An action the policy does not know is a
+/// deny (`no_grant`), never an error.
+pub fn evaluate(
+    policy: &PolicySet,
+    principal: &Principal,
+    resource: &str,
+    action: &str,
+    attributes: &Attributes,
+    now: u64,
+) -> Decision {
+    let index = policy.actions.iter().position(|a| a == action);
+    let mut d = match index {
+        Some(index) => authorize(
+            policy,
+            principal,
+            Access::Granted,
+            Some(resource),
+            Some(index),
+            attributes,
+            now,
+        ),
+        None => Decision::deny(DenyStatus::Forbidden, Reason::NoGrant),
+    };
+    d.subject = Some(principal.subject.clone());
+    d.resource = Some(resource.to_owned());
+    d.action = Some(action.to_owned());
+    d
+}
+
+fn authorize_in(
+    policy: &PolicySet,
+    principal: &Principal,
+    access: Access,
+    resource: Option<&str>,
+    action: Option<usize>,
+    route_condition: Option<(&str, &Condition)>,
+    conditions: &dyn ConditionScope,
 ) -> Decision {
     let subject = principal.subject.as_str();
     let policy_groups = policy.policy_groups(subject);
@@ -587,6 +757,17 @@ pub fn authorize(
         return d;
     }
 
+    if let Some((route, condition)) = route_condition {
+        if !conditions.holds(condition) {
+            let mut d = Decision::deny(DenyStatus::Forbidden, Reason::ConditionNotMet);
+            d.matched_rule = Some(format!(
+                "condition of route {route:?} does not hold: {}",
+                bounded(condition.source(), 256)
+            ));
+            return d;
+        }
+    }
+
     match access {
         Access::Public => return Decision::allow(Reason::PublicRoute),
         Access::Authenticated => return Decision::allow(Reason::Authenticated),
@@ -595,26 +776,47 @@ pub fn authorize(
     let (Some(resource), Some(action)) = (resource, action) else {
         return Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
     };
-    let holders =
-        std::iter::once(Holder::Subject(subject)).chain(groups().map(|g| Holder::Group(g)));
+    let holders = std::iter::once(Holder::Subject(subject))
+        .chain(groups().map(|g| Holder::Group(g)))
+        .chain(std::iter::once(Holder::Authenticated));
+    // The first grant whose condition did not hold, for the log.
+    let mut unmet: Option<String> = None;
     for holder in holders {
         for key in ResourceKey::covering(resource) {
             for &role_id in policy.grants.roles(holder, key) {
                 let Some(role) = policy.roles.get(role_id as usize) else {
                     continue;
                 };
-                if role.actions.contains(action) {
-                    let mut d = Decision::allow(Reason::Granted);
-                    let who = match holder {
-                        Holder::Subject(s) => format!("subject {s:?}"),
-                        Holder::Group(g) => format!("group {g:?}"),
-                    };
-                    d.matched_rule =
-                        Some(format!("grant of role {:?} on {key} to {who}", role.name));
-                    return d;
+                if !role.actions.contains(action) {
+                    continue;
                 }
+                if let Some(condition) = &role.condition {
+                    if !conditions.holds(condition) {
+                        unmet.get_or_insert_with(|| {
+                            format!(
+                                "grant of role {:?} on {key} to {holder} under a condition that does not hold: {}",
+                                role.name,
+                                bounded(condition.source(), 256)
+                            )
+                        });
+                        continue;
+                    }
+                }
+                let mut d = Decision::allow(Reason::Granted);
+                let condition = if role.condition.is_some() {
+                    " (its condition holds)"
+                } else {
+                    ""
+                };
+                d.matched_rule = Some(format!(
+                    "grant of role {:?} on {key} to {holder}{condition}",
+                    role.name
+                ));
+                return d;
             }
         }
     }
-    Decision::deny(DenyStatus::Forbidden, Reason::NoGrant)
+    let mut d = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
+    d.matched_rule = unmet;
+    d
 }

@@ -125,7 +125,7 @@ impl Authorizer {
     pub fn check_request(&self, request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
         let started = Instant::now();
         let policy = self.policy.load_full();
-        let attrs = adapter::read_check(request);
+        let attrs = adapter::read_check_with(request, &policy.condition_headers);
         let decision = self.decide_attrs(&policy, &attrs);
         self.answer(&policy, decision, &attrs, started)
     }
@@ -140,7 +140,7 @@ impl Authorizer {
     ) -> (Arc<Decision>, CheckResponse) {
         let started = Instant::now();
         let policy = self.policy.load_full();
-        let attrs = adapter::read_check(request);
+        let attrs = adapter::read_check_with(request, &policy.condition_headers);
         let mut decision = self.decide_attrs(&policy, &attrs);
         if matches!(
             decision.reason,

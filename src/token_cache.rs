@@ -116,6 +116,7 @@ impl TokenCache {
             + allocation(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Principal>())
             + allocation(principal.subject.capacity())
             + groups
+            + claims_bytes(&principal.claims)
     }
 
     /// Forgets every verification, e.g. when an issuer's keys change.
@@ -215,6 +216,36 @@ impl TokenCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The estimated heap footprint of verified claims kept for conditions
+/// (none unless the policy's conditions read claims): each map entry as a
+/// tree node holding a key and a value, strings and arrays as allocations.
+fn claims_bytes(claims: &serde_json::Map<String, serde_json::Value>) -> usize {
+    use serde_json::Value;
+    fn allocation(bytes: usize) -> usize {
+        match bytes {
+            0 => 0,
+            n => n + ALLOCATION_OVERHEAD_BYTES,
+        }
+    }
+    fn entry(key: &str, value: &Value) -> usize {
+        allocation(std::mem::size_of::<String>() + std::mem::size_of::<Value>())
+            + allocation(key.len())
+            + inner(value)
+    }
+    fn inner(value: &Value) -> usize {
+        match value {
+            Value::String(s) => allocation(s.capacity()),
+            Value::Array(items) => {
+                allocation(items.capacity() * std::mem::size_of::<Value>())
+                    + items.iter().map(inner).sum::<usize>()
+            }
+            Value::Object(map) => map.iter().map(|(k, v)| entry(k, v)).sum(),
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        }
+    }
+    claims.iter().map(|(k, v)| entry(k, v)).sum()
 }
 
 /// The server's way of authenticating: each token verified once, then

@@ -17,6 +17,9 @@ const CORE: &[&str] = &[
     "src/policy/grants.rs",
     "src/policy/routes.rs",
     "src/policy/source.rs",
+    // CEL conditions: the `cel` crate parses and interprets, purely; the
+    // time it sees is the decision's `now`, never a clock.
+    "src/policy/condition.rs",
     "src/token/mod.rs",
 ];
 

@@ -429,7 +429,7 @@ fn grants_files_load_in_bulk_and_report_lines() {
     let file = bulk.display();
     for expected in [
         format!("{file}:2: unknown role \"ownr\" in grant"),
-        format!("{file}:3: holder \"zoe\" must be subject:NAME or group:NAME"),
+        format!("{file}:3: holder \"zoe\" must be subject:NAME, group:NAME or authenticated"),
         format!("{file}:4: unknown group \"nobody\""),
         format!("{file}:5: resource \"doc*\""),
         format!("{file}:6: expected three fields"),

@@ -1,4 +1,5 @@
-//! Runs the bundled decision case files (`policies/tests/`) against the engine.
+//! Runs the bundled decision case files (`policies/tests/`) and those of the
+//! conditions example (`examples/conditions/tests/`) against the engine.
 
 use std::path::Path;
 
@@ -47,6 +48,19 @@ fn every_case_file_passes() {
         failures.join("\n")
     );
     assert!(count >= 50, "only {count} cases ran");
+}
+
+#[test]
+fn the_conditions_example_passes() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/conditions/tests");
+    let (count, failures) = run_dir(&dir);
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(count >= 25, "only {count} cases ran");
 }
 
 #[test]

@@ -58,6 +58,7 @@ fn principal(subject: &str, groups: &[&str]) -> KnownPrincipal {
         subject: subject.to_owned(),
         groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         expires_at: u64::MAX,
+        claims: Default::default(),
     }))
 }
 
@@ -1169,4 +1170,53 @@ fn corruptions_are_inserted_where_intended() {
     );
     assert!(broken.contains("role: superuser"), "{broken}");
     assert_eq!(broken.matches("  - subject").count(), 4, "{broken}");
+}
+
+/// Raw path segments made of what e-mail addresses hold and of what
+/// separates or escapes: `@ + .`, letters, `/`, `\`, `%` escapes of `/`,
+/// `\`, `.` and `@`, `;` and `:`.
+fn email_like_segment() -> impl Strategy<Value = String> {
+    let pieces = select(
+        &[
+            "ana", "b", "X", "0", "-", "_", "~", ".", "..", "@", "+", "example", "com", "/", "\\",
+            "%2F", "%2f", "%5C", "%2e", "%2E", "%40", ";", ":", "%25",
+        ][..],
+    );
+    proptest::collection::vec(pieces, 1..8).prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// `{email:email}` never captures a value holding a separator, an
+    /// escape or a dot-segment, and what it captures is what a naive
+    /// upstream reads.
+    #[test]
+    fn an_email_capture_never_takes_a_separator_or_dot_segment(segment in email_like_segment()) {
+        let template = portcullis::policy::PathTemplate::parse("/users/{email:email}/profile")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let raw = format!("/users/{segment}/profile");
+        let Ok(normal) = normalize(&raw) else { return Ok(()) };
+        if let Some(captures) = template.matches(&normal) {
+            let value = captures.first().copied().unwrap_or_default();
+            prop_assert!(!value.contains('/') && !value.contains('\\') && !value.contains('%'), "{raw:?} captured {value:?}");
+            prop_assert!(value != "." && value != "..", "{raw:?} captured {value:?}");
+            prop_assert!(value.contains('@'), "{raw:?} captured {value:?}");
+            prop_assert_eq!(naive_upstream(&raw), normal.as_str().as_bytes().to_vec(), "{:?}", raw);
+        }
+    }
+}
+
+#[test]
+fn the_email_generator_reaches_matches_and_refusals() {
+    let template = portcullis::policy::PathTemplate::parse("/users/{email:email}/profile")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let matched = |raw: &str| {
+        normalize(raw)
+            .ok()
+            .is_some_and(|n| template.matches(&n).is_some())
+    };
+    assert!(matched("/users/ana+b@example.com/profile"));
+    assert!(!matched("/users/ana%40example.com/profile"));
+    assert!(!matched("/users/ana@example.com%2Fx/profile"));
 }

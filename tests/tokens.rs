@@ -389,6 +389,7 @@ fn hmac_tokens_of_every_pinned_size_are_accepted() {
                 subject: "alice".into(),
                 groups: vec!["staff".into(), "editors".into()],
                 expires_at: NOW + 3600,
+                claims: Default::default(),
             },
             "{alg:?}"
         );

@@ -152,7 +152,7 @@ fn the_cases_pass_without_the_secret_as_the_page_shows() {
     let out = portcullis(&["test", "examples/todo/tests"], true);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert_eq!(text(&out.stderr), "");
-    assert_eq!(text(&out.stdout), "14 passed, 0 failed\n");
+    assert_eq!(text(&out.stdout), "16 passed, 0 failed\n");
 }
 
 #[test]

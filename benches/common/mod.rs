@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use portcullis::engine::{Credential, KnownPrincipal, RequestAttrs};
-use portcullis::policy::{load_policies, GrantIndex, Holder, PolicySet, ResourceKey};
+use portcullis::policy::{
+    load_policies, Condition, GrantIndex, Holder, PolicySet, ResourceKey, Role,
+};
 use portcullis::token::Principal;
 use portcullis_testkit::{Check, Claims, Signer};
 
@@ -26,7 +28,8 @@ pub fn bundled() -> PolicySet {
 
 /// The bundled policy with its grants replaced by `count` grants spread over
 /// 10k subjects and `count / 10` documents, built in code so a bench measures
-/// deciding, not YAML parsing. user42 holds document:42 at every size.
+/// deciding, not YAML parsing. user42 holds document:42 at every size, and
+/// document:999999 under a condition ([`CONDITION`]).
 pub fn bundled_with_grants(count: usize) -> PolicySet {
     let mut policy = bundled();
     let role = |name: &str| {
@@ -49,9 +52,29 @@ pub fn bundled_with_grants(count: usize) -> PolicySet {
             role,
         );
     }
+    // One grant under a condition, as `condition:` on a grant compiles:
+    // a role of its own holding the viewer's actions.
+    let condition = Condition::compile(&policy.conditions, CONDITION)
+        .unwrap_or_else(|e| panic!("{CONDITION}: {e}"));
+    let viewer_actions = policy.roles[viewer as usize].actions.clone();
+    policy.roles.push(Role {
+        name: "viewer".into(),
+        actions: viewer_actions,
+        condition: Some(Arc::new(condition)),
+    });
+    index.insert(
+        Holder::Subject("user42"),
+        ResourceKey::Exact("document:999999"),
+        (policy.roles.len() - 1) as u32,
+    );
     policy.grants = Box::new(index.build());
     policy
 }
+
+/// The condition of user42's grant on document:999999: reads the resource
+/// and the subject's groups, as a typical rule does.
+pub const CONDITION: &str =
+    "resource.type == \"document\" && resource.properties.id == resource.id && \"readers\" in subject.groups";
 
 /// A documents request whose caller is already verified (see [`user42`]).
 pub fn verified_request(method: &str, path: &str) -> RequestAttrs {
@@ -71,6 +94,7 @@ pub fn user42() -> KnownPrincipal {
         subject: "user42".into(),
         groups: vec!["readers".into()],
         expires_at: u64::MAX,
+        claims: Default::default(),
     }))
 }
 

@@ -87,6 +87,7 @@ fuzz_target!(|data: &[u8]| {
         subject: "alice".into(),
         groups: vec!["staff".into()],
         expires_at: u64::MAX,
+        claims: Default::default(),
     }));
     for (method, path) in [
         ("GET", "/documents/1"),

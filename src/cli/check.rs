@@ -34,6 +34,7 @@ pub(super) fn check(args: CheckArgs) -> ExitCode {
         credential,
         request_id: None,
         verified_payloads: BTreeMap::new(),
+        headers: BTreeMap::new(),
     };
     let decision = engine::decide(&policy, &request, &VerifyEveryTime, now());
     print!("{}", explain(&decision));

@@ -23,7 +23,7 @@ pub(super) fn validate(dir: &Path) -> ExitCode {
         "ok: {} applications, {} routes, {} roles, {} grants, {} issuers (version {})",
         policy.applications.len(),
         policy.route_count(),
-        policy.roles.len(),
+        policy.named_role_count(),
         policy.grants.len(),
         policy.issuers.len(),
         policy.version

@@ -23,6 +23,18 @@ pub type RoleId = u32;
 pub enum Holder<'a> {
     Subject(&'a str),
     Group(&'a str),
+    /// Every subject with a valid token (`authenticated: true`).
+    Authenticated,
+}
+
+impl std::fmt::Display for Holder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Subject(s) => write!(f, "subject {s:?}"),
+            Holder::Group(g) => write!(f, "group {g:?}"),
+            Holder::Authenticated => f.write_str("every authenticated subject"),
+        }
+    }
 }
 
 /// A resource key as stored: one resource, or a pattern given by its prefix
@@ -158,6 +170,7 @@ pub struct GrantIndex {
     resources: Map<Box<str>, ResourceId>,
     subjects: Map<Box<str>, HolderGrants>,
     groups: Map<Box<str>, HolderGrants>,
+    authenticated: HolderGrants,
     len: usize,
 }
 
@@ -188,6 +201,8 @@ pub struct GrantIndexBuilder {
     resources: Map<Box<str>, ResourceId>,
     subjects: Map<Box<str>, HolderGrantsBuilder>,
     groups: Map<Box<str>, HolderGrantsBuilder>,
+    /// The grants to every authenticated subject, under the key "".
+    anyone: Map<Box<str>, HolderGrantsBuilder>,
     len: usize,
 }
 
@@ -196,8 +211,9 @@ impl GrantIndexBuilder {
     /// role twice is harmless.
     pub fn insert(&mut self, holder: Holder<'_>, key: ResourceKey<'_>, role: RoleId) {
         let (map, name) = match holder {
-            Holder::Subject(s) => (&mut self.subjects, s),
-            Holder::Group(g) => (&mut self.groups, g),
+            Holder::Subject(name) => (&mut self.subjects, name),
+            Holder::Group(name) => (&mut self.groups, name),
+            Holder::Authenticated => (&mut self.anyone, ""),
         };
         let grants = match map.get_mut(name) {
             Some(grants) => grants,
@@ -226,20 +242,20 @@ impl GrantIndexBuilder {
     /// (so the grant an explanation names does not depend on file order)
     /// and their duplicates dropped.
     pub fn build(self) -> GrantIndex {
+        fn built(mut grants: HolderGrantsBuilder) -> HolderGrants {
+            grants.exact.sort_unstable();
+            grants.exact.dedup();
+            let (resources, roles): (Vec<_>, Vec<_>) = grants.exact.into_iter().unzip();
+            HolderGrants {
+                exact_resources: resources.into_boxed_slice(),
+                exact_roles: roles.into_boxed_slice(),
+                prefix: grants.prefix,
+            }
+        }
         fn holders(builders: Map<Box<str>, HolderGrantsBuilder>) -> Map<Box<str>, HolderGrants> {
             builders
                 .into_iter()
-                .map(|(name, mut grants)| {
-                    grants.exact.sort_unstable();
-                    grants.exact.dedup();
-                    let (resources, roles): (Vec<_>, Vec<_>) = grants.exact.into_iter().unzip();
-                    let built = HolderGrants {
-                        exact_resources: resources.into_boxed_slice(),
-                        exact_roles: roles.into_boxed_slice(),
-                        prefix: grants.prefix,
-                    };
-                    (name, built)
-                })
+                .map(|(name, grants)| (name, built(grants)))
                 .collect()
         }
         let mut resources = self.resources;
@@ -248,6 +264,12 @@ impl GrantIndexBuilder {
             resources,
             subjects: holders(self.subjects),
             groups: holders(self.groups),
+            authenticated: self
+                .anyone
+                .into_values()
+                .next()
+                .map(built)
+                .unwrap_or_default(),
             len: self.len,
         }
     }
@@ -258,6 +280,7 @@ impl GrantSource for GrantIndex {
         let grants = match holder {
             Holder::Subject(s) => self.subjects.get(s),
             Holder::Group(g) => self.groups.get(g),
+            Holder::Authenticated => Some(&self.authenticated),
         };
         let Some(grants) = grants else {
             return &[];

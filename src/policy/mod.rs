@@ -5,6 +5,7 @@
 //! fetcher swaps whole; a reload builds a new set. Names are resolved and
 //! templates compiled at load time, so nothing here can fail while deciding.
 
+pub mod condition;
 pub mod grants;
 mod load;
 pub mod routes;
@@ -13,6 +14,7 @@ pub mod source;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
+pub use condition::{Condition, ConditionEnv, ConditionError, Reads};
 pub use grants::{GrantIndex, GrantIndexBuilder, GrantSource, Holder, ResourceKey, RoleId};
 pub use load::{load_policies, load_policies_with, LoadErrors, Loaded, UnreadableKeys};
 pub use routes::{bounded, Mismatch, NearMiss, PathTemplate, ResourceTemplate, Route, RouteTable};
@@ -42,6 +44,14 @@ pub struct PolicySet {
     pub(crate) denies: DenyIndex,
     /// What a check without HTTP attributes gets.
     pub connections: Connections,
+    /// The environment conditions run in.
+    pub conditions: ConditionEnv,
+    /// What the policy's conditions read, over all of them.
+    pub condition_reads: Reads,
+    /// Lower-case names of every request header some route makes visible
+    /// to conditions (`headers:`), sorted: the adapter copies these, and
+    /// only these, into [`crate::engine::RequestAttrs::headers`].
+    pub condition_headers: Vec<String>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -59,6 +69,12 @@ impl PolicySet {
     /// Groups `subject` belongs to by the policy.
     pub fn policy_groups(&self, subject: &str) -> &[String] {
         self.member_of.get(subject).map_or(&[], Vec::as_slice)
+    }
+
+    /// Number of roles the policy defines (not counting the role of its
+    /// own each grant with a condition holds).
+    pub fn named_role_count(&self) -> usize {
+        self.roles.iter().filter(|r| r.condition.is_none()).count()
     }
 
     /// Number of routes over all applications.
@@ -81,11 +97,16 @@ pub struct Application {
     pub case_insensitive: bool,
 }
 
-/// A role with every action it grants, inherited ones included.
+/// A role with every action it grants, inherited ones included. A grant
+/// with a condition holds a role of its own: the role it names, with the
+/// condition, so the grants index stays a map of role ids and a grant
+/// without a condition costs nothing more.
 #[derive(Debug)]
 pub struct Role {
     pub name: String,
     pub actions: ActionSet,
+    /// The condition of the grants that hold this role, if any.
+    pub condition: Option<std::sync::Arc<Condition>>,
 }
 
 /// A set of action indices.

@@ -49,6 +49,11 @@ pub enum CaptureType {
     Uint,
     /// A UUID in canonical form: lower-case hex, 8-4-4-4-12.
     Uuid,
+    /// An e-mail address: `local@domain`, the local part of unreserved
+    /// characters and `+`, the domain lower-case DNS labels. The only
+    /// capture that admits `@` and `+`; never `/`, `%` or `\`, so never an
+    /// encoded separator, and never a dot-segment (it holds an `@`).
+    Email,
 }
 
 impl CaptureType {
@@ -56,6 +61,7 @@ impl CaptureType {
         match name {
             "uint" => Some(CaptureType::Uint),
             "uuid" => Some(CaptureType::Uuid),
+            "email" => Some(CaptureType::Email),
             _ => None,
         }
     }
@@ -65,6 +71,18 @@ impl CaptureType {
             CaptureType::Any => "",
             CaptureType::Uint => "uint",
             CaptureType::Uuid => "uuid",
+            CaptureType::Email => "email",
+        }
+    }
+
+    /// True when every byte of `value` is one this capture may hold:
+    /// unreserved characters, and for an e-mail `@` and `+` too.
+    pub fn admits_chars(self, value: &str) -> bool {
+        match self {
+            CaptureType::Email => value
+                .bytes()
+                .all(|b| is_unreserved(b) || b == b'@' || b == b'+'),
+            _ => value.bytes().all(is_unreserved),
         }
     }
 
@@ -87,8 +105,42 @@ impl CaptureType {
                         _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
                     })
             }
+            CaptureType::Email => is_email(value),
         }
     }
+}
+
+/// Longest e-mail address a capture takes (RFC 5321's path limit).
+const EMAIL_MAX: usize = 254;
+
+/// `local@domain` in the one spelling an `{name:email}` capture takes: a
+/// local part of at most 64 unreserved characters or `+`, neither starting
+/// nor ending with a dot nor holding two in a row; a domain of two or more
+/// lower-case DNS labels. Quoted local parts, IP literals and upper-case
+/// domains are refused: the resource has one key.
+fn is_email(value: &str) -> bool {
+    if value.len() > EMAIL_MAX {
+        return false;
+    }
+    let Some((local, domain)) = value.split_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local.bytes().all(|b| is_unreserved(b) || b == b'+');
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    local_ok && domain.contains('.') && domain.split('.').all(label_ok)
 }
 
 /// A compiled path template such as `/documents/{id}/comments`.
@@ -110,7 +162,7 @@ pub enum TemplateError {
     DotLiteral(String),
     #[error("capture name {0:?} must be a non-empty identifier")]
     BadCaptureName(String),
-    #[error("capture type {0:?} is unknown (use uint or uuid, or no type)")]
+    #[error("capture type {0:?} is unknown (use uint, uuid or email, or no type)")]
     BadCaptureType(String),
     #[error("a rest capture {{name...}} takes no type")]
     TypedRest,
@@ -198,7 +250,7 @@ impl PathTemplate {
                 }
                 Segment::Capture(_, kind) => {
                     let value = parts.next()?;
-                    if !value.bytes().all(is_unreserved) || !kind.accepts(value) {
+                    if !kind.admits_chars(value) || !kind.accepts(value) {
                         return None;
                     }
                     captures.push(value);
@@ -247,7 +299,7 @@ impl PathTemplate {
                 }
                 Segment::Literal(_) => {}
                 Segment::Capture(name, kind) => {
-                    let chars = reserved_chars(value);
+                    let chars = reserved_chars(value, *kind);
                     if !chars.is_empty() {
                         return (
                             i,
@@ -278,7 +330,7 @@ impl PathTemplate {
                 Segment::Rest(_) => {
                     for (j, part) in parts.iter().enumerate().skip(i) {
                         let value = *part;
-                        let chars = reserved_chars(value);
+                        let chars = reserved_chars(value, CaptureType::Any);
                         if !chars.is_empty() {
                             return (
                                 j,
@@ -375,12 +427,13 @@ impl fmt::Display for PathTemplate {
     }
 }
 
-/// Each character of `value` that is not unreserved, once, in order.
-fn reserved_chars(value: &str) -> String {
+/// Each character of `value` that a capture of type `kind` does not
+/// admit, once, in order.
+fn reserved_chars(value: &str, kind: CaptureType) -> String {
     let mut seen = String::new();
     for c in value.chars() {
-        let unreserved = c.is_ascii() && is_unreserved(c as u8);
-        if !unreserved && !seen.contains(c) {
+        let admitted = c.is_ascii() && kind.admits_chars(c.encode_utf8(&mut [0; 4]));
+        if !admitted && !seen.contains(c) {
             seen.push(c);
         }
     }
@@ -526,6 +579,8 @@ impl fmt::Display for Mismatch {
                     "an unsigned integer without leading zeros"
                 } else if capture.contains(":uuid") {
                     "a lower-case hyphenated UUID"
+                } else if capture.contains(":email") {
+                    "an e-mail address with a lower-case domain"
                 } else {
                     "a non-empty value"
                 };
@@ -588,6 +643,10 @@ pub struct Route {
     pub resource: Option<ResourceTemplate>,
     /// The action's name and its index in the policy's action table.
     pub action: Option<(String, usize)>,
+    /// A condition that must hold for the route to allow.
+    pub condition: Option<super::Condition>,
+    /// Lower-case names of the request headers the route shows conditions.
+    pub headers: Vec<String>,
 }
 
 /// The routes of one application, most specific first.

@@ -12,6 +12,8 @@ fn route(name: &str, methods: &[&str], path: &str) -> Route {
         access: Access::Granted,
         resource: None,
         action: None,
+        condition: None,
+        headers: Vec::new(),
     }
 }
 
@@ -225,4 +227,49 @@ fn templates_are_validated() {
     );
     let r = ResourceTemplate::parse("document:{id}", &t).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.render(&["42"]), "document:42");
+}
+
+#[test]
+fn email_captures_take_addresses_and_nothing_that_separates() {
+    let table = RouteTable::new(vec![
+        route("user", &["GET"], "/users/{email:email}"),
+        route("user-any", &["GET"], "/users/{name}"),
+    ]);
+    let taken = |path: &str| found(&table, "GET", path).map(|(name, _)| name);
+    for ok in [
+        "/users/beth@the-smiths.com",
+        "/users/beth+news@the-smiths.com",
+        "/users/first.last@mail.example.org",
+        "/users/a_b~c-d@x1.io",
+    ] {
+        assert_eq!(taken(ok).as_deref(), Some("user"), "{ok}");
+    }
+    assert_eq!(
+        found(&table, "GET", "/users/beth+news@the-smiths.com").map(|(_, c)| c),
+        Some(vec!["beth+news@the-smiths.com".to_owned()])
+    );
+    // Not an address: the untyped capture may take it, if unreserved.
+    assert_eq!(taken("/users/beth").as_deref(), Some("user-any"));
+    for refused in [
+        "/users/beth@The-Smiths.com",
+        "/users/beth@localhost",
+        "/users/.beth@x.com",
+        "/users/beth.@x.com",
+        "/users/be..th@x.com",
+        "/users/beth@x..com",
+        "/users/beth@-x.com",
+        "/users/a@b@x.com",
+        "/users/@x.com",
+        "/users/beth%40x.com",
+        "/users/beth@x.com%2F..",
+        "/users/beth@x.com;v=1",
+        "/users/beth@x.com:80",
+        "/users/beth@x.com\\..",
+        "/users/%2e%2e@x.com",
+    ] {
+        assert_eq!(taken(refused), None, "{refused}");
+    }
+    let template = PathTemplate::parse("/users/{email:email}").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(template.to_string(), "/users/{email:email}");
+    assert_eq!(template.shape(), "/users/{:email}");
 }

@@ -233,6 +233,14 @@ pub struct RouteSpec {
     pub resource: Option<String>,
     #[serde(default)]
     pub action: Option<String>,
+    /// A CEL condition that must hold, after authentication and deny
+    /// rules, for the route to allow (not on `public` routes).
+    #[serde(default)]
+    pub condition: Option<String>,
+    /// Request headers this route makes visible to conditions as
+    /// `context.headers`; no other header ever is.
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 /// What a route requires of the caller.
@@ -264,7 +272,8 @@ pub struct GroupSpec {
     pub members: Vec<String>,
 }
 
-/// A role held by a subject or a group on a resource or pattern.
+/// A role held by a subject, a group or every authenticated subject on a
+/// resource or pattern, optionally under a condition.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantSpec {
@@ -272,8 +281,14 @@ pub struct GrantSpec {
     pub subject: Option<String>,
     #[serde(default)]
     pub group: Option<String>,
+    /// `true`: the grant holds for every subject with a valid token.
+    #[serde(default)]
+    pub authenticated: bool,
     pub role: String,
     pub resource: String,
+    /// A CEL condition that must hold for the grant to count.
+    #[serde(default)]
+    pub condition: Option<String>,
 }
 
 /// A rule that denies, whatever is granted.

@@ -20,6 +20,10 @@ pub const MAX_TOKEN_LEN: usize = 8192;
 pub const MAX_GROUPS: usize = 256;
 /// Longest subject accepted, in bytes.
 pub const MAX_SUBJECT_LEN: usize = 256;
+/// Most bytes of verified claims a principal keeps for conditions (their
+/// JSON text): a payload larger than this keeps none, and conditions that
+/// read claims are then false.
+pub const MAX_CLAIMS_BYTES: usize = 8192;
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +35,10 @@ pub struct Principal {
     pub groups: Vec<String>,
     /// The token's `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
+    /// The verified claims, for conditions (`subject.claims`): kept only
+    /// when the policy's conditions read them, and only up to
+    /// [`MAX_CLAIMS_BYTES`]; empty otherwise.
+    pub claims: Map<String, Value>,
 }
 
 /// Why a token was not believed. Every variant is a 401.
@@ -137,6 +145,9 @@ pub struct Issuer {
     /// Set when Envoy's jwt_authn filter verifies this issuer's tokens: the
     /// metadata key of the payload. Raw tokens of this issuer are refused.
     pub jwt_authn_payload: Option<String>,
+    /// Keep the verified claims in the principal: set by the loader when a
+    /// condition reads `subject.claims`, so other policies copy nothing.
+    pub keep_claims: bool,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -194,6 +205,13 @@ impl Issuers {
             .find(|i| i.name == principal.issuer)
             .map_or(0, |i| i.leeway_seconds);
         principal.expires_at.saturating_add(leeway)
+    }
+
+    /// Keeps (or not) the verified claims of every issuer's principals.
+    pub fn keep_claims(&mut self, keep: bool) {
+        for issuer in &mut self.list {
+            issuer.keep_claims = keep;
+        }
     }
 
     /// The key sets fetched from URLs, to share them across reloads.
@@ -362,11 +380,17 @@ impl Issuer {
             .filter(|g| self.groups_allowed.iter().any(|p| p.matches(g)))
             .map(str::to_owned)
             .collect();
+        let claims = if self.keep_claims {
+            bounded_claims(claims)
+        } else {
+            Map::new()
+        };
         Ok(Principal {
             issuer: self.name.clone(),
             subject,
             groups,
             expires_at,
+            claims,
         })
     }
 
@@ -399,6 +423,18 @@ impl Issuer {
                 }
             }
         }
+    }
+}
+
+/// A copy of `claims` for conditions, or none when their JSON text is
+/// longer than [`MAX_CLAIMS_BYTES`] (a verified token is bounded by
+/// [`MAX_TOKEN_LEN`], a payload from jwt_authn is not).
+fn bounded_claims(claims: &Map<String, Value>) -> Map<String, Value> {
+    let size = serde_json::to_vec(claims).map_or(usize::MAX, |text| text.len());
+    if size <= MAX_CLAIMS_BYTES {
+        claims.clone()
+    } else {
+        Map::new()
     }
 }
 

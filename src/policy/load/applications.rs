@@ -9,6 +9,7 @@ impl Compiler<'_> {
         &mut self,
         issuers: &Issuers,
         actions: &HashMap<&str, usize>,
+        conditions: &ConditionEnv,
     ) -> (Vec<Application>, AppSelector) {
         let mut applications = Vec::new();
         let mut selector = AppSelector::default();
@@ -149,7 +150,7 @@ impl Compiler<'_> {
                         .push((segments, app, spec.case_insensitive));
                 }
                 let allowed = self.application_issuers(f, i, spec, issuers);
-                let routes = self.routes(f, i, spec, actions);
+                let routes = self.routes(f, i, spec, actions, conditions);
                 applications.push(Application {
                     name: spec.name.clone(),
                     issuers: allowed,
@@ -229,6 +230,7 @@ impl Compiler<'_> {
         i: usize,
         spec: &ApplicationSpec,
         actions: &HashMap<&str, usize>,
+        conditions: &ConditionEnv,
     ) -> RouteTable {
         let mut routes: Vec<Route> = Vec::new();
         let mut names: HashSet<&str> = HashSet::new();
@@ -332,6 +334,53 @@ impl Compiler<'_> {
                 .entry(shape)
                 .or_default()
                 .push((route.name.clone(), route.methods.clone()));
+            let mut headers = Vec::new();
+            for name in &route.headers {
+                let lower = name.to_ascii_lowercase();
+                let token = !lower.is_empty()
+                    && lower
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !token {
+                    self.error(f, &at("headers"), format!("route {:?}: header {name:?} is not a header name (letters, digits, - and _)", route.name));
+                    ok = false;
+                } else if matches!(
+                    lower.as_str(),
+                    "authorization" | "cookie" | "proxy-authorization"
+                ) {
+                    self.error(f, &at("headers"), format!("route {:?}: header {name:?} carries credentials; conditions read the caller through subject", route.name));
+                    ok = false;
+                } else if !headers.contains(&lower) {
+                    headers.push(lower);
+                }
+            }
+            headers.sort();
+            let condition = match &route.condition {
+                Some(_) if route.access == Access::Public => {
+                    self.error(f, &at("condition"), format!("route {:?} is public: it reads no token, so it cannot have a condition", route.name));
+                    ok = false;
+                    None
+                }
+                Some(text) => match Condition::compile(conditions, text) {
+                    Ok(condition) => {
+                        for header in condition.headers() {
+                            if !headers.contains(&header.to_ascii_lowercase())
+                                || header.bytes().any(|b| b.is_ascii_uppercase())
+                            {
+                                self.error(f, &at("condition"), format!("route {:?}: the condition reads header {header:?}, which the route's headers: do not name (in lower case)", route.name));
+                                ok = false;
+                            }
+                        }
+                        Some(condition)
+                    }
+                    Err(e) => {
+                        self.error(f, &at("condition"), format!("route {:?}: {e}", route.name));
+                        ok = false;
+                        None
+                    }
+                },
+                None => None,
+            };
             if ok {
                 routes.push(Route {
                     name: route.name.clone(),
@@ -340,6 +389,8 @@ impl Compiler<'_> {
                     access: route.access,
                     resource,
                     action,
+                    condition,
+                    headers,
                 });
             }
         }

@@ -34,41 +34,123 @@ impl Compiler<'_> {
             (None, Some(g)) => Ok(Some(Holder::Group(g))),
             (None, None) if everyone_allowed => Ok(None),
             (None, None) => {
-                self.error(f, at, "a grant names a subject or a group");
+                self.error(
+                    f,
+                    at,
+                    "a grant names a subject or a group (or says authenticated: true)",
+                );
                 Err(())
             }
         }
     }
 
-    pub(super) fn grants(&mut self, roles: &RoleIds, groups: &GroupNames) -> GrantIndex {
+    pub(super) fn grants(
+        &mut self,
+        roles: &mut Vec<Role>,
+        role_ids: &RoleIds,
+        groups: &GroupNames,
+        conditions: &ConditionEnv,
+        visible_headers: &[String],
+    ) -> GrantIndex {
         let mut index = GrantIndex::builder();
+        // One role of its own per (role, condition) written, however many
+        // grants repeat it.
+        let mut conditional: HashMap<(RoleId, String), RoleId> = HashMap::new();
         for (f, file) in self.files.iter().enumerate() {
             for (g, grant) in file.doc.grants.iter().enumerate() {
                 let at = [Step::Key("grants"), Step::Index(g)];
-                let Ok(holder) = self.holder(f, &at, &grant.subject, &grant.group, groups, false)
-                else {
+                let field = |key| [Step::Key("grants"), Step::Index(g), Step::Key(key)];
+                let holder = if grant.authenticated {
+                    if grant.subject.is_some() || grant.group.is_some() {
+                        self.error(
+                            f,
+                            &at,
+                            "authenticated: true grants every authenticated subject; name no subject or group with it",
+                        );
+                        continue;
+                    }
+                    Some(Holder::Authenticated)
+                } else if grant.subject.as_deref() == Some("*") {
+                    self.error(
+                        f,
+                        &field("subject"),
+                        "subject \"*\" is not a pattern; to grant every authenticated subject write authenticated: true",
+                    );
                     continue;
+                } else {
+                    let Ok(holder) =
+                        self.holder(f, &at, &grant.subject, &grant.group, groups, false)
+                    else {
+                        continue;
+                    };
+                    holder
                 };
-                let Some(role) = roles.get(&grant.role) else {
-                    let field = [Step::Key("grants"), Step::Index(g), Step::Key("role")];
-                    self.error(f, &field, format!("unknown role {:?} in grant", grant.role));
+                let Some(role) = role_ids.get(&grant.role) else {
+                    self.error(
+                        f,
+                        &field("role"),
+                        format!("unknown role {:?} in grant", grant.role),
+                    );
                     continue;
                 };
                 let key = match ResourceKey::parse(&grant.resource) {
                     Ok(key) => key,
                     Err(e) => {
-                        let field = [Step::Key("grants"), Step::Index(g), Step::Key("resource")];
-                        self.error(f, &field, format!("resource {:?}: {e}", grant.resource));
+                        self.error(
+                            f,
+                            &field("resource"),
+                            format!("resource {:?}: {e}", grant.resource),
+                        );
                         continue;
                     }
                 };
+                let role = match &grant.condition {
+                    None => *role,
+                    Some(text) => {
+                        if let Some(id) = conditional.get(&(*role, text.clone())) {
+                            *id
+                        } else {
+                            let condition = match Condition::compile(conditions, text) {
+                                Ok(condition) => condition,
+                                Err(e) => {
+                                    self.error(
+                                        f,
+                                        &field("condition"),
+                                        format!("grant condition: {e}"),
+                                    );
+                                    continue;
+                                }
+                            };
+                            let unseen = condition
+                                .headers()
+                                .iter()
+                                .find(|h| !visible_headers.contains(h));
+                            if let Some(header) = unseen {
+                                self.error(f, &field("condition"), format!("grant condition reads header {header:?}, which no route's headers: name (in lower case)"));
+                                continue;
+                            }
+                            let Some(base) = roles.get(*role as usize) else {
+                                continue;
+                            };
+                            let derived = Role {
+                                name: base.name.clone(),
+                                actions: base.actions.clone(),
+                                condition: Some(Arc::new(condition)),
+                            };
+                            let id = roles.len() as RoleId;
+                            roles.push(derived);
+                            conditional.insert((*role, text.clone()), id);
+                            id
+                        }
+                    }
+                };
                 if let Some(holder) = holder {
-                    index.insert(holder, key, *role);
+                    index.insert(holder, key, role);
                 }
             }
         }
         for file in self.grant_files {
-            self.grant_lines(file, roles, groups, &mut index);
+            self.grant_lines(file, role_ids, groups, &mut index);
         }
         index.build()
     }
@@ -96,7 +178,7 @@ impl Compiler<'_> {
                     grant_line(holder, role, resource, roles, groups)
                 }
                 _ => Err(
-                    "expected three fields: subject:NAME or group:NAME, a role, a resource".into(),
+                    "expected three fields: a holder (subject:NAME, group:NAME or authenticated), a role, a resource".into(),
                 ),
             };
             match parsed {
@@ -188,7 +270,7 @@ impl Compiler<'_> {
                     Some(Holder::Group(g)) => {
                         index.groups.entry(g.to_owned()).or_default().push(rule)
                     }
-                    None => index.everyone.push(rule),
+                    Some(Holder::Authenticated) | None => index.everyone.push(rule),
                 }
             }
         }
@@ -213,6 +295,11 @@ fn grant_line<'l>(
         holder.strip_prefix("subject:"),
         holder.strip_prefix("group:"),
     ) {
+        _ if holder == "authenticated" => Holder::Authenticated,
+        (Some("*"), _) => return Err(
+            "subject:* is not a pattern; to grant every authenticated subject write authenticated"
+                .into(),
+        ),
         (Some(subject), _) if !subject.is_empty() => Holder::Subject(subject),
         (_, Some(group)) if groups.contains(group) => Holder::Group(group),
         (_, Some(group)) => {
@@ -222,7 +309,7 @@ fn grant_line<'l>(
         }
         _ => {
             return Err(format!(
-                "holder {holder:?} must be subject:NAME or group:NAME"
+                "holder {holder:?} must be subject:NAME, group:NAME or authenticated"
             ))
         }
     };

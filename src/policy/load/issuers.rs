@@ -159,6 +159,7 @@ impl Compiler<'_> {
                 groups_claim: spec.groups_claim.clone(),
                 groups_allowed,
                 jwt_authn_payload: Some(jwt_authn.payload_key.clone()),
+                keep_claims: false,
             });
         }
         let mut algorithms = Vec::new();
@@ -215,6 +216,7 @@ impl Compiler<'_> {
             groups_claim: spec.groups_claim.clone(),
             groups_allowed,
             jwt_authn_payload: None,
+            keep_claims: false,
         })
     }
 

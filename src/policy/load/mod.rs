@@ -22,6 +22,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use sha2::{Digest, Sha256};
 
+use super::condition::{Condition, ConditionEnv, Reads};
 use super::grants::{GrantIndex, GrantIndexBuilder, Holder, ResourceKey};
 use super::routes::{PathTemplate, ResourceTemplate, Route, RouteTable};
 use super::source::{Access, ApplicationSpec, Connections, IssuerSpec, KeySpec, PolicyFile};
@@ -318,12 +319,41 @@ impl<'a> Compiler<'a> {
             .enumerate()
             .map(|(i, a)| (a.as_str(), i))
             .collect();
-        let (roles, role_index) = self.roles(&action_index);
+        let (mut roles, role_index) = self.roles(&action_index);
         let (member_of, groups) = self.groups();
-        let (applications, selector) = self.applications(&issuers, &action_index);
-        let grants = self.grants(&role_index, &groups);
+        let conditions = ConditionEnv::new();
+        let (applications, selector) = self.applications(&issuers, &action_index, &conditions);
+        // Headers some route shows conditions: a grant's condition may read
+        // only those.
+        let mut condition_headers: Vec<String> = applications
+            .iter()
+            .flat_map(|a| a.routes.iter())
+            .flat_map(|r| r.headers.iter().cloned())
+            .collect();
+        condition_headers.sort();
+        condition_headers.dedup();
+        let grants = self.grants(
+            &mut roles,
+            &role_index,
+            &groups,
+            &conditions,
+            &condition_headers,
+        );
         let denies = self.denies(&action_index, &groups);
         let connections = self.connections();
+        let condition_reads = roles
+            .iter()
+            .filter_map(|r| r.condition.as_deref())
+            .chain(
+                applications
+                    .iter()
+                    .flat_map(|a| a.routes.iter())
+                    .filter_map(|r| r.condition.as_ref()),
+            )
+            .map(Condition::reads)
+            .fold(Reads::default(), Reads::union);
+        let mut issuers = issuers;
+        issuers.keep_claims(condition_reads.claims);
         if applications.is_empty() && self.errors.is_empty() {
             if let Some(first) = files.first() {
                 self.errors.push(Diagnostic {
@@ -344,6 +374,9 @@ impl<'a> Compiler<'a> {
             grants: Box::new(grants),
             denies,
             connections,
+            conditions,
+            condition_reads,
+            condition_headers,
         }
     }
 

@@ -115,6 +115,7 @@ impl Compiler<'_> {
             roles.push(Role {
                 name: name.to_string(),
                 actions: set,
+                condition: None,
             });
         }
         (roles, index)
