@@ -12,6 +12,7 @@ pub mod cli;
 pub mod decision_cache;
 pub mod diagnostic;
 pub mod engine;
+pub mod http_server;
 pub mod jwks;
 pub mod metrics;
 pub mod path;
