@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Credential, Decision, KnownPrincipal, RequestAttrs};
-use crate::policy::{load_policies_with, Access, PolicySet, UnreadableKeys};
+use crate::policy::{load_policies_with, PolicySet, UnreadableKeys};
 use crate::token::Principal;
 use crate::yaml::{self, LineIndex, Step};
 
@@ -281,24 +281,10 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
             decision
         }
         (None, Some(resource), Some(action)) if case.caller.is_some() => {
-            let Some(index) = policy.actions.iter().position(|a| a == action) else {
-                return broken(
-                    case,
-                    line,
-                    format!("no route or role names the action {action:?}"),
-                );
-            };
-            let mut d = engine::authorize(
-                policy,
-                &principal,
-                Access::Granted,
-                Some(resource),
-                Some(index),
-            );
-            d.subject = Some(principal.subject.clone());
-            d.resource = Some(resource.clone());
-            d.action = Some(action.clone());
-            d
+            match engine::decide_resource_action(policy, &principal, resource, action) {
+                Ok(decision) => decision,
+                Err(unknown) => return broken(case, line, unknown.to_string()),
+            }
         }
         _ => {
             return broken(

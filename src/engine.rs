@@ -618,3 +618,39 @@ pub fn authorize(
     }
     Decision::deny(DenyStatus::Forbidden, Reason::NoGrant)
 }
+
+/// An action no route or role names: not an error of the request, but
+/// nothing can grant it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no route or role names the action {0:?}")]
+pub struct UnknownAction(pub String);
+
+/// The resource/action form of a decision, without a request: may
+/// `principal` perform `action` on `resource`? What a case's `resource:`
+/// and `action:` ask, and what the AuthZEN API asks. Grants and denies are
+/// the policy's, whatever application would route such a request, so no
+/// application is chosen and no route's `access` applies: a grant must hold
+/// the action.
+pub fn decide_resource_action(
+    policy: &PolicySet,
+    principal: &Principal,
+    resource: &str,
+    action: &str,
+) -> Result<Decision, UnknownAction> {
+    let index = policy
+        .actions
+        .iter()
+        .position(|a| a == action)
+        .ok_or_else(|| UnknownAction(action.to_owned()))?;
+    let mut d = authorize(
+        policy,
+        principal,
+        Access::Granted,
+        Some(resource),
+        Some(index),
+    );
+    d.subject = Some(principal.subject.clone());
+    d.resource = Some(resource.to_owned());
+    d.action = Some(action.to_owned());
+    Ok(d)
+}

@@ -19,6 +19,7 @@ pub mod path;
 pub mod policy;
 pub mod reload;
 pub mod remote_keys;
+pub mod search;
 pub mod server;
 pub mod tls;
 pub mod token;

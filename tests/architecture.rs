@@ -14,10 +14,12 @@ const CORE: &[&str] = &[
     "src/engine.rs",
     "src/path.rs",
     "src/policy/mod.rs",
+    "src/policy/callers.rs",
     "src/policy/grants.rs",
     "src/policy/routes.rs",
     "src/policy/source.rs",
     "src/token/mod.rs",
+    "src/search.rs",
 ];
 
 /// Names that mean I/O, a clock, a runtime or a protocol: none may appear in

@@ -91,6 +91,23 @@ pub trait GrantSource: Send + Sync {
     /// Number of grants held.
     fn len(&self) -> usize;
 
+    /// Every holder with at least one grant, in no particular order. For
+    /// the search endpoints, never for a decision; a source that cannot
+    /// list its holders finds nothing (the default), which fails closed.
+    fn holders(&self) -> Box<dyn Iterator<Item = Holder<'_>> + '_> {
+        Box::new(std::iter::empty())
+    }
+
+    /// Every key `holder` holds roles on, with those roles, in no
+    /// particular order. For search only, like [`Self::holders`].
+    fn held(
+        &self,
+        holder: Holder<'_>,
+    ) -> Box<dyn Iterator<Item = (ResourceKey<'_>, &[RoleId])> + '_> {
+        let _ = holder;
+        Box::new(std::iter::empty())
+    }
+
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -188,6 +205,34 @@ impl GrantSource for GrantIndex {
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    fn holders(&self) -> Box<dyn Iterator<Item = Holder<'_>> + '_> {
+        let subjects = self.subjects.keys().map(|s| Holder::Subject(s));
+        let groups = self.groups.keys().map(|g| Holder::Group(g));
+        Box::new(subjects.chain(groups))
+    }
+
+    fn held(
+        &self,
+        holder: Holder<'_>,
+    ) -> Box<dyn Iterator<Item = (ResourceKey<'_>, &[RoleId])> + '_> {
+        let grants = match holder {
+            Holder::Subject(s) => self.subjects.get(s),
+            Holder::Group(g) => self.groups.get(g),
+        };
+        let Some(grants) = grants else {
+            return Box::new(std::iter::empty());
+        };
+        let exact = grants
+            .exact
+            .iter()
+            .map(|(k, r)| (ResourceKey::Exact(k), r.as_slice()));
+        let prefix = grants
+            .prefix
+            .iter()
+            .map(|(k, r)| (ResourceKey::Prefix(k), r.as_slice()));
+        Box::new(exact.chain(prefix))
     }
 }
 

@@ -5,6 +5,7 @@
 //! fetcher swaps whole; a reload builds a new set. Names are resolved and
 //! templates compiled at load time, so nothing here can fail while deciding.
 
+pub mod callers;
 pub mod grants;
 mod load;
 pub mod routes;
@@ -42,6 +43,8 @@ pub struct PolicySet {
     pub(crate) denies: DenyIndex,
     /// What a check without HTTP attributes gets.
     pub connections: Connections,
+    /// Who may call the AuthZEN API, and what each may ask.
+    pub callers: callers::Callers,
 }
 
 impl std::fmt::Debug for PolicySet {
