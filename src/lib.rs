@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod cases;
 pub mod cli;
