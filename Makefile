@@ -113,7 +113,7 @@ manifests:
 #   make fuzz             every cargo-fuzz target for FUZZ_SECONDS (default 60)
 #   make soak             load + a policy reload every 5 s for SOAK_SECONDS (180)
 # Results: target/criterion/, target/bench/*.json.
-CRITERION_BENCHES := decide check tokens policy_load
+CRITERION_BENCHES := decide check tokens policy_load authzen
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 180
 LOAD_SECONDS ?= 8
