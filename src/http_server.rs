@@ -30,7 +30,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::tls::ServerTls;
+use crate::tls::{self, ServerTls};
 
 /// Bounds on what the clients of one listener can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,12 +113,17 @@ pub async fn serve(
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
                     let stream = match handshake.await {
                         Ok(Ok(stream)) => stream,
+                        // A port probe that connects and hangs up is not news.
+                        Ok(Err(error)) if tls::is_hang_up(&error) => {
+                            tracing::debug!(peer = %address, %error, "closed before the tls handshake");
+                            return;
+                        }
                         Ok(Err(error)) => {
-                            tracing::debug!(peer = %address, %error, "tls handshake failed");
+                            tracing::warn!(peer = %address, %error, "tls handshake failed");
                             return;
                         }
                         Err(_) => {
-                            tracing::debug!(peer = %address, "tls handshake timed out");
+                            tracing::warn!(peer = %address, "tls handshake timed out");
                             return;
                         }
                     };

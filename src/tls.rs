@@ -442,7 +442,7 @@ pub fn incoming(
 
 /// Whether a handshake ended because the client went away before a word of
 /// TLS, as TCP health checks do.
-fn is_hang_up(error: &io::Error) -> bool {
+pub(crate) fn is_hang_up(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
