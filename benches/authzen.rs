@@ -22,6 +22,7 @@ use portcullis::http_server;
 use portcullis::policy::callers::{api_key_digest, Caller, CallerCredential, Callers, Permissions};
 use portcullis::policy::{GrantIndex, Holder, PolicySet, ResourceKey};
 use portcullis::search;
+use portcullis::server::DecisionLog;
 use portcullis::token::Principal;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -75,6 +76,8 @@ fn http(c: &mut Criterion) {
         clock: Arc::new(|| common::NOW),
         public_url: None,
         https: false,
+        // Allows unlogged, as --log-allow-rate 0 would; no subscriber anyway.
+        log: Arc::new(DecisionLog::new(0.0)),
     };
     let api_address = serve(&runtime, api::router(state));
     // The same stack, a handler that answers without looking.

@@ -288,6 +288,7 @@ impl App {
             clock: server::system_clock(),
             public_url: config.api.as_ref().and_then(|api| api.public_url.clone()),
             https: api_tls.is_some(),
+            log: Arc::new(server::DecisionLog::new(config.log_allow_rate)),
         };
         let authorizer = Authorizer::new(
             policy.clone(),

@@ -40,7 +40,7 @@ use crate::engine::{self, Authenticate, Decision, DenyStatus, Reason};
 use crate::http_server::{self, ConnectionLimits, Peer};
 use crate::policy::{normalize_host, PolicyHandle, PolicySet};
 use crate::search;
-use crate::server::Clock;
+use crate::server::{Clock, DecisionLog};
 use crate::tls::ServerTls;
 use crate::token::Principal;
 use callers::{Asker, Unauthenticated};
@@ -90,6 +90,8 @@ pub struct ApiState {
     pub public_url: Option<String>,
     /// Whether the listener speaks TLS (the scheme of derived URLs).
     pub https: bool,
+    /// The decision log the ext_authz checks write too (allows sampled).
+    pub log: Arc<DecisionLog>,
 }
 
 /// The API routes, for serving or for testing without a socket.
@@ -185,13 +187,36 @@ struct Asked {
     policy: Arc<PolicySet>,
     asker: Asker,
     body: Object,
+    request_id: Option<String>,
+    started: std::time::Instant,
+}
+
+impl Asked {
+    /// Writes the decision log line of one decision.
+    fn log(&self, state: &ApiState, decision: &Decision) {
+        state.log.record(
+            decision,
+            self.request_id.as_deref(),
+            &self.policy.version,
+            self.started.elapsed(),
+            None,
+        );
+    }
 }
 
 /// Authenticates first (nothing of the body is read for a caller that
 /// proves nothing), then reads the body: `application/json`, at most
 /// [`MAX_BODY_BYTES`], one JSON object.
 async fn asked(state: &ApiState, request: Request) -> Result<Asked, ApiError> {
+    let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
+    // As the ext_authz log takes it: printable ASCII, bounded.
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned);
     let policy = state.policy.load_full();
     let certificate = parts
         .extensions
@@ -211,6 +236,8 @@ async fn asked(state: &ApiState, request: Request) -> Result<Asked, ApiError> {
         policy,
         asker,
         body,
+        request_id,
+        started,
     })
 }
 
@@ -342,14 +369,11 @@ async fn evaluation(State(state): State<ApiState>, request: Request) -> Response
 }
 
 async fn evaluate_one(state: &ApiState, request: Request) -> Result<Value, ApiError> {
-    let Asked {
-        policy,
-        asker,
-        body,
-    } = asked(state, request).await?;
-    let eval = model::evaluation(&body, "")?;
-    let decision = decide(&policy, &asker, &eval)?;
-    Ok(decision_json(&decision, asker.may().explain))
+    let asked = asked(state, request).await?;
+    let eval = model::evaluation(&asked.body, "")?;
+    let decision = decide(&asked.policy, &asked.asker, &eval)?;
+    asked.log(state, &decision);
+    Ok(decision_json(&decision, asked.asker.may().explain))
 }
 
 async fn evaluations(State(state): State<ApiState>, request: Request) -> Response {
@@ -360,17 +384,15 @@ async fn evaluations(State(state): State<ApiState>, request: Request) -> Respons
 }
 
 async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiError> {
-    let Asked {
-        policy,
-        asker,
-        body,
-    } = asked(state, request).await?;
-    let batch = model::evaluations(body)?;
+    let mut asked = asked(state, request).await?;
+    let batch = model::evaluations(std::mem::take(&mut asked.body))?;
+    let (policy, asker) = (&asked.policy, &asked.asker);
     let explain = asker.may().explain;
     let Some(items) = &batch.items else {
         // No evaluations: the request is one evaluation, answered as one.
         let eval = model::evaluation(&batch.defaults, "")?;
-        let decision = decide(&policy, &asker, &eval)?;
+        let decision = decide(policy, asker, &eval)?;
+        asked.log(state, &decision);
         return Ok(decision_json(&decision, explain));
     };
     let mut answers = Vec::with_capacity(items.len());
@@ -378,9 +400,12 @@ async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiE
         let outcome = batch
             .item(i, item)
             .map_err(ApiError::from)
-            .and_then(|eval| decide(&policy, &asker, &eval));
+            .and_then(|eval| decide(policy, asker, &eval));
         let (mut answer, allowed) = match outcome {
-            Ok(decision) => (decision_json(&decision, explain), decision.is_allowed()),
+            Ok(decision) => {
+                asked.log(state, &decision);
+                (decision_json(&decision, explain), decision.is_allowed())
+            }
             Err(ApiError::Forbidden(message)) => {
                 (item_error(StatusCode::FORBIDDEN, &message), false)
             }
@@ -430,6 +455,7 @@ async fn run_search(
         policy,
         asker,
         body,
+        ..
     } = asked(state, request).await?;
     if !asker.may().search {
         return Err(ApiError::Forbidden("this caller may not search".into()));
