@@ -148,17 +148,16 @@ pub fn resources(
                 if after.as_deref().is_some_and(|a| *candidate.id <= *a) {
                     continue;
                 }
-                if kept.contains(&candidate.id) || !role_holds(policy, roles, action) {
+                // Cheapest test first: most grants fall outside the page.
+                let full = best.len() == want;
+                if full && best.peek().is_some_and(|largest| candidate >= *largest) {
+                    overflowed |= role_holds(policy, roles, action);
                     continue;
                 }
-                if best.len() == want {
-                    match best.peek() {
-                        Some(largest) if candidate < *largest => {}
-                        _ => {
-                            overflowed = true;
-                            continue;
-                        }
-                    }
+                if !role_holds(policy, roles, action) || kept.contains(&candidate.id) {
+                    continue;
+                }
+                if full {
                     if let Some(dropped) = best.pop() {
                         kept.remove(&dropped.id);
                     }
