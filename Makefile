@@ -28,6 +28,8 @@ export PORTCULLIS_DEMO_SECRET
 LISTEN_PORT ?= 8080
 ADMIN_PORT ?= 9901
 PORTCULLIS_PORT ?= 9191
+# The AuthZEN API (`serve --api-listen`), plain HTTP on loopback for the demo.
+API_PORT ?= 9292
 DEMO_UPSTREAM_PORT ?= 8081
 UPSTREAM_PORT ?= $(DEMO_UPSTREAM_PORT)
 # The application the front proxy names in context_extensions (`app`): the
@@ -71,7 +73,7 @@ run: build $(ENVOY_CONFIG)
 	envoy_bin=$$(scripts/ensure-envoy.sh); \
 	PORTCULLIS_BIN=$(PORTCULLIS_BIN) ENVOY="$$envoy_bin" ENVOY_CONFIG=$(ENVOY_CONFIG) \
 	POLICIES=$(POLICIES) PORTCULLIS_PORT=$(PORTCULLIS_PORT) LISTEN_PORT=$(LISTEN_PORT) \
-	ADMIN_PORT=$(ADMIN_PORT) scripts/run-demo.sh
+	ADMIN_PORT=$(ADMIN_PORT) API_PORT=$(API_PORT) scripts/run-demo.sh
 
 fmt:
 	$(CARGO) fmt --all
@@ -116,7 +118,7 @@ manifests:
 #   make fuzz             every cargo-fuzz target for FUZZ_SECONDS (default 60)
 #   make soak             load + a policy reload every 5 s for SOAK_SECONDS (180)
 # Results: target/criterion/, target/bench/*.json.
-CRITERION_BENCHES := decide check tokens policy_load
+CRITERION_BENCHES := decide check tokens policy_load authzen
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 180
 LOAD_SECONDS ?= 8

@@ -6,8 +6,10 @@ set -euo pipefail
 
 : "${PORTCULLIS_BIN:?}" "${ENVOY:?}" "${ENVOY_CONFIG:?}" "${POLICIES:?}"
 : "${PORTCULLIS_PORT:?}" "${LISTEN_PORT:?}" "${ADMIN_PORT:?}" "${PORTCULLIS_DEMO_SECRET:?}"
+: "${API_PORT:=9292}"
 
-"$PORTCULLIS_BIN" serve --policies "$POLICIES" --listen "127.0.0.1:$PORTCULLIS_PORT" &
+"$PORTCULLIS_BIN" serve --policies "$POLICIES" --listen "127.0.0.1:$PORTCULLIS_PORT" \
+    --api-listen "127.0.0.1:$API_PORT" &
 portcullis_pid=$!
 stop_portcullis() {
     if kill -0 "$portcullis_pid" 2>/dev/null; then
@@ -33,6 +35,7 @@ cat >&2 <<MSG
 
   Portcullis demo (secret from PORTCULLIS_DEMO_SECRET: a demo value, not for production)
     front proxy   http://127.0.0.1:$LISTEN_PORT   (Envoy admin http://127.0.0.1:$ADMIN_PORT)
+    AuthZEN API   http://127.0.0.1:$API_PORT/access/v1/evaluation   (README, "Ask from a service")
     try:
       curl -i http://127.0.0.1:$LISTEN_PORT/healthz
       TOKEN=\$(make -s token SUBJECT=alice)

@@ -11,7 +11,8 @@
 //! [`AdminLimits::header_read_timeout`], at most
 //! [`AdminLimits::max_connections`] connections are served at once (more
 //! wait in the listen backlog), and at shutdown a request in flight gets
-//! [`AdminLimits::shutdown_grace`] before every connection is dropped.
+//! [`AdminLimits::shutdown_grace`] before every connection is dropped. The
+//! accept loop is [`crate::http_server`]'s, shared with the AuthZEN API.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,12 +23,10 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 
+use crate::http_server::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyHandle, PolicySet};
 
@@ -152,69 +151,13 @@ pub async fn run_with_limits(
     limits: AdminLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router(state);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let (closing, closed) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        // Past the limit, connections wait in the kernel's backlog.
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors, or a connection reset before
-                    // it was accepted: not a reason to stop serving probes.
-                    tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        while connections.try_join_next().is_some() {}
-        let service = TowerToHyperService::new(router.clone());
-        let mut closed = closed.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .keep_alive(false);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let served = tokio::time::timeout(limits.connection_lifetime, async {
-                tokio::select! {
-                    _ = connection.as_mut() => return,
-                    _ = closed.wait_for(|closing| *closing) => {}
-                }
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.as_mut().await;
-            });
-            let _ = served.await;
-        });
-    }
-    drop(listener);
-    closing.send_replace(true);
-    let finished = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(limits.shutdown_grace, finished)
-        .await
-        .is_err()
-    {
-        tracing::debug!(
-            left = connections.len(),
-            "admin connections dropped at shutdown"
-        );
-    }
-    // Dropping the set aborts every connection still open.
-    drop(connections);
-    Ok(())
+    let limits = ConnectionLimits {
+        header_read_timeout: limits.header_read_timeout,
+        max_connections: limits.max_connections,
+        connection_lifetime: limits.connection_lifetime,
+        shutdown_grace: limits.shutdown_grace,
+        // One request per connection: a probe never holds one open.
+        keep_alive: false,
+    };
+    http_server::serve(listener, None, router(state), limits, shutdown).await
 }

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::adapter::ResponseConfig;
 use crate::admin::{self, AdminLimits, AdminState, Readiness};
+use crate::api::{self, ApiState};
 use crate::decision_cache::DecisionCache;
 use crate::decision_log::DecisionLog;
 use crate::jwks::JwksFetcher;
@@ -29,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::policy::{load_policies, PolicySet};
 use crate::reload::{self, Reloader, WatchConfig};
 use crate::server::{self, Authorizer};
-use crate::tls::{self, ServerTls, TlsFiles};
+use crate::tls::{self, Alpn, ServerTls, TlsFiles};
 use crate::token_cache::TokenCache;
 
 /// How a command ends, as a script sees it.
@@ -75,6 +76,19 @@ pub struct ServeConfig {
     pub drain: Duration,
     pub watch: WatchConfig,
     pub tls: Option<TlsFiles>,
+    /// The AuthZEN API listener; `None` serves no API.
+    pub api: Option<ApiConfig>,
+}
+
+/// Settings of the AuthZEN API listener (`--api-listen` and friends).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// TLS (and mTLS, with a client CA) on the API listener.
+    pub tls: Option<TlsFiles>,
+    /// The `policy_decision_point` the metadata names; derived from each
+    /// request's Host when absent.
+    pub public_url: Option<String>,
 }
 
 impl ServeConfig {
@@ -99,6 +113,29 @@ impl ServeConfig {
                 self.listen
             ));
         }
+        if let Some(api) = &self.api {
+            if api.listen.port() != 0
+                && (api.listen == self.listen || api.listen == self.admin_listen)
+            {
+                return Err(format!(
+                    "--api-listen must differ from --listen and --admin-listen ({} is taken)",
+                    api.listen
+                ));
+            }
+            if let Some(url) = &api.public_url {
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|e| format!("--api-url {url:?} is not a URL: {e}"))?;
+                let plain = matches!(parsed.scheme(), "https" | "http")
+                    && parsed.host().is_some()
+                    && parsed.query().is_none()
+                    && parsed.fragment().is_none();
+                if !plain {
+                    return Err(format!(
+                        "--api-url {url:?} must be an http(s) URL without query or fragment"
+                    ));
+                }
+            }
+        }
         Ok(self)
     }
 }
@@ -107,6 +144,8 @@ impl ServeConfig {
 pub struct Listeners {
     pub grpc: TcpListener,
     pub admin: TcpListener,
+    /// The AuthZEN API's, when the configuration asks for one.
+    pub api: Option<TcpListener>,
 }
 
 /// Everything loaded and built before a port is bound.
@@ -114,6 +153,7 @@ pub struct App {
     config: ServeConfig,
     policy: PolicySet,
     tls: Option<Arc<ServerTls>>,
+    api_tls: Option<Arc<ServerTls>>,
     tokens: TokenCache,
     decisions: Option<DecisionCache>,
     metrics: Arc<Metrics>,
@@ -129,14 +169,22 @@ impl App {
             eprintln!("{message}");
             Exit::Usage
         })?;
-        let tls = match config.tls.clone().map(ServerTls::load).transpose() {
-            Ok(tls) => tls.map(Arc::new),
+        let load_tls = |files: Option<TlsFiles>, alpn: Alpn| match files
+            .map(|f| ServerTls::load_for(f, alpn))
+            .transpose()
+        {
+            Ok(tls) => Ok(tls.map(Arc::new)),
             Err(e) => {
                 tracing::error!(error = %e, "tls error");
                 eprintln!("{e}");
-                return Err(Exit::Config);
+                Err(Exit::Config)
             }
         };
+        let tls = load_tls(config.tls.clone(), Alpn::H2)?;
+        let api_tls = load_tls(
+            config.api.as_ref().and_then(|api| api.tls.clone()),
+            Alpn::Http11,
+        )?;
         let tokens = TokenCache::with_max_bytes(config.token_cache_bytes, config.token_cache_ttl);
         let decisions = (config.decision_cache_bytes > 0).then(|| {
             DecisionCache::with_max_bytes(config.decision_cache_bytes, config.decision_cache_ttl)
@@ -163,6 +211,7 @@ impl App {
             config,
             policy,
             tls,
+            api_tls,
             tokens,
             decisions,
             metrics,
@@ -184,6 +233,7 @@ impl App {
             config,
             mut policy,
             tls,
+            api_tls,
             tokens,
             decisions,
             metrics,
@@ -221,14 +271,16 @@ impl App {
                 return Exit::Failure;
             }
         };
-        let tls_reloads = match tls.clone().map(|tls| tls::watch(tls, config.watch)) {
-            None => None,
-            Some(Ok(reloads)) => Some(reloads),
-            Some(Err(e)) => {
-                eprintln!("cannot watch the TLS files: {e}");
-                return Exit::Failure;
+        let mut tls_reloads = Vec::new();
+        for served in [&tls, &api_tls].into_iter().flatten() {
+            match tls::watch(served.clone(), config.watch) {
+                Ok(reloads) => tls_reloads.push(reloads),
+                Err(e) => {
+                    eprintln!("cannot watch the TLS files: {e}");
+                    return Exit::Failure;
+                }
             }
-        };
+        }
         let admin_address = listeners.admin.local_addr().unwrap_or(config.admin_listen);
         let address = listeners.grpc.local_addr().unwrap_or(config.listen);
 
@@ -237,6 +289,14 @@ impl App {
             readiness: readiness.clone(),
             metrics: metrics.clone(),
             policy: policy.clone(),
+        };
+        let api_state = ApiState {
+            policy: policy.clone(),
+            authn: Arc::new(tokens.clone()),
+            clock: server::system_clock(),
+            public_url: config.api.as_ref().and_then(|api| api.public_url.clone()),
+            https: api_tls.is_some(),
+            log: Arc::new(DecisionLog::new(config.log_allow_rate, log_lines.clone())),
         };
         let authorizer = Authorizer::new(
             policy.clone(),
@@ -268,8 +328,22 @@ impl App {
             )),
             None => tokio::spawn(server::run(listeners.grpc, authorizer, checks_stopped)),
         };
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut stop_api = Some(stop_api);
+        let api_address = listeners.api.as_ref().and_then(|l| l.local_addr().ok());
+        let api = listeners.api.map(|listener| {
+            tokio::spawn(api::run(
+                listener,
+                api_tls.clone(),
+                api_state,
+                api::limits(config.drain),
+                async {
+                    let _ = api_stopped.await;
+                },
+            ))
+        });
         let reloads = tokio::spawn(reloads);
-        let tls_reloads = tls_reloads.map(tokio::spawn);
+        let tls_reloads: Vec<_> = tls_reloads.into_iter().map(tokio::spawn).collect();
         readiness.set(true);
         let version = policy.load().version.clone();
         let transport = match &tls {
@@ -277,7 +351,15 @@ impl App {
             Some(_) => "tls",
             None => "plaintext",
         };
+        let api_transport = match &api_tls {
+            Some(tls) if tls.requires_client_certificates() => "mtls",
+            Some(_) => "tls",
+            None => "plaintext",
+        };
         tracing::info!(address = %address, admin_address = %admin_address, transport, policy_version = %version, "serving");
+        if let Some(api_address) = api_address {
+            tracing::info!(api_address = %api_address, transport = api_transport, "serving the AuthZEN API");
+        }
         on_listening(address, admin_address);
 
         let mut exit = Exit::Ok;
@@ -287,6 +369,11 @@ impl App {
                 // Stop being chosen first, then stop taking checks.
                 readiness.set(false);
                 let _ = stop_checks.send(());
+                // The API drains with the checks: its connections get the
+                // same bound (its shutdown grace is the drain time).
+                if let Some(stop) = stop_api.take() {
+                    let _ = stop.send(());
+                }
                 match tokio::time::timeout(config.drain, &mut checks).await {
                     Ok(Ok(Ok(()))) => tracing::info!("checks drained"),
                     Ok(outcome) => {
@@ -303,6 +390,17 @@ impl App {
                 exit = Exit::Failure;
             }
         }
+        if let Some(stop) = stop_api.take() {
+            let _ = stop.send(());
+        }
+        if let Some(api) = api {
+            if tokio::time::timeout(config.drain + Duration::from_secs(1), api)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the API server did not stop in time; exiting anyway");
+            }
+        }
         let _ = stop_admin.send(());
         // The admin server bounds its own shutdown; this bounds it again,
         // so nothing a client of the admin port does can hold the exit.
@@ -312,7 +410,7 @@ impl App {
         }
         // In-process runs outlive this call: no watcher may keep reloading.
         reloads.abort();
-        if let Some(tls_reloads) = tls_reloads {
+        for tls_reloads in tls_reloads {
             tls_reloads.abort();
         }
         tracing::info!("stopped");
@@ -357,9 +455,21 @@ pub fn serve(config: ServeConfig) -> Exit {
         let Ok(grpc) = bind(app.config.listen).await else {
             return Exit::Failure;
         };
-        app.run(Listeners { grpc, admin }, signal, |address, admin| {
+        let api = match app.config.api.as_ref().map(|api| api.listen) {
+            Some(address) => match bind(address).await {
+                Ok(listener) => Some(listener),
+                Err(()) => return Exit::Failure,
+            },
+            None => None,
+        };
+        let api_line = api
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| format!("api listening on {a}\n"))
+            .unwrap_or_default();
+        app.run(Listeners { grpc, admin, api }, signal, |address, admin| {
             announce(&format!(
-                "listening on {address}\nadmin listening on {admin}\n"
+                "listening on {address}\nadmin listening on {admin}\n{api_line}"
             ));
         })
         .await

@@ -321,19 +321,22 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
             decision
         }
         (None, Some(resource), Some(action)) if case.caller.is_some() => {
-            if !policy.actions.iter().any(|a| a == action) {
-                return broken(
-                    case,
-                    line,
-                    format!("no route or role names the action {action:?}"),
-                );
-            }
             let attributes = Attributes {
                 subject: case.subject_properties.clone(),
                 resource: case.resource_properties.clone(),
                 context: case.context.clone(),
             };
-            engine::evaluate(policy, &principal, resource, action, &attributes, now)
+            match engine::decide_resource_action(
+                policy,
+                &principal,
+                resource,
+                action,
+                &attributes,
+                now,
+            ) {
+                Ok(decision) => decision,
+                Err(unknown) => return broken(case, line, unknown.to_string()),
+            }
         }
         _ => {
             return broken(

@@ -695,37 +695,6 @@ pub fn authorize(
     authorize_in(policy, principal, access, resource, action, None, &lazy)
 }
 
-/// "May `principal` do `action` on `resource`?" by names, as a service asks
-/// it: [`authorize`] on a granted access, with the decision's subject,
-/// resource and action filled in. An action the policy does not know is a
-/// deny (`no_grant`), never an error.
-pub fn evaluate(
-    policy: &PolicySet,
-    principal: &Principal,
-    resource: &str,
-    action: &str,
-    attributes: &Attributes,
-    now: u64,
-) -> Decision {
-    let index = policy.actions.iter().position(|a| a == action);
-    let mut d = match index {
-        Some(index) => authorize(
-            policy,
-            principal,
-            Access::Granted,
-            Some(resource),
-            Some(index),
-            attributes,
-            now,
-        ),
-        None => Decision::deny(DenyStatus::Forbidden, Reason::NoGrant),
-    };
-    d.subject = Some(principal.subject.clone());
-    d.resource = Some(resource.to_owned());
-    d.action = Some(action.to_owned());
-    d
-}
-
 fn authorize_in(
     policy: &PolicySet,
     principal: &Principal,
@@ -819,4 +788,46 @@ fn authorize_in(
     let mut d = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
     d.matched_rule = unmet;
     d
+}
+
+/// An action no route or role names: not an error of the request, but
+/// nothing can grant it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no route or role names the action {0:?}")]
+pub struct UnknownAction(pub String);
+
+/// The resource/action form of a decision, without a request: may
+/// `principal` perform `action` on `resource`? What a case's `resource:`
+/// and `action:` ask, and what the AuthZEN API asks. Grants and denies are
+/// the policy's, whatever application would route such a request, so no
+/// application is chosen and no route's `access` applies: a grant must hold
+/// the action. `attributes` (subject and resource properties, context) are
+/// what conditions read besides the principal's claims; `now` is
+/// `context.time`.
+pub fn decide_resource_action(
+    policy: &PolicySet,
+    principal: &Principal,
+    resource: &str,
+    action: &str,
+    attributes: &Attributes,
+    now: u64,
+) -> Result<Decision, UnknownAction> {
+    let index = policy
+        .actions
+        .iter()
+        .position(|a| a == action)
+        .ok_or_else(|| UnknownAction(action.to_owned()))?;
+    let mut d = authorize(
+        policy,
+        principal,
+        Access::Granted,
+        Some(resource),
+        Some(index),
+        attributes,
+        now,
+    );
+    d.subject = Some(principal.subject.clone());
+    d.resource = Some(resource.to_owned());
+    d.action = Some(action.to_owned());
+    Ok(d)
 }

@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod cases;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod decision_cache;
 pub mod decision_log;
 pub mod diagnostic;
 pub mod engine;
+pub mod http_server;
 pub mod jwks;
 pub mod logging;
 pub mod metrics;
@@ -20,6 +22,7 @@ pub mod path;
 pub mod policy;
 pub mod reload;
 pub mod remote_keys;
+pub mod search;
 pub mod server;
 pub mod tls;
 pub mod token;

@@ -1,4 +1,5 @@
-//! TLS on the gRPC listener, for deployments without a mesh to provide it.
+//! TLS on the gRPC and AuthZEN API listeners, for deployments without a
+//! mesh to provide it.
 //!
 //! [`ServerTls`] owns the certificate chain, private key and optional client
 //! CA bundle read from PEM files, as one immutable rustls [`ServerConfig`]
@@ -39,8 +40,23 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::reload::WatchConfig;
 
-/// The only application protocol offered: gRPC is HTTP/2.
-const ALPN_H2: &[u8] = b"h2";
+/// The application protocol a listener offers in ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// gRPC is HTTP/2 only.
+    H2,
+    /// The AuthZEN API is served over HTTP/1.1.
+    Http11,
+}
+
+impl Alpn {
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::H2 => vec![b"h2".to_vec()],
+            Alpn::Http11 => vec![b"http/1.1".to_vec()],
+        }
+    }
+}
 
 /// Longest time a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,9 +167,9 @@ fn private_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsErr
 }
 
 /// Builds the server config the files describe: TLS 1.2 and 1.3 with the
-/// ring provider, ALPN `h2`, and client certificates required and verified
-/// when a CA bundle is given.
-fn build(files: &TlsFiles, material: &Material) -> Result<ServerConfig, TlsError> {
+/// ring provider, the listener's ALPN, and client certificates required and
+/// verified when a CA bundle is given.
+fn build(files: &TlsFiles, material: &Material, alpn: Alpn) -> Result<ServerConfig, TlsError> {
     let chain = certificates(&files.cert, &material.cert)?;
     let key = private_key(&files.key, &material.key)?;
     let identity_error = |source| TlsError::Identity {
@@ -189,7 +205,7 @@ fn build(files: &TlsFiles, material: &Material) -> Result<ServerConfig, TlsError
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(identity_error)?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = alpn.protocols();
     Ok(config)
 }
 
@@ -207,19 +223,27 @@ pub enum TlsReloadOutcome {
 /// The served TLS material, replaced whole by a reload.
 pub struct ServerTls {
     files: TlsFiles,
+    alpn: Alpn,
     config: ArcSwap<ServerConfig>,
     digest: Mutex<[u8; 32]>,
 }
 
 impl ServerTls {
-    /// Loads the files; fails on anything a handshake could not use.
+    /// Loads the files for the gRPC listener (ALPN `h2`); fails on
+    /// anything a handshake could not use.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        Self::load_for(files, Alpn::H2)
+    }
+
+    /// Loads the files for a listener speaking `alpn`.
+    pub fn load_for(files: TlsFiles, alpn: Alpn) -> Result<Self, TlsError> {
         let material = Material::read(&files)?;
-        let config = build(&files, &material)?;
+        let config = build(&files, &material, alpn)?;
         Ok(ServerTls {
             digest: Mutex::new(material.digest()),
             config: ArcSwap::from_pointee(config),
             files,
+            alpn,
         })
     }
 
@@ -249,7 +273,7 @@ impl ServerTls {
         if *served == digest {
             return TlsReloadOutcome::Unchanged;
         }
-        match build(&self.files, &material) {
+        match build(&self.files, &material, self.alpn) {
             Ok(config) => {
                 self.config.store(Arc::new(config));
                 *served = digest;
@@ -418,7 +442,7 @@ pub fn incoming(
 
 /// Whether a handshake ended because the client went away before a word of
 /// TLS, as TCP health checks do.
-fn is_hang_up(error: &io::Error) -> bool {
+pub(crate) fn is_hang_up(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset

@@ -39,6 +39,7 @@ fn config(policies: PathBuf) -> ServeConfig {
             debounce: Duration::from_millis(50),
         },
         tls: None,
+        api: None,
     }
 }
 
@@ -74,6 +75,7 @@ async fn the_service_runs_in_process_and_drains_on_shutdown() {
     let listeners = Listeners {
         grpc: bind().await,
         admin: bind().await,
+        api: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let (listening, addresses) = oneshot::channel::<(SocketAddr, SocketAddr)>();

@@ -14,6 +14,7 @@ const CORE: &[&str] = &[
     "src/engine.rs",
     "src/path.rs",
     "src/policy/mod.rs",
+    "src/policy/callers.rs",
     "src/policy/grants.rs",
     "src/policy/routes.rs",
     "src/policy/source.rs",
@@ -21,6 +22,7 @@ const CORE: &[&str] = &[
     // time it sees is the decision's `now`, never a clock.
     "src/policy/condition.rs",
     "src/token/mod.rs",
+    "src/search.rs",
 ];
 
 /// Names that mean I/O, a clock, a runtime or a protocol: none may appear in

@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{EncodingKey, Header};
 
 use crate::adapter::{self, DEFAULT_SUBJECT_HEADER};
-use crate::app::{self, Exit, ServeConfig};
+use crate::app::{self, ApiConfig, Exit, ServeConfig};
 use crate::decision_cache::{DEFAULT_DECISION_CACHE_BYTES, DEFAULT_DECISION_CACHE_TTL};
 use crate::decision_log::DEFAULT_ALLOW_RATE;
 use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
@@ -50,7 +50,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve ext_authz v3 gRPC (and grpc.health.v1) on the bundled or given policies
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load a policy directory and report every error as file:line: message
     Validate {
         /// The policy directory
@@ -119,6 +119,21 @@ pub struct ServeArgs {
     /// PEM CA bundle: require client certificates issued by it (mTLS)
     #[arg(long, env = "PORTCULLIS_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Address for the AuthZEN API (HTTP/1.1 JSON); no API when absent
+    #[arg(long, env = "PORTCULLIS_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the API listener (with --api-tls-key: serve HTTPS)
+    #[arg(long, env = "PORTCULLIS_API_TLS_CERT")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// PEM private key of the --api-tls-cert certificate
+    #[arg(long, env = "PORTCULLIS_API_TLS_KEY")]
+    pub api_tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require API clients to present certificates issued by it (mTLS)
+    #[arg(long, env = "PORTCULLIS_API_TLS_CLIENT_CA")]
+    pub api_tls_client_ca: Option<PathBuf>,
+    /// The API's public base URL, as the metadata's policy_decision_point (default: from the request's Host)
+    #[arg(long, env = "PORTCULLIS_API_URL")]
+    pub api_url: Option<String>,
 }
 
 /// A size in bytes: digits, optionally followed by `Ki`, `Mi` or `Gi`
@@ -202,7 +217,7 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve(args) => serve::serve(args),
+        Command::Serve(args) => serve::serve(*args),
         Command::Validate { dir } => validate::validate(&dir),
         Command::Check(args) => check::check(args),
         Command::Token(args) => token::token(args),

@@ -3,23 +3,61 @@
 
 use super::*;
 
+/// The TLS files of one listener's flags (`prefix` names them in messages).
+fn tls_files(
+    prefix: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, String> {
+    match (cert, key, client_ca) {
+        (Some(cert), Some(key), client_ca) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None, None) => Ok(None),
+        (None, None, Some(_)) => Err(format!(
+            "--{prefix}tls-client-ca needs --{prefix}tls-cert and --{prefix}tls-key"
+        )),
+        _ => Err(format!(
+            "--{prefix}tls-cert and --{prefix}tls-key go together: give both or neither"
+        )),
+    }
+}
+
 pub(super) fn serve(args: ServeArgs) -> ExitCode {
     // Held until `serve` returns, so lines still queued are written.
     let log_lines = LogLines::stderr();
     log_lines.install_global();
-    let tls = match (args.tls_cert, args.tls_key, args.tls_client_ca) {
-        (Some(cert), Some(key), client_ca) => Some(TlsFiles {
-            cert,
-            key,
-            client_ca,
-        }),
-        (None, None, None) => None,
-        (None, None, Some(_)) => {
-            eprintln!("--tls-client-ca needs --tls-cert and --tls-key");
+    let tls = match tls_files("", args.tls_cert, args.tls_key, args.tls_client_ca) {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("{message}");
             return Exit::Usage.into();
         }
-        _ => {
-            eprintln!("--tls-cert and --tls-key go together: give both or neither");
+    };
+    let api_tls = match tls_files(
+        "api-",
+        args.api_tls_cert,
+        args.api_tls_key,
+        args.api_tls_client_ca,
+    ) {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("{message}");
+            return Exit::Usage.into();
+        }
+    };
+    let api = match (args.api_listen, api_tls.is_some() || args.api_url.is_some()) {
+        (Some(listen), _) => Some(ApiConfig {
+            listen,
+            tls: api_tls,
+            public_url: args.api_url,
+        }),
+        (None, false) => None,
+        (None, true) => {
+            eprintln!("--api-tls-* and --api-url need --api-listen");
             return Exit::Usage.into();
         }
     };
@@ -40,6 +78,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
             debounce: Duration::from_millis(args.reload_debounce_ms),
         },
         tls,
+        api,
     });
     log_lines.close();
     exit.into()

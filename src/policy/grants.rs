@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
+use indexmap::IndexSet;
 
 /// Maps of the index. Keys come from the policy, never from requests (which
 /// only look up), so a fast seeded hasher is safe here.
@@ -103,6 +104,23 @@ pub trait GrantSource: Send + Sync {
     /// Number of grants held.
     fn len(&self) -> usize;
 
+    /// Every holder with at least one grant, in no particular order. For
+    /// the search endpoints, never for a decision; a source that cannot
+    /// list its holders finds nothing (the default), which fails closed.
+    fn holders(&self) -> Box<dyn Iterator<Item = Holder<'_>> + '_> {
+        Box::new(std::iter::empty())
+    }
+
+    /// Every key `holder` holds roles on, with those roles, in no
+    /// particular order. For search only, like [`Self::holders`].
+    fn held(
+        &self,
+        holder: Holder<'_>,
+    ) -> Box<dyn Iterator<Item = (ResourceKey<'_>, &[RoleId])> + '_> {
+        let _ = holder;
+        Box::new(std::iter::empty())
+    }
+
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -167,7 +185,8 @@ impl HolderGrants {
 /// exact resource's name is stored once however many grants name it.
 #[derive(Debug, Default)]
 pub struct GrantIndex {
-    resources: Map<Box<str>, ResourceId>,
+    /// Every exact resource a grant names, once; its index is its id.
+    resources: IndexSet<Box<str>, RandomState>,
     subjects: Map<Box<str>, HolderGrants>,
     groups: Map<Box<str>, HolderGrants>,
     authenticated: HolderGrants,
@@ -198,7 +217,7 @@ struct HolderGrantsBuilder {
 /// Collects grants, then builds a [`GrantIndex`] in one pass.
 #[derive(Debug, Default)]
 pub struct GrantIndexBuilder {
-    resources: Map<Box<str>, ResourceId>,
+    resources: IndexSet<Box<str>, RandomState>,
     subjects: Map<Box<str>, HolderGrantsBuilder>,
     groups: Map<Box<str>, HolderGrantsBuilder>,
     /// The grants to every authenticated subject, under the key "".
@@ -221,10 +240,14 @@ impl GrantIndexBuilder {
         };
         match key {
             ResourceKey::Exact(resource) => {
-                let next = self.resources.len() as ResourceId;
-                let id = match self.resources.get(resource) {
-                    Some(id) => *id,
-                    None => *self.resources.entry(resource.into()).or_insert(next),
+                let index = match self.resources.get_index_of(resource) {
+                    Some(index) => index,
+                    None => self.resources.insert_full(resource.into()).0,
+                };
+                // Ids are u32 to keep a grant at 8 bytes; an index past that
+                // many resources would alias, so it is refused outright.
+                let Ok(id) = ResourceId::try_from(index) else {
+                    return;
                 };
                 grants.exact.push((id, role));
             }
@@ -286,8 +309,8 @@ impl GrantSource for GrantIndex {
             return &[];
         };
         match key {
-            ResourceKey::Exact(resource) => match self.resources.get(resource) {
-                Some(id) => grants.exact(*id),
+            ResourceKey::Exact(resource) => match self.resources.get_index_of(resource) {
+                Some(index) => ResourceId::try_from(index).map_or(&[], |id| grants.exact(id)),
                 None => &[],
             },
             ResourceKey::Prefix(prefix) => grants.prefix.get(prefix).map_or(&[], Roles::as_slice),
@@ -296,6 +319,45 @@ impl GrantSource for GrantIndex {
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    fn holders(&self) -> Box<dyn Iterator<Item = Holder<'_>> + '_> {
+        let subjects = self.subjects.keys().map(|s| Holder::Subject(s));
+        let groups = self.groups.keys().map(|g| Holder::Group(g));
+        Box::new(subjects.chain(groups))
+    }
+
+    fn held(
+        &self,
+        holder: Holder<'_>,
+    ) -> Box<dyn Iterator<Item = (ResourceKey<'_>, &[RoleId])> + '_> {
+        let grants = match holder {
+            Holder::Subject(s) => self.subjects.get(s),
+            Holder::Group(g) => self.groups.get(g),
+            Holder::Authenticated => Some(&self.authenticated),
+        };
+        let Some(grants) = grants else {
+            return Box::new(std::iter::empty());
+        };
+        // Runs of one resource id in the sorted arrays: one entry each.
+        let ids = &grants.exact_resources;
+        let mut from = 0;
+        let exact = std::iter::from_fn(move || {
+            let id = *ids.get(from)?;
+            let to = from + ids[from..].partition_point(|r| *r == id);
+            let roles = &grants.exact_roles[from..to];
+            from = to;
+            Some((id, roles))
+        })
+        .filter_map(|(id, roles)| {
+            let name = self.resources.get_index(id as usize)?;
+            Some((ResourceKey::Exact(name), roles))
+        });
+        let prefix = grants
+            .prefix
+            .iter()
+            .map(|(k, r)| (ResourceKey::Prefix(k), r.as_slice()));
+        Box::new(exact.chain(prefix))
     }
 }
 

@@ -5,6 +5,7 @@
 //! fetcher swaps whole; a reload builds a new set. Names are resolved and
 //! templates compiled at load time, so nothing here can fail while deciding.
 
+pub mod callers;
 pub mod condition;
 pub mod grants;
 mod load;
@@ -52,6 +53,8 @@ pub struct PolicySet {
     /// to conditions (`headers:`), sorted: the adapter copies these, and
     /// only these, into [`crate::engine::RequestAttrs::headers`].
     pub condition_headers: Vec<String>,
+    /// Who may call the AuthZEN API, and what each may ask.
+    pub callers: callers::Callers,
 }
 
 impl std::fmt::Debug for PolicySet {

@@ -31,6 +31,62 @@ pub struct PolicyFile {
     /// What a check without HTTP attributes gets (one file may say).
     #[serde(default)]
     pub connections: Option<Connections>,
+    /// Services that call the AuthZEN API, and what each may ask.
+    #[serde(default)]
+    pub callers: Vec<CallerSpec>,
+}
+
+/// A service that calls the AuthZEN API (`--api-listen`): how it proves who
+/// it is (exactly one of `api_key`, `client_certificate`, `token_subject`)
+/// and what it may ask beyond decisions about the user whose token it
+/// presents.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerSpec {
+    pub name: String,
+    /// A shared secret the caller sends in `X-API-Key`; read from the
+    /// environment or a file, never written here.
+    #[serde(default)]
+    pub api_key: Option<SecretSpec>,
+    /// A client certificate (mTLS on the API listener) naming this DNS name.
+    #[serde(default)]
+    pub client_certificate: Option<ClientCertificateSpec>,
+    /// The subject of a bearer token from one of the policy's issuers.
+    #[serde(default)]
+    pub token_subject: Option<String>,
+    #[serde(default)]
+    pub may: Vec<CallerPermission>,
+}
+
+/// Where a secret comes from: exactly one field is set. Paths are relative
+/// to the policy file that names them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSpec {
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Which client certificates a caller is known by.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificateSpec {
+    /// A DNS name among the certificate's subject alternative names.
+    pub dns_name: String,
+}
+
+/// What a caller may ask beyond decisions about its own user's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerPermission {
+    /// Evaluate decisions about any subject.
+    AnySubject,
+    /// Use the search endpoints.
+    Search,
+    /// Receive the reason (rule, grant) of a decision in its `context`.
+    Explain,
 }
 
 /// The answer to a connection check: a CheckRequest without HTTP

@@ -226,6 +226,18 @@ pub fn exchange_http1(
     path: &[u8],
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
+    exchange_http1_with_body(stream, method, path, headers, &[])
+}
+
+/// [`exchange_http1`] with a request body; a `Content-Length` is added
+/// unless the headers give one (or a `Transfer-Encoding`).
+pub fn exchange_http1_with_body(
+    stream: &mut (impl Read + Write),
+    method: &str,
+    path: &[u8],
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut request = Vec::with_capacity(256);
     request.extend_from_slice(method.as_bytes());
     request.push(b' ');
@@ -240,10 +252,12 @@ pub fn exchange_http1(
     let has_length = headers.iter().any(|(k, _)| {
         k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
     });
-    if !has_length && !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS") {
-        request.extend_from_slice(b"Content-Length: 0\r\n");
+    if !has_length && (!body.is_empty() || !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS"))
+    {
+        request.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
     }
     request.extend_from_slice(b"Connection: close\r\n\r\n");
+    request.extend_from_slice(body);
 
     stream.write_all(&request)?;
     stream.flush()?;

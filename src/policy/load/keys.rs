@@ -20,6 +20,57 @@ pub(super) enum KeyMaterial {
 /// reports them).
 pub(super) type KeyReads = HashMap<(usize, usize), Result<KeyMaterial, String>>;
 
+/// The API keys of every caller, read: by (file, caller index); only
+/// their digest is kept. Specs that do not name exactly one source are left
+/// out (compiling reports them).
+pub(super) type CallerKeyReads = HashMap<(usize, usize), Result<[u8; 32], String>>;
+
+/// Shortest API key accepted: a key short enough to guess is no proof.
+pub(super) const MIN_API_KEY_BYTES: usize = 16;
+
+pub(super) fn read_caller_keys(files: &[Parsed<'_>]) -> CallerKeyReads {
+    let mut reads = CallerKeyReads::new();
+    for (f, file) in files.iter().enumerate() {
+        let base = file.path.parent().unwrap_or(Path::new("."));
+        for (i, spec) in file.doc.callers.iter().enumerate() {
+            let Some(secret) = &spec.api_key else {
+                continue;
+            };
+            let read = match (&secret.secret_env, &secret.secret_file) {
+                (Some(var), None) => std::env::var(var)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .map(String::into_bytes)
+                    .ok_or_else(|| format!("environment variable {var} is not set")),
+                (None, Some(file)) => {
+                    let path = base.join(file);
+                    std::fs::read(&path)
+                        .map(|mut bytes| {
+                            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                                bytes.pop();
+                            }
+                            bytes
+                        })
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                }
+                _ => continue,
+            };
+            let digest = read.and_then(|key| {
+                if key.len() < MIN_API_KEY_BYTES {
+                    Err(format!(
+                        "the API key is {} bytes; at least {MIN_API_KEY_BYTES} are needed",
+                        key.len()
+                    ))
+                } else {
+                    Ok(crate::policy::callers::api_key_digest(&key))
+                }
+            });
+            reads.insert((f, i), digest);
+        }
+    }
+    reads
+}
+
 pub(super) fn read_keys(files: &[Parsed<'_>]) -> KeyReads {
     let mut reads = KeyReads::new();
     for (f, file) in files.iter().enumerate() {

@@ -37,12 +37,13 @@ use crate::token::{self, Issuer, Issuers, KeySet, NamePattern};
 use crate::yaml::{self, LineIndex, Step};
 
 mod applications;
+mod callers;
 mod grants;
 mod issuers;
 mod keys;
 mod roles;
 
-use keys::{check_jwks_url, read_keys, KeyMaterial, KeyReads};
+use keys::{check_jwks_url, read_caller_keys, read_keys, CallerKeyReads, KeyMaterial, KeyReads};
 
 /// Role ids by name, and the declared group names: looked up once per grant
 /// line (a million times for a large `.grants` file), with names that come
@@ -126,12 +127,14 @@ pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Load
     // variables, key files) is read here, before compiling, so that what
     // cannot be read is one decision (`unreadable`), not a dozen branches.
     let keys = read_keys(&parsed);
+    let caller_keys = read_caller_keys(&parsed);
     let mut compiler = Compiler {
         errors,
         warnings: Vec::new(),
         files: &parsed,
         grant_files: &grant_files,
         keys,
+        caller_keys,
         unreadable,
         key_material: Sha256::new(),
     };
@@ -284,6 +287,8 @@ struct Compiler<'a> {
     grant_files: &'a [&'a SourceFile],
     /// Every issuer's key source, read before compiling.
     keys: KeyReads,
+    /// Every caller's API key, read (and hashed) before compiling.
+    caller_keys: CallerKeyReads,
     unreadable: UnreadableKeys,
     /// A digest of every key read, for the policy version.
     key_material: Sha256,
@@ -354,6 +359,7 @@ impl<'a> Compiler<'a> {
             .fold(Reads::default(), Reads::union);
         let mut issuers = issuers;
         issuers.keep_claims(condition_reads.claims);
+        let callers = self.callers();
         if applications.is_empty() && self.errors.is_empty() {
             if let Some(first) = files.first() {
                 self.errors.push(Diagnostic {
@@ -377,6 +383,7 @@ impl<'a> Compiler<'a> {
             conditions,
             condition_reads,
             condition_headers,
+            callers,
         }
     }
 

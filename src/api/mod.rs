@@ -1,0 +1,696 @@
+//! The AuthZEN Authorization API 1.0 over HTTPS/JSON, on its own listener
+//! (`--api-listen`): a service asks "may this subject do this action on
+//! this resource?" and gets the decision Envoy's checks would get.
+//!
+//! Endpoints: `POST /access/v1/evaluation`, `POST /access/v1/evaluations`,
+//! `POST /access/v1/search/{subject,resource,action}` and
+//! `GET /.well-known/authzen-configuration`. A subject `{type: "user", id}`,
+//! a resource `{type, id}` and an action `{name}` are decided as the
+//! resource/action form of a decision case ([`engine::decide_resource_action`]):
+//! the resource is `type:id`, grants and denies are the policy's, no
+//! application is chosen. A deny is `200 {"decision": false}`; HTTP errors
+//! are for requests that cannot be decided: 400 (malformed, missing or
+//! mistyped field, wrong content type), 401 (no or a bad credential, with
+//! `WWW-Authenticate`), 403 (the caller may not ask this), 413 (body over
+//! [`MAX_BODY_BYTES`]), 405 (wrong method). `X-Request-ID` is echoed.
+//!
+//! Who may ask what is [`callers`]'s; reading requests is [`model`]'s;
+//! answering searches is [`crate::search`]'s.
+
+pub mod callers;
+pub mod model;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::decision_log::DecisionLog;
+use crate::engine::{self, Attributes, Authenticate, Decision, DenyStatus, Reason};
+use crate::http_server::{self, ConnectionLimits, Peer};
+use crate::policy::{normalize_host, PolicyHandle, PolicySet};
+use crate::search;
+use crate::server::Clock;
+use crate::tls::ServerTls;
+use crate::token::Principal;
+use callers::{Asker, Unauthenticated};
+use model::{BadRequest, Evaluation, Object, SearchKind, Semantic};
+
+/// Largest request body accepted; a batch of a few hundred evaluations.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Results per search page when the request sets no `page.limit`.
+pub const DEFAULT_PAGE_LIMIT: u64 = 100;
+
+/// Most results per search page, whatever `page.limit` asks.
+pub const MAX_PAGE_LIMIT: u64 = 1000;
+
+/// The only subject type: the policy's subjects are users (and services)
+/// named by their token's subject.
+pub const SUBJECT_TYPE: &str = "user";
+
+const EVALUATION: &str = "/access/v1/evaluation";
+const EVALUATIONS: &str = "/access/v1/evaluations";
+const SEARCH_SUBJECT: &str = "/access/v1/search/subject";
+const SEARCH_RESOURCE: &str = "/access/v1/search/resource";
+const SEARCH_ACTION: &str = "/access/v1/search/action";
+const METADATA: &str = "/.well-known/authzen-configuration";
+
+/// Bounds of the API listener: clients keep connections alive, so more of
+/// them and a longer life than the admin port's.
+pub fn limits(shutdown_grace: Duration) -> ConnectionLimits {
+    ConnectionLimits {
+        header_read_timeout: Duration::from_secs(10),
+        max_connections: 1024,
+        connection_lifetime: Duration::from_secs(300),
+        shutdown_grace,
+        keep_alive: true,
+    }
+}
+
+/// What the API handlers read.
+#[derive(Clone)]
+pub struct ApiState {
+    pub policy: PolicyHandle,
+    /// Verifies bearer tokens (the server passes its token cache).
+    pub authn: Arc<dyn Authenticate + Send + Sync>,
+    pub clock: Clock,
+    /// The `policy_decision_point` of the metadata; derived from the
+    /// request's Host when not configured.
+    pub public_url: Option<String>,
+    /// Whether the listener speaks TLS (the scheme of derived URLs).
+    pub https: bool,
+    /// The decision log the ext_authz checks write too (allows sampled).
+    pub log: Arc<DecisionLog>,
+}
+
+/// The API routes, for serving or for testing without a socket.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(EVALUATION, post(evaluation))
+        .route(EVALUATIONS, post(evaluations))
+        .route(SEARCH_SUBJECT, post(search_subject))
+        .route(SEARCH_RESOURCE, post(search_resource))
+        .route(SEARCH_ACTION, post(search_action))
+        .route(METADATA, get(metadata))
+        .with_state(state)
+        .layer(middleware::from_fn(echo_request_id))
+}
+
+/// Serves the API on `listener` (TLS when `tls` is given) until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    state: ApiState,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    http_server::serve(listener, tls, router(state), limits, shutdown).await
+}
+
+/// A request that gets no decision.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+    #[error(transparent)]
+    Unauthenticated(#[from] Unauthenticated),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the request body is larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        };
+        // The specification's error body: a message string.
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{self}\n"),
+        )
+            .into_response();
+        if let ApiError::Unauthenticated(why) = &self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(why.challenge()),
+            );
+        }
+        response
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(BadRequest(message.into()))
+}
+
+/// Echoes the request's `X-Request-ID` on every answer, errors included.
+async fn echo_request_id(request: Request, next: Next) -> Response {
+    let id = request.headers().get("x-request-id").cloned();
+    let mut response = next.run(request).await;
+    if let Some(id) = id {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+fn json_response(value: &Value) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// An authenticated request's JSON body, with the policy that answers it.
+struct Asked {
+    policy: Arc<PolicySet>,
+    asker: Asker,
+    body: Object,
+    request_id: Option<String>,
+    started: std::time::Instant,
+    /// Seconds since the epoch when the request came: tokens and
+    /// conditions are judged at this time.
+    now: u64,
+}
+
+impl Asked {
+    /// Writes the decision log line of one decision.
+    fn log(&self, state: &ApiState, decision: &Decision) {
+        state.log.record(
+            decision,
+            self.request_id.as_deref(),
+            &self.policy.version,
+            self.started.elapsed(),
+            None,
+        );
+    }
+}
+
+/// Authenticates first (nothing of the body is read for a caller that
+/// proves nothing), then reads the body: `application/json`, at most
+/// [`MAX_BODY_BYTES`], one JSON object.
+async fn asked(state: &ApiState, request: Request) -> Result<Asked, ApiError> {
+    let started = std::time::Instant::now();
+    let (parts, body) = request.into_parts();
+    // As the ext_authz log takes it: printable ASCII, bounded.
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned);
+    let policy = state.policy.load_full();
+    let certificate = parts
+        .extensions
+        .get::<Peer>()
+        .and_then(|peer| peer.client_certificate.as_ref());
+    let now = (state.clock)();
+    let asker = callers::identify(
+        &policy,
+        &parts.headers,
+        certificate,
+        state.authn.as_ref(),
+        now,
+    )?;
+    check_content_type(&parts.headers)?;
+    let bytes = read_body(body).await?;
+    let body = model::body_object(&bytes)?;
+    Ok(Asked {
+        policy,
+        asker,
+        body,
+        request_id,
+        started,
+        now,
+    })
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(bad("Content-Type must be application/json"));
+    };
+    let media = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    if media.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "Content-Type must be application/json, not {:?}",
+            String::from_utf8_lossy(value.as_bytes())
+        )))
+    }
+}
+
+async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge),
+        Err(e) => Err(bad(format!("cannot read the request body: {e}"))),
+    }
+}
+
+/// One evaluation decided, or refused (an error of that evaluation alone).
+fn decide(
+    policy: &PolicySet,
+    asker: &Asker,
+    eval: &Evaluation,
+    now: u64,
+) -> Result<Decision, ApiError> {
+    let subject = &eval.subject;
+    let own = asker
+        .user
+        .as_ref()
+        .filter(|user| subject.kind == SUBJECT_TYPE && user.subject == subject.id);
+    let principal: Arc<Principal> = match own {
+        // The token's own subject, with the groups its token asserts.
+        Some(user) => user.clone(),
+        None if asker.may().any_subject => Arc::new(Principal {
+            issuer: Arc::from("api"),
+            subject: subject.id.clone(),
+            groups: Vec::new(),
+            expires_at: u64::MAX,
+            claims: Default::default(),
+        }),
+        None => {
+            return Err(ApiError::Forbidden(
+                "this caller may only ask about the subject of the user token it presents".into(),
+            ))
+        }
+    };
+    if subject.kind != SUBJECT_TYPE {
+        let mut d = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
+        d.matched_rule = Some(format!(
+            "subject type {:?} is not {SUBJECT_TYPE:?}",
+            subject.kind
+        ));
+        return Ok(d);
+    }
+    let resource = resource_name(&eval.resource.kind, &eval.resource.id);
+    // What conditions read of the request; the clock, never the caller,
+    // gives `context.time`.
+    let attributes = Attributes {
+        subject: eval.subject.properties.clone().unwrap_or_default(),
+        resource: eval.resource.properties.clone().unwrap_or_default(),
+        context: eval.context.clone().unwrap_or_default(),
+    };
+    let decided = engine::decide_resource_action(
+        policy,
+        &principal,
+        &resource,
+        &eval.action.name,
+        &attributes,
+        now,
+    );
+    Ok(match decided {
+        Ok(decision) => decision,
+        Err(unknown) => {
+            let mut d = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
+            d.matched_rule = Some(unknown.to_string());
+            d
+        }
+    })
+}
+
+/// The policy's name of a resource: `type:id`, or the type alone for an
+/// empty id (a collection such as `documents`).
+pub fn resource_name(kind: &str, id: &str) -> String {
+    if id.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}:{id}")
+    }
+}
+
+/// A decision as the API answers it; its reason only to callers that may
+/// see it (`explain`), since the reason names rules and grants.
+fn decision_json(decision: &Decision, explain: bool) -> Value {
+    let mut answer = json!({ "decision": decision.is_allowed() });
+    if explain {
+        let mut why = decision.reason.to_string();
+        if let Some(rule) = &decision.matched_rule {
+            why = format!("{why}: {rule}");
+        }
+        answer["context"] = json!({
+            "id": decision.reason.code(),
+            "reason_admin": { "en": why },
+        });
+    }
+    answer
+}
+
+/// Marks the evaluation that ended a `deny_on_first_deny` batch, as the
+/// specification's example does; an item's error is left as it is.
+fn mark_short_circuit(answer: &mut Value) {
+    if answer.get("context").is_none() {
+        answer["context"] = json!({});
+    }
+    if let Some(context) = answer["context"].as_object_mut() {
+        if !context.contains_key("error") {
+            context.insert("code".into(), json!("200"));
+            context.insert("reason".into(), json!("deny_on_first_deny"));
+        }
+    }
+}
+
+fn item_error(status: StatusCode, message: &str) -> Value {
+    json!({
+        "decision": false,
+        "context": { "error": { "status": status.as_u16(), "message": message } },
+    })
+}
+
+async fn evaluation(State(state): State<ApiState>, request: Request) -> Response {
+    match evaluate_one(&state, request).await {
+        Ok(answer) => json_response(&answer),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn evaluate_one(state: &ApiState, request: Request) -> Result<Value, ApiError> {
+    let asked = asked(state, request).await?;
+    let eval = model::evaluation(&asked.body, "")?;
+    let decision = decide(&asked.policy, &asked.asker, &eval, asked.now)?;
+    asked.log(state, &decision);
+    Ok(decision_json(&decision, asked.asker.may().explain))
+}
+
+async fn evaluations(State(state): State<ApiState>, request: Request) -> Response {
+    match evaluate_many(&state, request).await {
+        Ok(answer) => json_response(&answer),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiError> {
+    let mut asked = asked(state, request).await?;
+    let batch = model::evaluations(std::mem::take(&mut asked.body))?;
+    let (policy, asker) = (&asked.policy, &asked.asker);
+    let explain = asker.may().explain;
+    let Some(items) = &batch.items else {
+        // No evaluations: the request is one evaluation, answered as one.
+        let eval = model::evaluation(&batch.defaults, "")?;
+        let decision = decide(policy, asker, &eval, asked.now)?;
+        asked.log(state, &decision);
+        return Ok(decision_json(&decision, explain));
+    };
+    let mut answers = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let outcome = batch
+            .item(i, item)
+            .map_err(ApiError::from)
+            .and_then(|eval| decide(policy, asker, &eval, asked.now));
+        let (mut answer, allowed) = match outcome {
+            Ok(decision) => {
+                asked.log(state, &decision);
+                (decision_json(&decision, explain), decision.is_allowed())
+            }
+            Err(ApiError::Forbidden(message)) => {
+                (item_error(StatusCode::FORBIDDEN, &message), false)
+            }
+            Err(e) => (item_error(StatusCode::BAD_REQUEST, &e.to_string()), false),
+        };
+        let stop = match batch.semantic {
+            Semantic::ExecuteAll => false,
+            Semantic::DenyOnFirstDeny => !allowed,
+            Semantic::PermitOnFirstPermit => allowed,
+        };
+        if stop && batch.semantic == Semantic::DenyOnFirstDeny {
+            mark_short_circuit(&mut answer);
+        }
+        answers.push(answer);
+        if stop {
+            break;
+        }
+    }
+    Ok(json!({ "evaluations": answers }))
+}
+
+async fn search_subject(State(state): State<ApiState>, request: Request) -> Response {
+    answer_search(&state, request, SearchKind::Subject).await
+}
+
+async fn search_resource(State(state): State<ApiState>, request: Request) -> Response {
+    answer_search(&state, request, SearchKind::Resource).await
+}
+
+async fn search_action(State(state): State<ApiState>, request: Request) -> Response {
+    answer_search(&state, request, SearchKind::Action).await
+}
+
+async fn answer_search(state: &ApiState, request: Request, kind: SearchKind) -> Response {
+    match run_search(state, request, kind).await {
+        Ok(answer) => json_response(&answer),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run_search(
+    state: &ApiState,
+    request: Request,
+    kind: SearchKind,
+) -> Result<Value, ApiError> {
+    let Asked {
+        policy,
+        asker,
+        body,
+        ..
+    } = asked(state, request).await?;
+    if !asker.may().search {
+        return Err(ApiError::Forbidden("this caller may not search".into()));
+    }
+    let query = model::search(&body, kind)?;
+    let limit = query
+        .page
+        .limit
+        .unwrap_or(DEFAULT_PAGE_LIMIT)
+        .min(MAX_PAGE_LIMIT);
+    let digest = query_digest(&query, kind, limit);
+    let after = match &query.page.token {
+        Some(token) => Some(page_token::open(token, &digest).ok_or_else(|| {
+            bad("page.token does not belong to this request: a token may only be sent again with the same subject, action, resource, context and page.limit")
+        })?),
+        None => None,
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let subject = query.subject.as_ref();
+    let resource = query.resource.as_ref();
+    let users = subject.is_some_and(|s| s.kind == SUBJECT_TYPE);
+    let principal = |subject: &model::Entity| -> Arc<Principal> {
+        match &asker.user {
+            Some(user) if user.subject == subject.id => user.clone(),
+            _ => Arc::new(Principal {
+                issuer: Arc::from("api"),
+                subject: subject.id.clone(),
+                groups: Vec::new(),
+                expires_at: u64::MAX,
+                claims: Default::default(),
+            }),
+        }
+    };
+    let action = query.action.as_ref().map_or("", |a| a.name.as_str());
+    let found = match (kind, subject, resource) {
+        (_, _, _) if !users => search::Found {
+            items: Vec::new(),
+            more: false,
+        },
+        (SearchKind::Subject, _, Some(resource)) => search::subjects(
+            &policy,
+            &resource_name(&resource.kind, &resource.id),
+            action,
+            after.as_deref(),
+            limit,
+        ),
+        (SearchKind::Resource, Some(subject), Some(resource)) => search::resources(
+            &policy,
+            &principal(subject),
+            action,
+            &resource.kind,
+            after.as_deref(),
+            limit,
+        ),
+        (SearchKind::Action, Some(subject), Some(resource)) => search::actions(
+            &policy,
+            &principal(subject),
+            &resource_name(&resource.kind, &resource.id),
+            after.as_deref(),
+            limit,
+        ),
+        _ => return Err(bad("the search request is incomplete")),
+    };
+    let next_token = match (found.more, found.items.last()) {
+        (true, Some(last)) => page_token::seal(last, &digest),
+        // A zero limit: the next page starts where this one did.
+        (true, None) => query
+            .page
+            .token
+            .clone()
+            .unwrap_or_else(|| page_token::seal("", &digest)),
+        (false, _) => String::new(),
+    };
+    let results: Vec<Value> = found
+        .items
+        .iter()
+        .map(|item| match kind {
+            SearchKind::Subject => json!({ "type": SUBJECT_TYPE, "id": item }),
+            SearchKind::Resource => {
+                json!({ "type": resource.map_or("", |r| r.kind.as_str()), "id": item })
+            }
+            SearchKind::Action => json!({ "name": item }),
+        })
+        .collect();
+    Ok(json!({
+        "page": { "next_token": next_token, "count": results.len() },
+        "results": results,
+    }))
+}
+
+/// What a page token is bound to: every entity and parameter of the
+/// request but the token, as the search reads them.
+fn query_digest(query: &model::Search, kind: SearchKind, limit: u64) -> [u8; 32] {
+    let entity = |e: Option<&model::Entity>| {
+        e.map(|e| json!([e.kind, e.id, e.properties]))
+            .unwrap_or(Value::Null)
+    };
+    let canonical = json!({
+        "kind": kind.name(),
+        "subject": entity(query.subject.as_ref()),
+        "action": query.action.as_ref().map(|a| json!([a.name, a.properties])),
+        "resource": entity(query.resource.as_ref()),
+        "context": query.context,
+        "limit": limit,
+    });
+    // serde_json's maps are ordered by key: the same request, the same bytes.
+    Sha256::digest(canonical.to_string().as_bytes()).into()
+}
+
+/// Opaque page tokens: the cursor (the last result given) and a check
+/// value over the cursor and the request's parameters. A token sent with
+/// other parameters, or altered, does not open. The check is a hash, not a
+/// secret: a forged token can only ask for a page the same request could.
+mod page_token {
+    use sha2::{Digest, Sha256};
+
+    const CHECK_BYTES: usize = 12;
+
+    fn check(cursor: &str, digest: &[u8; 32]) -> [u8; CHECK_BYTES] {
+        let mut hash = Sha256::new();
+        hash.update(b"portcullis search page v1\0");
+        hash.update(digest);
+        hash.update(cursor.as_bytes());
+        let full: [u8; 32] = hash.finalize().into();
+        let mut out = [0u8; CHECK_BYTES];
+        out.copy_from_slice(&full[..CHECK_BYTES]);
+        out
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn unhex(text: &str) -> Option<Vec<u8>> {
+        if !text.len().is_multiple_of(2) {
+            return None;
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+            .collect()
+    }
+
+    pub fn seal(cursor: &str, digest: &[u8; 32]) -> String {
+        format!("{}.{}", hex(&check(cursor, digest)), hex(cursor.as_bytes()))
+    }
+
+    /// The cursor of a token made by [`seal`] for the same parameters.
+    pub fn open(token: &str, digest: &[u8; 32]) -> Option<String> {
+        let (sum, cursor) = token.split_once('.')?;
+        let cursor = String::from_utf8(unhex(cursor)?).ok()?;
+        let sum = unhex(sum)?;
+        // Not a secret, but compared without an early exit anyway.
+        let expected = check(&cursor, digest);
+        let same = sum.len() == CHECK_BYTES
+            && sum
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        same.then_some(cursor)
+    }
+}
+
+async fn metadata(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let base = match &state.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            if host.is_empty() || normalize_host(host).is_err() {
+                return bad("a Host header naming this server is required").into_response();
+            }
+            let scheme = if state.https { "https" } else { "http" };
+            format!("{scheme}://{host}")
+        }
+    };
+    let mut response = json_response(&json!({
+        "policy_decision_point": base,
+        "access_evaluation_endpoint": format!("{base}{EVALUATION}"),
+        "access_evaluations_endpoint": format!("{base}{EVALUATIONS}"),
+        "search_subject_endpoint": format!("{base}{SEARCH_SUBJECT}"),
+        "search_resource_endpoint": format!("{base}{SEARCH_RESOURCE}"),
+        "search_action_endpoint": format!("{base}{SEARCH_ACTION}"),
+    }));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_token;
+
+    #[test]
+    fn page_tokens_open_only_for_their_request() {
+        let digest = [7u8; 32];
+        let token = page_token::seal("document:42", &digest);
+        assert_eq!(
+            page_token::open(&token, &digest).as_deref(),
+            Some("document:42")
+        );
+        assert_eq!(page_token::open(&token, &[8u8; 32]), None);
+        let mut tampered = token.clone();
+        tampered.push_str("00");
+        assert_eq!(page_token::open(&tampered, &digest), None);
+        assert_eq!(page_token::open("nonsense", &digest), None);
+    }
+}

@@ -1,0 +1,351 @@
+//! The AuthZEN information model as requests carry it: subject, resource,
+//! action, context, evaluations and pages, read from JSON by hand.
+//!
+//! Reading by hand rather than by derive gives every missing or mistyped
+//! field a message that names it (`subject.id must be a string`), and
+//! unknown fields are ignored, as the specification requires. `null` counts
+//! as absent (the specification asks senders to omit nulls). Properties and
+//! context are kept as JSON objects for the attribute conditions to come;
+//! decisions do not read them yet.
+
+use serde_json::{Map, Value};
+
+/// A JSON object.
+pub type Object = Map<String, Value>;
+
+/// A request the caller got wrong: 400 with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+fn bad(message: impl Into<String>) -> BadRequest {
+    BadRequest(message.into())
+}
+
+/// A subject or a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    pub kind: String,
+    pub id: String,
+    pub properties: Option<Object>,
+}
+
+/// An action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    pub name: String,
+    pub properties: Option<Object>,
+}
+
+/// One access evaluation: the 4-tuple.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub subject: Entity,
+    pub action: Action,
+    pub resource: Entity,
+    pub context: Option<Object>,
+}
+
+/// How a batch of evaluations runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Semantic {
+    #[default]
+    ExecuteAll,
+    DenyOnFirstDeny,
+    PermitOnFirstPermit,
+}
+
+/// A batch: the top-level defaults and each item as sent, read into an
+/// [`Evaluation`] only when its turn comes, so a broken item fails alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluations {
+    pub defaults: Object,
+    /// `None` when the request has no (or an empty) `evaluations` array:
+    /// then it is one evaluation, answered as one.
+    pub items: Option<Vec<Object>>,
+    pub semantic: Semantic,
+}
+
+/// The `page` of a search request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PageRequest {
+    pub token: Option<String>,
+    pub limit: Option<u64>,
+}
+
+/// A search request: the entity searched for has only a type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Search {
+    /// Absent in an action search.
+    pub subject: Option<Entity>,
+    pub action: Option<Action>,
+    pub resource: Option<Entity>,
+    pub context: Option<Object>,
+    pub page: PageRequest,
+}
+
+/// Which entity a search lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchKind {
+    Subject,
+    Resource,
+    Action,
+}
+
+impl SearchKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SearchKind::Subject => "subject",
+            SearchKind::Resource => "resource",
+            SearchKind::Action => "action",
+        }
+    }
+}
+
+/// A field's value, with `null` read as absent.
+fn get<'v>(object: &'v Object, key: &str) -> Option<&'v Value> {
+    object.get(key).filter(|v| !v.is_null())
+}
+
+fn string(object: &Object, key: &str, path: &str) -> Result<String, BadRequest> {
+    match get(object, key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(bad(format!("{path}.{key} must be a string"))),
+        None => Err(bad(format!("{path}.{key} is required"))),
+    }
+}
+
+fn optional_object(object: &Object, key: &str, path: &str) -> Result<Option<Object>, BadRequest> {
+    match get(object, key) {
+        Some(Value::Object(o)) => Ok(Some(o.clone())),
+        Some(_) => Err(bad(format!("{path}{key} must be an object"))),
+        None => Ok(None),
+    }
+}
+
+fn required_object<'v>(
+    object: &'v Object,
+    key: &str,
+    path: &str,
+) -> Result<&'v Object, BadRequest> {
+    match get(object, key) {
+        Some(Value::Object(o)) => Ok(o),
+        Some(_) => Err(bad(format!("{path}{key} must be an object"))),
+        None => Err(bad(format!("{path}{key} is required"))),
+    }
+}
+
+/// Reads a subject or resource; `with_id` false for the entity a search
+/// lists (its id, if sent, is ignored).
+fn entity(object: &Object, key: &str, path: &str, with_id: bool) -> Result<Entity, BadRequest> {
+    let value = required_object(object, key, path)?;
+    let here = format!("{path}{key}");
+    let kind = string(value, "type", &here)?;
+    let id = if with_id {
+        string(value, "id", &here)?
+    } else {
+        String::new()
+    };
+    let properties = optional_object(value, "properties", &format!("{here}."))?;
+    Ok(Entity {
+        kind,
+        id,
+        properties,
+    })
+}
+
+fn action(object: &Object, path: &str) -> Result<Action, BadRequest> {
+    let value = required_object(object, "action", path)?;
+    let here = format!("{path}action");
+    Ok(Action {
+        name: string(value, "name", &here)?,
+        properties: optional_object(value, "properties", &format!("{here}."))?,
+    })
+}
+
+/// Reads one evaluation from `object`; `path` prefixes field names in
+/// messages (`evaluations[2].`).
+pub fn evaluation(object: &Object, path: &str) -> Result<Evaluation, BadRequest> {
+    Ok(Evaluation {
+        subject: entity(object, "subject", path, true)?,
+        action: action(object, path)?,
+        resource: entity(object, "resource", path, true)?,
+        context: optional_object(object, "context", path)?,
+    })
+}
+
+/// The top level of a body: a JSON object.
+pub fn body_object(body: &[u8]) -> Result<Object, BadRequest> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad("the request body is empty; a JSON object is required"));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(bad("the request body must be a JSON object")),
+        Err(e) => Err(bad(format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+/// The keys a batch item may take from the top level.
+const DEFAULTED: [&str; 4] = ["subject", "action", "resource", "context"];
+
+/// Reads an access evaluations request.
+pub fn evaluations(body: Object) -> Result<Evaluations, BadRequest> {
+    let semantic = match get(&body, "options") {
+        None => Semantic::default(),
+        Some(Value::Object(options)) => match get(options, "evaluations_semantic") {
+            None => Semantic::default(),
+            Some(Value::String(s)) => match s.as_str() {
+                "execute_all" => Semantic::ExecuteAll,
+                "deny_on_first_deny" => Semantic::DenyOnFirstDeny,
+                "permit_on_first_permit" => Semantic::PermitOnFirstPermit,
+                other => {
+                    return Err(bad(format!(
+                        "options.evaluations_semantic {other:?} is not one of execute_all, deny_on_first_deny, permit_on_first_permit"
+                    )))
+                }
+            },
+            Some(_) => return Err(bad("options.evaluations_semantic must be a string")),
+        },
+        Some(_) => return Err(bad("options must be an object")),
+    };
+    let items = match get(&body, "evaluations") {
+        None => None,
+        Some(Value::Array(items)) if items.is_empty() => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::Object(o) => Ok(o.clone()),
+                    _ => Err(bad(format!("evaluations[{i}] must be an object"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => return Err(bad("evaluations must be an array")),
+    };
+    // Defaults of the wrong type are the whole request's fault.
+    for key in DEFAULTED {
+        if let Some(value) = get(&body, key) {
+            if !value.is_object() {
+                return Err(bad(format!("{key} must be an object")));
+            }
+        }
+    }
+    let defaults = body
+        .into_iter()
+        .filter(|(k, v)| DEFAULTED.contains(&k.as_str()) && !v.is_null())
+        .collect();
+    Ok(Evaluations {
+        defaults,
+        items,
+        semantic,
+    })
+}
+
+impl Evaluations {
+    /// Item `i` with the top-level defaults filled in: a key the item has
+    /// replaces the default whole.
+    pub fn item(&self, i: usize, item: &Object) -> Result<Evaluation, BadRequest> {
+        let mut merged = self.defaults.clone();
+        for (key, value) in item {
+            if DEFAULTED.contains(&key.as_str()) && !value.is_null() {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        evaluation(&merged, &format!("evaluations[{i}]."))
+    }
+}
+
+/// Reads a search request for `kind`.
+pub fn search(body: &Object, kind: SearchKind) -> Result<Search, BadRequest> {
+    let subject = entity(body, "subject", "", kind != SearchKind::Subject)?;
+    let action = match kind {
+        SearchKind::Action => None,
+        _ => Some(action(body, "")?),
+    };
+    let resource = entity(body, "resource", "", kind != SearchKind::Resource)?;
+    let context = optional_object(body, "context", "")?;
+    let page = match get(body, "page") {
+        None => PageRequest::default(),
+        Some(Value::Object(page)) => PageRequest {
+            token: match get(page, "token") {
+                None => None,
+                Some(Value::String(s)) if s.is_empty() => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => return Err(bad("page.token must be a string")),
+            },
+            limit: match get(page, "limit") {
+                None => None,
+                Some(Value::Number(n)) => Some(
+                    n.as_u64()
+                        .ok_or_else(|| bad("page.limit must be a non-negative integer"))?,
+                ),
+                Some(_) => return Err(bad("page.limit must be a non-negative integer")),
+            },
+        },
+        Some(_) => return Err(bad("page must be an object")),
+    };
+    Ok(Search {
+        subject: Some(subject),
+        action,
+        resource: Some(resource),
+        context,
+        page,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(text: &str) -> Object {
+        body_object(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn fields_are_named_when_missing_or_mistyped() {
+        let ok = object(
+            r#"{"subject":{"type":"user","id":"alice","x":1},"action":{"name":"read"},"resource":{"type":"document","id":"1"},"extra":true}"#,
+        );
+        assert_eq!(
+            evaluation(&ok, "").map(|e| e.subject.id),
+            Ok("alice".into())
+        );
+        for (text, message) in [
+            (
+                r#"{"action":{"name":"read"},"resource":{"type":"d","id":"1"}}"#,
+                "subject is required",
+            ),
+            (
+                r#"{"subject":{"type":"user","id":7},"action":{"name":"read"},"resource":{"type":"d","id":"1"}}"#,
+                "subject.id must be a string",
+            ),
+            (
+                r#"{"subject":{"type":"user","id":"a"},"action":"read","resource":{"type":"d","id":"1"}}"#,
+                "action must be an object",
+            ),
+            (
+                r#"{"subject":{"type":"user","id":"a"},"action":{"name":"read"},"resource":{"type":"d","id":"1"},"context":[]}"#,
+                "context must be an object",
+            ),
+        ] {
+            assert_eq!(evaluation(&object(text), ""), Err(bad(message)), "{text}");
+        }
+        assert!(body_object(b"").is_err());
+        assert!(body_object(b"[]").is_err());
+        assert!(body_object(b"{").is_err());
+    }
+
+    #[test]
+    fn batch_items_replace_defaults_whole() {
+        let batch = evaluations(object(
+            r#"{"subject":{"type":"user","id":"alice"},"action":{"name":"read"},"evaluations":[{"resource":{"type":"d","id":"1"}},{"action":{"name":"write"},"resource":{"type":"d","id":"2"}}]}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let items = batch.items.clone().unwrap_or_default();
+        let second = batch.item(1, &items[1]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(second.action.name, "write");
+        assert_eq!(second.subject.id, "alice");
+    }
+}

@@ -1,0 +1,991 @@
+//! The AuthZEN Authorization API 1.0, end to end: the whole service
+//! in-process (`App::build` and `App::run`, as `portcullis serve` runs them)
+//! with the API on 127.0.0.1:0, asked over real sockets by a raw HTTP/1.1
+//! client. Every request and response shape of the specification, batch
+//! semantics, search pagination, metadata, every error status, the callers
+//! (API key from a file, mTLS, bearer tokens, trusted or not), and the
+//! documents cases through both the engine and the API.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use portcullis::app::{ApiConfig, App, Exit, Listeners, ServeConfig};
+use portcullis::cases::run_case_file;
+use portcullis::reload::WatchConfig;
+use portcullis::tls::TlsFiles;
+use serde_json::{json, Value};
+use support::{
+    copy_policies, exchange_http1_with_body, repo_path, token, token_with_groups, MeshPki,
+    Response, TlsClient, IO_TIMEOUT,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The trusted caller's key (may ask about anyone, search, explain).
+const REPORTING_KEY: &str = "reporting-key-0123456789abcdef";
+/// A caller the policy names but trusts with nothing.
+const LIMITED_KEY: &str = "limited-key-0123456789abcdef";
+
+/// The bundled policies plus callers; the API keys in files beside them.
+fn policies(gateway_dns: &str) -> tempfile::TempDir {
+    let dir = copy_policies(|_, text| text);
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    };
+    write("reporting.key", &format!("{REPORTING_KEY}\n"));
+    write("limited.key", LIMITED_KEY);
+    write(
+        "api-callers.yaml",
+        &format!(
+            "callers:
+  - name: reporting
+    api_key: {{ secret_file: reporting.key }}
+    may: [any_subject, search, explain]
+  - name: limited
+    api_key: {{ secret_file: limited.key }}
+  - name: gateway
+    client_certificate: {{ dns_name: {gateway_dns} }}
+    may: [any_subject]
+  - name: batch
+    token_subject: svc-batch
+    may: [any_subject, search]
+"
+        ),
+    );
+    dir
+}
+
+/// The service on its own runtime, stopped (and drained) on drop.
+struct Service {
+    api: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<Exit>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Service {
+    fn start(policies: &Path, api_tls: Option<TlsFiles>) -> Service {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        let config = ServeConfig {
+            policies: policies.to_path_buf(),
+            listen: any,
+            admin_listen: any,
+            subject_header: "x-portcullis-subject".into(),
+            token_cache_bytes: 1 << 20,
+            token_cache_ttl: Duration::from_secs(60),
+            decision_cache_bytes: 1 << 20,
+            decision_cache_ttl: Duration::from_secs(60),
+            log_allow_rate: 1.0,
+            log_lines: None,
+            drain: Duration::from_secs(2),
+            watch: WatchConfig {
+                watch_files: false,
+                debounce: Duration::from_millis(50),
+            },
+            tls: None,
+            api: Some(ApiConfig {
+                listen: any,
+                tls: api_tls,
+                public_url: None,
+            }),
+        };
+        let app = App::build(config).unwrap_or_else(|e| panic!("build: {e:?}"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let bind = || {
+            runtime
+                .block_on(TcpListener::bind("127.0.0.1:0"))
+                .unwrap_or_else(|e| panic!("bind: {e}"))
+        };
+        let listeners = Listeners {
+            grpc: bind(),
+            admin: bind(),
+            api: Some(bind()),
+        };
+        let api = listeners
+            .api
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or_else(|| panic!("no API address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (listening, ready) = mpsc::channel::<()>();
+        let done = runtime.spawn(app.run(
+            listeners,
+            async {
+                let _ = stopped.await;
+            },
+            move |_, _| {
+                let _ = listening.send(());
+            },
+        ));
+        ready
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("the service did not start: {e}"));
+        Service {
+            api,
+            stop: Some(stop),
+            done: Some(done),
+            runtime,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.api.port()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let exit = self
+                .runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(30), done).await });
+            if !std::thread::panicking() {
+                assert!(
+                    matches!(exit, Ok(Ok(Exit::Ok))),
+                    "the service did not stop cleanly: {exit:?}"
+                );
+            }
+        }
+    }
+}
+
+/// One request over a fresh connection.
+fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .unwrap_or_else(|e| panic!("{e}"));
+    exchange_http1_with_body(&mut stream, method, path.as_bytes(), headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// A credential a request carries.
+#[derive(Clone, Copy)]
+enum As<'a> {
+    Nobody,
+    Key(&'a str),
+    Bearer(&'a str),
+}
+
+fn post(port: u16, path: &str, who: As<'_>, body: &Value) -> Response {
+    let authorization;
+    let mut headers = vec![("Content-Type", "application/json")];
+    match who {
+        As::Nobody => {}
+        As::Key(key) => headers.push(("X-API-Key", key)),
+        As::Bearer(token) => {
+            authorization = format!("Bearer {token}");
+            headers.push(("Authorization", authorization.as_str()));
+        }
+    }
+    send(port, "POST", path, &headers, body.to_string().as_bytes())
+}
+
+fn json_of(response: &Response) -> Value {
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/json"),
+        "{response:?}"
+    );
+    response
+        .json()
+        .unwrap_or_else(|| panic!("not JSON: {}", response.text()))
+}
+
+fn evaluation(subject: &str, action: &str, kind: &str, id: &str) -> Value {
+    json!({
+        "subject": { "type": "user", "id": subject },
+        "action": { "name": action },
+        "resource": { "type": kind, "id": id },
+    })
+}
+
+const EVALUATION: &str = "/access/v1/evaluation";
+const EVALUATIONS: &str = "/access/v1/evaluations";
+
+#[test]
+fn evaluations_answer_the_specifications_shapes() {
+    let dir = policies("gateway.internal");
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let reporting = As::Key(REPORTING_KEY);
+
+    // Allowed, with the reason for a caller that may see it.
+    let mut request = evaluation("alice", "read", "document", "1");
+    request["subject"]["properties"] = json!({ "department": "Sales" });
+    request["resource"]["properties"] = json!({ "ownerID": "alice" });
+    request["action"]["properties"] = json!({ "method": "GET" });
+    request["context"] = json!({ "time": "1985-10-26T01:22-07:00" });
+    request["unknown_field"] = json!([1, 2, 3]);
+    let allowed = post(port, EVALUATION, reporting, &request);
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    let answer = json_of(&allowed);
+    assert_eq!(answer["decision"], json!(true));
+    assert_eq!(answer["context"]["id"], json!("granted"));
+    let why = answer["context"]["reason_admin"]["en"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("owner") && why.contains("document:1"), "{why}");
+
+    // A deny is 200 with decision false, never an HTTP error.
+    for (subject, action, id, reason) in [
+        ("bob", "write", "1", "no_grant"),
+        ("mallory", "read", "3", "explicit_deny"),
+        ("alice", "fly", "1", "no_grant"),
+    ] {
+        let denied = post(
+            port,
+            EVALUATION,
+            reporting,
+            &evaluation(subject, action, "document", id),
+        );
+        assert_eq!(denied.status, 200, "{}", denied.text());
+        let answer = json_of(&denied);
+        assert_eq!(answer["decision"], json!(false), "{subject} {action} {id}");
+        assert_eq!(answer["context"]["id"], json!(reason));
+    }
+    // A collection: the type alone names it.
+    let create = post(
+        port,
+        EVALUATION,
+        reporting,
+        &evaluation("alice", "create", "documents", ""),
+    );
+    assert_eq!(json_of(&create)["decision"], json!(true));
+    // Only users are subjects.
+    let mut group = evaluation("staff", "create", "documents", "");
+    group["subject"]["type"] = json!("group");
+    assert_eq!(
+        json_of(&post(port, EVALUATION, reporting, &group))["decision"],
+        json!(false)
+    );
+
+    // The user's own token: a decision about that user, with the groups
+    // the token asserts, and no reason.
+    let dave = token_with_groups("dave", &["auditors"]);
+    let own = post(
+        port,
+        EVALUATION,
+        As::Bearer(&dave),
+        &evaluation("dave", "read", "document", "42"),
+    );
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert_eq!(json_of(&own), json!({ "decision": true }));
+
+    // X-Request-ID is echoed, on answers and errors alike.
+    let body = evaluation("alice", "read", "document", "1").to_string();
+    for key in [REPORTING_KEY, "not-a-key-0123456789"] {
+        let echoed = send(
+            port,
+            "POST",
+            EVALUATION,
+            &[
+                ("Content-Type", "application/json"),
+                ("X-API-Key", key),
+                ("X-Request-ID", "bfe9eb29-ab87-4ca3-be83-a1d5d8305716"),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(
+            echoed.header("x-request-id"),
+            Some("bfe9eb29-ab87-4ca3-be83-a1d5d8305716"),
+            "{echoed:?}"
+        );
+    }
+}
+
+#[test]
+fn callers_are_authenticated_and_held_to_what_they_may_ask() {
+    let dir = policies("gateway.internal");
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let about_alice = evaluation("alice", "read", "document", "1");
+
+    // No credential: 401 with a challenge.
+    let anonymous = post(port, EVALUATION, As::Nobody, &about_alice);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert!(anonymous
+        .header("www-authenticate")
+        .is_some_and(|c| c.starts_with("Bearer")));
+    // A key nobody holds, or a bad token: 401.
+    let unknown = post(
+        port,
+        EVALUATION,
+        As::Key("not-a-key-0123456789"),
+        &about_alice,
+    );
+    assert_eq!(unknown.status, 401);
+    let forged = post(port, EVALUATION, As::Bearer("e30.e30.c2ln"), &about_alice);
+    assert_eq!(forged.status, 401);
+    assert!(forged
+        .header("www-authenticate")
+        .is_some_and(|c| c.contains("invalid_token")));
+
+    // A caller trusted with nothing, or a user, asking about someone else: 403.
+    let limited = post(port, EVALUATION, As::Key(LIMITED_KEY), &about_alice);
+    assert_eq!(limited.status, 403, "{}", limited.text());
+    let bob = token("bob");
+    let nosy = post(port, EVALUATION, As::Bearer(&bob), &about_alice);
+    assert_eq!(nosy.status, 403, "{}", nosy.text());
+    // ... but a user may ask about itself, and gets no reason.
+    let own = post(
+        port,
+        EVALUATION,
+        As::Bearer(&bob),
+        &evaluation("bob", "read", "document", "1"),
+    );
+    assert_eq!(json_of(&own), json!({ "decision": true }));
+    // A token whose subject the policy names as a caller is that caller.
+    let batch = token("svc-batch");
+    let trusted = post(port, EVALUATION, As::Bearer(&batch), &about_alice);
+    assert_eq!(json_of(&trusted), json!({ "decision": true }));
+
+    // Search needs the permission.
+    let search = json!({
+        "subject": { "type": "user", "id": "alice" },
+        "action": { "name": "read" },
+        "resource": { "type": "document" },
+    });
+    let refused = post(
+        port,
+        "/access/v1/search/resource",
+        As::Bearer(&token("alice")),
+        &search,
+    );
+    assert_eq!(refused.status, 403);
+    let allowed = post(
+        port,
+        "/access/v1/search/resource",
+        As::Bearer(&batch),
+        &search,
+    );
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+}
+
+#[test]
+fn an_mtls_caller_is_known_by_its_certificate() {
+    let pki = MeshPki::generate("authz", "gateway");
+    let dir = policies(&pki.server_name);
+    let tls = TlsFiles {
+        cert: pki.dir().join("workload.pem"),
+        key: pki.dir().join("workload-key.pem"),
+        client_ca: Some(pki.dir().join("ca.pem")),
+    };
+    let service = Service::start(dir.path(), Some(tls));
+    let port = service.port();
+    let body = evaluation("alice", "read", "document", "1").to_string();
+    let ask = |client: &TlsClient, headers: &[(&str, &str)]| {
+        let mut stream = client
+            .connect(port)
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        exchange_http1_with_body(
+            &mut stream,
+            "POST",
+            EVALUATION.as_bytes(),
+            headers,
+            body.as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let json_header = [("Content-Type", "application/json")];
+    // The gateway's certificate carries the DNS name the policy names.
+    let gateway = ask(&pki.client(Some(&pki.workload)), &json_header);
+    assert_eq!(gateway.status, 200, "{}", gateway.text());
+    assert_eq!(json_of(&gateway), json!({ "decision": true }));
+    // A certificate of the same CA that names no caller proves nothing.
+    let other = ask(&pki.client(Some(&pki.caller)), &json_header);
+    assert_eq!(other.status, 401, "{}", other.text());
+    // Without a client certificate there is no TLS connection at all.
+    assert!(pki
+        .client(None)
+        .connect(port)
+        .and_then(|mut s| {
+            exchange_http1_with_body(
+                &mut s,
+                "POST",
+                EVALUATION.as_bytes(),
+                &json_header,
+                body.as_bytes(),
+            )
+        })
+        .is_err());
+    // The API key still works over mTLS.
+    let keyed = ask(
+        &pki.client(Some(&pki.caller)),
+        &[
+            ("Content-Type", "application/json"),
+            ("X-API-Key", REPORTING_KEY),
+        ],
+    );
+    assert_eq!(json_of(&keyed)["decision"], json!(true));
+}
+
+#[test]
+fn every_error_has_its_status() {
+    let dir = policies("gateway.internal");
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let key = ("X-API-Key", REPORTING_KEY);
+    let json_type = ("Content-Type", "application/json");
+    let status = |headers: &[(&str, &str)], body: &[u8]| {
+        let response = send(port, "POST", EVALUATION, headers, body);
+        assert!(
+            response.status == 200
+                || response.header("content-type") == Some("text/plain; charset=utf-8"),
+            "{response:?}"
+        );
+        assert!(response.status == 200 || !response.text().trim().is_empty());
+        response.status
+    };
+    let valid = evaluation("alice", "read", "document", "1").to_string();
+    assert_eq!(status(&[json_type, key], valid.as_bytes()), 200);
+    assert_eq!(
+        status(
+            &[("Content-Type", "application/json; charset=utf-8"), key],
+            valid.as_bytes()
+        ),
+        200
+    );
+    // Malformed JSON, an empty body, a body that is not an object.
+    assert_eq!(status(&[json_type, key], b"{\"subject\": "), 400);
+    assert_eq!(status(&[json_type, key], b""), 400);
+    assert_eq!(status(&[json_type, key], b"[1]"), 400);
+    // A wrong or missing content type is 400, not 415.
+    assert_eq!(
+        status(&[("Content-Type", "text/plain"), key], valid.as_bytes()),
+        400
+    );
+    assert_eq!(status(&[key], valid.as_bytes()), 400);
+    // A missing or mistyped required field is 400, not 422.
+    let mut missing = evaluation("alice", "read", "document", "1");
+    if let Some(resource) = missing["resource"].as_object_mut() {
+        resource.remove("id");
+    }
+    assert_eq!(
+        status(&[json_type, key], missing.to_string().as_bytes()),
+        400
+    );
+    let mut mistyped = evaluation("alice", "read", "document", "1");
+    mistyped["subject"]["id"] = json!(7);
+    let response = send(
+        port,
+        "POST",
+        EVALUATION,
+        &[json_type, key],
+        mistyped.to_string().as_bytes(),
+    );
+    assert_eq!(response.status, 400);
+    assert!(
+        response.text().contains("subject.id"),
+        "{}",
+        response.text()
+    );
+    let mut no_action = evaluation("alice", "read", "document", "1");
+    if let Some(request) = no_action.as_object_mut() {
+        request.remove("action");
+    }
+    assert_eq!(
+        status(&[json_type, key], no_action.to_string().as_bytes()),
+        400
+    );
+    // Too large: 413.
+    let mut huge = evaluation("alice", "read", "document", "1");
+    huge["context"] = json!({ "padding": "x".repeat(70 * 1024) });
+    assert_eq!(status(&[json_type, key], huge.to_string().as_bytes()), 413);
+    // A wrong method is 405; an unknown path 404.
+    let get = send(port, "GET", EVALUATION, &[key], b"");
+    assert_eq!(get.status, 405);
+    assert_eq!(
+        send(
+            port,
+            "POST",
+            "/access/v1/nothing",
+            &[json_type, key],
+            valid.as_bytes()
+        )
+        .status,
+        404
+    );
+    // Authentication comes before reading the body.
+    assert_eq!(status(&[json_type], b"{"), 401);
+}
+
+#[test]
+fn batches_merge_defaults_and_follow_their_semantics() {
+    let dir = policies("gateway.internal");
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let reporting = As::Key(REPORTING_KEY);
+    let batch = |semantic: Option<&str>| {
+        let mut request = json!({
+            "subject": { "type": "user", "id": "alice" },
+            "action": { "name": "delete" },
+            "context": { "time": "2024-05-31T15:22-07:00" },
+            "evaluations": [
+                { "resource": { "type": "document", "id": "1" } },
+                { "resource": { "type": "document", "id": "2" } },
+                { "action": { "name": "write" }, "resource": { "type": "document", "id": "2" } },
+                { "subject": { "type": "user", "id": "bob" }, "resource": { "type": "document", "id": "1" } },
+            ],
+        });
+        if let Some(semantic) = semantic {
+            request["options"] = json!({ "evaluations_semantic": semantic, "another_option": 1 });
+        }
+        let response = post(port, EVALUATIONS, reporting, &request);
+        assert_eq!(response.status, 200, "{}", response.text());
+        let answer = json_of(&response);
+        assert!(answer.get("decision").is_none(), "{answer}");
+        answer["evaluations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let decisions = |answers: &[Value]| -> Vec<bool> {
+        answers
+            .iter()
+            .map(|a| a["decision"] == json!(true))
+            .collect()
+    };
+    // alice deletes 1 (owner), not 2 (editor), writes 2; bob deletes nothing.
+    let all = batch(None);
+    assert_eq!(decisions(&all), [true, false, true, false]);
+    assert_eq!(
+        decisions(&batch(Some("execute_all"))),
+        [true, false, true, false]
+    );
+    let deny_first = batch(Some("deny_on_first_deny"));
+    assert_eq!(decisions(&deny_first), [true, false]);
+    assert_eq!(
+        deny_first[1]["context"]["reason"],
+        json!("deny_on_first_deny")
+    );
+    assert_eq!(decisions(&batch(Some("permit_on_first_permit"))), [true]);
+
+    // A failing item is a deny with its error; the others are decided.
+    let broken = post(
+        port,
+        EVALUATIONS,
+        reporting,
+        &json!({
+            "action": { "name": "read" },
+            "evaluations": [
+                { "subject": { "type": "user", "id": "bob" }, "resource": { "type": "document", "id": "1" } },
+                { "resource": { "type": "document", "id": "1" } },
+                { "subject": { "type": "user", "id": 5 }, "resource": { "type": "document", "id": "1" } },
+            ],
+        }),
+    );
+    let answers = json_of(&broken)["evaluations"].clone();
+    assert_eq!(answers[0]["decision"], json!(true));
+    for failed in [&answers[1], &answers[2]] {
+        assert_eq!(failed["decision"], json!(false));
+        assert_eq!(failed["context"]["error"]["status"], json!(400), "{failed}");
+    }
+    // A user's token: items about others fail alone, with 403.
+    let bob = token("bob");
+    let mixed = post(
+        port,
+        EVALUATIONS,
+        As::Bearer(&bob),
+        &json!({
+            "action": { "name": "read" },
+            "resource": { "type": "document", "id": "1" },
+            "evaluations": [
+                { "subject": { "type": "user", "id": "bob" } },
+                { "subject": { "type": "user", "id": "alice" } },
+            ],
+        }),
+    );
+    let answers = json_of(&mixed)["evaluations"].clone();
+    assert_eq!(answers[0], json!({ "decision": true }));
+    assert_eq!(answers[1]["context"]["error"]["status"], json!(403));
+
+    // Without evaluations it is one evaluation, answered as one.
+    let single = post(
+        port,
+        EVALUATIONS,
+        reporting,
+        &evaluation("alice", "read", "document", "1"),
+    );
+    assert_eq!(json_of(&single)["decision"], json!(true));
+    let mut empty = evaluation("bob", "write", "document", "1");
+    empty["evaluations"] = json!([]);
+    assert_eq!(
+        json_of(&post(port, EVALUATIONS, reporting, &empty))["decision"],
+        json!(false)
+    );
+    // An unknown semantic, or evaluations that are not an array: 400.
+    let mut unknown = evaluation("alice", "read", "document", "1");
+    unknown["options"] = json!({ "evaluations_semantic": "majority" });
+    unknown["evaluations"] = json!([{}]);
+    assert_eq!(post(port, EVALUATIONS, reporting, &unknown).status, 400);
+    let mut not_array = evaluation("alice", "read", "document", "1");
+    not_array["evaluations"] = json!({});
+    assert_eq!(post(port, EVALUATIONS, reporting, &not_array).status, 400);
+}
+
+/// Every result of a search, page by page, with the tokens seen.
+fn search_all(port: u16, path: &str, request: &Value, limit: u64) -> (Vec<Value>, usize) {
+    let mut results = Vec::new();
+    let mut pages = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let mut request = request.clone();
+        request["page"] = json!({ "limit": limit });
+        if let Some(token) = &token {
+            request["page"]["token"] = json!(token);
+        }
+        let response = post(port, path, As::Key(REPORTING_KEY), &request);
+        assert_eq!(response.status, 200, "{}", response.text());
+        let answer = json_of(&response);
+        pages += 1;
+        let page = answer["results"].as_array().cloned().unwrap_or_default();
+        assert_eq!(answer["page"]["count"], json!(page.len()));
+        results.extend(page);
+        let next = answer["page"]["next_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if next.is_empty() {
+            return (results, pages);
+        }
+        assert!(pages < 100, "pagination does not end");
+        token = Some(next);
+    }
+}
+
+#[test]
+fn searches_are_transitive_paged_and_respect_denies() {
+    let dir = policies("gateway.internal");
+    std::fs::write(
+        dir.path().join("more-grants.yaml"),
+        "grants:
+  - { subject: alice, role: editor, resource: document:10 }
+  - { subject: alice, role: viewer, resource: document:11 }
+  - { subject: alice, role: editor, resource: document:12 }
+  - { group: staff, role: editor, resource: document:20 }
+  - { subject: erin, role: owner, resource: document:1 }
+denies:
+  - { name: not-12, subject: alice, resource: document:12, actions: [write] }
+  - { name: not-erin, subject: erin, resource: \"document:*\" }
+",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let ids = |results: &[Value]| -> Vec<String> {
+        results
+            .iter()
+            .map(|r| r["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+
+    // Which documents may alice write? Her own grants and staff's, not the
+    // one a deny takes back; in pages of two.
+    let which = json!({
+        "subject": { "type": "user", "id": "alice" },
+        "action": { "name": "write" },
+        "resource": { "type": "document", "id": "ignored" },
+    });
+    let (results, pages) = search_all(port, "/access/v1/search/resource", &which, 2);
+    assert_eq!(ids(&results), ["1", "10", "2", "20"]);
+    assert_eq!(pages, 2);
+    assert!(results.iter().all(|r| r["type"] == json!("document")));
+    // The same in one page.
+    let (one_page, pages) = search_all(port, "/access/v1/search/resource", &which, 100);
+    assert_eq!((ids(&one_page), pages), (ids(&results), 1));
+    // A global grant is the pattern itself.
+    let mut carol = which.clone();
+    carol["subject"]["id"] = json!("carol");
+    let (results, _) = search_all(port, "/access/v1/search/resource", &carol, 10);
+    assert_eq!(ids(&results), ["*"]);
+
+    // Who may read document 1? Through roles, a global grant, not erin
+    // (denied); group members are expanded.
+    let who = json!({
+        "subject": { "type": "user" },
+        "action": { "name": "read" },
+        "resource": { "type": "document", "id": "1" },
+    });
+    let (results, _) = search_all(port, "/access/v1/search/subject", &who, 1);
+    assert_eq!(ids(&results), ["alice", "bob", "carol"]);
+    assert!(results.iter().all(|r| r["type"] == json!("user")));
+    let mut twenty = who.clone();
+    twenty["resource"]["id"] = json!("20");
+    let (results, _) = search_all(port, "/access/v1/search/subject", &twenty, 10);
+    assert_eq!(ids(&results), ["alice", "carol"]);
+
+    // What may bob do on document 1? What may mallory do on 3?
+    let what = |subject: &str, id: &str| {
+        let request = json!({
+            "subject": { "type": "user", "id": subject },
+            "resource": { "type": "document", "id": id },
+        });
+        let (results, _) = search_all(port, "/access/v1/search/action", &request, 2);
+        results
+            .iter()
+            .map(|r| r["name"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(what("bob", "1"), ["read"]);
+    assert_eq!(what("alice", "1"), ["delete", "read", "share", "write"]);
+    assert!(what("mallory", "3").is_empty());
+
+    // A token sent again with other parameters, or altered: 400.
+    let mut first = which.clone();
+    first["page"] = json!({ "limit": 2 });
+    let answer = json_of(&post(
+        port,
+        "/access/v1/search/resource",
+        As::Key(REPORTING_KEY),
+        &first,
+    ));
+    let token = answer["page"]["next_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!token.is_empty());
+    let mut changed = first.clone();
+    changed["action"]["name"] = json!("read");
+    changed["page"]["token"] = json!(token);
+    let reused = post(
+        port,
+        "/access/v1/search/resource",
+        As::Key(REPORTING_KEY),
+        &changed,
+    );
+    assert_eq!(reused.status, 400, "{}", reused.text());
+    let mut other_limit = first.clone();
+    other_limit["page"] = json!({ "limit": 3, "token": token });
+    assert_eq!(
+        post(
+            port,
+            "/access/v1/search/resource",
+            As::Key(REPORTING_KEY),
+            &other_limit
+        )
+        .status,
+        400
+    );
+    let mut tampered = first.clone();
+    let mut forged = token.clone();
+    forged.replace_range(0..2, if &token[0..2] == "00" { "11" } else { "00" });
+    tampered["page"]["token"] = json!(forged);
+    assert_eq!(
+        post(
+            port,
+            "/access/v1/search/resource",
+            As::Key(REPORTING_KEY),
+            &tampered
+        )
+        .status,
+        400
+    );
+    // The same parameters continue.
+    let mut next = first.clone();
+    next["page"]["token"] = json!(token);
+    assert_eq!(
+        post(
+            port,
+            "/access/v1/search/resource",
+            As::Key(REPORTING_KEY),
+            &next
+        )
+        .status,
+        200
+    );
+    // A mistyped page: 400.
+    let mut bad_limit = which.clone();
+    bad_limit["page"] = json!({ "limit": -1 });
+    assert_eq!(
+        post(
+            port,
+            "/access/v1/search/resource",
+            As::Key(REPORTING_KEY),
+            &bad_limit
+        )
+        .status,
+        400
+    );
+}
+
+#[test]
+fn metadata_names_what_is_served() {
+    let dir = policies("gateway.internal");
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let host = format!("127.0.0.1:{port}");
+    let response = send(
+        port,
+        "GET",
+        "/.well-known/authzen-configuration",
+        &[("Host", host.as_str())],
+        b"",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let base = format!("http://{host}");
+    assert_eq!(
+        json_of(&response),
+        json!({
+            "policy_decision_point": base,
+            "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+            "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+            "search_subject_endpoint": format!("{base}/access/v1/search/subject"),
+            "search_resource_endpoint": format!("{base}/access/v1/search/resource"),
+            "search_action_endpoint": format!("{base}/access/v1/search/action"),
+        })
+    );
+    // Every endpoint it names answers (here: 401 without a credential).
+    for path in [
+        "/access/v1/evaluation",
+        "/access/v1/evaluations",
+        "/access/v1/search/subject",
+        "/access/v1/search/resource",
+        "/access/v1/search/action",
+    ] {
+        assert_eq!(
+            post(port, path, As::Nobody, &json!({})).status,
+            401,
+            "{path}"
+        );
+    }
+    let post_metadata = send(port, "POST", "/.well-known/authzen-configuration", &[], b"");
+    assert_eq!(post_metadata.status, 405);
+}
+
+/// `type:id` as the API's resource (the type alone when there is no `:`).
+fn resource_entity(resource: &str) -> (String, String) {
+    match resource.split_once(':') {
+        Some((kind, id)) => (kind.to_owned(), id.to_owned()),
+        None => (resource.to_owned(), String::new()),
+    }
+}
+
+#[test]
+fn the_documents_cases_decide_the_same_through_the_api() {
+    let dir = policies("gateway.internal");
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let cases: PathBuf = repo_path("policies/tests/documents.yaml");
+    let outcomes = run_case_file(&cases).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut compared = 0;
+    for outcome in outcomes {
+        let Some((subject, groups)) = &outcome.caller else {
+            continue;
+        };
+        let decision = &outcome.decision;
+        // The resource/action form, and every request a grant decided (a
+        // route that needs a grant, mapped onto its resource and action).
+        let granted_route = outcome.request.is_none()
+            || matches!(
+                decision.reason.code(),
+                "granted" | "no_grant" | "explicit_deny"
+            ) && decision.route.is_some();
+        let (Some(resource), Some(action)) = (&decision.resource, &decision.action) else {
+            continue;
+        };
+        if !granted_route {
+            continue;
+        }
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        let user = token_with_groups(subject, &groups);
+        let (kind, id) = resource_entity(resource);
+        let asked = evaluation(subject, action, &kind, &id);
+        for who in [As::Bearer(&user), As::Key(REPORTING_KEY)] {
+            // The trusted caller knows no token groups: compare only
+            // where the case has none.
+            if matches!(who, As::Key(_)) && !groups.is_empty() {
+                continue;
+            }
+            let response = post(port, EVALUATION, who, &asked);
+            assert_eq!(
+                response.status,
+                200,
+                "{}: {}",
+                outcome.name,
+                response.text()
+            );
+            assert_eq!(
+                json_of(&response)["decision"],
+                json!(decision.is_allowed()),
+                "{} (line {}): the engine says {:?}",
+                outcome.name,
+                outcome.line,
+                decision.reason
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 30, "only {compared} comparisons");
+}
+
+#[test]
+fn callers_that_cannot_load_are_reported_with_file_and_line() {
+    let dir = policies("gateway.internal");
+    std::fs::write(dir.path().join("short.key"), "too-short").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("bad-callers.yaml"),
+        "callers:
+  - name: reporting
+    token_subject: someone
+  - name: two-credentials
+    token_subject: svc-two
+    api_key: { secret_file: limited.key }
+  - name: inline
+    api_key: { secret_file: short.key }
+  - name: missing-file
+    api_key: { secret_file: nowhere.key }
+  - name: not-a-name
+    client_certificate: { dns_name: \"*.example.com\" }
+  - name: same-key-as-limited
+    api_key: { secret_file: limited.key }
+",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let errors = portcullis::policy::load_policies(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("bad callers loaded"))
+        .to_string();
+    for (line, needle) in [
+        (2, "caller \"reporting\" is already defined at"),
+        (
+            4,
+            "exactly one of api_key, client_certificate, token_subject",
+        ),
+        (8, "at least 16 are needed"),
+        (10, "cannot read"),
+        (12, "is not a DNS name"),
+        (13, "the same credential as the caller at"),
+    ] {
+        let wanted = format!("bad-callers.yaml:{line}:");
+        assert!(
+            errors
+                .lines()
+                .any(|l| l.contains(&wanted) && l.contains(needle)),
+            "no {wanted} {needle:?} in:\n{errors}"
+        );
+    }
+    // A caller's key is never inline: the field does not exist.
+    std::fs::write(
+        dir.path().join("bad-callers.yaml"),
+        "callers:\n  - name: inline\n    api_key: { key: reporting-key-0123456789abcdef }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let errors = portcullis::policy::load_policies(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("an inline key loaded"))
+        .to_string();
+    assert!(errors.contains("bad-callers.yaml:3:"), "{errors}");
+}
