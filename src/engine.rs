@@ -48,7 +48,7 @@ pub struct RequestAttrs {
 }
 
 /// Attributes the caller of the resource/action form ([`authorize`],
-/// [`evaluate`]) passes with its question, as JSON objects: what AuthZEN
+/// [`decide_resource_action`]) passes with its question, as JSON objects: what AuthZEN
 /// calls `subject.properties`, `resource.properties` and `context`.
 /// Conditions read them as `subject.properties`, `resource.properties` and
 /// `context.properties`; `context.time` is always the `now` of the call,
@@ -662,7 +662,7 @@ fn authenticate(
 /// with the caller's `attributes` for conditions, at `now` (seconds since
 /// the epoch; `context.time`). Explicit denies are checked first and beat
 /// every grant. The resource/action form of `portcullis check`, decision
-/// cases and the AuthZEN API call this (or [`evaluate`]).
+/// cases and the AuthZEN API call this (through [`decide_resource_action`]).
 pub fn authorize(
     policy: &PolicySet,
     principal: &Principal,

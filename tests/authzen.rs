@@ -989,3 +989,50 @@ fn callers_that_cannot_load_are_reported_with_file_and_line() {
         .to_string();
     assert!(errors.contains("bad-callers.yaml:3:"), "{errors}");
 }
+
+/// A grant under a condition, decided through the API: the condition reads
+/// the request's resource properties and context; a property it needs that
+/// the request lacks makes it false; a search never returns the grant.
+#[test]
+fn conditions_read_the_requests_attributes() {
+    let dir = policies("gateway.example");
+    std::fs::write(
+        dir.path().join("conditional.yaml"),
+        "grants:
+  - subject: erin
+    role: editor
+    resource: \"note:*\"
+    condition: resource.properties.ownerID == subject.id && context.properties.channel in [\"web\", \"cli\"]
+",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let service = Service::start(dir.path(), None);
+    let port = service.api.port();
+    let ask = |owner: Option<&str>, channel: &str| {
+        let mut resource = json!({ "type": "note", "id": "7" });
+        if let Some(owner) = owner {
+            resource["properties"] = json!({ "ownerID": owner });
+        }
+        let body = json!({
+            "subject": { "type": "user", "id": "erin" },
+            "action": { "name": "write" },
+            "resource": resource,
+            "context": { "channel": channel },
+        });
+        let response = post(port, EVALUATION, As::Key(REPORTING_KEY), &body);
+        assert_eq!(response.status, 200, "{response:?}");
+        json_of(&response)["decision"].clone()
+    };
+    assert_eq!(ask(Some("erin"), "web"), json!(true));
+    assert_eq!(ask(Some("frank"), "web"), json!(false));
+    assert_eq!(ask(Some("erin"), "email"), json!(false));
+    assert_eq!(ask(None, "web"), json!(false));
+
+    let search = json!({
+        "subject": { "type": "user", "id": "erin" },
+        "action": { "name": "write" },
+        "resource": { "type": "note" },
+    });
+    let (found, _) = search_all(port, "/access/v1/search/resource", &search, 10);
+    assert!(found.is_empty(), "{found:?}");
+}
