@@ -417,14 +417,6 @@ pub fn decide(
     };
     // What conditions read, gathered only if one is evaluated.
     let attributes = LazyAttributes::new(policy, || Inputs {
-        subject_id: &principal.subject,
-        groups: principal
-            .groups
-            .iter()
-            .chain(policy.policy_groups(&principal.subject))
-            .map(String::as_str)
-            .collect(),
-        claims: Some(&principal.claims),
         resource: resource.as_deref(),
         captures: route
             .template
@@ -435,7 +427,7 @@ pub fn decide(
         now,
         headers: Some(&request.headers),
         extensions: Some(&request.context_extensions),
-        ..Inputs::default()
+        ..principal_inputs(policy, &principal)
     });
     let mut decision = authorize_in(
         policy,
@@ -676,6 +668,21 @@ pub fn authorize(
         .and_then(|a| policy.actions.get(a))
         .map(String::as_str);
     let lazy = LazyAttributes::new(policy, || Inputs {
+        subject_properties: Some(&attributes.subject),
+        resource,
+        resource_properties: Some(&attributes.resource),
+        action: action_name,
+        now,
+        context_properties: Some(&attributes.context),
+        ..principal_inputs(policy, principal)
+    });
+    authorize_in(policy, principal, access, resource, action, None, &lazy)
+}
+
+/// What conditions read of the principal: its subject, its groups (the
+/// token's and the policy's) and its verified claims.
+fn principal_inputs<'a>(policy: &'a PolicySet, principal: &'a Principal) -> Inputs<'a> {
+    Inputs {
         subject_id: &principal.subject,
         groups: principal
             .groups
@@ -684,15 +691,8 @@ pub fn authorize(
             .map(String::as_str)
             .collect(),
         claims: Some(&principal.claims),
-        subject_properties: Some(&attributes.subject),
-        resource,
-        resource_properties: Some(&attributes.resource),
-        action: action_name,
-        now,
-        context_properties: Some(&attributes.context),
         ..Inputs::default()
-    });
-    authorize_in(policy, principal, access, resource, action, None, &lazy)
+    }
 }
 
 fn authorize_in(
