@@ -179,6 +179,22 @@ fn decision_lines(log: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The decision lines of `portcullis`'s log once `enough` says so (or
+/// after 5 s): lines reach stderr through a queue, so they are waited for.
+async fn decision_lines_once(
+    portcullis: &Portcullis,
+    enough: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = decision_lines(&portcullis.log());
+        if enough(&lines) || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn decision_logs_are_json_lines_without_tokens() {
     let portcullis =
@@ -216,14 +232,7 @@ async fn decision_logs_are_json_lines_without_tokens() {
         401
     );
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let lines = loop {
-        let lines = decision_lines(&portcullis.log());
-        if lines.len() >= 3 || Instant::now() > deadline {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let lines = decision_lines_once(&portcullis, |lines| lines.len() >= 3).await;
     let by_id = |id: &str| {
         lines
             .iter()
@@ -290,17 +299,12 @@ async fn by_default_every_deny_and_one_allow_in_a_hundred_are_logged() {
     }
     // One queue, one writer: once the last line is out, so is every
     // line before it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let lines = loop {
-        let lines = decision_lines(&portcullis.log());
-        let last = lines
+    let lines = decision_lines_once(&portcullis, |lines| {
+        lines
             .iter()
-            .any(|l| l["fields"]["request_id"] == "check-249");
-        if last || Instant::now() > deadline {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+            .any(|l| l["fields"]["request_id"] == "check-249")
+    })
+    .await;
     let logged = |decision: &str| {
         lines
             .iter()
@@ -337,14 +341,7 @@ async fn allows_are_sampled_and_denies_always_logged() {
         .await,
         403
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let lines = loop {
-        let lines = decision_lines(&portcullis.log());
-        if !lines.is_empty() || Instant::now() > deadline {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let lines = decision_lines_once(&portcullis, |lines| !lines.is_empty()).await;
     let ids: Vec<&str> = lines
         .iter()
         .filter_map(|l| l["fields"]["request_id"].as_str())
@@ -718,14 +715,7 @@ async fn a_no_route_deny_logs_the_method_path_and_closest_route() {
         .await,
         403
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let lines = loop {
-        let lines = decision_lines(&portcullis.log());
-        if lines.len() >= 3 || Instant::now() > deadline {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let lines = decision_lines_once(&portcullis, |lines| lines.len() >= 3).await;
     let by_id = |id: &str| {
         lines
             .iter()
