@@ -344,7 +344,9 @@ impl GrantSource for GrantIndex {
         let mut from = 0;
         let exact = std::iter::from_fn(move || {
             let id = *ids.get(from)?;
-            let to = from + ids[from..].partition_point(|r| *r == id);
+            // Runs are short (one role or two on a resource): a scan, not a
+            // binary search over the rest, keeps a pass over many grants linear.
+            let to = from + ids[from..].iter().take_while(|r| **r == id).count();
             let roles = &grants.exact_roles[from..to];
             from = to;
             Some((id, roles))
