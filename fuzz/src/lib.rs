@@ -66,7 +66,6 @@ pub fn authorizer() -> &'static Authorizer {
             Arc::new(|| NOW),
         )
         .with_decision_cache(DecisionCache::new(10_000, Duration::from_secs(600)))
-        .with_allow_log_rate(0.0)
     })
 }
 
