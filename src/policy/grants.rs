@@ -220,8 +220,7 @@ pub struct GrantIndexBuilder {
     resources: IndexSet<Box<str>, RandomState>,
     subjects: Map<Box<str>, HolderGrantsBuilder>,
     groups: Map<Box<str>, HolderGrantsBuilder>,
-    /// The grants to every authenticated subject, under the key "".
-    anyone: Map<Box<str>, HolderGrantsBuilder>,
+    authenticated: HolderGrantsBuilder,
     len: usize,
 }
 
@@ -229,14 +228,17 @@ impl GrantIndexBuilder {
     /// Records that `holder` holds `role` on `key`. Granting the same
     /// role twice is harmless.
     pub fn insert(&mut self, holder: Holder<'_>, key: ResourceKey<'_>, role: RoleId) {
-        let (map, name) = match holder {
-            Holder::Subject(name) => (&mut self.subjects, name),
-            Holder::Group(name) => (&mut self.groups, name),
-            Holder::Authenticated => (&mut self.anyone, ""),
+        let named = match holder {
+            Holder::Subject(name) => Some((&mut self.subjects, name)),
+            Holder::Group(name) => Some((&mut self.groups, name)),
+            Holder::Authenticated => None,
         };
-        let grants = match map.get_mut(name) {
-            Some(grants) => grants,
-            None => map.entry(name.into()).or_default(),
+        let grants = match named {
+            None => &mut self.authenticated,
+            Some((map, name)) => match map.get_mut(name) {
+                Some(grants) => grants,
+                None => map.entry(name.into()).or_default(),
+            },
         };
         match key {
             ResourceKey::Exact(resource) => {
@@ -287,12 +289,7 @@ impl GrantIndexBuilder {
             resources,
             subjects: holders(self.subjects),
             groups: holders(self.groups),
-            authenticated: self
-                .anyone
-                .into_values()
-                .next()
-                .map(built)
-                .unwrap_or_default(),
+            authenticated: built(self.authenticated),
             len: self.len,
         }
     }
