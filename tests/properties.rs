@@ -1095,6 +1095,22 @@ fn the_live_reloader_racing_an_in_place_writer_serves_whole_versions() {
     );
 }
 
+/// A file whose length is a whole number of pages looks like a writer's
+/// unfinished prefix while it is fresh: the loader waits for it to stay
+/// unchanged, then loads it whole (it is not refused for its length).
+#[test]
+fn a_fresh_file_a_whole_number_of_pages_long_loads_once_quiet() {
+    let dir = policy_dir();
+    let mut text = grants_file(100, 3);
+    let pad = 8192 - text.len() % 8192;
+    text.push_str(&"#".repeat(pad - 1));
+    text.push('\n');
+    assert_eq!(text.len() % 4096, 0);
+    write(dir.path(), "grants.yaml", &text);
+    let policy = load(dir.path());
+    assert_eq!(policy.grants.len(), 100);
+}
+
 #[test]
 fn a_broken_rewrite_keeps_the_last_good_policy() {
     let dir = policy_dir();

@@ -7,8 +7,9 @@
 //! resolves every name, and reads the keys the issuers point at. It reports
 //! all errors it finds, each as `file:line: message`, not just the first.
 //!
-//! Reading comes first and is all here and in [`keys`] (the directory, then
-//! the key files and environment variables the issuers name); compiling is
+//! Reading comes first and is all in [`files`] (the directory, each file
+//! whole) and [`keys`] (the key files and environment variables the
+//! issuers name); compiling is
 //! then pure, one file per part of the policy: [`issuers`], [`roles`] (and
 //! groups), [`applications`] (and routes), [`grants`] (and denies).
 
@@ -35,9 +36,11 @@ use crate::path;
 use crate::remote_keys::{RefreshPolicy, RemoteKeys};
 use crate::token::{self, Issuer, Issuers, KeySet, NamePattern};
 use crate::yaml::{self, LineIndex, Step};
+use files::{read_dir, SourceFile};
 
 mod applications;
 mod callers;
+mod files;
 mod grants;
 mod issuers;
 mod keys;
@@ -150,110 +153,6 @@ pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Load
     } else {
         Err(LoadErrors(compiler.errors))
     }
-}
-
-struct SourceFile {
-    path: PathBuf,
-    text: String,
-}
-
-fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
-    let fail = |message: String| {
-        LoadErrors(vec![Diagnostic {
-            file: dir.to_path_buf(),
-            line: None,
-            message,
-        }])
-    };
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| fail(format!("cannot read directory: {e}")))?;
-    let mut paths = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| fail(format!("cannot read directory: {e}")))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let is_policy =
-            name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".grants");
-        if name.starts_with('.') || !is_policy {
-            continue;
-        }
-        // Follows links (Kubernetes mounts files as links into `..data`).
-        let path = entry.path();
-        if path.is_file() {
-            paths.push(path);
-        }
-    }
-    if paths.is_empty() {
-        return Err(fail(
-            "no policy files (*.yaml, *.yml, *.grants) in directory".into(),
-        ));
-    }
-    paths.sort();
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    for path in paths {
-        match read_whole(&path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                // A writer that truncates before writing leaves this for a
-                // moment: loading it would revoke everything it granted.
-                Ok(text) if yaml::is_blank(&text) => errors.push(Diagnostic {
-                    file: path,
-                    line: None,
-                    message: "file holds nothing but blanks and comments (caught mid-write?); \
-                              delete it, or say what it holds, e.g. `grants: []`"
-                        .into(),
-                }),
-                Ok(text) => files.push(SourceFile { path, text }),
-                Err(_) => errors.push(Diagnostic {
-                    file: path,
-                    line: None,
-                    message: "file is not valid UTF-8".into(),
-                }),
-            },
-            Err(e) => errors.push(Diagnostic {
-                file: path,
-                line: None,
-                message: format!("cannot read file: {e}"),
-            }),
-        }
-    }
-    if errors.is_empty() {
-        Ok(files)
-    } else {
-        Err(LoadErrors(errors))
-    }
-}
-
-/// Reads `path` whole, refusing a read that a writer changed underneath.
-///
-/// A writer that truncates and rewrites a file in place can be caught
-/// half-way: the start of one version and the end of the next would load as
-/// grants that neither holds. So the file's size and change time are taken
-/// before and after the read, and a read they disagree with is tried again,
-/// then refused (the last good policy stays served; the writer's next change
-/// reloads). Writing by rename, as Kubernetes does for ConfigMaps, never
-/// needs this.
-fn read_whole(path: &Path) -> std::io::Result<Vec<u8>> {
-    const TRIES: usize = 3;
-    let stamp = |meta: &std::fs::Metadata| (meta.len(), meta.modified().ok(), ctime(meta));
-    for _ in 0..TRIES {
-        let before = std::fs::metadata(path)?;
-        let bytes = std::fs::read(path)?;
-        let after = std::fs::metadata(path)?;
-        if stamp(&before) == stamp(&after) && bytes.len() as u64 == after.len() {
-            return Ok(bytes);
-        }
-    }
-    Err(std::io::Error::other(
-        "the file changed while it was read (rewritten in place?); write policy files by rename",
-    ))
-}
-
-/// The inode change time, which every write moves (even one that keeps the
-/// size and lands within the modification time's granularity).
-fn ctime(meta: &std::fs::Metadata) -> (i64, i64) {
-    use std::os::unix::fs::MetadataExt;
-    (meta.ctime(), meta.ctime_nsec())
 }
 
 fn version_of(files: &[SourceFile], key_material: &[u8]) -> String {
