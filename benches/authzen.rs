@@ -19,6 +19,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::api::{self, ApiState};
 use portcullis::decision_log::DecisionLog;
 use portcullis::engine::VerifyEveryTime;
+use portcullis::events::replay::{ReplayGuard, DEFAULT_REPLAY_CAPACITY};
 use portcullis::http_server;
 use portcullis::logging::LogLines;
 use portcullis::policy::callers::{api_key_digest, Caller, CallerCredential, Callers, Permissions};
@@ -40,6 +41,7 @@ fn policy_with_caller() -> PolicySet {
             any_subject: true,
             search: true,
             explain: false,
+            sign: true,
         },
     }]);
     policy
@@ -79,6 +81,7 @@ fn http(c: &mut Criterion) {
         https: false,
         // Allows unlogged, as --log-allow-rate 0 would; no subscriber anyway.
         log: Arc::new(DecisionLog::new(0.0, LogLines::to(std::io::sink()))),
+        replay: Arc::new(ReplayGuard::new(DEFAULT_REPLAY_CAPACITY)),
     };
     let api_address = serve(&runtime, api::router(state));
     // The same stack, a handler that answers without looking.

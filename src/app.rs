@@ -24,6 +24,7 @@ use crate::admin::{self, AdminLimits, AdminState, Readiness};
 use crate::api::{self, ApiState};
 use crate::decision_cache::DecisionCache;
 use crate::decision_log::DecisionLog;
+use crate::events::ReplayGuard;
 use crate::jwks::JwksFetcher;
 use crate::logging::LogLines;
 use crate::metrics::Metrics;
@@ -89,6 +90,11 @@ pub struct ApiConfig {
     /// The `policy_decision_point` the metadata names; derived from each
     /// request's Host when absent.
     pub public_url: Option<String>,
+    /// Where consumed event ids are logged, so that a replay is refused
+    /// after a restart too; in memory only when `None`.
+    pub replay_log: Option<PathBuf>,
+    /// Most unexpired event ids remembered.
+    pub replay_capacity: usize,
 }
 
 impl ServeConfig {
@@ -290,6 +296,21 @@ impl App {
             metrics: metrics.clone(),
             policy: policy.clone(),
         };
+        let replay = match config.api.as_ref() {
+            Some(ApiConfig {
+                replay_log: Some(path),
+                replay_capacity,
+                ..
+            }) => match ReplayGuard::with_log(path, *replay_capacity, (server::system_clock())()) {
+                Ok(guard) => guard,
+                Err(e) => {
+                    eprintln!("cannot use the event replay log {}: {e}", path.display());
+                    return Exit::Failure;
+                }
+            },
+            Some(api) => ReplayGuard::new(api.replay_capacity),
+            None => ReplayGuard::new(0),
+        };
         let api_state = ApiState {
             policy: policy.clone(),
             authn: Arc::new(tokens.clone()),
@@ -297,6 +318,7 @@ impl App {
             public_url: config.api.as_ref().and_then(|api| api.public_url.clone()),
             https: api_tls.is_some(),
             log: Arc::new(DecisionLog::new(config.log_allow_rate, log_lines.clone())),
+            replay: Arc::new(replay),
         };
         let authorizer = Authorizer::new(
             policy.clone(),

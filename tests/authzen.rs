@@ -91,6 +91,8 @@ impl Service {
                 listen: any,
                 tls: api_tls,
                 public_url: None,
+                replay_log: None,
+                replay_capacity: 1000,
             }),
         };
         let app = App::build(config).unwrap_or_else(|e| panic!("build: {e:?}"));

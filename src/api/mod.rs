@@ -15,9 +15,11 @@
 //! [`MAX_BODY_BYTES`]), 405 (wrong method). `X-Request-ID` is echoed.
 //!
 //! Who may ask what is [`callers`]'s; reading requests is [`model`]'s;
-//! answering searches is [`crate::search`]'s.
+//! answering searches is [`crate::search`]'s. The same listener signs and
+//! verifies events for asynchronous work ([`events`]).
 
 pub mod callers;
+pub mod events;
 pub mod model;
 
 use std::future::Future;
@@ -93,6 +95,8 @@ pub struct ApiState {
     pub https: bool,
     /// The decision log the ext_authz checks write too (allows sampled).
     pub log: Arc<DecisionLog>,
+    /// The ids of events consumed here, until they expire.
+    pub replay: Arc<crate::events::ReplayGuard>,
 }
 
 /// The API routes, for serving or for testing without a socket.
@@ -104,6 +108,8 @@ pub fn router(state: ApiState) -> Router {
         .route(SEARCH_RESOURCE, post(search_resource))
         .route(SEARCH_ACTION, post(search_action))
         .route(METADATA, get(metadata))
+        .route(events::SIGN, post(events::sign))
+        .route(events::VERIFY, post(events::verify))
         .with_state(state)
         .layer(middleware::from_fn(echo_request_id))
 }

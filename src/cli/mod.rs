@@ -1,4 +1,5 @@
-//! The command line: `serve`, `validate`, `check`, `test` and `token`.
+//! The command line: `serve`, `validate`, `check`, `test`, `token` and
+//! `event`.
 //!
 //! This module parses and dispatches; each subcommand has a file of its own
 //! that hands its arguments to the library (`serve` to [`crate::app`], the
@@ -21,6 +22,7 @@ use crate::app::{self, ApiConfig, Exit, ServeConfig};
 use crate::decision_cache::{DEFAULT_DECISION_CACHE_BYTES, DEFAULT_DECISION_CACHE_TTL};
 use crate::decision_log::DEFAULT_ALLOW_RATE;
 use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
+use crate::events::replay::DEFAULT_REPLAY_CAPACITY;
 use crate::jwks::JwksFetcher;
 use crate::logging::LogLines;
 use crate::policy::{load_policies, PolicySet};
@@ -31,6 +33,7 @@ use crate::token::KeySet;
 use crate::token_cache::DEFAULT_TOKEN_CACHE_TTL;
 
 mod check;
+mod event;
 mod serve;
 mod test;
 mod token;
@@ -60,6 +63,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Mint a token for an HMAC issuer of the policy (development only)
     Token(TokenArgs),
+    /// Sign events for asynchronous work, and verify them against the policy as it is now
+    Event(event::EventArgs),
     /// Run decision case files (request or subject/resource/action -> expected decision)
     Test {
         /// Case files, or directories whose *.yaml, *.yml and *.json files are case files
@@ -134,6 +139,12 @@ pub struct ServeArgs {
     /// The API's public base URL, as the metadata's policy_decision_point (default: from the request's Host)
     #[arg(long, env = "PORTCULLIS_API_URL")]
     pub api_url: Option<String>,
+    /// File the ids of consumed events are appended to, so a replay is refused after a restart too (default: memory only)
+    #[arg(long, env = "PORTCULLIS_EVENT_REPLAY_LOG")]
+    pub event_replay_log: Option<PathBuf>,
+    /// Most unexpired event ids remembered; past it, new events are refused, never old ids forgotten
+    #[arg(long, env = "PORTCULLIS_EVENT_REPLAY_CAPACITY", default_value_t = DEFAULT_REPLAY_CAPACITY)]
+    pub event_replay_capacity: usize,
 }
 
 /// A size in bytes: digits, optionally followed by `Ki`, `Mi` or `Gi`
@@ -221,6 +232,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Validate { dir } => validate::validate(&dir),
         Command::Check(args) => check::check(args),
         Command::Token(args) => token::token(args),
+        Command::Event(args) => event::event(args),
         Command::Test { paths } => test::test(&paths),
     }
 }

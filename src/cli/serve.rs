@@ -49,15 +49,18 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
             return Exit::Usage.into();
         }
     };
-    let api = match (args.api_listen, api_tls.is_some() || args.api_url.is_some()) {
+    let api_only = api_tls.is_some() || args.api_url.is_some() || args.event_replay_log.is_some();
+    let api = match (args.api_listen, api_only) {
         (Some(listen), _) => Some(ApiConfig {
             listen,
             tls: api_tls,
             public_url: args.api_url,
+            replay_log: args.event_replay_log,
+            replay_capacity: args.event_replay_capacity,
         }),
         (None, false) => None,
         (None, true) => {
-            eprintln!("--api-tls-* and --api-url need --api-listen");
+            eprintln!("--api-tls-*, --api-url and --event-replay-log need --api-listen");
             return Exit::Usage.into();
         }
     };

@@ -21,6 +21,8 @@ pub struct Permissions {
     pub search: bool,
     /// The reason (rule, grant) of a decision in its `context`.
     pub explain: bool,
+    /// Signing events on behalf of any subject.
+    pub sign: bool,
 }
 
 /// How a caller proves who it is.

@@ -7,6 +7,7 @@
 
 pub mod callers;
 pub mod condition;
+pub mod events;
 pub mod grants;
 mod load;
 pub mod routes;
@@ -55,6 +56,8 @@ pub struct PolicySet {
     pub condition_headers: Vec<String>,
     /// Who may call the AuthZEN API, and what each may ask.
     pub callers: callers::Callers,
+    /// The keys of signed events; `None` when the policy names none.
+    pub events: Option<events::EventKeys>,
 }
 
 impl std::fmt::Debug for PolicySet {

@@ -34,6 +34,60 @@ pub struct PolicyFile {
     /// Services that call the AuthZEN API, and what each may ask.
     #[serde(default)]
     pub callers: Vec<CallerSpec>,
+    /// The keys that sign and verify events for asynchronous work (one
+    /// file may say).
+    #[serde(default)]
+    pub events: Option<EventsSpec>,
+}
+
+/// Signed events (`portcullis event`, `/portcullis/v1/events/*`): the keys
+/// envelopes are signed and verified with, and how long they live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSpec {
+    /// The `kid` new envelopes are signed with; without it this replica
+    /// only verifies.
+    #[serde(default)]
+    pub sign_with: Option<String>,
+    /// Lifetime of an envelope whose signer asks for none.
+    #[serde(default = "EventsSpec::default_lifetime")]
+    pub default_lifetime_seconds: u64,
+    /// Longest lifetime an envelope may be given (and how long a verifier
+    /// must remember its id).
+    #[serde(default = "EventsSpec::max_lifetime")]
+    pub max_lifetime_seconds: u64,
+    /// Every key an envelope may name: the signing key and, after a
+    /// rotation, the earlier ones until their envelopes have expired.
+    pub keys: Vec<EventKeySpec>,
+}
+
+impl EventsSpec {
+    fn default_lifetime() -> u64 {
+        3600
+    }
+
+    fn max_lifetime() -> u64 {
+        86_400
+    }
+}
+
+/// One event key: HMAC (`HS256`, `HS384`, `HS512`: a secret from the
+/// environment or a file) or `EdDSA` (Ed25519 PEM files: the public key to
+/// verify, the private key too to sign). Paths are relative to the policy
+/// file that names them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventKeySpec {
+    pub kid: String,
+    pub algorithm: String,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
 }
 
 /// A service that calls the AuthZEN API (`--api-listen`): how it proves who
@@ -87,6 +141,8 @@ pub enum CallerPermission {
     Search,
     /// Receive the reason (rule, grant) of a decision in its `context`.
     Explain,
+    /// Sign events on behalf of any subject (without that user's token).
+    Sign,
 }
 
 /// The answer to a connection check: a CheckRequest without HTTP

@@ -138,6 +138,8 @@ pub struct Portcullis {
     child: Child,
     port: u16,
     admin_port: u16,
+    /// The AuthZEN API's port, when started with `PORTCULLIS_API_LISTEN`.
+    api_port: Option<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -170,13 +172,18 @@ impl Portcullis {
             .unwrap_or_else(|e| panic!("cannot start portcullis: {e}"));
         let stdout = child.stdout.take();
 
-        // Read the two address lines on a thread so the wait is bounded, then
+        // Read the address lines on a thread so the wait is bounded, then
         // keep draining so the child never blocks on a full pipe.
+        let with_api = env.iter().any(|(k, _)| *k == "PORTCULLIS_API_LISTEN");
         let (tx, rx) = mpsc::channel();
+        let (api_tx, api_rx) = mpsc::channel();
         thread::spawn(move || {
             let Some(stdout) = stdout else { return };
             let mut lines = BufReader::new(stdout).lines();
             let _ = tx.send((lines.next(), lines.next()));
+            if with_api {
+                let _ = api_tx.send(lines.next());
+            }
             for _ in lines {}
         });
         let first = rx.recv_timeout(STARTUP_TIMEOUT);
@@ -193,12 +200,43 @@ impl Portcullis {
                 tail(&read_log(&log_path), 40)
             );
         };
+        let api_port = if with_api {
+            let line = api_rx.recv_timeout(STARTUP_TIMEOUT);
+            let port = match &line {
+                Ok(Some(Ok(line))) => line.strip_prefix("api ").and_then(parse_listening_line),
+                _ => None,
+            };
+            if port.is_none() {
+                kill_and_reap(&mut child);
+                panic!(
+                    "portcullis did not print `api listening on 127.0.0.1:PORT` (got: {line:?}); stderr:\n{}",
+                    tail(&read_log(&log_path), 40)
+                );
+            }
+            port
+        } else {
+            None
+        };
         Portcullis {
             child,
             port,
             admin_port,
+            api_port,
             dir,
         }
+    }
+
+    /// Starts it with the AuthZEN API on 127.0.0.1 too (and `env`).
+    pub fn start_with_api(policies: &Path, env: &[(&str, &str)]) -> Portcullis {
+        let mut all = vec![("PORTCULLIS_API_LISTEN", "127.0.0.1:0")];
+        all.extend_from_slice(env);
+        Self::start_with_env(policies, &all)
+    }
+
+    /// The AuthZEN API's port; panics unless started with the API.
+    pub fn api_port(&self) -> u16 {
+        self.api_port
+            .unwrap_or_else(|| panic!("portcullis was started without the API"))
     }
 
     pub fn port(&self) -> u16 {

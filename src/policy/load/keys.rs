@@ -1,5 +1,6 @@
-//! Reading what the policy points at outside its own files: issuer keys
-//! from files and environment variables, and the rule for `jwks_url`s.
+//! Reading what the policy points at outside its own files: issuer keys,
+//! callers' API keys and event keys from files and environment variables,
+//! and the rule for `jwks_url`s.
 //! Done once, before compiling, so compiling is pure.
 
 use super::*;
@@ -24,6 +25,17 @@ pub(super) type KeyReads = HashMap<(usize, usize), Result<KeyMaterial, String>>;
 /// their digest is kept. Specs that do not name exactly one source are left
 /// out (compiling reports them).
 pub(super) type CallerKeyReads = HashMap<(usize, usize), Result<[u8; 32], String>>;
+
+/// What an event key's sources held when they were read.
+#[derive(Default)]
+pub(super) struct EventKeyMaterial {
+    pub secret: Option<Vec<u8>>,
+    pub public_pem: Option<Vec<u8>>,
+    pub private_pem: Option<Vec<u8>>,
+}
+
+/// The sources of every event key, read: by (file, key index).
+pub(super) type EventKeyReads = HashMap<(usize, usize), Result<EventKeyMaterial, String>>;
 
 /// Shortest API key accepted: a key short enough to guess is no proof.
 pub(super) const MIN_API_KEY_BYTES: usize = 16;
@@ -66,6 +78,52 @@ pub(super) fn read_caller_keys(files: &[Parsed<'_>]) -> CallerKeyReads {
                 }
             });
             reads.insert((f, i), digest);
+        }
+    }
+    reads
+}
+
+pub(super) fn read_event_keys(files: &[Parsed<'_>]) -> EventKeyReads {
+    let mut reads = EventKeyReads::new();
+    for (f, file) in files.iter().enumerate() {
+        let base = file.path.parent().unwrap_or(Path::new("."));
+        let Some(events) = &file.doc.events else {
+            continue;
+        };
+        for (i, spec) in events.keys.iter().enumerate() {
+            let read_file = |file: &Path| {
+                let path = base.join(file);
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+            };
+            let read = || -> Result<EventKeyMaterial, String> {
+                let secret = match (&spec.secret_env, &spec.secret_file) {
+                    (Some(var), _) => Some(
+                        std::env::var(var)
+                            .ok()
+                            .filter(|s| !s.is_empty())
+                            .map(String::into_bytes)
+                            .ok_or_else(|| format!("environment variable {var} is not set"))?,
+                    ),
+                    (None, Some(file)) => {
+                        let mut bytes = read_file(file)?;
+                        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                            bytes.pop();
+                        }
+                        Some(bytes)
+                    }
+                    (None, None) => None,
+                };
+                Ok(EventKeyMaterial {
+                    secret,
+                    public_pem: spec.public_key_file.as_deref().map(read_file).transpose()?,
+                    private_pem: spec
+                        .private_key_file
+                        .as_deref()
+                        .map(read_file)
+                        .transpose()?,
+                })
+            };
+            reads.insert((f, i), read());
         }
     }
     reads

@@ -40,13 +40,17 @@ use files::{read_dir, SourceFile};
 
 mod applications;
 mod callers;
+mod events;
 mod files;
 mod grants;
 mod issuers;
 mod keys;
 mod roles;
 
-use keys::{check_jwks_url, read_caller_keys, read_keys, CallerKeyReads, KeyMaterial, KeyReads};
+use keys::{
+    check_jwks_url, read_caller_keys, read_event_keys, read_keys, CallerKeyReads, EventKeyReads,
+    KeyMaterial, KeyReads,
+};
 
 /// Role ids by name, and the declared group names: looked up once per grant
 /// line (a million times for a large `.grants` file), with names that come
@@ -131,6 +135,7 @@ pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Load
     // cannot be read is one decision (`unreadable`), not a dozen branches.
     let keys = read_keys(&parsed);
     let caller_keys = read_caller_keys(&parsed);
+    let event_keys = read_event_keys(&parsed);
     let mut compiler = Compiler {
         errors,
         warnings: Vec::new(),
@@ -138,6 +143,7 @@ pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Load
         grant_files: &grant_files,
         keys,
         caller_keys,
+        event_keys,
         unreadable,
         key_material: Sha256::new(),
     };
@@ -188,6 +194,8 @@ struct Compiler<'a> {
     keys: KeyReads,
     /// Every caller's API key, read (and hashed) before compiling.
     caller_keys: CallerKeyReads,
+    /// Every event key's sources, read before compiling.
+    event_keys: EventKeyReads,
     unreadable: UnreadableKeys,
     /// A digest of every key read, for the policy version.
     key_material: Sha256,
@@ -259,6 +267,7 @@ impl<'a> Compiler<'a> {
         let mut issuers = issuers;
         issuers.keep_claims(condition_reads.claims);
         let callers = self.callers();
+        let events = self.events();
         if applications.is_empty() && self.errors.is_empty() {
             if let Some(first) = files.first() {
                 self.errors.push(Diagnostic {
@@ -283,6 +292,7 @@ impl<'a> Compiler<'a> {
             condition_reads,
             condition_headers,
             callers,
+            events,
         }
     }
 

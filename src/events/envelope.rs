@@ -1,0 +1,287 @@
+//! The envelope of a signed event: a compact JWS over who acted, what they
+//! did to what, for whom, until when, and the SHA-256 of the message.
+//!
+//! Pure: time comes in as a parameter and the event id from the caller, so
+//! signing and opening read no clock, file or randomness.
+
+use jsonwebtoken::{Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::events::EventKeys;
+
+/// The JOSE `typ` of an envelope. Required when opening, so that no other
+/// JWT signed with the same key (a token of an issuer sharing an HMAC
+/// secret, say) can pass for an event.
+pub const ENVELOPE_TYPE: &str = "portcullis-event+jwt";
+
+/// The `iss` of every envelope.
+pub const ENVELOPE_ISSUER: &str = "portcullis";
+
+/// Largest envelope opened; larger input is refused unread.
+pub const MAX_ENVELOPE_BYTES: usize = 8 * 1024;
+
+/// Longest event id: ids are made by [`super::new_event_id`] (32 hex
+/// digits); any signer's are bounded.
+pub const MAX_ID_LEN: usize = 64;
+
+/// How far in the future an envelope's `iat` may be (clock skew between
+/// the replica that signed and the one that opens).
+pub const MAX_CLOCK_SKEW_SECONDS: u64 = 60;
+
+/// What an envelope says: its JWT claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventClaims {
+    pub iss: String,
+    /// The acting subject.
+    pub sub: String,
+    /// The policy issuer that vouched for the subject when it was signed.
+    pub idp: String,
+    /// The groups the subject's token asserted when it was signed (the
+    /// policy's own groups are looked up when the event is judged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    pub action: String,
+    pub resource: String,
+    /// Who may consume it.
+    pub aud: String,
+    pub iat: u64,
+    pub exp: u64,
+    /// Unique: a verifier accepts each id once.
+    pub jti: String,
+    /// SHA-256 of the message, 64 lower-case hex digits.
+    pub message_sha256: String,
+}
+
+/// An event to sign.
+#[derive(Debug, Clone)]
+pub struct Publish<'a> {
+    pub subject: &'a str,
+    pub idp: &'a str,
+    pub groups: &'a [String],
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub audience: &'a str,
+    pub message_sha256: [u8; 32],
+    /// Seconds; the policy's default when `None`.
+    pub lifetime: Option<u64>,
+}
+
+/// A signed envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub envelope: String,
+    pub id: String,
+    pub expires_at: u64,
+}
+
+/// Why an event cannot be signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    #[error("the policy names no key to sign events with (events.sign_with)")]
+    NoSigningKey,
+    #[error("a lifetime of {asked} seconds is over the policy's maximum of {max}")]
+    LifetimeTooLong { asked: u64, max: u64 },
+    #[error("a lifetime must be at least one second")]
+    NoLifetime,
+    #[error("the audience must be 1 to 256 printable characters")]
+    BadAudience,
+    #[error("the envelope could not be signed: {0}")]
+    Crypto(String),
+}
+
+/// Why an envelope is refused. Every variant means: do not act on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the policy names no event keys (events)")]
+    NoEventKeys,
+    #[error("the envelope is not a compact JWS of at most {MAX_ENVELOPE_BYTES} bytes")]
+    Malformed,
+    #[error("the envelope's type is not {ENVELOPE_TYPE}")]
+    WrongType,
+    #[error("the envelope names no key id, or one the policy does not know")]
+    UnknownKey,
+    #[error("the envelope's signature does not verify with its key")]
+    BadSignature,
+    #[error("the envelope's claims are not an event's")]
+    BadClaims,
+    #[error("the envelope is for another audience")]
+    WrongAudience,
+    #[error("the envelope has expired")]
+    Expired,
+    #[error("the envelope was issued in the future")]
+    NotYetValid,
+    #[error("the envelope lives longer than the policy allows")]
+    LifetimeTooLong,
+    #[error("the message is not the one the envelope was signed over")]
+    MessageMismatch,
+    #[error("the envelope was already consumed (replayed)")]
+    Replayed,
+    #[error("too many unexpired events are remembered to refuse a replay; try again later")]
+    ReplayCacheFull,
+    #[error("the replay log cannot be written: {0}")]
+    ReplayLog(String),
+}
+
+impl Refusal {
+    /// A stable code for logs and API answers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NoEventKeys => "no_event_keys",
+            Refusal::Malformed => "malformed",
+            Refusal::WrongType => "wrong_type",
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::BadClaims => "bad_claims",
+            Refusal::WrongAudience => "wrong_audience",
+            Refusal::Expired => "expired",
+            Refusal::NotYetValid => "not_yet_valid",
+            Refusal::LifetimeTooLong => "lifetime_too_long",
+            Refusal::MessageMismatch => "message_mismatch",
+            Refusal::Replayed => "replayed",
+            Refusal::ReplayCacheFull => "replay_cache_full",
+            Refusal::ReplayLog(_) => "replay_log",
+        }
+    }
+}
+
+/// SHA-256 of `message`.
+pub fn message_digest(message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(message).into()
+}
+
+/// `digest` as 64 lower-case hex digits.
+pub fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 64 hex digits (either case) as a digest.
+pub fn parse_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(digest)
+}
+
+/// Whether `text` may be an audience: 1 to 256 printable ASCII characters.
+pub fn is_audience(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 256 && text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn is_event_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Signs `event` with the policy's signing key, as id `id`, at `now`.
+pub fn sign(
+    keys: &EventKeys,
+    event: &Publish<'_>,
+    id: &str,
+    now: u64,
+) -> Result<Signed, SignError> {
+    let signing = keys.signing.as_ref().ok_or(SignError::NoSigningKey)?;
+    let lifetime = event.lifetime.unwrap_or(keys.default_lifetime);
+    if lifetime == 0 {
+        return Err(SignError::NoLifetime);
+    }
+    if lifetime > keys.max_lifetime {
+        return Err(SignError::LifetimeTooLong {
+            asked: lifetime,
+            max: keys.max_lifetime,
+        });
+    }
+    if !is_audience(event.audience) {
+        return Err(SignError::BadAudience);
+    }
+    let claims = EventClaims {
+        iss: ENVELOPE_ISSUER.into(),
+        sub: event.subject.into(),
+        idp: event.idp.into(),
+        groups: event.groups.to_vec(),
+        action: event.action.into(),
+        resource: event.resource.into(),
+        aud: event.audience.into(),
+        iat: now,
+        exp: now.saturating_add(lifetime),
+        jti: id.into(),
+        message_sha256: hex(&event.message_sha256),
+    };
+    let mut header = Header::new(signing.algorithm);
+    header.typ = Some(ENVELOPE_TYPE.into());
+    header.kid = Some(signing.kid.clone());
+    let envelope = jsonwebtoken::encode(&header, &claims, &signing.key)
+        .map_err(|e| SignError::Crypto(e.to_string()))?;
+    Ok(Signed {
+        envelope,
+        id: claims.jti,
+        expires_at: claims.exp,
+    })
+}
+
+/// Opens `envelope`: its key, signature, type, audience, lifetime and
+/// message digest, at `now`. Replays are the caller's to refuse (see
+/// [`super::replay`]): an opened envelope is authentic, not yet unused.
+pub fn open(
+    keys: Option<&EventKeys>,
+    envelope: &str,
+    message_sha256: &[u8; 32],
+    audience: &str,
+    now: u64,
+) -> Result<EventClaims, Refusal> {
+    let keys = keys.ok_or(Refusal::NoEventKeys)?;
+    if envelope.len() > MAX_ENVELOPE_BYTES || envelope.split('.').count() != 3 {
+        return Err(Refusal::Malformed);
+    }
+    let header = jsonwebtoken::decode_header(envelope).map_err(|_| Refusal::Malformed)?;
+    if header.typ.as_deref() != Some(ENVELOPE_TYPE) {
+        return Err(Refusal::WrongType);
+    }
+    let key = header
+        .kid
+        .as_deref()
+        .and_then(|kid| keys.verifying.get(kid))
+        .ok_or(Refusal::UnknownKey)?;
+    if header.alg != key.algorithm {
+        // The key decides the algorithm, never the envelope.
+        return Err(Refusal::BadSignature);
+    }
+    let mut validation = Validation::new(key.algorithm);
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<EventClaims>(envelope, &key.key, &validation)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => Refusal::BadSignature,
+            jsonwebtoken::errors::ErrorKind::Json(_) => Refusal::BadClaims,
+            _ => Refusal::Malformed,
+        })?
+        .claims;
+    if claims.iss != ENVELOPE_ISSUER || !is_event_id(&claims.jti) {
+        return Err(Refusal::BadClaims);
+    }
+    if claims.aud != audience {
+        return Err(Refusal::WrongAudience);
+    }
+    if claims.exp <= now {
+        return Err(Refusal::Expired);
+    }
+    if claims.iat > now.saturating_add(MAX_CLOCK_SKEW_SECONDS) {
+        return Err(Refusal::NotYetValid);
+    }
+    if claims.exp.saturating_sub(claims.iat) > keys.max_lifetime {
+        return Err(Refusal::LifetimeTooLong);
+    }
+    if parse_hex(&claims.message_sha256) != Some(*message_sha256) {
+        return Err(Refusal::MessageMismatch);
+    }
+    Ok(claims)
+}

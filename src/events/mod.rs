@@ -1,0 +1,114 @@
+//! Signed events: asynchronous work checked when it is done.
+//!
+//! At publish time a service asks Portcullis to sign an event for the
+//! acting subject: the subject must be allowed the action on the resource
+//! now, and the envelope ([`envelope`]) carries who, what, on what, for
+//! whom, until when and the SHA-256 of the message, never the user's token.
+//! At consume time the worker hands back the envelope and the message:
+//! Portcullis opens it (key, signature, audience, expiry, digest), refuses
+//! an id it has accepted before ([`replay`]), and decides the event against
+//! the policy as it is *now*, so a grant revoked in between stops the work.
+//!
+//! [`envelope`] is pure; this module and [`replay`] are the shell around it
+//! (randomness for ids, the replay memory and its log).
+
+pub mod envelope;
+pub mod replay;
+
+use std::sync::Arc;
+
+use crate::engine::{self, Attributes, Decision, DenyStatus, Reason};
+use crate::policy::PolicySet;
+use crate::token::Principal;
+pub use envelope::{EventClaims, Publish, Refusal, SignError, Signed};
+pub use replay::ReplayGuard;
+
+/// A new event id: 128 random bits as 32 hex digits.
+pub fn new_event_id() -> Result<String, SignError> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| SignError::Crypto(format!("no randomness for an event id: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Decides whether `principal` may do `action` on `resource` under
+/// `policy` at `now`: the one question asked when an event is signed and
+/// again when it is consumed. An action the policy does not know is a deny.
+pub fn decide(
+    policy: &PolicySet,
+    principal: &Principal,
+    resource: &str,
+    action: &str,
+    now: u64,
+) -> Decision {
+    let attributes = Attributes::default();
+    match engine::decide_resource_action(policy, principal, resource, action, &attributes, now) {
+        Ok(decision) => decision,
+        Err(unknown) => {
+            let mut d = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
+            d.matched_rule = Some(unknown.to_string());
+            d
+        }
+    }
+}
+
+/// Signs `event` for `principal` if the policy allows it now. `Ok(Err(..))`
+/// is the policy's deny: nothing is signed.
+pub fn publish(
+    policy: &PolicySet,
+    principal: &Principal,
+    event: &Publish<'_>,
+    now: u64,
+) -> Result<Result<Signed, Decision>, SignError> {
+    let keys = policy.events.as_ref().ok_or(SignError::NoSigningKey)?;
+    keys.signing.as_ref().ok_or(SignError::NoSigningKey)?;
+    let decision = decide(policy, principal, event.resource, event.action, now);
+    if !decision.is_allowed() {
+        return Ok(Err(decision));
+    }
+    let id = new_event_id()?;
+    envelope::sign(keys, event, &id, now).map(Ok)
+}
+
+/// An event that was opened: who did what, and the policy's decision now.
+#[derive(Debug)]
+pub struct Consumed {
+    pub claims: EventClaims,
+    pub decision: Decision,
+}
+
+/// Opens `envelope` for `audience`, consumes its id (once only) and decides
+/// it against `policy` at `now`. An event is judged once: its id is
+/// consumed whether the policy allows it or not.
+pub fn consume(
+    policy: &PolicySet,
+    replay: &ReplayGuard,
+    envelope: &str,
+    message_sha256: &[u8; 32],
+    audience: &str,
+    now: u64,
+) -> Result<Consumed, Refusal> {
+    let claims = envelope::open(
+        policy.events.as_ref(),
+        envelope,
+        message_sha256,
+        audience,
+        now,
+    )?;
+    replay.first_use(&claims.jti, claims.exp, now)?;
+    let principal = principal_of(&claims);
+    let decision = decide(policy, &principal, &claims.resource, &claims.action, now);
+    Ok(Consumed { claims, decision })
+}
+
+/// The subject an envelope names, as the engine takes it: its groups are
+/// those its token asserted when the event was signed; no claims travel.
+pub fn principal_of(claims: &EventClaims) -> Principal {
+    Principal {
+        issuer: Arc::from(claims.idp.as_str()),
+        subject: claims.sub.clone(),
+        groups: claims.groups.clone(),
+        expires_at: claims.exp,
+        claims: Default::default(),
+    }
+}
