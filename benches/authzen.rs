@@ -1,7 +1,10 @@
 //! The AuthZEN API: evaluation throughput against a do-nothing handler on
 //! the same HTTP stack (the shared accept loop, axum, hyper, over loopback
-//! with a keep-alive client), a batch of 100 evaluations, and search pages
-//! of 100 over 200k grants (pure, no HTTP).
+//! with a keep-alive client), a batch of 100 evaluations, signing an event
+//! and verifying one (open, consume once, decide now) beside them, and
+//! search pages of 100 over 200k grants (pure, no HTTP). The `events`
+//! group is the same three without HTTP: a plain decision, signing, and
+//! verify+check.
 //!
 //! `cargo bench --bench authzen`; numbers, not asserts.
 
@@ -20,9 +23,11 @@ use portcullis::api::{self, ApiState};
 use portcullis::decision_log::DecisionLog;
 use portcullis::engine::VerifyEveryTime;
 use portcullis::events::replay::{ReplayGuard, DEFAULT_REPLAY_CAPACITY};
+use portcullis::events::{self, envelope, Publish};
 use portcullis::http_server;
 use portcullis::logging::LogLines;
 use portcullis::policy::callers::{api_key_digest, Caller, CallerCredential, Callers, Permissions};
+use portcullis::policy::events::{EventKeys, SigningKey, VerifyingKey};
 use portcullis::policy::{GrantIndex, Holder, PolicySet, ResourceKey};
 use portcullis::search;
 use portcullis::token::Principal;
@@ -31,9 +36,31 @@ use tokio::net::TcpListener;
 
 const KEY: &str = "bench-api-key-0123456789abcdef";
 
-/// The bundled policy with a caller that may ask about anyone.
+/// The bundled policy with a caller that may ask about anyone and sign
+/// for anyone, and an EdDSA event key.
 fn policy_with_caller() -> PolicySet {
     let mut policy = common::bundled();
+    let signer = portcullis_testkit::Signer::eddsa();
+    let public = jsonwebtoken::DecodingKey::from_ed_pem(signer.public_pem().as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    policy.events = Some(EventKeys {
+        signing: Some(SigningKey {
+            kid: "bench".into(),
+            algorithm: jsonwebtoken::Algorithm::EdDSA,
+            key: signer.encoding_key().clone(),
+        }),
+        verifying: [(
+            "bench".to_owned(),
+            VerifyingKey {
+                algorithm: jsonwebtoken::Algorithm::EdDSA,
+                key: public,
+            },
+        )]
+        .into_iter()
+        .collect(),
+        default_lifetime: 3600,
+        max_lifetime: 86_400,
+    });
     policy.callers = Callers::new(vec![Caller {
         name: "bench".into(),
         credential: CallerCredential::ApiKey(api_key_digest(KEY.as_bytes())),
@@ -73,8 +100,9 @@ fn http(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let policy = Arc::new(ArcSwap::from_pointee(policy_with_caller()));
     let state = ApiState {
-        policy: Arc::new(ArcSwap::from_pointee(policy_with_caller())),
+        policy: policy.clone(),
         authn: Arc::new(VerifyEveryTime),
         clock: Arc::new(|| common::NOW),
         public_url: None,
@@ -137,6 +165,103 @@ fn http(c: &mut Criterion) {
     });
     group.bench_function("evaluations_batch_100", |b| {
         b.iter(|| black_box(ask(api_address, "/access/v1/evaluations", &batch)))
+    });
+    let sign = json!({
+        "subject": { "type": "user", "id": "alice" },
+        "action": { "name": "share" },
+        "resource": { "type": "document", "id": "1" },
+        "audience": "bench",
+        "message": MESSAGE,
+    })
+    .to_string();
+    assert!(
+        ask(api_address, "/portcullis/v1/events/sign", &sign).starts_with(b"{\"decision\":true")
+    );
+    group.bench_function("event_sign", |b| {
+        b.iter(|| black_box(ask(api_address, "/portcullis/v1/events/sign", &sign)))
+    });
+    // Each verification consumes its envelope: a fresh one per iteration,
+    // signed outside the measurement.
+    let policy = policy.load_full();
+    let fresh = || {
+        let envelope = signed(&policy);
+        json!({ "envelope": envelope, "message": MESSAGE }).to_string()
+    };
+    let verified = ask(api_address, "/portcullis/v1/events/verify", &fresh());
+    assert!(verified.starts_with(b"{\"decision\":true"), "{verified:?}");
+    group.bench_function("event_verify_and_check", |b| {
+        b.iter_batched(
+            fresh,
+            |body| black_box(ask(api_address, "/portcullis/v1/events/verify", &body)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+const MESSAGE: &str = r#"{"with":"bob"}"#;
+
+fn alice() -> Principal {
+    Principal {
+        issuer: Arc::from("bench"),
+        subject: "alice".into(),
+        groups: Vec::new(),
+        expires_at: u64::MAX,
+        claims: Default::default(),
+    }
+}
+
+/// alice's share of document 1, for the caller `bench`, signed at `NOW`.
+fn signed(policy: &PolicySet) -> String {
+    let publish = Publish {
+        subject: "alice",
+        idp: "bench",
+        groups: &[],
+        action: "share",
+        resource: "document:1",
+        audience: "bench",
+        message_sha256: envelope::message_digest(MESSAGE.as_bytes()),
+        lifetime: None,
+    };
+    match events::publish(policy, &alice(), &publish, common::NOW) {
+        Ok(Ok(signed)) => signed.envelope,
+        other => panic!("not signed: {other:?}"),
+    }
+}
+
+/// Signing and verify+check without HTTP, beside the plain decision both
+/// make once.
+fn event_envelopes(c: &mut Criterion) {
+    let policy = policy_with_caller();
+    let alice = alice();
+    let digest = envelope::message_digest(MESSAGE.as_bytes());
+    let guard = ReplayGuard::new(DEFAULT_REPLAY_CAPACITY);
+    let attributes = portcullis::engine::Attributes::default();
+    let mut group = c.benchmark_group("events");
+    group.measurement_time(Duration::from_secs(4));
+    group.bench_function("decide_resource_action", |b| {
+        b.iter(|| {
+            black_box(portcullis::engine::decide_resource_action(
+                &policy,
+                &alice,
+                "document:1",
+                "share",
+                &attributes,
+                common::NOW,
+            ))
+        })
+    });
+    group.bench_function("sign_eddsa", |b| b.iter(|| black_box(signed(&policy))));
+    group.bench_function("verify_and_check_eddsa", |b| {
+        b.iter_batched(
+            || signed(&policy),
+            |envelope| {
+                let consumed =
+                    events::consume(&policy, &guard, &envelope, &digest, "bench", common::NOW);
+                black_box(consumed.map(|c| c.decision.is_allowed()))
+            },
+            criterion::BatchSize::SmallInput,
+        )
     });
     group.finish();
 }
@@ -215,5 +340,5 @@ fn searches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, searches, http);
+criterion_group!(benches, event_envelopes, searches, http);
 criterion_main!(benches);

@@ -709,14 +709,10 @@ fn worker_binary() -> PathBuf {
     worker
 }
 
-/// Runs the worker on `queue`; its output lines.
-fn run_worker(api: u16, dir: &Path, queue: &Path) -> Vec<String> {
+/// Runs the worker example with `args`; its output lines.
+fn worker(args: &[&str]) -> Vec<String> {
     let out = Command::new(worker_binary())
-        .args(["--api", &format!("http://127.0.0.1:{api}")])
-        .arg("--api-key-file")
-        .arg(dir.join("worker.key"))
-        .arg("--queue")
-        .arg(queue)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("event-worker: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -729,8 +725,17 @@ fn run_worker(api: u16, dir: &Path, queue: &Path) -> Vec<String> {
     stdout.lines().map(str::to_owned).collect()
 }
 
-fn queue_line(envelope: &str, message: &str) -> String {
-    format!("{}\n", json!({ "envelope": envelope, "message": message }))
+/// Runs the worker on `queue` with the worker's API key in `dir`.
+fn run_worker(api: u16, dir: &Path, queue: &Path) -> Vec<String> {
+    worker(&[
+        "work",
+        "--api",
+        &format!("http://127.0.0.1:{api}"),
+        "--api-key-file",
+        &dir.join("worker.key").display().to_string(),
+        "--queue",
+        &queue.display().to_string(),
+    ])
 }
 
 /// Writes `grants.yaml` by rename and waits for the server to serve it.
@@ -760,10 +765,35 @@ fn a_revoked_grant_stops_the_work_and_a_restored_one_lets_new_work_through() {
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let queue = work.path().join("queue.jsonl");
 
-    // alice shares document 1; the event waits in the queue.
-    let message = r#"{"with":"bob"}"#;
-    let queued = sign_as_alice(server.api_port(), message);
-    std::fs::write(&queue, queue_line(&queued, message)).unwrap_or_else(|e| panic!("{e}"));
+    // alice shares document 1: the service signs the event with her token
+    // and queues it.
+    let publish = || {
+        worker(&[
+            "publish",
+            "--api",
+            &format!("http://127.0.0.1:{}", server.api_port()),
+            "--token",
+            &token("alice"),
+            "--subject",
+            "alice",
+            "--action",
+            "share",
+            "--resource",
+            "document:1",
+            "--audience",
+            "worker",
+            "--message",
+            r#"{"with":"bob"}"#,
+            "--queue",
+            &queue.display().to_string(),
+        ])
+    };
+    let published = publish();
+    assert!(
+        published[0].starts_with("queued ")
+            && published[0].ends_with(": alice share document:1 for worker"),
+        "{published:?}"
+    );
 
     // Her ownership is revoked before the worker gets to it.
     let grants =
@@ -785,16 +815,7 @@ fn a_revoked_grant_stops_the_work_and_a_restored_one_lets_new_work_through() {
     // Restored: the old event was judged once and stays refused; a newly
     // signed one is done.
     rewrite_grants(dir.path(), &server, |_| grants.clone());
-    let fresh = sign_as_alice(server.api_port(), message);
-    std::fs::write(
-        &queue,
-        format!(
-            "{}{}",
-            queue_line(&queued, message),
-            queue_line(&fresh, message)
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    publish();
     let lines = run_worker(server.api_port(), dir.path(), &queue);
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0], "refused line 1: replayed");

@@ -1,7 +1,10 @@
 //! A worker that checks each event when it does the work, not when the work
-//! was queued.
+//! was queued, and the publisher side that queues signed events.
 //!
-//! It reads a queue (a JSON-lines file: one `{"envelope": ..., "message":
+//! `event-worker publish` asks Portcullis to sign an event
+//! (`POST /portcullis/v1/events/sign`, with the acting user's token or a
+//! signing caller's API key) and appends it, with its message, to the
+//! queue. `event-worker work` reads the queue (a JSON-lines file: one `{"envelope": ..., "message":
 //! ...}` per line, as a publisher wrote them after Portcullis signed each
 //! event), hands every envelope and message to Portcullis's
 //! `POST /portcullis/v1/events/verify` with its own API key, and acts only
@@ -16,21 +19,62 @@
 //! ```
 //!
 //! Portcullis unreachable or answering an error: the event is not done
-//! (`error ...`), and the worker exits 1 at the end. Run it as
-//! `cargo run --example event-worker -- --api http://127.0.0.1:9292
-//! --api-key-file worker.key --queue queue.jsonl`; the README walks through
-//! the whole story.
+//! (`error ...`), and the worker exits 1 at the end. The README walks
+//! through the whole story.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(about = "Consume a queue of signed events, checking each through Portcullis")]
+#[command(about = "Queue signed events, and consume them checking each through Portcullis")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Have Portcullis sign an event and append it to the queue
+    Publish(Publish),
+    /// Consume the queue, checking each event through Portcullis
+    Work(Args),
+}
+
+#[derive(clap::Args)]
+struct Publish {
+    /// Portcullis's API base URL (`serve --api-listen`)
+    #[arg(long)]
+    api: String,
+    /// The acting user's token (the service forwards it)
+    #[arg(long, required_unless_present = "api_key_file")]
+    token: Option<String>,
+    /// Or the API key of a caller that may sign for anyone
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    #[arg(long)]
+    subject: String,
+    #[arg(long)]
+    action: String,
+    /// `type:id`, e.g. document:1
+    #[arg(long)]
+    resource: String,
+    /// The caller name of the worker that will consume it
+    #[arg(long)]
+    audience: String,
+    /// The message the work needs
+    #[arg(long)]
+    message: String,
+    /// The queue file to append to
+    #[arg(long)]
+    queue: PathBuf,
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// Portcullis's API base URL (`serve --api-listen`)
     #[arg(long)]
@@ -51,7 +95,7 @@ enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -62,7 +106,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(work(&args)) {
+    let done = match &cli.command {
+        Command::Publish(args) => runtime.block_on(publish(args)).map(|()| true),
+        Command::Work(args) => runtime.block_on(work(args)),
+    };
+    match done {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -70,6 +118,79 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Signs one event through Portcullis and appends it to the queue.
+async fn publish(args: &Publish) -> anyhow::Result<()> {
+    let Some((kind, id)) = args.resource.split_once(':') else {
+        bail!("--resource must be type:id, e.g. document:1");
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let url = format!(
+        "{}/portcullis/v1/events/sign",
+        args.api.trim_end_matches('/')
+    );
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(
+            json!({
+                "subject": { "type": "user", "id": args.subject },
+                "action": { "name": args.action },
+                "resource": { "type": kind, "id": id },
+                "audience": args.audience,
+                "message": args.message,
+            })
+            .to_string(),
+        );
+    request = match (&args.token, &args.api_key_file) {
+        (Some(token), _) => request.header("authorization", format!("Bearer {}", token.trim())),
+        (None, Some(file)) => {
+            let key = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            request.header("x-api-key", key.trim())
+        }
+        (None, None) => bail!("give --token or --api-key-file"),
+    };
+    let response = request.send().await.context("asking Portcullis")?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .context("reading Portcullis's answer")?;
+    if !status.is_success() {
+        bail!(
+            "Portcullis answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    let answer: Value = serde_json::from_slice(&body).context("Portcullis's answer is not JSON")?;
+    let Some(envelope) = answer["envelope"].as_str() else {
+        bail!(
+            "not signed: {} may not {} {} now",
+            args.subject,
+            args.action,
+            args.resource
+        );
+    };
+    let line = json!({ "envelope": envelope, "message": args.message });
+    let mut queue = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.queue)
+        .with_context(|| format!("opening {}", args.queue.display()))?;
+    std::io::Write::write_all(&mut queue, format!("{line}\n").as_bytes())?;
+    println!(
+        "queued {}: {} {} {} for {}",
+        answer["id"].as_str().unwrap_or_default(),
+        args.subject,
+        args.action,
+        args.resource,
+        args.audience
+    );
+    Ok(())
 }
 
 /// Works through the queue; `false` if some event met an error.
