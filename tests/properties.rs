@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -951,8 +951,15 @@ fn reloads_race_a_writer(
     assert_eq!(known.len(), 2, "the two versions should differ: {known:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Reloads begun so far. After each write the writer waits for two more
+    // to begin (bounded), so each version lies whole for at least one
+    // reload: a writer slowed down mid-write (dirty-page throttling on a
+    // busy machine) would otherwise leave no whole version to see, and the
+    // loader rightly refuses every part-written one. The reloads still race
+    // the next write.
+    let begun = Arc::new(AtomicUsize::new(0));
     let writing = {
-        let stop = Arc::clone(&stop);
+        let (stop, begun) = (Arc::clone(&stop), Arc::clone(&begun));
         let dir = dir.to_path_buf();
         std::thread::spawn(move || {
             let mut written = 0usize;
@@ -965,6 +972,14 @@ fn reloads_race_a_writer(
                 };
                 writer.write(&dir, bytes);
                 written += 1;
+                let target = begun.load(Ordering::SeqCst) + 2;
+                let waited = std::time::Instant::now();
+                while begun.load(Ordering::SeqCst) < target
+                    && !stop.load(Ordering::Relaxed)
+                    && waited.elapsed() < std::time::Duration::from_secs(2)
+                {
+                    std::thread::yield_now();
+                }
             }
             written
         })
@@ -980,6 +995,7 @@ fn reloads_race_a_writer(
             break;
         }
         done += 1;
+        begun.fetch_add(1, Ordering::SeqCst);
         match reloader.reload() {
             Served::Policy { version, grants } => {
                 assert!(grants > 0, "an empty policy was served ({version})");
