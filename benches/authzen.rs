@@ -40,6 +40,7 @@ fn policy_with_caller() -> PolicySet {
             any_subject: true,
             search: true,
             explain: false,
+            ..Permissions::default()
         },
     }]);
     policy
@@ -79,6 +80,7 @@ fn http(c: &mut Criterion) {
         https: false,
         // Allows unlogged, as --log-allow-rate 0 would; no subscriber anyway.
         log: Arc::new(DecisionLog::new(0.0, LogLines::to(std::io::sink()))),
+        grants_db: None,
     };
     let api_address = serve(&runtime, api::router(state));
     // The same stack, a handler that answers without looking.

@@ -92,6 +92,7 @@ impl Service {
                 tls: api_tls,
                 public_url: None,
             }),
+            grants_db: None,
         };
         let app = App::build(config).unwrap_or_else(|e| panic!("build: {e:?}"));
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -31,6 +31,8 @@ use crate::token::KeySet;
 use crate::token_cache::DEFAULT_TOKEN_CACHE_TTL;
 
 mod check;
+mod db;
+mod grants;
 mod serve;
 mod test;
 mod token;
@@ -65,7 +67,16 @@ pub enum Command {
         /// Case files, or directories whose *.yaml, *.yml and *.json files are case files
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Decide with the grants in this PostgreSQL database (through the cache, as `serve` does), not the policy files'
+        #[arg(long)]
+        grants_database_url: Option<String>,
     },
+    /// The grants database's schema (`db migrate`)
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// Grants kept in the grants database: add, remove, list, import, export
+    #[command(subcommand)]
+    Grants(grants::GrantsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +145,8 @@ pub struct ServeArgs {
     /// The API's public base URL, as the metadata's policy_decision_point (default: from the request's Host)
     #[arg(long, env = "PORTCULLIS_API_URL")]
     pub api_url: Option<String>,
+    #[command(flatten)]
+    pub grants_db: db::ServeDatabaseArgs,
 }
 
 /// A size in bytes: digits, optionally followed by `Ki`, `Mi` or `Gi`
@@ -221,7 +234,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Validate { dir } => validate::validate(&dir),
         Command::Check(args) => check::check(args),
         Command::Token(args) => token::token(args),
-        Command::Test { paths } => test::test(&paths),
+        Command::Test {
+            paths,
+            grants_database_url,
+        } => test::test(&paths, grants_database_url),
+        Command::Db(command) => db::db(command),
+        Command::Grants(command) => grants::grants(command),
     }
 }
 

@@ -61,6 +61,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
             return Exit::Usage.into();
         }
     };
+    let grants_db = args.grants_db.config();
     let exit = app::serve(ServeConfig {
         policies: args.policies,
         listen: args.listen,
@@ -79,6 +80,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         },
         tls,
         api,
+        grants_db,
     });
     log_lines.close();
     exit.into()

@@ -21,6 +21,8 @@ pub struct Permissions {
     pub search: bool,
     /// The reason (rule, grant) of a decision in its `context`.
     pub explain: bool,
+    /// Writing grants kept in the grants database.
+    pub write_grants: bool,
 }
 
 /// How a caller proves who it is.

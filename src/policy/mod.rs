@@ -7,6 +7,7 @@
 
 pub mod callers;
 pub mod condition;
+pub mod grant_snapshot;
 pub mod grants;
 mod load;
 pub mod routes;

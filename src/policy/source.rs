@@ -87,6 +87,9 @@ pub enum CallerPermission {
     Search,
     /// Receive the reason (rule, grant) of a decision in its `context`.
     Explain,
+    /// Add and remove grants kept in the grants database
+    /// (`POST /portcullis/v1/grants`).
+    WriteGrants,
 }
 
 /// The answer to a connection check: a CheckRequest without HTTP

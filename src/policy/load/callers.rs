@@ -145,6 +145,7 @@ impl Compiler<'_> {
                 CallerPermission::AnySubject => may.any_subject = true,
                 CallerPermission::Search => may.search = true,
                 CallerPermission::Explain => may.explain = true,
+                CallerPermission::WriteGrants => may.write_grants = true,
             }
         }
         Some(Caller {
