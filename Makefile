@@ -81,13 +81,15 @@ fmt:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# A missing Envoy fails the end-to-end tests here instead of skipping them.
+# A missing Envoy fails the end-to-end tests here instead of skipping them,
+# and a missing PostgreSQL the grants-database tests (tests/grants_db.rs:
+# `apt-get install postgresql`, or PORTCULLIS_POSTGRES_BIN=dir of initdb).
 test: manifests $(ENVOY_CONFIG)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	envoy_bin=$$(scripts/ensure-envoy.sh); \
 	"$$envoy_bin" --mode validate --disable-hot-restart -l warning -c $(ENVOY_CONFIG); \
-	ENVOY_BIN="$$envoy_bin" PORTCULLIS_REQUIRE_ENVOY=1 $(CARGO) test
+	ENVOY_BIN="$$envoy_bin" PORTCULLIS_REQUIRE_ENVOY=1 PORTCULLIS_REQUIRE_POSTGRES=1 $(CARGO) test
 	@echo "== policy tests: portcullis test $(POLICIES)/tests"
 	$(CARGO) run -q --bin portcullis -- test $(POLICIES)/tests
 	@echo "== policy tests: portcullis test examples/conditions/tests"

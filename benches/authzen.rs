@@ -69,6 +69,7 @@ fn policy_with_caller() -> PolicySet {
             search: true,
             explain: false,
             sign: true,
+            ..Permissions::default()
         },
     }]);
     policy
@@ -110,6 +111,7 @@ fn http(c: &mut Criterion) {
         // Allows unlogged, as --log-allow-rate 0 would; no subscriber anyway.
         log: Arc::new(DecisionLog::new(0.0, LogLines::to(std::io::sink()))),
         replay: Arc::new(ReplayGuard::new(DEFAULT_REPLAY_CAPACITY)),
+        grants_db: None,
     };
     let api_address = serve(&runtime, api::router(state));
     // The same stack, a handler that answers without looking.

@@ -346,6 +346,30 @@ fn sanitize_request_id(id: &str) -> String {
         .collect()
 }
 
+/// The value of the request header `name` (lower case), from `headers` or
+/// `header_map`, if the CheckRequest carries one: for the shell (the
+/// grants database's minimum revision), never for the engine.
+pub fn request_header(request: &CheckRequest, name: &str) -> Option<String> {
+    let http = request
+        .attributes
+        .as_ref()?
+        .request
+        .as_ref()?
+        .http
+        .as_ref()?;
+    http.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .or_else(|| {
+            http.header_map
+                .iter()
+                .flat_map(|m| &m.headers)
+                .find(|h| h.key.eq_ignore_ascii_case(name))
+                .map(header_value)
+        })
+}
+
 /// A header's value: `raw_value` when Envoy sent raw bytes, else `value`.
 /// Bytes that are not UTF-8 become U+FFFD, which no token contains.
 fn header_value(header: &HeaderValue) -> String {

@@ -32,15 +32,25 @@ use crate::policy::{PolicyHandle, PolicySet};
 
 /// Whether this instance should be sent checks, as far as the process
 /// knows: set once serving, cleared when shutdown begins.
-#[derive(Debug)]
 pub struct Readiness {
     ready: watch::Sender<bool>,
+    /// A further condition (the grants database within its grace period).
+    also: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("ready", &*self.ready.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Readiness {
     fn default() -> Self {
         Self {
             ready: watch::Sender::new(false),
+            also: std::sync::OnceLock::new(),
         }
     }
 }
@@ -62,7 +72,14 @@ impl Readiness {
     /// What `/ready` and gRPC health answer: set, and every key set an
     /// issuer of `policy` fetches from a URL loaded.
     pub fn serving(&self, policy: &PolicySet) -> bool {
-        self.is_ready() && policy.issuers.remote_key_sets_loaded()
+        self.is_ready()
+            && policy.issuers.remote_key_sets_loaded()
+            && self.also.get().is_none_or(|also| also())
+    }
+
+    /// Serving also requires `also` (set once; a second call is ignored).
+    pub fn also_require(&self, also: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.also.set(Box::new(also));
     }
 }
 

@@ -25,6 +25,7 @@ use crate::api::{self, ApiState};
 use crate::decision_cache::DecisionCache;
 use crate::decision_log::DecisionLog;
 use crate::events::ReplayGuard;
+use crate::grants_db::{self, DatabaseConfig, GrantStore, StoreCollector};
 use crate::jwks::JwksFetcher;
 use crate::logging::LogLines;
 use crate::metrics::Metrics;
@@ -79,6 +80,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     /// The AuthZEN API listener; `None` serves no API.
     pub api: Option<ApiConfig>,
+    /// Grants from PostgreSQL instead of the policy files; `None`: files.
+    pub grants_db: Option<DatabaseConfig>,
 }
 
 /// Settings of the AuthZEN API listener (`--api-listen` and friends).
@@ -142,6 +145,9 @@ impl ServeConfig {
                 }
             }
         }
+        if let Some(db) = &self.grants_db {
+            grants_db::pg_config(db).map_err(|e| format!("--grants-database-url: {e}"))?;
+        }
         Ok(self)
     }
 }
@@ -164,6 +170,7 @@ pub struct App {
     decisions: Option<DecisionCache>,
     metrics: Arc<Metrics>,
     log_lines: LogLines,
+    grants_db: Option<Arc<GrantStore>>,
 }
 
 impl App {
@@ -195,10 +202,25 @@ impl App {
         let decisions = (config.decision_cache_bytes > 0).then(|| {
             DecisionCache::with_max_bytes(config.decision_cache_bytes, config.decision_cache_ttl)
         });
+        let grants_db = match config.grants_db.clone().map(GrantStore::new).transpose() {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::error!(error = %e, "grants database");
+                eprintln!("{e}");
+                return Err(Exit::Config);
+            }
+        };
+        // Decisions cached by request know nothing of grant revisions.
+        let decisions = decisions.filter(|_| grants_db.is_none());
         let mut caches = vec![("token", tokens.stats())];
         caches.extend(decisions.iter().map(|d| ("decision", d.stats())));
+        caches.extend(grants_db.iter().map(|s| ("grants", s.cache_stats())));
         let log_lines = config.log_lines.clone().unwrap_or_else(LogLines::stderr);
-        let metrics = Arc::new(Metrics::with_log(caches, log_lines.clone()));
+        let mut metrics = Metrics::with_log(caches, log_lines.clone());
+        if let Some(store) = &grants_db {
+            metrics = metrics.with_collector(Box::new(StoreCollector(store.clone())));
+        }
+        let metrics = Arc::new(metrics);
         let policy = match load_policies(&config.policies) {
             Ok(policy) => policy,
             Err(errors) => {
@@ -211,6 +233,12 @@ impl App {
             }
         };
         metrics.record_policy_load(Ok((&policy.version, policy.grants.len())));
+        if grants_db.is_some() && !policy.grants.is_empty() {
+            tracing::warn!(
+                grants = policy.grants.len(),
+                "grants come from the database: the grants in the policy files are ignored"
+            );
+        }
         // The parse trees of a large policy are freed by now; hand them back.
         reload::release_freed_memory();
         Ok(Self {
@@ -222,6 +250,7 @@ impl App {
             decisions,
             metrics,
             log_lines,
+            grants_db,
         })
     }
 
@@ -244,15 +273,37 @@ impl App {
             decisions,
             metrics,
             log_lines,
+            grants_db,
         } = self;
+        // Grants from the database: schema checked and the change feed
+        // followed before the service says it is ready.
+        let grants_feed = match &grants_db {
+            Some(store) => match store.start().await {
+                Ok(()) => Some(tokio::spawn(grants_db::feed::follow(store.clone()))),
+                Err(e) => {
+                    tracing::error!(error = %e, "grants database");
+                    eprintln!("{e}");
+                    return match e {
+                        grants_db::DbError::Schema { .. } => Exit::Config,
+                        _ => Exit::Failure,
+                    };
+                }
+            },
+            None => None,
+        };
         // A change of an issuer's fetched keys forgets every verification;
         // a new policy version leaves the old entries unreachable: drop them.
         let clear_caches = {
             let (tokens, decisions) = (tokens.clone(), decisions.clone());
+            let grants = grants_db.clone();
             move || {
                 tokens.clear();
                 if let Some(cache) = &decisions {
                     cache.clear();
+                }
+                // Cached roles are resolved against a policy version.
+                if let Some(store) = &grants {
+                    store.clear();
                 }
             }
         };
@@ -319,6 +370,7 @@ impl App {
             https: api_tls.is_some(),
             log: Arc::new(DecisionLog::new(config.log_allow_rate, log_lines.clone())),
             replay: Arc::new(replay),
+            grants_db: grants_db.clone(),
         };
         let authorizer = Authorizer::new(
             policy.clone(),
@@ -331,6 +383,14 @@ impl App {
         .with_readiness(readiness.clone());
         let authorizer = match decisions {
             Some(cache) => authorizer.with_decision_cache(cache),
+            None => authorizer,
+        };
+        let authorizer = match &grants_db {
+            Some(store) => {
+                let serving = store.clone();
+                readiness.also_require(move || serving.serving());
+                authorizer.with_grants_db(store.clone())
+            }
             None => authorizer,
         };
 
@@ -434,6 +494,9 @@ impl App {
         reloads.abort();
         for tls_reloads in tls_reloads {
             tls_reloads.abort();
+        }
+        if let Some(feed) = grants_feed {
+            feed.abort();
         }
         tracing::info!("stopped");
         exit

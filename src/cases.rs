@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Attributes, Credential, Decision, KnownPrincipal, RequestAttrs};
-use crate::policy::{load_policies_with, PolicySet, UnreadableKeys};
+use crate::policy::{load_policies_with, GrantSource, PolicySet, UnreadableKeys};
 use crate::token::Principal;
 use crate::yaml::{self, LineIndex, Step};
 
@@ -182,11 +182,24 @@ pub struct CaseOutcome {
 pub struct CaseRunner {
     loaded: HashMap<PathBuf, Result<Arc<PolicySet>, ()>>,
     warnings: Vec<Diagnostic>,
+    grants: Option<GrantsHook>,
 }
+
+/// Decides with grants kept elsewhere (a database): given the policy and
+/// the engine's call, asks it with the grants it fetched and returns its
+/// decision. `portcullis test --grants-database-url` runs cases through the
+/// same path `serve` does.
+pub type GrantsHook = Box<dyn Fn(&PolicySet, &dyn Fn(&dyn GrantSource) -> Decision) -> Decision>;
 
 impl CaseRunner {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Takes grants through `hook` instead of the policy files.
+    pub fn with_grants(mut self, hook: GrantsHook) -> Self {
+        self.grants = Some(hook);
+        self
     }
 
     /// Warnings of the policy directories loaded since the last call.
@@ -226,7 +239,7 @@ impl CaseRunner {
             .enumerate()
             .map(|(i, case)| {
                 let line = lines.line_of(&[Step::Key("cases"), Step::Index(i)]);
-                run_case(&policy, case, line)
+                run_case(&policy, case, line, self.grants.as_ref())
             })
             .collect();
         Ok(outcomes)
@@ -260,7 +273,16 @@ pub fn run_case_file(path: &Path) -> Result<Vec<CaseOutcome>, Vec<Diagnostic>> {
     CaseRunner::new().run_file(path)
 }
 
-fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
+fn run_case(
+    policy: &PolicySet,
+    case: &Case,
+    line: usize,
+    grants: Option<&GrantsHook>,
+) -> CaseOutcome {
+    let with_grants = |decide: &dyn Fn(&dyn GrantSource) -> Decision| match grants {
+        Some(hook) => hook(policy, decide),
+        None => decide(&*policy.grants),
+    };
     let principal = Arc::new(Principal {
         issuer: Arc::from("case"),
         subject: case
@@ -311,7 +333,10 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
                     .filter(|(k, _)| policy.condition_headers.contains(k))
                     .collect(),
             };
-            let decision = engine::decide(policy, &request, &KnownPrincipal(principal), now);
+            let authn = KnownPrincipal(principal);
+            let decision = with_grants(&|grants| {
+                engine::decide_with_grants(policy, grants, &request, &authn, now)
+            });
             // Explained only for a deny no route took, and only here, off
             // the engine's path.
             if decision.route.is_none() && !decision.is_allowed() {
@@ -326,17 +351,30 @@ fn run_case(policy: &PolicySet, case: &Case, line: usize) -> CaseOutcome {
                 resource: case.resource_properties.clone(),
                 context: case.context.clone(),
             };
-            match engine::decide_resource_action(
-                policy,
-                &principal,
-                resource,
-                action,
-                &attributes,
-                now,
-            ) {
-                Ok(decision) => decision,
-                Err(unknown) => return broken(case, line, unknown.to_string()),
+            if !policy.actions.iter().any(|a| a == action) {
+                return broken(
+                    case,
+                    line,
+                    engine::UnknownAction(action.clone()).to_string(),
+                );
             }
+            with_grants(&|grants| {
+                engine::decide_resource_action_with_grants(
+                    policy,
+                    grants,
+                    &principal,
+                    resource,
+                    action,
+                    &attributes,
+                    now,
+                )
+                .unwrap_or_else(|unknown| {
+                    let mut d =
+                        Decision::deny(engine::DenyStatus::Forbidden, engine::Reason::NoGrant);
+                    d.matched_rule = Some(unknown.to_string());
+                    d
+                })
+            })
         }
         _ => {
             return broken(

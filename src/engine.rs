@@ -18,8 +18,8 @@ use serde_json::{Map, Value};
 use crate::path::{self, PathError};
 use crate::policy::condition::{Inputs, Scope};
 use crate::policy::{
-    bounded, normalize_host, Access, Condition, Connections, Holder, PolicySet, ResourceKey,
-    SelectInput, Selection,
+    bounded, normalize_host, Access, Condition, Connections, GrantSource, Holder, PolicySet,
+    ResourceKey, SelectInput, Selection,
 };
 use crate::token::{Principal, TokenError};
 
@@ -192,6 +192,10 @@ pub enum Reason {
     ConnectionAllowed,
     /// A connection check, answered by `connections: deny` (the default).
     ConnectionDenied,
+    /// Grants kept in a database could not be read (unreachable past its
+    /// grace period, or not at the revision the check asked for): denied,
+    /// never allowed on error.
+    GrantsUnavailable,
 }
 
 impl Reason {
@@ -215,6 +219,7 @@ impl Reason {
             Reason::InternalError => "internal_error",
             Reason::ConnectionAllowed => "connection_allowed",
             Reason::ConnectionDenied => "connection_denied",
+            Reason::GrantsUnavailable => "grants_unavailable",
         }
     }
 
@@ -236,7 +241,9 @@ impl Reason {
             Reason::ExplicitDeny | Reason::NoGrant | Reason::ConditionNotMet => {
                 "the subject may not do this"
             }
-            Reason::InternalError => "the request could not be authorized",
+            Reason::InternalError | Reason::GrantsUnavailable => {
+                "the request could not be authorized"
+            }
             Reason::ConnectionDenied => "the connection is not allowed",
         }
     }
@@ -270,6 +277,7 @@ impl fmt::Display for Reason {
             Reason::ConnectionDenied => {
                 f.write_str("a check without HTTP attributes, denied by `connections`")
             }
+            Reason::GrantsUnavailable => f.write_str("the grants database could not be read"),
         }
     }
 }
@@ -348,6 +356,19 @@ impl Decision {
 /// Decides `request` against `policy` at `now` (seconds since the epoch).
 pub fn decide(
     policy: &PolicySet,
+    request: &RequestAttrs,
+    authn: &dyn Authenticate,
+    now: u64,
+) -> Decision {
+    decide_with_grants(policy, &*policy.grants, request, authn, now)
+}
+
+/// [`decide`] with the grants asked of `grants` instead of the policy's
+/// own: a source the server filled for this one check (grants kept in a
+/// database), everything else from `policy`.
+pub fn decide_with_grants(
+    policy: &PolicySet,
+    grants: &dyn GrantSource,
     request: &RequestAttrs,
     authn: &dyn Authenticate,
     now: u64,
@@ -431,6 +452,7 @@ pub fn decide(
     });
     let mut decision = authorize_in(
         policy,
+        grants,
         &principal,
         route.access,
         resource.as_deref(),
@@ -664,6 +686,30 @@ pub fn authorize(
     attributes: &Attributes,
     now: u64,
 ) -> Decision {
+    authorize_with_grants(
+        policy,
+        &*policy.grants,
+        principal,
+        access,
+        resource,
+        action,
+        attributes,
+        now,
+    )
+}
+
+/// [`authorize`] with the grants asked of `grants` (see [`decide_with_grants`]).
+#[allow(clippy::too_many_arguments)]
+pub fn authorize_with_grants(
+    policy: &PolicySet,
+    grants: &dyn GrantSource,
+    principal: &Principal,
+    access: Access,
+    resource: Option<&str>,
+    action: Option<usize>,
+    attributes: &Attributes,
+    now: u64,
+) -> Decision {
     let action_name = action
         .and_then(|a| policy.actions.get(a))
         .map(String::as_str);
@@ -676,7 +722,9 @@ pub fn authorize(
         context_properties: Some(&attributes.context),
         ..principal_inputs(policy, principal)
     });
-    authorize_in(policy, principal, access, resource, action, None, &lazy)
+    authorize_in(
+        policy, grants, principal, access, resource, action, None, &lazy,
+    )
 }
 
 /// What conditions read of the principal: its subject, its groups (the
@@ -695,8 +743,10 @@ fn principal_inputs<'a>(policy: &'a PolicySet, principal: &'a Principal) -> Inpu
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn authorize_in(
     policy: &PolicySet,
+    grants: &dyn GrantSource,
     principal: &Principal,
     access: Access,
     resource: Option<&str>,
@@ -752,7 +802,7 @@ fn authorize_in(
     let mut unmet: Option<String> = None;
     for holder in holders {
         for key in ResourceKey::covering(resource) {
-            for &role_id in policy.grants.roles(holder, key) {
+            for &role_id in grants.roles(holder, key) {
                 let Some(role) = policy.roles.get(role_id as usize) else {
                     continue;
                 };
@@ -812,13 +862,36 @@ pub fn decide_resource_action(
     attributes: &Attributes,
     now: u64,
 ) -> Result<Decision, UnknownAction> {
+    decide_resource_action_with_grants(
+        policy,
+        &*policy.grants,
+        principal,
+        resource,
+        action,
+        attributes,
+        now,
+    )
+}
+
+/// [`decide_resource_action`] with the grants asked of `grants` (see
+/// [`decide_with_grants`]).
+pub fn decide_resource_action_with_grants(
+    policy: &PolicySet,
+    grants: &dyn GrantSource,
+    principal: &Principal,
+    resource: &str,
+    action: &str,
+    attributes: &Attributes,
+    now: u64,
+) -> Result<Decision, UnknownAction> {
     let index = policy
         .actions
         .iter()
         .position(|a| a == action)
         .ok_or_else(|| UnknownAction(action.to_owned()))?;
-    let mut d = authorize(
+    let mut d = authorize_with_grants(
         policy,
+        grants,
         principal,
         Access::Granted,
         Some(resource),

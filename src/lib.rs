@@ -15,6 +15,7 @@ pub mod decision_log;
 pub mod diagnostic;
 pub mod engine;
 pub mod events;
+pub mod grants_db;
 pub mod http_server;
 pub mod jwks;
 pub mod logging;

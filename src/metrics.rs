@@ -292,6 +292,15 @@ impl Metrics {
         }
     }
 
+    /// Adds `collector`'s metrics to every scrape.
+    pub fn with_collector(
+        mut self,
+        collector: Box<dyn prometheus_client::collector::Collector>,
+    ) -> Self {
+        self.registry.register_collector(collector);
+        self
+    }
+
     /// Counts one fetch of a JWKS URL.
     pub fn record_jwks_fetch(&self, succeeded: bool) {
         let result = if succeeded { "success" } else { "failure" };

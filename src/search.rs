@@ -21,8 +21,8 @@ use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap, HashSet};
 use std::ops::Bound;
 
-use crate::engine::{authorize, Attributes};
-use crate::policy::{Access, Holder, PolicySet, ResourceKey, RoleId};
+use crate::engine::{authorize_with_grants, Attributes};
+use crate::policy::{Access, GrantSource, Holder, PolicySet, ResourceKey, RoleId};
 use crate::token::Principal;
 
 /// One page of results, in order.
@@ -34,13 +34,13 @@ pub struct Found {
 }
 
 impl Found {
-    fn from(mut items: Vec<String>, limit: usize) -> Self {
+    pub fn from(mut items: Vec<String>, limit: usize) -> Self {
         let more = items.len() > limit;
         items.truncate(limit);
         Found { items, more }
     }
 
-    fn none() -> Self {
+    pub fn none() -> Self {
         Found {
             items: Vec::new(),
             more: false,
@@ -48,11 +48,11 @@ impl Found {
     }
 }
 
-fn action_index(policy: &PolicySet, action: &str) -> Option<usize> {
+pub fn action_index(policy: &PolicySet, action: &str) -> Option<usize> {
     policy.actions.iter().position(|a| a == action)
 }
 
-fn role_holds(policy: &PolicySet, roles: &[RoleId], action: usize) -> bool {
+pub fn role_holds(policy: &PolicySet, roles: &[RoleId], action: usize) -> bool {
     roles.iter().any(|r| {
         policy
             .roles
@@ -61,12 +61,20 @@ fn role_holds(policy: &PolicySet, roles: &[RoleId], action: usize) -> bool {
     })
 }
 
-fn allows(policy: &PolicySet, principal: &Principal, resource: &str, action: usize) -> bool {
+/// Whether `principal` may do `action` on `resource` with `grants`.
+pub fn allows(
+    policy: &PolicySet,
+    grants: &dyn GrantSource,
+    principal: &Principal,
+    resource: &str,
+    action: usize,
+) -> bool {
     // Every candidate comes from a grant without a condition
     // (`role_holds`) and deny rules carry none, so the answer never hangs
     // on an attribute or the time: none are given.
-    authorize(
+    authorize_with_grants(
         policy,
+        grants,
         principal,
         Access::Granted,
         Some(resource),
@@ -179,7 +187,7 @@ pub fn resources(
             break;
         };
         for candidate in batch {
-            if allows(policy, principal, &candidate.check, action) {
+            if allows(policy, &*policy.grants, principal, &candidate.check, action) {
                 out.push(candidate.id.into_owned());
             }
         }
@@ -203,6 +211,19 @@ pub fn subjects(
     after: Option<&str>,
     limit: usize,
 ) -> Found {
+    subjects_with_grants(policy, &*policy.grants, resource, action, after, limit)
+}
+
+/// [`subjects`] over `grants` (which must hold every grant on a key
+/// covering `resource`), not the policy's own.
+pub fn subjects_with_grants(
+    policy: &PolicySet,
+    grants: &dyn GrantSource,
+    resource: &str,
+    action: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Found {
     let Some(action) = action_index(policy, action) else {
         return Found::none();
     };
@@ -210,11 +231,11 @@ pub fn subjects(
     let holds = |holder: Holder<'_>| {
         covering
             .iter()
-            .any(|key| role_holds(policy, policy.grants.roles(holder, *key), action))
+            .any(|key| role_holds(policy, grants.roles(holder, *key), action))
     };
     let mut candidates: BTreeSet<&str> = BTreeSet::new();
     let mut granted_groups: HashSet<&str> = HashSet::new();
-    for holder in policy.grants.holders() {
+    for holder in grants.holders() {
         match holder {
             Holder::Subject(s) if holds(holder) => {
                 candidates.insert(s);
@@ -242,7 +263,7 @@ pub fn subjects(
             expires_at: u64::MAX,
             claims: Default::default(),
         };
-        if allows(policy, &principal, resource, action) {
+        if allows(policy, grants, &principal, resource, action) {
             out.push((*subject).to_owned());
             if out.len() > limit {
                 break;
@@ -261,6 +282,19 @@ pub fn actions(
     after: Option<&str>,
     limit: usize,
 ) -> Found {
+    actions_with_grants(policy, &*policy.grants, principal, resource, after, limit)
+}
+
+/// [`actions`] over `grants` (which must answer every lookup a decision on
+/// `resource` for `principal` makes), not the policy's own.
+pub fn actions_with_grants(
+    policy: &PolicySet,
+    grants: &dyn GrantSource,
+    principal: &Principal,
+    resource: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Found {
     let mut out = Vec::new();
     let mut named: Vec<(usize, &String)> = policy.actions.iter().enumerate().collect();
     named.sort_by(|a, b| a.1.cmp(b.1));
@@ -268,7 +302,7 @@ pub fn actions(
         if after.is_some_and(|a| name.as_str() <= a) {
             continue;
         }
-        if allows(policy, principal, resource, index) {
+        if allows(policy, grants, principal, resource, index) {
             out.push(name.clone());
             if out.len() > limit {
                 break;

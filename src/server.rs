@@ -38,6 +38,7 @@ use crate::admin::Readiness;
 use crate::decision_cache::DecisionCache;
 use crate::decision_log::DecisionLog;
 use crate::engine::{self, Decision, Reason, RequestAttrs};
+use crate::grants_db::{self, GrantStore};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyHandle, PolicySet};
 use crate::token::TokenError;
@@ -74,6 +75,7 @@ pub struct Authorizer {
     log: Option<Arc<DecisionLog>>,
     decisions: Option<DecisionCache>,
     readiness: Option<Arc<Readiness>>,
+    grants_db: Option<Arc<GrantStore>>,
 }
 
 impl Authorizer {
@@ -92,6 +94,7 @@ impl Authorizer {
             log: None,
             decisions: None,
             readiness: None,
+            grants_db: None,
         }
     }
 
@@ -103,8 +106,20 @@ impl Authorizer {
         self
     }
 
+    /// Takes grants from `store` (a database) instead of the policy files;
+    /// the decision cache, which knows nothing of grant revisions, is not
+    /// used with it.
+    pub fn with_grants_db(mut self, store: Arc<GrantStore>) -> Self {
+        self.grants_db = Some(store);
+        self.decisions = None;
+        self
+    }
+
     /// Remembers decisions per policy version in `cache`.
     pub fn with_decision_cache(mut self, cache: DecisionCache) -> Self {
+        if self.grants_db.is_some() {
+            return self;
+        }
         self.decisions = Some(cache);
         self
     }
@@ -141,7 +156,12 @@ impl Authorizer {
         let started = Instant::now();
         let policy = self.policy.load_full();
         let attrs = adapter::read_check_with(request, &policy.condition_headers);
-        let mut decision = self.decide_attrs(&policy, &attrs);
+        let mut decision = match (&self.grants_db, &attrs) {
+            (Some(store), Ok(Check::Http(http))) => {
+                self.decide_with_db(store, &policy, http, request).await
+            }
+            _ => self.decide_attrs(&policy, &attrs),
+        };
         if matches!(
             decision.reason,
             Reason::InvalidToken(TokenError::UnknownKey)
@@ -152,10 +172,43 @@ impl Authorizer {
                 fetched |= remote.await_refetch(deadline).await;
             }
             if fetched {
-                decision = self.decide_attrs(&policy, &attrs);
+                decision = match (&self.grants_db, &attrs) {
+                    (Some(store), Ok(Check::Http(http))) => {
+                        self.decide_with_db(store, &policy, http, request).await
+                    }
+                    _ => self.decide_attrs(&policy, &attrs),
+                };
             }
         }
         self.answer(&policy, decision, &attrs, started)
+    }
+
+    /// The decision for an HTTP request with grants from the database, at
+    /// least as fresh as the revision the request's
+    /// [`grants_db::REVISION_HEADER`] names (an unreadable one can never
+    /// be met: denied unless no grant is needed). An engine panic is a deny.
+    async fn decide_with_db(
+        &self,
+        store: &GrantStore,
+        policy: &PolicySet,
+        attrs: &RequestAttrs,
+        request: &CheckRequest,
+    ) -> Arc<Decision> {
+        let now = (self.clock)();
+        let min_revision = adapter::request_header(request, grants_db::REVISION_HEADER)
+            .map(|text| grants_db::parse_revision(&text).unwrap_or(i64::MAX));
+        let decision = store
+            .decide(policy, min_revision, |grants| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    engine::decide_with_grants(policy, grants, attrs, &self.tokens, now)
+                }))
+                .unwrap_or_else(|_| {
+                    tracing::error!("the engine panicked; denying");
+                    Decision::deny(engine::DenyStatus::Forbidden, Reason::InternalError)
+                })
+            })
+            .await;
+        Arc::new(decision)
     }
 
     /// The decision for a readable request; a deny for an unreadable one.

@@ -40,6 +40,7 @@ fn config(policies: PathBuf) -> ServeConfig {
         },
         tls: None,
         api: None,
+        grants_db: None,
     }
 }
 

@@ -17,6 +17,7 @@ const CORE: &[&str] = &[
     "src/policy/callers.rs",
     "src/policy/events.rs",
     "src/policy/grants.rs",
+    "src/policy/grant_snapshot.rs",
     "src/policy/routes.rs",
     "src/policy/source.rs",
     // CEL conditions: the `cel` crate parses and interprets, purely; the
@@ -50,6 +51,8 @@ const NOT_IN_CORE: &[&str] = &[
     "axum",
     "notify::",
     "serde_yaml",
+    "postgres",
+    "deadpool",
 ];
 
 /// Crates of one protocol, and the only files that may name them.
@@ -61,6 +64,20 @@ const CONFINED: &[(&str, &[&str])] = &[
     // The process environment is read for issuer, caller and event secrets
     // only, when loading.
     ("std::env", &["src/policy/load/keys.rs"]),
+    // The grants database: its shell and the commands that run it.
+    (
+        "tokio_postgres",
+        &[
+            "src/grants_db/mod.rs",
+            "src/grants_db/feed.rs",
+            "src/grants_db/migrate.rs",
+            "src/grants_db/search.rs",
+            "src/grants_db/write.rs",
+            "src/cli/db.rs",
+            "src/cli/grants.rs",
+        ],
+    ),
+    ("deadpool", &["src/grants_db/mod.rs"]),
 ];
 
 fn root() -> PathBuf {

@@ -94,6 +94,7 @@ impl Service {
                 replay_log: None,
                 replay_capacity: 1000,
             }),
+            grants_db: None,
         };
         let app = App::build(config).unwrap_or_else(|e| panic!("build: {e:?}"));
         let runtime = tokio::runtime::Builder::new_multi_thread()

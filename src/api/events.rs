@@ -25,6 +25,8 @@ use super::model::{self, Object};
 use super::{asked, bad, decision_json, json_response, resource_name, ApiError, ApiState};
 use crate::events::envelope::{message_digest, parse_hex};
 use crate::events::{self, Publish, SignError};
+use crate::engine::Decision;
+use crate::policy::{GrantSource, PolicySet};
 use crate::token::Principal;
 
 pub(super) const SIGN: &str = "/portcullis/v1/events/sign";
@@ -108,7 +110,16 @@ async fn sign_event(state: &ApiState, request: Request) -> Result<Value, Respons
         message_sha256: digest,
         lifetime,
     };
-    match events::publish(&asked.policy, &principal, &publish, asked.now) {
+    let decision = decide_now(
+        state,
+        &asked.policy,
+        &principal,
+        &resource,
+        &eval.action.name,
+        asked.now,
+    )
+    .await;
+    match events::publish_decided(&asked.policy, decision, &publish, asked.now) {
         Ok(Ok(signed)) => {
             tracing::info!(
                 event_id = %signed.id,
@@ -153,7 +164,7 @@ async fn verify_event(state: &ApiState, request: Request) -> Result<Value, Respo
         .map_err(IntoResponse::into_response)?
         .ok_or_else(|| bad("envelope is required").into_response())?;
     let digest = message_field(&asked.body).map_err(IntoResponse::into_response)?;
-    let consumed = events::consume(
+    let accepted = events::accept(
         &asked.policy,
         &state.replay,
         &envelope,
@@ -161,6 +172,21 @@ async fn verify_event(state: &ApiState, request: Request) -> Result<Value, Respo
         &caller.name,
         asked.now,
     );
+    let consumed = match accepted {
+        Ok(claims) => {
+            let decision = decide_now(
+                state,
+                &asked.policy,
+                &events::principal_of(&claims),
+                &claims.resource,
+                &claims.action,
+                asked.now,
+            )
+            .await;
+            Ok(events::Consumed { claims, decision })
+        }
+        Err(refusal) => Err(refusal),
+    };
     Ok(match consumed {
         Ok(consumed) => {
             asked.log(state, &consumed.decision);
@@ -192,6 +218,25 @@ async fn verify_event(state: &ApiState, request: Request) -> Result<Value, Respo
             })
         }
     })
+}
+
+/// The policy's decision now, with the grants that serve: the policy's
+/// own, or the grants database's (from its cache).
+async fn decide_now(
+    state: &ApiState,
+    policy: &PolicySet,
+    principal: &Principal,
+    resource: &str,
+    action: &str,
+    now: u64,
+) -> Decision {
+    let decide = |grants: &dyn GrantSource| {
+        events::decide(policy, grants, principal, resource, action, now)
+    };
+    match &state.grants_db {
+        Some(store) => store.decide(policy, None, decide).await,
+        None => decide(&*policy.grants),
+    }
 }
 
 /// An optional string field.

@@ -20,6 +20,7 @@
 
 pub mod callers;
 pub mod events;
+pub mod grants;
 pub mod model;
 
 use std::future::Future;
@@ -41,7 +42,7 @@ use tokio::net::TcpListener;
 use crate::decision_log::DecisionLog;
 use crate::engine::{self, Attributes, Authenticate, Decision, DenyStatus, Reason};
 use crate::http_server::{self, ConnectionLimits, Peer};
-use crate::policy::{normalize_host, PolicyHandle, PolicySet};
+use crate::policy::{normalize_host, GrantSource, PolicyHandle, PolicySet};
 use crate::search;
 use crate::server::Clock;
 use crate::tls::ServerTls;
@@ -97,6 +98,9 @@ pub struct ApiState {
     pub log: Arc<DecisionLog>,
     /// The ids of events consumed here, until they expire.
     pub replay: Arc<crate::events::ReplayGuard>,
+    /// Grants kept in a database, when the configuration says so; else
+    /// the policy files' grants answer, and the grants endpoint is 404.
+    pub grants_db: Option<Arc<crate::grants_db::GrantStore>>,
 }
 
 /// The API routes, for serving or for testing without a socket.
@@ -110,6 +114,7 @@ pub fn router(state: ApiState) -> Router {
         .route(METADATA, get(metadata))
         .route(events::SIGN, post(events::sign))
         .route(events::VERIFY, post(events::verify))
+        .route(grants::PATH, post(grants::write))
         .with_state(state)
         .layer(middleware::from_fn(echo_request_id))
 }
@@ -136,6 +141,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the request body is larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
+    /// The grants database could not answer (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -145,6 +153,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         // The specification's error body: a message string.
         let mut response = (
@@ -285,6 +294,7 @@ async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
 /// One evaluation decided, or refused (an error of that evaluation alone).
 fn decide(
     policy: &PolicySet,
+    grants: &dyn GrantSource,
     asker: &Asker,
     eval: &Evaluation,
     now: u64,
@@ -326,8 +336,9 @@ fn decide(
         resource: eval.resource.properties.clone().unwrap_or_default(),
         context: eval.context.clone().unwrap_or_default(),
     };
-    let decided = engine::decide_resource_action(
+    let decided = engine::decide_resource_action_with_grants(
         policy,
+        grants,
         &principal,
         &resource,
         &eval.action.name,
@@ -342,6 +353,61 @@ fn decide(
             d
         }
     })
+}
+
+/// One evaluation decided with the grants of `state`: the policy's, or
+/// the database's (at least as fresh as the evaluation's
+/// `context.portcullis_revision`, a string of digits or a number).
+async fn decide_in(
+    state: &ApiState,
+    policy: &PolicySet,
+    asker: &Asker,
+    eval: &Evaluation,
+    now: u64,
+) -> Result<Decision, ApiError> {
+    let Some(store) = &state.grants_db else {
+        return decide(policy, &*policy.grants, asker, eval, now);
+    };
+    let min_revision = match eval
+        .context
+        .as_ref()
+        .and_then(|c| c.get(crate::grants_db::REVISION_CONTEXT_FIELD))
+    {
+        None => None,
+        Some(Value::String(text)) => Some(
+            crate::grants_db::parse_revision(text)
+                .ok_or_else(|| bad("context.portcullis_revision must be a revision (digits)"))?,
+        ),
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .and_then(|n| i64::try_from(n).ok())
+                .ok_or_else(|| bad("context.portcullis_revision must be a revision (digits)"))?,
+        ),
+        Some(_) => {
+            return Err(bad(
+                "context.portcullis_revision must be a revision (digits)",
+            ))
+        }
+    };
+    // Whether the caller may ask this does not depend on grants.
+    let refused = std::sync::Mutex::new(None);
+    let decision = store
+        .decide(policy, min_revision, |grants| {
+            match decide(policy, grants, asker, eval, now) {
+                Ok(decision) => decision,
+                Err(e) => {
+                    if let Ok(mut refused) = refused.lock() {
+                        *refused = Some(e);
+                    }
+                    Decision::deny(DenyStatus::Forbidden, Reason::InternalError)
+                }
+            }
+        })
+        .await;
+    match refused.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(decision),
+    }
 }
 
 /// The policy's name of a resource: `type:id`, or the type alone for an
@@ -402,7 +468,7 @@ async fn evaluation(State(state): State<ApiState>, request: Request) -> Response
 async fn evaluate_one(state: &ApiState, request: Request) -> Result<Value, ApiError> {
     let asked = asked(state, request).await?;
     let eval = model::evaluation(&asked.body, "")?;
-    let decision = decide(&asked.policy, &asked.asker, &eval, asked.now)?;
+    let decision = decide_in(state, &asked.policy, &asked.asker, &eval, asked.now).await?;
     asked.log(state, &decision);
     Ok(decision_json(&decision, asked.asker.may().explain))
 }
@@ -422,16 +488,16 @@ async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiE
     let Some(items) = &batch.items else {
         // No evaluations: the request is one evaluation, answered as one.
         let eval = model::evaluation(&batch.defaults, "")?;
-        let decision = decide(policy, asker, &eval, asked.now)?;
+        let decision = decide_in(state, policy, asker, &eval, asked.now).await?;
         asked.log(state, &decision);
         return Ok(decision_json(&decision, explain));
     };
     let mut answers = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let outcome = batch
-            .item(i, item)
-            .map_err(ApiError::from)
-            .and_then(|eval| decide(policy, asker, &eval, asked.now));
+        let outcome = match batch.item(i, item) {
+            Ok(eval) => decide_in(state, policy, asker, &eval, asked.now).await,
+            Err(e) => Err(ApiError::from(e)),
+        };
         let (mut answer, allowed) = match outcome {
             Ok(decision) => {
                 asked.log(state, &decision);
@@ -521,34 +587,76 @@ async fn run_search(
         }
     };
     let action = query.action.as_ref().map_or("", |a| a.name.as_str());
-    let found = match (kind, subject, resource) {
-        (_, _, _) if !users => search::Found {
-            items: Vec::new(),
-            more: false,
+    let found = match (&state.grants_db, kind, subject, resource) {
+        (Some(store), _, _, _) if users => {
+            let found = match (kind, subject, resource) {
+                (SearchKind::Subject, _, Some(resource)) => {
+                    crate::grants_db::search::subjects(
+                        store,
+                        &policy,
+                        &resource_name(&resource.kind, &resource.id),
+                        action,
+                        after.as_deref(),
+                        limit,
+                    )
+                    .await
+                }
+                (SearchKind::Resource, Some(subject), Some(resource)) => {
+                    crate::grants_db::search::resources(
+                        store,
+                        &policy,
+                        &principal(subject),
+                        action,
+                        &resource.kind,
+                        after.as_deref(),
+                        limit,
+                    )
+                    .await
+                }
+                (SearchKind::Action, Some(subject), Some(resource)) => {
+                    crate::grants_db::search::actions(
+                        store,
+                        &policy,
+                        &principal(subject),
+                        &resource_name(&resource.kind, &resource.id),
+                        after.as_deref(),
+                        limit,
+                    )
+                    .await
+                }
+                _ => return Err(bad("the search request is incomplete")),
+            };
+            found.map_err(|e| ApiError::Unavailable(e.to_string()))?
+        }
+        (_, kind, subject, resource) => match (kind, subject, resource) {
+            (_, _, _) if !users => search::Found {
+                items: Vec::new(),
+                more: false,
+            },
+            (SearchKind::Subject, _, Some(resource)) => search::subjects(
+                &policy,
+                &resource_name(&resource.kind, &resource.id),
+                action,
+                after.as_deref(),
+                limit,
+            ),
+            (SearchKind::Resource, Some(subject), Some(resource)) => search::resources(
+                &policy,
+                &principal(subject),
+                action,
+                &resource.kind,
+                after.as_deref(),
+                limit,
+            ),
+            (SearchKind::Action, Some(subject), Some(resource)) => search::actions(
+                &policy,
+                &principal(subject),
+                &resource_name(&resource.kind, &resource.id),
+                after.as_deref(),
+                limit,
+            ),
+            _ => return Err(bad("the search request is incomplete")),
         },
-        (SearchKind::Subject, _, Some(resource)) => search::subjects(
-            &policy,
-            &resource_name(&resource.kind, &resource.id),
-            action,
-            after.as_deref(),
-            limit,
-        ),
-        (SearchKind::Resource, Some(subject), Some(resource)) => search::resources(
-            &policy,
-            &principal(subject),
-            action,
-            &resource.kind,
-            after.as_deref(),
-            limit,
-        ),
-        (SearchKind::Action, Some(subject), Some(resource)) => search::actions(
-            &policy,
-            &principal(subject),
-            &resource_name(&resource.kind, &resource.id),
-            after.as_deref(),
-            limit,
-        ),
-        _ => return Err(bad("the search request is incomplete")),
     };
     let next_token = match (found.more, found.items.last()) {
         (true, Some(last)) => page_token::seal(last, &digest),

@@ -34,6 +34,8 @@ use crate::token_cache::DEFAULT_TOKEN_CACHE_TTL;
 
 mod check;
 mod event;
+mod db;
+mod grants;
 mod serve;
 mod test;
 mod token;
@@ -70,7 +72,16 @@ pub enum Command {
         /// Case files, or directories whose *.yaml, *.yml and *.json files are case files
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Decide with the grants in this PostgreSQL database (through the cache, as `serve` does), not the policy files'
+        #[arg(long)]
+        grants_database_url: Option<String>,
     },
+    /// The grants database's schema (`db migrate`)
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// Grants kept in the grants database: add, remove, list, import, export
+    #[command(subcommand)]
+    Grants(grants::GrantsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +156,8 @@ pub struct ServeArgs {
     /// Most unexpired event ids remembered; past it, new events are refused, never old ids forgotten
     #[arg(long, env = "PORTCULLIS_EVENT_REPLAY_CAPACITY", default_value_t = DEFAULT_REPLAY_CAPACITY)]
     pub event_replay_capacity: usize,
+    #[command(flatten)]
+    pub grants_db: db::ServeDatabaseArgs,
 }
 
 /// A size in bytes: digits, optionally followed by `Ki`, `Mi` or `Gi`
@@ -233,7 +246,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check::check(args),
         Command::Token(args) => token::token(args),
         Command::Event(args) => event::event(args),
-        Command::Test { paths } => test::test(&paths),
+        Command::Test {
+            paths,
+            grants_database_url,
+        } => test::test(&paths, grants_database_url),
+        Command::Db(command) => db::db(command),
+        Command::Grants(command) => grants::grants(command),
     }
 }
 

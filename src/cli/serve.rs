@@ -64,6 +64,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
             return Exit::Usage.into();
         }
     };
+    let grants_db = args.grants_db.config();
     let exit = app::serve(ServeConfig {
         policies: args.policies,
         listen: args.listen,
@@ -82,6 +83,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         },
         tls,
         api,
+        grants_db,
     });
     log_lines.close();
     exit.into()

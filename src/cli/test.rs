@@ -3,7 +3,7 @@
 
 use super::*;
 
-pub(super) fn test(paths: &[PathBuf]) -> ExitCode {
+pub(super) fn test(paths: &[PathBuf], grants_database_url: Option<String>) -> ExitCode {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -32,6 +32,25 @@ pub(super) fn test(paths: &[PathBuf]) -> ExitCode {
     }
     let (mut passed, mut failed, mut broken) = (0usize, 0usize, 0usize);
     let mut runner = crate::cases::CaseRunner::new();
+    // Grants from the database: the store `serve` would use, on a runtime
+    // of this command's own.
+    if let Some(url) = grants_database_url {
+        let runtime = match super::db::runtime() {
+            Ok(runtime) => runtime,
+            Err(code) => return code,
+        };
+        let config = crate::grants_db::DatabaseConfig::new(url);
+        let store = match runtime.block_on(crate::grants_db::GrantStore::open(config)) {
+            Ok((store, _feed)) => store,
+            Err(e) => {
+                eprintln!("{e}");
+                return Exit::Failure.into();
+            }
+        };
+        runner = runner.with_grants(Box::new(move |policy, decide| {
+            runtime.block_on(store.decide(policy, None, decide))
+        }));
+    }
     for file in &files {
         let outcome = runner.run_file(file);
         // Each policy directory's warnings once, when it is first loaded.

@@ -18,7 +18,7 @@ pub mod replay;
 use std::sync::Arc;
 
 use crate::engine::{self, Attributes, Decision, DenyStatus, Reason};
-use crate::policy::PolicySet;
+use crate::policy::{GrantSource, PolicySet};
 use crate::token::Principal;
 pub use envelope::{EventClaims, Publish, Refusal, SignError, Signed};
 pub use replay::ReplayGuard;
@@ -32,17 +32,28 @@ pub fn new_event_id() -> Result<String, SignError> {
 }
 
 /// Decides whether `principal` may do `action` on `resource` under
-/// `policy` at `now`: the one question asked when an event is signed and
-/// again when it is consumed. An action the policy does not know is a deny.
+/// `policy`, with `grants` (the policy's own or the grants database's), at
+/// `now`: the one question asked when an event is signed and again when it
+/// is consumed. An action the policy does not know is a deny.
 pub fn decide(
     policy: &PolicySet,
+    grants: &dyn GrantSource,
     principal: &Principal,
     resource: &str,
     action: &str,
     now: u64,
 ) -> Decision {
     let attributes = Attributes::default();
-    match engine::decide_resource_action(policy, principal, resource, action, &attributes, now) {
+    let decided = engine::decide_resource_action_with_grants(
+        policy,
+        grants,
+        principal,
+        resource,
+        action,
+        &attributes,
+        now,
+    );
+    match decided {
         Ok(decision) => decision,
         Err(unknown) => {
             let mut d = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
@@ -52,17 +63,35 @@ pub fn decide(
     }
 }
 
-/// Signs `event` for `principal` if the policy allows it now. `Ok(Err(..))`
-/// is the policy's deny: nothing is signed.
+/// Signs `event` for `principal` if the policy's own grants allow it now.
+/// `Ok(Err(..))` is the policy's deny: nothing is signed.
 pub fn publish(
     policy: &PolicySet,
     principal: &Principal,
     event: &Publish<'_>,
     now: u64,
 ) -> Result<Result<Signed, Decision>, SignError> {
+    let decision = decide(
+        policy,
+        &*policy.grants,
+        principal,
+        event.resource,
+        event.action,
+        now,
+    );
+    publish_decided(policy, decision, event, now)
+}
+
+/// Signs `event` if `decision` (of its subject, action and resource, made
+/// now with whichever grants serve) allows it.
+pub fn publish_decided(
+    policy: &PolicySet,
+    decision: Decision,
+    event: &Publish<'_>,
+    now: u64,
+) -> Result<Result<Signed, Decision>, SignError> {
     let keys = policy.events.as_ref().ok_or(SignError::NoSigningKey)?;
     keys.signing.as_ref().ok_or(SignError::NoSigningKey)?;
-    let decision = decide(policy, principal, event.resource, event.action, now);
     if !decision.is_allowed() {
         return Ok(Err(decision));
     }
@@ -78,8 +107,8 @@ pub struct Consumed {
 }
 
 /// Opens `envelope` for `audience`, consumes its id (once only) and decides
-/// it against `policy` at `now`. An event is judged once: its id is
-/// consumed whether the policy allows it or not.
+/// it against `policy` and its own grants at `now`. An event is judged
+/// once: its id is consumed whether the policy allows it or not.
 pub fn consume(
     policy: &PolicySet,
     replay: &ReplayGuard,
@@ -88,6 +117,28 @@ pub fn consume(
     audience: &str,
     now: u64,
 ) -> Result<Consumed, Refusal> {
+    let claims = accept(policy, replay, envelope, message_sha256, audience, now)?;
+    let decision = decide(
+        policy,
+        &*policy.grants,
+        &principal_of(&claims),
+        &claims.resource,
+        &claims.action,
+        now,
+    );
+    Ok(Consumed { claims, decision })
+}
+
+/// Opens `envelope` for `audience` and consumes its id: what remains is to
+/// decide it, now.
+pub fn accept(
+    policy: &PolicySet,
+    replay: &ReplayGuard,
+    envelope: &str,
+    message_sha256: &[u8; 32],
+    audience: &str,
+    now: u64,
+) -> Result<EventClaims, Refusal> {
     let claims = envelope::open(
         policy.events.as_ref(),
         envelope,
@@ -96,9 +147,7 @@ pub fn consume(
         now,
     )?;
     replay.first_use(&claims.jti, claims.exp, now)?;
-    let principal = principal_of(&claims);
-    let decision = decide(policy, &principal, &claims.resource, &claims.action, now);
-    Ok(Consumed { claims, decision })
+    Ok(claims)
 }
 
 /// The subject an envelope names, as the engine takes it: its groups are

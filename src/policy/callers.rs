@@ -23,6 +23,8 @@ pub struct Permissions {
     pub explain: bool,
     /// Signing events on behalf of any subject.
     pub sign: bool,
+    /// Writing grants kept in the grants database.
+    pub write_grants: bool,
 }
 
 /// How a caller proves who it is.

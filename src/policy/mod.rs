@@ -8,6 +8,7 @@
 pub mod callers;
 pub mod condition;
 pub mod events;
+pub mod grant_snapshot;
 pub mod grants;
 mod load;
 pub mod routes;

@@ -143,6 +143,9 @@ pub enum CallerPermission {
     Explain,
     /// Sign events on behalf of any subject (without that user's token).
     Sign,
+    /// Add and remove grants kept in the grants database
+    /// (`POST /portcullis/v1/grants`).
+    WriteGrants,
 }
 
 /// The answer to a connection check: a CheckRequest without HTTP

@@ -7,6 +7,8 @@
 //! - [`token`]: keys of every family the verifier accepts (HMAC, RSA, P-256,
 //!   Ed25519), generated at run time, a claims builder with an explicit
 //!   clock, and signing.
+//! - [`postgres`]: a private PostgreSQL server (initdb, pg_ctl) for the
+//!   grants-database tests and benches, skipped when not installed.
 //! - [`policies`]: copies of the bundled policy directory whose demo issuer
 //!   reads its secret from a file, so nothing has to set a process-wide
 //!   environment variable to load it.
@@ -16,6 +18,7 @@
 
 pub mod check;
 pub mod policies;
+pub mod postgres;
 pub mod token;
 
 pub use check::{connection_check, raw_header, Check};

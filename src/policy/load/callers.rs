@@ -146,6 +146,7 @@ impl Compiler<'_> {
                 CallerPermission::Search => may.search = true,
                 CallerPermission::Explain => may.explain = true,
                 CallerPermission::Sign => may.sign = true,
+                CallerPermission::WriteGrants => may.write_grants = true,
             }
         }
         Some(Caller {

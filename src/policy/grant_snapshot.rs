@@ -1,0 +1,283 @@
+//! A per-check view of grants kept outside the policy (a database): the
+//! [`GrantSource`] the engine asks when the server, not the policy, holds
+//! the grants.
+//!
+//! The engine asks for grants lazily, one holder and one resource key at a
+//! time, and stops at the first grant that allows. A [`GrantSnapshot`]
+//! answers each lookup from what it was given (a cache, lookups already
+//! fetched) and records the lookups nobody could answer, which it treats as
+//! holding nothing. Since a grant can only allow, a decision that allowed
+//! stands; one that denied with lookups missing is decided again once the
+//! server has fetched them. Pure: no I/O, no clock, no locks held.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::grants::{GrantSource, Holder, ResourceKey, RoleId};
+use super::PolicySet;
+
+/// The kind of a holder, as stored (`0` subject, `1` group, `2` every
+/// authenticated subject).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HolderKind {
+    Subject = 0,
+    Group = 1,
+    Authenticated = 2,
+}
+
+impl HolderKind {
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+
+    pub fn from_code(code: i16) -> Option<Self> {
+        match code {
+            0 => Some(HolderKind::Subject),
+            1 => Some(HolderKind::Group),
+            2 => Some(HolderKind::Authenticated),
+            _ => None,
+        }
+    }
+}
+
+/// One question the engine asks: the roles of one holder on one key,
+/// owned, so it can be a cache key or a database parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lookup {
+    pub kind: HolderKind,
+    /// Empty for [`HolderKind::Authenticated`].
+    pub holder: Box<str>,
+    /// The key is a pattern and `resource` its prefix.
+    pub pattern: bool,
+    pub resource: Box<str>,
+}
+
+impl Lookup {
+    pub fn new(holder: Holder<'_>, key: ResourceKey<'_>) -> Self {
+        let (kind, name) = split_holder(holder);
+        let (pattern, resource) = split_key(key);
+        Lookup {
+            kind,
+            holder: name.into(),
+            pattern,
+            resource: resource.into(),
+        }
+    }
+
+    pub fn is(&self, holder: Holder<'_>, key: ResourceKey<'_>) -> bool {
+        let (kind, name) = split_holder(holder);
+        let (pattern, resource) = split_key(key);
+        self.kind == kind
+            && self.pattern == pattern
+            && *self.holder == *name
+            && *self.resource == *resource
+    }
+
+    pub fn holder(&self) -> Holder<'_> {
+        match self.kind {
+            HolderKind::Subject => Holder::Subject(&self.holder),
+            HolderKind::Group => Holder::Group(&self.holder),
+            HolderKind::Authenticated => Holder::Authenticated,
+        }
+    }
+
+    pub fn key(&self) -> ResourceKey<'_> {
+        if self.pattern {
+            ResourceKey::Prefix(&self.resource)
+        } else {
+            ResourceKey::Exact(&self.resource)
+        }
+    }
+}
+
+pub fn split_holder(holder: Holder<'_>) -> (HolderKind, &str) {
+    match holder {
+        Holder::Subject(s) => (HolderKind::Subject, s),
+        Holder::Group(g) => (HolderKind::Group, g),
+        Holder::Authenticated => (HolderKind::Authenticated, ""),
+    }
+}
+
+pub fn split_key(key: ResourceKey<'_>) -> (bool, &str) {
+    match key {
+        ResourceKey::Exact(r) => (false, r),
+        ResourceKey::Prefix(p) => (true, p),
+    }
+}
+
+/// The roles of one lookup: by name as stored, and as ids of the policy
+/// whose `version` they were resolved against.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HeldRoles {
+    pub names: Box<[Box<str>]>,
+    pub version: Box<str>,
+    pub ids: Box<[RoleId]>,
+}
+
+impl HeldRoles {
+    /// Resolves role names against `policy`: each names a role without a
+    /// condition (conditions stay in the policy files); a name the policy
+    /// does not define holds nothing, so a role removed from the policy
+    /// stops granting at once.
+    pub fn resolve(policy: &PolicySet, names: Box<[Box<str>]>) -> Self {
+        let mut ids: Vec<RoleId> = names
+            .iter()
+            .filter_map(|name| role_id(policy, name))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        HeldRoles {
+            names,
+            version: policy.version.as_str().into(),
+            ids: ids.into_boxed_slice(),
+        }
+    }
+
+    /// None: no role at all.
+    pub fn none(policy: &PolicySet) -> Self {
+        Self::resolve(policy, Box::new([]))
+    }
+}
+
+/// The id of the role `name` without a condition, if the policy has one.
+pub fn role_id(policy: &PolicySet, name: &str) -> Option<RoleId> {
+    policy
+        .roles
+        .iter()
+        .position(|r| r.condition.is_none() && r.name == name)
+        .and_then(|i| RoleId::try_from(i).ok())
+}
+
+/// Answers a lookup the snapshot does not hold yet (a cache); `None` when
+/// it cannot.
+pub type Resolve<'a> = &'a (dyn Fn(&Lookup) -> Option<Arc<HeldRoles>> + Sync);
+
+struct Slot {
+    lookup: Lookup,
+    roles: Option<Arc<HeldRoles>>,
+}
+
+/// The grants of one check: answered lookups, and the ones nobody could
+/// answer (see the module documentation).
+pub struct GrantSnapshot<'a> {
+    slots: Box<[OnceLock<Slot>]>,
+    next: AtomicUsize,
+    overflowed: AtomicBool,
+    resolve: Option<Resolve<'a>>,
+}
+
+impl<'a> GrantSnapshot<'a> {
+    /// Room for `capacity` lookups; `resolve` answers those not given.
+    pub fn new(capacity: usize, resolve: Option<Resolve<'a>>) -> Self {
+        GrantSnapshot {
+            slots: (0..capacity).map(|_| OnceLock::new()).collect(),
+            next: AtomicUsize::new(0),
+            overflowed: AtomicBool::new(false),
+            resolve,
+        }
+    }
+
+    /// Records the answer to `lookup` (`None`: unknown, a miss).
+    pub fn give(&self, lookup: Lookup, roles: Option<Arc<HeldRoles>>) -> bool {
+        let at = self.next.fetch_add(1, Ordering::AcqRel);
+        match self.slots.get(at) {
+            Some(slot) => slot.set(Slot { lookup, roles }).is_ok(),
+            None => {
+                self.overflowed.store(true, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    fn filled(&self) -> impl Iterator<Item = &Slot> {
+        let used = self.next.load(Ordering::Acquire).min(self.slots.len());
+        self.slots[..used].iter().filter_map(OnceLock::get)
+    }
+
+    /// The lookups asked that nobody answered.
+    pub fn missed(&self) -> Vec<Lookup> {
+        self.filled()
+            .filter(|s| s.roles.is_none())
+            .map(|s| s.lookup.clone())
+            .collect()
+    }
+
+    /// Every answered lookup with its roles.
+    pub fn answered(&self) -> impl Iterator<Item = (&Lookup, &Arc<HeldRoles>)> {
+        self.filled()
+            .filter_map(|s| s.roles.as_ref().map(|r| (&s.lookup, r)))
+    }
+
+    /// More lookups were asked than the snapshot had room for: the
+    /// decision must be made again with more room.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Room the snapshot has.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+impl GrantSource for GrantSnapshot<'_> {
+    fn roles(&self, holder: Holder<'_>, key: ResourceKey<'_>) -> &[RoleId] {
+        if let Some(slot) = self.filled().find(|s| s.lookup.is(holder, key)) {
+            return slot.roles.as_ref().map_or(&[], |r| &r.ids);
+        }
+        let lookup = Lookup::new(holder, key);
+        let roles = self.resolve.and_then(|resolve| resolve(&lookup));
+        let at = self.next.fetch_add(1, Ordering::AcqRel);
+        let Some(slot) = self.slots.get(at) else {
+            self.overflowed.store(true, Ordering::Release);
+            return &[];
+        };
+        let _ = slot.set(Slot { lookup, roles });
+        match slot.get().and_then(|s| s.roles.as_ref()) {
+            Some(roles) => &roles.ids,
+            None => &[],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.answered().map(|(_, r)| r.ids.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_round_trip() {
+        for (holder, key) in [
+            (Holder::Subject("alice"), ResourceKey::Exact("document:1")),
+            (Holder::Group("staff"), ResourceKey::Prefix("document:")),
+            (Holder::Authenticated, ResourceKey::Prefix("")),
+        ] {
+            let lookup = Lookup::new(holder, key);
+            assert!(lookup.is(holder, key));
+            assert_eq!(lookup.holder(), holder);
+            assert_eq!(lookup.key(), key);
+        }
+        let alice = Lookup::new(Holder::Subject("alice"), ResourceKey::Exact("d:1"));
+        assert!(!alice.is(Holder::Group("alice"), ResourceKey::Exact("d:1")));
+        assert!(!alice.is(Holder::Subject("alice"), ResourceKey::Prefix("d:1")));
+    }
+
+    #[test]
+    fn unanswered_lookups_are_recorded_once() {
+        let snapshot = GrantSnapshot::new(4, None);
+        let key = ResourceKey::Exact("document:1");
+        assert!(snapshot.roles(Holder::Subject("alice"), key).is_empty());
+        assert!(snapshot.roles(Holder::Subject("alice"), key).is_empty());
+        assert_eq!(
+            snapshot.missed(),
+            [Lookup::new(Holder::Subject("alice"), key)]
+        );
+        for g in ["a", "b", "c", "d"] {
+            snapshot.roles(Holder::Group(g), key);
+        }
+        assert!(snapshot.overflowed());
+    }
+}

@@ -1,0 +1,834 @@
+//! Grants kept in PostgreSQL, against a real server: a private PostgreSQL
+//! (initdb and pg_ctl in a temporary directory, on 127.0.0.1, stopped by
+//! its PID; `portcullis_testkit::postgres`) and the whole service
+//! in-process (`App::build` and `App::run`, as `portcullis serve` runs
+//! them), two replicas where the test needs two.
+//!
+//! Skipped with a notice when PostgreSQL is not installed, unless
+//! `PORTCULLIS_REQUIRE_POSTGRES` or `CI` is set (`make test` and `.ci/run`
+//! set it). Waits poll for the awaited event with a deadline; nothing
+//! sleeps and then asserts.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::app::{ApiConfig, App, Exit, Listeners, ServeConfig};
+use portcullis::cases::CaseRunner;
+use portcullis::grants_db::{self, write, DatabaseConfig, GrantStore};
+use portcullis::policy::{load_policies, PolicySet};
+use portcullis::reload::WatchConfig;
+use portcullis::token::Principal;
+use portcullis_testkit::postgres::Postgres;
+use portcullis_testkit::Check;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use support::{
+    copy_policies, exchange_http1_with_body, grpc_client, grpc_status, repo_path, token, Response,
+    IO_TIMEOUT,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const WRITER_KEY: &str = "writer-key-0123456789abcdef";
+const READER_KEY: &str = "reader-key-0123456789abcdef";
+
+const EVALUATION: &str = "/access/v1/evaluation";
+const GRANTS: &str = "/portcullis/v1/grants";
+
+/// The bundled policies plus two API callers: one that may write grants.
+fn policies() -> tempfile::TempDir {
+    let dir = copy_policies(|_, text| text);
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    };
+    write("writer.key", WRITER_KEY);
+    write("reader.key", READER_KEY);
+    write(
+        "api-callers.yaml",
+        "callers:
+  - name: writer
+    api_key: { secret_file: writer.key }
+    may: [any_subject, explain, write_grants]
+  - name: reader
+    api_key: { secret_file: reader.key }
+    may: [any_subject, explain, search]
+",
+    );
+    dir
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
+}
+
+/// A private server with database `name`, migrated; `None` when skipped.
+fn database(name: &str) -> Option<(Postgres, String)> {
+    let pg = Postgres::start()?;
+    let url = pg.create_database(name);
+    let rt = runtime();
+    rt.block_on(async {
+        let config = DatabaseConfig::new(url.clone());
+        let mut client = connect(&config).await;
+        grants_db::migrate::migrate(&mut client)
+            .await
+            .unwrap_or_else(|e| panic!("migrate: {e}"));
+    });
+    Some((pg, url))
+}
+
+async fn connect(config: &DatabaseConfig) -> tokio_postgres::Client {
+    let pg = grants_db::pg_config(config).unwrap_or_else(|e| panic!("{e}"));
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// Copies the policy's grants (YAML and `.grants`) into the database, as
+/// `portcullis grants import` does.
+fn import(url: &str, policy: &PolicySet) -> i64 {
+    let grants = write::policy_grants(policy).unwrap_or_else(|e| panic!("{e}"));
+    runtime().block_on(async {
+        let mut client = connect(&DatabaseConfig::new(url)).await;
+        write::write(&mut client, &grants, &[])
+            .await
+            .unwrap_or_else(|e| panic!("import: {e}"))
+            .revision
+    })
+}
+
+fn load(dir: &Path) -> PolicySet {
+    load_policies(dir).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn db_config(url: &str, grace: Duration) -> DatabaseConfig {
+    let mut config = DatabaseConfig::new(url);
+    config.grace = grace;
+    config.pool_size = 4;
+    config
+}
+
+/// One replica: the whole service on its own runtime, stopped on drop.
+struct Replica {
+    api: SocketAddr,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<Exit>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Replica {
+    fn start(policies: &Path, db: DatabaseConfig) -> Replica {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        let config = ServeConfig {
+            policies: policies.to_path_buf(),
+            listen: any,
+            admin_listen: any,
+            subject_header: "x-portcullis-subject".into(),
+            token_cache_bytes: 1 << 20,
+            token_cache_ttl: Duration::from_secs(60),
+            decision_cache_bytes: 1 << 20,
+            decision_cache_ttl: Duration::from_secs(60),
+            log_allow_rate: 0.0,
+            log_lines: None,
+            drain: Duration::from_secs(2),
+            watch: WatchConfig {
+                watch_files: false,
+                debounce: Duration::from_millis(50),
+            },
+            tls: None,
+            api: Some(ApiConfig {
+                listen: any,
+                tls: None,
+                public_url: None,
+                replay_log: None,
+                replay_capacity: 1000,
+            }),
+            grants_db: Some(db),
+        };
+        let app = App::build(config).unwrap_or_else(|e| panic!("build: {e:?}"));
+        let runtime = runtime();
+        let bind = || {
+            runtime
+                .block_on(TcpListener::bind("127.0.0.1:0"))
+                .unwrap_or_else(|e| panic!("bind: {e}"))
+        };
+        let listeners = Listeners {
+            grpc: bind(),
+            admin: bind(),
+            api: Some(bind()),
+        };
+        let api = listeners
+            .api
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or_else(|| panic!("no API address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (listening, ready) = mpsc::channel::<(SocketAddr, SocketAddr)>();
+        let done = runtime.spawn(app.run(
+            listeners,
+            async {
+                let _ = stopped.await;
+            },
+            move |grpc, admin| {
+                let _ = listening.send((grpc, admin));
+            },
+        ));
+        let (grpc, admin) = ready
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("the replica did not start: {e}"));
+        Replica {
+            api,
+            grpc,
+            admin,
+            stop: Some(stop),
+            done: Some(done),
+            runtime,
+        }
+    }
+
+    fn post(&self, path: &str, key: &str, body: &Value) -> Response {
+        send(
+            self.api.port(),
+            "POST",
+            path,
+            &[("Content-Type", "application/json"), ("X-API-Key", key)],
+            body.to_string().as_bytes(),
+        )
+    }
+
+    /// The decision (and its reason code) for `subject` doing `action` on
+    /// document `id`, at least as fresh as `revision` when given.
+    fn decide(
+        &self,
+        subject: &str,
+        action: &str,
+        id: &str,
+        revision: Option<&str>,
+    ) -> (bool, String) {
+        let mut body = json!({
+            "subject": { "type": "user", "id": subject },
+            "action": { "name": action },
+            "resource": { "type": "document", "id": id },
+        });
+        if let Some(revision) = revision {
+            body["context"] = json!({ "portcullis_revision": revision });
+        }
+        let response = self.post(EVALUATION, READER_KEY, &body);
+        assert_eq!(response.status, 200, "{}", response.text());
+        let answer = response
+            .json()
+            .unwrap_or_else(|| panic!("not JSON: {}", response.text()));
+        (
+            answer["decision"] == json!(true),
+            answer["context"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    }
+
+    fn allows(&self, subject: &str, action: &str, id: &str, revision: Option<&str>) -> bool {
+        self.decide(subject, action, id, revision).0
+    }
+
+    /// Writes grants through the API; the revision it answers.
+    fn write(&self, body: &Value) -> String {
+        let response = self.post(GRANTS, WRITER_KEY, body);
+        assert_eq!(response.status, 200, "{}", response.text());
+        let answer = response
+            .json()
+            .unwrap_or_else(|| panic!("{}", response.text()));
+        answer["revision"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no revision in {answer}"))
+            .to_owned()
+    }
+
+    fn ready(&self) -> u16 {
+        send(self.admin.port(), "GET", "/ready", &[], b"").status
+    }
+
+    fn metrics(&self) -> String {
+        send(self.admin.port(), "GET", "/metrics", &[], b"").text()
+    }
+
+    /// Status of a GET through the gRPC check, with bob's token.
+    fn grpc_get(&self, path: &str, subject: &str, headers: &[(&str, &str)]) -> i32 {
+        let request = Check::get(path)
+            .app("documents")
+            .bearer(&token(subject))
+            .headers(headers)
+            .build();
+        let port = self.grpc.port();
+        self.runtime.block_on(async move {
+            let mut client = grpc_client(port).await;
+            grpc_status(&mut client, request).await
+        })
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let exit = self
+                .runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(30), done).await });
+            if !std::thread::panicking() {
+                assert!(
+                    matches!(exit, Ok(Ok(Exit::Ok))),
+                    "the replica did not stop cleanly: {exit:?}"
+                );
+            }
+        }
+    }
+}
+
+fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .unwrap_or_else(|e| panic!("{e}"));
+    exchange_http1_with_body(&mut stream, method, path.as_bytes(), headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// Polls `done` until it holds or `within` passes; the time it took.
+fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn grant(subject: &str, role: &str, resource: &str) -> Value {
+    json!({ "subject": subject, "role": role, "resource": resource })
+}
+
+#[test]
+fn the_documents_corpus_decides_the_same_from_postgres() {
+    let Some((_pg, url)) = database("corpus") else {
+        return;
+    };
+    let dir = policies();
+    import(&url, &load(dir.path()));
+    let rt = runtime();
+    let (store, feed) = rt
+        .block_on(GrantStore::open(DatabaseConfig::new(url.clone())))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cases = repo_path("policies/tests/documents.yaml");
+    let from_files = CaseRunner::new()
+        .run_file(&cases)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let handle = rt.handle().clone();
+    let hook_store = store.clone();
+    let from_db = CaseRunner::new()
+        .with_grants(Box::new(move |policy, decide| {
+            handle.block_on(hook_store.decide(policy, None, decide))
+        }))
+        .run_file(&cases)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(from_files.len(), from_db.len());
+    assert!(from_db.len() > 40, "only {} cases", from_db.len());
+    for (file, db) in from_files.iter().zip(&from_db) {
+        assert_eq!(db.failure, None, "line {}: {}", db.line, db.name);
+        assert_eq!(file.decision, db.decision, "line {}: {}", db.line, db.name);
+    }
+    // A second run answers from the cache alone, the same.
+    let fetches = store
+        .counters
+        .fetches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let hook_store = store.clone();
+    let handle = rt.handle().clone();
+    let again = CaseRunner::new()
+        .with_grants(Box::new(move |policy, decide| {
+            handle.block_on(hook_store.decide(policy, None, decide))
+        }))
+        .run_file(&cases)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(again.iter().all(|o| o.failure.is_none()));
+    assert_eq!(
+        store
+            .counters
+            .fetches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        fetches,
+        "a warm cache read the database again"
+    );
+    feed.abort();
+
+    // `portcullis test --grants-database-url`, the operator's check after
+    // an import, passes too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["test", "--grants-database-url", &url])
+        .arg(repo_path("policies/tests"))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn a_revocation_reaches_the_other_replica() {
+    let Some((_pg, url)) = database("replicas") else {
+        return;
+    };
+    let dir = policies();
+    import(&url, &load(dir.path()));
+    let a = Replica::start(dir.path(), db_config(&url, Duration::from_secs(30)));
+    let b = Replica::start(dir.path(), db_config(&url, Duration::from_secs(30)));
+    assert_eq!(b.ready(), 200);
+
+    // B caches bob's grant, then A revokes it: with the revision, B denies
+    // at once.
+    assert!(b.allows("bob", "read", "1", None));
+    let revision = a.write(&json!({ "remove": [grant("bob", "viewer", "document:1")] }));
+    assert!(!b.allows("bob", "read", "1", Some(&revision)));
+    // The same through the gRPC check, the revision in a header Envoy passes.
+    assert_eq!(
+        b.grpc_get(
+            "/documents/1",
+            "bob",
+            &[("x-portcullis-revision", &revision)]
+        ),
+        403
+    );
+    // A revision no write has returned yet is never answered from older state.
+    let (allowed, reason) = b.decide("alice", "read", "1", Some("999999"));
+    assert!(!allowed);
+    assert_eq!(reason, "grants_unavailable");
+
+    // Without a revision: B's cached allow goes within a second (NOTIFY).
+    assert!(b.allows("alice", "write", "2", None));
+    a.write(&json!({ "remove": [grant("alice", "editor", "document:2")] }));
+    let took = eventually(Duration::from_secs(1), "the revocation on B", || {
+        !b.allows("alice", "write", "2", None)
+    });
+    eprintln!("revocation seen by the other replica after {took:?}");
+
+    // A grant added through B is seen by A at B's revision, and through
+    // the check path.
+    let revision = b.write(&json!({ "add": [grant("bob", "viewer", "document:9")] }));
+    assert!(a.allows("bob", "read", "9", Some(&revision)));
+    assert_eq!(
+        a.grpc_get(
+            "/documents/9",
+            "bob",
+            &[("x-portcullis-revision", &revision)]
+        ),
+        200
+    );
+    // An unreadable revision header can never be met: denied.
+    assert_eq!(
+        a.grpc_get("/documents/9", "bob", &[("x-portcullis-revision", "soon")]),
+        403
+    );
+    let metrics = a.metrics();
+    assert!(metrics.contains("portcullis_grants_db_up 1"), "{metrics}");
+}
+
+#[test]
+fn a_dropped_listen_connection_loses_no_change() {
+    let Some((_pg, url)) = database("dropped") else {
+        return;
+    };
+    let dir = policies();
+    import(&url, &load(dir.path()));
+    let replica = Replica::start(dir.path(), db_config(&url, Duration::from_secs(30)));
+    assert!(replica.allows("alice", "write", "2", None));
+    let rt = runtime();
+    rt.block_on(async {
+        let mut client = connect(&DatabaseConfig::new(url.clone())).await;
+        // Cut the feed's connection, then write while it is gone: the
+        // notification goes nowhere.
+        let cut = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&grants_db::feed::FEED_APPLICATION_NAME],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cut.len(), 1, "one feed connection");
+        let removed = grants_db::Grant::new(None, None, false, "editor", "document:2")
+            .err()
+            .map(|_| ());
+        assert!(removed.is_some(), "a grant names a holder");
+        let grant = grants_db::Grant::new(Some("alice"), None, false, "editor", "document:2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        write::write(&mut client, &[], &[grant])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the change made while disconnected",
+        || !replica.allows("alice", "write", "2", None),
+    );
+    let metrics = replica.metrics();
+    let reconnects = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_grants_db_feed_reconnects_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(reconnects.is_some_and(|n| n >= 1), "{metrics}");
+}
+
+#[test]
+fn a_database_outage_serves_the_cache_for_the_grace_period_then_denies_then_recovers() {
+    let Some((mut pg, url)) = database("outage") else {
+        return;
+    };
+    let dir = policies();
+    import(&url, &load(dir.path()));
+    let grace = Duration::from_secs(3);
+    let replica = Replica::start(dir.path(), db_config(&url, grace));
+    assert!(replica.allows("alice", "read", "1", None));
+
+    // The replica cannot notice the outage before the stop begins.
+    let stopping = Instant::now();
+    pg.stop();
+    // Cached: still answered while the grace period lasts.
+    assert!(replica.allows("alice", "read", "1", None));
+    // Not cached: the database is needed, and never allows on error.
+    let (allowed, reason) = replica.decide("bob", "read", "1", None);
+    assert!(!allowed);
+    assert_eq!(reason, "grants_unavailable");
+    let refused = replica.post(
+        GRANTS,
+        WRITER_KEY,
+        &json!({ "add": [grant("bob", "viewer", "document:5")] }),
+    );
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("grants database"),
+        "{}",
+        refused.text()
+    );
+
+    // Past the grace period: the cached allow is no longer trusted.
+    eventually(
+        grace + Duration::from_secs(10),
+        "deny after the grace period",
+        || !replica.allows("alice", "read", "1", None),
+    );
+    assert!(
+        stopping.elapsed() >= grace,
+        "denied before the grace period ended"
+    );
+    assert_eq!(replica.ready(), 503);
+    assert!(replica.metrics().contains("portcullis_grants_db_serving 0"));
+
+    // The database returns: the replica recovers by itself.
+    pg.start_again();
+    eventually(Duration::from_secs(20), "recovery", || {
+        replica.allows("alice", "read", "1", None)
+    });
+    eventually(Duration::from_secs(10), "ready again", || {
+        replica.ready() == 200
+    });
+    let revision = replica.write(&json!({ "add": [grant("bob", "viewer", "document:5")] }));
+    assert!(replica.allows("bob", "read", "5", Some(&revision)));
+}
+
+#[test]
+fn bad_input_is_refused_and_sql_stays_data() {
+    let Some((_pg, url)) = database("input") else {
+        return;
+    };
+    let dir = policies();
+    let replica = Replica::start(dir.path(), db_config(&url, Duration::from_secs(30)));
+    let bad = |body: Value, why: &str| {
+        let response = replica.post(GRANTS, WRITER_KEY, &body);
+        assert_eq!(response.status, 400, "{why}: {}", response.text());
+    };
+    for resource in [
+        "",
+        "doc*1",
+        "*:1",
+        "a:*:*",
+        "document:\u{0}1",
+        "document:\n1",
+    ] {
+        bad(
+            json!({ "add": [grant("bob", "viewer", resource)] }),
+            resource,
+        );
+    }
+    bad(
+        json!({ "add": [grant(&"b".repeat(300), "viewer", "document:1")] }),
+        "long subject",
+    );
+    bad(
+        json!({ "add": [grant("bob", "viewer", &format!("document:{}", "9".repeat(2000)))] }),
+        "long resource",
+    );
+    bad(
+        json!({ "add": [grant("bob", "wizard", "document:1")] }),
+        "unknown role",
+    );
+    bad(
+        json!({ "add": [grant("*", "viewer", "document:1")] }),
+        "subject *",
+    );
+    bad(
+        json!({ "add": [{ "subject": "bob", "group": "staff", "role": "viewer", "resource": "document:1" }] }),
+        "two holders",
+    );
+    bad(
+        json!({ "add": [{ "subject": "bob", "role": "viewer", "resource": "document:1", "admin": true }] }),
+        "unknown field",
+    );
+    bad(json!({ "add": "bob" }), "not an array");
+    bad(json!({ "grant": [] }), "unknown top-level field");
+    bad(
+        json!({ "add": [{ "subject": 7, "role": "viewer", "resource": "document:1" }] }),
+        "number",
+    );
+
+    // SQL metacharacters in every field are data: stored and matched as
+    // written (roles must name the policy's, so the role's quote is
+    // refused as unknown, never run).
+    let sneaky = "x'); DROP TABLE portcullis_grants; --";
+    let revision = replica.write(&json!({ "add": [
+        grant(sneaky, "viewer", &format!("document:{sneaky}")),
+        { "group": sneaky, "role": "viewer", "resource": "document:%_\\" },
+    ] }));
+    assert!(replica.allows(sneaky, "read", sneaky, Some(&revision)));
+    assert!(!replica.allows(sneaky, "read", "x", Some(&revision)));
+    assert!(!replica.allows("bob", "read", "%_\\", Some(&revision)));
+    bad(
+        json!({ "add": [grant("bob", sneaky, "document:1")] }),
+        "role with SQL",
+    );
+    bad(
+        json!({ "remove": [grant("bob", "viewer", "document:1")], "add": [grant("bob", "viewer", "document:1*")] }),
+        "an invalid add refuses the whole write",
+    );
+
+    // A caller without write_grants, and no caller at all.
+    let forbidden = replica.post(
+        GRANTS,
+        READER_KEY,
+        &json!({ "add": [grant("bob", "viewer", "document:1")] }),
+    );
+    assert_eq!(forbidden.status, 403, "{}", forbidden.text());
+    let anonymous = send(
+        replica.api.port(),
+        "POST",
+        GRANTS,
+        &[("Content-Type", "application/json")],
+        br#"{"add": []}"#,
+    );
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    // A revision that is not one.
+    let response = replica.post(
+        EVALUATION,
+        READER_KEY,
+        &json!({
+            "subject": { "type": "user", "id": "bob" },
+            "action": { "name": "read" },
+            "resource": { "type": "document", "id": "1" },
+            "context": { "portcullis_revision": "1; DROP TABLE x" },
+        }),
+    );
+    assert_eq!(response.status, 400, "{}", response.text());
+    // Every table is still there and holds what was written.
+    let rt = runtime();
+    let count: i64 = rt.block_on(async {
+        let client = connect(&DatabaseConfig::new(url.clone())).await;
+        client
+            .query_one("SELECT count(*) FROM portcullis_grants", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get(0)
+    });
+    assert_eq!(count, 2);
+}
+
+#[test]
+fn searches_over_postgres_find_what_the_file_source_finds() {
+    let Some((_pg, url)) = database("search") else {
+        return;
+    };
+    let dir = policies();
+    let policy = load(dir.path());
+    import(&url, &policy);
+    let rt = runtime();
+    let (store, feed) = rt
+        .block_on(GrantStore::open(DatabaseConfig::new(url)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let principal = |subject: &str, groups: &[&str]| Principal {
+        issuer: Arc::from("test"),
+        subject: subject.to_owned(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        expires_at: u64::MAX,
+        claims: Default::default(),
+    };
+    let who = [
+        principal("alice", &[]),
+        principal("bob", &[]),
+        principal("carol", &[]),
+        principal("mallory", &[]),
+        principal("dave", &["auditors"]),
+        principal("nobody", &[]),
+    ];
+    for p in &who {
+        for action in ["read", "write", "delete", "create", "fly"] {
+            for kind in ["document", "documents", "org"] {
+                for limit in [1, 2, 100] {
+                    // Page through both, comparing every page.
+                    let mut after: Option<String> = None;
+                    for _ in 0..20 {
+                        let want = portcullis::search::resources(
+                            &policy,
+                            p,
+                            action,
+                            kind,
+                            after.as_deref(),
+                            limit,
+                        );
+                        let got = rt
+                            .block_on(grants_db::search::resources(
+                                &store,
+                                &policy,
+                                p,
+                                action,
+                                kind,
+                                after.as_deref(),
+                                limit,
+                            ))
+                            .unwrap_or_else(|e| panic!("{e}"));
+                        assert_eq!(
+                            got, want,
+                            "{} {action} {kind} limit {limit} after {after:?}",
+                            p.subject
+                        );
+                        if !want.more {
+                            break;
+                        }
+                        after = want.items.last().cloned();
+                    }
+                }
+            }
+        }
+        for resource in ["document:1", "document:2", "document:3", "documents"] {
+            let want = portcullis::search::actions(&policy, p, resource, None, 100);
+            let got = rt
+                .block_on(grants_db::search::actions(
+                    &store, &policy, p, resource, None, 100,
+                ))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got, want, "{} on {resource}", p.subject);
+        }
+    }
+    for resource in [
+        "document:1",
+        "document:2",
+        "document:3",
+        "documents",
+        "org:1",
+    ] {
+        for action in ["read", "write", "share"] {
+            let want = portcullis::search::subjects(&policy, resource, action, None, 100);
+            let got = rt
+                .block_on(grants_db::search::subjects(
+                    &store, &policy, resource, action, None, 100,
+                ))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got, want, "{action} on {resource}");
+        }
+    }
+    feed.abort();
+}
+
+/// One writer's operation: add or remove its own grant on a document.
+#[derive(Debug, Clone)]
+struct Op {
+    writer: usize,
+    document: u8,
+    add: bool,
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(
+        (0usize..4, 0u8..6, any::<bool>()).prop_map(|(writer, document, add)| Op {
+            writer,
+            document,
+            add,
+        }),
+        8..40,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Four writers at once, each on grants of its own subject; after each
+    /// write returns revision N, the other replica asked at N sees exactly
+    /// that writer's state, and revisions never repeat.
+    #[test]
+    fn a_check_at_a_returned_revision_sees_that_write(ops in ops()) {
+        let Some((_pg, url)) = database("revisions") else {
+            return Ok(());
+        };
+        let dir = policies();
+        let a = Replica::start(dir.path(), db_config(&url, Duration::from_secs(30)));
+        let b = Replica::start(dir.path(), db_config(&url, Duration::from_secs(30)));
+        let revisions = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for writer in 0..4 {
+                let (a, b, ops, revisions) = (&a, &b, &ops, &revisions);
+                scope.spawn(move || {
+                    let subject = format!("writer-{writer}");
+                    for op in ops.iter().filter(|op| op.writer == writer) {
+                        let change = grant(&subject, "viewer", &format!("document:{}", op.document));
+                        let body = if op.add {
+                            json!({ "add": [change] })
+                        } else {
+                            json!({ "remove": [change] })
+                        };
+                        // Writers alternate replicas; checks go to the other.
+                        let (write_to, check_on) = if op.document % 2 == 0 { (a, b) } else { (b, a) };
+                        let revision = write_to.write(&body);
+                        let seen = check_on.allows(&subject, "read", &op.document.to_string(), Some(&revision));
+                        assert_eq!(seen, op.add, "{subject} {op:?} at revision {revision}");
+                        if let Ok(mut all) = revisions.lock() {
+                            all.push(revision.parse::<i64>().unwrap_or(-1));
+                        }
+                    }
+                });
+            }
+        });
+        let mut all = revisions.into_inner().unwrap_or_default();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        prop_assert_eq!(all.len(), n, "a revision was returned twice");
+        prop_assert!(all.iter().all(|r| *r > 0));
+    }
+}
