@@ -57,8 +57,10 @@ pub const MAX_RESOURCE_BYTES: usize = 1024;
 /// Longest role name accepted, in bytes.
 pub const MAX_ROLE_BYTES: usize = 128;
 
-/// Lookups one snapshot holds before a decision is retried with more room.
-const SNAPSHOT_ROOM: usize = 64;
+/// Lookups one snapshot holds before a decision is retried with more room:
+/// a subject, a few groups and every authenticated subject, times the
+/// resource and its patterns, fit.
+const SNAPSHOT_ROOM: usize = 24;
 /// The most lookups a decision may make (a subject in very many groups).
 const SNAPSHOT_ROOM_MAX: usize = 16 * 1024;
 
@@ -392,7 +394,10 @@ impl GrantStore {
             .query_one("SELECT revision FROM portcullis_revision", &[])
             .await
             .map_err(DbError::from_pg)?;
-        self.invalidate(None, row.get(0));
+        // The cache is empty: it reflects this revision as it is.
+        let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.cache.invalidate_all();
+        self.applied.send_replace(row.get(0));
         Ok(())
     }
 
