@@ -488,6 +488,40 @@ fn a_dropped_listen_connection_loses_no_change() {
         "the change made while disconnected",
         || !replica.allows("alice", "write", "2", None),
     );
+    // Pruning the change log under a replica that is behind: it drops its
+    // whole cache rather than miss a change. The feed is cut again so it
+    // is behind when the log is pruned.
+    assert!(replica.allows("bob", "read", "1", None));
+    rt.block_on(async {
+        let mut client = connect(&DatabaseConfig::new(url.clone())).await;
+        client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&grants_db::feed::FEED_APPLICATION_NAME],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let grant = grants_db::Grant::new(Some("bob"), None, false, "viewer", "document:1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let written = write::write(&mut client, &[], &[grant])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let through = write::prune(&mut client, 0)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(through, written.revision);
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM portcullis_grant_changes", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get(0);
+        assert_eq!(left, 0);
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the change pruned from the log",
+        || !replica.allows("bob", "read", "1", None),
+    );
     let metrics = replica.metrics();
     let reconnects = metrics
         .lines()
