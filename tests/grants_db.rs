@@ -451,6 +451,27 @@ fn a_revocation_reaches_the_other_replica() {
     assert!(metrics.contains("portcullis_grants_db_up 1"), "{metrics}");
 }
 
+/// Terminates the change feed's connection, once it is there (the feed
+/// connects in the background after the replica starts).
+async fn cut_feed(client: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cut = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&grants_db::feed::FEED_APPLICATION_NAME],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if !cut.is_empty() {
+            assert_eq!(cut.len(), 1, "one feed connection");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no feed connection to cut");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[test]
 fn a_dropped_listen_connection_loses_no_change() {
     let Some((_pg, url)) = database("dropped") else {
@@ -465,14 +486,7 @@ fn a_dropped_listen_connection_loses_no_change() {
         let mut client = connect(&DatabaseConfig::new(url.clone())).await;
         // Cut the feed's connection, then write while it is gone: the
         // notification goes nowhere.
-        let cut = client
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                &[&grants_db::feed::FEED_APPLICATION_NAME],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cut.len(), 1, "one feed connection");
+        cut_feed(&client).await;
         let removed = grants_db::Grant::new(None, None, false, "editor", "document:2")
             .err()
             .map(|_| ());
@@ -494,13 +508,7 @@ fn a_dropped_listen_connection_loses_no_change() {
     assert!(replica.allows("bob", "read", "1", None));
     rt.block_on(async {
         let mut client = connect(&DatabaseConfig::new(url.clone())).await;
-        client
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                &[&grants_db::feed::FEED_APPLICATION_NAME],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        cut_feed(&client).await;
         let grant = grants_db::Grant::new(Some("bob"), None, false, "viewer", "document:1")
             .unwrap_or_else(|e| panic!("{e}"));
         let written = write::write(&mut client, &[], &[grant])

@@ -61,6 +61,9 @@ pub const MAX_ROLE_BYTES: usize = 128;
 /// a subject, a few groups and every authenticated subject, times the
 /// resource and its patterns, fit.
 const SNAPSHOT_ROOM: usize = 24;
+/// Longest a check waits for the database to read its missing lookups.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The most lookups a decision may make (a subject in very many groups).
 const SNAPSHOT_ROOM_MAX: usize = 16 * 1024;
 
@@ -568,7 +571,16 @@ impl GrantStore {
         min_revision: Option<i64>,
     ) -> Result<Vec<(Lookup, Arc<HeldRoles>)>, DbError> {
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let result = self.read(lookups).await;
+        // Bounded: a check waits no longer than Envoy would (it fails
+        // closed past its own timeout anyway), and an outage costs no
+        // pile-up of waiting checks.
+        let result = match tokio::time::timeout(FETCH_TIMEOUT, self.read(lookups)).await {
+            Ok(result) => result,
+            Err(_) => Err(DbError::Unreachable(format!(
+                "no answer within {} ms",
+                FETCH_TIMEOUT.as_millis()
+            ))),
+        };
         let (revision, names) = match result {
             Ok(read) => read,
             Err(e) => {
