@@ -28,7 +28,7 @@ pub mod write;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -39,7 +39,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::engine::{Decision, Reason};
 use crate::metrics::CacheStats;
 pub use crate::policy::grant_snapshot::HolderKind;
-use crate::policy::grant_snapshot::{GrantSnapshot, HeldRoles, Lookup, Resolve};
+use crate::policy::grant_snapshot::{Asked, GrantSnapshot, HeldRoles, Lookup, LookupKey, Resolve};
 use crate::policy::{GrantSource, PolicySet, ResourceKey};
 
 /// The channel writers notify and replicas listen on.
@@ -302,11 +302,44 @@ impl Grant {
     }
 }
 
-/// Whether the change feed is connected, and since when it is not.
+/// Whether the change feed is connected, and since when it is not, read
+/// on every check without a lock: nanoseconds after `base`, plus one, or
+/// 0 while connected.
 #[derive(Debug)]
 struct Health {
-    /// `None` while connected and caught up.
-    down_since: Option<Instant>,
+    base: Instant,
+    down_since: AtomicU64,
+}
+
+impl Health {
+    fn new() -> Self {
+        Health {
+            base: Instant::now(),
+            down_since: AtomicU64::new(0),
+        }
+    }
+
+    fn down_for(&self) -> Option<Duration> {
+        match self.down_since.load(Ordering::Acquire) {
+            0 => None,
+            since => {
+                let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                Some(Duration::from_nanos(now.saturating_sub(since - 1)))
+            }
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        if down {
+            let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            // Only the first failure of an outage sets the time.
+            let _ =
+                self.down_since
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Acquire);
+        } else {
+            self.down_since.store(0, Ordering::Release);
+        }
+    }
 }
 
 /// Counters read by the metrics collector.
@@ -334,7 +367,7 @@ pub struct GrantStore {
     /// inserts, and (write) by the feed while it applies changes, so a
     /// fill read before a change never lands after its invalidation.
     gate: RwLock<()>,
-    health: Mutex<Health>,
+    health: Health,
     pub counters: Counters,
 }
 
@@ -384,7 +417,7 @@ impl GrantStore {
             stats,
             applied: watch::Sender::new(0),
             gate: RwLock::new(()),
-            health: Mutex::new(Health { down_since: None }),
+            health: Health::new(),
             counters: Counters::default(),
         }))
     }
@@ -430,8 +463,7 @@ impl GrantStore {
 
     /// Since when the change feed is disconnected, if it is.
     pub fn down_for(&self) -> Option<Duration> {
-        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        health.down_since.map(|t| t.elapsed())
+        self.health.down_for()
     }
 
     /// True while checks can be answered: connected, or within the grace
@@ -441,12 +473,7 @@ impl GrantStore {
     }
 
     fn set_down(&self, down: bool) {
-        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        match (down, health.down_since) {
-            (true, None) => health.down_since = Some(Instant::now()),
-            (false, Some(_)) => health.down_since = None,
-            _ => {}
-        }
+        self.health.set_down(down);
     }
 
     /// Waits (at most the configured wait) for the feed to reach `wanted`.
@@ -463,18 +490,22 @@ impl GrantStore {
     }
 
     /// The cached roles of `lookup`, resolved against `policy`.
-    fn cached(&self, policy: &PolicySet, lookup: &Lookup) -> Option<Arc<HeldRoles>> {
-        if unstorable(lookup) {
+    fn cached(&self, policy: &PolicySet, asked: &Asked<'_>) -> Option<Arc<HeldRoles>> {
+        if asked.holder.contains('\0') || asked.resource.contains('\0') {
             // Never stored (PostgreSQL text holds no NUL): holds nothing.
-            return Some(Arc::new(HeldRoles::none(policy)));
+            return Some(Arc::new(HeldRoles::none(policy, asked.to_owned())));
         }
-        match self.cache.get(lookup) {
+        match self.cache.get(asked as &dyn LookupKey) {
             Some(held) => {
                 self.stats.hit();
                 if *held.version == *policy.version {
                     Some(held)
                 } else {
-                    Some(Arc::new(HeldRoles::resolve(policy, held.names.clone())))
+                    Some(Arc::new(HeldRoles::resolve(
+                        policy,
+                        held.lookup.clone(),
+                        held.names.clone(),
+                    )))
                 }
             }
             None => {
@@ -503,7 +534,7 @@ impl GrantStore {
         if !self.serving() {
             freshness = Freshness::Database;
         }
-        let resolve = |lookup: &Lookup| self.cached(policy, lookup);
+        let resolve = |asked: &Asked<'_>| self.cached(policy, asked);
         let resolve: Resolve<'_> = &resolve;
         let from_cache = matches!(freshness, Freshness::Cache).then_some(resolve);
         let mut room = SNAPSHOT_ROOM;
@@ -531,11 +562,11 @@ impl GrantStore {
             Err(e) => return self.unavailable(decision, &e.to_string()),
         };
         let second = GrantSnapshot::new(room, None);
-        for (lookup, roles) in first.answered() {
-            second.give(lookup.clone(), Some(roles.clone()));
+        for roles in first.answered() {
+            second.give(roles.clone());
         }
-        for (lookup, roles) in fetched {
-            second.give(lookup, Some(roles));
+        for (_, roles) in fetched {
+            second.give(roles);
         }
         let decision = decide(&second);
         if second.overflowed() || !second.missed().is_empty() {
@@ -600,7 +631,10 @@ impl GrantStore {
             .iter()
             .cloned()
             .zip(names)
-            .map(|(lookup, names)| (lookup, Arc::new(HeldRoles::resolve(policy, names))))
+            .map(|(lookup, names)| {
+                let held = Arc::new(HeldRoles::resolve(policy, lookup.clone(), names));
+                (lookup, held)
+            })
             .collect();
         {
             let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
