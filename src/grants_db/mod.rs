@@ -39,7 +39,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::engine::{Decision, Reason};
 use crate::metrics::CacheStats;
 pub use crate::policy::grant_snapshot::HolderKind;
-use crate::policy::grant_snapshot::{Asked, GrantSnapshot, HeldRoles, Lookup, LookupKey, Resolve};
+use crate::policy::grant_snapshot::{
+    Asked, GrantSnapshot, HeldRoles, Lookup, LookupKey, Resolve, SharedLookup,
+};
 use crate::policy::{GrantSource, PolicySet, ResourceKey};
 
 /// The channel writers notify and replicas listen on.
@@ -359,7 +361,7 @@ pub struct Counters {
 pub struct GrantStore {
     config: DatabaseConfig,
     pool: Pool,
-    cache: Cache<Lookup, Arc<HeldRoles>>,
+    cache: Cache<SharedLookup, Arc<HeldRoles>>,
     stats: Arc<CacheStats>,
     /// The revision the cache reflects: every change up to it is applied.
     applied: watch::Sender<i64>,
@@ -493,7 +495,10 @@ impl GrantStore {
     fn cached(&self, policy: &PolicySet, asked: &Asked<'_>) -> Option<Arc<HeldRoles>> {
         if asked.holder.contains('\0') || asked.resource.contains('\0') {
             // Never stored (PostgreSQL text holds no NUL): holds nothing.
-            return Some(Arc::new(HeldRoles::none(policy, asked.to_owned())));
+            return Some(Arc::new(HeldRoles::none(
+                policy,
+                Arc::new(asked.to_owned()),
+            )));
         }
         match self.cache.get(asked as &dyn LookupKey) {
             Some(held) => {
@@ -632,7 +637,7 @@ impl GrantStore {
             .cloned()
             .zip(names)
             .map(|(lookup, names)| {
-                let held = Arc::new(HeldRoles::resolve(policy, lookup.clone(), names));
+                let held = Arc::new(HeldRoles::resolve(policy, Arc::new(lookup.clone()), names));
                 (lookup, held)
             })
             .collect();
@@ -641,7 +646,8 @@ impl GrantStore {
             if self.applied_revision() <= revision {
                 for (lookup, roles) in &answers {
                     if !unstorable(lookup) {
-                        self.cache.insert(lookup.clone(), roles.clone());
+                        self.cache
+                            .insert(SharedLookup(roles.lookup.clone()), roles.clone());
                     }
                 }
             }
@@ -713,7 +719,7 @@ impl GrantStore {
         match lookups {
             Some(lookups) => {
                 for lookup in lookups {
-                    self.cache.invalidate(lookup);
+                    self.cache.invalidate(lookup as &dyn LookupKey);
                 }
             }
             None => {

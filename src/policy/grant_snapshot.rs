@@ -176,6 +176,37 @@ impl<'a> Borrow<dyn LookupKey + 'a> for Lookup {
     }
 }
 
+/// A cache key sharing its [`Lookup`] with the cached value, so a cached
+/// lookup's strings are stored once.
+#[derive(Debug, Clone)]
+pub struct SharedLookup(pub Arc<Lookup>);
+
+impl LookupKey for SharedLookup {
+    fn parts(&self) -> (HolderKind, &str, bool, &str) {
+        self.0.parts()
+    }
+}
+
+impl Hash for SharedLookup {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_parts(self, state);
+    }
+}
+
+impl PartialEq for SharedLookup {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for SharedLookup {}
+
+impl<'a> Borrow<dyn LookupKey + 'a> for SharedLookup {
+    fn borrow(&self) -> &(dyn LookupKey + 'a) {
+        self
+    }
+}
+
 pub fn split_holder(holder: Holder<'_>) -> (HolderKind, &str) {
     match holder {
         Holder::Subject(s) => (HolderKind::Subject, s),
@@ -195,8 +226,8 @@ pub fn split_key(key: ResourceKey<'_>) -> (bool, &str) {
 /// whose `version` they were resolved against.
 #[derive(Debug, PartialEq, Eq)]
 pub struct HeldRoles {
-    /// What was asked.
-    pub lookup: Lookup,
+    /// What was asked: the same allocation as the cache's key.
+    pub lookup: Arc<Lookup>,
     pub names: Box<[Box<str>]>,
     pub version: Box<str>,
     pub ids: Box<[RoleId]>,
@@ -207,7 +238,7 @@ impl HeldRoles {
     /// condition (conditions stay in the policy files); a name the policy
     /// does not define holds nothing, so a role removed from the policy
     /// stops granting at once.
-    pub fn resolve(policy: &PolicySet, lookup: Lookup, names: Box<[Box<str>]>) -> Self {
+    pub fn resolve(policy: &PolicySet, lookup: Arc<Lookup>, names: Box<[Box<str>]>) -> Self {
         let mut ids: Vec<RoleId> = names
             .iter()
             .filter_map(|name| role_id(policy, name))
@@ -223,7 +254,7 @@ impl HeldRoles {
     }
 
     /// None: no role at all.
-    pub fn none(policy: &PolicySet, lookup: Lookup) -> Self {
+    pub fn none(policy: &PolicySet, lookup: Arc<Lookup>) -> Self {
         Self::resolve(policy, lookup, Box::new([]))
     }
 }
