@@ -116,7 +116,8 @@ manifests:
 #                         do-nothing server, with h2load beside our client
 #                         (scripts/bench/shipped.py), then the load bench
 #                         (scripts/bench/load.py: direct gRPC and through
-#                         Envoy; LOAD_SECONDS per run)
+#                         Envoy; LOAD_SECONDS per run), then grants in
+#                         PostgreSQL at GRANTS_BENCH_N grants (bench-grants)
 #   make fuzz             every cargo-fuzz target for FUZZ_SECONDS (default 60)
 #   make soak             load + a policy reload every 5 s for SOAK_SECONDS (180)
 # Results: target/criterion/, target/bench/*.json.
@@ -126,7 +127,14 @@ SOAK_SECONDS ?= 180
 LOAD_SECONDS ?= 8
 .PHONY: bench-criterion bench-hot-path bench-shipped bench-load fuzz soak
 
-bench: bench-criterion bench-hot-path bench-shipped bench-load
+bench: bench-criterion bench-hot-path bench-shipped bench-load bench-grants
+
+# Grants in PostgreSQL (benches/grants_db.rs): GRANTS_BENCH_N grants loaded
+# with COPY into a private server; results in target/bench/grants_db.json.
+GRANTS_BENCH_N ?= 10000000
+.PHONY: bench-grants
+bench-grants:
+	GRANTS_BENCH_N=$(GRANTS_BENCH_N) $(CARGO) bench --bench grants_db
 
 bench-criterion:
 	$(CARGO) bench $(foreach b,$(CRITERION_BENCHES),--bench $(b))

@@ -453,6 +453,27 @@ fn a_revocation_reaches_the_other_replica() {
     assert!(metrics.contains("portcullis_grants_db_up 1"), "{metrics}");
 }
 
+/// Terminates the change feed's connection, once it is there (the feed
+/// connects in the background after the replica starts).
+async fn cut_feed(client: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cut = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&grants_db::feed::FEED_APPLICATION_NAME],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if !cut.is_empty() {
+            assert_eq!(cut.len(), 1, "one feed connection");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no feed connection to cut");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[test]
 fn a_dropped_listen_connection_loses_no_change() {
     let Some((_pg, url)) = database("dropped") else {
@@ -467,14 +488,7 @@ fn a_dropped_listen_connection_loses_no_change() {
         let mut client = connect(&DatabaseConfig::new(url.clone())).await;
         // Cut the feed's connection, then write while it is gone: the
         // notification goes nowhere.
-        let cut = client
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                &[&grants_db::feed::FEED_APPLICATION_NAME],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cut.len(), 1, "one feed connection");
+        cut_feed(&client).await;
         let removed = grants_db::Grant::new(None, None, false, "editor", "document:2")
             .err()
             .map(|_| ());
@@ -489,6 +503,34 @@ fn a_dropped_listen_connection_loses_no_change() {
         Duration::from_secs(5),
         "the change made while disconnected",
         || !replica.allows("alice", "write", "2", None),
+    );
+    // Pruning the change log under a replica that is behind: it drops its
+    // whole cache rather than miss a change. The feed is cut again so it
+    // is behind when the log is pruned.
+    assert!(replica.allows("bob", "read", "1", None));
+    rt.block_on(async {
+        let mut client = connect(&DatabaseConfig::new(url.clone())).await;
+        cut_feed(&client).await;
+        let grant = grants_db::Grant::new(Some("bob"), None, false, "viewer", "document:1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let written = write::write(&mut client, &[], &[grant])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let through = write::prune(&mut client, 0)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(through, written.revision);
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM portcullis_grant_changes", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get(0);
+        assert_eq!(left, 0);
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the change pruned from the log",
+        || !replica.allows("bob", "read", "1", None),
     );
     let metrics = replica.metrics();
     let reconnects = metrics

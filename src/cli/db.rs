@@ -88,6 +88,14 @@ impl ServeDatabaseArgs {
 pub enum DbCommand {
     /// Apply the schema migrations this binary carries (idempotent; safe to run from several Jobs)
     Migrate(DatabaseArgs),
+    /// Delete change-log rows older than --keep-seconds (replicas further behind drop their whole cache)
+    Prune {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Keep the changes of the last this many seconds
+        #[arg(long, default_value_t = 86_400)]
+        keep_seconds: u64,
+    },
 }
 
 /// A runtime for one command's database work.
@@ -140,6 +148,30 @@ pub(super) fn db(command: DbCommand) -> ExitCode {
                     for version in applied {
                         println!("applied migration {version}");
                     }
+                    Exit::Ok.into()
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Exit::Failure.into()
+                }
+            }
+        }),
+        DbCommand::Prune {
+            database,
+            keep_seconds,
+        } => runtime.block_on(async {
+            let outcome = async {
+                let mut client = connect(&database.config()).await?;
+                grants_db::write::prune(&mut client, keep_seconds).await
+            }
+            .await;
+            match outcome {
+                Ok(0) => {
+                    println!("no change is older than {keep_seconds} seconds");
+                    Exit::Ok.into()
+                }
+                Ok(through) => {
+                    println!("pruned the change log through revision {through}");
                     Exit::Ok.into()
                 }
                 Err(e) => {

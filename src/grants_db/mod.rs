@@ -28,7 +28,7 @@ pub mod write;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -39,7 +39,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::engine::{Decision, Reason};
 use crate::metrics::CacheStats;
 pub use crate::policy::grant_snapshot::HolderKind;
-use crate::policy::grant_snapshot::{GrantSnapshot, HeldRoles, Lookup, Resolve};
+use crate::policy::grant_snapshot::{
+    Asked, GrantSnapshot, HeldRoles, Lookup, LookupKey, Resolve, SharedLookup,
+};
 use crate::policy::{GrantSource, PolicySet, ResourceKey};
 
 /// The channel writers notify and replicas listen on.
@@ -57,8 +59,13 @@ pub const MAX_RESOURCE_BYTES: usize = 1024;
 /// Longest role name accepted, in bytes.
 pub const MAX_ROLE_BYTES: usize = 128;
 
-/// Lookups one snapshot holds before a decision is retried with more room.
-const SNAPSHOT_ROOM: usize = 64;
+/// Lookups one snapshot holds before a decision is retried with more room:
+/// a subject, a few groups and every authenticated subject, times the
+/// resource and its patterns, fit.
+const SNAPSHOT_ROOM: usize = 24;
+/// Longest a check waits for the database to read its missing lookups.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The most lookups a decision may make (a subject in very many groups).
 const SNAPSHOT_ROOM_MAX: usize = 16 * 1024;
 
@@ -297,11 +304,44 @@ impl Grant {
     }
 }
 
-/// Whether the change feed is connected, and since when it is not.
+/// Whether the change feed is connected, and since when it is not, read
+/// on every check without a lock: nanoseconds after `base`, plus one, or
+/// 0 while connected.
 #[derive(Debug)]
 struct Health {
-    /// `None` while connected and caught up.
-    down_since: Option<Instant>,
+    base: Instant,
+    down_since: AtomicU64,
+}
+
+impl Health {
+    fn new() -> Self {
+        Health {
+            base: Instant::now(),
+            down_since: AtomicU64::new(0),
+        }
+    }
+
+    fn down_for(&self) -> Option<Duration> {
+        match self.down_since.load(Ordering::Acquire) {
+            0 => None,
+            since => {
+                let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                Some(Duration::from_nanos(now.saturating_sub(since - 1)))
+            }
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        if down {
+            let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            // Only the first failure of an outage sets the time.
+            let _ =
+                self.down_since
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Acquire);
+        } else {
+            self.down_since.store(0, Ordering::Release);
+        }
+    }
 }
 
 /// Counters read by the metrics collector.
@@ -321,7 +361,7 @@ pub struct Counters {
 pub struct GrantStore {
     config: DatabaseConfig,
     pool: Pool,
-    cache: Cache<Lookup, Arc<HeldRoles>>,
+    cache: Cache<SharedLookup, Arc<HeldRoles>>,
     stats: Arc<CacheStats>,
     /// The revision the cache reflects: every change up to it is applied.
     applied: watch::Sender<i64>,
@@ -329,7 +369,7 @@ pub struct GrantStore {
     /// inserts, and (write) by the feed while it applies changes, so a
     /// fill read before a change never lands after its invalidation.
     gate: RwLock<()>,
-    health: Mutex<Health>,
+    health: Health,
     pub counters: Counters,
 }
 
@@ -379,7 +419,7 @@ impl GrantStore {
             stats,
             applied: watch::Sender::new(0),
             gate: RwLock::new(()),
-            health: Mutex::new(Health { down_since: None }),
+            health: Health::new(),
             counters: Counters::default(),
         }))
     }
@@ -392,7 +432,10 @@ impl GrantStore {
             .query_one("SELECT revision FROM portcullis_revision", &[])
             .await
             .map_err(DbError::from_pg)?;
-        self.invalidate(None, row.get(0));
+        // The cache is empty: it reflects this revision as it is.
+        let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.cache.invalidate_all();
+        self.applied.send_replace(row.get(0));
         Ok(())
     }
 
@@ -422,8 +465,7 @@ impl GrantStore {
 
     /// Since when the change feed is disconnected, if it is.
     pub fn down_for(&self) -> Option<Duration> {
-        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        health.down_since.map(|t| t.elapsed())
+        self.health.down_for()
     }
 
     /// True while checks can be answered: connected, or within the grace
@@ -433,12 +475,7 @@ impl GrantStore {
     }
 
     fn set_down(&self, down: bool) {
-        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        match (down, health.down_since) {
-            (true, None) => health.down_since = Some(Instant::now()),
-            (false, Some(_)) => health.down_since = None,
-            _ => {}
-        }
+        self.health.set_down(down);
     }
 
     /// Waits (at most the configured wait) for the feed to reach `wanted`.
@@ -455,18 +492,25 @@ impl GrantStore {
     }
 
     /// The cached roles of `lookup`, resolved against `policy`.
-    fn cached(&self, policy: &PolicySet, lookup: &Lookup) -> Option<Arc<HeldRoles>> {
-        if unstorable(lookup) {
+    fn cached(&self, policy: &PolicySet, asked: &Asked<'_>) -> Option<Arc<HeldRoles>> {
+        if asked.holder.contains('\0') || asked.resource.contains('\0') {
             // Never stored (PostgreSQL text holds no NUL): holds nothing.
-            return Some(Arc::new(HeldRoles::none(policy)));
+            return Some(Arc::new(HeldRoles::none(
+                policy,
+                Arc::new(asked.to_owned()),
+            )));
         }
-        match self.cache.get(lookup) {
+        match self.cache.get(asked as &dyn LookupKey) {
             Some(held) => {
                 self.stats.hit();
                 if *held.version == *policy.version {
                     Some(held)
                 } else {
-                    Some(Arc::new(HeldRoles::resolve(policy, held.names.clone())))
+                    Some(Arc::new(HeldRoles::resolve(
+                        policy,
+                        held.lookup.clone(),
+                        held.names.clone(),
+                    )))
                 }
             }
             None => {
@@ -495,7 +539,7 @@ impl GrantStore {
         if !self.serving() {
             freshness = Freshness::Database;
         }
-        let resolve = |lookup: &Lookup| self.cached(policy, lookup);
+        let resolve = |asked: &Asked<'_>| self.cached(policy, asked);
         let resolve: Resolve<'_> = &resolve;
         let from_cache = matches!(freshness, Freshness::Cache).then_some(resolve);
         let mut room = SNAPSHOT_ROOM;
@@ -523,11 +567,11 @@ impl GrantStore {
             Err(e) => return self.unavailable(decision, &e.to_string()),
         };
         let second = GrantSnapshot::new(room, None);
-        for (lookup, roles) in first.answered() {
-            second.give(lookup.clone(), Some(roles.clone()));
+        for roles in first.answered() {
+            second.give(roles.clone());
         }
-        for (lookup, roles) in fetched {
-            second.give(lookup, Some(roles));
+        for (_, roles) in fetched {
+            second.give(roles);
         }
         let decision = decide(&second);
         if second.overflowed() || !second.missed().is_empty() {
@@ -563,7 +607,16 @@ impl GrantStore {
         min_revision: Option<i64>,
     ) -> Result<Vec<(Lookup, Arc<HeldRoles>)>, DbError> {
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let result = self.read(lookups).await;
+        // Bounded: a check waits no longer than Envoy would (it fails
+        // closed past its own timeout anyway), and an outage costs no
+        // pile-up of waiting checks.
+        let result = match tokio::time::timeout(FETCH_TIMEOUT, self.read(lookups)).await {
+            Ok(result) => result,
+            Err(_) => Err(DbError::Unreachable(format!(
+                "no answer within {} ms",
+                FETCH_TIMEOUT.as_millis()
+            ))),
+        };
         let (revision, names) = match result {
             Ok(read) => read,
             Err(e) => {
@@ -583,14 +636,18 @@ impl GrantStore {
             .iter()
             .cloned()
             .zip(names)
-            .map(|(lookup, names)| (lookup, Arc::new(HeldRoles::resolve(policy, names))))
+            .map(|(lookup, names)| {
+                let held = Arc::new(HeldRoles::resolve(policy, Arc::new(lookup.clone()), names));
+                (lookup, held)
+            })
             .collect();
         {
             let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
             if self.applied_revision() <= revision {
                 for (lookup, roles) in &answers {
                     if !unstorable(lookup) {
-                        self.cache.insert(lookup.clone(), roles.clone());
+                        self.cache
+                            .insert(SharedLookup(roles.lookup.clone()), roles.clone());
                     }
                 }
             }
@@ -662,7 +719,7 @@ impl GrantStore {
         match lookups {
             Some(lookups) => {
                 for lookup in lookups {
-                    self.cache.invalidate(lookup);
+                    self.cache.invalidate(lookup as &dyn LookupKey);
                 }
             }
             None => {

@@ -232,3 +232,40 @@ pub fn policy_grants(policy: &PolicySet) -> Result<Vec<Grant>, String> {
     out.sort();
     Ok(out)
 }
+
+/// Deletes change-log rows older than `keep_seconds`, by whole revisions:
+/// every row up to the newest revision that has a row that old goes, and
+/// `pruned_through` records it, so a replica that had not reached it drops
+/// its whole cache instead of missing a change. Returns that revision (0
+/// when nothing was old enough).
+pub async fn prune(client: &mut Client, keep_seconds: u64) -> Result<i64, DbError> {
+    let keep = i64::try_from(keep_seconds).unwrap_or(i64::MAX);
+    let tx = client.transaction().await.map_err(DbError::from_pg)?;
+    let through: i64 = tx
+        .query_one(
+            "SELECT coalesce(max(revision), 0) FROM portcullis_grant_changes \
+             WHERE changed_at < now() - make_interval(secs => $1::bigint)",
+            &[&keep],
+        )
+        .await
+        .map_err(DbError::from_pg)?
+        .get(0);
+    if through > 0 {
+        // Recorded first: a replica reading the log in a snapshot that
+        // lacks these rows also sees the mark.
+        tx.execute(
+            "UPDATE portcullis_revision SET pruned_through = greatest(pruned_through, $1)",
+            &[&through],
+        )
+        .await
+        .map_err(DbError::from_pg)?;
+        tx.execute(
+            "DELETE FROM portcullis_grant_changes WHERE revision <= $1",
+            &[&through],
+        )
+        .await
+        .map_err(DbError::from_pg)?;
+    }
+    tx.commit().await.map_err(DbError::from_pg)?;
+    Ok(through)
+}

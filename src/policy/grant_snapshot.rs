@@ -10,6 +10,8 @@
 //! stands; one that denied with lookups missing is decided again once the
 //! server has fetched them. Pure: no I/O, no clock, no locks held.
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -42,7 +44,7 @@ impl HolderKind {
 
 /// One question the engine asks: the roles of one holder on one key,
 /// owned, so it can be a cache key or a database parameter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Lookup {
     pub kind: HolderKind,
     /// Empty for [`HolderKind::Authenticated`].
@@ -90,6 +92,121 @@ impl Lookup {
     }
 }
 
+/// A lookup's parts, owned or borrowed: a cache keyed by [`Lookup`] is
+/// asked with an [`Asked`] that borrows the engine's strings, so a hit
+/// allocates nothing.
+pub trait LookupKey {
+    fn parts(&self) -> (HolderKind, &str, bool, &str);
+}
+
+impl LookupKey for Lookup {
+    fn parts(&self) -> (HolderKind, &str, bool, &str) {
+        (self.kind, &self.holder, self.pattern, &self.resource)
+    }
+}
+
+/// A lookup as the engine asks it, borrowing its strings.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    pub kind: HolderKind,
+    pub holder: &'a str,
+    pub pattern: bool,
+    pub resource: &'a str,
+}
+
+impl<'a> Asked<'a> {
+    pub fn new(holder: Holder<'a>, key: ResourceKey<'a>) -> Self {
+        let (kind, holder) = split_holder(holder);
+        let (pattern, resource) = split_key(key);
+        Asked {
+            kind,
+            holder,
+            pattern,
+            resource,
+        }
+    }
+
+    pub fn to_owned(&self) -> Lookup {
+        Lookup {
+            kind: self.kind,
+            holder: self.holder.into(),
+            pattern: self.pattern,
+            resource: self.resource.into(),
+        }
+    }
+}
+
+impl LookupKey for Asked<'_> {
+    fn parts(&self) -> (HolderKind, &str, bool, &str) {
+        (self.kind, self.holder, self.pattern, self.resource)
+    }
+}
+
+fn hash_parts<H: Hasher>(key: &(impl LookupKey + ?Sized), state: &mut H) {
+    let (kind, holder, pattern, resource) = key.parts();
+    kind.hash(state);
+    holder.hash(state);
+    pattern.hash(state);
+    resource.hash(state);
+}
+
+impl Hash for Lookup {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_parts(self, state);
+    }
+}
+
+impl Hash for dyn LookupKey + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_parts(self, state);
+    }
+}
+
+impl PartialEq for dyn LookupKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn LookupKey + '_ {}
+
+impl<'a> Borrow<dyn LookupKey + 'a> for Lookup {
+    fn borrow(&self) -> &(dyn LookupKey + 'a) {
+        self
+    }
+}
+
+/// A cache key sharing its [`Lookup`] with the cached value, so a cached
+/// lookup's strings are stored once.
+#[derive(Debug, Clone)]
+pub struct SharedLookup(pub Arc<Lookup>);
+
+impl LookupKey for SharedLookup {
+    fn parts(&self) -> (HolderKind, &str, bool, &str) {
+        self.0.parts()
+    }
+}
+
+impl Hash for SharedLookup {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_parts(self, state);
+    }
+}
+
+impl PartialEq for SharedLookup {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for SharedLookup {}
+
+impl<'a> Borrow<dyn LookupKey + 'a> for SharedLookup {
+    fn borrow(&self) -> &(dyn LookupKey + 'a) {
+        self
+    }
+}
+
 pub fn split_holder(holder: Holder<'_>) -> (HolderKind, &str) {
     match holder {
         Holder::Subject(s) => (HolderKind::Subject, s),
@@ -109,6 +226,8 @@ pub fn split_key(key: ResourceKey<'_>) -> (bool, &str) {
 /// whose `version` they were resolved against.
 #[derive(Debug, PartialEq, Eq)]
 pub struct HeldRoles {
+    /// What was asked: the same allocation as the cache's key.
+    pub lookup: Arc<Lookup>,
     pub names: Box<[Box<str>]>,
     pub version: Box<str>,
     pub ids: Box<[RoleId]>,
@@ -119,7 +238,7 @@ impl HeldRoles {
     /// condition (conditions stay in the policy files); a name the policy
     /// does not define holds nothing, so a role removed from the policy
     /// stops granting at once.
-    pub fn resolve(policy: &PolicySet, names: Box<[Box<str>]>) -> Self {
+    pub fn resolve(policy: &PolicySet, lookup: Arc<Lookup>, names: Box<[Box<str>]>) -> Self {
         let mut ids: Vec<RoleId> = names
             .iter()
             .filter_map(|name| role_id(policy, name))
@@ -127,6 +246,7 @@ impl HeldRoles {
         ids.sort_unstable();
         ids.dedup();
         HeldRoles {
+            lookup,
             names,
             version: policy.version.as_str().into(),
             ids: ids.into_boxed_slice(),
@@ -134,8 +254,8 @@ impl HeldRoles {
     }
 
     /// None: no role at all.
-    pub fn none(policy: &PolicySet) -> Self {
-        Self::resolve(policy, Box::new([]))
+    pub fn none(policy: &PolicySet, lookup: Arc<Lookup>) -> Self {
+        Self::resolve(policy, lookup, Box::new([]))
     }
 }
 
@@ -150,11 +270,28 @@ pub fn role_id(policy: &PolicySet, name: &str) -> Option<RoleId> {
 
 /// Answers a lookup the snapshot does not hold yet (a cache); `None` when
 /// it cannot.
-pub type Resolve<'a> = &'a (dyn Fn(&Lookup) -> Option<Arc<HeldRoles>> + Sync);
+pub type Resolve<'a> = &'a (dyn Fn(&Asked<'_>) -> Option<Arc<HeldRoles>> + Sync);
 
-struct Slot {
-    lookup: Lookup,
-    roles: Option<Arc<HeldRoles>>,
+/// One lookup of a check: answered (the roles carry what was asked), or not.
+enum Slot {
+    Answered(Arc<HeldRoles>),
+    Missed(Lookup),
+}
+
+impl Slot {
+    fn lookup(&self) -> &Lookup {
+        match self {
+            Slot::Answered(roles) => &roles.lookup,
+            Slot::Missed(lookup) => lookup,
+        }
+    }
+
+    fn roles(&self) -> Option<&Arc<HeldRoles>> {
+        match self {
+            Slot::Answered(roles) => Some(roles),
+            Slot::Missed(_) => None,
+        }
+    }
 }
 
 /// The grants of one check: answered lookups, and the ones nobody could
@@ -177,11 +314,11 @@ impl<'a> GrantSnapshot<'a> {
         }
     }
 
-    /// Records the answer to `lookup` (`None`: unknown, a miss).
-    pub fn give(&self, lookup: Lookup, roles: Option<Arc<HeldRoles>>) -> bool {
+    /// Records an answer (its lookup is the one it carries).
+    pub fn give(&self, roles: Arc<HeldRoles>) -> bool {
         let at = self.next.fetch_add(1, Ordering::AcqRel);
         match self.slots.get(at) {
-            Some(slot) => slot.set(Slot { lookup, roles }).is_ok(),
+            Some(slot) => slot.set(Slot::Answered(roles)).is_ok(),
             None => {
                 self.overflowed.store(true, Ordering::Release);
                 false
@@ -197,15 +334,16 @@ impl<'a> GrantSnapshot<'a> {
     /// The lookups asked that nobody answered.
     pub fn missed(&self) -> Vec<Lookup> {
         self.filled()
-            .filter(|s| s.roles.is_none())
-            .map(|s| s.lookup.clone())
+            .filter_map(|s| match s {
+                Slot::Missed(lookup) => Some(lookup.clone()),
+                Slot::Answered(_) => None,
+            })
             .collect()
     }
 
     /// Every answered lookup with its roles.
-    pub fn answered(&self) -> impl Iterator<Item = (&Lookup, &Arc<HeldRoles>)> {
-        self.filled()
-            .filter_map(|s| s.roles.as_ref().map(|r| (&s.lookup, r)))
+    pub fn answered(&self) -> impl Iterator<Item = &Arc<HeldRoles>> {
+        self.filled().filter_map(Slot::roles)
     }
 
     /// More lookups were asked than the snapshot had room for: the
@@ -222,25 +360,28 @@ impl<'a> GrantSnapshot<'a> {
 
 impl GrantSource for GrantSnapshot<'_> {
     fn roles(&self, holder: Holder<'_>, key: ResourceKey<'_>) -> &[RoleId] {
-        if let Some(slot) = self.filled().find(|s| s.lookup.is(holder, key)) {
-            return slot.roles.as_ref().map_or(&[], |r| &r.ids);
+        if let Some(slot) = self.filled().find(|s| s.lookup().is(holder, key)) {
+            return slot.roles().map_or(&[], |r| &r.ids);
         }
-        let lookup = Lookup::new(holder, key);
-        let roles = self.resolve.and_then(|resolve| resolve(&lookup));
+        let asked = Asked::new(holder, key);
+        let slot = match self.resolve.and_then(|resolve| resolve(&asked)) {
+            Some(roles) => Slot::Answered(roles),
+            None => Slot::Missed(asked.to_owned()),
+        };
         let at = self.next.fetch_add(1, Ordering::AcqRel);
-        let Some(slot) = self.slots.get(at) else {
+        let Some(cell) = self.slots.get(at) else {
             self.overflowed.store(true, Ordering::Release);
             return &[];
         };
-        let _ = slot.set(Slot { lookup, roles });
-        match slot.get().and_then(|s| s.roles.as_ref()) {
+        let _ = cell.set(slot);
+        match cell.get().and_then(Slot::roles) {
             Some(roles) => &roles.ids,
             None => &[],
         }
     }
 
     fn len(&self) -> usize {
-        self.answered().map(|(_, r)| r.ids.len()).sum()
+        self.answered().map(|r| r.ids.len()).sum()
     }
 }
 
