@@ -23,9 +23,9 @@ use serde_json::{json, Value};
 
 use super::model::{self, Object};
 use super::{asked, bad, decision_json, json_response, resource_name, ApiError, ApiState};
+use crate::engine::Decision;
 use crate::events::envelope::{message_digest, parse_hex};
 use crate::events::{self, Publish, SignError};
-use crate::engine::Decision;
 use crate::policy::{GrantSource, PolicySet};
 use crate::token::Principal;
 
@@ -230,9 +230,8 @@ async fn decide_now(
     action: &str,
     now: u64,
 ) -> Decision {
-    let decide = |grants: &dyn GrantSource| {
-        events::decide(policy, grants, principal, resource, action, now)
-    };
+    let decide =
+        |grants: &dyn GrantSource| events::decide(policy, grants, principal, resource, action, now);
     match &state.grants_db {
         Some(store) => store.decide(policy, None, decide).await,
         None => decide(&*policy.grants),

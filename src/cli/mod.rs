@@ -33,8 +33,8 @@ use crate::token::KeySet;
 use crate::token_cache::DEFAULT_TOKEN_CACHE_TTL;
 
 mod check;
-mod event;
 mod db;
+mod event;
 mod grants;
 mod serve;
 mod test;
