@@ -86,7 +86,7 @@ clippy:
 # without it the grants-database tests (tests/grants_db.rs) are skipped, and
 # this says so before and after the run; CI (.ci/run) installs Debian's
 # `postgresql` and requires them (PORTCULLIS_REQUIRE_POSTGRES).
-POSTGRES_NOTICE = if [ -z "$$PORTCULLIS_POSTGRES_BIN" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+POSTGRES_NOTICE = if [ -z "$${PORTCULLIS_POSTGRES_BIN:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	  && ! { command -v initdb && command -v pg_ctl && command -v createdb; } >/dev/null 2>&1; then \
 	  echo "== SKIPPED: the grants-database tests (tests/grants_db.rs): no PostgreSQL found;" \
 	    "install Debian's postgresql (apt-get install postgresql) or set PORTCULLIS_POSTGRES_BIN"; fi
