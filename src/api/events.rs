@@ -164,15 +164,10 @@ async fn verify_event(state: &ApiState, request: Request) -> Result<Value, Respo
         .map_err(IntoResponse::into_response)?
         .ok_or_else(|| bad("envelope is required").into_response())?;
     let digest = message_field(&asked.body).map_err(IntoResponse::into_response)?;
-    let accepted = events::accept(
-        &asked.policy,
-        &state.replay,
-        &envelope,
-        &digest,
-        &caller.name,
-        asked.now,
-    );
-    let consumed = match accepted {
+    // Decided before its id is consumed: an event the grants cannot decide
+    // now (a database outage) is refused, not used up.
+    let opened = events::open(&asked.policy, &envelope, &digest, &caller.name, asked.now);
+    let consumed = match opened {
         Ok(claims) => {
             let decision = decide_now(
                 state,
@@ -183,7 +178,7 @@ async fn verify_event(state: &ApiState, request: Request) -> Result<Value, Respo
                 asked.now,
             )
             .await;
-            Ok(events::Consumed { claims, decision })
+            events::consume_decided(&state.replay, claims, decision, asked.now)
         }
         Err(refusal) => Err(refusal),
     };

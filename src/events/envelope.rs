@@ -121,6 +121,8 @@ pub enum Refusal {
     ReplayCacheFull,
     #[error("the replay log cannot be written: {0}")]
     ReplayLog(String),
+    #[error("the grants cannot be read now; the event was not consumed: try again later")]
+    GrantsUnavailable,
 }
 
 impl Refusal {
@@ -141,6 +143,7 @@ impl Refusal {
             Refusal::Replayed => "replayed",
             Refusal::ReplayCacheFull => "replay_cache_full",
             Refusal::ReplayLog(_) => "replay_log",
+            Refusal::GrantsUnavailable => "grants_unavailable",
         }
     }
 }

@@ -106,9 +106,9 @@ pub struct Consumed {
     pub decision: Decision,
 }
 
-/// Opens `envelope` for `audience`, consumes its id (once only) and decides
-/// it against `policy` and its own grants at `now`. An event is judged
-/// once: its id is consumed whether the policy allows it or not.
+/// Opens `envelope` for `audience`, decides it against `policy` and its
+/// own grants at `now`, and consumes its id (once only). An event is
+/// judged once: its id is consumed whether the policy allows it or not.
 pub fn consume(
     policy: &PolicySet,
     replay: &ReplayGuard,
@@ -117,7 +117,7 @@ pub fn consume(
     audience: &str,
     now: u64,
 ) -> Result<Consumed, Refusal> {
-    let claims = accept(policy, replay, envelope, message_sha256, audience, now)?;
+    let claims = open(policy, envelope, message_sha256, audience, now)?;
     let decision = decide(
         policy,
         &*policy.grants,
@@ -126,28 +126,41 @@ pub fn consume(
         &claims.action,
         now,
     );
-    Ok(Consumed { claims, decision })
+    consume_decided(replay, claims, decision, now)
 }
 
-/// Opens `envelope` for `audience` and consumes its id: what remains is to
-/// decide it, now.
-pub fn accept(
+/// Opens `envelope` for `audience` without consuming it.
+pub fn open(
     policy: &PolicySet,
-    replay: &ReplayGuard,
     envelope: &str,
     message_sha256: &[u8; 32],
     audience: &str,
     now: u64,
 ) -> Result<EventClaims, Refusal> {
-    let claims = envelope::open(
+    envelope::open(
         policy.events.as_ref(),
         envelope,
         message_sha256,
         audience,
         now,
-    )?;
+    )
+}
+
+/// Consumes an opened event decided `decision`, unless the decision could
+/// not be made (the grants database unreachable past its grace period):
+/// such an event is refused without being consumed, so it can be tried
+/// again once the grants can be read, rather than lost to an outage.
+pub fn consume_decided(
+    replay: &ReplayGuard,
+    claims: EventClaims,
+    decision: Decision,
+    now: u64,
+) -> Result<Consumed, Refusal> {
+    if matches!(decision.reason, Reason::GrantsUnavailable) {
+        return Err(Refusal::GrantsUnavailable);
+    }
     replay.first_use(&claims.jti, claims.exp, now)?;
-    Ok(claims)
+    Ok(Consumed { claims, decision })
 }
 
 /// The subject an envelope names, as the engine takes it: its groups are
