@@ -18,9 +18,16 @@
 # 12): a binary linked on a newer glibc would not start on cc-debian12.
 FROM rust:1-bookworm AS builder
 WORKDIR /src
-# Only what the build needs (.dockerignore keeps the context to these).
+# Only what the build reads (.dockerignore keeps the context to these):
+# the manifest and lock file; src/; migrations/, which
+# src/grants_db/migrate.rs embeds with include_str!; benches/, because
+# Cargo.toml declares [[bench]] targets and cargo refuses a manifest whose
+# declared targets are missing; testkit/, a workspace member. Examples,
+# tests and fuzz/ are discovered, not declared, so they may stay out.
+# `make manifests` builds the binary from exactly this context.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY migrations ./migrations
 COPY benches ./benches
 COPY testkit ./testkit
 RUN cargo build --release --locked --bin portcullis

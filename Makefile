@@ -111,12 +111,16 @@ test: manifests $(ENVOY_CONFIG)
 # Istio CRD schemas live in ../shared/k8s-validate beside the repository
 # (team material CI lays out): without it that one layer is SKIPPED with a
 # notice, unless CI or PORTCULLIS_REQUIRE_SHARED is set.
+# One check builds the binary (cargo build --offline --locked) from exactly
+# the Docker context .dockerignore admits, in $CARGO_TARGET_DIR (else
+# ./target): dependencies already built there are reused, and an unchanged
+# tree is a no-op for cargo the second time.
 PYTHON ?= python3
 .PHONY: manifests
 manifests:
 	scripts/ensure-manifest-tools.sh
-	$(PYTHON) scripts/check_manifests.py
-	$(PYTHON) scripts/check_manifests.py --self-test
+	CARGO="$(CARGO)" $(PYTHON) scripts/check_manifests.py
+	CARGO="$(CARGO)" $(PYTHON) scripts/check_manifests.py --self-test
 
 # Benchmarks, fuzzing and the soak: none of them is part of `make test`.
 #   make bench            criterion benches, instruction counts (gungraun,
