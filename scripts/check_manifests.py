@@ -10,7 +10,8 @@ in two layers:
    kustomization; `kubernetes-validate --strict` checks core kinds against the
    Kubernetes 1.32 schemas; ../shared/k8s-validate/validate_crs.py checks Istio
    resources against Istio's CRD schemas; `envoy --mode validate` loads
-   envoy/sidecar.yaml and the jwt_authn EnvoyFilter's filters.
+   envoy/sidecar.yaml and the filters the EnvoyFilters insert (jwt_authn,
+   the subject strip).
 2. Cross-checks, which no schema can do: names, ports, paths and labels that
    must agree ACROSS files (a provider name in an AuthorizationPolicy and in
    meshConfig, a port in a Service, a container and an Envoy cluster, ...).
@@ -174,6 +175,9 @@ class Bundle:
     envoy_configs: dict[str, dict]
     dockerfile: str
     dockerignore: str
+    # every *.yaml under k8s/ as written (kustomizations excluded), parsed:
+    # what an operator could apply by hand, rendered by nothing
+    k8s_files: dict[str, list[dict]] = field(default_factory=dict)
 
 
 @dataclass
@@ -269,6 +273,11 @@ def load_bundle(tools: Tools, rendered_text: dict[str, str]) -> Bundle:
         policies={p.name: p.read_text() for p in sorted((root / "policies").glob("*.yaml"))},
         dockerfile=(root / "Dockerfile").read_text(),
         dockerignore=(root / ".dockerignore").read_text(),
+        k8s_files={
+            # patch files (a JSON 6902 list) are not objects: only mappings count
+            str(p.relative_to(root)): [d for d in load_yaml_docs(p.read_text(), str(p)) if isinstance(d, dict)]
+            for p in sorted((root / "k8s").rglob("*.yaml")) if p.name != "kustomization.yaml"
+        },
     )
 
 
@@ -511,9 +520,14 @@ def envoy_sidecars(docs: list[dict]) -> list[tuple[dict, dict, str, str]]:
 # ---------------------------------------------------------------------------
 
 
-def custom_policies(bundle: Bundle) -> list[tuple[str, dict]]:
+def custom_policies(bundle: Bundle, every_file: bool = False) -> list[tuple[str, dict]]:
+    """CUSTOM AuthorizationPolicies of the rendered overlays and the examples;
+    with `every_file`, also of every YAML file under k8s/ as written."""
     out = []
-    for origin, docs in list(bundle.rendered.items()) + list(bundle.examples.items()):
+    sources = list(bundle.rendered.items()) + list(bundle.examples.items())
+    if every_file:
+        sources += [(o, d) for o, d in bundle.k8s_files.items() if o not in bundle.examples]
+    for origin, docs in sources:
         for d in of_kind(docs, "AuthorizationPolicy"):
             if get(d, "spec", "action") == "CUSTOM":
                 out.append((origin, d))
@@ -532,16 +546,23 @@ def extension_providers(bundle: Bundle) -> dict[str, list[dict]]:
 
 
 def check_provider_names(bundle: Bundle) -> list[str]:
-    """AuthorizationPolicy provider.name is in both extensionProviders snippets.
+    """Every CUSTOM policy's provider is in both mesh configs; one provider.
 
-    Every CUSTOM AuthorizationPolicy's provider.name is an extensionProviders
-    entry in BOTH mesh-config snippets, and the two snippets agree."""
+    Every CUSTOM AuthorizationPolicy under k8s/ (rendered overlays, examples,
+    any YAML file an operator could apply by hand) names, in provider.name,
+    an extensionProviders entry of BOTH mesh-config snippets, and the two
+    snippets agree. A provider istiod cannot resolve does not fail closed
+    politely: istiod turns the policy's own rules into an enforcing RBAC
+    DENY on every HTTP and TCP chain of the selected workloads
+    (pilot/pkg/security/authz/builder/builder.go, getBadCustomDenyRules).
+    All of them name ONE provider: a second CUSTOM provider on a workload,
+    without PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS, does the same."""
     errors = []
     providers = extension_providers(bundle)
     for label, entries in providers.items():
         if not entries:
             errors.append(f"{MESH_CONFIG_FILES[label]}: no meshConfig.extensionProviders")
-    policies = custom_policies(bundle)
+    policies = custom_policies(bundle, every_file=True)
     if not policies:
         errors.append("no CUSTOM AuthorizationPolicy anywhere (k8s/overlays/istio)")
     for origin, policy in policies:
@@ -551,8 +572,16 @@ def check_provider_names(bundle: Bundle) -> list[str]:
             if wanted not in names:
                 errors.append(
                     f"{origin}: {ref(policy)}: provider.name {wanted!r} is not an "
-                    f"extensionProviders entry of {MESH_CONFIG_FILES[label]} (has {names})"
+                    f"extensionProviders entry of {MESH_CONFIG_FILES[label]} (has {names}): "
+                    "istiod would deny every request and connection of the workloads it selects"
                 )
+    named = sorted({str(get(p, "spec", "provider", "name")) for _, p in policies})
+    if len(named) > 1:
+        errors.append(
+            f"CUSTOM AuthorizationPolicies name {len(named)} providers {named}: without "
+            "PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS a workload selected by two of them "
+            "gets an RBAC deny on every chain instead of ext_authz"
+        )
     by_label = {label: {e.get("name"): e for e in entries} for label, entries in providers.items()}
     labels = list(by_label)
     for a, b in zip(labels, labels[1:]):
@@ -561,6 +590,55 @@ def check_provider_names(bundle: Bundle) -> list[str]:
                 f"{MESH_CONFIG_FILES[a]} and {MESH_CONFIG_FILES[b]} define different "
                 "extensionProviders; they must be the same entry in two formats"
             )
+    return errors
+
+
+SYNC_WAVE = "argocd.argoproj.io/sync-wave"
+
+
+def sync_wave(doc: dict) -> int:
+    value = get(doc, "metadata", "annotations", SYNC_WAVE, default="0")
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def check_apply_order(bundle: Bundle) -> list[str]:
+    """The provider Service is applied before any CUSTOM policy.
+
+    In every rendered overlay that holds a CUSTOM AuthorizationPolicy, the
+    Service the extension provider names comes before it in kustomize's
+    output (what `kubectl apply -f -` follows), and the policy's Argo CD
+    sync wave is later than the Service's and the Deployment's (Argo CD
+    waits for a wave to be healthy before the next, and prunes in reverse).
+    A policy applied while istiod cannot find the Service becomes a deny
+    on every chain of every workload it selects."""
+    errors = []
+    hosts = {get(e, "envoyExtAuthzGrpc", "service") for entries in extension_providers(bundle).values()
+             for e in entries}
+    for origin, docs in bundle.rendered.items():
+        policies = [(i, d) for i, d in enumerate(docs)
+                    if d.get("kind") == "AuthorizationPolicy" and get(d, "spec", "action") == "CUSTOM"]
+        if not policies:
+            continue
+        services = [(i, d) for i, d in enumerate(docs) if d.get("kind") == "Service"
+                    and any(host in (service_dns(d), f"{name(d)}.{namespace(d)}.svc") for host in hosts)]
+        if not services:
+            errors.append(f"{origin}: renders a CUSTOM AuthorizationPolicy but not the provider's Service {sorted(map(str, hosts))}")
+            continue
+        found = portcullis_workload(docs)
+        for i, policy in policies:
+            for j, svc in services:
+                if j > i:
+                    errors.append(f"{origin}: {ref(policy)} comes before {ref(svc)} in the rendered output: "
+                                  "`kubectl apply` would create the policy while istiod cannot resolve its provider")
+                if sync_wave(policy) <= sync_wave(svc):
+                    errors.append(f"{origin}: {ref(policy)} has sync wave {sync_wave(policy)}, not later than "
+                                  f"{ref(svc)}'s {sync_wave(svc)} ({SYNC_WAVE})")
+            if found and sync_wave(policy) <= sync_wave(found[0]):
+                errors.append(f"{origin}: {ref(policy)} has sync wave {sync_wave(policy)}, not later than "
+                              f"{ref(found[0])}'s {sync_wave(found[0])} ({SYNC_WAVE})")
     return errors
 
 
@@ -941,11 +1019,13 @@ def check_secrets(bundle: Bundle) -> list[str]:
 
 
 def check_mesh_policy(bundle: Bundle) -> list[str]:
-    """Mesh-wide CUSTOM policy: no selector, only exact health paths exempt.
+    """Mesh-wide CUSTOM policy: no selector, only GET/HEAD of exact health paths.
 
     The mesh-wide policy: CUSTOM, in the root namespace, no selector (all
-    workloads), and exempts only exact health paths (a wildcard there would
-    exempt part of every application's API)."""
+    workloads), and exempts only GET and HEAD of the exact health paths
+    without a query (a wildcard there would exempt part of every
+    application's API; another method or a query goes to Portcullis). The
+    same holds for every CUSTOM policy of the examples."""
     errors = []
     docs = bundle.rendered.get("k8s/overlays/istio", [])
     mesh = [p for p in of_kind(docs, "AuthorizationPolicy") if namespace(p) == "istio-system"]
@@ -971,6 +1051,19 @@ def check_mesh_policy(bundle: Bundle) -> list[str]:
         if not_paths and not reads_only:
             errors.append(f"{origin}: {ref(policy)}: the health paths skip Portcullis for every method; "
                           f"add a rule with paths: {not_paths} and notMethods: [GET, HEAD]")
+        # And only without a query: `paths` compare the path alone, so a rule
+        # must send a health path whose request line (`:path`) is anything
+        # but the bare path to Portcullis.
+        exact_only = any(
+            sorted(get(to, "operation", "paths", default=[])) == sorted(not_paths)
+            and any(c.get("key") == "request.headers[:path]"
+                    and sorted(c.get("notValues") or []) == sorted(not_paths)
+                    for c in rule.get("when") or [])
+            for rule in spec.get("rules") or [] for to in rule.get("to") or [])
+        if not_paths and not exact_only:
+            errors.append(f"{origin}: {ref(policy)}: `/healthz?anything` skips Portcullis (paths ignore the "
+                          f"query); add a rule with paths: {not_paths} and when request.headers[:path] "
+                          f"notValues: {not_paths}")
         for rule in spec.get("rules") or []:
             for to in rule.get("to") or []:
                 if get(to, "operation", "notHosts") or get(to, "operation", "hosts"):
@@ -1527,29 +1620,27 @@ def jwt_authn_filter_names(bundle: Bundle) -> set[str]:
             if get(p, "patch", "value", "name")}
 
 
-def check_http_only(bundle: Bundle) -> list[str]:
-    """Portcullis is HTTP only: the network ext_authz filter is removed.
+def check_tcp_chains(bundle: Bundle) -> list[str]:
+    """TCP chains keep their network ext_authz; `connections:` are rules.
 
-    Istio answers the mesh-wide CUSTOM policy on TCP filter chains with a
-    network ext_authz filter and a rule that matches every connection (HTTP
-    fields are dropped there). The istio overlay must remove that filter in
-    the root namespace for sidecars (SIDECAR_INBOUND) and gateways
-    (GATEWAY); the opt-out example must remove everything Portcullis brings
-    to a namespace (HTTP ext_authz, network ext_authz, the jwt_authn filter
-    of the jwt_authn overlay); and the policies must say explicitly how
-    Portcullis answers a connection check (`connections:`), the second line
-    of defence."""
+    Portcullis decides every TCP connection on a chain the mesh-wide policy
+    covers (Istio's network ext_authz filter; `connections:` rules, default
+    deny): that is what denies HTTP a client disguises as TCP. So no
+    EnvoyFilter in the root namespace may REMOVE a network filter (matched
+    by name, such a patch also removes other CUSTOM providers' TCP
+    authorization). The opt-out example still removes everything Portcullis
+    brings to its own namespace (HTTP and network ext_authz, jwt_authn).
+    In the policies, `connections:` is a list of rules, each with a unique
+    name and destination ports."""
     errors = []
-    for overlay in (ISTIO, JWT):
-        docs = bundle.rendered.get(overlay, [])
-        removed = set().union(*[removals(f) for f in mesh_envoy_filters(docs)])
-        for context in ("SIDECAR_INBOUND", "GATEWAY"):
-            if (context, "NETWORK_FILTER", NETWORK_EXT_AUTHZ) not in removed:
-                errors.append(
-                    f"{overlay}: no root-namespace EnvoyFilter REMOVEs the NETWORK_FILTER "
-                    f"{NETWORK_EXT_AUTHZ} in {context}: the mesh-wide CUSTOM policy would send "
-                    "every TCP connection to Portcullis"
-                )
+    for origin, docs in list(bundle.rendered.items()) + list(bundle.examples.items()):
+        for f in mesh_envoy_filters(docs):
+            for context, apply_to, filter_name in sorted(removals(f), key=str):
+                if apply_to == "NETWORK_FILTER":
+                    errors.append(
+                        f"{origin}: {ref(f)} REMOVEs the NETWORK_FILTER {filter_name} in {context} for "
+                        "every workload: TCP connections (and HTTP disguised as TCP) would go "
+                        "undecided, other CUSTOM providers' TCP authorization with them")
     opt_outs = [(origin, f) for origin, docs in bundle.examples.items()
                 for f in of_kind(docs, "EnvoyFilter") if "opt-out" in origin]
     if not opt_outs:
@@ -1562,17 +1653,64 @@ def check_http_only(bundle: Bundle) -> list[str]:
             if ("SIDECAR_INBOUND", apply_to, filter_name) not in removed:
                 errors.append(f"{origin}: {ref(f)} does not REMOVE the {apply_to} {filter_name} "
                               "(SIDECAR_INBOUND): the namespace would still be checked")
-    settings = []
     for file_name, text in bundle.policies.items():
         doc = yaml.safe_load(text) or {}
-        if isinstance(doc, dict) and "connections" in doc:
-            settings.append((file_name, doc["connections"]))
-    if not settings:
-        errors.append("policies/: no file sets `connections:`; say explicitly how Portcullis "
-                      "answers a check without HTTP attributes (allow or deny)")
-    for file_name, value in settings:
-        if value not in ("allow", "deny"):
-            errors.append(f"policies/{file_name}: connections: {value!r} is neither allow nor deny")
+        if not isinstance(doc, dict) or not isinstance(doc.get("connections"), list):
+            continue  # absent (default deny), or a form the loader judges
+        seen = set()
+        for i, rule in enumerate(doc["connections"]):
+            rule_name = (rule or {}).get("name") if isinstance(rule, dict) else None
+            where = f"policies/{file_name}: connections[{i}]"
+            if not rule_name:
+                errors.append(f"{where}: a rule without a name (the decision log names the rule that allowed)")
+            elif rule_name in seen:
+                errors.append(f"{where}: rule name {rule_name!r} used twice")
+            seen.add(rule_name)
+            ports = rule.get("ports") if isinstance(rule, dict) else None
+            if not ports or not all(isinstance(port, int) and 0 < port < 65536 for port in ports):
+                errors.append(f"{where}: `ports` must list the destination ports the rule allows")
+    return errors
+
+
+def check_subject_strip(bundle: Bundle) -> list[str]:
+    """A client's subject header is removed before any filter, mesh-wide.
+
+    Requests Portcullis never sees (the exempt health paths, an opted-out
+    namespace) keep what the client sent, so both Istio overlays carry a
+    root-namespace EnvoyFilter that, for sidecars (SIDECAR_INBOUND) and
+    gateways (GATEWAY), inserts FIRST in the HTTP filter chain a
+    header_mutation removing every `-`/`_` spelling of the subject header.
+    Portcullis's allow sets it again later. No root-namespace EnvoyFilter
+    removes the header with request_headers_to_remove (route configuration
+    or virtual host): Envoy applies those in the router, after ext_authz,
+    so they would remove the subject Portcullis set too."""
+    errors = []
+    for overlay in (ISTIO, JWT):
+        docs = bundle.rendered.get(overlay, [])
+        stripped_in = set()
+        for f in mesh_envoy_filters(docs):
+            for p in get(f, "spec", "configPatches", default=[]):
+                value = get(p, "patch", "value", default={}) or {}
+                if p.get("applyTo") in ("ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE"):
+                    removed = {str(h).lower() for h in value.get("request_headers_to_remove") or []}
+                    if removed & set(SUBJECT_HEADERS):
+                        errors.append(f"{overlay}: {ref(f)}: {p.get('applyTo')} request_headers_to_remove "
+                                      "strips the subject header in the router, after ext_authz set it")
+                if p.get("applyTo") != "HTTP_FILTER" or get(p, "patch", "operation") != "INSERT_FIRST":
+                    continue
+                if patched_filter(p)[0] != HCM:
+                    continue
+                tc = value.get("typed_config") or {}
+                if not str(tc.get("@type", "")).endswith("header_mutation.v3.HeaderMutation"):
+                    continue
+                if set(SUBJECT_HEADERS) <= removed_request_headers(value):
+                    stripped_in.add(get(p, "match", "context"))
+        for context in ("SIDECAR_INBOUND", "GATEWAY"):
+            if context not in stripped_in:
+                errors.append(
+                    f"{overlay}: no root-namespace EnvoyFilter inserts FIRST, in the {HCM} of {context}, "
+                    f"a header_mutation removing {list(SUBJECT_HEADERS)}: a client's subject header "
+                    "would reach applications on requests Portcullis never sees (the health paths)")
     return errors
 
 
@@ -1696,6 +1834,7 @@ def check_scheduling(bundle: Bundle) -> list[str]:
 
 CROSS_CHECKS: list[Callable[[Bundle], list[str]]] = [
     check_provider_names,
+    check_apply_order,
     check_provider_service,
     check_grpc_ports,
     check_sidecar_cluster,
@@ -1710,7 +1849,8 @@ CROSS_CHECKS: list[Callable[[Bundle], list[str]]] = [
     check_pod_security,
     check_dockerfile,
     check_docker_context,
-    check_http_only,
+    check_tcp_chains,
+    check_subject_strip,
     check_underscore_headers,
     check_mesh_clients,
     check_scheduling,
@@ -1824,6 +1964,16 @@ def run_tool_checks(tools: Tools, bundle: Bundle, tmp: Path, verbose: bool) -> l
     failures += errs
     if not errs:
         say(f"   ok  {SIDECAR_CONFIG}")
+    strip = subject_strip_bootstrap(bundle)
+    if strip is None:
+        failures.append(f"{ISTIO}: no EnvoyFilter portcullis-strip-subject-header to load into Envoy")
+    else:
+        path = tmp / "strip-subject.yaml"
+        path.write_text(yaml.safe_dump(strip, sort_keys=False))
+        errs = envoy_validate(tools, path, f"{ISTIO} EnvoyFilter portcullis-strip-subject-header", verbose)
+        failures += errs
+        if not errs:
+            say(f"   ok  {ISTIO}: the subject header strip, as the EnvoyFilter inserts it")
     bootstrap = jwt_authn_bootstrap(bundle)
     if bootstrap is None:
         failures.append(f"{JWT}: cannot build the jwt_authn bootstrap (EnvoyFilter or extension provider missing)")
@@ -1835,6 +1985,42 @@ def run_tool_checks(tools: Tools, bundle: Bundle, tmp: Path, verbose: bool) -> l
         if not errs:
             say(f"   ok  {JWT}: jwt_authn + merged ext_authz, as the EnvoyFilter patches them")
     return failures
+
+
+def http_filters_bootstrap(listener_name: str, filters: list[dict]) -> dict:
+    """A bootstrap whose one listener runs `filters` then the router, so
+    `envoy --mode validate` checks the filters' typed configs."""
+    return {"static_resources": {"listeners": [{
+        "name": listener_name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{
+            "name": HCM,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": listener_name,
+                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                "http_filters": filters + [{"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            },
+        }]}],
+    }]}}
+
+
+def subject_strip_bootstrap(bundle: Bundle) -> dict | None:
+    """Every filter the strip EnvoyFilter inserts, in one listener."""
+    docs = bundle.rendered.get(ISTIO, [])
+    ef = next((f for f in of_kind(docs, "EnvoyFilter") if name(f) == "portcullis-strip-subject-header"), None)
+    if ef is None:
+        return None
+    filters = [copy.deepcopy(get(p, "patch", "value", default={}))
+               for p in get(ef, "spec", "configPatches", default=[]) if p.get("applyTo") == "HTTP_FILTER"]
+    # one instance per distinct value: Envoy refuses no duplicates, but one is enough
+    unique = []
+    for f in filters:
+        if f not in unique:
+            unique.append(f)
+    return http_filters_bootstrap("strip_subject", unique) if unique else None
 
 
 def jwt_authn_bootstrap(bundle: Bundle) -> dict | None:
@@ -1966,6 +2152,21 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
      lambda b: b.mesh_config["Helm values"]["meshConfig"]["extensionProviders"][0].update(name="ext-authz")),
     (check_provider_names, "example namespace policy names an unknown provider",
      lambda b: first(next(iter(b.examples.values())), "AuthorizationPolicy")["spec"]["provider"].update(name="opa")),
+    (check_provider_names, "a YAML file under k8s/ that no kustomization renders names provider opa",
+     lambda b: b.k8s_files.update({"k8s/overlays/istio/extra-policy.yaml": [{
+         "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "opa", "namespace": "shop"},
+         "spec": {"action": "CUSTOM", "provider": {"name": "opa"}, "rules": [{}]}}]})),
+    (check_provider_names, "a second CUSTOM provider, registered in both mesh configs",
+     lambda b: [b.mesh_config["IstioOperator"]["spec"]["meshConfig"]["extensionProviders"].append({"name": "opa", "envoyExtAuthzGrpc": {}}),
+                b.mesh_config["Helm values"]["meshConfig"]["extensionProviders"].append({"name": "opa", "envoyExtAuthzGrpc": {}}),
+                first(next(v for k, v in b.examples.items() if "namespace-policy" in k), "AuthorizationPolicy")["spec"]["provider"].update(name="opa")]),
+    (check_apply_order, "the AuthorizationPolicy rendered before the Service",
+     lambda b: b.rendered[ISTIO].insert(0, b.rendered[ISTIO].pop(b.rendered[ISTIO].index(first(b.rendered[ISTIO], "AuthorizationPolicy"))))),
+    (check_apply_order, "no Argo CD sync wave on the policy (applied with the Service, before it is ready)",
+     lambda b: first(b.rendered[JWT], "AuthorizationPolicy")["metadata"]["annotations"].pop(SYNC_WAVE)),
+    (check_apply_order, "the Deployment in a later sync wave than the policy",
+     lambda b: first(b.rendered[ISTIO], "Deployment", PORTCULLIS)["metadata"].setdefault("annotations", {}).update({SYNC_WAVE: "2"})),
     (check_provider_service, "extensionProviders service in namespace default",
      lambda b: b.mesh_config["IstioOperator"]["spec"]["meshConfig"]["extensionProviders"][0]["envoyExtAuthzGrpc"].update(service="portcullis.default.svc.cluster.local")),
     (check_provider_service, "extensionProviders service is a short name",
@@ -2042,6 +2243,10 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
      lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"]["rules"][0]["to"][0]["operation"]["notPaths"].append("/documents*")),
     (check_mesh_policy, "the health paths exempt for every method (the GET/HEAD-only rule dropped)",
      lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"]["rules"].pop(1)),
+    (check_mesh_policy, "the health paths exempt with any query (the :path rule dropped)",
+     lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"]["rules"].pop(2)),
+    (check_mesh_policy, "the namespace example exempts the health paths with any query",
+     lambda b: first(next(v for k, v in b.examples.items() if "namespace-policy" in k), "AuthorizationPolicy")["spec"]["rules"].pop(2)),
     (check_mesh_policy, "mesh-wide policy narrowed by a selector",
      lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"].update(selector={"matchLabels": {"app": "x"}})),
     (check_mesh_policy, "health paths no longer excluded",
@@ -2104,20 +2309,32 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
      lambda b: setattr(b, "dockerignore", b.dockerignore.replace("!src/", ""))),
     (check_policy_mount, "policies/connections.yaml left out of the ConfigMap",
      lambda b: _policies_cm(b.rendered[ISTIO])["data"].pop("connections.yaml")),
-    (check_http_only, "the network ext_authz filter kept on gateways",
-     lambda b: _drop_patches(first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-http-only"), context="GATEWAY")),
-    (check_http_only, "the network ext_authz filter kept on sidecars (jwt_authn overlay)",
-     lambda b: _drop_patches(first(b.rendered[JWT], "EnvoyFilter", "portcullis-http-only"), context="SIDECAR_INBOUND")),
-    (check_http_only, "the HTTP-only EnvoyFilter narrowed to one workload",
-     lambda b: first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-http-only")["spec"].update(workloadSelector={"labels": {"app": "x"}})),
-    (check_http_only, "the opt-out keeps the network ext_authz filter",
+    (check_tcp_chains, "the old HTTP-only EnvoyFilter is back (REMOVE of the network ext_authz, mesh-wide)",
+     lambda b: b.rendered[ISTIO].append(_network_ext_authz_removal())),
+    (check_tcp_chains, "a root-namespace example removes the network ext_authz on gateways",
+     lambda b: b.examples.setdefault("k8s/overlays/istio/examples/tcp-off.yaml", []).append(
+         _network_ext_authz_removal(context="GATEWAY"))),
+    (check_tcp_chains, "the opt-out keeps the network ext_authz filter",
      lambda b: _drop_patches(_opt_out(b), apply_to="NETWORK_FILTER")),
-    (check_http_only, "the opt-out keeps the jwt_authn filter",
+    (check_tcp_chains, "the opt-out keeps the jwt_authn filter",
      lambda b: _drop_patches(_opt_out(b), sub_filter="portcullis.jwt_authn")),
-    (check_http_only, "no policy file says how connections are answered",
-     lambda b: b.policies.pop("connections.yaml")),
-    (check_http_only, "connections: maybe",
-     lambda b: b.policies.update({"connections.yaml": "connections: maybe\n"})),
+    (check_tcp_chains, "a connection rule without ports",
+     lambda b: b.policies.update({"connections.yaml": "connections:\n  - name: db\n    destination_namespaces: [orders]\n"})),
+    (check_tcp_chains, "two connection rules with one name",
+     lambda b: b.policies.update({"connections.yaml": "connections:\n  - {name: db, ports: [5432]}\n  - {name: db, ports: [6379]}\n"})),
+    (check_subject_strip, "gateways keep a client's x-portcullis-subject",
+     lambda b: _drop_patches(first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-strip-subject-header"), context="GATEWAY")),
+    (check_subject_strip, "the strip runs last instead of first (after ext_authz)",
+     lambda b: [p["patch"].update(operation="INSERT_BEFORE") for p in first(b.rendered[JWT], "EnvoyFilter", "portcullis-strip-subject-header")["spec"]["configPatches"]]),
+    (check_subject_strip, "the strip forgets x_portcullis_subject",
+     lambda b: [p["patch"]["value"]["typed_config"]["mutations"]["request_mutations"].pop(1)
+                for p in first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-strip-subject-header")["spec"]["configPatches"]]),
+    (check_subject_strip, "the strip narrowed to one workload",
+     lambda b: first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-strip-subject-header")["spec"].update(workloadSelector={"labels": {"app": "x"}})),
+    (check_subject_strip, "request_headers_to_remove on the route configuration (the router removes Portcullis's subject)",
+     lambda b: first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-strip-subject-header")["spec"]["configPatches"].append(
+         {"applyTo": "ROUTE_CONFIGURATION", "match": {"context": "SIDECAR_INBOUND"},
+          "patch": {"operation": "MERGE", "value": {"request_headers_to_remove": ["x-portcullis-subject"]}}})),
     (check_underscore_headers, "front proxy drops underscore headers instead of refusing them",
      lambda b: _envoy_hcm(b, "envoy/front-proxy.yaml").update(common_http_protocol_options={"headers_with_underscores_action": "DROP_HEADER"})),
     (check_underscore_headers, "jwt_authn front proxy allows underscore headers",
@@ -2177,6 +2394,15 @@ def _drop_patches(envoy_filter: dict, context: str | None = None, apply_to: str 
     envoy_filter["spec"]["configPatches"] = kept
 
 
+def _network_ext_authz_removal(context: str = "SIDECAR_INBOUND") -> dict:
+    return {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+            "metadata": {"name": "portcullis-http-only", "namespace": "istio-system"},
+            "spec": {"configPatches": [{
+                "applyTo": "NETWORK_FILTER",
+                "match": {"context": context, "listener": {"filterChain": {"filter": {"name": NETWORK_EXT_AUTHZ}}}},
+                "patch": {"operation": "REMOVE"}}]}}
+
+
 def _opt_out(bundle: Bundle) -> dict:
     return first(next(v for k, v in bundle.examples.items() if "opt-out" in k), "EnvoyFilter")
 
@@ -2226,6 +2452,8 @@ TOOL_MUTATIONS: list[tuple[str, Callable[[Bundle], None]]] = [
      lambda b: _sidecar_text(b, "failure_mode_allow: false", "failure_mode_allow: false\n                      fail_open_please: true")),
     ("envoy: ext_authz timeout not a duration",
      lambda b: _sidecar_text(b, "timeout: 0.5s", "timeout: soon")),
+    ("envoy: the subject strip's header_mutation with an unknown field",
+     lambda b: first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-strip-subject-header")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["mutations"].update(remove_everything=True)),
     ("envoy: jwt_authn provider with an unknown field",
      lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].update(payload_in_metadata_please=True)),
     ("envoy: jwt_authn JWKS that is not JSON",
