@@ -1804,14 +1804,58 @@ def check_mesh_clients(bundle: Bundle) -> list[str]:
     return errors
 
 
+def quantity_bytes(value) -> float | None:
+    """A Kubernetes memory quantity in bytes (None when unreadable)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTE]i?|[kmgte])?", str(value or ""))
+    if not match:
+        return None
+    units = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return float(match.group(1)) * units.get(match.group(2) or "", 1)
+
+
+def portcullis_sizing_errors(docs: list[dict], workload: dict) -> list[str]:
+    """Portcullis's pods: a PriorityClass that exists, ranks above ordinary
+    workloads and below Kubernetes' own; CPU and memory requests; memory
+    request = limit."""
+    errors = []
+    wanted = pod_spec(workload).get("priorityClassName")
+    classes = {name(c): c for c in of_kind(docs, "PriorityClass")}
+    if not wanted:
+        errors.append(f"{ref(workload)}: no priorityClassName: under node pressure it is preempted "
+                      "like any pod, and the whole mesh waits on it")
+    elif wanted not in classes:
+        errors.append(f"{ref(workload)}: priorityClassName {wanted!r} is not a PriorityClass of this "
+                      f"overlay ({sorted(classes)}): the API server refuses the pods")
+    else:
+        value = classes[wanted].get("value")
+        if not isinstance(value, int) or not 0 < value <= 1_000_000_000:
+            errors.append(f"PriorityClass {wanted}: value {value!r} must be above 0 and at most "
+                          "1000000000 (user classes; system-cluster-critical is 2000000000)")
+    for c in containers(workload):
+        if c.get("name") != PORTCULLIS_CONTAINER:
+            continue
+        requests = get(c, "resources", "requests", default={}) or {}
+        limits = get(c, "resources", "limits", default={}) or {}
+        if not requests.get("cpu"):
+            errors.append(f"{ref(workload)}: no CPU request (docs/deployment.md, Sizing)")
+        mem_request, mem_limit = quantity_bytes(requests.get("memory")), quantity_bytes(limits.get("memory"))
+        if mem_request is None or mem_limit is None or mem_request != mem_limit:
+            errors.append(f"{ref(workload)}: memory request {requests.get('memory')!r} must equal the limit "
+                          f"{limits.get('memory')!r} (never evicted for using more than it asked)")
+    return errors
+
+
 def check_scheduling(bundle: Bundle) -> list[str]:
-    """The HPA owns replicas; hard spread constraints honour taints.
+    """The HPA owns replicas; spread honours taints; priority and sizing.
 
     A Deployment that a HorizontalPodAutoscaler scales has no spec.replicas
     (every apply would reset the count the HPA chose), and every
     DoNotSchedule topology spread constraint counts only nodes the pod may
     run on (nodeTaintsPolicy and nodeAffinityPolicy Honor), or a tainted
-    node would hold replicas Pending."""
+    node would hold replicas Pending. Portcullis names a PriorityClass that
+    is rendered beside it (above 0, at most 1000000000), requests CPU, and
+    its memory request equals its limit."""
     errors = []
     for origin, docs in bundle.rendered.items():
         scaled = {(get(h, "spec", "scaleTargetRef", "kind"), get(h, "spec", "scaleTargetRef", "name"), namespace(h))
@@ -1822,6 +1866,7 @@ def check_scheduling(bundle: Bundle) -> list[str]:
                               "scales it: every apply would reset the replica count")
             if name(w) != PORTCULLIS:
                 continue
+            errors += [f"{origin}: {e}" for e in portcullis_sizing_errors(docs, w)]
             for tsc in pod_spec(w).get("topologySpreadConstraints") or []:
                 if tsc.get("whenUnsatisfiable") != "DoNotSchedule":
                     continue
@@ -1861,7 +1906,8 @@ CROSS_CHECKS: list[Callable[[Bundle], list[str]]] = [
 # Tool checks
 # ---------------------------------------------------------------------------
 
-CORE_GROUPS = {"", "v1", "apps", "policy", "autoscaling", "networking.k8s.io", "rbac.authorization.k8s.io", "batch"}
+CORE_GROUPS = {"", "v1", "apps", "policy", "autoscaling", "networking.k8s.io", "rbac.authorization.k8s.io", "batch",
+               "scheduling.k8s.io"}
 
 
 def api_group(doc: dict) -> str:
@@ -2363,6 +2409,12 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
          {"podSelector": {"matchExpressions": [{"key": "service.istio.io/canonical-name", "operator": "Exists"}]}}]})),
     (check_scheduling, "spec.replicas: 2 next to the HPA",
      lambda b: first(b.rendered[BASE], "Deployment", PORTCULLIS)["spec"].update(replicas=2)),
+    (check_scheduling, "priorityClassName names a class no overlay renders",
+     lambda b: pod_spec(first(b.rendered[ISTIO], "Deployment", PORTCULLIS)).update(priorityClassName="portcullis-crit")),
+    (check_scheduling, "PriorityClass above the user ceiling (system-cluster-critical's range)",
+     lambda b: first(b.rendered[BASE], "PriorityClass").update(value=2000000000)),
+    (check_scheduling, "memory limit above the request (Burstable: evicted first under pressure)",
+     lambda b: portcullis_container(b.rendered[SIDECAR])["resources"]["limits"].update(memory="512Mi")),
     (check_scheduling, "hostname spread without nodeTaintsPolicy",
      lambda b: pod_spec(first(b.rendered[ISTIO], "Deployment", PORTCULLIS))["topologySpreadConstraints"][0].pop("nodeTaintsPolicy")),
     (check_scheduling, "hostname spread without nodeAffinityPolicy",
