@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import fnmatch
+import fcntl
 import importlib.util
 import os
 import re
@@ -1556,6 +1556,16 @@ def check_docker_context(bundle: Bundle, tools: Tools | None = None) -> list[str
     patterns = dockerignore_patterns(bundle.dockerignore)
     target_dir = caller_target_dir(tools.root)
     work = target_dir / "manifests-docker-context"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    # Two checkouts sharing one target directory must not lay out the copy
+    # at the same time: one would build the other's half-copied tree.
+    with open(target_dir / "manifests-docker-context.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build_docker_context(bundle, tools, patterns, target_dir, work)
+
+
+def build_docker_context(bundle: Bundle, tools: Tools, patterns: list[IgnorePattern],
+                         target_dir: Path, work: Path) -> list[str]:
     try:
         files = docker_context_files(tools.root, patterns)
         if not files:
