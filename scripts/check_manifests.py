@@ -1682,14 +1682,34 @@ def check_tcp_chains(bundle: Bundle) -> list[str]:
     return errors
 
 
+def strip_filter_removes(http_filter: dict) -> set[str]:
+    """The request headers an inserted HTTP filter removes from every
+    request: a header_mutation's `remove` entries, or the names a Lua
+    filter's envoy_on_request passes to headers:remove (either may do the
+    strip: header_mutation is declarative and cheaper, Lua is in every Istio
+    proxy build)."""
+    tc = http_filter.get("typed_config") or {}
+    kind = str(tc.get("@type", ""))
+    if kind.endswith("header_mutation.v3.HeaderMutation"):
+        return removed_request_headers(http_filter)
+    if kind.endswith("lua.v3.Lua"):
+        code = get(tc, "default_source_code", "inline_string", default="") or tc.get("inline_code", "") or ""
+        if "envoy_on_request" not in code:
+            return set()
+        # `headers:remove("name")`, through a local or handle:headers()
+        return {h.lower() for h in re.findall(r""":remove\(\s*["']([^"']+)["']\s*\)""", code)}
+    return set()
+
+
 def check_subject_strip(bundle: Bundle) -> list[str]:
     """A client's subject header is removed before any filter, mesh-wide.
 
     Requests Portcullis never sees (the exempt health paths, an opted-out
     namespace) keep what the client sent, so both Istio overlays carry a
     root-namespace EnvoyFilter that, for sidecars (SIDECAR_INBOUND) and
-    gateways (GATEWAY), inserts FIRST in the HTTP filter chain a
-    header_mutation removing every `-`/`_` spelling of the subject header.
+    gateways (GATEWAY), inserts FIRST in the HTTP filter chain a filter
+    (header_mutation, or Lua) removing every `-`/`_` spelling of the
+    subject header.
     Portcullis's allow sets it again later. No root-namespace EnvoyFilter
     removes the header with request_headers_to_remove (route configuration
     or virtual host): Envoy applies those in the router, after ext_authz,
@@ -1710,16 +1730,13 @@ def check_subject_strip(bundle: Bundle) -> list[str]:
                     continue
                 if patched_filter(p)[0] != HCM:
                     continue
-                tc = value.get("typed_config") or {}
-                if not str(tc.get("@type", "")).endswith("header_mutation.v3.HeaderMutation"):
-                    continue
-                if set(SUBJECT_HEADERS) <= removed_request_headers(value):
+                if set(SUBJECT_HEADERS) <= strip_filter_removes(value):
                     stripped_in.add(get(p, "match", "context"))
         for context in ("SIDECAR_INBOUND", "GATEWAY"):
             if context not in stripped_in:
                 errors.append(
                     f"{overlay}: no root-namespace EnvoyFilter inserts FIRST, in the {HCM} of {context}, "
-                    f"a header_mutation removing {list(SUBJECT_HEADERS)}: a client's subject header "
+                    f"a filter (header_mutation or Lua) removing {list(SUBJECT_HEADERS)}: a client's subject header "
                     "would reach applications on requests Portcullis never sees (the health paths)")
     return errors
 
@@ -2383,7 +2400,13 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
     (check_subject_strip, "the strip runs last instead of first (after ext_authz)",
      lambda b: [p["patch"].update(operation="INSERT_BEFORE") for p in first(b.rendered[JWT], "EnvoyFilter", "portcullis-strip-subject-header")["spec"]["configPatches"]]),
     (check_subject_strip, "the strip forgets x_portcullis_subject",
-     lambda b: [p["patch"]["value"]["typed_config"]["mutations"]["request_mutations"].pop(1)
+     lambda b: _strip_forget(b, "x_portcullis_subject")),
+    (check_subject_strip, "the strip as a Lua filter that forgets x-portcullis_subject",
+     lambda b: [p["patch"]["value"].update(typed_config={
+         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+         "default_source_code": {"inline_string": "function envoy_on_request(handle)\n"
+                                 + "".join(f'  handle:headers():remove("{h}")\n' for h in SUBJECT_HEADERS if h != "x-portcullis_subject")
+                                 + "end\n"}})
                 for p in first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-strip-subject-header")["spec"]["configPatches"]]),
     (check_subject_strip, "the strip narrowed to one workload",
      lambda b: first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-strip-subject-header")["spec"].update(workloadSelector={"labels": {"app": "x"}})),
@@ -2465,6 +2488,20 @@ def _network_ext_authz_removal(context: str = "SIDECAR_INBOUND") -> dict:
                 "patch": {"operation": "REMOVE"}}]}}
 
 
+def _strip_forget(bundle: Bundle, header: str) -> None:
+    """The istio overlay's subject strip stops removing `header`, whichever
+    filter (header_mutation or Lua) does the strip."""
+    for p in first(bundle.rendered[ISTIO], "EnvoyFilter", "portcullis-strip-subject-header")["spec"]["configPatches"]:
+        tc = p["patch"]["value"]["typed_config"]
+        if "mutations" in tc:
+            tc["mutations"]["request_mutations"] = [m for m in tc["mutations"]["request_mutations"]
+                                                    if m.get("remove") != header]
+        else:
+            code = tc["default_source_code"]["inline_string"]
+            tc["default_source_code"]["inline_string"] = "\n".join(
+                line for line in code.splitlines() if f'"{header}"' not in line)
+
+
 def _opt_out(bundle: Bundle) -> dict:
     return first(next(v for k, v in bundle.examples.items() if "opt-out" in k), "EnvoyFilter")
 
@@ -2514,8 +2551,8 @@ TOOL_MUTATIONS: list[tuple[str, Callable[[Bundle], None]]] = [
      lambda b: _sidecar_text(b, "failure_mode_allow: false", "failure_mode_allow: false\n                      fail_open_please: true")),
     ("envoy: ext_authz timeout not a duration",
      lambda b: _sidecar_text(b, "timeout: 0.5s", "timeout: soon")),
-    ("envoy: the subject strip's header_mutation with an unknown field",
-     lambda b: first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-strip-subject-header")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["mutations"].update(remove_everything=True)),
+    ("envoy: the subject strip's filter config with an unknown field",
+     lambda b: first(b.rendered[ISTIO], "EnvoyFilter", "portcullis-strip-subject-header")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"].update(remove_everything=True)),
     ("envoy: jwt_authn provider with an unknown field",
      lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].update(payload_in_metadata_please=True)),
     ("envoy: jwt_authn JWKS that is not JSON",
