@@ -1195,8 +1195,9 @@ def check_sidecar_hardening(bundle: Bundle) -> list[str]:
 
     envoy/sidecar.yaml keeps the front proxy's guarantees: V3, fail closed
     with a status, settled paths, the subject header stripped before
-    ext_authz, ext_authz before the router, /healthz alone skipping the check
-    and every other route naming its application."""
+    ext_authz, ext_authz before the router, only GET/HEAD of an exact health
+    path without a query skipping the check, and every other route naming
+    its application."""
     errors = []
     where = SIDECAR_CONFIG
     hcms = hcm_configs(bundle.sidecar)
@@ -1232,13 +1233,51 @@ def check_sidecar_hardening(bundle: Bundle) -> list[str]:
                 per = get(route, "typed_per_filter_config", EXT_AUTHZ, default={})
                 match = route.get("match") or {}
                 if per.get("disabled"):
-                    if set(match) != {"path"} or match.get("path") not in ("/healthz", "/livez", "/readyz"):
-                        errors.append(f"{where}: ext_authz is disabled on {match}; only an exact health path may skip it")
+                    problem = health_route_problem(match)
+                    if problem:
+                        errors.append(f"{where}: ext_authz is disabled on {match}: {problem}")
                 elif not get(per, "check_settings", "context_extensions", "app"):
                     errors.append(f"{where}: route {match} does not name its application (context_extensions.app)")
     if not hcms:
         errors.append(f"{where}: no HTTP connection manager")
     return errors
+
+
+HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
+
+
+def header_values_admitted(matcher: dict) -> set[str] | None:
+    """The values a route header matcher admits, when it is a finite list
+    (an exact value, or a regex of plain alternatives); None otherwise."""
+    sm = matcher.get("string_match") or {}
+    if "exact" in sm:
+        return {str(sm["exact"])}
+    regex = get(sm, "safe_regex", "regex")
+    if isinstance(regex, str):
+        body = regex.strip("^$")
+        if body.startswith("(") and body.endswith(")"):
+            body = body[1:-1]
+        alternatives = body.split("|")
+        if all(re.fullmatch(r"[A-Za-z/_.-]+", a) for a in alternatives):
+            return set(alternatives)
+    return None
+
+
+def health_route_problem(match: dict) -> str | None:
+    """Why a route that skips ext_authz is not "GET or HEAD of an exact
+    health path, without a query" (None when it is)."""
+    path = match.get("path")
+    if set(match) - {"path", "headers"} or path not in HEALTH_PATHS:
+        return f"only an exact health path {list(HEALTH_PATHS)} may skip it"
+    headers = {h.get("name"): h for h in match.get("headers") or []}
+    methods = header_values_admitted(headers.get(":method", {})) if ":method" in headers else None
+    if methods is None or not methods <= {"GET", "HEAD"} or headers[":method"].get("invert_match"):
+        return "only GET and HEAD may skip it (a :method matcher admitting GET|HEAD)"
+    paths = header_values_admitted(headers.get(":path", {})) if ":path" in headers else None
+    if paths != {path} or headers[":path"].get("invert_match"):
+        return (f"a route's `path` ignores the query, so `{path}?anything` would skip it too "
+                f"(a :path matcher with exact {path})")
+    return None
 
 
 def check_pod_security(bundle: Bundle) -> list[str]:
@@ -2194,6 +2233,11 @@ def sidecar_ext_authz(bundle: Bundle) -> dict:
     return ext_authz_filters(sidecar_hcm(bundle))[0]["typed_config"]
 
 
+def _health_route(bundle: Bundle) -> dict:
+    return next(r for r in get(sidecar_hcm(bundle), "route_config", "virtual_hosts", 0, "routes")
+                if get(r, "typed_per_filter_config", EXT_AUTHZ, "disabled"))
+
+
 def sidecar_route_authz(bundle: Bundle, index: int) -> dict:
     return get(sidecar_hcm(bundle), "route_config", "virtual_hosts", 0, "routes", index,
                "typed_per_filter_config", EXT_AUTHZ)
@@ -2348,6 +2392,12 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
      in_sidecar(lambda b: sidecar_hcm(b)["http_filters"].insert(1, sidecar_hcm(b)["http_filters"].pop(0)))),
     (check_sidecar_hardening, "ext_authz disabled on a prefix route",
      in_sidecar(lambda b: sidecar_route_authz(b, 1).update(disabled=True))),
+    (check_sidecar_hardening, "the health route skips ext_authz for every method",
+     in_sidecar(lambda b: _health_route(b)["match"].update(headers=[h for h in _health_route(b)["match"]["headers"] if h["name"] != ":method"]))),
+    (check_sidecar_hardening, "the health route skips ext_authz with any query",
+     in_sidecar(lambda b: _health_route(b)["match"].update(headers=[h for h in _health_route(b)["match"]["headers"] if h["name"] != ":path"]))),
+    (check_sidecar_hardening, "the health route admits POST too",
+     in_sidecar(lambda b: next(h for h in _health_route(b)["match"]["headers"] if h["name"] == ":method")["string_match"].update(safe_regex={"regex": "GET|HEAD|POST"}))),
     (check_sidecar_hardening, "a route without context_extensions",
      in_sidecar(lambda b: sidecar_route_authz(b, 2).pop("check_settings"))),
     (check_pod_security, "Portcullis container may escalate privileges",

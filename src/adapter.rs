@@ -145,20 +145,19 @@ pub fn read_check_with(
         let source = attributes
             .source
             .as_ref()
-            .map(|peer| peer.principal.clone())
+            .map(|peer| peer.principal.as_str())
             .unwrap_or_default();
-        let destination = if destination.is_empty() {
-            attributes
-                .destination
-                .as_ref()
-                .and_then(|peer| peer_address(peer.address.as_ref()))
-                .unwrap_or_default()
-        } else {
-            destination
-        };
+        let address = attributes
+            .destination
+            .as_ref()
+            .and_then(|peer| socket_address(peer.address.as_ref()));
         return Ok(Check::Connection(ConnectionAttrs {
-            source: printable(&source),
-            destination: printable(&destination),
+            source_principal: printable(source),
+            destination_principal: printable(&destination),
+            destination_port: address.as_ref().and_then(|(_, port)| *port),
+            destination_address: address
+                .map(|(ip, port)| printable(&format!("{ip}:{}", port.unwrap_or(0))))
+                .unwrap_or_default(),
         }));
     };
 
@@ -259,18 +258,21 @@ pub fn read_check_with(
     }))
 }
 
-/// `ip:port` of a peer's socket address, for the log of a connection.
-fn peer_address(
+/// The IP and port of a peer's socket address; the port is `None` when
+/// Envoy gave none (or 0, or a named port).
+fn socket_address(
     address: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
-) -> Option<String> {
+) -> Option<(&str, Option<u16>)> {
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
     match address?.address.as_ref()? {
         address::Address::SocketAddress(socket) => {
             let port = match socket.port_specifier {
-                Some(PortSpecifier::PortValue(port)) => port,
-                _ => 0,
+                Some(PortSpecifier::PortValue(port)) => {
+                    u16::try_from(port).ok().filter(|p| *p != 0)
+                }
+                _ => None,
             };
-            Some(format!("{}:{port}", socket.address))
+            Some((socket.address.as_str(), port))
         }
         _ => None,
     }

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::path::{self, PathError};
 use crate::policy::condition::{Inputs, Scope};
 use crate::policy::{
-    bounded, normalize_host, Access, Condition, Connections, GrantSource, Holder, PolicySet,
+    bounded, normalize_host, Access, Condition, ConnectionPeers, GrantSource, Holder, PolicySet,
     ResourceKey, SelectInput, Selection,
 };
 use crate::token::{Principal, TokenError};
@@ -72,10 +72,25 @@ impl Attributes {
 /// ext_authz filter reports it. There is no method, path or token.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectionAttrs {
-    /// The source workload's principal, empty when unknown.
-    pub source: String,
-    /// The destination workload's principal, or its address when it has none.
-    pub destination: String,
+    /// The client workload's principal (mTLS), empty when unknown.
+    pub source_principal: String,
+    /// The destination workload's principal (mTLS), empty when unknown.
+    pub destination_principal: String,
+    /// The destination port (under Istio, the original destination's).
+    pub destination_port: Option<u16>,
+    /// `ip:port` of the destination, for the log; empty when unknown.
+    pub destination_address: String,
+}
+
+impl ConnectionAttrs {
+    /// What the policy's connection rules match on.
+    pub fn peers(&self) -> ConnectionPeers<'_> {
+        ConnectionPeers {
+            source_principal: &self.source_principal,
+            destination_principal: &self.destination_principal,
+            destination_port: self.destination_port,
+        }
+    }
 }
 
 /// What the request offers as proof of identity.
@@ -188,9 +203,9 @@ pub enum Reason {
     ConditionNotMet,
     /// The engine failed; the server turns any fault into this deny.
     InternalError,
-    /// A connection check, answered by the policy's `connections: allow`.
+    /// A connection check that a `connections:` rule allows.
     ConnectionAllowed,
-    /// A connection check, answered by `connections: deny` (the default).
+    /// A connection check that no `connections:` rule allows.
     ConnectionDenied,
     /// Grants kept in a database could not be read (unreachable past its
     /// grace period, or not at the revision the check asked for): denied,
@@ -272,10 +287,10 @@ impl fmt::Display for Reason {
             Reason::ConditionNotMet => f.write_str("the route's condition does not hold"),
             Reason::InternalError => f.write_str("internal error while deciding"),
             Reason::ConnectionAllowed => {
-                f.write_str("a check without HTTP attributes, allowed by `connections: allow`")
+                f.write_str("a check without HTTP attributes, allowed by a `connections` rule")
             }
             Reason::ConnectionDenied => {
-                f.write_str("a check without HTTP attributes, denied by `connections`")
+                f.write_str("a check without HTTP attributes that no `connections` rule allows")
             }
             Reason::GrantsUnavailable => f.write_str("the grants database could not be read"),
         }
@@ -619,19 +634,36 @@ pub fn explain_unmatched(policy: &PolicySet, request: &RequestAttrs) -> Option<U
     Some(unmatched(explanation))
 }
 
-/// Decides a connection check: the policy's `connections` setting, nothing
-/// else (there is no path or token to decide on).
+/// Decides a connection check by the policy's `connections:` rules: allowed
+/// when one matches, denied otherwise (there is no path or token to decide
+/// on). The resource is the destination, and the rule says which peers and
+/// port were seen.
 pub fn decide_connection(policy: &PolicySet, connection: &ConnectionAttrs) -> Decision {
-    let mut decision = match policy.connections {
-        Connections::Allow => Decision::allow(Reason::ConnectionAllowed),
-        Connections::Deny => Decision::deny(DenyStatus::Forbidden, Reason::ConnectionDenied),
+    let peers = connection.peers();
+    let mut decision = match policy.connections.allowing(&peers) {
+        Some(rule) => {
+            let mut allow = Decision::allow(Reason::ConnectionAllowed);
+            allow.route = Some(rule.name.clone());
+            allow
+        }
+        None => Decision::deny(DenyStatus::Forbidden, Reason::ConnectionDenied),
     };
-    if !connection.destination.is_empty() {
-        decision.resource = Some(connection.destination.clone());
+    let destination = if connection.destination_principal.is_empty() {
+        &connection.destination_address
+    } else {
+        &connection.destination_principal
+    };
+    if !destination.is_empty() {
+        decision.resource = Some(destination.clone());
     }
-    if !connection.source.is_empty() {
-        decision.matched_rule = Some(format!("connection from {}", connection.source));
-    }
+    let source = match connection.source_principal.as_str() {
+        "" => "a client without a workload identity",
+        principal => principal,
+    };
+    decision.matched_rule = Some(match connection.destination_port {
+        Some(port) => format!("connection from {source} to port {port}"),
+        None => format!("connection from {source} to an unknown port"),
+    });
     decision
 }
 

@@ -155,13 +155,18 @@ fn a_check_without_http_attributes_is_a_connection_check() {
     let connection = connection_check(
         "spiffe://cluster.local/ns/app/sa/client",
         "spiffe://cluster.local/ns/db/sa/postgres",
+        5432,
     );
     let (decision, response) = check(&connection);
-    // The bundled policy says `connections: allow` (policies/connections.yaml).
-    assert_eq!(decision.reason.code(), "connection_allowed");
-    assert!(decision.is_allowed());
-    assert_eq!(response.status.as_ref().map(|s| s.code), Some(0));
+    // The bundled policy allows no connection (policies/connections.yaml).
+    assert_eq!(decision.reason.code(), "connection_denied");
+    assert!(!decision.is_allowed());
+    assert_eq!(response.status.as_ref().map(|s| s.code), Some(7));
     assert!(response.http_response.is_none(), "{response:?}");
+    assert_eq!(
+        decision.matched_rule.as_deref(),
+        Some("connection from spiffe://cluster.local/ns/app/sa/client to port 5432")
+    );
     assert_eq!(
         decision.resource.as_deref(),
         Some("spiffe://cluster.local/ns/db/sa/postgres")

@@ -715,3 +715,101 @@ fn dry_run_lets_denied_requests_through_and_records_them() {
         stack.portcullis.log()
     );
 }
+
+// ---------------------------------------------------------------------------
+// envoy/sidecar.yaml: the plain sidecar's health route
+// ---------------------------------------------------------------------------
+
+/// Every check Portcullis has answered, over all labels.
+fn checks_answered(admin_port: u16) -> f64 {
+    support::send_raw(admin_port, "GET", b"/metrics", &[])
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("portcullis_checks_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// The shipped plain sidecar (`envoy/sidecar.yaml`, its addresses moved to
+/// 127.0.0.1) skips Portcullis only for reads of exactly `/healthz`: a write
+/// to it, or a query after it, is asked about; and a client's
+/// `x-portcullis-subject` never reaches the application, exempt or not.
+#[test]
+fn the_plain_sidecar_exempts_only_exact_health_reads() {
+    let Some(envoy_bin) = find_envoy() else {
+        return;
+    };
+    let upstream = support::EchoUpstream::start();
+    let portcullis = support::Portcullis::start(&support::bundled_policies());
+    let text = std::fs::read_to_string(repo_path("envoy/sidecar.yaml"))
+        .unwrap_or_else(|e| panic!("envoy/sidecar.yaml: {e}"));
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("envoy/sidecar.yaml: {e}"));
+    config["admin"]["address"]["socket_address"]["port_value"] = 0.into();
+    let listener = &mut config["static_resources"]["listeners"][0]["address"]["socket_address"];
+    listener["address"] = "127.0.0.1".into();
+    listener["port_value"] = 0.into();
+    for cluster in config["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .unwrap_or_else(|| panic!("no clusters"))
+    {
+        let port = match cluster["name"].as_str() {
+            Some("portcullis") => portcullis.port(),
+            Some("app") => upstream.port(),
+            other => panic!("envoy/sidecar.yaml has a cluster {other:?} this test does not know"),
+        };
+        cluster["type"] = "STATIC".into();
+        if let Some(c) = cluster.as_mapping_mut() {
+            c.remove("dns_lookup_family");
+        }
+        let address = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+            ["endpoint"]["address"]["socket_address"];
+        address["address"] = "127.0.0.1".into();
+        address["port_value"] = port.into();
+    }
+    let rendered = serde_yaml::to_string(&config).unwrap_or_else(|e| panic!("{e}"));
+    let envoy = support::Envoy::start(&envoy_bin, &rendered);
+    let port = envoy.listener_port("inbound");
+    let logs = || {
+        format!(
+            "--- envoy ---\n{}\n--- portcullis ---\n{}",
+            support::tail(&envoy.log(), 20),
+            support::tail(&portcullis.log(), 20)
+        )
+    };
+    let admin = portcullis.admin_port();
+    for (method, path, asked) in [
+        ("GET", &b"/healthz"[..], false),
+        ("GET", b"/healthz?verbose=1", true),
+        ("POST", b"/healthz", true),
+        ("DELETE", b"/healthz", true),
+    ] {
+        let before = checks_answered(admin);
+        let probe = format!("sidecar-health-{method}-{}", String::from_utf8_lossy(path));
+        let response = support::send_raw(
+            port,
+            method,
+            path,
+            &[
+                ("x-portcullis-subject", "admin"),
+                (support::probes::PROBE, &probe),
+            ],
+        );
+        let shown = format!("{method} {}", String::from_utf8_lossy(path));
+        assert_eq!(
+            checks_answered(admin) > before,
+            asked,
+            "{shown}: asked Portcullis? (status {})\n{}",
+            response.status,
+            logs()
+        );
+        for seen in upstream.requests_with_header(support::probes::PROBE, &probe) {
+            assert_eq!(
+                seen.header(SUBJECT),
+                None,
+                "{shown}: a forged subject reached the application\n{}",
+                logs()
+            );
+        }
+    }
+}

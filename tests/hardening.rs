@@ -391,34 +391,85 @@ fn invisible_characters_in_subjects_and_groups_are_refused() {
 }
 
 #[test]
-fn connection_checks_follow_the_connections_setting() {
-    let connection = ConnectionAttrs {
-        source: "spiffe://cluster.local/ns/a/sa/client".into(),
-        destination: "spiffe://cluster.local/ns/db/sa/postgres".into(),
+fn connection_checks_follow_the_connection_rules() {
+    let connection = |port| ConnectionAttrs {
+        source_principal: "spiffe://cluster.local/ns/billing/sa/client".into(),
+        destination_principal: "spiffe://cluster.local/ns/db/sa/postgres".into(),
+        destination_port: Some(port),
+        destination_address: format!("10.0.0.7:{port}"),
     };
     let default = one_issuer(&app("", ""));
-    let d = decide_connection(&default, &connection);
+    let d = decide_connection(&default, &connection(5432));
     assert_eq!(
         (d.is_allowed(), d.reason.code()),
         (false, "connection_denied")
     );
-    let allowing = loaded(&[
-        ("issuers.yaml", &format!("issuers:{CORP_ISSUER}")),
-        ("roles.yaml", ROLES),
-        ("app.yaml", &app("", "")),
-        ("connections.yaml", "connections: allow\n"),
-    ]);
-    let d = decide_connection(&allowing, &connection);
+    let issuers = format!("issuers:{CORP_ISSUER}");
+    let app_yaml = app("", "");
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let dir = write_dir(
+            &[
+                ("issuers.yaml", issuers.as_str()),
+                ("roles.yaml", ROLES),
+                ("app.yaml", app_yaml.as_str()),
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>(),
+        );
+        load(dir.path()).map_err(|e| e.to_string())
+    };
+    let errors_of = |extra: &[(&'static str, &'static str)]| match with(extra) {
+        Ok(_) => panic!("the policy should not load: {extra:?}"),
+        Err(e) => e,
+    };
+    let allowing = with(&[(
+        "connections.yaml",
+        "connections:\n  - name: db\n    ports: [5432]\n    destination_namespaces: [db]\n    source_namespaces: [billing]\n",
+    )])
+    .unwrap_or_else(|e| panic!("the policy should load:\n{e}"));
+    let d = decide_connection(&allowing, &connection(5432));
+    assert_eq!(
+        (d.is_allowed(), d.reason.code(), d.route.as_deref()),
+        (true, "connection_allowed", Some("db"))
+    );
+    // Another port of the same workload (HTTP disguised as TCP, say).
+    let d = decide_connection(&allowing, &connection(8080));
     assert_eq!(
         (d.is_allowed(), d.reason.code()),
-        (true, "connection_allowed")
+        (false, "connection_denied")
     );
-    let errors = load_errors(&[
-        ("issuers.yaml", &format!("issuers:{CORP_ISSUER}")),
-        ("roles.yaml", ROLES),
-        ("app.yaml", &app("", "")),
-        ("a.yaml", "connections: allow\n"),
-        ("b.yaml", "connections: deny\n"),
+    // Plaintext: no principals, so no namespace to match.
+    let plaintext = ConnectionAttrs {
+        destination_port: Some(5432),
+        ..ConnectionAttrs::default()
+    };
+    assert!(!decide_connection(&allowing, &plaintext).is_allowed());
+
+    // The old one-word forms are refused with what to write instead.
+    for word in ["connections: allow\n", "connections: deny\n"] {
+        let errors = errors_of(&[("connections.yaml", word)]);
+        assert!(
+            errors.contains("connections is a list of rules") && errors.contains("ports: [5432]"),
+            "{errors}"
+        );
+    }
+    // Names are unique across files; every rule names its ports; ids are
+    // SPIFFE ids.
+    let errors = errors_of(&[
+        ("a.yaml", "connections:\n  - { name: db, ports: [5432] }\n"),
+        ("b.yaml", "connections:\n  - { name: db, ports: [6379] }\n"),
     ]);
-    assert!(errors.contains("connections is already set at"), "{errors}");
+    assert!(errors.contains("\"db\" is already defined at"), "{errors}");
+    let errors = errors_of(&[(
+        "c.yaml",
+        "connections:\n  - { name: any, ports: [] }\n  - { name: bad, ports: [1], source_principals: [billing] }\n",
+    )]);
+    assert!(errors.contains("ports must list at least one"), "{errors}");
+    assert!(errors.contains("c.yaml:3:"), "{errors}");
+    assert!(
+        errors.contains("\"billing\" is not a SPIFFE id"),
+        "{errors}"
+    );
 }

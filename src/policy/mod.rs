@@ -7,6 +7,7 @@
 
 pub mod callers;
 pub mod condition;
+pub mod connections;
 pub mod events;
 pub mod grant_snapshot;
 pub mod grants;
@@ -18,10 +19,11 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 pub use condition::{Condition, ConditionEnv, ConditionError, Reads};
+pub use connections::{ConnectionPeers, ConnectionRule, ConnectionRules};
 pub use grants::{GrantIndex, GrantIndexBuilder, GrantSource, Holder, ResourceKey, RoleId};
 pub use load::{load_policies, load_policies_with, LoadErrors, Loaded, UnreadableKeys};
 pub use routes::{bounded, Mismatch, NearMiss, PathTemplate, ResourceTemplate, Route, RouteTable};
-pub use source::{Access, Connections, Mode};
+pub use source::{Access, Mode};
 
 use crate::path::NormalPath;
 use crate::token::Issuers;
@@ -45,8 +47,8 @@ pub struct PolicySet {
     pub(crate) member_of: HashMap<String, Vec<String>>,
     pub grants: Box<dyn GrantSource>,
     pub(crate) denies: DenyIndex,
-    /// What a check without HTTP attributes gets.
-    pub connections: Connections,
+    /// The TCP connections allowed (checks without HTTP attributes).
+    pub connections: ConnectionRules,
     /// The environment conditions run in.
     pub conditions: ConditionEnv,
     /// What the policy's conditions read, over all of them.

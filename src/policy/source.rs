@@ -28,9 +28,10 @@ pub struct PolicyFile {
     pub grants: Vec<GrantSpec>,
     #[serde(default)]
     pub denies: Vec<DenySpec>,
-    /// What a check without HTTP attributes gets (one file may say).
+    /// The TCP connections allowed (checks without HTTP attributes);
+    /// every other connection is denied.
     #[serde(default)]
-    pub connections: Option<Connections>,
+    pub connections: ConnectionsSpec,
     /// Services that call the AuthZEN API, and what each may ask.
     #[serde(default)]
     pub callers: Vec<CallerSpec>,
@@ -148,16 +149,72 @@ pub enum CallerPermission {
     WriteGrants,
 }
 
-/// The answer to a connection check: a CheckRequest without HTTP
-/// attributes, as Envoy's network ext_authz filter sends for a TCP
-/// connection (Istio adds that filter to the TCP filter chains of every
-/// workload a CUSTOM policy covers). There is no path, method or token to
-/// decide on, so the policy says once what such a connection gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Connections {
-    Allow,
-    Deny,
+/// The `connections:` section: rules that allow TCP connections, as
+/// Envoy's network ext_authz filter reports them (a CheckRequest without
+/// HTTP attributes; Istio adds that filter to the TCP filter chains of every
+/// workload a CUSTOM policy covers). A connection no rule allows is denied.
+///
+/// The section used to be one word (`allow` or `deny`) for every
+/// connection. `allow` let through any connection Envoy did not recognise
+/// as HTTP, including HTTP a client disguises (a leading CRLF), so a word
+/// is refused with an error that says what to write instead.
+#[derive(Debug, Default)]
+pub struct ConnectionsSpec(pub Vec<ConnectionRuleSpec>);
+
+impl<'de> Deserialize<'de> for ConnectionsSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RulesOrWord;
+        impl<'de> Visitor<'de> for RulesOrWord {
+            type Value = ConnectionsSpec;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of connection rules")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "connections is a list of rules, not {word:?}: a single word cannot tell a database port from HTTP a client disguised as TCP; list what to allow (`- name: ..., ports: [5432]`, docs/policy-reference.md#connections), or `[]` to deny every connection"
+                )))
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ConnectionsSpec::default())
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(ConnectionsSpec)
+            }
+        }
+        deserializer.deserialize_any(RulesOrWord)
+    }
+}
+
+/// One rule of `connections:`: a connection is allowed when every field
+/// the rule sets matches it (any of the listed values).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRuleSpec {
+    /// Unique; names the rule in the decision log.
+    pub name: String,
+    /// Destination ports (the original destination port under Istio);
+    /// required, so no rule allows every port.
+    pub ports: Vec<u16>,
+    /// SPIFFE ids of the destination workload (mTLS only).
+    #[serde(default)]
+    pub destination_principals: Vec<String>,
+    /// Namespaces of the destination workload's SPIFFE id (mTLS only).
+    #[serde(default)]
+    pub destination_namespaces: Vec<String>,
+    /// SPIFFE ids of the client workload (mTLS only).
+    #[serde(default)]
+    pub source_principals: Vec<String>,
+    /// Namespaces of the client workload's SPIFFE id (mTLS only).
+    #[serde(default)]
+    pub source_namespaces: Vec<String>,
 }
 
 /// A token issuer Portcullis trusts.
@@ -457,3 +514,4 @@ where
 
     deserializer.deserialize_map(UniqueKeys(std::marker::PhantomData))
 }
+

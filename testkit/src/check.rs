@@ -146,12 +146,26 @@ impl From<Check> for CheckRequest {
 }
 
 /// What Envoy's network ext_authz filter sends for a TCP connection: the
-/// two peers' principals and no HTTP attributes.
-pub fn connection_check(source: &str, destination: &str) -> CheckRequest {
+/// two peers' principals, the destination's socket address (10.0.0.7 and
+/// `port`), and no HTTP attributes.
+pub fn connection_check(source: &str, destination: &str, port: u16) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address, Address, SocketAddress,
+    };
+    let address = Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: "10.0.0.7".into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    };
     CheckRequest {
         attributes: Some(AttributeContext {
             source: Some(peer(source)),
-            destination: Some(peer(destination)),
+            destination: Some(Peer {
+                address: Some(address),
+                ..peer(destination)
+            }),
             ..Default::default()
         }),
     }

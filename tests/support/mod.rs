@@ -8,6 +8,8 @@
 //! - `http`: the recording echo upstream, a raw HTTP/1.1 client that sends
 //!   the request target byte for byte, the gRPC client, a TCP echo server;
 //! - `tls`: mesh certificates and a blocking (m)TLS client;
+//! - `istio`: an Envoy configured as istiod configures a sidecar under the
+//!   shipped Istio overlay (its policy and EnvoyFilters applied, not copied);
 //! - `tokens`: the per-process demo secret and tokens signed with it;
 //! - `policies`: policy directories on disk and the version `/ready` reports;
 //! - `templates`: rendering `envoy/*.yaml` (the shipped templates, not
@@ -25,6 +27,7 @@
 
 pub mod corpus;
 mod http;
+mod istio;
 mod policies;
 pub mod probes;
 mod processes;
@@ -35,6 +38,8 @@ mod tokens;
 // Each test binary uses some of these: the rest are unused there.
 #[allow(unused_imports)]
 pub use http::*;
+#[allow(unused_imports)]
+pub use istio::*;
 #[allow(unused_imports)]
 pub use policies::*;
 #[allow(unused_imports)]

@@ -121,6 +121,14 @@ impl MeshPki {
 
     /// A client that trusts the mesh CA and presents `identity`, if any.
     pub fn client(&self, identity: Option<&MeshCert>) -> TlsClient {
+        self.client_offering(identity, &[])
+    }
+
+    /// A client that also offers the ALPN protocols `alpn`: an Istio
+    /// client sidecar offers `istio-http/1.1` when its own sniffing saw HTTP
+    /// and `istio-peer-exchange`, `istio` when it did not, and the server
+    /// sidecar picks its filter chain by them.
+    pub fn client_offering(&self, identity: Option<&MeshCert>, alpn: &[&str]) -> TlsClient {
         use rustls_pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         roots
@@ -142,6 +150,8 @@ impl MeshPki {
             }
             None => builder.with_no_client_auth(),
         };
+        let mut config = config;
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         let server_name = rustls_pki_types::ServerName::try_from(self.server_name.clone())
             .unwrap_or_else(|e| panic!("server name {}: {e}", self.server_name));
         TlsClient {
@@ -202,6 +212,34 @@ impl TlsClient {
     ) -> std::io::Result<Response> {
         let mut stream = self.connect(port)?;
         exchange_http1(&mut stream, method, path, headers)
+    }
+
+    /// Sends `bytes` on a new connection and reads until the peer closes (or
+    /// the read times out); a peer that closes at once gives an empty answer.
+    pub fn exchange(&self, port: u16, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut stream = self.connect(port)?;
+        match stream.write_all(bytes).and_then(|()| stream.flush()) {
+            Ok(()) => {}
+            Err(e) if is_closed(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                Err(e) if is_closed(&e) => break,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    break
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(answer)
     }
 
     /// Sends `payload` on a new connection and reads until `payload.len()`

@@ -11,7 +11,8 @@
 //! whole) and [`keys`] (the key files and environment variables the
 //! issuers name); compiling is
 //! then pure, one file per part of the policy: [`issuers`], [`roles`] (and
-//! groups), [`applications`] (and routes), [`grants`] (and denies).
+//! groups), [`applications`] (and routes), [`grants`] (and denies),
+//! [`connections`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -26,7 +27,7 @@ use sha2::{Digest, Sha256};
 use super::condition::{Condition, ConditionEnv, Reads};
 use super::grants::{GrantIndex, GrantIndexBuilder, Holder, ResourceKey};
 use super::routes::{PathTemplate, ResourceTemplate, Route, RouteTable};
-use super::source::{Access, ApplicationSpec, Connections, IssuerSpec, KeySpec, PolicyFile};
+use super::source::{Access, ApplicationSpec, IssuerSpec, KeySpec, PolicyFile};
 use super::{
     ActionSet, AppSelector, Application, DenyIndex, DenyRule, OwnedResourceKey, PolicySet, Role,
     RoleId,
@@ -40,6 +41,7 @@ use files::{read_dir, SourceFile};
 
 mod applications;
 mod callers;
+mod connections;
 mod events;
 mod files;
 mod grants;
@@ -294,25 +296,5 @@ impl<'a> Compiler<'a> {
             callers,
             events,
         }
-    }
-
-    /// The one `connections:` setting; deny when no file says.
-    fn connections(&mut self) -> Connections {
-        let mut found: Option<(Connections, Origin)> = None;
-        for (f, file) in self.files.iter().enumerate() {
-            let Some(value) = file.doc.connections else {
-                continue;
-            };
-            let at = [Step::Key("connections")];
-            let here = (f, self.line(f, &at));
-            match found {
-                Some((_, first)) => {
-                    let first = self.origin(first);
-                    self.error(f, &at, format!("connections is already set at {first}"));
-                }
-                None => found = Some((value, here)),
-            }
-        }
-        found.map_or(Connections::Deny, |(value, _)| value)
     }
 }
