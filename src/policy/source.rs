@@ -514,4 +514,3 @@ where
 
     deserializer.deserialize_map(UniqueKeys(std::marker::PhantomData))
 }
-
