@@ -18,6 +18,7 @@ pub mod events;
 pub mod grants_db;
 pub mod http_server;
 pub mod jwks;
+pub mod lint;
 pub mod logging;
 pub mod metrics;
 pub mod path;

@@ -650,3 +650,195 @@ fn test_reports_the_line_of_a_failing_case_in_a_json_file() {
     );
     assert!(stdout.ends_with("2 passed, 1 failed\n"), "{stdout}");
 }
+
+// ---------------------------------------------------------------------------
+// The lint (`validate`, `validate --strict`) and `test --explore`
+// ---------------------------------------------------------------------------
+
+/// The bundled documents policy written the natural way: untyped `{id}`
+/// captures, bob viewing every document by a pattern grant, and a deny on
+/// document 1 for him. `/documents/01` and `/documents/1.json` are other
+/// resources to this policy.
+fn untyped_documents(typed: bool) -> tempfile::TempDir {
+    let dir = broken_copy("documents.yaml", |c| {
+        if typed {
+            c.to_owned()
+        } else {
+            c.replace("path: /documents/{id:uint}", "path: /documents/{id}")
+        }
+    });
+    let grants = dir.path().join("grants.yaml");
+    let before = std::fs::read_to_string(&grants).unwrap_or_else(|e| panic!("{e}"));
+    let after = before.replace(
+        "  - subject: bob\n    role: viewer\n    resource: document:1\n",
+        "  - subject: bob\n    role: viewer\n    resource: document:*\n",
+    ) + "  - name: freeze-one\n    subject: bob\n    resource: document:1\n";
+    assert_ne!(before, after, "policies/grants.yaml changed shape");
+    std::fs::write(&grants, after).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+/// The documents application replaced by one with a catch-all route for
+/// any authenticated subject beside `/admin/{rest...}` for those who may
+/// create documents; case-sensitive unless `fixed`.
+fn admin_catch_all(fixed: bool) -> tempfile::TempDir {
+    let case = if fixed {
+        "    case_insensitive: true\n"
+    } else {
+        ""
+    };
+    broken_copy("documents.yaml", |_| {
+        format!(
+            "applications:\n  - name: console\n    select:\n      context_extensions: {{ app: documents }}\n{case}    routes:\n      - name: admin\n        methods: [GET]\n        path: /admin/{{rest...}}\n        resource: documents\n        action: create\n      - name: everything-else\n        methods: [GET]\n        path: /{{rest...}}\n        access: authenticated\n"
+        )
+    })
+}
+
+fn lint_lines(out: &Output) -> Vec<String> {
+    text(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn validate_warns_of_sidesteps_and_strict_fails_on_them() {
+    let natural = untyped_documents(false);
+    let path = natural.path().to_str().unwrap_or_default();
+    let out = portcullis(&["validate", path]);
+    assert!(
+        out.status.success(),
+        "warnings alone do not fail: {}",
+        text(&out.stderr)
+    );
+    let warnings = lint_lines(&out).join("\n");
+    let grants_line = line_of(
+        &std::fs::read_to_string(natural.path().join("grants.yaml")).unwrap_or_default(),
+        "name: freeze-one",
+    );
+    assert!(
+        warnings.contains(&format!(
+            "grants.yaml:{grants_line}: deny rule \"freeze-one\" names document:1"
+        )) && warnings.contains("document:01")
+            && warnings.contains("document:1.json")
+            && warnings.contains("{id:uint}"),
+        "{warnings}"
+    );
+    let strict = portcullis(&["validate", "--strict", path]);
+    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict.stderr));
+    assert!(
+        text(&strict.stderr).contains("error: --strict:"),
+        "{}",
+        text(&strict.stderr)
+    );
+
+    let fixed = untyped_documents(true);
+    let out = portcullis(&[
+        "validate",
+        "--strict",
+        fixed.path().to_str().unwrap_or_default(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(lint_lines(&out).is_empty(), "{}", text(&out.stderr));
+
+    let case = admin_catch_all(false);
+    let out = portcullis(&["validate", case.path().to_str().unwrap_or_default()]);
+    let warnings = lint_lines(&out).join("\n");
+    assert!(
+        warnings.contains("GET /ADMIN/x differs from route \"admin\" only in case")
+            && warnings.contains("case_insensitive: true")
+            && warnings.contains("route \"everything-else\" (authenticated) takes GET /ADMIN/x"),
+        "{warnings}"
+    );
+    let fixed = admin_catch_all(true);
+    let out = portcullis(&[
+        "validate",
+        "--strict",
+        fixed.path().to_str().unwrap_or_default(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn validate_warns_of_unknown_resource_types_and_unused_roles() {
+    let dir = broken_copy("documents.yaml", |c| c.to_owned());
+    let grants = dir.path().join("grants.yaml");
+    let before = std::fs::read_to_string(&grants).unwrap_or_default();
+    std::fs::write(
+        &grants,
+        before.replace("resource: document:2", "resource: documnet:2"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let roles = dir.path().join("roles.yaml");
+    let before = std::fs::read_to_string(&roles).unwrap_or_default();
+    std::fs::write(&roles, before + "  auditor:\n    actions: [read]\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
+    let warnings = lint_lines(&out).join("\n");
+    assert!(
+        warnings.contains("names resource type \"documnet\", which no route produces"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("role \"auditor\" is granted to no one"),
+        "{warnings}"
+    );
+}
+
+#[test]
+fn explore_finds_the_sidesteps_an_attacker_would() {
+    let natural = untyped_documents(false);
+    let out = portcullis(&[
+        "test",
+        "--explore",
+        natural.path().to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let found = text(&out.stdout);
+    assert!(
+        found.contains("GET /documents/01 as \"bob\": allow")
+            && found.contains("(canonical GET /documents/1: deny explicit_deny"),
+        "{found}"
+    );
+    let case = admin_catch_all(false);
+    let out = portcullis(&[
+        "test",
+        "--explore",
+        case.path().to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("GET /ADMIN/x as"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    for dir in [untyped_documents(true), admin_catch_all(true)] {
+        let out = portcullis(&["test", "--explore", dir.path().to_str().unwrap_or_default()]);
+        assert!(out.status.success(), "{}", text(&out.stdout));
+    }
+    let out = portcullis(&["test", "--explore", bundled().to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("no spelling answered differently"));
+}
+
+/// Every policy the project ships passes `validate --strict`.
+#[test]
+fn shipped_policies_pass_strict() {
+    let secret = "strict-check-secret-0123456789abcdef-0123";
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (dir, env) in [
+        ("policies", "PORTCULLIS_DEMO_SECRET"),
+        ("examples/todo", "TODO_IDP_SECRET"),
+        ("examples/conditions", "NOTES_IDP_SECRET"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["validate", "--strict"])
+            .arg(root.join(dir))
+            .env(env, secret)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run portcullis: {e}"));
+        assert!(out.status.success(), "{dir}: {}", text(&out.stderr));
+    }
+}

@@ -25,7 +25,7 @@ use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
 use crate::events::replay::DEFAULT_REPLAY_CAPACITY;
 use crate::jwks::JwksFetcher;
 use crate::logging::LogLines;
-use crate::policy::{load_policies, PolicySet};
+use crate::policy::{load_policies, load_policies_with, PolicySet, UnreadableKeys};
 use crate::reload::WatchConfig;
 use crate::server::DEFAULT_TOKEN_CACHE_BYTES;
 use crate::tls::TlsFiles;
@@ -60,6 +60,9 @@ pub enum Command {
     Validate {
         /// The policy directory
         dir: PathBuf,
+        /// Fail (exit 1) on any lint warning, not only on errors: for CI
+        #[arg(long)]
+        strict: bool,
     },
     /// Decide one request and explain why (exit 0 allow, 2 deny, 1 error)
     Check(CheckArgs),
@@ -70,8 +73,14 @@ pub enum Command {
     /// Run decision case files (request or subject/resource/action -> expected decision)
     Test {
         /// Case files, or directories whose *.yaml, *.yml and *.json files are case files
-        #[arg(required = true)]
+        #[arg(required_unless_present = "explore")]
         paths: Vec<PathBuf>,
+        /// Instead of case files: try, on this policy directory, the alternate
+        /// spellings an attacker would (leading zeros, suffixes, case) of
+        /// every route and deny rule, and report each answered differently
+        /// from its canonical spelling (exit 1 if any)
+        #[arg(long, value_name = "POLICY_DIR", conflicts_with_all = ["paths", "grants_database_url"])]
+        explore: Option<PathBuf>,
         /// Decide with the grants in this PostgreSQL database (through the cache, as `serve` does), not the policy files'
         #[arg(long)]
         grants_database_url: Option<String>,
@@ -242,13 +251,17 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::serve(*args),
-        Command::Validate { dir } => validate::validate(&dir),
+        Command::Validate { dir, strict } => validate::validate(&dir, strict),
         Command::Check(args) => check::check(args),
         Command::Token(args) => token::token(args),
         Command::Event(args) => event::event(args),
         Command::Test {
+            explore: Some(dir), ..
+        } => test::explore(&dir),
+        Command::Test {
             paths,
             grants_database_url,
+            explore: None,
         } => test::test(&paths, grants_database_url),
         Command::Db(command) => db::db(command),
         Command::Grants(command) => grants::grants(command),

@@ -106,3 +106,29 @@ pub(super) fn test(paths: &[PathBuf], grants_database_url: Option<String>) -> Ex
         Exit::Ok.into()
     }
 }
+
+/// `portcullis test --explore DIR`: the spellings an attacker would try,
+/// decided by the engine; every one answered differently from its
+/// canonical spelling is printed, and fails the command.
+pub(super) fn explore(dir: &Path) -> ExitCode {
+    let loaded = match load_policies_with(dir, UnreadableKeys::Unverifiable) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            return Exit::Failure.into();
+        }
+    };
+    let found = crate::lint::explore(&loaded.policy, &loaded.origins);
+    for sidestep in &found {
+        println!("sidestep: {sidestep}");
+    }
+    if found.is_empty() {
+        println!("explore: no spelling answered differently from its canonical request");
+        Exit::Ok.into()
+    } else {
+        println!("explore: {} sidestep(s)", found.len());
+        Exit::Failure.into()
+    }
+}

@@ -15,10 +15,17 @@ pub(super) fn load_or_report(dir: &Path) -> Option<PolicySet> {
     }
 }
 
-pub(super) fn validate(dir: &Path) -> ExitCode {
-    let Some(policy) = load_or_report(dir) else {
-        return Exit::Failure.into();
+pub(super) fn validate(dir: &Path, strict: bool) -> ExitCode {
+    let loaded = match load_policies_with(dir, UnreadableKeys::Refuse) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            return Exit::Failure.into();
+        }
     };
+    let policy = &loaded.policy;
     println!(
         "ok: {} applications, {} routes, {} roles, {} grants, {} issuers (version {})",
         policy.applications.len(),
@@ -46,8 +53,23 @@ pub(super) fn validate(dir: &Path) -> ExitCode {
             role_only.join(", ")
         );
     }
+    let lints = crate::lint::lint(policy, &loaded.origins);
+    for warning in loaded.warnings.iter().chain(&lints) {
+        eprintln!("warning: {warning}");
+    }
+    let failed = strict && !lints.is_empty();
+    if failed {
+        eprintln!(
+            "error: --strict: {} lint warning(s) (docs/policy-reference.md, \"Lint\")",
+            lints.len()
+        );
+    }
     // The process exits next: freeing a million grants one by one would
     // only add a tenth of a second to every validation in CI.
-    std::mem::forget(policy);
-    Exit::Ok.into()
+    std::mem::forget(loaded);
+    if failed {
+        Exit::Failure.into()
+    } else {
+        Exit::Ok.into()
+    }
 }

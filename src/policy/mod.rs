@@ -21,7 +21,10 @@ use std::collections::{BTreeMap, HashMap};
 pub use condition::{Condition, ConditionEnv, ConditionError, Reads};
 pub use connections::{ConnectionPeers, ConnectionRule, ConnectionRules};
 pub use grants::{GrantIndex, GrantIndexBuilder, GrantSource, Holder, ResourceKey, RoleId};
-pub use load::{load_policies, load_policies_with, LoadErrors, Loaded, UnreadableKeys};
+pub use load::{
+    load_policies, load_policies_with, GrantOrigin, LoadErrors, Loaded, Origins, Place,
+    UnreadableKeys,
+};
 pub use routes::{bounded, Mismatch, NearMiss, PathTemplate, ResourceTemplate, Route, RouteTable};
 pub use source::{Access, Mode};
 
@@ -155,6 +158,14 @@ pub enum OwnedResourceKey {
 }
 
 impl OwnedResourceKey {
+    /// The one resource named, for an exact key.
+    pub fn exact(&self) -> Option<&str> {
+        match self {
+            OwnedResourceKey::Exact(r) => Some(r),
+            OwnedResourceKey::Prefix(_) => None,
+        }
+    }
+
     pub fn as_key(&self) -> ResourceKey<'_> {
         match self {
             OwnedResourceKey::Exact(r) => ResourceKey::Exact(r),
@@ -192,6 +203,17 @@ pub(crate) struct DenyIndex {
     pub subjects: HashMap<String, Vec<DenyRule>>,
     pub groups: HashMap<String, Vec<DenyRule>>,
     pub everyone: Vec<DenyRule>,
+}
+
+impl DenyIndex {
+    /// Every deny rule, whoever it names.
+    pub fn rules(&self) -> impl Iterator<Item = &DenyRule> {
+        self.subjects
+            .values()
+            .chain(self.groups.values())
+            .flatten()
+            .chain(&self.everyone)
+    }
 }
 
 /// The outcome of choosing an application for a request.

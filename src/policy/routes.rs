@@ -370,6 +370,12 @@ impl PathTemplate {
         self
     }
 
+    /// The segments, in order (for the lint's analysis of what a template
+    /// matches).
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
     /// Names of the captures, in the order [`Self::matches`] returns values.
     pub fn capture_names(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|s| match s {
@@ -488,6 +494,28 @@ impl ResourceTemplate {
             parts.push(ResourcePart::Text(rest.to_owned()));
         }
         Ok(Self { parts })
+    }
+
+    /// For a template of a literal prefix and one capture
+    /// (`document:{id}`): the prefix, and the capture's index among the
+    /// path's captures.
+    pub fn prefix_and_capture(&self) -> Option<(&str, usize)> {
+        match self.parts.as_slice() {
+            [ResourcePart::Text(prefix), ResourcePart::Capture(i)] => Some((prefix, *i)),
+            _ => None,
+        }
+    }
+
+    /// The resource type the template always produces: the text before the
+    /// first `:` of a leading literal; `None` when a capture comes first.
+    pub fn resource_type(&self) -> Option<&str> {
+        match self.parts.first() {
+            Some(ResourcePart::Text(text)) => text.split_once(':').map(|(t, _)| t).or(
+                // A literal resource without a colon is its own type.
+                (self.parts.len() == 1).then_some(text.as_str()),
+            ),
+            _ => None,
+        }
     }
 
     pub fn render(&self, captures: &[&str]) -> String {

@@ -38,6 +38,7 @@ use crate::remote_keys::{RefreshPolicy, RemoteKeys};
 use crate::token::{self, Issuer, Issuers, KeySet, NamePattern};
 use crate::yaml::{self, LineIndex, Step};
 use files::{read_dir, SourceFile};
+pub use origins::{GrantOrigin, Origins, Place};
 
 mod applications;
 mod callers;
@@ -47,6 +48,7 @@ mod files;
 mod grants;
 mod issuers;
 mod keys;
+mod origins;
 mod roles;
 
 use keys::{
@@ -99,6 +101,8 @@ pub struct Loaded {
     pub policy: PolicySet,
     /// Problems that did not stop the load (each `file:line: message`).
     pub warnings: Vec<Diagnostic>,
+    /// Where each route, deny rule, grant and role was written.
+    pub origins: Origins,
 }
 
 /// Loads and compiles the policy directory `dir`; every issuer key must be
@@ -150,6 +154,7 @@ pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Load
         key_material: Sha256::new(),
     };
     let mut policy = compiler.compile();
+    let origins = compiler.origins();
     // The version covers the keys too, so a rotated secret or key file
     // gives a new version and verified-token cache entries are not reused.
     policy.version = version_of(&files, &compiler.key_material.finalize()[..]);
@@ -157,6 +162,7 @@ pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Load
         Ok(Loaded {
             policy,
             warnings: compiler.warnings,
+            origins,
         })
     } else {
         Err(LoadErrors(compiler.errors))
