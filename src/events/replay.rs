@@ -289,7 +289,7 @@ impl ReplayGuard {
         {
             let mut seen = guard.lock();
             for record in &kept {
-                seen.insert(key(&record.id), record.expiry, Arc::from(&*record.consumer));
+                seen.insert(key(&record.id), record.expiry, &record.consumer);
             }
             seen.log = Some(log);
         }
@@ -338,7 +338,7 @@ impl ReplayGuard {
             };
             log.append(&record.line(), |file, bytes| file.write_all(bytes))?;
         }
-        seen.insert(key, expires_at, Arc::from(consumer));
+        seen.insert(key, expires_at, consumer);
         seen.compact_log();
         Ok(())
     }
@@ -395,10 +395,15 @@ impl Log {
 }
 
 impl Seen {
-    fn insert(&mut self, key: Key, expiry: u64, consumer: Arc<str>) {
+    fn insert(&mut self, key: Key, expiry: u64, consumer: &str) {
         if self.expiry.contains_key(&key) {
             return;
         }
+        // One allocation per consumer, shared by all its entries.
+        let consumer = match self.held.get_key_value(consumer) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(consumer),
+        };
         *self.held.entry(consumer.clone()).or_insert(0) += 1;
         self.expiry.insert(key, Entry { expiry, consumer });
         self.by_expiry.insert((expiry, key));
@@ -528,6 +533,29 @@ mod tests {
         // The torn id was refused, never answered: it may be consumed.
         assert_eq!(
             again.first_use("worker", "second", now + 600, now + 1, 1),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_consumers_share_is_read_back_with_its_ids_and_freed_as_they_expire() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("replay.log");
+        let now = 1_700_000_000;
+        let guard = ReplayGuard::with_log(&path, 4, now).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(guard.share(2), 2);
+        assert_eq!(guard.first_use("worker", "a", now + 10, now, 2), Ok(()));
+        assert_eq!(guard.first_use("worker", "b", now + 600, now, 2), Ok(()));
+        drop(guard);
+        let again = ReplayGuard::with_log(&path, 4, now).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            again.first_use("worker", "c", now + 600, now, 2),
+            Err(Refusal::ReplayCallerFull)
+        );
+        assert_eq!(again.first_use("mailer", "d", now + 600, now, 2), Ok(()));
+        // Once "a" expires the worker has room again.
+        assert_eq!(
+            again.first_use("worker", "c", now + 600, now + 10, 2),
             Ok(())
         );
     }
