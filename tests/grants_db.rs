@@ -703,6 +703,45 @@ fn a_restore_that_takes_the_revision_back_drops_the_cache() {
     assert!(replica.allows("alice", "read", "1", Some(&revoked)));
 }
 
+/// A restore whose history has already passed the applied revision again
+/// by the time the feed reconnects (writes after the restore outnumber the
+/// ones it lost): same identity, a counter above the applied one, and no
+/// change-log row for what differs. Only the server's restart tells: a
+/// feed that reconnects to a server started at another time drops the
+/// whole cache.
+#[test]
+fn a_restarted_server_drops_the_cache_whatever_its_counter() {
+    let Some((mut pg, url)) = database("restart") else {
+        return;
+    };
+    let dir = policies();
+    import(&url, &load(dir.path()));
+    let replica = Replica::start(dir.path(), db_config(&url, Duration::from_secs(30)));
+    assert!(replica.allows("bob", "read", "1", None));
+    let resets = counter(&replica, "portcullis_grants_db_revision_resets_total");
+    // The restored history: bob's grant is gone and the counter is ahead,
+    // with no change-log row nor notification for it.
+    runtime().block_on(async {
+        let client = connect(&DatabaseConfig::new(url.clone())).await;
+        client
+            .batch_execute(
+                "DELETE FROM portcullis_grants WHERE holder = 'bob' AND resource = 'document:1';
+                 UPDATE portcullis_revision SET revision = revision + 10;",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    pg.stop();
+    pg.start_again();
+    eventually(
+        Duration::from_secs(15),
+        "bob's grant gone after the restart",
+        || !replica.allows("bob", "read", "1", None),
+    );
+    assert!(counter(&replica, "portcullis_grants_db_revision_resets_total") > resets);
+    assert!(replica.allows("alice", "read", "1", None));
+}
+
 /// Issue 21: the identity of the database travels with every revision.
 /// A new identity (`portcullis db new-identity`, run after a restore or a
 /// failover, or another database behind the same URL) drops every

@@ -100,18 +100,12 @@ async fn follow_once(store: &GrantStore, backoff: &mut Duration) -> Result<(), D
     // a failover) may hold another history than the cache reflects. A
     // database without the function (not PostgreSQL itself) is taken to be
     // the same server, and relies on the identity and counter checks.
-    let started: Option<String> = match client
-        .query_one("SELECT pg_postmaster_start_time()::text", &[])
-        .await
-    {
-        Ok(row) => row.try_get(0).ok(),
-        Err(e) if e.as_db_error().is_some() => None,
-        Err(e) => return Err(DbError::from_pg(e)),
-    };
-    let another_server = store.note_server(started);
+    let started = super::server_started(&client).await?;
+    let another_server = store.another_server(&started);
     // Listening before reading: a write committed in between is both read
     // here and notified.
     catch_up(store, &mut client, another_server).await?;
+    store.note_server(started);
     store.set_down(false);
     *backoff = Duration::from_millis(50);
     tracing::info!(

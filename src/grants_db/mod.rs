@@ -485,10 +485,12 @@ impl GrantStore {
         }))
     }
 
-    /// Checks the schema and reads the revision the cache starts at.
+    /// Checks the schema and reads the revision the cache starts at, and
+    /// which server it is (the feed's first connection compares).
     pub async fn start(&self) -> Result<(), DbError> {
         let client = self.pool.get().await?;
         migrate::check(&client).await?;
+        let started = server_started(&client).await?;
         let row = client
             .query_one("SELECT revision, database_id FROM portcullis_revision", &[])
             .await
@@ -502,6 +504,7 @@ impl GrantStore {
             applied.database = Arc::from(database);
             applied.revision = revision;
         });
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = started;
         Ok(())
     }
 
@@ -860,15 +863,21 @@ impl GrantStore {
         });
     }
 
-    /// Records the start time of the server the feed connected to; true
-    /// when it is another than the last connection's (not on the first).
-    fn note_server(&self, started: Option<String>) -> bool {
-        let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
-        let another = matches!((&*server, &started), (Some(was), Some(now)) if was != now);
+    /// Whether the server the feed connected to, started at `started`, is
+    /// another than the one the cache reflects (never on the first).
+    fn another_server(&self, started: &Option<String>) -> bool {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        matches!((&*server, started), (Some(was), Some(now)) if was != now)
+    }
+
+    /// Records that the cache reflects the server started at `started`:
+    /// only once the feed has caught up with it (reset if it had to), so a
+    /// read that fails in between is followed by a reset on the next
+    /// connection rather than forgotten.
+    fn note_server(&self, started: Option<String>) {
         if started.is_some() {
-            *server = started;
+            *self.server.lock().unwrap_or_else(|e| e.into_inner()) = started;
         }
-        another
     }
 
     /// What the feed found: `database` at `revision`, with another identity
@@ -908,6 +917,20 @@ impl GrantStore {
     /// names again anyway; this frees the old entries).
     pub fn clear(&self) {
         self.cache.invalidate_all();
+    }
+}
+
+/// When the server `client` is connected to started: another start time
+/// than before means a restart, a restore or a failover. `None` from a
+/// database without the function (not PostgreSQL itself).
+async fn server_started(client: &tokio_postgres::Client) -> Result<Option<String>, DbError> {
+    match client
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .await
+    {
+        Ok(row) => Ok(row.try_get(0).ok()),
+        Err(e) if e.as_db_error().is_some() => Ok(None),
+        Err(e) => Err(DbError::from_pg(e)),
     }
 }
 
