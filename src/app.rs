@@ -353,7 +353,10 @@ impl App {
                 replay_capacity,
                 ..
             }) => match ReplayGuard::with_log(path, *replay_capacity, (server::system_clock())()) {
-                Ok(guard) => guard,
+                Ok(guard) => {
+                    log_replay_load(path, guard.load_report());
+                    guard
+                }
                 Err(e) => {
                     eprintln!("cannot use the event replay log {}: {e}", path.display());
                     return Exit::Failure;
@@ -584,4 +587,29 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = interrupt.recv() => {}
         }
     })
+}
+
+/// Says what reading the event replay log back found: a torn last line
+/// (a crash mid-write, its id never answered) is routine; any other bad
+/// line is not (the file was damaged or written by someone else) and its
+/// id, if it held one, cannot be refused as a replay any more.
+fn log_replay_load(path: &std::path::Path, report: &crate::events::replay::LoadReport) {
+    if report.bad_lines > 0 {
+        tracing::error!(
+            path = %path.display(),
+            bad_lines = report.bad_lines,
+            first_bad_line = report.first_bad_line,
+            kept = report.kept,
+            "the event replay log has damaged lines: skipped (an id they held is forgotten)"
+        );
+    }
+    if report.torn_tail || report.recovered > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            torn_tail = report.torn_tail,
+            recovered = report.recovered,
+            "the event replay log ended in a torn write: cut"
+        );
+    }
+    tracing::info!(path = %path.display(), kept = report.kept, expired = report.expired, "event replay log read");
 }

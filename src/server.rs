@@ -195,10 +195,16 @@ impl Authorizer {
         request: &CheckRequest,
     ) -> Arc<Decision> {
         let now = (self.clock)();
-        let min_revision = adapter::request_header(request, grants_db::REVISION_HEADER)
-            .map(|text| grants_db::parse_revision(&text).unwrap_or(i64::MAX));
+        // Unreadable (a bare number too): a revision no database has.
+        let min_revision =
+            adapter::request_header(request, grants_db::REVISION_HEADER).map(|text| {
+                grants_db::parse_revision(&text).unwrap_or(grants_db::Revision {
+                    database: "".into(),
+                    number: i64::MAX,
+                })
+            });
         let decision = store
-            .decide(policy, min_revision, |grants| {
+            .decide(policy, min_revision.as_ref(), |grants| {
                 std::panic::catch_unwind(AssertUnwindSafe(|| {
                     engine::decide_with_grants(policy, grants, attrs, &self.tokens, now)
                 }))

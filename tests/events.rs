@@ -485,7 +485,10 @@ fn a_full_replay_memory_refuses_new_events_and_forgets_none() {
     let dir = policy_dir(&keys, &events_yaml(&["ed-1"], &["ed-1"], "ed-1", 3600));
     let policy = load(dir.path());
     let digest = message_digest(MESSAGE);
-    let guard = ReplayGuard::new(2);
+    // Room for two of the worker's events: its share of the memory.
+    let consumers = events::consumers(&policy);
+    let guard = ReplayGuard::new(2 * consumers);
+    assert_eq!(guard.share(consumers), 2);
     let envelopes: Vec<String> = (0..3).map(|i| signed(&policy, NOW + i)).collect();
     let consume = |envelope: &str, now: u64| {
         events::consume(&policy, &guard, envelope, &digest, "worker", now).map(|_| ())
@@ -494,11 +497,110 @@ fn a_full_replay_memory_refuses_new_events_and_forgets_none() {
     assert_eq!(consume(&envelopes[1], NOW + 3), Ok(()));
     assert_eq!(
         consume(&envelopes[2], NOW + 3),
-        Err(Refusal::ReplayCacheFull)
+        Err(Refusal::ReplayCallerFull)
     );
     assert_eq!(consume(&envelopes[0], NOW + 3), Err(Refusal::Replayed));
     // Once the first has expired, there is room again.
     assert_eq!(consume(&envelopes[2], NOW + 600), Ok(()));
+}
+
+/// Issue 21: one caller consuming its own events filled the memory every
+/// worker shares, and every other worker then got `replay_cache_full`.
+#[test]
+fn one_consumer_cannot_fill_the_replay_memory_for_the_others() {
+    let keys = Keys::new(&["ed-1"]);
+    let dir = policy_dir(&keys, &events_yaml(&["ed-1"], &["ed-1"], "ed-1", 3600));
+    let policy = load(dir.path());
+    let digest = message_digest(MESSAGE);
+    let consumers = events::consumers(&policy);
+    assert!(consumers >= 2, "the policy names {consumers} callers");
+    let guard = ReplayGuard::new(3 * consumers);
+    let signed_for = |audience: &str, i: u64| {
+        let event = Publish {
+            audience,
+            ..share(None)
+        };
+        match events::publish(&policy, &alice(), &event, NOW + i) {
+            Ok(Ok(signed)) => signed.envelope,
+            other => panic!("alice's share should be signed: {other:?}"),
+        }
+    };
+    let consume = |audience: &str, envelope: &str| {
+        events::consume(&policy, &guard, envelope, &digest, audience, NOW + 5).map(|_| ())
+    };
+    // The worker consumes as many of its own events as it can.
+    let mut accepted: usize = 0;
+    let refusal = loop {
+        match consume("worker", &signed_for("worker", (accepted % 5) as u64)) {
+            Ok(()) => accepted += 1,
+            Err(refusal) => break refusal,
+        }
+        assert!(
+            accepted <= 3 * consumers,
+            "the worker filled the whole memory"
+        );
+    };
+    assert_eq!(refusal, Refusal::ReplayCallerFull);
+    assert_eq!(accepted, 3, "the worker's share");
+    // Another caller still consumes its events, its whole share.
+    for i in 0..3 {
+        assert_eq!(consume("publisher", &signed_for("publisher", i)), Ok(()));
+    }
+    assert_eq!(
+        consume("publisher", &signed_for("publisher", 3)),
+        Err(Refusal::ReplayCallerFull)
+    );
+}
+
+/// Issue 21: a failed partial write left a torn line, the next id was
+/// appended to it, and after a restart that event was accepted again.
+#[test]
+fn a_torn_write_in_the_replay_log_never_lets_the_next_event_be_replayed() {
+    let keys = Keys::new(&["ed-1"]);
+    let dir = policy_dir(&keys, &events_yaml(&["ed-1"], &["ed-1"], "ed-1", 3600));
+    let policy = load(dir.path());
+    let digest = message_digest(MESSAGE);
+    let consume = |guard: &ReplayGuard, envelope: &str, now: u64| {
+        events::consume(&policy, guard, envelope, &digest, "worker", now).map(|_| ())
+    };
+    let log_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = log_dir.path().join("replay.log");
+    let (first, second) = (signed(&policy, NOW), signed(&policy, NOW));
+    {
+        let guard = ReplayGuard::with_log(&log, 100, NOW).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(consume(&guard, &first, NOW + 1), Ok(()));
+        // A write that stopped part way (a full disk, then space again):
+        // the start of a line, no newline.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::io::Write::write_all(&mut file, format!("{} worker 9f3a", NOW + 600).as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The next event's line lands right after the torn one.
+        assert_eq!(consume(&guard, &second, NOW + 2), Ok(()));
+    }
+    let restarted = ReplayGuard::with_log(&log, 100, NOW + 3).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        consume(&restarted, &second, NOW + 3),
+        Err(Refusal::Replayed)
+    );
+    assert_eq!(consume(&restarted, &first, NOW + 3), Err(Refusal::Replayed));
+    assert_eq!(restarted.load_report().recovered, 1);
+    // A damaged line in the middle is skipped and counted, the rest kept.
+    let third = signed(&policy, NOW);
+    assert_eq!(consume(&restarted, &third, NOW + 4), Ok(()));
+    drop(restarted);
+    let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}"));
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    lines[0] = lines[0].replace(' ', "  ");
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
+    let reopened = ReplayGuard::with_log(&log, 100, NOW + 5).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reopened.load_report().bad_lines, 1);
+    assert_eq!(reopened.load_report().first_bad_line, Some(1));
+    assert_eq!(reopened.len(), 2);
+    assert_eq!(consume(&reopened, &third, NOW + 5), Err(Refusal::Replayed));
 }
 
 #[test]

@@ -178,7 +178,7 @@ async fn verify_event(state: &ApiState, request: Request) -> Result<Value, Respo
                 asked.now,
             )
             .await;
-            events::consume_decided(&state.replay, claims, decision, asked.now)
+            events::consume_decided(&asked.policy, &state.replay, claims, decision, asked.now)
         }
         Err(refusal) => Err(refusal),
     };

@@ -6,7 +6,8 @@
 //! {"add":    [{"subject": "bob", "role": "viewer", "resource": "document:7"}],
 //!  "remove": [{"group": "staff", "role": "editor", "resource": "document:*"}]}
 //! ```
-//! answers `{"revision": "42", "added": 1, "removed": 1}`. Each grant is
+//! answers `{"revision": "9f2c61d0a4b3e875.42", "added": 1, "removed": 1}`
+//! (the database's identity and its revision counter). Each grant is
 //! written as in the policy files (`subject`, `group` or
 //! `authenticated: true`; `role`; `resource`), checked as the loader checks
 //! them; the role must be a role of the policy without a condition.
@@ -66,14 +67,14 @@ async fn write_grants(state: &ApiState, request: Request) -> Result<Value, ApiEr
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     tracing::info!(
-        revision = written.revision,
+        revision = %written.token(),
         added = written.added,
         removed = written.removed,
         caller = asked.asker.caller.as_ref().map_or("", |c| c.name.as_str()),
         "grants written"
     );
     Ok(json!({
-        "revision": written.revision.to_string(),
+        "revision": written.token().to_string(),
         "added": written.added,
         "removed": written.removed,
     }))

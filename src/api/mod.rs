@@ -357,7 +357,8 @@ fn decide(
 
 /// One evaluation decided with the grants of `state`: the policy's, or
 /// the database's (at least as fresh as the evaluation's
-/// `context.portcullis_revision`, a string of digits or a number).
+/// `context.portcullis_revision`, `<database identity>.<n>` as a write
+/// answered it; a bare number is refused: it names no database).
 async fn decide_in(
     state: &ApiState,
     policy: &PolicySet,
@@ -368,31 +369,23 @@ async fn decide_in(
     let Some(store) = &state.grants_db else {
         return decide(policy, &*policy.grants, asker, eval, now);
     };
+    const BAD_REVISION: &str =
+        "context.portcullis_revision must be a revision as a write answered it (\"<database identity>.<n>\")";
     let min_revision = match eval
         .context
         .as_ref()
         .and_then(|c| c.get(crate::grants_db::REVISION_CONTEXT_FIELD))
     {
         None => None,
-        Some(Value::String(text)) => Some(
-            crate::grants_db::parse_revision(text)
-                .ok_or_else(|| bad("context.portcullis_revision must be a revision (digits)"))?,
-        ),
-        Some(Value::Number(n)) => Some(
-            n.as_u64()
-                .and_then(|n| i64::try_from(n).ok())
-                .ok_or_else(|| bad("context.portcullis_revision must be a revision (digits)"))?,
-        ),
-        Some(_) => {
-            return Err(bad(
-                "context.portcullis_revision must be a revision (digits)",
-            ))
+        Some(Value::String(text)) => {
+            Some(crate::grants_db::parse_revision(text).ok_or_else(|| bad(BAD_REVISION))?)
         }
+        Some(_) => return Err(bad(BAD_REVISION)),
     };
     // Whether the caller may ask this does not depend on grants.
     let refused = std::sync::Mutex::new(None);
     let decision = store
-        .decide(policy, min_revision, |grants| {
+        .decide(policy, min_revision.as_ref(), |grants| {
             match decide(policy, grants, asker, eval, now) {
                 Ok(decision) => decision,
                 Err(e) => {

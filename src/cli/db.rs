@@ -96,6 +96,8 @@ pub enum DbCommand {
         #[arg(long, default_value_t = 86_400)]
         keep_seconds: u64,
     },
+    /// Give the database a new identity after a point-in-time restore or a failover: replicas drop their caches, revisions handed out before are refused
+    NewIdentity(DatabaseArgs),
 }
 
 /// A runtime for one command's database work.
@@ -172,6 +174,24 @@ pub(super) fn db(command: DbCommand) -> ExitCode {
                 }
                 Ok(through) => {
                     println!("pruned the change log through revision {through}");
+                    Exit::Ok.into()
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Exit::Failure.into()
+                }
+            }
+        }),
+        DbCommand::NewIdentity(args) => runtime.block_on(async {
+            let outcome = async {
+                let mut client = connect(&args.config()).await?;
+                grants_db::migrate::check(&client).await?;
+                grants_db::write::new_identity(&mut client).await
+            }
+            .await;
+            match outcome {
+                Ok(identity) => {
+                    println!("the grants database's identity is now {identity}");
                     Exit::Ok.into()
                 }
                 Err(e) => {

@@ -173,7 +173,18 @@ fn verify(args: VerifyArgs) -> ExitCode {
     let now = now();
     let replay = match &args.replay_log {
         Some(path) => match ReplayGuard::with_log(path, DEFAULT_REPLAY_CAPACITY, now) {
-            Ok(guard) => guard,
+            Ok(guard) => {
+                let report = guard.load_report();
+                if report.bad_lines > 0 {
+                    eprintln!(
+                        "warning: {}: {} damaged line(s) skipped, the first at line {}",
+                        path.display(),
+                        report.bad_lines,
+                        report.first_bad_line.unwrap_or(0)
+                    );
+                }
+                guard
+            }
             Err(e) => {
                 eprintln!("cannot use the replay log {}: {e}", path.display());
                 return Exit::Failure.into();

@@ -90,10 +90,17 @@ fn load(dir: &Path) -> Result<PolicySet, ExitCode> {
 
 fn report(written: Result<Written, DbError>) -> ExitCode {
     match written {
+        // The revision as checks carry it: `<database identity>.<n>`.
+        Ok(w) if w.database.is_empty() => {
+            println!("nothing to write (added 0, removed 0)");
+            Exit::Ok.into()
+        }
         Ok(w) => {
             println!(
                 "revision {} (added {}, removed {})",
-                w.revision, w.added, w.removed
+                w.token(),
+                w.added,
+                w.removed
             );
             Exit::Ok.into()
         }
@@ -222,12 +229,14 @@ pub(super) fn grants(command: GrantsCommand) -> ExitCode {
                 let mut client = connect(&database.config()).await?;
                 let mut total = Written {
                     revision: 0,
+                    database: String::new(),
                     added: 0,
                     removed: 0,
                 };
                 for chunk in grants.chunks(MAX_WRITE) {
                     let written = write::write(&mut client, chunk, &[]).await?;
                     total.revision = written.revision;
+                    total.database = written.database;
                     total.added += written.added;
                 }
                 Ok(total)

@@ -119,6 +119,8 @@ pub enum Refusal {
     Replayed,
     #[error("too many unexpired events are remembered to refuse a replay; try again later")]
     ReplayCacheFull,
+    #[error("this consumer holds its whole share of the replay memory (unexpired events it consumed); try again later")]
+    ReplayCallerFull,
     #[error("the replay log cannot be written: {0}")]
     ReplayLog(String),
     #[error("the grants cannot be read now; the event was not consumed: try again later")]
@@ -142,6 +144,7 @@ impl Refusal {
             Refusal::MessageMismatch => "message_mismatch",
             Refusal::Replayed => "replayed",
             Refusal::ReplayCacheFull => "replay_cache_full",
+            Refusal::ReplayCallerFull => "replay_caller_full",
             Refusal::ReplayLog(_) => "replay_log",
             Refusal::GrantsUnavailable => "grants_unavailable",
         }
@@ -176,7 +179,8 @@ pub fn is_audience(text: &str) -> bool {
     !text.is_empty() && text.len() <= 256 && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn is_event_id(id: &str) -> bool {
+/// Whether `id` may be an event id: 1 to 64 of `[A-Za-z0-9_-]`.
+pub fn is_event_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id

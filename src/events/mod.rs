@@ -126,7 +126,7 @@ pub fn consume(
         &claims.action,
         now,
     );
-    consume_decided(replay, claims, decision, now)
+    consume_decided(policy, replay, claims, decision, now)
 }
 
 /// Opens `envelope` for `audience` without consuming it.
@@ -150,7 +150,12 @@ pub fn open(
 /// not be made (the grants database unreachable past its grace period):
 /// such an event is refused without being consumed, so it can be tried
 /// again once the grants can be read, rather than lost to an outage.
+///
+/// The id is remembered under its audience, the consumer: each of the
+/// policy's consumers ([`consumers`]) holds at most its share of the
+/// replay memory, so none can fill it for the others.
 pub fn consume_decided(
+    policy: &PolicySet,
     replay: &ReplayGuard,
     claims: EventClaims,
     decision: Decision,
@@ -159,8 +164,15 @@ pub fn consume_decided(
     if matches!(decision.reason, Reason::GrantsUnavailable) {
         return Err(Refusal::GrantsUnavailable);
     }
-    replay.first_use(&claims.jti, claims.exp, now)?;
+    replay.first_use(&claims.aud, &claims.jti, claims.exp, now, consumers(policy))?;
     Ok(Consumed { claims, decision })
+}
+
+/// How many consumers share the replay memory: every caller the policy
+/// names may consume the events addressed to it (at least one, the
+/// audience of `portcullis event verify`).
+pub fn consumers(policy: &PolicySet) -> usize {
+    policy.callers.iter().count().max(1)
 }
 
 /// The subject an envelope names, as the engine takes it: its groups are

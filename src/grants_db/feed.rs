@@ -4,6 +4,17 @@
 //! also reads the log every `poll` interval, and after a dropped
 //! connection it resumes from the revision it had reached, so a lost
 //! notification costs at most one poll interval and loses no change.
+//!
+//! Every read also takes the database's identity: another identity, or a
+//! revision below the applied one (a point-in-time restore, a failover to
+//! a standby that lagged), means the cache may hold what this database
+//! never had or no longer has, and `revision > applied` would never read
+//! the changes that matter again. The feed then drops the whole cache and
+//! starts over at the database's revision. A restore or a failover also
+//! restarts or replaces the server: a connection to a server started at
+//! another time than the last one (`pg_postmaster_start_time()`) drops the
+//! whole cache too, which catches a restored history whose counter has
+//! already passed the applied one again by the time the feed reconnects.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -85,9 +96,16 @@ async fn follow_once(store: &GrantStore, backoff: &mut Duration) -> Result<(), D
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .await
         .map_err(DbError::from_pg)?;
+    // Which server this is: another than last time (a restart, a restore,
+    // a failover) may hold another history than the cache reflects. A
+    // database without the function (not PostgreSQL itself) is taken to be
+    // the same server, and relies on the identity and counter checks.
+    let started = super::server_started(&client).await?;
+    let another_server = store.another_server(&started);
     // Listening before reading: a write committed in between is both read
     // here and notified.
-    catch_up(store, &mut client).await?;
+    catch_up(store, &mut client, another_server).await?;
+    store.note_server(started);
     store.set_down(false);
     *backoff = Duration::from_millis(50);
     tracing::info!(
@@ -109,13 +127,29 @@ async fn follow_once(store: &GrantStore, backoff: &mut Duration) -> Result<(), D
             }
             _ = poll.tick() => {}
         }
-        catch_up(store, &mut client).await?;
+        catch_up(store, &mut client, false).await?;
     }
 }
 
+/// What one catch-up read found.
+enum Found {
+    /// Another history: the identity or a counter behind the applied one.
+    AnotherHistory { database: String, revision: i64 },
+    /// The changes up to `revision` (`None`: too many, or pruned: drop all).
+    Changes {
+        revision: i64,
+        lookups: Option<Vec<Lookup>>,
+    },
+}
+
 /// Applies every change after the applied revision, up to the current
-/// one, read in one repeatable-read snapshot.
-async fn catch_up(store: &GrantStore, client: &mut Client) -> Result<(), DbError> {
+/// one, read in one repeatable-read snapshot; resets the cache when the
+/// database shows another history.
+async fn catch_up(
+    store: &GrantStore,
+    client: &mut Client,
+    another_server: bool,
+) -> Result<(), DbError> {
     let read = async {
         let tx = client
             .build_transaction()
@@ -125,19 +159,31 @@ async fn catch_up(store: &GrantStore, client: &mut Client) -> Result<(), DbError
             .await?;
         let row = tx
             .query_one(
-                "SELECT revision, pruned_through FROM portcullis_revision",
+                "SELECT revision, pruned_through, database_id FROM portcullis_revision",
                 &[],
             )
             .await?;
-        let (current, pruned): (i64, i64) = (row.get(0), row.get(1));
+        let (current, pruned, database): (i64, i64, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         let from = store.applied_revision();
-        if current <= from {
+        if another_server || current < from || *store.database_id() != *database {
             tx.commit().await?;
-            return Ok((current, Some(Vec::new())));
+            return Ok(Found::AnotherHistory {
+                database,
+                revision: current,
+            });
+        }
+        let changes = |lookups| Found::Changes {
+            revision: current,
+            lookups,
+        };
+        if current == from {
+            tx.commit().await?;
+            return Ok(changes(Some(Vec::new())));
         }
         if pruned > from {
             tx.commit().await?;
-            return Ok((current, None));
+            return Ok(changes(None));
         }
         let rows = tx
             .query(
@@ -148,7 +194,7 @@ async fn catch_up(store: &GrantStore, client: &mut Client) -> Result<(), DbError
             .await?;
         tx.commit().await?;
         if rows.len() as i64 > MAX_CHANGES {
-            return Ok((current, None));
+            return Ok(changes(None));
         }
         let mut lookups = Vec::with_capacity(rows.len());
         for row in rows {
@@ -164,15 +210,22 @@ async fn catch_up(store: &GrantStore, client: &mut Client) -> Result<(), DbError
                     resource: resource.into(),
                 }),
                 // Unknown to this version: forget everything, safely.
-                None => return Ok((current, None)),
+                None => return Ok(changes(None)),
             }
         }
-        Ok::<_, tokio_postgres::Error>((current, Some(lookups)))
+        Ok::<_, tokio_postgres::Error>(changes(Some(lookups)))
     };
-    let (current, lookups) = tokio::time::timeout(READ_TIMEOUT, read)
+    let found = tokio::time::timeout(READ_TIMEOUT, read)
         .await
         .map_err(|_| DbError::Unreachable("reading the change log timed out".into()))?
         .map_err(DbError::from_pg)?;
+    let (current, lookups) = match found {
+        Found::AnotherHistory { database, revision } => {
+            store.reset(&database, revision, another_server);
+            return Ok(());
+        }
+        Found::Changes { revision, lookups } => (revision, lookups),
+    };
     if let Some(lookups) = &lookups {
         store
             .counters

@@ -6,11 +6,18 @@ use tokio_postgres::Client;
 use super::DbError;
 
 /// Every migration, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "grants",
-    include_str!("../../migrations/0001_grants.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "grants",
+        include_str!("../../migrations/0001_grants.sql"),
+    ),
+    (
+        2,
+        "database identity",
+        include_str!("../../migrations/0002_database_identity.sql"),
+    ),
+];
 
 /// The version this binary needs.
 pub fn latest() -> i32 {

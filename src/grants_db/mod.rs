@@ -17,6 +17,14 @@
 //! ask for a minimum revision: it waits briefly for the feed, else reads
 //! the database, never older state.
 //!
+//! A revision counts only within one history of one database, so the
+//! database has an identity (a random id written by migration 2) and a
+//! revision handed to a client is [`Revision`], `<identity>.<n>`. A
+//! restore or a failover can take the counter back: the feed reads the
+//! identity with the counter on every poll, and a changed identity or a
+//! counter below the one applied drops the whole cache ([`GrantStore`]'s
+//! reset); a check carrying another identity's revision is denied.
+//!
 //! When the database is unreachable, cached entries serve for a grace
 //! period, then checks that need the database deny ([`Reason::GrantsUnavailable`]);
 //! writes fail with an error; the feed reconnects by itself.
@@ -139,7 +147,9 @@ pub enum DbError {
     #[error("grants database schema is at version {found}, this Portcullis needs {needed}: run `portcullis db migrate`")]
     Schema { found: i32, needed: i32 },
     #[error("revision {wanted} is not reached (the database is at {found})")]
-    FutureRevision { wanted: i64, found: i64 },
+    FutureRevision { wanted: Revision, found: i64 },
+    #[error("revision {wanted} is from another grants database (this one is {found}): a restore or a failover happened since it was written, which may have lost that write; write it again")]
+    ForeignRevision { wanted: Revision, found: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -354,6 +364,50 @@ pub struct Counters {
     pub feed_reconnects: AtomicU64,
     pub full_invalidations: AtomicU64,
     pub unavailable_denies: AtomicU64,
+    /// The feed found another database identity, or a counter below the
+    /// applied revision (a restore, a failover): the cache was reset.
+    pub revision_resets: AtomicU64,
+    /// Checks that carried a revision of another database identity.
+    pub foreign_revisions: AtomicU64,
+}
+
+/// A revision as clients carry it: the identity of the database that
+/// handed it out and the counter, written `<identity>.<n>`. A bare number
+/// is not a revision: it cannot say which history it counts in, and after
+/// a restore the same number names another write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    pub database: Box<str>,
+    pub number: i64,
+}
+
+/// Longest database identity accepted, in bytes (migration 2 writes 16).
+pub const MAX_DATABASE_ID_BYTES: usize = 64;
+
+/// Whether `id` may be a database identity: what migration 2's CHECK
+/// constraint allows.
+pub fn is_database_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DATABASE_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+}
+
+impl std::fmt::Display for Revision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.database, self.number)
+    }
+}
+
+/// What the cache reflects: every change up to `revision` of the database
+/// `database`. `generation` grows on every reset, so a fill read before a
+/// reset never lands after it even when the counter went back.
+#[derive(Debug, Clone)]
+struct Applied {
+    generation: u64,
+    database: Arc<str>,
+    revision: i64,
 }
 
 /// The grants database as one replica sees it: pool, cache, and the
@@ -364,11 +418,13 @@ pub struct GrantStore {
     cache: Cache<SharedLookup, Arc<HeldRoles>>,
     stats: Arc<CacheStats>,
     /// The revision the cache reflects: every change up to it is applied.
-    applied: watch::Sender<i64>,
+    applied: watch::Sender<Applied>,
     /// Held (read) by a fill while it checks the applied revision and
     /// inserts, and (write) by the feed while it applies changes, so a
     /// fill read before a change never lands after its invalidation.
     gate: RwLock<()>,
+    /// The start time of the server the feed last connected to.
+    server: std::sync::Mutex<Option<String>>,
     health: Health,
     pub counters: Counters,
 }
@@ -417,25 +473,38 @@ impl GrantStore {
             pool,
             cache,
             stats,
-            applied: watch::Sender::new(0),
+            applied: watch::Sender::new(Applied {
+                generation: 0,
+                database: Arc::from(""),
+                revision: 0,
+            }),
             gate: RwLock::new(()),
+            server: std::sync::Mutex::new(None),
             health: Health::new(),
             counters: Counters::default(),
         }))
     }
 
-    /// Checks the schema and reads the revision the cache starts at.
+    /// Checks the schema and reads the revision the cache starts at, and
+    /// which server it is (the feed's first connection compares).
     pub async fn start(&self) -> Result<(), DbError> {
         let client = self.pool.get().await?;
         migrate::check(&client).await?;
+        let started = server_started(&client).await?;
         let row = client
-            .query_one("SELECT revision FROM portcullis_revision", &[])
+            .query_one("SELECT revision, database_id FROM portcullis_revision", &[])
             .await
             .map_err(DbError::from_pg)?;
+        let (revision, database): (i64, String) = (row.get(0), row.get(1));
         // The cache is empty: it reflects this revision as it is.
         let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
         self.cache.invalidate_all();
-        self.applied.send_replace(row.get(0));
+        self.applied.send_modify(|applied| {
+            applied.generation += 1;
+            applied.database = Arc::from(database);
+            applied.revision = revision;
+        });
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = started;
         Ok(())
     }
 
@@ -460,7 +529,13 @@ impl GrantStore {
 
     /// The revision every cached entry reflects.
     pub fn applied_revision(&self) -> i64 {
-        *self.applied.borrow()
+        self.applied.borrow().revision
+    }
+
+    /// The identity of the database the cache reflects ("" before
+    /// [`Self::start`]).
+    pub fn database_id(&self) -> Arc<str> {
+        self.applied.borrow().database.clone()
     }
 
     /// Since when the change feed is disconnected, if it is.
@@ -478,17 +553,25 @@ impl GrantStore {
         self.health.set_down(down);
     }
 
-    /// Waits (at most the configured wait) for the feed to reach `wanted`.
-    async fn caught_up(&self, wanted: i64) -> bool {
-        if self.applied_revision() >= wanted {
+    /// Waits (at most the configured wait) for the feed to reach `wanted`
+    /// of `wanted`'s database. Another identity is waited for too: the
+    /// feed may not have seen a new identity yet; if it never does, the
+    /// check goes to the database, which refuses it.
+    async fn caught_up(&self, wanted: &Revision) -> bool {
+        let reached = |a: &Applied| *a.database == *wanted.database && a.revision >= wanted.number;
+        if reached(&self.applied.borrow()) {
             return true;
         }
+        if !is_database_id(&wanted.database) {
+            // Unreadable: no feed will ever reach it.
+            return false;
+        }
         let mut applied = self.applied.subscribe();
-        let reached = tokio::time::timeout(self.config.revision_wait, async {
-            applied.wait_for(|a| *a >= wanted).await.is_ok()
+        let waited = tokio::time::timeout(self.config.revision_wait, async {
+            applied.wait_for(reached).await.is_ok()
         })
         .await;
-        reached.unwrap_or(false)
+        waited.unwrap_or(false)
     }
 
     /// The cached roles of `lookup`, resolved against `policy`.
@@ -526,13 +609,17 @@ impl GrantStore {
     pub async fn decide<F>(
         &self,
         policy: &PolicySet,
-        min_revision: Option<i64>,
+        min_revision: Option<&Revision>,
         decide: F,
     ) -> Decision
     where
         F: Fn(&dyn GrantSource) -> Decision,
     {
         let mut freshness = match min_revision {
+            // While the feed is disconnected, "applied" may count in a
+            // history the database no longer has (a restore or failover
+            // is what disconnects it): only the database can vouch.
+            Some(_) if self.down_for().is_some() => Freshness::Database,
             Some(wanted) if !self.caught_up(wanted).await => Freshness::Database,
             _ => Freshness::Cache,
         };
@@ -604,20 +691,23 @@ impl GrantStore {
         &self,
         policy: &PolicySet,
         lookups: &[Lookup],
-        min_revision: Option<i64>,
+        min_revision: Option<&Revision>,
     ) -> Result<Vec<(Lookup, Arc<HeldRoles>)>, DbError> {
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
+        // Taken before the read: a reset in between (a restore seen by the
+        // feed) makes this read too old to cache, whatever its counter.
+        let generation = self.applied.borrow().generation;
         // Bounded: a check waits no longer than Envoy would (it fails
         // closed past its own timeout anyway), and an outage costs no
         // pile-up of waiting checks.
-        let result = match tokio::time::timeout(FETCH_TIMEOUT, self.read(lookups)).await {
+        let result = match tokio::time::timeout(FETCH_TIMEOUT, self.read_at(lookups)).await {
             Ok(result) => result,
             Err(_) => Err(DbError::Unreachable(format!(
                 "no answer within {} ms",
                 FETCH_TIMEOUT.as_millis()
             ))),
         };
-        let (revision, names) = match result {
+        let (revision, database, names) = match result {
             Ok(read) => read,
             Err(e) => {
                 self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
@@ -625,9 +715,24 @@ impl GrantStore {
             }
         };
         if let Some(wanted) = min_revision {
-            if revision < wanted {
+            if !is_database_id(&wanted.database) {
+                return Err(DbError::Invalid(
+                    "the check's revision is unreadable (a write answers it as <database identity>.<n>)"
+                        .into(),
+                ));
+            }
+            if *wanted.database != *database {
+                self.counters
+                    .foreign_revisions
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(DbError::ForeignRevision {
+                    wanted: wanted.clone(),
+                    found: database,
+                });
+            }
+            if revision < wanted.number {
                 return Err(DbError::FutureRevision {
-                    wanted,
+                    wanted: wanted.clone(),
                     found: revision,
                 });
             }
@@ -643,7 +748,11 @@ impl GrantStore {
             .collect();
         {
             let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-            if self.applied_revision() <= revision {
+            let applied = self.applied.borrow().clone();
+            if applied.generation == generation
+                && *applied.database == *database
+                && applied.revision <= revision
+            {
                 for (lookup, roles) in &answers {
                     if !unstorable(lookup) {
                         self.cache
@@ -657,13 +766,24 @@ impl GrantStore {
 
     /// The roles of each lookup (in order) and the revision they were read at.
     pub async fn read(&self, lookups: &[Lookup]) -> Result<(i64, Vec<Box<[Box<str>]>>), DbError> {
+        let (revision, _, names) = self.read_at(lookups).await?;
+        Ok((revision, names))
+    }
+
+    /// The roles of each lookup (in order), and the revision and database
+    /// identity they were read at.
+    pub async fn read_at(
+        &self,
+        lookups: &[Lookup],
+    ) -> Result<(i64, String, Vec<Box<[Box<str>]>>), DbError> {
         let stored: Vec<&Lookup> = lookups.iter().filter(|l| !unstorable(l)).collect();
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(
-                "SELECT (SELECT revision FROM portcullis_revision), l.i, g.role \
+                "SELECT r.revision, r.database_id, l.i, g.role \
                  FROM unnest($1::int2[], $2::text[], $3::bool[], $4::text[]) \
                       WITH ORDINALITY AS l(kind, holder, pattern, resource, i) \
+                 CROSS JOIN portcullis_revision r \
                  LEFT JOIN portcullis_grants g \
                    ON g.holder_kind = l.kind AND g.holder = l.holder COLLATE \"C\" \
                   AND g.pattern = l.pattern AND g.resource = l.resource COLLATE \"C\"",
@@ -681,9 +801,11 @@ impl GrantStore {
         let mut revision = None;
         let mut found: Vec<Vec<Box<str>>> = vec![Vec::new(); stored.len()];
         for row in rows {
-            revision = Some(row.try_get::<_, i64>(0).map_err(DbError::from_pg)?);
-            let index: i64 = row.try_get(1).map_err(DbError::from_pg)?;
-            let role: Option<&str> = row.try_get(2).map_err(DbError::from_pg)?;
+            let read: i64 = row.try_get(0).map_err(DbError::from_pg)?;
+            let database: String = row.try_get(1).map_err(DbError::from_pg)?;
+            revision = Some((read, database));
+            let index: i64 = row.try_get(2).map_err(DbError::from_pg)?;
+            let role: Option<&str> = row.try_get(3).map_err(DbError::from_pg)?;
             let slot = usize::try_from(index - 1)
                 .ok()
                 .and_then(|i| found.get_mut(i));
@@ -691,13 +813,15 @@ impl GrantStore {
                 slot.push(role.into());
             }
         }
-        let revision = match revision {
+        let (revision, database) = match revision {
             Some(r) => r,
-            None => client
-                .query_one("SELECT revision FROM portcullis_revision", &[])
-                .await
-                .map_err(DbError::from_pg)?
-                .get(0),
+            None => {
+                let row = client
+                    .query_one("SELECT revision, database_id FROM portcullis_revision", &[])
+                    .await
+                    .map_err(DbError::from_pg)?;
+                (row.get(0), row.get(1))
+            }
         };
         let mut found = found.into_iter();
         let names = lookups
@@ -710,7 +834,7 @@ impl GrantStore {
                 }
             })
             .collect();
-        Ok((revision, names))
+        Ok((revision, database, names))
     }
 
     /// Forgets `lookups` (a change the feed applies), or everything.
@@ -730,13 +854,63 @@ impl GrantStore {
             }
         }
         self.applied.send_if_modified(|applied| {
-            if revision > *applied {
-                *applied = revision;
+            if revision > applied.revision {
+                applied.revision = revision;
                 true
             } else {
                 false
             }
         });
+    }
+
+    /// Whether the server the feed connected to, started at `started`, is
+    /// another than the one the cache reflects (never on the first).
+    fn another_server(&self, started: &Option<String>) -> bool {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        matches!((&*server, started), (Some(was), Some(now)) if was != now)
+    }
+
+    /// Records that the cache reflects the server started at `started`:
+    /// only once the feed has caught up with it (reset if it had to), so a
+    /// read that fails in between is followed by a reset on the next
+    /// connection rather than forgotten.
+    fn note_server(&self, started: Option<String>) {
+        if started.is_some() {
+            *self.server.lock().unwrap_or_else(|e| e.into_inner()) = started;
+        }
+    }
+
+    /// What the feed found: `database` at `revision`, with another identity
+    /// or a counter below the applied one, or on `another_server`. That is
+    /// another history (a restore, a failover, a swapped database): every
+    /// cached entry may be one it no longer has, so all go, and the cache
+    /// starts over at what the database says now.
+    fn reset(&self, database: &str, revision: i64, another_server: bool) {
+        let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let (was_database, was_revision) = {
+            let applied = self.applied.borrow();
+            (applied.database.clone(), applied.revision)
+        };
+        self.cache.invalidate_all();
+        self.counters
+            .revision_resets
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .full_invalidations
+            .fetch_add(1, Ordering::Relaxed);
+        self.applied.send_modify(|applied| {
+            applied.generation += 1;
+            applied.database = Arc::from(database);
+            applied.revision = revision;
+        });
+        tracing::warn!(
+            was_database = %was_database,
+            was_revision,
+            database,
+            revision,
+            another_server,
+            "the grants database may hold another history (a restore, a failover, another database, a restart): dropped the whole grants cache"
+        );
     }
 
     /// Forgets every cached entry (a new policy version resolves role
@@ -746,18 +920,40 @@ impl GrantStore {
     }
 }
 
+/// When the server `client` is connected to started: another start time
+/// than before means a restart, a restore or a failover. `None` from a
+/// database without the function (not PostgreSQL itself).
+async fn server_started(client: &tokio_postgres::Client) -> Result<Option<String>, DbError> {
+    match client
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .await
+    {
+        Ok(row) => Ok(row.try_get(0).ok()),
+        Err(e) if e.as_db_error().is_some() => Ok(None),
+        Err(e) => Err(DbError::from_pg(e)),
+    }
+}
+
 /// A lookup no grant can match: PostgreSQL text cannot hold NUL.
 fn unstorable(lookup: &Lookup) -> bool {
     lookup.holder.contains('\0') || lookup.resource.contains('\0')
 }
 
-/// Reads a revision as a check carries it: decimal digits.
-pub fn parse_revision(text: &str) -> Option<i64> {
-    let text = text.trim();
-    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+/// Reads a revision as a check carries it: `<identity>.<digits>`, as a
+/// write answered it. A bare number is refused (see [`Revision`]).
+pub fn parse_revision(text: &str) -> Option<Revision> {
+    let (database, number) = text.trim().split_once('.')?;
+    if !is_database_id(database)
+        || number.is_empty()
+        || number.len() > 19
+        || !number.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
-    text.parse().ok()
+    Some(Revision {
+        database: database.into(),
+        number: number.parse().ok()?,
+    })
 }
 
 /// The metrics of the grants database (registered by the app).
@@ -831,8 +1027,18 @@ impl prometheus_client::collector::Collector for StoreCollector {
             ),
             (
                 "portcullis_grants_db_full_invalidations",
-                "Times the whole cache was dropped (change log too long or pruned)",
+                "Times the whole cache was dropped (change log too long or pruned, or another history)",
                 &c.full_invalidations,
+            ),
+            (
+                "portcullis_grants_db_revision_resets",
+                "Times the database showed another identity or a revision below the applied one (a restore, a failover): the cache was dropped and the applied revision reset",
+                &c.revision_resets,
+            ),
+            (
+                "portcullis_grants_db_foreign_revisions",
+                "Checks denied because their revision came from another database identity",
+                &c.foreign_revisions,
             ),
             (
                 "portcullis_grants_db_unavailable_denies",

@@ -5,15 +5,17 @@
 
 use tokio_postgres::Client;
 
-use super::{DbError, Grant, HolderKind, CHANNEL};
+use super::{DbError, Grant, HolderKind, Revision, CHANNEL};
 use crate::policy::grant_snapshot::role_id;
 use crate::policy::{Holder, PolicySet, ResourceKey};
 
 /// What a write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     /// The revision of the write: a check at least this fresh sees it.
     pub revision: i64,
+    /// The identity of the database the revision counts in.
+    pub database: String,
     /// Grants that were not there before.
     pub added: u64,
     /// Grants that were there and are gone.
@@ -46,6 +48,16 @@ struct Columns<'g> {
     roles: Vec<&'g str>,
 }
 
+impl Written {
+    /// The revision as a client carries it (`<identity>.<n>`).
+    pub fn token(&self) -> Revision {
+        Revision {
+            database: self.database.as_str().into(),
+            number: self.revision,
+        }
+    }
+}
+
 fn columns(grants: &[Grant]) -> Columns<'_> {
     Columns {
         kinds: grants.iter().map(|g| g.kind.code()).collect(),
@@ -70,14 +82,15 @@ pub async fn write(
     }
     let tx = client.transaction().await.map_err(DbError::from_pg)?;
     // First, so the row lock orders this write against every other.
-    let revision: i64 = tx
+    let row = tx
         .query_one(
-            "UPDATE portcullis_revision SET revision = revision + 1 RETURNING revision",
+            "UPDATE portcullis_revision SET revision = revision + 1 \
+             RETURNING revision, database_id",
             &[],
         )
         .await
-        .map_err(DbError::from_pg)?
-        .get(0);
+        .map_err(DbError::from_pg)?;
+    let (revision, database): (i64, String) = (row.get(0), row.get(1));
     let c = columns(removes);
     let removed = tx
         .execute(
@@ -137,6 +150,7 @@ pub async fn write(
     tx.commit().await.map_err(DbError::from_pg)?;
     Ok(Written {
         revision,
+        database,
         added,
         removed,
     })
@@ -268,4 +282,33 @@ pub async fn prune(client: &mut Client, keep_seconds: u64) -> Result<i64, DbErro
     }
     tx.commit().await.map_err(DbError::from_pg)?;
     Ok(through)
+}
+
+/// Gives the database a new random identity, for the restore and failover
+/// runbook: every replica then drops its whole cache, and every revision
+/// handed out before is refused (a check carrying one is denied until its
+/// write is made again), since a restore may have lost those writes.
+/// Returns the new identity.
+pub async fn new_identity(client: &mut Client) -> Result<String, DbError> {
+    let tx = client.transaction().await.map_err(DbError::from_pg)?;
+    // The revision row's lock: no write is half way through under the
+    // old identity when the new one commits.
+    let row = tx
+        .query_one(
+            "UPDATE portcullis_revision \
+             SET database_id = left(md5(gen_random_uuid()::text), 16) \
+             RETURNING database_id, revision",
+            &[],
+        )
+        .await
+        .map_err(DbError::from_pg)?;
+    let (database, revision): (String, i64) = (row.get(0), row.get(1));
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &revision.to_string()],
+    )
+    .await
+    .map_err(DbError::from_pg)?;
+    tx.commit().await.map_err(DbError::from_pg)?;
+    Ok(database)
 }
