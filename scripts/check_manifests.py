@@ -118,6 +118,14 @@ DB_PORT = 5432
 # The share of the server's max_connections Portcullis may use, stated on
 # the Deployment (k8s/components/grants-postgres/deployment-database.yaml).
 DB_BUDGET = "portcullis.io/grants-database-connection-budget"
+# The grants cache per replica (docs/deployment.md, "Sizing": 1M entries
+# measured 344 MiB), and what the pod needs besides it when its policies
+# keep their grants in the database (16 MiB of token cache, the policy
+# snapshot and a reload's peak, the runtime).
+DB_CACHE_ENV = "PORTCULLIS_GRANTS_CACHE_ENTRIES"
+DB_CACHE_FLAG = "--grants-cache-entries"
+GRANT_CACHE_ENTRY_BYTES = 360
+MEMORY_BESIDE_GRANTS_CACHE = 128 * 2**20
 
 
 def fail(message: str) -> None:
@@ -1343,10 +1351,27 @@ def database_workloads(docs: list[dict]) -> tuple[dict, dict] | None:
     return found if found and uses_grants_database(found[1]) else None
 
 
-def default_pool_size(db_cli: str) -> int | None:
-    """serve's pool size default, as src/cli/db.rs writes it."""
-    match = re.search(rf'env = "{DB_POOL_ENV}",\s*default_value_t = (\d+)', db_cli)
-    return int(match.group(1)) if match else None
+def db_cli_default(db_cli: str, env: str) -> int | None:
+    """The default of serve's flag read from `env`, as src/cli/db.rs writes it."""
+    match = re.search(rf'env = "{env}",\s*default_value_t = ([\d_]+)', db_cli)
+    return int(match.group(1).replace("_", "")) if match else None
+
+
+def serve_setting(bundle: Bundle, container: dict, flag: str, env: str) -> tuple[int | None, str | None]:
+    """A numeric serve setting as the container gives it (the flag, else the
+    variable, else src/cli/db.rs's default), or why it cannot be read."""
+    value = flags(all_args(container)).get(flag)
+    if value is None:
+        entry = env_entry(container, env)
+        if entry is not None and "value" not in entry:
+            return None, f"${env} is not a literal, so it cannot be checked"
+        value = entry.get("value") if entry else db_cli_default(bundle.db_cli, env)
+    if value is None:
+        return None, f"{DB_CLI}: the default of {flag} is not where this check reads it"
+    try:
+        return int(str(value)), None
+    except ValueError:
+        return None, f"{flag} {value!r} is not a number"
 
 
 def literal_url_errors(origin: str, docs: list[dict]) -> list[str]:
@@ -1383,7 +1408,9 @@ def check_grants_database(bundle: Bundle) -> list[str]:
     the same CA setting and pod securityContext; the Job bounded
     (backoffLimit, activeDeadlineSeconds, ttlSecondsAfterFinished), the
     CronJob never overlapping itself (concurrencyPolicy: Forbid) and
-    bounded. A `db` job next to a serve without a database is an error."""
+    bounded. serve's memory limit holds the grants cache (360 bytes an
+    entry) and 128 MiB besides. A `db` job next to a serve without a
+    database is an error."""
     errors = []
     for origin, docs in list(bundle.rendered.items()) + list(bundle.k8s_files.items()):
         errors += literal_url_errors(origin, docs)
@@ -1396,6 +1423,16 @@ def check_grants_database(bundle: Bundle) -> list[str]:
             continue
         workload, container = found
         wanted = secret_ref(container)
+        entries, problem = serve_setting(bundle, container, DB_CACHE_FLAG, DB_CACHE_ENV)
+        limit = quantity_bytes(get(container, "resources", "limits", "memory"))
+        if problem:
+            errors.append(f"{origin}: {ref(workload)}: {problem}")
+        elif limit is None or limit < entries * GRANT_CACHE_ENTRY_BYTES + MEMORY_BESIDE_GRANTS_CACHE:
+            need = (entries * GRANT_CACHE_ENTRY_BYTES + MEMORY_BESIDE_GRANTS_CACHE) / 2**20
+            errors.append(f"{origin}: {ref(workload)}: memory limit "
+                          f"{get(container, 'resources', 'limits', 'memory')!r} cannot hold {entries} cached grant "
+                          f"lookups ({GRANT_CACHE_ENTRY_BYTES} bytes each) and the rest: {need:.0f} MiB at least "
+                          "(docs/deployment.md, Sizing), or the pod is OOM-killed as its cache fills")
         for sub, kind in (("migrate", "Job"), ("prune", "CronJob")):
             if not any(s == sub and w.get("kind") == kind for w, _, s in jobs):
                 errors.append(f"{origin}: serve uses a grants database, but no {kind} runs `portcullis db {sub}`")
@@ -1443,16 +1480,11 @@ def connection_budget(bundle: Bundle, docs: list[dict]) -> tuple[dict, list[str]
     except ValueError:
         errors.append(f"{ref(workload)}: no connection budget (annotation {DB_BUDGET}: "
                       "the connections of max_connections Portcullis may use)")
-    pool = flags(all_args(container)).get(DB_POOL_FLAG)
-    if pool is None:
-        entry = env_entry(container, DB_POOL_ENV)
-        pool = entry.get("value") if entry else default_pool_size(bundle.db_cli)
-        if entry is not None and "value" not in entry:
-            errors.append(f"{ref(workload)}: ${DB_POOL_ENV} is not a literal, so the budget cannot be checked")
-    if pool is None:
-        errors.append(f"{DB_CLI}: the default of {DB_POOL_FLAG} is not where this check reads it")
+    pool, problem = serve_setting(bundle, container, DB_POOL_FLAG, DB_POOL_ENV)
+    if problem:
+        errors.append(f"{ref(workload)}: {problem}")
     else:
-        n["pool"] = int(str(pool))
+        n["pool"] = pool
     hpas = [h for h in of_kind(docs, "HorizontalPodAutoscaler")
             if get(h, "spec", "scaleTargetRef", "name") == name(workload)
             and get(h, "spec", "scaleTargetRef", "kind") == workload.get("kind")]
@@ -2868,6 +2900,11 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
      lambda b: pod_spec(first(b.rendered[GRANTS], "Job"))["securityContext"].update(runAsUser=1000)),
     (check_grants_database, "a `db migrate` Job beside a serve without a database",
      lambda b: b.rendered[BASE].append(copy.deepcopy(first(b.rendered[GRANTS], "Job")))),
+    (check_grants_database, "serve's memory back to the base's 256Mi (the 1M-entry cache does not fit)",
+     lambda b: portcullis_container(b.rendered[GRANTS])["resources"].update(
+         requests={"cpu": "500m", "memory": "256Mi"}, limits={"memory": "256Mi"})),
+    (check_grants_database, "the grants cache raised to 2M entries",
+     lambda b: portcullis_container(b.rendered[ISTIO_GRANTS])["args"].append(f"{DB_CACHE_FLAG}=2000000")),
     (check_grants_database_budget, "HPA maxReplicas 20",
      lambda b: first(b.rendered[GRANTS], "HorizontalPodAutoscaler")["spec"].update(maxReplicas=20)),
     (check_grants_database_budget, "pool size 12",
