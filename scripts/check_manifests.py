@@ -199,7 +199,8 @@ class Bundle:
     # every *.yaml under k8s/ as written (kustomizations excluded), parsed:
     # what an operator could apply by hand, rendered by nothing
     k8s_files: dict[str, list[dict]] = field(default_factory=dict)
-    # src/cli/db.rs as text: the pool size's default, read where it is set
+    # src/cli/db.rs as text: serve's defaults (pool size, grants cache
+    # entries), read where they are set
     db_cli: str = ""
 
 
