@@ -105,6 +105,27 @@ ISTIO_PROXY_PODS = {
 }
 # A pod no Istio injector touched: the NetworkPolicy must not admit it.
 NON_MESH_POD = {"app": "batch-job"}
+# Grants in PostgreSQL (src/cli/db.rs): the variables serve and `portcullis
+# db` read, the flags that would put the URL in a manifest, and where the
+# pool size's default is written.
+DB_URL_ENV = "PORTCULLIS_GRANTS_DATABASE_URL"
+DB_CA_ENV = "PORTCULLIS_GRANTS_DATABASE_CA"
+DB_POOL_ENV = "PORTCULLIS_GRANTS_DATABASE_POOL_SIZE"
+DB_POOL_FLAG = "--grants-database-pool-size"
+DB_URL_FLAGS = ("--grants-database-url", "--database-url")
+DB_CLI = "src/cli/db.rs"
+DB_PORT = 5432
+# The share of the server's max_connections Portcullis may use, stated on
+# the Deployment (k8s/components/grants-postgres/deployment-database.yaml).
+DB_BUDGET = "portcullis.io/grants-database-connection-budget"
+# The grants cache per replica (docs/deployment.md, "Sizing": 1M entries
+# measured 344 MiB), and what the pod needs besides it when its policies
+# keep their grants in the database (16 MiB of token cache, the policy
+# snapshot and a reload's peak, the runtime).
+DB_CACHE_ENV = "PORTCULLIS_GRANTS_CACHE_ENTRIES"
+DB_CACHE_FLAG = "--grants-cache-entries"
+GRANT_CACHE_ENTRY_BYTES = 360
+MEMORY_BESIDE_GRANTS_CACHE = 128 * 2**20
 
 
 def fail(message: str) -> None:
@@ -178,6 +199,9 @@ class Bundle:
     # every *.yaml under k8s/ as written (kustomizations excluded), parsed:
     # what an operator could apply by hand, rendered by nothing
     k8s_files: dict[str, list[dict]] = field(default_factory=dict)
+    # src/cli/db.rs as text: serve's defaults (pool size, grants cache
+    # entries), read where they are set
+    db_cli: str = ""
 
 
 @dataclass
@@ -216,8 +240,26 @@ def find_tools(root: Path, shared: Path | None) -> Tools:
 
 
 def kustomization_dirs(root: Path) -> list[str]:
+    """Every kustomization under k8s/ but Components, which cannot be built
+    alone: they are rendered (and checked) through the overlays that use
+    them, and each must be used by one (`unused_components`)."""
     return sorted(
         str(p.parent.relative_to(root)) for p in (root / "k8s").rglob("kustomization.yaml")
+        if (yaml.safe_load(p.read_text()) or {}).get("kind") != "Component"
+    )
+
+
+def unused_components(root: Path) -> list[str]:
+    """Components under k8s/ that no rendered kustomization names: nothing
+    would render or check them."""
+    used = set()
+    for rel in kustomization_dirs(root):
+        doc = yaml.safe_load((root / rel / "kustomization.yaml").read_text()) or {}
+        used |= {(root / rel / c).resolve() for c in doc.get("components") or []}
+    return sorted(
+        str(p.parent.relative_to(root)) for p in (root / "k8s").rglob("kustomization.yaml")
+        if (yaml.safe_load(p.read_text()) or {}).get("kind") == "Component"
+        and p.parent.resolve() not in used
     )
 
 
@@ -278,6 +320,7 @@ def load_bundle(tools: Tools, rendered_text: dict[str, str]) -> Bundle:
             str(p.relative_to(root)): [d for d in load_yaml_docs(p.read_text(), str(p)) if isinstance(d, dict)]
             for p in sorted((root / "k8s").rglob("*.yaml")) if p.name != "kustomization.yaml"
         },
+        db_cli=(root / DB_CLI).read_text(),
     )
 
 
@@ -317,16 +360,34 @@ def get(obj, *path, default=None):
     return obj
 
 
+def pod_template(workload: dict) -> dict:
+    if workload.get("kind") == "CronJob":
+        return get(workload, "spec", "jobTemplate", "spec", "template", default={})
+    return get(workload, "spec", "template", default={})
+
+
 def pod_spec(workload: dict) -> dict:
-    return get(workload, "spec", "template", "spec", default={})
+    return get(pod_template(workload), "spec", default={})
 
 
 def pod_labels(workload: dict) -> dict:
-    return get(workload, "spec", "template", "metadata", "labels", default={})
+    return get(pod_template(workload), "metadata", "labels", default={})
 
 
 def workloads(docs: list[dict]) -> list[dict]:
     return [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet", "DaemonSet")]
+
+
+def batch_workloads(docs: list[dict]) -> list[dict]:
+    """Jobs and CronJobs: pods that run to completion, never serve."""
+    return [d for d in docs if d.get("kind") in ("Job", "CronJob")]
+
+
+def job_spec(workload: dict) -> dict:
+    """A Job's spec, or a CronJob's jobTemplate spec."""
+    if workload.get("kind") == "CronJob":
+        return get(workload, "spec", "jobTemplate", "spec", default={})
+    return get(workload, "spec", default={})
 
 
 def containers(workload: dict) -> list[dict]:
@@ -605,7 +666,7 @@ def sync_wave(doc: dict) -> int:
 
 
 def check_apply_order(bundle: Bundle) -> list[str]:
-    """The provider Service is applied before any CUSTOM policy.
+    """Provider Service before any CUSTOM policy; migrations before serve.
 
     In every rendered overlay that holds a CUSTOM AuthorizationPolicy, the
     Service the extension provider names comes before it in kustomize's
@@ -613,7 +674,9 @@ def check_apply_order(bundle: Bundle) -> list[str]:
     sync wave is later than the Service's and the Deployment's (Argo CD
     waits for a wave to be healthy before the next, and prunes in reverse).
     A policy applied while istiod cannot find the Service becomes a deny
-    on every chain of every workload it selects."""
+    on every chain of every workload it selects. The grants database's
+    migrations Job runs in a wave before the Deployment's, and its
+    Namespace, ServiceAccount and NetworkPolicy no later than it."""
     errors = []
     hosts = {get(e, "envoyExtAuthzGrpc", "service") for entries in extension_providers(bundle).values()
              for e in entries}
@@ -639,6 +702,23 @@ def check_apply_order(bundle: Bundle) -> list[str]:
             if found and sync_wave(policy) <= sync_wave(found[0]):
                 errors.append(f"{origin}: {ref(policy)} has sync wave {sync_wave(policy)}, not later than "
                               f"{ref(found[0])}'s {sync_wave(found[0])} ({SYNC_WAVE})")
+    for origin, docs in bundle.rendered.items():
+        found = portcullis_workload(docs)
+        for job, _, sub in db_jobs(docs):
+            if sub != "migrate" or job.get("kind") != "Job" or found is None:
+                continue
+            if sync_wave(job) >= sync_wave(found[0]):
+                errors.append(f"{origin}: {ref(job)} has sync wave {sync_wave(job)}, not earlier than "
+                              f"{ref(found[0])}'s {sync_wave(found[0])}: pods would start (and exit 78) "
+                              "before the schema is migrated")
+            needs = [d for d in docs if (d.get("kind") == "Namespace" and name(d) == namespace(job))
+                     or (d.get("kind") == "ServiceAccount" and namespace(d) == namespace(job)
+                         and name(d) == pod_spec(job).get("serviceAccountName"))]
+            needs += egress_policies(docs, job)
+            for d in needs:
+                if sync_wave(d) > sync_wave(job):
+                    errors.append(f"{origin}: {ref(d)} has sync wave {sync_wave(d)}, after {ref(job)}'s "
+                                  f"{sync_wave(job)}, which needs it")
     return errors
 
 
@@ -945,8 +1025,18 @@ def check_selectors(bundle: Bundle) -> list[str]:
         for pdb in of_kind(docs, "PodDisruptionBudget"):
             if not selected_workloads(docs, namespace(pdb), get(pdb, "spec", "selector")):
                 errors.append(f"{origin}: {ref(pdb)}: selector matches no pod template")
+        # A Job's pods never serve: a Service or PDB that selects them would
+        # send checks to a migration, or count it as a replica.
+        for obj, selector in ([(s, service_selector(s)) for s in of_kind(docs, "Service")]
+                              + [(d, get(d, "spec", "selector")) for d in of_kind(docs, "PodDisruptionBudget")]):
+            for job in batch_workloads(docs):
+                if namespace(job) == namespace(obj) and label_selector_matches(selector, pod_labels(job)):
+                    errors.append(f"{origin}: {ref(obj)}: selects the pods of {ref(job)}, which never serve")
         for np in of_kind(docs, "NetworkPolicy"):
-            if not selected_workloads(docs, namespace(np), get(np, "spec", "podSelector")):
+            selector = get(np, "spec", "podSelector")
+            if not selected_workloads(docs, namespace(np), selector) and not any(
+                    namespace(j) == namespace(np) and label_selector_matches(selector, pod_labels(j))
+                    for j in batch_workloads(docs)):
                 errors.append(f"{origin}: {ref(np)}: podSelector matches no pod template")
         for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
             target = get(hpa, "spec", "scaleTargetRef", default={})
@@ -1170,12 +1260,38 @@ def check_jwt_authn(bundle: Bundle) -> list[str]:
 
 
 def check_egress(bundle: Bundle) -> list[str]:
-    """The NetworkPolicy lets Portcullis reach what its issuers fetch.
+    """The NetworkPolicies let Portcullis reach its IdPs and grants database.
 
     The base denies all egress: Portcullis reads policies and keys from
     files. An issuer with `jwks_url` needs DNS and the IdP, so a policy that
-    adds one must come with an egress rule."""
+    adds one must come with an egress rule. Where serve uses a grants
+    database, its NetworkPolicy admits DNS (53/UDP) and PostgreSQL
+    (5432/TCP) out, and so does a NetworkPolicy restricting the pods of
+    every `portcullis db` Job and CronJob (one must: no Job pod with open
+    egress); the overlay keeps the ingress rules of the overlay it adds
+    the database to."""
     errors = []
+    for origin, docs in bundle.rendered.items():
+        found = database_workloads(docs)
+        if found is None:
+            continue
+        pods = [found[0]] + [w for w, _, _ in db_jobs(docs)]
+        for w in pods:
+            policies = egress_policies(docs, w)
+            if not policies:
+                errors.append(f"{origin}: no NetworkPolicy restricts the egress of {ref(w)}'s pods")
+            for port, protocol, what in ((DB_PORT, "TCP", "the grants database"), (53, "UDP", "DNS")):
+                if policies and not any(netpol_egress_admits(np, port, protocol) for np in policies):
+                    errors.append(f"{origin}: {ref(w)}: its NetworkPolicies {[name(p) for p in policies]} "
+                                  f"deny egress to {what} ({port}/{protocol})")
+        parent = DATABASE_PARENTS.get(origin)
+        mine = next((n for n in of_kind(docs, "NetworkPolicy") if name(n) == PORTCULLIS), None)
+        theirs = next((n for n in of_kind(bundle.rendered.get(parent, []), "NetworkPolicy")
+                       if name(n) == PORTCULLIS), None)
+        if parent and mine is not None and theirs is not None and \
+                get(mine, "spec", "ingress") != get(theirs, "spec", "ingress"):
+            errors.append(f"{origin}: {ref(mine)}'s ingress rules are not {parent}'s: adding the "
+                          "database must not change who may call Portcullis")
     urls = [(i.get("name"), (i.get("key") or {}).get("jwks_url")) for i in policy_issuers(bundle)]
     urls = [(n, u) for n, u in urls if u]
     if not urls:
@@ -1188,6 +1304,248 @@ def check_egress(bundle: Bundle) -> list[str]:
                 for issuer, url in urls:
                     errors.append(f"{origin}: issuer {issuer!r} fetches {url}, but {ref(np)} denies all egress")
     return errors
+
+
+# ---------------------------------------------------------------------------
+# Grants in PostgreSQL (k8s/components/grants-postgres)
+# ---------------------------------------------------------------------------
+
+
+def runs_portcullis(container: dict) -> bool:
+    """The container runs the Portcullis binary (serve, or `db`)."""
+    args = all_args(container)
+    return bool(args) and Path(str(args[0])).name == "portcullis"
+
+
+def db_subcommand(container: dict) -> str | None:
+    """`migrate` or `prune` for a container running `portcullis db …`."""
+    args = [str(a) for a in all_args(container)]
+    if runs_portcullis(container) and len(args) > 2 and args[1] == "db":
+        return args[2]
+    return None
+
+
+def db_jobs(docs: list[dict]) -> list[tuple[dict, dict, str]]:
+    """(Job or CronJob, container, subcommand) for every `portcullis db` run."""
+    return [(w, c, sub) for w in batch_workloads(docs) for c in containers(w)
+            if (sub := db_subcommand(c)) is not None]
+
+
+def env_entry(container: dict, var: str) -> dict | None:
+    return next((e for e in container.get("env") or [] if e.get("name") == var), None)
+
+
+def uses_grants_database(container: dict) -> bool:
+    return env_entry(container, DB_URL_ENV) is not None or any(
+        f in flags(all_args(container)) for f in DB_URL_FLAGS)
+
+
+def secret_ref(container: dict) -> tuple | None:
+    """(Secret name, key) the database URL comes from, if a secretKeyRef."""
+    ref_ = get(env_entry(container, DB_URL_ENV), "valueFrom", "secretKeyRef")
+    return (ref_.get("name"), ref_.get("key")) if ref_ else None
+
+
+def database_workloads(docs: list[dict]) -> tuple[dict, dict] | None:
+    """The Portcullis Deployment and container, when serve uses a database."""
+    found = portcullis_workload(docs)
+    return found if found and uses_grants_database(found[1]) else None
+
+
+def db_cli_default(db_cli: str, env: str) -> int | None:
+    """The default of serve's flag read from `env`, as src/cli/db.rs writes it."""
+    match = re.search(rf'env = "{env}",\s*default_value_t = ([\d_]+)', db_cli)
+    return int(match.group(1).replace("_", "")) if match else None
+
+
+def serve_setting(bundle: Bundle, container: dict, flag: str, env: str) -> tuple[int | None, str | None]:
+    """A numeric serve setting as the container gives it (the flag, else the
+    variable, else src/cli/db.rs's default), or why it cannot be read."""
+    value = flags(all_args(container)).get(flag)
+    if value is None:
+        entry = env_entry(container, env)
+        if entry is not None and "value" not in entry:
+            return None, f"${env} is not a literal, so it cannot be checked"
+        value = entry.get("value") if entry else db_cli_default(bundle.db_cli, env)
+    if value is None:
+        return None, f"{DB_CLI}: the default of {flag} is not where this check reads it"
+    try:
+        return int(str(value)), None
+    except ValueError:
+        return None, f"{flag} {value!r} is not a number"
+
+
+def literal_url_errors(origin: str, docs: list[dict]) -> list[str]:
+    """Where a manifest would carry the database URL itself."""
+    errors = []
+    for w in workloads(docs) + batch_workloads(docs):
+        for c in containers(w):
+            where = f"{origin}: {ref(w)} container {c.get('name')}"
+            entry = env_entry(c, DB_URL_ENV)
+            if entry is not None and get(entry, "valueFrom", "secretKeyRef") is None:
+                errors.append(f"{where}: ${DB_URL_ENV} must come from a secretKeyRef "
+                              "(the URL holds a password), not a value or a ConfigMap")
+            for f in DB_URL_FLAGS:
+                if f in flags(all_args(c)) or any(str(a) == f for a in all_args(c)):
+                    errors.append(f"{where}: {f} puts the database URL in the manifest; "
+                                  f"set ${DB_URL_ENV} from the Secret instead")
+    for cm in of_kind(docs, "ConfigMap"):
+        for key, value in (cm.get("data") or {}).items():
+            if key == DB_URL_ENV or re.search(r"postgres(ql)?://[^\s/]*:[^\s/@]*@", str(value)):
+                errors.append(f"{origin}: {ref(cm)}: key {key} holds a database URL with a password; "
+                              "it belongs in a Secret")
+    return errors
+
+
+def check_grants_database(bundle: Bundle) -> list[str]:
+    """Grants database: URL from one Secret; jobs run serve's image and Secret.
+
+    No manifest (rendered or as written) carries the database URL: no
+    value for $PORTCULLIS_GRANTS_DATABASE_URL, no --grants-database-url or
+    --database-url flag, no ConfigMap holding a URL with a password. Where
+    serve uses a database, the overlay also renders the migrations Job
+    (`portcullis db migrate`) and the prune CronJob (`portcullis db
+    prune`), each with the Deployment's image, the same Secret name and key,
+    the same CA setting and pod securityContext; the Job bounded
+    (backoffLimit, activeDeadlineSeconds, ttlSecondsAfterFinished), the
+    CronJob never overlapping itself (concurrencyPolicy: Forbid) and
+    bounded. serve's memory limit holds the grants cache (360 bytes an
+    entry) and 128 MiB besides. A `db` job next to a serve without a
+    database is an error."""
+    errors = []
+    for origin, docs in list(bundle.rendered.items()) + list(bundle.k8s_files.items()):
+        errors += literal_url_errors(origin, docs)
+    for origin, docs in bundle.rendered.items():
+        jobs = db_jobs(docs)
+        found = database_workloads(docs)
+        if found is None:
+            for w, _, sub in jobs:
+                errors.append(f"{origin}: {ref(w)} runs `portcullis db {sub}`, but serve uses no grants database")
+            continue
+        workload, container = found
+        wanted = secret_ref(container)
+        entries, problem = serve_setting(bundle, container, DB_CACHE_FLAG, DB_CACHE_ENV)
+        limit = quantity_bytes(get(container, "resources", "limits", "memory"))
+        if problem:
+            errors.append(f"{origin}: {ref(workload)}: {problem}")
+        elif limit is None or limit < entries * GRANT_CACHE_ENTRY_BYTES + MEMORY_BESIDE_GRANTS_CACHE:
+            need = (entries * GRANT_CACHE_ENTRY_BYTES + MEMORY_BESIDE_GRANTS_CACHE) / 2**20
+            errors.append(f"{origin}: {ref(workload)}: memory limit "
+                          f"{get(container, 'resources', 'limits', 'memory')!r} cannot hold {entries} cached grant "
+                          f"lookups ({GRANT_CACHE_ENTRY_BYTES} bytes each) and the rest: {need:.0f} MiB at least "
+                          "(docs/deployment.md, Sizing), or the pod is OOM-killed as its cache fills")
+        for sub, kind in (("migrate", "Job"), ("prune", "CronJob")):
+            if not any(s == sub and w.get("kind") == kind for w, _, s in jobs):
+                errors.append(f"{origin}: serve uses a grants database, but no {kind} runs `portcullis db {sub}`")
+        for w, c, sub in jobs:
+            where = f"{origin}: {ref(w)} container {c.get('name')}"
+            if c.get("image") != container.get("image"):
+                errors.append(f"{where}: image {c.get('image')!r} is not the Deployment's {container.get('image')!r}: "
+                              "the schema it migrates is not the one serve checks")
+            if secret_ref(c) != wanted:
+                errors.append(f"{where}: the database URL comes from Secret/key {secret_ref(c)}, "
+                              f"serve's from {wanted}")
+            if env_entry(c, DB_CA_ENV) != env_entry(container, DB_CA_ENV):
+                errors.append(f"{where}: ${DB_CA_ENV} differs from serve's")
+            if pod_spec(w).get("securityContext") != pod_spec(workload).get("securityContext"):
+                errors.append(f"{where}: the pod securityContext is not the Deployment's")
+            spec = job_spec(w)
+            for key in ("backoffLimit", "activeDeadlineSeconds") + (("ttlSecondsAfterFinished",) if w.get("kind") == "Job" else ()):
+                if not isinstance(spec.get(key), int):
+                    errors.append(f"{where}: no {key}: a failing run would retry or linger unbounded")
+            if w.get("kind") == "CronJob" and get(w, "spec", "concurrencyPolicy") != "Forbid":
+                errors.append(f"{where}: concurrencyPolicy is not Forbid: runs could overlap "
+                              "(and take connections the budget does not count)")
+    return errors
+
+
+def rolling_surge(workload: dict, replicas: int) -> int:
+    """Pods a rollout adds above the replica count (maxSurge, 25% default)."""
+    strategy = get(workload, "spec", "strategy", default={}) or {}
+    if strategy.get("type") == "Recreate":
+        return 0
+    surge = get(strategy, "rollingUpdate", "maxSurge", default="25%")
+    if isinstance(surge, str) and surge.endswith("%"):
+        return -(-replicas * int(surge[:-1]) // 100)
+    return int(surge)
+
+
+def connection_budget(bundle: Bundle, docs: list[dict]) -> tuple[dict, list[str]]:
+    """The numbers check_grants_database_budget adds up, and what is
+    missing to add them."""
+    workload, container = database_workloads(docs)
+    errors, n = [], {}
+    budget = get(workload, "metadata", "annotations", DB_BUDGET)
+    try:
+        n["budget"] = int(str(budget))
+    except ValueError:
+        errors.append(f"{ref(workload)}: no connection budget (annotation {DB_BUDGET}: "
+                      "the connections of max_connections Portcullis may use)")
+    pool, problem = serve_setting(bundle, container, DB_POOL_FLAG, DB_POOL_ENV)
+    if problem:
+        errors.append(f"{ref(workload)}: {problem}")
+    else:
+        n["pool"] = pool
+    hpas = [h for h in of_kind(docs, "HorizontalPodAutoscaler")
+            if get(h, "spec", "scaleTargetRef", "name") == name(workload)
+            and get(h, "spec", "scaleTargetRef", "kind") == workload.get("kind")]
+    n["replicas"] = int(get(hpas[0], "spec", "maxReplicas")) if hpas else int(get(workload, "spec", "replicas", default=1))
+    n["surge"] = rolling_surge(workload, n["replicas"])
+    n["jobs"] = sum(int(job_spec(w).get("parallelism", 1)) for w, _, _ in db_jobs(docs))
+    return n, errors
+
+
+def check_grants_database_budget(bundle: Bundle) -> list[str]:
+    """Pods x (pool + LISTEN) + jobs fit the stated max_connections budget.
+
+    Where serve uses a grants database, the Deployment states its budget
+    (annotation portcullis.io/grants-database-connection-budget), and the
+    most connections the manifests can open fit in it: every pod the HPA
+    may run plus the rollout's surge, each with its pool
+    (--grants-database-pool-size or its variable, else the default in
+    src/cli/db.rs) and the change feed's LISTEN connection, plus one per
+    `portcullis db` Job and CronJob run (Forbid: one at a time)."""
+    errors = []
+    for origin, docs in bundle.rendered.items():
+        if database_workloads(docs) is None:
+            continue
+        n, missing = connection_budget(bundle, docs)
+        errors += [f"{origin}: {e}" for e in missing]
+        if missing:
+            continue
+        pods = n["replicas"] + n["surge"]
+        total = pods * (n["pool"] + 1) + n["jobs"]
+        if total > n["budget"]:
+            errors.append(
+                f"{origin}: up to {total} database connections: ({n['replicas']} HPA maxReplicas + "
+                f"{n['surge']} maxSurge) x ({n['pool']} pool + 1 LISTEN) + {n['jobs']} jobs, "
+                f"above the budget of {n['budget']} ({DB_BUDGET}): lower the pool size or "
+                "maxReplicas, or raise max_connections and the budget (or put a pooler in front, "
+                "docs/deployment.md)")
+    return errors
+
+
+def netpol_egress_admits(netpol: dict, port: int, protocol: str = "TCP") -> bool:
+    """Whether one of `netpol`'s egress rules admits `port`/`protocol`."""
+    for rule in get(netpol, "spec", "egress", default=[]):
+        ports = rule.get("ports")
+        if not ports or any(p.get("port") == port and p.get("protocol", "TCP") == protocol for p in ports):
+            return True
+    return False
+
+
+def egress_policies(docs: list[dict], workload: dict) -> list[dict]:
+    """The NetworkPolicies restricting the egress of `workload`'s pods."""
+    return [np for np in of_kind(docs, "NetworkPolicy")
+            if namespace(np) == namespace(workload)
+            and "Egress" in (get(np, "spec", "policyTypes", default=[]) or [])
+            and label_selector_matches(get(np, "spec", "podSelector"), pod_labels(workload))]
+
+
+# An overlay that adds the database, and the one it adds it to: its
+# Portcullis NetworkPolicy keeps that one's ingress rules.
+DATABASE_PARENTS = {"k8s/overlays/grants-postgres": "k8s/base",
+                    "k8s/overlays/istio-grants-postgres": "k8s/overlays/istio"}
 
 
 def check_sidecar_hardening(bundle: Bundle) -> list[str]:
@@ -1288,10 +1646,11 @@ def check_pod_security(bundle: Bundle) -> list[str]:
     Localhost) seccomp profile, no privilege escalation, every capability
     dropped, no host namespaces, privileged containers or hostPath volumes.
     Portcullis itself must also have a read-only root file system and a
-    numeric non-root uid."""
+    numeric non-root uid, and so must every container that runs the
+    Portcullis binary (the database Job and CronJob)."""
     errors = []
     for origin, docs in bundle.rendered.items():
-        for w in workloads(docs):
+        for w in workloads(docs) + batch_workloads(docs):
             spec = pod_spec(w)
             pod_ctx = spec.get("securityContext") or {}
             for key in ("hostNetwork", "hostPID", "hostIPC"):
@@ -1318,12 +1677,13 @@ def check_pod_security(bundle: Bundle) -> list[str]:
                     errors.append(f"{where}: capabilities do not drop ALL")
                 if get(ctx, "capabilities", "add"):
                     errors.append(f"{where}: adds capabilities {get(ctx, 'capabilities', 'add')}")
-                if name(w) == PORTCULLIS and c.get("name") == PORTCULLIS_CONTAINER:
+                if (name(w) == PORTCULLIS and c.get("name") == PORTCULLIS_CONTAINER) or runs_portcullis(c):
                     if ctx.get("readOnlyRootFilesystem") is not True:
                         errors.append(f"{where}: readOnlyRootFilesystem is not true")
                     if not isinstance(ctx.get("runAsUser", pod_ctx.get("runAsUser")), int):
                         errors.append(f"{where}: no numeric runAsUser (the image's USER must be verifiable)")
-            if name(w) == PORTCULLIS and get(w, "spec", "template", "spec", "automountServiceAccountToken") is not False:
+            if ((name(w) == PORTCULLIS or any(runs_portcullis(c) for c in containers(w)))
+                    and pod_spec(w).get("automountServiceAccountToken") is not False):
                 errors.append(f"{origin}: {ref(w)}: automountServiceAccountToken must be false (Portcullis never calls the API)")
     return errors
 
@@ -1956,6 +2316,8 @@ CROSS_CHECKS: list[Callable[[Bundle], list[str]]] = [
     check_mesh_policy,
     check_jwt_authn,
     check_egress,
+    check_grants_database,
+    check_grants_database_budget,
     check_sidecar_hardening,
     check_pod_security,
     check_dockerfile,
@@ -2261,6 +2623,8 @@ ISTIO = "k8s/overlays/istio"
 BASE = "k8s/base"
 SIDECAR = "k8s/overlays/envoy-sidecar"
 JWT = "k8s/overlays/istio-jwt-authn"
+GRANTS = "k8s/overlays/grants-postgres"
+ISTIO_GRANTS = "k8s/overlays/istio-grants-postgres"
 
 MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
     (check_provider_names, "AuthorizationPolicy names provider portcullis-typo",
@@ -2511,6 +2875,79 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
      lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][2]["patch"]["value"]["typed_config"]["providers"]["mesh-idp"].update(from_params=["access_token"])),
     (check_jwt_authn, "mesh jwt_authn refuses tokens it cannot verify",
      lambda b: first(b.rendered[JWT], "EnvoyFilter", "portcullis-jwt-authn")["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["rules"][0].update(requires={"provider_name": "mesh-idp"})),
+    (check_grants_database, "serve's database URL as a literal env value",
+     lambda b: env_entry(portcullis_container(b.rendered[ISTIO_GRANTS]), DB_URL_ENV).update(
+         {"value": "postgresql://portcullis:not-a-password@db:5432/portcullis"}) or
+     env_entry(portcullis_container(b.rendered[ISTIO_GRANTS]), DB_URL_ENV).pop("valueFrom")),
+    (check_grants_database, "the database URL as a serve flag",
+     lambda b: portcullis_container(b.rendered[GRANTS])["args"].append("--grants-database-url=postgresql://db/portcullis")),
+    (check_grants_database, "a ConfigMap under k8s/ holding a URL with a password",
+     lambda b: b.k8s_files.update({"k8s/components/grants-postgres/db.yaml": [{
+         "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "db", "namespace": PORTCULLIS},
+         "data": {"url": "postgresql://portcullis:hunter2@db:5432/portcullis"}}]})),
+    (check_grants_database, "the migrations Job runs another image than serve",
+     lambda b: _db_container(b, GRANTS, "Job").update(image="portcullis:0.0.9")),
+    (check_grants_database, "the prune CronJob reads another Secret",
+     lambda b: _db_container(b, ISTIO_GRANTS, "CronJob")["env"][0]["valueFrom"]["secretKeyRef"].update(name="portcullis-grants-db")),
+    (check_grants_database, "the migrations Job reads another key of the Secret",
+     lambda b: _db_container(b, GRANTS, "Job")["env"][0]["valueFrom"]["secretKeyRef"].update(key="uri")),
+    (check_grants_database, "no migrations Job",
+     lambda b: b.rendered[GRANTS].remove(first(b.rendered[GRANTS], "Job"))),
+    (check_grants_database, "the prune CronJob may overlap itself (concurrencyPolicy Allow)",
+     lambda b: first(b.rendered[GRANTS], "CronJob")["spec"].update(concurrencyPolicy="Allow")),
+    (check_grants_database, "the migrations Job without activeDeadlineSeconds",
+     lambda b: first(b.rendered[ISTIO_GRANTS], "Job")["spec"].pop("activeDeadlineSeconds")),
+    (check_grants_database, "the migrations Job's pod runs as another uid",
+     lambda b: pod_spec(first(b.rendered[GRANTS], "Job"))["securityContext"].update(runAsUser=1000)),
+    (check_grants_database, "a `db migrate` Job beside a serve without a database",
+     lambda b: b.rendered[BASE].append(copy.deepcopy(first(b.rendered[GRANTS], "Job")))),
+    (check_grants_database, "serve's memory back to the base's 256Mi (the 1M-entry cache does not fit)",
+     lambda b: portcullis_container(b.rendered[GRANTS])["resources"].update(
+         requests={"cpu": "500m", "memory": "256Mi"}, limits={"memory": "256Mi"})),
+    (check_grants_database, "the grants cache raised to 2M entries",
+     lambda b: portcullis_container(b.rendered[ISTIO_GRANTS])["args"].append(f"{DB_CACHE_FLAG}=2000000")),
+    (check_grants_database_budget, "HPA maxReplicas 20",
+     lambda b: first(b.rendered[GRANTS], "HorizontalPodAutoscaler")["spec"].update(maxReplicas=20)),
+    (check_grants_database_budget, "pool size 12",
+     lambda b: env_entry(portcullis_container(b.rendered[ISTIO_GRANTS]), DB_POOL_ENV).update(value="12")),
+    (check_grants_database_budget, "budget lowered to 60",
+     lambda b: first(b.rendered[GRANTS], "Deployment", PORTCULLIS)["metadata"]["annotations"].update({DB_BUDGET: "60"})),
+    (check_grants_database_budget, "--grants-database-pool-size=16 in args (wins over the variable)",
+     lambda b: portcullis_container(b.rendered[GRANTS])["args"].append(f"{DB_POOL_FLAG}=16")),
+    (check_grants_database_budget, "pool size variable dropped (the default, 8: 11 x 9 + 2 = 101)",
+     lambda b: portcullis_container(b.rendered[ISTIO_GRANTS]).update(
+         env=[e for e in portcullis_container(b.rendered[ISTIO_GRANTS])["env"] if e["name"] != DB_POOL_ENV])),
+    (check_grants_database_budget, "the default pool size raised in src/cli/db.rs, no variable",
+     lambda b: portcullis_container(b.rendered[GRANTS]).update(
+         env=[e for e in portcullis_container(b.rendered[GRANTS])["env"] if e["name"] != DB_POOL_ENV])
+     or _raise_default_pool(b, 16)),
+    (check_grants_database_budget, "rollouts surge 100% (twice the pods during a rollout)",
+     lambda b: first(b.rendered[GRANTS], "Deployment", PORTCULLIS)["spec"]["strategy"]["rollingUpdate"].update(maxSurge="100%")),
+    (check_grants_database_budget, "no budget stated",
+     lambda b: first(b.rendered[ISTIO_GRANTS], "Deployment", PORTCULLIS)["metadata"]["annotations"].pop(DB_BUDGET)),
+    (check_egress, "serve's NetworkPolicy without the 5432 rule",
+     lambda b: first(b.rendered[GRANTS], "NetworkPolicy", PORTCULLIS)["spec"].update(
+         egress=[r for r in first(b.rendered[GRANTS], "NetworkPolicy", PORTCULLIS)["spec"]["egress"]
+                 if all(p.get("port") != DB_PORT for p in r.get("ports") or [])])),
+    (check_egress, "the jobs' NetworkPolicy without DNS",
+     lambda b: first(b.rendered[ISTIO_GRANTS], "NetworkPolicy", "portcullis-db-jobs")["spec"]["egress"].pop(0)),
+    (check_egress, "the jobs' NetworkPolicy selects other pods (the Job's egress open)",
+     lambda b: first(b.rendered[GRANTS], "NetworkPolicy", "portcullis-db-jobs")["spec"]["podSelector"]["matchLabels"].update(
+         {"app.kubernetes.io/component": "db-jobs"})),
+    (check_egress, "the database overlay drops the istio overlay's admin ingress rule",
+     lambda b: first(b.rendered[ISTIO_GRANTS], "NetworkPolicy", PORTCULLIS)["spec"]["ingress"].pop(1)),
+    (check_apply_order, "the migrations Job in the Deployment's sync wave",
+     lambda b: first(b.rendered[GRANTS], "Job")["metadata"]["annotations"].update({SYNC_WAVE: "0"})),
+    (check_apply_order, "the Namespace in wave 0, after the Job that runs in it",
+     lambda b: first(b.rendered[ISTIO_GRANTS], "Namespace")["metadata"]["annotations"].pop(SYNC_WAVE)),
+    (check_apply_order, "the jobs' NetworkPolicy in wave 0, after the Job it lets out",
+     lambda b: first(b.rendered[GRANTS], "NetworkPolicy", "portcullis-db-jobs")["metadata"]["annotations"].pop(SYNC_WAVE)),
+    (check_selectors, "the Job's pods labelled like serve's (the Service would send checks to them)",
+     lambda b: pod_labels(first(b.rendered[GRANTS], "Job")).update({"app.kubernetes.io/component": "ext-authz"})),
+    (check_pod_security, "the prune CronJob's root file system writable",
+     lambda b: _db_container(b, ISTIO_GRANTS, "CronJob")["securityContext"].pop("readOnlyRootFilesystem")),
+    (check_pod_security, "the migrations Job mounts a service account token",
+     lambda b: pod_spec(first(b.rendered[GRANTS], "Job")).update(automountServiceAccountToken=True)),
 ]
 
 
@@ -2552,6 +2989,16 @@ def _strip_forget(bundle: Bundle, header: str) -> None:
                 line for line in code.splitlines() if f'"{header}"' not in line)
 
 
+def _db_container(bundle: Bundle, origin: str, kind: str) -> dict:
+    """The container of the overlay's `portcullis db` Job or CronJob."""
+    return next(c for w, c, _ in db_jobs(bundle.rendered[origin]) if w.get("kind") == kind)
+
+def _raise_default_pool(bundle: Bundle, size: int) -> None:
+    """src/cli/db.rs with serve's default pool size changed to `size`."""
+    text = re.sub(rf'(env = "{DB_POOL_ENV}",\s*default_value_t = )\d+', rf"\g<1>{size}", bundle.db_cli)
+    assert text != bundle.db_cli, "no pool size default in src/cli/db.rs"
+    bundle.db_cli = text
+
 def _opt_out(bundle: Bundle) -> dict:
     return first(next(v for k, v in bundle.examples.items() if "opt-out" in k), "EnvoyFilter")
 
@@ -2591,6 +3038,10 @@ TOOL_MUTATIONS: list[tuple[str, Callable[[Bundle], None]]] = [
     ("a kind no schema here checks (monitoring.coreos.com ServiceMonitor)",
      lambda b: b.rendered[BASE].append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
                                         "metadata": {"name": PORTCULLIS, "namespace": PORTCULLIS}, "spec": {}})),
+    ("kubernetes-validate: Job field misspelled (backofLimit)",
+     lambda b: _rename_key(first(b.rendered[GRANTS], "Job")["spec"], "backoffLimit", "backofLimit")),
+    ("kubernetes-validate: CronJob field misspelled (concurencyPolicy)",
+     lambda b: _rename_key(first(b.rendered[ISTIO_GRANTS], "CronJob")["spec"], "concurrencyPolicy", "concurencyPolicy")),
     ("validate_crs: AuthorizationPolicy action CUSTOMM",
      lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"].update(action="CUSTOMM")),
     ("validate_crs: AuthorizationPolicy apiVersion security.istio.io/v2",
@@ -2730,7 +3181,9 @@ def main() -> int:
             print(f"   ok  {rel}")
         except CheckError as e:
             failures.append(str(e))
-    for wanted in (BASE, ISTIO, JWT, SIDECAR):
+    for unused in unused_components(root):
+        failures.append(f"{unused}: a Component no overlay uses, so nothing renders or checks it")
+    for wanted in (BASE, ISTIO, JWT, SIDECAR, GRANTS, ISTIO_GRANTS):
         if wanted not in rendered_text and not any(wanted in f for f in failures):
             failures.append(f"{wanted}: no kustomization.yaml")
     if failures:
