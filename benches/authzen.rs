@@ -112,6 +112,10 @@ fn http(c: &mut Criterion) {
         log: Arc::new(DecisionLog::new(0.0, LogLines::to(std::io::sink()))),
         replay: Arc::new(ReplayGuard::new(DEFAULT_REPLAY_CAPACITY)),
         grants_db: None,
+        bulkhead: Arc::new(
+            api::bulkhead::Bulkhead::new(api::bulkhead::api_decision_threads())
+                .unwrap_or_else(|e| panic!("decision threads: {e}")),
+        ),
     };
     let api_address = serve(&runtime, api::router(state));
     // The same stack, a handler that answers without looking.

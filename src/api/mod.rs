@@ -18,6 +18,7 @@
 //! answering searches is [`crate::search`]'s. The same listener signs and
 //! verifies events for asynchronous work ([`events`]).
 
+pub mod bulkhead;
 pub mod callers;
 pub mod events;
 pub mod grants;
@@ -25,7 +26,7 @@ pub mod model;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -47,11 +48,19 @@ use crate::search;
 use crate::server::Clock;
 use crate::tls::ServerTls;
 use crate::token::Principal;
+use bulkhead::{Bulkhead, Refused};
 use callers::{Asker, Unauthenticated};
 use model::{BadRequest, Evaluation, Object, SearchKind, Semantic};
 
 /// Largest request body accepted; a batch of a few hundred evaluations.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest time a request's body may take to arrive once its head has:
+/// a body trickled slower is refused (408) and its connection closed.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub use bulkhead::REQUEST_TIME_BUDGET;
+pub use model::MAX_EVALUATIONS;
 
 /// Results per search page when the request sets no `page.limit`.
 pub const DEFAULT_PAGE_LIMIT: u64 = 100;
@@ -101,6 +110,9 @@ pub struct ApiState {
     /// Grants kept in a database, when the configuration says so; else
     /// the policy files' grants answer, and the grants endpoint is 404.
     pub grants_db: Option<Arc<crate::grants_db::GrantStore>>,
+    /// Where decisions and searches run, off the runtime that answers
+    /// Envoy's checks ([`bulkhead`]).
+    pub bulkhead: Arc<Bulkhead>,
 }
 
 /// The API routes, for serving or for testing without a socket.
@@ -141,6 +153,13 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the request body is larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
+    #[error("the request body did not arrive within {} seconds", BODY_READ_TIMEOUT.as_secs())]
+    BodyTimeout,
+    /// The decision pool is full, or the request spent its time budget.
+    #[error(transparent)]
+    Busy(#[from] Refused),
+    #[error("the request needs more than its {} ms of decision time; send fewer evaluations", REQUEST_TIME_BUDGET.as_millis())]
+    OverBudget,
     /// The grants database could not answer (503).
     #[error("{0}")]
     Unavailable(String),
@@ -153,7 +172,10 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::OverBudget => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         // The specification's error body: a message string.
         let mut response = (
@@ -283,11 +305,16 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The body, bounded in bytes and in time: a client trickling it holds its
+/// connection for [`BODY_READ_TIMEOUT`] at most (answering before the body
+/// is read makes hyper close the connection).
 async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge),
-        Err(e) => Err(bad(format!("cannot read the request body: {e}"))),
+    let collect = Limited::new(body, MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge),
+        Ok(Err(e)) => Err(bad(format!("cannot read the request body: {e}"))),
     }
 }
 
@@ -331,9 +358,11 @@ fn decide(
     let resource = resource_name(&eval.resource.kind, &eval.resource.id);
     // What conditions read of the request; the clock, never the caller,
     // gives `context.time`.
+    // Shared, not copied: a batch's defaults are one allocation.
     let attributes = Attributes {
         subject: eval.subject.properties.clone().unwrap_or_default(),
         resource: eval.resource.properties.clone().unwrap_or_default(),
+        action: eval.action.properties.clone().unwrap_or_default(),
         context: eval.context.clone().unwrap_or_default(),
     };
     let decided = engine::decide_resource_action_with_grants(
@@ -468,9 +497,28 @@ async fn evaluation(State(state): State<ApiState>, request: Request) -> Response
 async fn evaluate_one(state: &ApiState, request: Request) -> Result<Value, ApiError> {
     let asked = asked(state, request).await?;
     let eval = model::evaluation(&asked.body, "")?;
-    let decision = decide_in(state, &asked.policy, &asked.asker, &eval, asked.now).await?;
-    asked.log(state, &decision);
-    Ok(decision_json(&decision, asked.asker.may().explain))
+    let explain = asked.asker.may().explain;
+    if state.grants_db.is_some() {
+        let decision = decide_in(state, &asked.policy, &asked.asker, &eval, asked.now).await?;
+        asked.log(state, &decision);
+        return Ok(decision_json(&decision, explain));
+    }
+    let state = state.clone();
+    state
+        .bulkhead
+        .clone()
+        .run(move |_| {
+            let decision = decide(
+                &asked.policy,
+                &*asked.policy.grants,
+                &asked.asker,
+                &eval,
+                asked.now,
+            )?;
+            asked.log(&state, &decision);
+            Ok(decision_json(&decision, explain))
+        })
+        .await?
 }
 
 async fn evaluations(State(state): State<ApiState>, request: Request) -> Response {
@@ -480,48 +528,127 @@ async fn evaluations(State(state): State<ApiState>, request: Request) -> Respons
     }
 }
 
-async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiError> {
-    let mut asked = asked(state, request).await?;
-    let batch = model::evaluations(std::mem::take(&mut asked.body))?;
-    let (policy, asker) = (&asked.policy, &asked.asker);
-    let explain = asker.may().explain;
-    let Some(items) = &batch.items else {
-        // No evaluations: the request is one evaluation, answered as one.
-        let eval = model::evaluation(&batch.defaults, "")?;
-        let decision = decide_in(state, policy, asker, &eval, asked.now).await?;
-        asked.log(state, &decision);
-        return Ok(decision_json(&decision, explain));
-    };
-    let mut answers = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let outcome = match batch.item(i, item) {
-            Ok(eval) => decide_in(state, policy, asker, &eval, asked.now).await,
-            Err(e) => Err(ApiError::from(e)),
-        };
+/// The answers of a batch, item by item, as its semantic says.
+struct BatchAnswers {
+    answers: Vec<Value>,
+    semantic: Semantic,
+    explain: bool,
+}
+
+impl BatchAnswers {
+    fn new(batch: &model::Evaluations, explain: bool) -> Self {
+        BatchAnswers {
+            answers: Vec::with_capacity(batch.items.as_ref().map_or(0, Vec::len)),
+            semantic: batch.semantic,
+            explain,
+        }
+    }
+
+    /// Records one item's outcome; true when the batch stops after it.
+    fn push(
+        &mut self,
+        state: &ApiState,
+        asked: &Asked,
+        outcome: Result<Decision, ApiError>,
+    ) -> bool {
         let (mut answer, allowed) = match outcome {
             Ok(decision) => {
                 asked.log(state, &decision);
-                (decision_json(&decision, explain), decision.is_allowed())
+                (
+                    decision_json(&decision, self.explain),
+                    decision.is_allowed(),
+                )
             }
             Err(ApiError::Forbidden(message)) => {
                 (item_error(StatusCode::FORBIDDEN, &message), false)
             }
             Err(e) => (item_error(StatusCode::BAD_REQUEST, &e.to_string()), false),
         };
-        let stop = match batch.semantic {
+        let stop = match self.semantic {
             Semantic::ExecuteAll => false,
             Semantic::DenyOnFirstDeny => !allowed,
             Semantic::PermitOnFirstPermit => allowed,
         };
-        if stop && batch.semantic == Semantic::DenyOnFirstDeny {
+        if stop && self.semantic == Semantic::DenyOnFirstDeny {
             mark_short_circuit(&mut answer);
         }
-        answers.push(answer);
-        if stop {
+        self.answers.push(answer);
+        stop
+    }
+
+    fn finish(self) -> Value {
+        json!({ "evaluations": self.answers })
+    }
+}
+
+async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiError> {
+    let mut asked = asked(state, request).await?;
+    let batch = model::evaluations(std::mem::take(&mut asked.body))?;
+    let explain = asked.asker.may().explain;
+    if state.grants_db.is_some() {
+        return evaluate_many_in_database(state, asked, batch).await;
+    }
+    let state = state.clone();
+    state
+        .bulkhead
+        .clone()
+        .run(move |deadline| {
+            let (policy, asker) = (&asked.policy, &asked.asker);
+            let Some(items) = &batch.items else {
+                // No evaluations: the request is one evaluation, answered as one.
+                let decision = decide(policy, &*policy.grants, asker, &batch.single()?, asked.now)?;
+                asked.log(&state, &decision);
+                return Ok(decision_json(&decision, explain));
+            };
+            let mut answers = BatchAnswers::new(&batch, explain);
+            for (i, item) in items.iter().enumerate() {
+                if Instant::now() > deadline {
+                    return Err(ApiError::OverBudget);
+                }
+                let outcome = batch
+                    .item(i, item)
+                    .map_err(ApiError::from)
+                    .and_then(|eval| decide(policy, &*policy.grants, asker, &eval, asked.now));
+                if answers.push(&state, &asked, outcome) {
+                    break;
+                }
+            }
+            Ok(answers.finish())
+        })
+        .await?
+}
+
+/// A batch decided with the grants database: each item may wait for the
+/// database, so the items run here, yielding to the runtime between them,
+/// within the same time budget as the pool's.
+async fn evaluate_many_in_database(
+    state: &ApiState,
+    asked: Asked,
+    batch: model::Evaluations,
+) -> Result<Value, ApiError> {
+    let (policy, asker) = (&asked.policy, &asked.asker);
+    let explain = asker.may().explain;
+    let Some(items) = &batch.items else {
+        let decision = decide_in(state, policy, asker, &batch.single()?, asked.now).await?;
+        asked.log(state, &decision);
+        return Ok(decision_json(&decision, explain));
+    };
+    let deadline = Instant::now() + REQUEST_TIME_BUDGET;
+    let mut answers = BatchAnswers::new(&batch, explain);
+    for (i, item) in items.iter().enumerate() {
+        if Instant::now() > deadline {
+            return Err(ApiError::OverBudget);
+        }
+        let outcome = match batch.item(i, item) {
+            Ok(eval) => decide_in(state, policy, asker, &eval, asked.now).await,
+            Err(e) => Err(ApiError::from(e)),
+        };
+        if answers.push(state, &asked, outcome) {
             break;
         }
+        tokio::task::yield_now().await;
     }
-    Ok(json!({ "evaluations": answers }))
+    Ok(answers.finish())
 }
 
 async fn search_subject(State(state): State<ApiState>, request: Request) -> Response {
@@ -628,35 +755,44 @@ async fn run_search(
             };
             found.map_err(|e| ApiError::Unavailable(e.to_string()))?
         }
-        (_, kind, subject, resource) => match (kind, subject, resource) {
-            (_, _, _) if !users => search::Found {
-                items: Vec::new(),
-                more: false,
-            },
-            (SearchKind::Subject, _, Some(resource)) => search::subjects(
-                &policy,
-                &resource_name(&resource.kind, &resource.id),
-                action,
-                after.as_deref(),
-                limit,
-            ),
-            (SearchKind::Resource, Some(subject), Some(resource)) => search::resources(
-                &policy,
-                &principal(subject),
-                action,
-                &resource.kind,
-                after.as_deref(),
-                limit,
-            ),
-            (SearchKind::Action, Some(subject), Some(resource)) => search::actions(
-                &policy,
-                &principal(subject),
-                &resource_name(&resource.kind, &resource.id),
-                after.as_deref(),
-                limit,
-            ),
-            _ => return Err(bad("the search request is incomplete")),
-        },
+        (_, kind, subject, resource) => {
+            if !users {
+                search::Found::none()
+            } else {
+                // Owned, for the decision pool.
+                let policy = policy.clone();
+                let subject = subject.map(&principal);
+                let resource = resource.map(|r| (r.kind.clone(), resource_name(&r.kind, &r.id)));
+                let action = action.to_owned();
+                let after = after.clone();
+                state
+                    .bulkhead
+                    .run(move |_| match (kind, subject, resource) {
+                        (SearchKind::Subject, _, Some((_, resource))) => Ok(search::subjects(
+                            &policy,
+                            &resource,
+                            &action,
+                            after.as_deref(),
+                            limit,
+                        )),
+                        (SearchKind::Resource, Some(subject), Some((kind, _))) => {
+                            Ok(search::resources(
+                                &policy,
+                                &subject,
+                                &action,
+                                &kind,
+                                after.as_deref(),
+                                limit,
+                            ))
+                        }
+                        (SearchKind::Action, Some(subject), Some((_, resource))) => Ok(
+                            search::actions(&policy, &subject, &resource, after.as_deref(), limit),
+                        ),
+                        _ => Err(bad("the search request is incomplete")),
+                    })
+                    .await??
+            }
+        }
     };
     let next_token = match (found.more, found.items.last()) {
         (true, Some(last)) => page_token::seal(last, &digest),
@@ -689,15 +825,15 @@ async fn run_search(
 /// request but the token, as the search reads them.
 fn query_digest(query: &model::Search, kind: SearchKind, limit: u64) -> [u8; 32] {
     let entity = |e: Option<&model::Entity>| {
-        e.map(|e| json!([e.kind, e.id, e.properties]))
+        e.map(|e| json!([e.kind, e.id, e.properties.as_deref()]))
             .unwrap_or(Value::Null)
     };
     let canonical = json!({
         "kind": kind.name(),
         "subject": entity(query.subject.as_ref()),
-        "action": query.action.as_ref().map(|a| json!([a.name, a.properties])),
+        "action": query.action.as_ref().map(|a| json!([a.name, a.properties.as_deref()])),
         "resource": entity(query.resource.as_ref()),
-        "context": query.context,
+        "context": query.context.as_deref(),
         "limit": limit,
     });
     // serde_json's maps are ordered by key: the same request, the same bytes.

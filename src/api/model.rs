@@ -5,13 +5,21 @@
 //! field a message that names it (`subject.id must be a string`), and
 //! unknown fields are ignored, as the specification requires. `null` counts
 //! as absent (the specification asks senders to omit nulls). Properties and
-//! context are kept as JSON objects for the attribute conditions to come;
-//! decisions do not read them yet.
+//! context are kept as shared JSON objects (`Arc`): attribute conditions
+//! read them (`subject.properties`, `resource.properties`,
+//! `action.properties`, `context.properties`), and a batch's defaults are
+//! read once and shared by every item, never copied per item.
+
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 /// A JSON object.
 pub type Object = Map<String, Value>;
+
+/// Most evaluations one `/access/v1/evaluations` request may carry; more is
+/// a 400. Advertised in the metadata (`max_evaluations`).
+pub const MAX_EVALUATIONS: usize = 1000;
 
 /// A request the caller got wrong: 400 with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,14 +35,14 @@ fn bad(message: impl Into<String>) -> BadRequest {
 pub struct Entity {
     pub kind: String,
     pub id: String,
-    pub properties: Option<Object>,
+    pub properties: Option<Arc<Object>>,
 }
 
 /// An action.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Action {
     pub name: String,
-    pub properties: Option<Object>,
+    pub properties: Option<Arc<Object>>,
 }
 
 /// One access evaluation: the 4-tuple.
@@ -43,7 +51,7 @@ pub struct Evaluation {
     pub subject: Entity,
     pub action: Action,
     pub resource: Entity,
-    pub context: Option<Object>,
+    pub context: Option<Arc<Object>>,
 }
 
 /// How a batch of evaluations runs.
@@ -55,15 +63,27 @@ pub enum Semantic {
     PermitOnFirstPermit,
 }
 
-/// A batch: the top-level defaults and each item as sent, read into an
-/// [`Evaluation`] only when its turn comes, so a broken item fails alone.
+/// A batch: the top-level defaults, each read once, and each item as
+/// sent, read into an [`Evaluation`] only when its turn comes, so a broken
+/// item (or a broken default only some items use) fails alone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluations {
-    pub defaults: Object,
+    defaults: Defaults,
     /// `None` when the request has no (or an empty) `evaluations` array:
     /// then it is one evaluation, answered as one.
     pub items: Option<Vec<Object>>,
     pub semantic: Semantic,
+}
+
+/// The top-level subject, action, resource and context of a batch, read
+/// once; an item takes each one it lacks by cloning a few strings and an
+/// `Arc`, whatever the size of the default's properties.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Defaults {
+    subject: Option<Result<Entity, BadRequest>>,
+    action: Option<Result<Action, BadRequest>>,
+    resource: Option<Result<Entity, BadRequest>>,
+    context: Option<Arc<Object>>,
 }
 
 /// The `page` of a search request.
@@ -80,7 +100,7 @@ pub struct Search {
     pub subject: Option<Entity>,
     pub action: Option<Action>,
     pub resource: Option<Entity>,
-    pub context: Option<Object>,
+    pub context: Option<Arc<Object>>,
     pub page: PageRequest,
 }
 
@@ -115,9 +135,13 @@ fn string(object: &Object, key: &str, path: &str) -> Result<String, BadRequest> 
     }
 }
 
-fn optional_object(object: &Object, key: &str, path: &str) -> Result<Option<Object>, BadRequest> {
+fn optional_object(
+    object: &Object,
+    key: &str,
+    path: &str,
+) -> Result<Option<Arc<Object>>, BadRequest> {
     match get(object, key) {
-        Some(Value::Object(o)) => Ok(Some(o.clone())),
+        Some(Value::Object(o)) => Ok(Some(Arc::new(o.clone()))),
         Some(_) => Err(bad(format!("{path}{key} must be an object"))),
         None => Ok(None),
     }
@@ -189,8 +213,9 @@ pub fn body_object(body: &[u8]) -> Result<Object, BadRequest> {
 /// The keys a batch item may take from the top level.
 const DEFAULTED: [&str; 4] = ["subject", "action", "resource", "context"];
 
-/// Reads an access evaluations request.
-pub fn evaluations(body: Object) -> Result<Evaluations, BadRequest> {
+/// Reads an access evaluations request; more than [`MAX_EVALUATIONS`]
+/// items is the whole request's fault.
+pub fn evaluations(mut body: Object) -> Result<Evaluations, BadRequest> {
     let semantic = match get(&body, "options") {
         None => Semantic::default(),
         Some(Value::Object(options)) => match get(options, "evaluations_semantic") {
@@ -209,15 +234,21 @@ pub fn evaluations(body: Object) -> Result<Evaluations, BadRequest> {
         },
         Some(_) => return Err(bad("options must be an object")),
     };
-    let items = match get(&body, "evaluations") {
-        None => None,
+    let items = match body.remove("evaluations") {
+        None | Some(Value::Null) => None,
         Some(Value::Array(items)) if items.is_empty() => None,
+        Some(Value::Array(items)) if items.len() > MAX_EVALUATIONS => {
+            return Err(bad(format!(
+                "evaluations has {} items; at most {MAX_EVALUATIONS} are accepted in one request",
+                items.len()
+            )))
+        }
         Some(Value::Array(items)) => Some(
             items
-                .iter()
+                .into_iter()
                 .enumerate()
                 .map(|(i, item)| match item {
-                    Value::Object(o) => Ok(o.clone()),
+                    Value::Object(o) => Ok(o),
                     _ => Err(bad(format!("evaluations[{i}] must be an object"))),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
@@ -232,10 +263,12 @@ pub fn evaluations(body: Object) -> Result<Evaluations, BadRequest> {
             }
         }
     }
-    let defaults = body
-        .into_iter()
-        .filter(|(k, v)| DEFAULTED.contains(&k.as_str()) && !v.is_null())
-        .collect();
+    let defaults = Defaults {
+        subject: get(&body, "subject").map(|_| entity(&body, "subject", "", true)),
+        action: get(&body, "action").map(|_| action(&body, "")),
+        resource: get(&body, "resource").map(|_| entity(&body, "resource", "", true)),
+        context: optional_object(&body, "context", "")?,
+    };
     Ok(Evaluations {
         defaults,
         items,
@@ -243,17 +276,50 @@ pub fn evaluations(body: Object) -> Result<Evaluations, BadRequest> {
     })
 }
 
+/// An item's own value for `key`, if it sends one (not `null`).
+fn own<'v>(item: Option<&'v Object>, key: &str) -> Option<&'v Object> {
+    item.filter(|item| get(item, key).is_some())
+}
+
 impl Evaluations {
     /// Item `i` with the top-level defaults filled in: a key the item has
     /// replaces the default whole.
     pub fn item(&self, i: usize, item: &Object) -> Result<Evaluation, BadRequest> {
-        let mut merged = self.defaults.clone();
-        for (key, value) in item {
-            if DEFAULTED.contains(&key.as_str()) && !value.is_null() {
-                merged.insert(key.clone(), value.clone());
-            }
-        }
-        evaluation(&merged, &format!("evaluations[{i}]."))
+        self.compose(Some(item), &format!("evaluations[{i}]."))
+    }
+
+    /// The request without items: its top level is the one evaluation.
+    pub fn single(&self) -> Result<Evaluation, BadRequest> {
+        self.compose(None, "")
+    }
+
+    fn compose(&self, item: Option<&Object>, path: &str) -> Result<Evaluation, BadRequest> {
+        let missing = |key: &str| bad(format!("{path}{key} is required"));
+        let subject = match (own(item, "subject"), &self.defaults.subject) {
+            (Some(item), _) => entity(item, "subject", path, true)?,
+            (None, Some(default)) => default.clone()?,
+            (None, None) => return Err(missing("subject")),
+        };
+        let action = match (own(item, "action"), &self.defaults.action) {
+            (Some(item), _) => action(item, path)?,
+            (None, Some(default)) => default.clone()?,
+            (None, None) => return Err(missing("action")),
+        };
+        let resource = match (own(item, "resource"), &self.defaults.resource) {
+            (Some(item), _) => entity(item, "resource", path, true)?,
+            (None, Some(default)) => default.clone()?,
+            (None, None) => return Err(missing("resource")),
+        };
+        let context = match own(item, "context") {
+            Some(item) => optional_object(item, "context", path)?,
+            None => self.defaults.context.clone(),
+        };
+        Ok(Evaluation {
+            subject,
+            action,
+            resource,
+            context,
+        })
     }
 }
 
@@ -347,5 +413,32 @@ mod tests {
         let second = batch.item(1, &items[1]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(second.action.name, "write");
         assert_eq!(second.subject.id, "alice");
+    }
+
+    #[test]
+    fn batch_defaults_are_shared_not_copied() {
+        let batch = evaluations(object(
+            r#"{"subject":{"type":"user","id":"alice","properties":{"a":1}},"action":{"name":"read"},"resource":{"type":"d","id":"1"},"context":{"big":[1,2,3]},"evaluations":[{},{}]}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let items = batch.items.clone().unwrap_or_default();
+        let first = batch.item(0, &items[0]).unwrap_or_else(|e| panic!("{e}"));
+        let second = batch.item(1, &items[1]).unwrap_or_else(|e| panic!("{e}"));
+        let same = |a: &Option<Arc<Object>>, b: &Option<Arc<Object>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        assert!(same(&first.context, &second.context));
+        assert!(same(&first.subject.properties, &second.subject.properties));
+    }
+
+    #[test]
+    fn batches_over_the_cap_are_refused_whole() {
+        let items = vec!["{}"; MAX_EVALUATIONS + 1].join(",");
+        let text = format!(r#"{{"evaluations":[{items}]}}"#);
+        assert!(evaluations(object(&text)).is_err());
+        let items = vec!["{}"; MAX_EVALUATIONS].join(",");
+        let text = format!(r#"{{"evaluations":[{items}]}}"#);
+        assert!(evaluations(object(&text)).is_ok());
     }
 }
