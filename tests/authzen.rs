@@ -53,6 +53,9 @@ fn policies(gateway_dns: &str) -> tempfile::TempDir {
   - name: batch
     token_subject: svc-batch
     may: [any_subject, search]
+  - name: self-search
+    token_subject: erin
+    may: [search]
 "
         ),
     );
@@ -770,18 +773,18 @@ denies:
         &changed,
     );
     assert_eq!(reused.status, 400, "{}", reused.text());
+    // A token carries its limit; one sent beside it sets the page size
+    // from there on (the cursor does not depend on it).
     let mut other_limit = first.clone();
     other_limit["page"] = json!({ "limit": 3, "token": token });
-    assert_eq!(
-        post(
-            port,
-            "/access/v1/search/resource",
-            As::Key(REPORTING_KEY),
-            &other_limit
-        )
-        .status,
-        400
+    let resized = post(
+        port,
+        "/access/v1/search/resource",
+        As::Key(REPORTING_KEY),
+        &other_limit,
     );
+    assert_eq!(resized.status, 200, "{}", resized.text());
+    assert!(json_of(&resized)["page"]["count"].as_u64() <= Some(3));
     let mut tampered = first.clone();
     let mut forged = token.clone();
     forged.replace_range(0..2, if &token[0..2] == "00" { "11" } else { "00" });
@@ -1038,4 +1041,207 @@ fn conditions_read_the_requests_attributes() {
     });
     let (found, _) = search_all(port, "/access/v1/search/resource", &search, 10);
     assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
+fn searches_judge_conditions_with_the_request_and_the_clock() {
+    let dir = policies("gateway.example");
+    std::fs::write(
+        dir.path().join("conditional.yaml"),
+        "grants:
+  - subject: erin
+    role: editor
+    resource: note:1
+    condition: context.time < timestamp(\"2020-01-01T00:00:00Z\")
+  - subject: erin
+    role: viewer
+    resource: note:2
+    condition: context.properties.channel == \"web\"
+  - subject: erin
+    role: editor
+    resource: note:3
+    condition: resource.properties.ownerID == subject.id && action.properties.mode == \"draft\"
+",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let names = |answer: &Value, field: &str| -> Vec<String> {
+        answer["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r[field].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let search = |path: &str, body: Value| {
+        let response = post(port, path, As::Key(REPORTING_KEY), &body);
+        assert_eq!(response.status, 200, "{}", response.text());
+        json_of(&response)
+    };
+    let actions = |resource: Value, context: Value| {
+        let answer = search(
+            "/access/v1/search/action",
+            json!({
+                "subject": { "type": "user", "id": "erin" },
+                "resource": resource,
+                "context": context,
+            }),
+        );
+        names(&answer, "name")
+    };
+    // A time window that closed in 2020 is judged at the request's time:
+    // its grant is no search result any more, as no evaluation allows it.
+    assert_eq!(
+        actions(json!({ "type": "note", "id": "1" }), json!({})),
+        Vec::<String>::new()
+    );
+    // A condition on the context holds with the request's context only.
+    assert_eq!(
+        actions(
+            json!({ "type": "note", "id": "2" }),
+            json!({ "channel": "web" })
+        ),
+        ["read"]
+    );
+    assert_eq!(
+        actions(
+            json!({ "type": "note", "id": "2" }),
+            json!({ "channel": "mail" })
+        ),
+        Vec::<String>::new()
+    );
+    // Subject and resource search return a grant under a condition when
+    // the request's properties make it true (action properties too).
+    let who = |resource_properties: Value, mode: &str| {
+        let answer = search(
+            "/access/v1/search/subject",
+            json!({
+                "subject": { "type": "user" },
+                "action": { "name": "write", "properties": { "mode": mode } },
+                "resource": { "type": "note", "id": "3", "properties": resource_properties },
+            }),
+        );
+        names(&answer, "id")
+    };
+    // (carol, a global admin, may write anything.)
+    assert_eq!(
+        who(json!({ "ownerID": "erin" }), "draft"),
+        ["carol", "erin"]
+    );
+    assert_eq!(who(json!({ "ownerID": "erin" }), "final"), ["carol"]);
+    assert_eq!(who(json!({ "ownerID": "frank" }), "draft"), ["carol"]);
+    let which = search(
+        "/access/v1/search/resource",
+        json!({
+            "subject": { "type": "user", "id": "erin" },
+            "action": { "name": "write", "properties": { "mode": "draft" } },
+            "resource": { "type": "note", "properties": { "ownerID": "erin" } },
+        }),
+    );
+    assert_eq!(names(&which, "id"), ["3"]);
+}
+
+#[test]
+fn search_work_per_page_is_bounded_whatever_the_denies() {
+    let dir = policies("gateway.example");
+    let grants: String = (0..20_000)
+        .map(|i| format!("subject:dan viewer document:{i}\n"))
+        .collect();
+    std::fs::write(dir.path().join("dan.grants"), grants).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("dan.yaml"),
+        "denies:\n  - { name: no-dan, subject: dan, resource: \"document:*\" }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let request = json!({
+        "subject": { "type": "user", "id": "dan" },
+        "action": { "name": "read" },
+        "resource": { "type": "document" },
+        "page": { "limit": 1 },
+    });
+    // The deny removes every candidate: a page confirms at most its
+    // budget of them, then ends with a token to go on from.
+    let response = post(
+        port,
+        "/access/v1/search/resource",
+        As::Key(REPORTING_KEY),
+        &request,
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let first = json_of(&response);
+    assert_eq!(first["results"], json!([]));
+    let token = first["page"]["next_token"].as_str().unwrap_or_default();
+    assert!(
+        !token.is_empty(),
+        "a page that spent its budget must say where to go on"
+    );
+    // Walking on ends, with nothing found: the token alone (no limit) is
+    // enough, it carries its own.
+    let mut token = token.to_owned();
+    let mut pages = 1;
+    while !token.is_empty() {
+        let mut next = request.clone();
+        next["page"] = json!({ "token": token });
+        let response = post(
+            port,
+            "/access/v1/search/resource",
+            As::Key(REPORTING_KEY),
+            &next,
+        );
+        assert_eq!(response.status, 200, "{}", response.text());
+        let answer = json_of(&response);
+        assert_eq!(answer["results"], json!([]));
+        token = answer["page"]["next_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        pages += 1;
+        assert!(pages < 10, "pagination does not end");
+    }
+
+    // A zero limit is refused, not a page that never advances.
+    let mut zero = request.clone();
+    zero["page"] = json!({ "limit": 0 });
+    let response = post(
+        port,
+        "/access/v1/search/resource",
+        As::Key(REPORTING_KEY),
+        &zero,
+    );
+    assert_eq!(response.status, 400, "{}", response.text());
+}
+
+#[test]
+fn search_about_another_subject_needs_any_subject() {
+    let dir = policies("gateway.example");
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    // erin's caller may search, but not about anyone else.
+    let erin = token("erin");
+    let about = |subject: &str, path: &str| {
+        let mut body = json!({
+            "subject": { "type": "user", "id": subject },
+            "action": { "name": "read" },
+            "resource": { "type": "document", "id": "1" },
+        });
+        if path.ends_with("/resource") {
+            body["resource"] = json!({ "type": "document" });
+        }
+        if path.ends_with("/action") {
+            body.as_object_mut().map(|b| b.remove("action"));
+        }
+        if path.ends_with("/subject") {
+            body["subject"] = json!({ "type": "user" });
+        }
+        post(port, path, As::Bearer(&erin), &body).status
+    };
+    assert_eq!(about("erin", "/access/v1/search/resource"), 200);
+    assert_eq!(about("erin", "/access/v1/search/action"), 200);
+    assert_eq!(about("alice", "/access/v1/search/resource"), 403);
+    assert_eq!(about("alice", "/access/v1/search/action"), 403);
+    // Who may read document 1 is about every subject.
+    assert_eq!(about("", "/access/v1/search/subject"), 403);
 }

@@ -22,6 +22,7 @@ use portcullis::cases::CaseRunner;
 use portcullis::grants_db::{self, write, DatabaseConfig, GrantStore};
 use portcullis::policy::{load_policies, PolicySet};
 use portcullis::reload::WatchConfig;
+use portcullis::search::Circumstances;
 use portcullis::token::Principal;
 use portcullis_testkit::postgres::Postgres;
 use portcullis_testkit::Check;
@@ -753,6 +754,7 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
                             kind,
                             after.as_deref(),
                             limit,
+                            Circumstances::none(),
                         );
                         let got = rt
                             .block_on(grants_db::search::resources(
@@ -763,6 +765,7 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
                                 kind,
                                 after.as_deref(),
                                 limit,
+                                Circumstances::none(),
                             ))
                             .unwrap_or_else(|e| panic!("{e}"));
                         assert_eq!(
@@ -779,10 +782,17 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
             }
         }
         for resource in ["document:1", "document:2", "document:3", "documents"] {
-            let want = portcullis::search::actions(&policy, p, resource, None, 100);
+            let want =
+                portcullis::search::actions(&policy, p, resource, None, 100, Circumstances::none());
             let got = rt
                 .block_on(grants_db::search::actions(
-                    &store, &policy, p, resource, None, 100,
+                    &store,
+                    &policy,
+                    p,
+                    resource,
+                    None,
+                    100,
+                    Circumstances::none(),
                 ))
                 .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(got, want, "{} on {resource}", p.subject);
@@ -796,10 +806,23 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
         "org:1",
     ] {
         for action in ["read", "write", "share"] {
-            let want = portcullis::search::subjects(&policy, resource, action, None, 100);
+            let want = portcullis::search::subjects(
+                &policy,
+                resource,
+                action,
+                None,
+                100,
+                Circumstances::none(),
+            );
             let got = rt
                 .block_on(grants_db::search::subjects(
-                    &store, &policy, resource, action, None, 100,
+                    &store,
+                    &policy,
+                    resource,
+                    action,
+                    None,
+                    100,
+                    Circumstances::none(),
                 ))
                 .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(got, want, "{action} on {resource}");
