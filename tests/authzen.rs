@@ -56,6 +56,9 @@ fn policies(gateway_dns: &str) -> tempfile::TempDir {
   - name: self-search
     token_subject: erin
     may: [search]
+  - name: checkout
+    client_certificate: {{ spiffe_id: spiffe://cluster.local/ns/shop/sa/checkout }}
+    may: [any_subject]
 "
         ),
     );
@@ -353,6 +356,13 @@ fn callers_are_authenticated_and_held_to_what_they_may_ask() {
         &evaluation("bob", "read", "document", "1"),
     );
     assert_eq!(json_of(&own), json!({ "decision": true }));
+    // An API key may also travel as a bearer credential, as many PEPs send
+    // it: the same caller, with what it may see.
+    let keyed = post(port, EVALUATION, As::Bearer(REPORTING_KEY), &about_alice);
+    assert_eq!(keyed.status, 200, "{}", keyed.text());
+    assert_eq!(json_of(&keyed)["context"]["id"], json!("granted"));
+    let limited = post(port, EVALUATION, As::Bearer(LIMITED_KEY), &about_alice);
+    assert_eq!(limited.status, 403, "{}", limited.text());
     // A token whose subject the policy names as a caller is that caller.
     let batch = token("svc-batch");
     let trusted = post(port, EVALUATION, As::Bearer(&batch), &about_alice);
@@ -427,6 +437,28 @@ fn an_mtls_caller_is_known_by_its_certificate() {
             )
         })
         .is_err());
+    // Exactly the name, in any case; never through a wildcard the
+    // certificate presents.
+    let upper = pki.issue(
+        "spiffe://cluster.local/ns/x/sa/upper",
+        &[&pki.server_name.to_ascii_uppercase()],
+    );
+    let upper = ask(&pki.client(Some(&upper)), &json_header);
+    assert_eq!(upper.status, 200, "{}", upper.text());
+    let suffix = pki.server_name.split_once('.').map_or("", |(_, rest)| rest);
+    let wildcard = pki.issue(
+        "spiffe://cluster.local/ns/x/sa/wild",
+        &[&format!("*.{suffix}")],
+    );
+    let wildcard = ask(&pki.client(Some(&wildcard)), &json_header);
+    assert_eq!(wildcard.status, 401, "{}", wildcard.text());
+    // A SPIFFE id, as an Istio workload presents it, names its caller.
+    let checkout = pki.issue("spiffe://cluster.local/ns/shop/sa/checkout", &[]);
+    let checkout = ask(&pki.client(Some(&checkout)), &json_header);
+    assert_eq!(checkout.status, 200, "{}", checkout.text());
+    let near = pki.issue("spiffe://cluster.local/ns/shop/sa/checkout-2", &[]);
+    let near = ask(&pki.client(Some(&near)), &json_header);
+    assert_eq!(near.status, 401, "{}", near.text());
     // The API key still works over mTLS.
     let keyed = ask(
         &pki.client(Some(&pki.caller)),
