@@ -75,6 +75,15 @@ struct Service {
 
 impl Service {
     fn start(policies: &Path, api_tls: Option<TlsFiles>) -> Service {
+        Self::start_with_url(policies, api_tls, None)
+    }
+
+    /// With `--api-url` `public_url`.
+    fn start_with_url(
+        policies: &Path,
+        api_tls: Option<TlsFiles>,
+        public_url: Option<&str>,
+    ) -> Service {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
         let config = ServeConfig {
             policies: policies.to_path_buf(),
@@ -96,7 +105,7 @@ impl Service {
             api: Some(ApiConfig {
                 listen: any,
                 tls: api_tls,
-                public_url: None,
+                public_url: public_url.map(str::to_owned),
                 replay_log: None,
                 replay_capacity: 1000,
             }),
@@ -273,13 +282,13 @@ fn evaluations_answer_the_specifications_shapes() {
         &evaluation("alice", "create", "documents", ""),
     );
     assert_eq!(json_of(&create)["decision"], json!(true));
-    // Only users are subjects.
+    // Only users are subjects: another type is the caller's error, never a
+    // silent deny.
     let mut group = evaluation("staff", "create", "documents", "");
     group["subject"]["type"] = json!("group");
-    assert_eq!(
-        json_of(&post(port, EVALUATION, reporting, &group))["decision"],
-        json!(false)
-    );
+    let response = post(port, EVALUATION, reporting, &group);
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert_eq!(json_of(&response)["error"], json!("invalid_request"));
 
     // The user's own token: a decision about that user, with the groups
     // the token asserts, and no reason.
@@ -477,14 +486,23 @@ fn every_error_has_its_status() {
     let port = service.port();
     let key = ("X-API-Key", REPORTING_KEY);
     let json_type = ("Content-Type", "application/json");
+    // Every error is {"error": code, "message": text} as application/json.
+    let is_json_error = |response: &Response| {
+        let body = json_of(response);
+        assert!(
+            body["error"].as_str().is_some_and(|c| !c.is_empty()),
+            "{body}"
+        );
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    };
     let status = |headers: &[(&str, &str)], body: &[u8]| {
         let response = send(port, "POST", EVALUATION, headers, body);
-        assert!(
-            response.status == 200
-                || response.header("content-type") == Some("text/plain; charset=utf-8"),
-            "{response:?}"
-        );
-        assert!(response.status == 200 || !response.text().trim().is_empty());
+        if response.status != 200 {
+            is_json_error(&response);
+        }
         response.status
     };
     let valid = evaluation("alice", "read", "document", "1").to_string();
@@ -545,17 +563,46 @@ fn every_error_has_its_status() {
     // A wrong method is 405; an unknown path 404.
     let get = send(port, "GET", EVALUATION, &[key], b"");
     assert_eq!(get.status, 405);
-    assert_eq!(
-        send(
-            port,
-            "POST",
-            "/access/v1/nothing",
-            &[json_type, key],
-            valid.as_bytes()
-        )
-        .status,
-        404
+    assert!(get.header("allow").is_some(), "{get:?}");
+    is_json_error(&get);
+    let nothing = send(
+        port,
+        "POST",
+        "/access/v1/nothing",
+        &[json_type, key],
+        valid.as_bytes(),
     );
+    assert_eq!(nothing.status, 404);
+    is_json_error(&nothing);
+    // 401 and 403 too.
+    let anonymous = send(port, "POST", EVALUATION, &[json_type], valid.as_bytes());
+    assert_eq!(anonymous.status, 401);
+    is_json_error(&anonymous);
+    let limited = send(
+        port,
+        "POST",
+        EVALUATION,
+        &[json_type, ("X-API-Key", LIMITED_KEY)],
+        valid.as_bytes(),
+    );
+    assert_eq!(limited.status, 403);
+    is_json_error(&limited);
+    // A subject type the policy has none of is a 400, never a silent deny;
+    // a type holding ':' would alias another resource; a subject is someone.
+    for (field, value) in [
+        ("subject", json!({ "type": "identity", "id": "alice" })),
+        ("resource", json!({ "type": "document:1", "id": "" })),
+        ("subject", json!({ "type": "user", "id": "" })),
+        ("action", json!({ "name": "" })),
+    ] {
+        let mut request = evaluation("alice", "read", "document", "1");
+        request[field] = value;
+        assert_eq!(
+            status(&[json_type, key], request.to_string().as_bytes()),
+            400,
+            "{request}"
+        );
+    }
     // Authentication comes before reading the body.
     assert_eq!(status(&[json_type], b"{"), 401);
 }
@@ -605,9 +652,38 @@ fn batches_merge_defaults_and_follow_their_semantics() {
     );
     let deny_first = batch(Some("deny_on_first_deny"));
     assert_eq!(decisions(&deny_first), [true, false]);
+    // With explain, the decision's reason and the batch's stop are kept
+    // apart: the reason's id stays a reason, the stop has its own object.
+    let stopped = &deny_first[1]["context"];
     assert_eq!(
-        deny_first[1]["context"]["reason"],
-        json!("deny_on_first_deny")
+        stopped["short_circuit"],
+        json!({ "code": "200", "reason": "deny_on_first_deny" }),
+        "{stopped}"
+    );
+    assert_eq!(stopped["id"], json!("no_grant"), "{stopped}");
+    assert!(stopped.get("code").is_none(), "{stopped}");
+    // Without explain, the specification's own marker.
+    let mut plain = json!({
+        "subject": { "type": "user", "id": "bob" },
+        "action": { "name": "delete" },
+        "options": { "evaluations_semantic": "deny_on_first_deny" },
+        "evaluations": [{ "resource": { "type": "document", "id": "1" } }],
+    });
+    let bob = token("bob");
+    let answer = json_of(&post(port, EVALUATIONS, As::Bearer(&bob), &plain));
+    assert_eq!(
+        answer["evaluations"][0]["context"],
+        json!({ "code": "200", "reason": "deny_on_first_deny" })
+    );
+    // An item lacking a required type or id takes the default's.
+    plain["resource"] = json!({ "type": "document" });
+    plain["action"] = json!({ "name": "read" });
+    plain["evaluations"] = json!([{ "resource": { "id": "1" } }]);
+    let answer = json_of(&post(port, EVALUATIONS, As::Bearer(&bob), &plain));
+    assert_eq!(
+        answer["evaluations"][0]["decision"],
+        json!(true),
+        "{answer}"
     );
     assert_eq!(decisions(&batch(Some("permit_on_first_permit"))), [true]);
 
@@ -862,20 +938,22 @@ denies:
 #[test]
 fn metadata_names_what_is_served() {
     let dir = policies("gateway.internal");
-    let service = Service::start(dir.path(), None);
+    let base = "https://pdp.example.com";
+    let service = Service::start_with_url(dir.path(), None, Some(base));
     let port = service.port();
-    let host = format!("127.0.0.1:{port}");
+    // The configured URL, whatever Host the request names.
     let response = send(
         port,
         "GET",
         "/.well-known/authzen-configuration",
-        &[("Host", host.as_str())],
+        &[("Host", "evil.example")],
         b"",
     );
     assert_eq!(response.status, 200, "{}", response.text());
-    let base = format!("http://{host}");
+    let metadata = json_of(&response);
+    assert!(!metadata.to_string().contains("evil"), "{metadata}");
     assert_eq!(
-        json_of(&response),
+        metadata,
         json!({
             "policy_decision_point": base,
             "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
@@ -883,6 +961,16 @@ fn metadata_names_what_is_served() {
             "search_subject_endpoint": format!("{base}/access/v1/search/subject"),
             "search_resource_endpoint": format!("{base}/access/v1/search/resource"),
             "search_action_endpoint": format!("{base}/access/v1/search/action"),
+            "capabilities": [],
+            "portcullis_limits": {
+                "max_body_bytes": portcullis::api::MAX_BODY_BYTES,
+                "max_evaluations": portcullis::api::MAX_EVALUATIONS,
+                "max_page_limit": portcullis::api::MAX_PAGE_LIMIT,
+                "default_page_limit": portcullis::api::DEFAULT_PAGE_LIMIT,
+                "max_search_candidates": portcullis::search::MAX_SEARCH_CANDIDATES,
+                "max_request_time_ms": 2000,
+                "body_read_timeout_ms": 10000,
+            },
         })
     );
     // Every endpoint it names answers (here: 401 without a credential).
@@ -901,6 +989,19 @@ fn metadata_names_what_is_served() {
     }
     let post_metadata = send(port, "POST", "/.well-known/authzen-configuration", &[], b"");
     assert_eq!(post_metadata.status, 405);
+
+    // Without --api-url there is no metadata to give (the specification's
+    // URLs are absolute): 404, never URLs made of the request's Host.
+    let unnamed = Service::start(dir.path(), None);
+    let response = send(
+        unnamed.port(),
+        "GET",
+        "/.well-known/authzen-configuration",
+        &[("Host", "evil.example")],
+        b"",
+    );
+    assert_eq!(response.status, 404, "{}", response.text());
+    assert!(!response.text().contains("evil"), "{}", response.text());
 }
 
 /// `type:id` as the API's resource (the type alone when there is no `:`).

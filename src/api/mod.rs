@@ -10,9 +10,14 @@
 //! the resource is `type:id`, grants and denies are the policy's, no
 //! application is chosen. A deny is `200 {"decision": false}`; HTTP errors
 //! are for requests that cannot be decided: 400 (malformed, missing or
-//! mistyped field, wrong content type), 401 (no or a bad credential, with
-//! `WWW-Authenticate`), 403 (the caller may not ask this), 413 (body over
-//! [`MAX_BODY_BYTES`]), 405 (wrong method). `X-Request-ID` is echoed.
+//! mistyped field, wrong content type, a subject type other than `user`),
+//! 401 (no or a bad credential, with `WWW-Authenticate`), 403 (the caller
+//! may not ask this), 404, 405 (wrong method), 408 (a body too slow), 413
+//! (body over [`MAX_BODY_BYTES`]), 503 (busy, over its budget, or the
+//! grants database cannot answer). Every error is a JSON body
+//! `{"error": code, "message": text}` with `application/json`, whoever made
+//! it (the handlers, or axum's router for 404 and 405: [`json_errors`]).
+//! `X-Request-ID` is echoed.
 //!
 //! Who may ask what is [`callers`]'s; reading requests is [`model`]'s;
 //! answering searches is [`crate::search`]'s. The same listener signs and
@@ -43,7 +48,7 @@ use tokio::net::TcpListener;
 use crate::decision_log::DecisionLog;
 use crate::engine::{self, Attributes, Authenticate, Decision, DenyStatus, Reason};
 use crate::http_server::{self, ConnectionLimits, Peer};
-use crate::policy::{normalize_host, GrantSource, PolicyHandle, PolicySet};
+use crate::policy::{GrantSource, PolicyHandle, PolicySet};
 use crate::search;
 use crate::server::Clock;
 use crate::tls::ServerTls;
@@ -101,7 +106,7 @@ pub struct ApiState {
     /// The `policy_decision_point` of the metadata; derived from the
     /// request's Host when not configured.
     pub public_url: Option<String>,
-    /// Whether the listener speaks TLS (the scheme of derived URLs).
+    /// Whether the listener speaks TLS.
     pub https: bool,
     /// The decision log the ext_authz checks write too (allows sampled).
     pub log: Arc<DecisionLog>,
@@ -128,6 +133,7 @@ pub fn router(state: ApiState) -> Router {
         .route(events::VERIFY, post(events::verify))
         .route(grants::PATH, post(grants::write))
         .with_state(state)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(echo_request_id))
 }
 
@@ -165,6 +171,29 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+impl ApiError {
+    /// The stable code of the error body's `error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "invalid_request",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooLarge => "request_too_large",
+            ApiError::BodyTimeout => "request_timeout",
+            ApiError::Busy(Refused::Busy) => "busy",
+            ApiError::Busy(Refused::Failed) => "internal_error",
+            ApiError::OverBudget => "over_budget",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// The error body every API error has.
+pub fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({ "error": code, "message": message }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -177,13 +206,7 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
-        // The specification's error body: a message string.
-        let mut response = (
-            status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("{self}\n"),
-        )
-            .into_response();
+        let mut response = error_body(status, self.code(), &self.to_string());
         if let ApiError::Unauthenticated(why) = &self {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -196,6 +219,37 @@ impl IntoResponse for ApiError {
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(BadRequest(message.into()))
+}
+
+/// Gives the errors the handlers do not make (axum's 404 and 405, with
+/// their `Allow`) the JSON body every other error has; a JSON-speaking
+/// client never meets a text body on this listener.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint does not take this method",
+        ),
+        _ => ("error", status.canonical_reason().unwrap_or("error")),
+    };
+    let body = error_body(status, code, message);
+    let (json_parts, body) = body.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in &json_parts.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Echoes the request's `X-Request-ID` on every answer, errors included.
@@ -327,6 +381,14 @@ fn decide(
     now: u64,
 ) -> Result<Decision, ApiError> {
     let subject = &eval.subject;
+    // A type the policy has no subjects of is the caller's mistake, never
+    // a silent deny.
+    if subject.kind != SUBJECT_TYPE {
+        return Err(bad(format!(
+            "subject.type {:?} is not a subject type of this policy (only {SUBJECT_TYPE:?})",
+            subject.kind
+        )));
+    }
     let own = asker
         .user
         .as_ref()
@@ -347,14 +409,6 @@ fn decide(
             ))
         }
     };
-    if subject.kind != SUBJECT_TYPE {
-        let mut d = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
-        d.matched_rule = Some(format!(
-            "subject type {:?} is not {SUBJECT_TYPE:?}",
-            subject.kind
-        ));
-        return Ok(d);
-    }
     let resource = resource_name(&eval.resource.kind, &eval.resource.id);
     // What conditions read of the request; the clock, never the caller,
     // gives `context.time`.
@@ -467,15 +521,18 @@ fn decision_json(decision: &Decision, explain: bool) -> Value {
 }
 
 /// Marks the evaluation that ended a `deny_on_first_deny` batch, as the
-/// specification's example does; an item's error is left as it is.
+/// specification's example does (`{"code": "200", "reason":
+/// "deny_on_first_deny"}`); an item's error is left as it is. When the
+/// context already says why the item was denied (`explain`), the marker
+/// goes under `short_circuit`, so the decision's reason (`id`,
+/// `reason_admin`) and the batch's stop are never mixed in one object.
 fn mark_short_circuit(answer: &mut Value) {
-    if answer.get("context").is_none() {
-        answer["context"] = json!({});
-    }
-    if let Some(context) = answer["context"].as_object_mut() {
-        if !context.contains_key("error") {
-            context.insert("code".into(), json!("200"));
-            context.insert("reason".into(), json!("deny_on_first_deny"));
+    let marker = json!({ "code": "200", "reason": "deny_on_first_deny" });
+    match answer.get_mut("context").and_then(Value::as_object_mut) {
+        None => answer["context"] = marker,
+        Some(context) if context.contains_key("error") => {}
+        Some(context) => {
+            context.insert("short_circuit".into(), marker);
         }
     }
 }
@@ -947,21 +1004,20 @@ mod page_token {
     }
 }
 
-async fn metadata(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    let base = match &state.public_url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or_default();
-            if host.is_empty() || normalize_host(host).is_err() {
-                return bad("a Host header naming this server is required").into_response();
-            }
-            let scheme = if state.https { "https" } else { "http" };
-            format!("{scheme}://{host}")
-        }
+/// The metadata, built from `--api-url` alone: the specification wants
+/// absolute URLs whose base is the one a client discovered the PDP at, and
+/// a Host header is the client's to write, so without a configured URL
+/// there is no metadata (404, and clients use the default paths, as the
+/// specification says they do), never one reflecting the request.
+async fn metadata(State(state): State<ApiState>) -> Response {
+    let Some(url) = &state.public_url else {
+        return error_body(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no metadata: the server has no --api-url; the default paths (/access/v1/…) are served",
+        );
     };
+    let base = url.trim_end_matches('/');
     let mut response = json_response(&json!({
         "policy_decision_point": base,
         "access_evaluation_endpoint": format!("{base}{EVALUATION}"),
@@ -969,6 +1025,19 @@ async fn metadata(State(state): State<ApiState>, headers: HeaderMap) -> Response
         "search_subject_endpoint": format!("{base}{SEARCH_SUBJECT}"),
         "search_resource_endpoint": format!("{base}{SEARCH_RESOURCE}"),
         "search_action_endpoint": format!("{base}{SEARCH_ACTION}"),
+        // The registry of capability URNs has no entry this server could
+        // claim yet.
+        "capabilities": [],
+        // What one request may cost (docs/configuration.md, "Bounds").
+        "portcullis_limits": {
+            "max_body_bytes": MAX_BODY_BYTES,
+            "max_evaluations": MAX_EVALUATIONS,
+            "max_page_limit": MAX_PAGE_LIMIT,
+            "default_page_limit": DEFAULT_PAGE_LIMIT,
+            "max_search_candidates": search::MAX_SEARCH_CANDIDATES,
+            "max_request_time_ms": u64::try_from(REQUEST_TIME_BUDGET.as_millis()).unwrap_or(u64::MAX),
+            "body_read_timeout_ms": u64::try_from(BODY_READ_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+        },
     }));
     response.headers_mut().insert(
         header::CACHE_CONTROL,

@@ -84,6 +84,21 @@ struct Defaults {
     action: Option<Result<Action, BadRequest>>,
     resource: Option<Result<Entity, BadRequest>>,
     context: Option<Arc<Object>>,
+    /// The top-level subject's and resource's `type` and `id` as sent:
+    /// what an item's entity lacking one of them falls back to.
+    subject_names: Object,
+    resource_names: Object,
+}
+
+/// The `type` and `id` of the top-level `key`, as sent.
+fn names_of(body: &Object, key: &str) -> Object {
+    let Some(Value::Object(entity)) = get(body, key) else {
+        return Object::new();
+    };
+    ["type", "id"]
+        .into_iter()
+        .filter_map(|field| Some((field.to_owned(), get(entity, field)?.clone())))
+        .collect()
 }
 
 /// The `page` of a search request.
@@ -165,11 +180,23 @@ fn entity(object: &Object, key: &str, path: &str, with_id: bool) -> Result<Entit
     let value = required_object(object, key, path)?;
     let here = format!("{path}{key}");
     let kind = string(value, "type", &here)?;
+    // A type is one word of the policy's `type:id` names: a `:` in it
+    // would make `{"type": "record:1", "id": ""}` another resource's name.
+    if kind.is_empty() || kind.contains(':') {
+        return Err(bad(format!(
+            "{here}.type must be a non-empty type without ':'"
+        )));
+    }
     let id = if with_id {
         string(value, "id", &here)?
     } else {
         String::new()
     };
+    // A resource's empty id names the collection (`documents`); a subject
+    // is always someone.
+    if with_id && key == "subject" && id.is_empty() {
+        return Err(bad(format!("{here}.id must not be empty")));
+    }
     let properties = optional_object(value, "properties", &format!("{here}."))?;
     Ok(Entity {
         kind,
@@ -181,8 +208,12 @@ fn entity(object: &Object, key: &str, path: &str, with_id: bool) -> Result<Entit
 fn action(object: &Object, path: &str) -> Result<Action, BadRequest> {
     let value = required_object(object, "action", path)?;
     let here = format!("{path}action");
+    let name = string(value, "name", &here)?;
+    if name.is_empty() {
+        return Err(bad(format!("{here}.name must not be empty")));
+    }
     Ok(Action {
-        name: string(value, "name", &here)?,
+        name,
         properties: optional_object(value, "properties", &format!("{here}."))?,
     })
 }
@@ -268,6 +299,8 @@ pub fn evaluations(mut body: Object) -> Result<Evaluations, BadRequest> {
         action: get(&body, "action").map(|_| action(&body, "")),
         resource: get(&body, "resource").map(|_| entity(&body, "resource", "", true)),
         context: optional_object(&body, "context", "")?,
+        subject_names: names_of(&body, "subject"),
+        resource_names: names_of(&body, "resource"),
     };
     Ok(Evaluations {
         defaults,
@@ -296,7 +329,7 @@ impl Evaluations {
     fn compose(&self, item: Option<&Object>, path: &str) -> Result<Evaluation, BadRequest> {
         let missing = |key: &str| bad(format!("{path}{key} is required"));
         let subject = match (own(item, "subject"), &self.defaults.subject) {
-            (Some(item), _) => entity(item, "subject", path, true)?,
+            (Some(item), _) => with_names(item, "subject", &self.defaults.subject_names, path)?,
             (None, Some(default)) => default.clone()?,
             (None, None) => return Err(missing("subject")),
         };
@@ -306,7 +339,7 @@ impl Evaluations {
             (None, None) => return Err(missing("action")),
         };
         let resource = match (own(item, "resource"), &self.defaults.resource) {
-            (Some(item), _) => entity(item, "resource", path, true)?,
+            (Some(item), _) => with_names(item, "resource", &self.defaults.resource_names, path)?,
             (None, Some(default)) => default.clone()?,
             (None, None) => return Err(missing("resource")),
         };
@@ -321,6 +354,31 @@ impl Evaluations {
             context,
         })
     }
+}
+
+/// An item's own entity `key`, which replaces the default whole but for a
+/// required `type` or `id` it lacks: those fall back to the default's (the
+/// certification scenario's "default value merging").
+fn with_names(item: &Object, key: &str, names: &Object, path: &str) -> Result<Entity, BadRequest> {
+    let lacking = match get(item, key) {
+        Some(Value::Object(own)) => names.keys().any(|field| get(own, field).is_none()),
+        _ => false,
+    };
+    if !lacking {
+        return entity(item, key, path, true);
+    }
+    let mut own = match get(item, key) {
+        Some(Value::Object(own)) => own.clone(),
+        _ => Object::new(),
+    };
+    for (field, value) in names {
+        if get(&own, field).is_none() {
+            own.insert(field.clone(), value.clone());
+        }
+    }
+    let mut patched = Object::new();
+    patched.insert(key.to_owned(), Value::Object(own));
+    entity(&patched, key, path, true)
 }
 
 /// Reads a search request for `kind`.
