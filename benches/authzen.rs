@@ -112,6 +112,10 @@ fn http(c: &mut Criterion) {
         log: Arc::new(DecisionLog::new(0.0, LogLines::to(std::io::sink()))),
         replay: Arc::new(ReplayGuard::new(DEFAULT_REPLAY_CAPACITY)),
         grants_db: None,
+        bulkhead: Arc::new(
+            api::bulkhead::Bulkhead::new(api::bulkhead::api_decision_threads())
+                .unwrap_or_else(|e| panic!("decision threads: {e}")),
+        ),
     };
     let api_address = serve(&runtime, api::router(state));
     // The same stack, a handler that answers without looking.
@@ -309,7 +313,15 @@ fn searches(c: &mut Criterion) {
         expires_at: u64::MAX,
         claims: Default::default(),
     };
-    let first = search::resources(&policy, &alice, "read", "document", None, 100);
+    let first = search::resources(
+        &policy,
+        &alice,
+        "read",
+        "document",
+        None,
+        100,
+        search::Circumstances::none(),
+    );
     assert_eq!(first.items.len(), 100);
     let mut group = c.benchmark_group("authzen_search_200k_grants");
     group.measurement_time(Duration::from_secs(4));
@@ -317,7 +329,13 @@ fn searches(c: &mut Criterion) {
     group.bench_function("resources_first_page_of_100", |b| {
         b.iter(|| {
             black_box(search::resources(
-                &policy, &alice, "read", "document", None, 100,
+                &policy,
+                &alice,
+                "read",
+                "document",
+                None,
+                100,
+                search::Circumstances::none(),
             ))
         })
     });
@@ -330,14 +348,33 @@ fn searches(c: &mut Criterion) {
                 "document",
                 Some("50000"),
                 100,
+                search::Circumstances::none(),
             ))
         })
     });
     group.bench_function("subjects_who_may_write_document_42", |b| {
-        b.iter(|| black_box(search::subjects(&policy, "document:42", "write", None, 100)))
+        b.iter(|| {
+            black_box(search::subjects(
+                &policy,
+                "document:42",
+                "write",
+                None,
+                100,
+                search::Circumstances::none(),
+            ))
+        })
     });
     group.bench_function("actions_of_alice_on_document_42", |b| {
-        b.iter(|| black_box(search::actions(&policy, &alice, "document:42", None, 100)))
+        b.iter(|| {
+            black_box(search::actions(
+                &policy,
+                &alice,
+                "document:42",
+                None,
+                100,
+                search::Circumstances::none(),
+            ))
+        })
     });
     group.finish();
 }

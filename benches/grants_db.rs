@@ -400,7 +400,14 @@ fn main() {
             let t = Instant::now();
             let page = rt
                 .block_on(grants_db::search::resources(
-                    &store, &policy, &p, "read", "document", after, 100,
+                    &store,
+                    &policy,
+                    &p,
+                    "read",
+                    "document",
+                    after,
+                    100,
+                    portcullis::search::Circumstances::none(),
                 ))
                 .unwrap_or_else(|e| panic!("{e}"));
             h.record(t.elapsed().as_nanos() as u64).ok();

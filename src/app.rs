@@ -365,6 +365,13 @@ impl App {
             Some(api) => ReplayGuard::new(api.replay_capacity),
             None => ReplayGuard::new(0),
         };
+        let bulkhead = match api::bulkhead::Bulkhead::new(api::bulkhead::api_decision_threads()) {
+            Ok(bulkhead) => Arc::new(bulkhead),
+            Err(e) => {
+                eprintln!("cannot start the API's decision threads: {e}");
+                return Exit::Failure;
+            }
+        };
         let api_state = ApiState {
             policy: policy.clone(),
             authn: Arc::new(tokens.clone()),
@@ -374,6 +381,7 @@ impl App {
             log: Arc::new(DecisionLog::new(config.log_allow_rate, log_lines.clone())),
             replay: Arc::new(replay),
             grants_db: grants_db.clone(),
+            bulkhead,
         };
         let authorizer = Authorizer::new(
             policy.clone(),

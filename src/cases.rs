@@ -347,9 +347,10 @@ fn run_case(
         }
         (None, Some(resource), Some(action)) if case.caller.is_some() => {
             let attributes = Attributes {
-                subject: case.subject_properties.clone(),
-                resource: case.resource_properties.clone(),
-                context: case.context.clone(),
+                subject: Arc::new(case.subject_properties.clone()),
+                resource: Arc::new(case.resource_properties.clone()),
+                action: Default::default(),
+                context: Arc::new(case.context.clone()),
             };
             if !policy.actions.iter().any(|a| a == action) {
                 return broken(

@@ -49,15 +49,17 @@ pub struct RequestAttrs {
 
 /// Attributes the caller of the resource/action form ([`authorize`],
 /// [`decide_resource_action`]) passes with its question, as JSON objects: what AuthZEN
-/// calls `subject.properties`, `resource.properties` and `context`.
-/// Conditions read them as `subject.properties`, `resource.properties` and
-/// `context.properties`; `context.time` is always the `now` of the call,
-/// never a value the caller sends.
+/// calls `subject.properties`, `resource.properties`, `action.properties`
+/// and `context`. Conditions read them as `subject.properties`,
+/// `resource.properties`, `action.properties` and `context.properties`;
+/// `context.time` is always the `now` of the call, never a value the caller
+/// sends. Shared (`Arc`), so a batch's defaults are never copied per item.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attributes {
-    pub subject: Map<String, Value>,
-    pub resource: Map<String, Value>,
-    pub context: Map<String, Value>,
+    pub subject: Arc<Map<String, Value>>,
+    pub resource: Arc<Map<String, Value>>,
+    pub action: Arc<Map<String, Value>>,
+    pub context: Arc<Map<String, Value>>,
 }
 
 impl Attributes {
@@ -751,6 +753,7 @@ pub fn authorize_with_grants(
         resource_properties: Some(&attributes.resource),
         action: action_name,
         now,
+        action_properties: Some(&attributes.action),
         context_properties: Some(&attributes.context),
         ..principal_inputs(policy, principal)
     });

@@ -6,13 +6,18 @@
 //! Candidates come from the grants (through the subject's groups and the
 //! roles' actions), and every result is confirmed by the same
 //! [`authorize`] a decision runs, so an explicit deny removes it. A grant
-//! under a condition is never a result: its condition needs the
-//! attributes of one request, which a search does not have. Pure, like the
-//! engine: no I/O, no clock.
+//! under a condition is a result when its condition holds with the
+//! request's attributes (subject, resource and action properties, context)
+//! at the request's time ([`Circumstances`]), as the evaluation of the same
+//! request would: a time-window grant leaves search when its window closes.
+//! Pure, like the engine: no I/O, the time a parameter.
 //!
 //! Results are ordered by their text and paged by a cursor, the last result
-//! of the previous page, so a page costs one pass over the grants that can
-//! hold it, never a sort of all of them. A pattern grant is a result of its
+//! of the previous page (or the last candidate examined), so a page costs
+//! passes over the grants that can hold it, never a sort of all of them,
+//! and at most [`MAX_SEARCH_CANDIDATES`] candidates confirmed: when explicit
+//! denies or conditions remove candidate after candidate, the page ends
+//! early, with what it found and a cursor to go on. A pattern grant is a result of its
 //! own: `document:*` is the resource id `*`, `org:1:*` of type `org` the id
 //! `1:*`, and the global `*` is the id `*` of whatever type is asked.
 
@@ -22,6 +27,30 @@ use std::collections::{BTreeSet, BinaryHeap, HashSet};
 use std::ops::Bound;
 
 use crate::engine::{authorize_with_grants, Attributes};
+
+/// Most candidates one page confirms with a decision; then the page ends
+/// (perhaps short, even empty) with a cursor after the last one examined.
+/// Advertised in the API's metadata (`max_search_candidates`).
+pub const MAX_SEARCH_CANDIDATES: usize = 10_000;
+
+/// What a search is judged with besides grants: the request's attributes,
+/// which conditions read, and the time (`context.time`).
+#[derive(Debug, Clone, Copy)]
+pub struct Circumstances<'a> {
+    pub attributes: &'a Attributes,
+    /// Seconds since the epoch.
+    pub now: u64,
+}
+
+impl Circumstances<'static> {
+    /// No attributes, at time 0: only conditions that read nothing hold.
+    pub fn none() -> Self {
+        Circumstances {
+            attributes: Attributes::none(),
+            now: 0,
+        }
+    }
+}
 use crate::policy::{Access, GrantSource, Holder, PolicySet, ResourceKey, RoleId};
 use crate::token::Principal;
 
@@ -29,21 +58,37 @@ use crate::token::Principal;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub items: Vec<String>,
-    /// More results follow the last item.
+    /// More results may follow.
     pub more: bool,
+    /// Where the next page starts (after this text), when `more`: the last
+    /// item, or the last candidate examined when the page ended on its
+    /// budget ([`MAX_SEARCH_CANDIDATES`]).
+    pub next: Option<String>,
 }
 
 impl Found {
     pub fn from(mut items: Vec<String>, limit: usize) -> Self {
         let more = items.len() > limit;
         items.truncate(limit);
-        Found { items, more }
+        let next = if more { items.last().cloned() } else { None };
+        Found { items, more, next }
+    }
+
+    /// A page cut short by the budget: everything found, and the cursor
+    /// after the last candidate examined.
+    pub fn spent(items: Vec<String>, last_examined: String) -> Self {
+        Found {
+            items,
+            more: true,
+            next: Some(last_examined),
+        }
     }
 
     pub fn none() -> Self {
         Found {
             items: Vec::new(),
             more: false,
+            next: None,
         }
     }
 }
@@ -52,26 +97,28 @@ pub fn action_index(policy: &PolicySet, action: &str) -> Option<usize> {
     policy.actions.iter().position(|a| a == action)
 }
 
+/// Whether one of `roles` holds `action`, under a condition or not: a
+/// candidate, which [`allows`] confirms (conditions included).
 pub fn role_holds(policy: &PolicySet, roles: &[RoleId], action: usize) -> bool {
     roles.iter().any(|r| {
         policy
             .roles
             .get(*r as usize)
-            .is_some_and(|role| role.condition.is_none() && role.actions.contains(action))
+            .is_some_and(|role| role.actions.contains(action))
     })
 }
 
-/// Whether `principal` may do `action` on `resource` with `grants`.
+/// Whether `principal` may do `action` on `resource` with `grants`, judged
+/// as an evaluation of the same request is: with its attributes, at its
+/// time.
 pub fn allows(
     policy: &PolicySet,
     grants: &dyn GrantSource,
     principal: &Principal,
     resource: &str,
     action: usize,
+    given: Circumstances<'_>,
 ) -> bool {
-    // Every candidate comes from a grant without a condition
-    // (`role_holds`) and deny rules carry none, so the answer never hangs
-    // on an attribute or the time: none are given.
     authorize_with_grants(
         policy,
         grants,
@@ -79,8 +126,8 @@ pub fn allows(
         Access::Granted,
         Some(resource),
         Some(action),
-        Attributes::none(),
-        0,
+        given.attributes,
+        given.now,
     )
     .is_allowed()
 }
@@ -107,7 +154,8 @@ impl PartialOrd for Candidate<'_> {
 }
 
 /// The resources of type `kind` on which `principal` may do `action`, after
-/// the id `after`, at most `limit`.
+/// the id `after`, at most `limit`, confirming at most
+/// [`MAX_SEARCH_CANDIDATES`].
 pub fn resources(
     policy: &PolicySet,
     principal: &Principal,
@@ -115,6 +163,7 @@ pub fn resources(
     kind: &str,
     after: Option<&str>,
     limit: usize,
+    given: Circumstances<'_>,
 ) -> Found {
     let Some(action) = action_index(policy, action) else {
         return Found::none();
@@ -131,10 +180,18 @@ pub fn resources(
         .collect();
     let mut after: Option<String> = after.map(str::to_owned);
     let mut out = Vec::new();
+    let mut examined = 0usize;
+    // Each pass takes twice the candidates of the one before, so a page
+    // that denies remove candidate after candidate costs a few passes over
+    // the grants, not one pass per page-full.
+    let mut batch_size = limit + 1;
     loop {
-        let want = limit + 1 - out.len();
+        let want = (limit + 1 - out.len())
+            .max(batch_size)
+            .min(MAX_SEARCH_CANDIDATES - examined)
+            .max(1);
         // The `want` smallest ids after the cursor: a bounded max-heap, so
-        // a page costs one pass over the holders' grants.
+        // a pass costs one walk over the holders' grants.
         let mut best: BinaryHeap<Candidate<'_>> = BinaryHeap::with_capacity(want + 1);
         let mut kept: HashSet<Cow<'_, str>> = HashSet::new();
         let mut overflowed = false;
@@ -186,8 +243,16 @@ pub fn resources(
         let Some(last) = batch.last().map(|c| c.id.to_string()) else {
             break;
         };
+        examined += batch.len();
         for candidate in batch {
-            if allows(policy, &*policy.grants, principal, &candidate.check, action) {
+            if allows(
+                policy,
+                &*policy.grants,
+                principal,
+                &candidate.check,
+                action,
+                given,
+            ) {
                 out.push(candidate.id.into_owned());
             }
         }
@@ -196,7 +261,11 @@ pub fn resources(
         if out.len() > limit || !overflowed {
             break;
         }
+        if examined >= MAX_SEARCH_CANDIDATES {
+            return Found::spent(out, last);
+        }
         after = Some(last);
+        batch_size = batch_size.saturating_mul(2);
     }
     Found::from(out, limit)
 }
@@ -210,8 +279,17 @@ pub fn subjects(
     action: &str,
     after: Option<&str>,
     limit: usize,
+    given: Circumstances<'_>,
 ) -> Found {
-    subjects_with_grants(policy, &*policy.grants, resource, action, after, limit)
+    subjects_with_grants(
+        policy,
+        &*policy.grants,
+        resource,
+        action,
+        after,
+        limit,
+        given,
+    )
 }
 
 /// [`subjects`] over `grants` (which must hold every grant on a key
@@ -223,6 +301,7 @@ pub fn subjects_with_grants(
     action: &str,
     after: Option<&str>,
     limit: usize,
+    given: Circumstances<'_>,
 ) -> Found {
     let Some(action) = action_index(policy, action) else {
         return Found::none();
@@ -255,7 +334,13 @@ pub fn subjects_with_grants(
     }
     let start = after.map_or(Bound::Unbounded, Bound::Excluded);
     let mut out = Vec::new();
-    for subject in candidates.range::<&str, _>((start, Bound::Unbounded)) {
+    for (examined, subject) in candidates
+        .range::<&str, _>((start, Bound::Unbounded))
+        .enumerate()
+    {
+        if examined == MAX_SEARCH_CANDIDATES {
+            return Found::spent(out, (*subject).to_owned());
+        }
         let principal = Principal {
             issuer: "search".into(),
             subject: (*subject).to_owned(),
@@ -263,7 +348,7 @@ pub fn subjects_with_grants(
             expires_at: u64::MAX,
             claims: Default::default(),
         };
-        if allows(policy, grants, &principal, resource, action) {
+        if allows(policy, grants, &principal, resource, action, given) {
             out.push((*subject).to_owned());
             if out.len() > limit {
                 break;
@@ -281,8 +366,17 @@ pub fn actions(
     resource: &str,
     after: Option<&str>,
     limit: usize,
+    given: Circumstances<'_>,
 ) -> Found {
-    actions_with_grants(policy, &*policy.grants, principal, resource, after, limit)
+    actions_with_grants(
+        policy,
+        &*policy.grants,
+        principal,
+        resource,
+        after,
+        limit,
+        given,
+    )
 }
 
 /// [`actions`] over `grants` (which must answer every lookup a decision on
@@ -294,6 +388,7 @@ pub fn actions_with_grants(
     resource: &str,
     after: Option<&str>,
     limit: usize,
+    given: Circumstances<'_>,
 ) -> Found {
     let mut out = Vec::new();
     let mut named: Vec<(usize, &String)> = policy.actions.iter().enumerate().collect();
@@ -302,7 +397,7 @@ pub fn actions_with_grants(
         if after.is_some_and(|a| name.as_str() <= a) {
             continue;
         }
-        if allows(policy, grants, principal, resource, index) {
+        if allows(policy, grants, principal, resource, index, given) {
             out.push(name.clone());
             if out.len() > limit {
                 break;

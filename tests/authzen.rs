@@ -53,6 +53,12 @@ fn policies(gateway_dns: &str) -> tempfile::TempDir {
   - name: batch
     token_subject: svc-batch
     may: [any_subject, search]
+  - name: self-search
+    token_subject: erin
+    may: [search]
+  - name: checkout
+    client_certificate: {{ spiffe_id: spiffe://cluster.local/ns/shop/sa/checkout }}
+    may: [any_subject]
 "
         ),
     );
@@ -69,6 +75,15 @@ struct Service {
 
 impl Service {
     fn start(policies: &Path, api_tls: Option<TlsFiles>) -> Service {
+        Self::start_with_url(policies, api_tls, None)
+    }
+
+    /// With `--api-url` `public_url`.
+    fn start_with_url(
+        policies: &Path,
+        api_tls: Option<TlsFiles>,
+        public_url: Option<&str>,
+    ) -> Service {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
         let config = ServeConfig {
             policies: policies.to_path_buf(),
@@ -90,7 +105,7 @@ impl Service {
             api: Some(ApiConfig {
                 listen: any,
                 tls: api_tls,
-                public_url: None,
+                public_url: public_url.map(str::to_owned),
                 replay_log: None,
                 replay_capacity: 1000,
             }),
@@ -267,13 +282,13 @@ fn evaluations_answer_the_specifications_shapes() {
         &evaluation("alice", "create", "documents", ""),
     );
     assert_eq!(json_of(&create)["decision"], json!(true));
-    // Only users are subjects.
+    // Only users are subjects: another type is the caller's error, never a
+    // silent deny.
     let mut group = evaluation("staff", "create", "documents", "");
     group["subject"]["type"] = json!("group");
-    assert_eq!(
-        json_of(&post(port, EVALUATION, reporting, &group))["decision"],
-        json!(false)
-    );
+    let response = post(port, EVALUATION, reporting, &group);
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert_eq!(json_of(&response)["error"], json!("invalid_request"));
 
     // The user's own token: a decision about that user, with the groups
     // the token asserts, and no reason.
@@ -350,6 +365,13 @@ fn callers_are_authenticated_and_held_to_what_they_may_ask() {
         &evaluation("bob", "read", "document", "1"),
     );
     assert_eq!(json_of(&own), json!({ "decision": true }));
+    // An API key may also travel as a bearer credential, as many PEPs send
+    // it: the same caller, with what it may see.
+    let keyed = post(port, EVALUATION, As::Bearer(REPORTING_KEY), &about_alice);
+    assert_eq!(keyed.status, 200, "{}", keyed.text());
+    assert_eq!(json_of(&keyed)["context"]["id"], json!("granted"));
+    let limited = post(port, EVALUATION, As::Bearer(LIMITED_KEY), &about_alice);
+    assert_eq!(limited.status, 403, "{}", limited.text());
     // A token whose subject the policy names as a caller is that caller.
     let batch = token("svc-batch");
     let trusted = post(port, EVALUATION, As::Bearer(&batch), &about_alice);
@@ -424,6 +446,28 @@ fn an_mtls_caller_is_known_by_its_certificate() {
             )
         })
         .is_err());
+    // Exactly the name, in any case; never through a wildcard the
+    // certificate presents.
+    let upper = pki.issue(
+        "spiffe://cluster.local/ns/x/sa/upper",
+        &[&pki.server_name.to_ascii_uppercase()],
+    );
+    let upper = ask(&pki.client(Some(&upper)), &json_header);
+    assert_eq!(upper.status, 200, "{}", upper.text());
+    let suffix = pki.server_name.split_once('.').map_or("", |(_, rest)| rest);
+    let wildcard = pki.issue(
+        "spiffe://cluster.local/ns/x/sa/wild",
+        &[&format!("*.{suffix}")],
+    );
+    let wildcard = ask(&pki.client(Some(&wildcard)), &json_header);
+    assert_eq!(wildcard.status, 401, "{}", wildcard.text());
+    // A SPIFFE id, as an Istio workload presents it, names its caller.
+    let checkout = pki.issue("spiffe://cluster.local/ns/shop/sa/checkout", &[]);
+    let checkout = ask(&pki.client(Some(&checkout)), &json_header);
+    assert_eq!(checkout.status, 200, "{}", checkout.text());
+    let near = pki.issue("spiffe://cluster.local/ns/shop/sa/checkout-2", &[]);
+    let near = ask(&pki.client(Some(&near)), &json_header);
+    assert_eq!(near.status, 401, "{}", near.text());
     // The API key still works over mTLS.
     let keyed = ask(
         &pki.client(Some(&pki.caller)),
@@ -442,14 +486,23 @@ fn every_error_has_its_status() {
     let port = service.port();
     let key = ("X-API-Key", REPORTING_KEY);
     let json_type = ("Content-Type", "application/json");
+    // Every error is {"error": code, "message": text} as application/json.
+    let is_json_error = |response: &Response| {
+        let body = json_of(response);
+        assert!(
+            body["error"].as_str().is_some_and(|c| !c.is_empty()),
+            "{body}"
+        );
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    };
     let status = |headers: &[(&str, &str)], body: &[u8]| {
         let response = send(port, "POST", EVALUATION, headers, body);
-        assert!(
-            response.status == 200
-                || response.header("content-type") == Some("text/plain; charset=utf-8"),
-            "{response:?}"
-        );
-        assert!(response.status == 200 || !response.text().trim().is_empty());
+        if response.status != 200 {
+            is_json_error(&response);
+        }
         response.status
     };
     let valid = evaluation("alice", "read", "document", "1").to_string();
@@ -510,17 +563,46 @@ fn every_error_has_its_status() {
     // A wrong method is 405; an unknown path 404.
     let get = send(port, "GET", EVALUATION, &[key], b"");
     assert_eq!(get.status, 405);
-    assert_eq!(
-        send(
-            port,
-            "POST",
-            "/access/v1/nothing",
-            &[json_type, key],
-            valid.as_bytes()
-        )
-        .status,
-        404
+    assert!(get.header("allow").is_some(), "{get:?}");
+    is_json_error(&get);
+    let nothing = send(
+        port,
+        "POST",
+        "/access/v1/nothing",
+        &[json_type, key],
+        valid.as_bytes(),
     );
+    assert_eq!(nothing.status, 404);
+    is_json_error(&nothing);
+    // 401 and 403 too.
+    let anonymous = send(port, "POST", EVALUATION, &[json_type], valid.as_bytes());
+    assert_eq!(anonymous.status, 401);
+    is_json_error(&anonymous);
+    let limited = send(
+        port,
+        "POST",
+        EVALUATION,
+        &[json_type, ("X-API-Key", LIMITED_KEY)],
+        valid.as_bytes(),
+    );
+    assert_eq!(limited.status, 403);
+    is_json_error(&limited);
+    // A subject type the policy has none of is a 400, never a silent deny;
+    // a type holding ':' would alias another resource; a subject is someone.
+    for (field, value) in [
+        ("subject", json!({ "type": "identity", "id": "alice" })),
+        ("resource", json!({ "type": "document:1", "id": "" })),
+        ("subject", json!({ "type": "user", "id": "" })),
+        ("action", json!({ "name": "" })),
+    ] {
+        let mut request = evaluation("alice", "read", "document", "1");
+        request[field] = value;
+        assert_eq!(
+            status(&[json_type, key], request.to_string().as_bytes()),
+            400,
+            "{request}"
+        );
+    }
     // Authentication comes before reading the body.
     assert_eq!(status(&[json_type], b"{"), 401);
 }
@@ -570,9 +652,38 @@ fn batches_merge_defaults_and_follow_their_semantics() {
     );
     let deny_first = batch(Some("deny_on_first_deny"));
     assert_eq!(decisions(&deny_first), [true, false]);
+    // With explain, the decision's reason and the batch's stop are kept
+    // apart: the reason's id stays a reason, the stop has its own object.
+    let stopped = &deny_first[1]["context"];
     assert_eq!(
-        deny_first[1]["context"]["reason"],
-        json!("deny_on_first_deny")
+        stopped["short_circuit"],
+        json!({ "code": "200", "reason": "deny_on_first_deny" }),
+        "{stopped}"
+    );
+    assert_eq!(stopped["id"], json!("no_grant"), "{stopped}");
+    assert!(stopped.get("code").is_none(), "{stopped}");
+    // Without explain, the specification's own marker.
+    let mut plain = json!({
+        "subject": { "type": "user", "id": "bob" },
+        "action": { "name": "delete" },
+        "options": { "evaluations_semantic": "deny_on_first_deny" },
+        "evaluations": [{ "resource": { "type": "document", "id": "1" } }],
+    });
+    let bob = token("bob");
+    let answer = json_of(&post(port, EVALUATIONS, As::Bearer(&bob), &plain));
+    assert_eq!(
+        answer["evaluations"][0]["context"],
+        json!({ "code": "200", "reason": "deny_on_first_deny" })
+    );
+    // An item lacking a required type or id takes the default's.
+    plain["resource"] = json!({ "type": "document" });
+    plain["action"] = json!({ "name": "read" });
+    plain["evaluations"] = json!([{ "resource": { "id": "1" } }]);
+    let answer = json_of(&post(port, EVALUATIONS, As::Bearer(&bob), &plain));
+    assert_eq!(
+        answer["evaluations"][0]["decision"],
+        json!(true),
+        "{answer}"
     );
     assert_eq!(decisions(&batch(Some("permit_on_first_permit"))), [true]);
 
@@ -770,18 +881,18 @@ denies:
         &changed,
     );
     assert_eq!(reused.status, 400, "{}", reused.text());
+    // A token carries its limit; one sent beside it sets the page size
+    // from there on (the cursor does not depend on it).
     let mut other_limit = first.clone();
     other_limit["page"] = json!({ "limit": 3, "token": token });
-    assert_eq!(
-        post(
-            port,
-            "/access/v1/search/resource",
-            As::Key(REPORTING_KEY),
-            &other_limit
-        )
-        .status,
-        400
+    let resized = post(
+        port,
+        "/access/v1/search/resource",
+        As::Key(REPORTING_KEY),
+        &other_limit,
     );
+    assert_eq!(resized.status, 200, "{}", resized.text());
+    assert!(json_of(&resized)["page"]["count"].as_u64() <= Some(3));
     let mut tampered = first.clone();
     let mut forged = token.clone();
     forged.replace_range(0..2, if &token[0..2] == "00" { "11" } else { "00" });
@@ -827,20 +938,22 @@ denies:
 #[test]
 fn metadata_names_what_is_served() {
     let dir = policies("gateway.internal");
-    let service = Service::start(dir.path(), None);
+    let base = "https://pdp.example.com";
+    let service = Service::start_with_url(dir.path(), None, Some(base));
     let port = service.port();
-    let host = format!("127.0.0.1:{port}");
+    // The configured URL, whatever Host the request names.
     let response = send(
         port,
         "GET",
         "/.well-known/authzen-configuration",
-        &[("Host", host.as_str())],
+        &[("Host", "evil.example")],
         b"",
     );
     assert_eq!(response.status, 200, "{}", response.text());
-    let base = format!("http://{host}");
+    let metadata = json_of(&response);
+    assert!(!metadata.to_string().contains("evil"), "{metadata}");
     assert_eq!(
-        json_of(&response),
+        metadata,
         json!({
             "policy_decision_point": base,
             "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
@@ -848,6 +961,16 @@ fn metadata_names_what_is_served() {
             "search_subject_endpoint": format!("{base}/access/v1/search/subject"),
             "search_resource_endpoint": format!("{base}/access/v1/search/resource"),
             "search_action_endpoint": format!("{base}/access/v1/search/action"),
+            "capabilities": [],
+            "portcullis_limits": {
+                "max_body_bytes": portcullis::api::MAX_BODY_BYTES,
+                "max_evaluations": portcullis::api::MAX_EVALUATIONS,
+                "max_page_limit": portcullis::api::MAX_PAGE_LIMIT,
+                "default_page_limit": portcullis::api::DEFAULT_PAGE_LIMIT,
+                "max_search_candidates": portcullis::search::MAX_SEARCH_CANDIDATES,
+                "max_request_time_ms": 2000,
+                "body_read_timeout_ms": 10000,
+            },
         })
     );
     // Every endpoint it names answers (here: 401 without a credential).
@@ -866,6 +989,19 @@ fn metadata_names_what_is_served() {
     }
     let post_metadata = send(port, "POST", "/.well-known/authzen-configuration", &[], b"");
     assert_eq!(post_metadata.status, 405);
+
+    // Without --api-url there is no metadata to give (the specification's
+    // URLs are absolute): 404, never URLs made of the request's Host.
+    let unnamed = Service::start(dir.path(), None);
+    let response = send(
+        unnamed.port(),
+        "GET",
+        "/.well-known/authzen-configuration",
+        &[("Host", "evil.example")],
+        b"",
+    );
+    assert_eq!(response.status, 404, "{}", response.text());
+    assert!(!response.text().contains("evil"), "{}", response.text());
 }
 
 /// `type:id` as the API's resource (the type alone when there is no `:`).
@@ -1038,4 +1174,207 @@ fn conditions_read_the_requests_attributes() {
     });
     let (found, _) = search_all(port, "/access/v1/search/resource", &search, 10);
     assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
+fn searches_judge_conditions_with_the_request_and_the_clock() {
+    let dir = policies("gateway.example");
+    std::fs::write(
+        dir.path().join("conditional.yaml"),
+        "grants:
+  - subject: erin
+    role: editor
+    resource: note:1
+    condition: context.time < timestamp(\"2020-01-01T00:00:00Z\")
+  - subject: erin
+    role: viewer
+    resource: note:2
+    condition: context.properties.channel == \"web\"
+  - subject: erin
+    role: editor
+    resource: note:3
+    condition: resource.properties.ownerID == subject.id && action.properties.mode == \"draft\"
+",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let names = |answer: &Value, field: &str| -> Vec<String> {
+        answer["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r[field].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let search = |path: &str, body: Value| {
+        let response = post(port, path, As::Key(REPORTING_KEY), &body);
+        assert_eq!(response.status, 200, "{}", response.text());
+        json_of(&response)
+    };
+    let actions = |resource: Value, context: Value| {
+        let answer = search(
+            "/access/v1/search/action",
+            json!({
+                "subject": { "type": "user", "id": "erin" },
+                "resource": resource,
+                "context": context,
+            }),
+        );
+        names(&answer, "name")
+    };
+    // A time window that closed in 2020 is judged at the request's time:
+    // its grant is no search result any more, as no evaluation allows it.
+    assert_eq!(
+        actions(json!({ "type": "note", "id": "1" }), json!({})),
+        Vec::<String>::new()
+    );
+    // A condition on the context holds with the request's context only.
+    assert_eq!(
+        actions(
+            json!({ "type": "note", "id": "2" }),
+            json!({ "channel": "web" })
+        ),
+        ["read"]
+    );
+    assert_eq!(
+        actions(
+            json!({ "type": "note", "id": "2" }),
+            json!({ "channel": "mail" })
+        ),
+        Vec::<String>::new()
+    );
+    // Subject and resource search return a grant under a condition when
+    // the request's properties make it true (action properties too).
+    let who = |resource_properties: Value, mode: &str| {
+        let answer = search(
+            "/access/v1/search/subject",
+            json!({
+                "subject": { "type": "user" },
+                "action": { "name": "write", "properties": { "mode": mode } },
+                "resource": { "type": "note", "id": "3", "properties": resource_properties },
+            }),
+        );
+        names(&answer, "id")
+    };
+    // (carol, a global admin, may write anything.)
+    assert_eq!(
+        who(json!({ "ownerID": "erin" }), "draft"),
+        ["carol", "erin"]
+    );
+    assert_eq!(who(json!({ "ownerID": "erin" }), "final"), ["carol"]);
+    assert_eq!(who(json!({ "ownerID": "frank" }), "draft"), ["carol"]);
+    let which = search(
+        "/access/v1/search/resource",
+        json!({
+            "subject": { "type": "user", "id": "erin" },
+            "action": { "name": "write", "properties": { "mode": "draft" } },
+            "resource": { "type": "note", "properties": { "ownerID": "erin" } },
+        }),
+    );
+    assert_eq!(names(&which, "id"), ["3"]);
+}
+
+#[test]
+fn search_work_per_page_is_bounded_whatever_the_denies() {
+    let dir = policies("gateway.example");
+    let grants: String = (0..20_000)
+        .map(|i| format!("subject:dan viewer document:{i}\n"))
+        .collect();
+    std::fs::write(dir.path().join("dan.grants"), grants).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("dan.yaml"),
+        "denies:\n  - { name: no-dan, subject: dan, resource: \"document:*\" }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    let request = json!({
+        "subject": { "type": "user", "id": "dan" },
+        "action": { "name": "read" },
+        "resource": { "type": "document" },
+        "page": { "limit": 1 },
+    });
+    // The deny removes every candidate: a page confirms at most its
+    // budget of them, then ends with a token to go on from.
+    let response = post(
+        port,
+        "/access/v1/search/resource",
+        As::Key(REPORTING_KEY),
+        &request,
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let first = json_of(&response);
+    assert_eq!(first["results"], json!([]));
+    let token = first["page"]["next_token"].as_str().unwrap_or_default();
+    assert!(
+        !token.is_empty(),
+        "a page that spent its budget must say where to go on"
+    );
+    // Walking on ends, with nothing found: the token alone (no limit) is
+    // enough, it carries its own.
+    let mut token = token.to_owned();
+    let mut pages = 1;
+    while !token.is_empty() {
+        let mut next = request.clone();
+        next["page"] = json!({ "token": token });
+        let response = post(
+            port,
+            "/access/v1/search/resource",
+            As::Key(REPORTING_KEY),
+            &next,
+        );
+        assert_eq!(response.status, 200, "{}", response.text());
+        let answer = json_of(&response);
+        assert_eq!(answer["results"], json!([]));
+        token = answer["page"]["next_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        pages += 1;
+        assert!(pages < 10, "pagination does not end");
+    }
+
+    // A zero limit is refused, not a page that never advances.
+    let mut zero = request.clone();
+    zero["page"] = json!({ "limit": 0 });
+    let response = post(
+        port,
+        "/access/v1/search/resource",
+        As::Key(REPORTING_KEY),
+        &zero,
+    );
+    assert_eq!(response.status, 400, "{}", response.text());
+}
+
+#[test]
+fn search_about_another_subject_needs_any_subject() {
+    let dir = policies("gateway.example");
+    let service = Service::start(dir.path(), None);
+    let port = service.port();
+    // erin's caller may search, but not about anyone else.
+    let erin = token("erin");
+    let about = |subject: &str, path: &str| {
+        let mut body = json!({
+            "subject": { "type": "user", "id": subject },
+            "action": { "name": "read" },
+            "resource": { "type": "document", "id": "1" },
+        });
+        if path.ends_with("/resource") {
+            body["resource"] = json!({ "type": "document" });
+        }
+        if path.ends_with("/action") {
+            body.as_object_mut().map(|b| b.remove("action"));
+        }
+        if path.ends_with("/subject") {
+            body["subject"] = json!({ "type": "user" });
+        }
+        post(port, path, As::Bearer(&erin), &body).status
+    };
+    assert_eq!(about("erin", "/access/v1/search/resource"), 200);
+    assert_eq!(about("erin", "/access/v1/search/action"), 200);
+    assert_eq!(about("alice", "/access/v1/search/resource"), 403);
+    assert_eq!(about("alice", "/access/v1/search/action"), 403);
+    // Who may read document 1 is about every subject.
+    assert_eq!(about("", "/access/v1/search/subject"), 403);
 }

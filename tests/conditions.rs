@@ -393,19 +393,14 @@ fn the_resource_action_form_takes_explicit_attributes() {
         .issuers
         .verify(&[0], &token(json!({"sub": "ana"})), NOW)
         .unwrap_or_else(|e| panic!("{e}"));
+    let object = |value: serde_json::Value| {
+        std::sync::Arc::new(value.as_object().cloned().unwrap_or_default())
+    };
     let attributes = |owner: &str| Attributes {
-        subject: json!({"verified": true})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        resource: json!({"ownerID": owner})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        context: json!({"channel": "web"})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
+        subject: object(json!({"verified": true})),
+        resource: object(json!({"ownerID": owner})),
+        action: Default::default(),
+        context: object(json!({"channel": "web"})),
     };
     let yes = decided(
         &policy,

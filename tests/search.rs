@@ -12,6 +12,10 @@ use std::fmt::Write as _;
 use portcullis::engine::{decide_resource_action, Attributes};
 use portcullis::policy::{load_policies, PolicySet};
 use portcullis::search::{self, Found};
+
+fn none() -> search::Circumstances<'static> {
+    search::Circumstances::none()
+}
 use portcullis::token::Principal;
 use support::copy_policies;
 
@@ -117,7 +121,15 @@ fn every_search_page_agrees_with_single_decisions() {
     for action in ["read", "write", "delete"] {
         for subject in &subjects {
             let found = walk(|after| {
-                search::resources(&policy, &user(subject), action, "document", after, 7)
+                search::resources(
+                    &policy,
+                    &user(subject),
+                    action,
+                    "document",
+                    after,
+                    7,
+                    none(),
+                )
             });
             let mut expected: Vec<String> = documents
                 .iter()
@@ -138,7 +150,8 @@ fn every_search_page_agrees_with_single_decisions() {
             .chain(["7".to_owned(), "99".to_owned()].iter())
         {
             let resource = format!("document:{document}");
-            let found = walk(|after| search::subjects(&policy, &resource, action, after, 7));
+            let found =
+                walk(|after| search::subjects(&policy, &resource, action, after, 7, none()));
             let expected: BTreeSet<String> = subjects
                 .iter()
                 .filter(|s| allows(&policy, s, &resource, action))
@@ -156,7 +169,8 @@ fn every_search_page_agrees_with_single_decisions() {
     for subject in subjects.iter().step_by(4) {
         for document in documents.iter().step_by(17) {
             let resource = format!("document:{document}");
-            let found = walk(|after| search::actions(&policy, &user(subject), &resource, after, 7));
+            let found =
+                walk(|after| search::actions(&policy, &user(subject), &resource, after, 7, none()));
             let expected: Vec<String> = {
                 let mut names = policy.actions.clone();
                 names.sort();

@@ -2,17 +2,18 @@
 //! it presents.
 //!
 //! A caller proves who it is with one of three credentials, each matched
-//! against the policy's `callers:`: an API key in `X-API-Key`, a client
-//! certificate (mTLS on the API listener) carrying a DNS name a caller
-//! names, or a bearer token from one of the policy's issuers whose subject
-//! a caller names. A bearer token is also the user token: a caller that may
+//! against the policy's `callers:`: an API key in `X-API-Key` (or as
+//! `Authorization: Bearer <key>`, as many PEPs send it), a client
+//! certificate (mTLS on the API listener) carrying exactly a DNS name or a
+//! SPIFFE id a caller names, or a bearer token from one of the policy's
+//! issuers whose subject a caller names. A bearer token is also the user token: a caller that may
 //! not ask about any subject may still ask about the subject of the token it
 //! presents, with that token's groups.
 
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use rustls_pki_types::{CertificateDer, DnsName, ServerName};
+use rustls_pki_types::CertificateDer;
 
 use crate::adapter;
 use crate::engine::{Authenticate, Credential};
@@ -41,7 +42,7 @@ impl Asker {
 /// Why a request is not authenticated: 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unauthenticated {
-    #[error("no credential: send an API key (X-API-Key), a bearer token, or a client certificate the policy names")]
+    #[error("no credential: send an API key (X-API-Key or Authorization: Bearer), a bearer token, or a client certificate the policy names")]
     Missing,
     #[error("the API key is not known")]
     UnknownApiKey,
@@ -94,6 +95,13 @@ pub fn identify(
         .collect();
     if !authorization.is_empty() {
         match adapter::credential(&authorization) {
+            Credential::Bearer(token)
+                if asker.caller.is_none()
+                    && policy.callers.by_api_key(token.as_bytes()).is_some() =>
+            {
+                // An API key sent as a bearer credential: a caller, no user.
+                asker.caller = policy.callers.by_api_key(token.as_bytes()).cloned();
+            }
             Credential::Bearer(token) => {
                 let every_issuer: Vec<usize> = (0..policy.issuers.len()).collect();
                 let principal = authn
@@ -119,23 +127,16 @@ pub fn identify(
     Ok(asker)
 }
 
-/// The caller whose DNS name the (already verified) client certificate
-/// carries among its subject alternative names.
+/// The caller the (already verified) client certificate names: exactly one
+/// of its DNS names (a wildcard it presents names nobody) or SPIFFE ids.
 fn by_certificate<'p>(
     policy: &'p PolicySet,
     certificate: &CertificateDer<'_>,
 ) -> Option<&'p Caller> {
     let parsed = webpki::EndEntityCert::try_from(certificate).ok()?;
+    let dns_names: Vec<&str> = parsed.valid_dns_names().collect();
+    let uris: Vec<&str> = parsed.valid_uri_names().collect();
     policy
         .callers
-        .by_client_certificate()
-        .find(|(dns_name, _)| {
-            let Ok(name) = DnsName::try_from(*dns_name) else {
-                return false;
-            };
-            parsed
-                .verify_is_valid_for_subject_name(&ServerName::DnsName(name))
-                .is_ok()
-        })
-        .map(|(_, caller)| caller)
+        .by_certificate(dns_names.iter().copied(), uris.iter().copied())
 }

@@ -10,14 +10,20 @@
 //! the resource is `type:id`, grants and denies are the policy's, no
 //! application is chosen. A deny is `200 {"decision": false}`; HTTP errors
 //! are for requests that cannot be decided: 400 (malformed, missing or
-//! mistyped field, wrong content type), 401 (no or a bad credential, with
-//! `WWW-Authenticate`), 403 (the caller may not ask this), 413 (body over
-//! [`MAX_BODY_BYTES`]), 405 (wrong method). `X-Request-ID` is echoed.
+//! mistyped field, wrong content type, a subject type other than `user`),
+//! 401 (no or a bad credential, with `WWW-Authenticate`), 403 (the caller
+//! may not ask this), 404, 405 (wrong method), 408 (a body too slow), 413
+//! (body over [`MAX_BODY_BYTES`]), 503 (busy, over its budget, or the
+//! grants database cannot answer). Every error is a JSON body
+//! `{"error": code, "message": text}` with `application/json`, whoever made
+//! it (the handlers, or axum's router for 404 and 405: [`json_errors`]).
+//! `X-Request-ID` is echoed.
 //!
 //! Who may ask what is [`callers`]'s; reading requests is [`model`]'s;
 //! answering searches is [`crate::search`]'s. The same listener signs and
 //! verifies events for asynchronous work ([`events`]).
 
+pub mod bulkhead;
 pub mod callers;
 pub mod events;
 pub mod grants;
@@ -25,7 +31,7 @@ pub mod model;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -42,16 +48,24 @@ use tokio::net::TcpListener;
 use crate::decision_log::DecisionLog;
 use crate::engine::{self, Attributes, Authenticate, Decision, DenyStatus, Reason};
 use crate::http_server::{self, ConnectionLimits, Peer};
-use crate::policy::{normalize_host, GrantSource, PolicyHandle, PolicySet};
+use crate::policy::{GrantSource, PolicyHandle, PolicySet};
 use crate::search;
 use crate::server::Clock;
 use crate::tls::ServerTls;
 use crate::token::Principal;
+use bulkhead::{Bulkhead, Refused};
 use callers::{Asker, Unauthenticated};
 use model::{BadRequest, Evaluation, Object, SearchKind, Semantic};
 
 /// Largest request body accepted; a batch of a few hundred evaluations.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest time a request's body may take to arrive once its head has:
+/// a body trickled slower is refused (408) and its connection closed.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub use bulkhead::REQUEST_TIME_BUDGET;
+pub use model::MAX_EVALUATIONS;
 
 /// Results per search page when the request sets no `page.limit`.
 pub const DEFAULT_PAGE_LIMIT: u64 = 100;
@@ -92,7 +106,7 @@ pub struct ApiState {
     /// The `policy_decision_point` of the metadata; derived from the
     /// request's Host when not configured.
     pub public_url: Option<String>,
-    /// Whether the listener speaks TLS (the scheme of derived URLs).
+    /// Whether the listener speaks TLS.
     pub https: bool,
     /// The decision log the ext_authz checks write too (allows sampled).
     pub log: Arc<DecisionLog>,
@@ -101,6 +115,9 @@ pub struct ApiState {
     /// Grants kept in a database, when the configuration says so; else
     /// the policy files' grants answer, and the grants endpoint is 404.
     pub grants_db: Option<Arc<crate::grants_db::GrantStore>>,
+    /// Where decisions and searches run, off the runtime that answers
+    /// Envoy's checks ([`bulkhead`]).
+    pub bulkhead: Arc<Bulkhead>,
 }
 
 /// The API routes, for serving or for testing without a socket.
@@ -116,6 +133,7 @@ pub fn router(state: ApiState) -> Router {
         .route(events::VERIFY, post(events::verify))
         .route(grants::PATH, post(grants::write))
         .with_state(state)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(echo_request_id))
 }
 
@@ -141,9 +159,39 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the request body is larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
+    #[error("the request body did not arrive within {} seconds", BODY_READ_TIMEOUT.as_secs())]
+    BodyTimeout,
+    /// The decision pool is full, or the request spent its time budget.
+    #[error(transparent)]
+    Busy(#[from] Refused),
+    #[error("the request needs more than its {} ms of decision time; send fewer evaluations", REQUEST_TIME_BUDGET.as_millis())]
+    OverBudget,
     /// The grants database could not answer (503).
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl ApiError {
+    /// The stable code of the error body's `error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "invalid_request",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooLarge => "request_too_large",
+            ApiError::BodyTimeout => "request_timeout",
+            ApiError::Busy(Refused::Busy) => "busy",
+            ApiError::Busy(Refused::Failed) => "internal_error",
+            ApiError::OverBudget => "over_budget",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// The error body every API error has.
+pub fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({ "error": code, "message": message }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -153,15 +201,12 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::OverBudget => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
-        // The specification's error body: a message string.
-        let mut response = (
-            status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("{self}\n"),
-        )
-            .into_response();
+        let mut response = error_body(status, self.code(), &self.to_string());
         if let ApiError::Unauthenticated(why) = &self {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -174,6 +219,37 @@ impl IntoResponse for ApiError {
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(BadRequest(message.into()))
+}
+
+/// Gives the errors the handlers do not make (axum's 404 and 405, with
+/// their `Allow`) the JSON body every other error has; a JSON-speaking
+/// client never meets a text body on this listener.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint does not take this method",
+        ),
+        _ => ("error", status.canonical_reason().unwrap_or("error")),
+    };
+    let body = error_body(status, code, message);
+    let (json_parts, body) = body.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in &json_parts.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Echoes the request's `X-Request-ID` on every answer, errors included.
@@ -283,11 +359,16 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The body, bounded in bytes and in time: a client trickling it holds its
+/// connection for [`BODY_READ_TIMEOUT`] at most (answering before the body
+/// is read makes hyper close the connection).
 async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge),
-        Err(e) => Err(bad(format!("cannot read the request body: {e}"))),
+    let collect = Limited::new(body, MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge),
+        Ok(Err(e)) => Err(bad(format!("cannot read the request body: {e}"))),
     }
 }
 
@@ -300,6 +381,14 @@ fn decide(
     now: u64,
 ) -> Result<Decision, ApiError> {
     let subject = &eval.subject;
+    // A type the policy has no subjects of is the caller's mistake, never
+    // a silent deny.
+    if subject.kind != SUBJECT_TYPE {
+        return Err(bad(format!(
+            "subject.type {:?} is not a subject type of this policy (only {SUBJECT_TYPE:?})",
+            subject.kind
+        )));
+    }
     let own = asker
         .user
         .as_ref()
@@ -320,20 +409,14 @@ fn decide(
             ))
         }
     };
-    if subject.kind != SUBJECT_TYPE {
-        let mut d = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
-        d.matched_rule = Some(format!(
-            "subject type {:?} is not {SUBJECT_TYPE:?}",
-            subject.kind
-        ));
-        return Ok(d);
-    }
     let resource = resource_name(&eval.resource.kind, &eval.resource.id);
     // What conditions read of the request; the clock, never the caller,
     // gives `context.time`.
+    // Shared, not copied: a batch's defaults are one allocation.
     let attributes = Attributes {
         subject: eval.subject.properties.clone().unwrap_or_default(),
         resource: eval.resource.properties.clone().unwrap_or_default(),
+        action: eval.action.properties.clone().unwrap_or_default(),
         context: eval.context.clone().unwrap_or_default(),
     };
     let decided = engine::decide_resource_action_with_grants(
@@ -431,15 +514,18 @@ fn decision_json(decision: &Decision, explain: bool) -> Value {
 }
 
 /// Marks the evaluation that ended a `deny_on_first_deny` batch, as the
-/// specification's example does; an item's error is left as it is.
+/// specification's example does (`{"code": "200", "reason":
+/// "deny_on_first_deny"}`); an item's error is left as it is. When the
+/// context already says why the item was denied (`explain`), the marker
+/// goes under `short_circuit`, so the decision's reason (`id`,
+/// `reason_admin`) and the batch's stop are never mixed in one object.
 fn mark_short_circuit(answer: &mut Value) {
-    if answer.get("context").is_none() {
-        answer["context"] = json!({});
-    }
-    if let Some(context) = answer["context"].as_object_mut() {
-        if !context.contains_key("error") {
-            context.insert("code".into(), json!("200"));
-            context.insert("reason".into(), json!("deny_on_first_deny"));
+    let marker = json!({ "code": "200", "reason": "deny_on_first_deny" });
+    match answer.get_mut("context").and_then(Value::as_object_mut) {
+        None => answer["context"] = marker,
+        Some(context) if context.contains_key("error") => {}
+        Some(context) => {
+            context.insert("short_circuit".into(), marker);
         }
     }
 }
@@ -461,9 +547,28 @@ async fn evaluation(State(state): State<ApiState>, request: Request) -> Response
 async fn evaluate_one(state: &ApiState, request: Request) -> Result<Value, ApiError> {
     let asked = asked(state, request).await?;
     let eval = model::evaluation(&asked.body, "")?;
-    let decision = decide_in(state, &asked.policy, &asked.asker, &eval, asked.now).await?;
-    asked.log(state, &decision);
-    Ok(decision_json(&decision, asked.asker.may().explain))
+    let explain = asked.asker.may().explain;
+    if state.grants_db.is_some() {
+        let decision = decide_in(state, &asked.policy, &asked.asker, &eval, asked.now).await?;
+        asked.log(state, &decision);
+        return Ok(decision_json(&decision, explain));
+    }
+    let state = state.clone();
+    state
+        .bulkhead
+        .clone()
+        .run(move |_| {
+            let decision = decide(
+                &asked.policy,
+                &*asked.policy.grants,
+                &asked.asker,
+                &eval,
+                asked.now,
+            )?;
+            asked.log(&state, &decision);
+            Ok(decision_json(&decision, explain))
+        })
+        .await?
 }
 
 async fn evaluations(State(state): State<ApiState>, request: Request) -> Response {
@@ -473,48 +578,127 @@ async fn evaluations(State(state): State<ApiState>, request: Request) -> Respons
     }
 }
 
-async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiError> {
-    let mut asked = asked(state, request).await?;
-    let batch = model::evaluations(std::mem::take(&mut asked.body))?;
-    let (policy, asker) = (&asked.policy, &asked.asker);
-    let explain = asker.may().explain;
-    let Some(items) = &batch.items else {
-        // No evaluations: the request is one evaluation, answered as one.
-        let eval = model::evaluation(&batch.defaults, "")?;
-        let decision = decide_in(state, policy, asker, &eval, asked.now).await?;
-        asked.log(state, &decision);
-        return Ok(decision_json(&decision, explain));
-    };
-    let mut answers = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let outcome = match batch.item(i, item) {
-            Ok(eval) => decide_in(state, policy, asker, &eval, asked.now).await,
-            Err(e) => Err(ApiError::from(e)),
-        };
+/// The answers of a batch, item by item, as its semantic says.
+struct BatchAnswers {
+    answers: Vec<Value>,
+    semantic: Semantic,
+    explain: bool,
+}
+
+impl BatchAnswers {
+    fn new(batch: &model::Evaluations, explain: bool) -> Self {
+        BatchAnswers {
+            answers: Vec::with_capacity(batch.items.as_ref().map_or(0, Vec::len)),
+            semantic: batch.semantic,
+            explain,
+        }
+    }
+
+    /// Records one item's outcome; true when the batch stops after it.
+    fn push(
+        &mut self,
+        state: &ApiState,
+        asked: &Asked,
+        outcome: Result<Decision, ApiError>,
+    ) -> bool {
         let (mut answer, allowed) = match outcome {
             Ok(decision) => {
                 asked.log(state, &decision);
-                (decision_json(&decision, explain), decision.is_allowed())
+                (
+                    decision_json(&decision, self.explain),
+                    decision.is_allowed(),
+                )
             }
             Err(ApiError::Forbidden(message)) => {
                 (item_error(StatusCode::FORBIDDEN, &message), false)
             }
             Err(e) => (item_error(StatusCode::BAD_REQUEST, &e.to_string()), false),
         };
-        let stop = match batch.semantic {
+        let stop = match self.semantic {
             Semantic::ExecuteAll => false,
             Semantic::DenyOnFirstDeny => !allowed,
             Semantic::PermitOnFirstPermit => allowed,
         };
-        if stop && batch.semantic == Semantic::DenyOnFirstDeny {
+        if stop && self.semantic == Semantic::DenyOnFirstDeny {
             mark_short_circuit(&mut answer);
         }
-        answers.push(answer);
-        if stop {
+        self.answers.push(answer);
+        stop
+    }
+
+    fn finish(self) -> Value {
+        json!({ "evaluations": self.answers })
+    }
+}
+
+async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiError> {
+    let mut asked = asked(state, request).await?;
+    let batch = model::evaluations(std::mem::take(&mut asked.body))?;
+    let explain = asked.asker.may().explain;
+    if state.grants_db.is_some() {
+        return evaluate_many_in_database(state, asked, batch).await;
+    }
+    let state = state.clone();
+    state
+        .bulkhead
+        .clone()
+        .run(move |deadline| {
+            let (policy, asker) = (&asked.policy, &asked.asker);
+            let Some(items) = &batch.items else {
+                // No evaluations: the request is one evaluation, answered as one.
+                let decision = decide(policy, &*policy.grants, asker, &batch.single()?, asked.now)?;
+                asked.log(&state, &decision);
+                return Ok(decision_json(&decision, explain));
+            };
+            let mut answers = BatchAnswers::new(&batch, explain);
+            for (i, item) in items.iter().enumerate() {
+                if Instant::now() > deadline {
+                    return Err(ApiError::OverBudget);
+                }
+                let outcome = batch
+                    .item(i, item)
+                    .map_err(ApiError::from)
+                    .and_then(|eval| decide(policy, &*policy.grants, asker, &eval, asked.now));
+                if answers.push(&state, &asked, outcome) {
+                    break;
+                }
+            }
+            Ok(answers.finish())
+        })
+        .await?
+}
+
+/// A batch decided with the grants database: each item may wait for the
+/// database, so the items run here, yielding to the runtime between them,
+/// within the same time budget as the pool's.
+async fn evaluate_many_in_database(
+    state: &ApiState,
+    asked: Asked,
+    batch: model::Evaluations,
+) -> Result<Value, ApiError> {
+    let (policy, asker) = (&asked.policy, &asked.asker);
+    let explain = asker.may().explain;
+    let Some(items) = &batch.items else {
+        let decision = decide_in(state, policy, asker, &batch.single()?, asked.now).await?;
+        asked.log(state, &decision);
+        return Ok(decision_json(&decision, explain));
+    };
+    let deadline = Instant::now() + REQUEST_TIME_BUDGET;
+    let mut answers = BatchAnswers::new(&batch, explain);
+    for (i, item) in items.iter().enumerate() {
+        if Instant::now() > deadline {
+            return Err(ApiError::OverBudget);
+        }
+        let outcome = match batch.item(i, item) {
+            Ok(eval) => decide_in(state, policy, asker, &eval, asked.now).await,
+            Err(e) => Err(ApiError::from(e)),
+        };
+        if answers.push(state, &asked, outcome) {
             break;
         }
+        tokio::task::yield_now().await;
     }
-    Ok(json!({ "evaluations": answers }))
+    Ok(answers.finish())
 }
 
 async fn search_subject(State(state): State<ApiState>, request: Request) -> Response {
@@ -545,27 +729,54 @@ async fn run_search(
         policy,
         asker,
         body,
+        now,
         ..
     } = asked(state, request).await?;
     if !asker.may().search {
         return Err(ApiError::Forbidden("this caller may not search".into()));
     }
     let query = model::search(&body, kind)?;
+    if query.page.limit == Some(0) {
+        return Err(bad("page.limit must be at least 1"));
+    }
+    let digest = query_digest(&query, kind);
+    let (after, token_limit) = match &query.page.token {
+        Some(token) => {
+            let (cursor, limit) = page_token::open(token, &digest).ok_or_else(|| {
+                bad("page.token does not belong to this request: a token may only be sent again with the same subject, action, resource and context")
+            })?;
+            (Some(cursor), Some(limit))
+        }
+        None => (None, None),
+    };
+    // A token carries the limit it was made with; a limit sent beside it
+    // wins (the cursor does not depend on it).
     let limit = query
         .page
         .limit
+        .or(token_limit)
         .unwrap_or(DEFAULT_PAGE_LIMIT)
-        .min(MAX_PAGE_LIMIT);
-    let digest = query_digest(&query, kind, limit);
-    let after = match &query.page.token {
-        Some(token) => Some(page_token::open(token, &digest).ok_or_else(|| {
-            bad("page.token does not belong to this request: a token may only be sent again with the same subject, action, resource, context and page.limit")
-        })?),
-        None => None,
-    };
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        .clamp(1, MAX_PAGE_LIMIT);
     let subject = query.subject.as_ref();
     let resource = query.resource.as_ref();
+    // Asking about someone else's subject, or who may do something (every
+    // subject), is what `any_subject` permits: with `search` alone a caller
+    // asks only about the subject of the user token it presents.
+    let own = |s: &model::Entity| {
+        asker
+            .user
+            .as_ref()
+            .is_some_and(|user| s.kind == SUBJECT_TYPE && user.subject == s.id)
+    };
+    let about_own = match kind {
+        SearchKind::Subject => false,
+        _ => subject.is_some_and(own),
+    };
+    if !about_own && !asker.may().any_subject {
+        return Err(ApiError::Forbidden(
+            "this caller may only search about the subject of the user token it presents".into(),
+        ));
+    }
     let users = subject.is_some_and(|s| s.kind == SUBJECT_TYPE);
     let principal = |subject: &model::Entity| -> Arc<Principal> {
         match &asker.user {
@@ -579,9 +790,30 @@ async fn run_search(
             }),
         }
     };
+    // What conditions read, as an evaluation of the same request would.
+    let attributes = Attributes {
+        subject: subject
+            .and_then(|s| s.properties.clone())
+            .unwrap_or_default(),
+        resource: resource
+            .and_then(|r| r.properties.clone())
+            .unwrap_or_default(),
+        action: query
+            .action
+            .as_ref()
+            .and_then(|a| a.properties.clone())
+            .unwrap_or_default(),
+        context: query.context.clone().unwrap_or_default(),
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let action = query.action.as_ref().map_or("", |a| a.name.as_str());
     let found = match (&state.grants_db, kind, subject, resource) {
-        (Some(store), _, _, _) if users => {
+        (_, _, _, _) if !users => search::Found::none(),
+        (Some(store), _, _, _) => {
+            let given = search::Circumstances {
+                attributes: &attributes,
+                now,
+            };
             let found = match (kind, subject, resource) {
                 (SearchKind::Subject, _, Some(resource)) => {
                     crate::grants_db::search::subjects(
@@ -591,6 +823,7 @@ async fn run_search(
                         action,
                         after.as_deref(),
                         limit,
+                        given,
                     )
                     .await
                 }
@@ -603,6 +836,7 @@ async fn run_search(
                         &resource.kind,
                         after.as_deref(),
                         limit,
+                        given,
                     )
                     .await
                 }
@@ -614,6 +848,7 @@ async fn run_search(
                         &resource_name(&resource.kind, &resource.id),
                         after.as_deref(),
                         limit,
+                        given,
                     )
                     .await
                 }
@@ -621,45 +856,43 @@ async fn run_search(
             };
             found.map_err(|e| ApiError::Unavailable(e.to_string()))?
         }
-        (_, kind, subject, resource) => match (kind, subject, resource) {
-            (_, _, _) if !users => search::Found {
-                items: Vec::new(),
-                more: false,
-            },
-            (SearchKind::Subject, _, Some(resource)) => search::subjects(
-                &policy,
-                &resource_name(&resource.kind, &resource.id),
-                action,
-                after.as_deref(),
-                limit,
-            ),
-            (SearchKind::Resource, Some(subject), Some(resource)) => search::resources(
-                &policy,
-                &principal(subject),
-                action,
-                &resource.kind,
-                after.as_deref(),
-                limit,
-            ),
-            (SearchKind::Action, Some(subject), Some(resource)) => search::actions(
-                &policy,
-                &principal(subject),
-                &resource_name(&resource.kind, &resource.id),
-                after.as_deref(),
-                limit,
-            ),
-            _ => return Err(bad("the search request is incomplete")),
-        },
+        (None, kind, subject, resource) => {
+            // Owned, for the decision pool.
+            let policy = policy.clone();
+            let subject = subject.map(&principal);
+            let resource = resource.map(|r| (r.kind.clone(), resource_name(&r.kind, &r.id)));
+            let action = action.to_owned();
+            let after = after.clone();
+            state
+                .bulkhead
+                .run(move |_| {
+                    let given = search::Circumstances {
+                        attributes: &attributes,
+                        now,
+                    };
+                    let after = after.as_deref();
+                    match (kind, subject, resource) {
+                        (SearchKind::Subject, _, Some((_, resource))) => Ok(search::subjects(
+                            &policy, &resource, &action, after, limit, given,
+                        )),
+                        (SearchKind::Resource, Some(subject), Some((kind, _))) => {
+                            Ok(search::resources(
+                                &policy, &subject, &action, &kind, after, limit, given,
+                            ))
+                        }
+                        (SearchKind::Action, Some(subject), Some((_, resource))) => Ok(
+                            search::actions(&policy, &subject, &resource, after, limit, given),
+                        ),
+                        _ => Err(bad("the search request is incomplete")),
+                    }
+                })
+                .await??
+        }
     };
-    let next_token = match (found.more, found.items.last()) {
-        (true, Some(last)) => page_token::seal(last, &digest),
-        // A zero limit: the next page starts where this one did.
-        (true, None) => query
-            .page
-            .token
-            .clone()
-            .unwrap_or_else(|| page_token::seal("", &digest)),
-        (false, _) => String::new(),
+    let limit = u64::try_from(limit).unwrap_or(MAX_PAGE_LIMIT);
+    let next_token = match (found.more, &found.next) {
+        (true, Some(next)) => page_token::seal(next, limit, &digest),
+        _ => String::new(),
     };
     let results: Vec<Value> = found
         .items
@@ -679,37 +912,39 @@ async fn run_search(
 }
 
 /// What a page token is bound to: every entity and parameter of the
-/// request but the token, as the search reads them.
-fn query_digest(query: &model::Search, kind: SearchKind, limit: u64) -> [u8; 32] {
+/// request but the page, as the search reads them.
+fn query_digest(query: &model::Search, kind: SearchKind) -> [u8; 32] {
     let entity = |e: Option<&model::Entity>| {
-        e.map(|e| json!([e.kind, e.id, e.properties]))
+        e.map(|e| json!([e.kind, e.id, e.properties.as_deref()]))
             .unwrap_or(Value::Null)
     };
     let canonical = json!({
         "kind": kind.name(),
         "subject": entity(query.subject.as_ref()),
-        "action": query.action.as_ref().map(|a| json!([a.name, a.properties])),
+        "action": query.action.as_ref().map(|a| json!([a.name, a.properties.as_deref()])),
         "resource": entity(query.resource.as_ref()),
-        "context": query.context,
-        "limit": limit,
+        "context": query.context.as_deref(),
     });
     // serde_json's maps are ordered by key: the same request, the same bytes.
     Sha256::digest(canonical.to_string().as_bytes()).into()
 }
 
-/// Opaque page tokens: the cursor (the last result given) and a check
-/// value over the cursor and the request's parameters. A token sent with
-/// other parameters, or altered, does not open. The check is a hash, not a
-/// secret: a forged token can only ask for a page the same request could.
+/// Opaque page tokens: the cursor (where the next page starts), the page
+/// limit it was made with (so a token sent alone, as the specification's
+/// paging example does, keeps its page size) and a check value over both
+/// and the request's parameters. A token sent with other parameters, or
+/// altered, does not open. The check is a hash, not a secret: a forged
+/// token can only ask for a page the same request could.
 mod page_token {
     use sha2::{Digest, Sha256};
 
     const CHECK_BYTES: usize = 12;
 
-    fn check(cursor: &str, digest: &[u8; 32]) -> [u8; CHECK_BYTES] {
+    fn check(cursor: &str, limit: u64, digest: &[u8; 32]) -> [u8; CHECK_BYTES] {
         let mut hash = Sha256::new();
-        hash.update(b"portcullis search page v1\0");
+        hash.update(b"portcullis search page v2\0");
         hash.update(digest);
+        hash.update(limit.to_be_bytes());
         hash.update(cursor.as_bytes());
         let full: [u8; 32] = hash.finalize().into();
         let mut out = [0u8; CHECK_BYTES];
@@ -731,42 +966,51 @@ mod page_token {
             .collect()
     }
 
-    pub fn seal(cursor: &str, digest: &[u8; 32]) -> String {
-        format!("{}.{}", hex(&check(cursor, digest)), hex(cursor.as_bytes()))
+    pub fn seal(cursor: &str, limit: u64, digest: &[u8; 32]) -> String {
+        format!(
+            "{}.{limit}.{}",
+            hex(&check(cursor, limit, digest)),
+            hex(cursor.as_bytes())
+        )
     }
 
-    /// The cursor of a token made by [`seal`] for the same parameters.
-    pub fn open(token: &str, digest: &[u8; 32]) -> Option<String> {
-        let (sum, cursor) = token.split_once('.')?;
+    /// The cursor and limit of a token made by [`seal`] for the same
+    /// parameters.
+    pub fn open(token: &str, digest: &[u8; 32]) -> Option<(String, u64)> {
+        let mut parts = token.splitn(3, '.');
+        let (sum, limit, cursor) = (parts.next()?, parts.next()?, parts.next()?);
+        if limit.is_empty() || !limit.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let limit: u64 = limit.parse().ok()?;
         let cursor = String::from_utf8(unhex(cursor)?).ok()?;
         let sum = unhex(sum)?;
         // Not a secret, but compared without an early exit anyway.
-        let expected = check(&cursor, digest);
+        let expected = check(&cursor, limit, digest);
         let same = sum.len() == CHECK_BYTES
             && sum
                 .iter()
                 .zip(expected)
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0;
-        same.then_some(cursor)
+        same.then_some((cursor, limit))
     }
 }
 
-async fn metadata(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    let base = match &state.public_url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or_default();
-            if host.is_empty() || normalize_host(host).is_err() {
-                return bad("a Host header naming this server is required").into_response();
-            }
-            let scheme = if state.https { "https" } else { "http" };
-            format!("{scheme}://{host}")
-        }
+/// The metadata, built from `--api-url` alone: the specification wants
+/// absolute URLs whose base is the one a client discovered the PDP at, and
+/// a Host header is the client's to write, so without a configured URL
+/// there is no metadata (404, and clients use the default paths, as the
+/// specification says they do), never one reflecting the request.
+async fn metadata(State(state): State<ApiState>) -> Response {
+    let Some(url) = &state.public_url else {
+        return error_body(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no metadata: the server has no --api-url; the default paths (/access/v1/…) are served",
+        );
     };
+    let base = url.trim_end_matches('/');
     let mut response = json_response(&json!({
         "policy_decision_point": base,
         "access_evaluation_endpoint": format!("{base}{EVALUATION}"),
@@ -774,6 +1018,19 @@ async fn metadata(State(state): State<ApiState>, headers: HeaderMap) -> Response
         "search_subject_endpoint": format!("{base}{SEARCH_SUBJECT}"),
         "search_resource_endpoint": format!("{base}{SEARCH_RESOURCE}"),
         "search_action_endpoint": format!("{base}{SEARCH_ACTION}"),
+        // The registry of capability URNs has no entry this server could
+        // claim yet.
+        "capabilities": [],
+        // What one request may cost (docs/configuration.md, "Bounds").
+        "portcullis_limits": {
+            "max_body_bytes": MAX_BODY_BYTES,
+            "max_evaluations": MAX_EVALUATIONS,
+            "max_page_limit": MAX_PAGE_LIMIT,
+            "default_page_limit": DEFAULT_PAGE_LIMIT,
+            "max_search_candidates": search::MAX_SEARCH_CANDIDATES,
+            "max_request_time_ms": u64::try_from(REQUEST_TIME_BUDGET.as_millis()).unwrap_or(u64::MAX),
+            "body_read_timeout_ms": u64::try_from(BODY_READ_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+        },
     }));
     response.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -789,15 +1046,17 @@ mod tests {
     #[test]
     fn page_tokens_open_only_for_their_request() {
         let digest = [7u8; 32];
-        let token = page_token::seal("document:42", &digest);
+        let token = page_token::seal("document:42", 5, &digest);
         assert_eq!(
-            page_token::open(&token, &digest).as_deref(),
-            Some("document:42")
+            page_token::open(&token, &digest),
+            Some(("document:42".to_owned(), 5))
         );
         assert_eq!(page_token::open(&token, &[8u8; 32]), None);
         let mut tampered = token.clone();
         tampered.push_str("00");
         assert_eq!(page_token::open(&tampered, &digest), None);
+        let other_limit = token.replacen(".5.", ".6.", 1);
+        assert_eq!(page_token::open(&other_limit, &digest), None);
         assert_eq!(page_token::open("nonsense", &digest), None);
     }
 }

@@ -5,13 +5,21 @@
 //! field a message that names it (`subject.id must be a string`), and
 //! unknown fields are ignored, as the specification requires. `null` counts
 //! as absent (the specification asks senders to omit nulls). Properties and
-//! context are kept as JSON objects for the attribute conditions to come;
-//! decisions do not read them yet.
+//! context are kept as shared JSON objects (`Arc`): attribute conditions
+//! read them (`subject.properties`, `resource.properties`,
+//! `action.properties`, `context.properties`), and a batch's defaults are
+//! read once and shared by every item, never copied per item.
+
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 /// A JSON object.
 pub type Object = Map<String, Value>;
+
+/// Most evaluations one `/access/v1/evaluations` request may carry; more is
+/// a 400. Advertised in the metadata (`max_evaluations`).
+pub const MAX_EVALUATIONS: usize = 1000;
 
 /// A request the caller got wrong: 400 with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,14 +35,14 @@ fn bad(message: impl Into<String>) -> BadRequest {
 pub struct Entity {
     pub kind: String,
     pub id: String,
-    pub properties: Option<Object>,
+    pub properties: Option<Arc<Object>>,
 }
 
 /// An action.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Action {
     pub name: String,
-    pub properties: Option<Object>,
+    pub properties: Option<Arc<Object>>,
 }
 
 /// One access evaluation: the 4-tuple.
@@ -43,7 +51,7 @@ pub struct Evaluation {
     pub subject: Entity,
     pub action: Action,
     pub resource: Entity,
-    pub context: Option<Object>,
+    pub context: Option<Arc<Object>>,
 }
 
 /// How a batch of evaluations runs.
@@ -55,15 +63,42 @@ pub enum Semantic {
     PermitOnFirstPermit,
 }
 
-/// A batch: the top-level defaults and each item as sent, read into an
-/// [`Evaluation`] only when its turn comes, so a broken item fails alone.
+/// A batch: the top-level defaults, each read once, and each item as
+/// sent, read into an [`Evaluation`] only when its turn comes, so a broken
+/// item (or a broken default only some items use) fails alone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluations {
-    pub defaults: Object,
+    defaults: Defaults,
     /// `None` when the request has no (or an empty) `evaluations` array:
     /// then it is one evaluation, answered as one.
     pub items: Option<Vec<Object>>,
     pub semantic: Semantic,
+}
+
+/// The top-level subject, action, resource and context of a batch, read
+/// once; an item takes each one it lacks by cloning a few strings and an
+/// `Arc`, whatever the size of the default's properties.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Defaults {
+    subject: Option<Result<Entity, BadRequest>>,
+    action: Option<Result<Action, BadRequest>>,
+    resource: Option<Result<Entity, BadRequest>>,
+    context: Option<Arc<Object>>,
+    /// The top-level subject's and resource's `type` and `id` as sent:
+    /// what an item's entity lacking one of them falls back to.
+    subject_names: Object,
+    resource_names: Object,
+}
+
+/// The `type` and `id` of the top-level `key`, as sent.
+fn names_of(body: &Object, key: &str) -> Object {
+    let Some(Value::Object(entity)) = get(body, key) else {
+        return Object::new();
+    };
+    ["type", "id"]
+        .into_iter()
+        .filter_map(|field| Some((field.to_owned(), get(entity, field)?.clone())))
+        .collect()
 }
 
 /// The `page` of a search request.
@@ -80,7 +115,7 @@ pub struct Search {
     pub subject: Option<Entity>,
     pub action: Option<Action>,
     pub resource: Option<Entity>,
-    pub context: Option<Object>,
+    pub context: Option<Arc<Object>>,
     pub page: PageRequest,
 }
 
@@ -115,9 +150,13 @@ fn string(object: &Object, key: &str, path: &str) -> Result<String, BadRequest> 
     }
 }
 
-fn optional_object(object: &Object, key: &str, path: &str) -> Result<Option<Object>, BadRequest> {
+fn optional_object(
+    object: &Object,
+    key: &str,
+    path: &str,
+) -> Result<Option<Arc<Object>>, BadRequest> {
     match get(object, key) {
-        Some(Value::Object(o)) => Ok(Some(o.clone())),
+        Some(Value::Object(o)) => Ok(Some(Arc::new(o.clone()))),
         Some(_) => Err(bad(format!("{path}{key} must be an object"))),
         None => Ok(None),
     }
@@ -141,11 +180,23 @@ fn entity(object: &Object, key: &str, path: &str, with_id: bool) -> Result<Entit
     let value = required_object(object, key, path)?;
     let here = format!("{path}{key}");
     let kind = string(value, "type", &here)?;
+    // A type is one word of the policy's `type:id` names: a `:` in it
+    // would make `{"type": "record:1", "id": ""}` another resource's name.
+    if kind.is_empty() || kind.contains(':') {
+        return Err(bad(format!(
+            "{here}.type must be a non-empty type without ':'"
+        )));
+    }
     let id = if with_id {
         string(value, "id", &here)?
     } else {
         String::new()
     };
+    // A resource's empty id names the collection (`documents`); a subject
+    // is always someone.
+    if with_id && key == "subject" && id.is_empty() {
+        return Err(bad(format!("{here}.id must not be empty")));
+    }
     let properties = optional_object(value, "properties", &format!("{here}."))?;
     Ok(Entity {
         kind,
@@ -157,8 +208,12 @@ fn entity(object: &Object, key: &str, path: &str, with_id: bool) -> Result<Entit
 fn action(object: &Object, path: &str) -> Result<Action, BadRequest> {
     let value = required_object(object, "action", path)?;
     let here = format!("{path}action");
+    let name = string(value, "name", &here)?;
+    if name.is_empty() {
+        return Err(bad(format!("{here}.name must not be empty")));
+    }
     Ok(Action {
-        name: string(value, "name", &here)?,
+        name,
         properties: optional_object(value, "properties", &format!("{here}."))?,
     })
 }
@@ -189,8 +244,9 @@ pub fn body_object(body: &[u8]) -> Result<Object, BadRequest> {
 /// The keys a batch item may take from the top level.
 const DEFAULTED: [&str; 4] = ["subject", "action", "resource", "context"];
 
-/// Reads an access evaluations request.
-pub fn evaluations(body: Object) -> Result<Evaluations, BadRequest> {
+/// Reads an access evaluations request; more than [`MAX_EVALUATIONS`]
+/// items is the whole request's fault.
+pub fn evaluations(mut body: Object) -> Result<Evaluations, BadRequest> {
     let semantic = match get(&body, "options") {
         None => Semantic::default(),
         Some(Value::Object(options)) => match get(options, "evaluations_semantic") {
@@ -209,15 +265,21 @@ pub fn evaluations(body: Object) -> Result<Evaluations, BadRequest> {
         },
         Some(_) => return Err(bad("options must be an object")),
     };
-    let items = match get(&body, "evaluations") {
-        None => None,
+    let items = match body.remove("evaluations") {
+        None | Some(Value::Null) => None,
         Some(Value::Array(items)) if items.is_empty() => None,
+        Some(Value::Array(items)) if items.len() > MAX_EVALUATIONS => {
+            return Err(bad(format!(
+                "evaluations has {} items; at most {MAX_EVALUATIONS} are accepted in one request",
+                items.len()
+            )))
+        }
         Some(Value::Array(items)) => Some(
             items
-                .iter()
+                .into_iter()
                 .enumerate()
                 .map(|(i, item)| match item {
-                    Value::Object(o) => Ok(o.clone()),
+                    Value::Object(o) => Ok(o),
                     _ => Err(bad(format!("evaluations[{i}] must be an object"))),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
@@ -232,10 +294,14 @@ pub fn evaluations(body: Object) -> Result<Evaluations, BadRequest> {
             }
         }
     }
-    let defaults = body
-        .into_iter()
-        .filter(|(k, v)| DEFAULTED.contains(&k.as_str()) && !v.is_null())
-        .collect();
+    let defaults = Defaults {
+        subject: get(&body, "subject").map(|_| entity(&body, "subject", "", true)),
+        action: get(&body, "action").map(|_| action(&body, "")),
+        resource: get(&body, "resource").map(|_| entity(&body, "resource", "", true)),
+        context: optional_object(&body, "context", "")?,
+        subject_names: names_of(&body, "subject"),
+        resource_names: names_of(&body, "resource"),
+    };
     Ok(Evaluations {
         defaults,
         items,
@@ -243,18 +309,76 @@ pub fn evaluations(body: Object) -> Result<Evaluations, BadRequest> {
     })
 }
 
+/// An item's own value for `key`, if it sends one (not `null`).
+fn own<'v>(item: Option<&'v Object>, key: &str) -> Option<&'v Object> {
+    item.filter(|item| get(item, key).is_some())
+}
+
 impl Evaluations {
     /// Item `i` with the top-level defaults filled in: a key the item has
     /// replaces the default whole.
     pub fn item(&self, i: usize, item: &Object) -> Result<Evaluation, BadRequest> {
-        let mut merged = self.defaults.clone();
-        for (key, value) in item {
-            if DEFAULTED.contains(&key.as_str()) && !value.is_null() {
-                merged.insert(key.clone(), value.clone());
-            }
-        }
-        evaluation(&merged, &format!("evaluations[{i}]."))
+        self.compose(Some(item), &format!("evaluations[{i}]."))
     }
+
+    /// The request without items: its top level is the one evaluation.
+    pub fn single(&self) -> Result<Evaluation, BadRequest> {
+        self.compose(None, "")
+    }
+
+    fn compose(&self, item: Option<&Object>, path: &str) -> Result<Evaluation, BadRequest> {
+        let missing = |key: &str| bad(format!("{path}{key} is required"));
+        let subject = match (own(item, "subject"), &self.defaults.subject) {
+            (Some(item), _) => with_names(item, "subject", &self.defaults.subject_names, path)?,
+            (None, Some(default)) => default.clone()?,
+            (None, None) => return Err(missing("subject")),
+        };
+        let action = match (own(item, "action"), &self.defaults.action) {
+            (Some(item), _) => action(item, path)?,
+            (None, Some(default)) => default.clone()?,
+            (None, None) => return Err(missing("action")),
+        };
+        let resource = match (own(item, "resource"), &self.defaults.resource) {
+            (Some(item), _) => with_names(item, "resource", &self.defaults.resource_names, path)?,
+            (None, Some(default)) => default.clone()?,
+            (None, None) => return Err(missing("resource")),
+        };
+        let context = match own(item, "context") {
+            Some(item) => optional_object(item, "context", path)?,
+            None => self.defaults.context.clone(),
+        };
+        Ok(Evaluation {
+            subject,
+            action,
+            resource,
+            context,
+        })
+    }
+}
+
+/// An item's own entity `key`, which replaces the default whole but for a
+/// required `type` or `id` it lacks: those fall back to the default's (the
+/// certification scenario's "default value merging").
+fn with_names(item: &Object, key: &str, names: &Object, path: &str) -> Result<Entity, BadRequest> {
+    let lacking = match get(item, key) {
+        Some(Value::Object(own)) => names.keys().any(|field| get(own, field).is_none()),
+        _ => false,
+    };
+    if !lacking {
+        return entity(item, key, path, true);
+    }
+    let mut own = match get(item, key) {
+        Some(Value::Object(own)) => own.clone(),
+        _ => Object::new(),
+    };
+    for (field, value) in names {
+        if get(&own, field).is_none() {
+            own.insert(field.clone(), value.clone());
+        }
+    }
+    let mut patched = Object::new();
+    patched.insert(key.to_owned(), Value::Object(own));
+    entity(&patched, key, path, true)
 }
 
 /// Reads a search request for `kind`.
@@ -347,5 +471,32 @@ mod tests {
         let second = batch.item(1, &items[1]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(second.action.name, "write");
         assert_eq!(second.subject.id, "alice");
+    }
+
+    #[test]
+    fn batch_defaults_are_shared_not_copied() {
+        let batch = evaluations(object(
+            r#"{"subject":{"type":"user","id":"alice","properties":{"a":1}},"action":{"name":"read"},"resource":{"type":"d","id":"1"},"context":{"big":[1,2,3]},"evaluations":[{},{}]}"#,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let items = batch.items.clone().unwrap_or_default();
+        let first = batch.item(0, &items[0]).unwrap_or_else(|e| panic!("{e}"));
+        let second = batch.item(1, &items[1]).unwrap_or_else(|e| panic!("{e}"));
+        let same = |a: &Option<Arc<Object>>, b: &Option<Arc<Object>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        assert!(same(&first.context, &second.context));
+        assert!(same(&first.subject.properties, &second.subject.properties));
+    }
+
+    #[test]
+    fn batches_over_the_cap_are_refused_whole() {
+        let items = vec!["{}"; MAX_EVALUATIONS + 1].join(",");
+        let text = format!(r#"{{"evaluations":[{items}]}}"#);
+        assert!(evaluations(object(&text)).is_err());
+        let items = vec!["{}"; MAX_EVALUATIONS].join(",");
+        let text = format!(r#"{{"evaluations":[{items}]}}"#);
+        assert!(evaluations(object(&text)).is_ok());
     }
 }

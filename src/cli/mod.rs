@@ -156,7 +156,7 @@ pub struct ServeArgs {
     /// PEM CA bundle: require API clients to present certificates issued by it (mTLS)
     #[arg(long, env = "PORTCULLIS_API_TLS_CLIENT_CA")]
     pub api_tls_client_ca: Option<PathBuf>,
-    /// The API's public base URL, as the metadata's policy_decision_point (default: from the request's Host)
+    /// The API's public base URL, as the metadata's policy_decision_point (without it, no metadata: 404)
     #[arg(long, env = "PORTCULLIS_API_URL")]
     pub api_url: Option<String>,
     /// File the ids of consumed events are appended to, so a replay is refused after a restart too (default: memory only)

@@ -2,22 +2,28 @@
 //! index scans ((holder, resource) for resources, (resource, holder) for
 //! subjects), a page at a time; each is confirmed by the same decision the
 //! file source's search runs ([`crate::search`]), over a small
-//! [`GrantIndex`] of the rows read, so explicit denies still remove it.
+//! [`GrantIndex`] of the rows read, so explicit denies still remove it,
+//! and conditions are judged with the request's attributes and time. A
+//! page reads ever larger batches (doubling) and confirms at most
+//! [`search::MAX_SEARCH_CANDIDATES`] candidates, then ends with a cursor,
+//! so denies that remove every candidate cost a bounded number of
+//! statements per page, not one per sixteen grants of the whole table.
 
 use std::collections::BTreeMap;
 
 use super::{DbError, GrantStore, HolderKind};
 use crate::policy::grant_snapshot::{role_id, Lookup};
 use crate::policy::{GrantIndex, Holder, PolicySet, ResourceKey};
-use crate::search::{self, Found};
+use crate::search::{self, Circumstances, Found, MAX_SEARCH_CANDIDATES};
 use crate::token::Principal;
 
-/// Names of the roles (without a condition) that hold `action`.
+/// Names of the roles that hold `action` (under a condition or not: the
+/// confirming decision judges it).
 fn roles_holding(policy: &PolicySet, action: usize) -> Vec<String> {
     policy
         .roles
         .iter()
-        .filter(|r| r.condition.is_none() && r.actions.contains(action))
+        .filter(|r| r.actions.contains(action))
         .map(|r| r.name.clone())
         .collect()
 }
@@ -36,6 +42,7 @@ fn holders_of<'p>(policy: &'p PolicySet, principal: &'p Principal) -> Vec<Holder
 
 /// The resources of type `kind` `principal` may do `action` on, after the
 /// id `after`, at most `limit`, as [`search::resources`] answers them.
+#[allow(clippy::too_many_arguments)]
 pub async fn resources(
     store: &GrantStore,
     policy: &PolicySet,
@@ -44,6 +51,7 @@ pub async fn resources(
     kind: &str,
     after: Option<&str>,
     limit: usize,
+    given: Circumstances<'_>,
 ) -> Result<Found, DbError> {
     let Some(action) = search::action_index(policy, action) else {
         return Ok(Found::none());
@@ -127,7 +135,8 @@ pub async fn resources(
         .filter(|id| after.is_none_or(|a| id.as_str() > a))
         .collect();
     pattern_ids.reverse();
-    let batch = i64::try_from(limit + 1).unwrap_or(i64::MAX).max(16);
+    let mut batch = i64::try_from(limit + 1).unwrap_or(i64::MAX).max(16);
+    let mut examined = 0usize;
     loop {
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             vec![&cursor, &upper, &roles, &batch];
@@ -187,18 +196,30 @@ pub async fn resources(
             candidates.push((id, check, index.build()));
         }
         candidates.sort_by(|a, b| a.0.cmp(&b.0));
+        examined += candidates.len();
+        let last_examined = candidates.last().map(|c| c.0.clone());
         for (id, check, index) in candidates {
-            if search::allows(policy, &index, principal, &check, action) {
+            if search::allows(policy, &index, principal, &check, action, given) {
                 out.push(id);
             }
         }
         if out.len() > limit || !full {
             break;
         }
+        if examined >= MAX_SEARCH_CANDIDATES {
+            if let Some(last) = last_examined {
+                out.sort();
+                out.dedup();
+                return Ok(Found::spent(out, last));
+            }
+        }
         match last_exact {
             Some(last) => cursor = last,
             None => break,
         }
+        // Fewer statements for a page that denies thin out.
+        let left = i64::try_from(MAX_SEARCH_CANDIDATES.saturating_sub(examined)).unwrap_or(1);
+        batch = batch.saturating_mul(2).min(left.max(16));
     }
     out.sort();
     out.dedup();
@@ -221,6 +242,7 @@ pub async fn subjects(
     action: &str,
     after: Option<&str>,
     limit: usize,
+    given: Circumstances<'_>,
 ) -> Result<Found, DbError> {
     if resource.contains('\0') {
         return Ok(Found::none());
@@ -262,7 +284,7 @@ pub async fn subjects(
     }
     let index = index.build();
     Ok(search::subjects_with_grants(
-        policy, &index, resource, action, after, limit,
+        policy, &index, resource, action, after, limit, given,
     ))
 }
 
@@ -274,6 +296,7 @@ pub async fn actions(
     resource: &str,
     after: Option<&str>,
     limit: usize,
+    given: Circumstances<'_>,
 ) -> Result<Found, DbError> {
     let lookups: Vec<Lookup> = holders_of(policy, principal)
         .into_iter()
@@ -291,6 +314,6 @@ pub async fn actions(
     }
     let index = index.build();
     Ok(search::actions_with_grants(
-        policy, &index, principal, resource, after, limit,
+        policy, &index, principal, resource, after, limit, given,
     ))
 }

@@ -202,6 +202,8 @@ pub struct Inputs<'a> {
     /// The route's captures by name (on the Envoy path): resource properties too.
     pub captures: Vec<(&'a str, &'a str)>,
     pub action: Option<&'a str>,
+    /// Action properties given by the caller of the resource/action form.
+    pub action_properties: Option<&'a Map<String, Json>>,
     /// Seconds since the epoch: `context.time`.
     pub now: u64,
     /// The request headers the route names, lower-case.
@@ -293,7 +295,7 @@ fn build_context(env: &ConditionEnv, i: &Inputs<'_>) -> Option<Context<'static, 
         }),
     ));
 
-    let mut action = Vec::new();
+    let mut action = vec![("properties", json_map(i.action_properties))];
     if let Some(name) = i.action {
         action.push(("name", string(name)));
     }
@@ -454,7 +456,7 @@ impl Root {
         match self {
             Root::Subject => &["id", "groups", "claims", "properties"],
             Root::Resource => &["type", "id", "properties"],
-            Root::Action => &["name"],
+            Root::Action => &["name", "properties"],
             Root::Context => &["time", "headers", "extensions", "properties"],
         }
     }
@@ -469,6 +471,7 @@ impl Root {
             (Root::Resource, "type" | "id") => Ty::String,
             (Root::Resource, "properties") => dyn_map(),
             (Root::Action, "name") => Ty::String,
+            (Root::Action, "properties") => dyn_map(),
             (Root::Context, "time") => Ty::Timestamp,
             (Root::Context, "headers" | "extensions") => string_map(),
             (Root::Context, "properties") => dyn_map(),
@@ -986,6 +989,25 @@ mod tests {
         let condition = compile("context.headers[\"x-tenant\"] == \"a\"");
         let headers = condition.map(|c| c.headers().to_vec()).unwrap_or_default();
         assert_eq!(headers, ["x-tenant"]);
+    }
+
+    #[test]
+    fn conditions_read_action_properties() {
+        let props: Map<String, Json> =
+            serde_json::from_str(r#"{"soft": true}"#).unwrap_or_default();
+        let inputs = Inputs {
+            subject_id: "alice",
+            action: Some("delete"),
+            action_properties: Some(&props),
+            ..Inputs::default()
+        };
+        assert!(holds("action.properties.soft == true", &inputs));
+        assert!(!holds("action.properties.hard == true", &inputs));
+        let none = Inputs {
+            action: Some("delete"),
+            ..Inputs::default()
+        };
+        assert!(!holds("action.properties.soft == true", &none));
     }
 
     #[test]

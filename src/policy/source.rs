@@ -124,12 +124,18 @@ pub struct SecretSpec {
     pub secret_file: Option<PathBuf>,
 }
 
-/// Which client certificates a caller is known by.
+/// Which client certificates a caller is known by: exactly one of a DNS
+/// name or a SPIFFE id among the certificate's subject alternative names.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCertificateSpec {
-    /// A DNS name among the certificate's subject alternative names.
-    pub dns_name: String,
+    /// A DNS name (dNSName SAN), matched exactly, case-insensitively.
+    #[serde(default)]
+    pub dns_name: Option<String>,
+    /// A SPIFFE id (URI SAN) as Istio workloads present,
+    /// `spiffe://cluster.local/ns/N/sa/S`, matched exactly.
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
 }
 
 /// What a caller may ask beyond decisions about its own user's token.

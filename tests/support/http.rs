@@ -421,9 +421,14 @@ pub async fn grpc_status(client: &mut AuthorizationClient<Channel>, request: Che
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner();
-    match response.http_response {
+    check_status(&response)
+}
+
+/// 200 for an OK check response, else its denied status.
+pub fn check_status(response: &envoy_types::ext_authz::v3::pb::CheckResponse) -> i32 {
+    match &response.http_response {
         Some(CheckHttpResponse::OkResponse(_)) => 200,
-        Some(CheckHttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
+        Some(CheckHttpResponse::DeniedResponse(d)) => d.status.as_ref().map_or(0, |s| s.code),
         other => panic!("unexpected {other:?}"),
     }
 }

@@ -26,6 +26,7 @@ pub struct MeshCert {
 /// directory as `ca.pem`, `workload.pem` and `workload-key.pem`.
 pub struct MeshPki {
     dir: tempfile::TempDir,
+    ca: MeshCa,
     ca_der: rustls_pki_types::CertificateDer<'static>,
     /// The name a client verifies the workload certificate against (a DNS
     /// SAN next to the SPIFFE id: rustls checks DNS names, not URIs).
@@ -107,11 +108,18 @@ impl MeshPki {
         MeshPki {
             dir,
             ca_der: ca.der().clone(),
+            ca,
             server_name,
             workload,
             caller,
             stranger,
         }
+    }
+
+    /// Another leaf of the mesh CA, with the SPIFFE id `spiffe` and the
+    /// DNS names `dns` (wildcards too) among its subject alternative names.
+    pub fn issue(&self, spiffe: &str, dns: &[&str]) -> MeshCert {
+        mesh_leaf(&self.ca, spiffe, dns)
     }
 
     /// The directory holding `ca.pem`, `workload.pem`, `workload-key.pem`.

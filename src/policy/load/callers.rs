@@ -114,19 +114,47 @@ impl Compiler<'_> {
                 }
             }
         } else if let Some(certificate) = &spec.client_certificate {
-            let name = certificate.dns_name.to_ascii_lowercase();
-            if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() || name.contains('*') {
-                self.error(
-                    f,
-                    &at("client_certificate"),
-                    format!(
-                        "caller {:?}: {:?} is not a DNS name",
-                        spec.name, certificate.dns_name
-                    ),
-                );
-                return None;
+            match (&certificate.dns_name, &certificate.spiffe_id) {
+                (Some(dns_name), None) => {
+                    let name = dns_name.to_ascii_lowercase();
+                    if rustls_pki_types::DnsName::try_from(name.as_str()).is_err()
+                        || name.contains('*')
+                    {
+                        self.error(
+                            f,
+                            &at("client_certificate"),
+                            format!(
+                                "caller {:?}: {dns_name:?} is not a DNS name (no wildcards)",
+                                spec.name
+                            ),
+                        );
+                        return None;
+                    }
+                    CallerCredential::ClientCertificate { dns_name: name }
+                }
+                (None, Some(id)) => {
+                    if let Err(why) = crate::policy::callers::check_spiffe_id(id) {
+                        self.error(
+                            f,
+                            &at("client_certificate"),
+                            format!("caller {:?}: {id:?} is not a SPIFFE id: {why}", spec.name),
+                        );
+                        return None;
+                    }
+                    CallerCredential::SpiffeId(id.clone())
+                }
+                _ => {
+                    self.error(
+                        f,
+                        &at("client_certificate"),
+                        format!(
+                            "caller {:?}: client_certificate must set exactly one of dns_name, spiffe_id",
+                            spec.name
+                        ),
+                    );
+                    return None;
+                }
             }
-            CallerCredential::ClientCertificate { dns_name: name }
         } else {
             let subject = spec.token_subject.clone().unwrap_or_default();
             if !token::is_printable_name(&subject, token::MAX_SUBJECT_LEN) {
