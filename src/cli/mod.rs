@@ -25,7 +25,7 @@ use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
 use crate::events::replay::DEFAULT_REPLAY_CAPACITY;
 use crate::jwks::JwksFetcher;
 use crate::logging::LogLines;
-use crate::policy::{load_policies, load_policies_with, PolicySet, UnreadableKeys};
+use crate::policy::{load_policies, load_policies_with, Loaded, PolicySet, UnreadableKeys};
 use crate::reload::WatchConfig;
 use crate::server::DEFAULT_TOKEN_CACHE_BYTES;
 use crate::tls::TlsFiles;

@@ -111,14 +111,8 @@ pub(super) fn test(paths: &[PathBuf], grants_database_url: Option<String>) -> Ex
 /// decided by the engine; every one answered differently from its
 /// canonical spelling is printed, and fails the command.
 pub(super) fn explore(dir: &Path) -> ExitCode {
-    let loaded = match load_policies_with(dir, UnreadableKeys::Unverifiable) {
-        Ok(loaded) => loaded,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{e}");
-            }
-            return Exit::Failure.into();
-        }
+    let Some(loaded) = super::validate::loaded_or_report(dir, UnreadableKeys::Unverifiable) else {
+        return Exit::Failure.into();
     };
     let found = crate::lint::explore(&loaded.policy, &loaded.origins);
     for sidestep in &found {

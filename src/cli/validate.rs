@@ -4,8 +4,13 @@
 use super::*;
 
 pub(super) fn load_or_report(dir: &Path) -> Option<PolicySet> {
-    match load_policies(dir) {
-        Ok(policy) => Some(policy),
+    loaded_or_report(dir, UnreadableKeys::Refuse).map(|loaded| loaded.policy)
+}
+
+/// The loaded directory, or `None` after printing every error.
+pub(super) fn loaded_or_report(dir: &Path, unreadable: UnreadableKeys) -> Option<Loaded> {
+    match load_policies_with(dir, unreadable) {
+        Ok(loaded) => Some(loaded),
         Err(errors) => {
             for e in &errors.0 {
                 eprintln!("{e}");
@@ -16,14 +21,8 @@ pub(super) fn load_or_report(dir: &Path) -> Option<PolicySet> {
 }
 
 pub(super) fn validate(dir: &Path, strict: bool) -> ExitCode {
-    let loaded = match load_policies_with(dir, UnreadableKeys::Refuse) {
-        Ok(loaded) => loaded,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{e}");
-            }
-            return Exit::Failure.into();
-        }
+    let Some(loaded) = loaded_or_report(dir, UnreadableKeys::Refuse) else {
+        return Exit::Failure.into();
     };
     let policy = &loaded.policy;
     println!(

@@ -230,13 +230,11 @@ impl CustomFilters {
                '@type': type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz\n  \
                transport_api_version: V3\n  \
                failure_mode_allow: false\n  \
-               status_on_error: { code: ServiceUnavailable }\n  \
-               filter_enabled_metadata:\n    \
-                 filter: envoy.filters.http.rbac\n    \
-                 path: [{ key: istio_ext_authz_shadow_effective_policy_id }]\n    \
-                 value: { string_match: { prefix: istio-ext-authz } }\n",
+               status_on_error: { code: ServiceUnavailable }\n",
         );
         http_ext_authz["typed_config"]["grpc_service"] = ext_authz_grpc.clone();
+        http_ext_authz["typed_config"]["filter_enabled_metadata"] =
+            enabled_by("envoy.filters.http.rbac");
         let mut tcp_rbac = yaml(
             "name: envoy.filters.network.rbac\n\
              typed_config:\n  \
@@ -252,13 +250,11 @@ impl CustomFilters {
                '@type': type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz\n  \
                stat_prefix: tcp.\n  \
                transport_api_version: V3\n  \
-               failure_mode_allow: false\n  \
-               filter_enabled_metadata:\n    \
-                 filter: envoy.filters.network.rbac\n    \
-                 path: [{ key: istio_ext_authz_shadow_effective_policy_id }]\n    \
-                 value: { string_match: { prefix: istio-ext-authz } }\n",
+               failure_mode_allow: false\n",
         );
         tcp_ext_authz["typed_config"]["grpc_service"] = ext_authz_grpc;
+        tcp_ext_authz["typed_config"]["filter_enabled_metadata"] =
+            enabled_by("envoy.filters.network.rbac");
         CustomFilters {
             http: vec![http_rbac, http_ext_authz],
             tcp: vec![tcp_rbac, tcp_ext_authz],
@@ -293,6 +289,17 @@ impl CustomFilters {
             other => panic!("the mirror does not know a chain that starts with {other:?}"),
         }
     }
+}
+
+/// ext_authz runs only where the RBAC filter `rbac_filter` matched a rule
+/// of the policy (Istio's generateFilterMatcher: the shadow effective
+/// policy id, under the stat prefix, starts with `istio-ext-authz`).
+fn enabled_by(rbac_filter: &str) -> Value {
+    yaml(&format!(
+        "filter: {rbac_filter}\n\
+         path: [{{ key: istio_ext_authz_shadow_effective_policy_id }}]\n\
+         value: {{ string_match: {{ prefix: istio-ext-authz }} }}\n"
+    ))
 }
 
 /// One rule as an RBAC policy: permissions from `to`, principals from
