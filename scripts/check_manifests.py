@@ -2438,26 +2438,28 @@ def run_tool_checks(tools: Tools, bundle: Bundle, tmp: Path, verbose: bool) -> l
     failures += errs
     if not errs:
         say(f"   ok  {SIDECAR_CONFIG}")
-    strip = subject_strip_bootstrap(bundle)
-    if strip is None:
-        failures.append(f"{ISTIO}: no EnvoyFilter portcullis-strip-subject-header to load into Envoy")
-    else:
-        path = tmp / "strip-subject.yaml"
-        path.write_text(yaml.safe_dump(strip, sort_keys=False))
-        errs = envoy_validate(tools, path, f"{ISTIO} EnvoyFilter portcullis-strip-subject-header", verbose)
-        failures += errs
-        if not errs:
-            say(f"   ok  {ISTIO}: the subject header strip, as the EnvoyFilter inserts it")
-    bootstrap = jwt_authn_bootstrap(bundle)
-    if bootstrap is None:
-        failures.append(f"{JWT}: cannot build the jwt_authn bootstrap (EnvoyFilter or extension provider missing)")
-    else:
-        path = tmp / "jwt-authn-mode.yaml"
+    # Bootstraps built from EnvoyFilters, as they patch a proxy: the
+    # bootstrap (None when it cannot be built), its file, its label, the
+    # failure when it is None, and what passing means.
+    for bootstrap, file, label, missing, passed in [
+        (subject_strip_bootstrap(bundle), "strip-subject.yaml",
+         f"{ISTIO} EnvoyFilter portcullis-strip-subject-header",
+         f"{ISTIO}: no EnvoyFilter portcullis-strip-subject-header to load into Envoy",
+         f"{ISTIO}: the subject header strip, as the EnvoyFilter inserts it"),
+        (jwt_authn_bootstrap(bundle), "jwt-authn-mode.yaml",
+         f"{JWT} EnvoyFilter filters",
+         f"{JWT}: cannot build the jwt_authn bootstrap (EnvoyFilter or extension provider missing)",
+         f"{JWT}: jwt_authn + merged ext_authz, as the EnvoyFilter patches them"),
+    ]:
+        if bootstrap is None:
+            failures.append(missing)
+            continue
+        path = tmp / file
         path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
-        errs = envoy_validate(tools, path, f"{JWT} EnvoyFilter filters", verbose)
+        errs = envoy_validate(tools, path, label, verbose)
         failures += errs
         if not errs:
-            say(f"   ok  {JWT}: jwt_authn + merged ext_authz, as the EnvoyFilter patches them")
+            say(f"   ok  {passed}")
     return failures
 
 

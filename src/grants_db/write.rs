@@ -141,13 +141,7 @@ pub async fn write(
         )
         .await
         .map_err(DbError::from_pg)?;
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&CHANNEL, &revision.to_string()],
-    )
-    .await
-    .map_err(DbError::from_pg)?;
-    tx.commit().await.map_err(DbError::from_pg)?;
+    notify_and_commit(tx, revision).await?;
     Ok(Written {
         revision,
         database,
@@ -303,12 +297,22 @@ pub async fn new_identity(client: &mut Client) -> Result<String, DbError> {
         .await
         .map_err(DbError::from_pg)?;
     let (database, revision): (String, i64) = (row.get(0), row.get(1));
+    notify_and_commit(tx, revision).await?;
+    Ok(database)
+}
+
+/// Tells every replica's change feed about `revision` and commits: the
+/// notification is delivered only if the transaction commits, so a feed
+/// never hears of a write that did not happen.
+async fn notify_and_commit(
+    tx: tokio_postgres::Transaction<'_>,
+    revision: i64,
+) -> Result<(), DbError> {
     tx.execute(
         "SELECT pg_notify($1, $2)",
         &[&CHANNEL, &revision.to_string()],
     )
     .await
     .map_err(DbError::from_pg)?;
-    tx.commit().await.map_err(DbError::from_pg)?;
-    Ok(database)
+    tx.commit().await.map_err(DbError::from_pg)
 }
