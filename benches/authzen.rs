@@ -21,16 +21,18 @@ use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::api::{self, ApiState};
 use portcullis::decision_log::DecisionLog;
-use portcullis::engine::VerifyEveryTime;
 use portcullis::events::replay::{ReplayGuard, DEFAULT_REPLAY_CAPACITY};
 use portcullis::events::{self, envelope, Publish};
 use portcullis::http_server;
 use portcullis::logging::LogLines;
+use portcullis::pdp::Pdp;
 use portcullis::policy::callers::{api_key_digest, Caller, CallerCredential, Callers, Permissions};
 use portcullis::policy::events::{EventKeys, SigningKey, VerifyingKey};
 use portcullis::policy::{GrantIndex, Holder, PolicySet, ResourceKey};
 use portcullis::search;
+use portcullis::server::DEFAULT_TOKEN_CACHE_BYTES;
 use portcullis::token::Principal;
+use portcullis::token_cache::TokenCache;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -102,16 +104,21 @@ fn http(c: &mut Criterion) {
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     let policy = Arc::new(ArcSwap::from_pointee(policy_with_caller()));
+    // Allows unlogged, as --log-allow-rate 0 would; no subscriber anyway.
+    let pdp = Pdp::new(
+        policy.clone(),
+        TokenCache::new(DEFAULT_TOKEN_CACHE_BYTES),
+        Arc::new(|| common::NOW),
+    )
+    .with_decision_log(Arc::new(DecisionLog::new(
+        0.0,
+        LogLines::to(std::io::sink()),
+    )));
     let state = ApiState {
-        policy: policy.clone(),
-        authn: Arc::new(VerifyEveryTime),
-        clock: Arc::new(|| common::NOW),
+        pdp,
         public_url: None,
         https: false,
-        // Allows unlogged, as --log-allow-rate 0 would; no subscriber anyway.
-        log: Arc::new(DecisionLog::new(0.0, LogLines::to(std::io::sink()))),
         replay: Arc::new(ReplayGuard::new(DEFAULT_REPLAY_CAPACITY)),
-        grants_db: None,
         bulkhead: Arc::new(
             api::bulkhead::Bulkhead::new(api::bulkhead::api_decision_threads())
                 .unwrap_or_else(|e| panic!("decision threads: {e}")),
@@ -247,12 +254,18 @@ fn event_envelopes(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
     group.bench_function("decide_resource_action", |b| {
         b.iter(|| {
-            black_box(portcullis::engine::decide_resource_action(
+            let request =
+                portcullis::engine::Request::ResourceAction(portcullis::engine::ResourceAction {
+                    principal: &alice,
+                    resource: "document:1",
+                    action: "share",
+                    attributes: &attributes,
+                });
+            black_box(portcullis::engine::decide(
                 &policy,
-                &alice,
-                "document:1",
-                "share",
-                &attributes,
+                &*policy.grants,
+                &request,
+                &portcullis::engine::VerifyEveryTime,
                 common::NOW,
             ))
         })

@@ -48,14 +48,16 @@ fn check(c: &mut Criterion) {
     let mut group = c.benchmark_group("check");
     for (name, rate) in [("logged", 1.0), ("unlogged", 0.0)] {
         let authorizer = authorizer(rate);
-        assert!(authorizer.check_request(&allow).0.is_allowed());
+        assert!(portcullis_testkit::ready(authorizer.check_request(&allow))
+            .0
+            .is_allowed());
         group.bench_function(format!("allow/{name}"), |b| {
-            b.iter(|| authorizer.check_request(black_box(&allow)))
+            b.iter(|| portcullis_testkit::ready(authorizer.check_request(black_box(&allow))))
         });
     }
     let authorizer = authorizer(1.0);
     group.bench_function("deny/logged", |b| {
-        b.iter(|| authorizer.check_request(black_box(&deny)))
+        b.iter(|| portcullis_testkit::ready(authorizer.check_request(black_box(&deny))))
     });
     group.finish();
 }
@@ -64,8 +66,12 @@ fn adapter(c: &mut Criterion) {
     let token = alice_token();
     let read = request("GET", "/documents/1", &token);
     let authorizer = authorizer(0.0);
-    let (allow, _) = authorizer.check_request(&read);
-    let (deny, _) = authorizer.check_request(&request("DELETE", "/documents/2", &token));
+    let (allow, _) = portcullis_testkit::ready(authorizer.check_request(&read));
+    let (deny, _) = portcullis_testkit::ready(authorizer.check_request(&request(
+        "DELETE",
+        "/documents/2",
+        &token,
+    )));
     assert!(allow.is_allowed() && !deny.is_allowed());
     let config = ResponseConfig::default();
 

@@ -23,20 +23,66 @@ fn decide(c: &mut Criterion) {
         let deny = verified_request("DELETE", "/documents/43");
         // Allowed only by a grant whose condition holds.
         let conditional = verified_request("GET", "/documents/999999");
-        assert!(engine::decide(&policy, &allow, &caller, 0).is_allowed());
-        assert!(!engine::decide(&policy, &deny, &caller, 0).is_allowed());
-        let decided = engine::decide(&policy, &conditional, &caller, 0);
+        assert!(engine::decide(
+            &policy,
+            &*policy.grants,
+            &engine::Request::Http(&allow),
+            &caller,
+            0
+        )
+        .is_allowed());
+        assert!(!engine::decide(
+            &policy,
+            &*policy.grants,
+            &engine::Request::Http(&deny),
+            &caller,
+            0
+        )
+        .is_allowed());
+        let decided = engine::decide(
+            &policy,
+            &*policy.grants,
+            &engine::Request::Http(&conditional),
+            &caller,
+            0,
+        );
         assert!(decided.is_allowed(), "{decided:?}");
         group.bench_with_input(
             BenchmarkId::new("allow_condition", count),
             &conditional,
-            |b, r| b.iter(|| engine::decide(black_box(&policy), black_box(r), &caller, 0)),
+            |b, r| {
+                b.iter(|| {
+                    engine::decide(
+                        black_box(&policy),
+                        &*policy.grants,
+                        &engine::Request::Http(black_box(r)),
+                        &caller,
+                        0,
+                    )
+                })
+            },
         );
         group.bench_with_input(BenchmarkId::new("allow", count), &allow, |b, r| {
-            b.iter(|| engine::decide(black_box(&policy), black_box(r), &caller, 0))
+            b.iter(|| {
+                engine::decide(
+                    black_box(&policy),
+                    &*policy.grants,
+                    &engine::Request::Http(black_box(r)),
+                    &caller,
+                    0,
+                )
+            })
         });
         group.bench_with_input(BenchmarkId::new("deny", count), &deny, |b, r| {
-            b.iter(|| engine::decide(black_box(&policy), black_box(r), &caller, 0))
+            b.iter(|| {
+                engine::decide(
+                    black_box(&policy),
+                    &*policy.grants,
+                    &engine::Request::Http(black_box(r)),
+                    &caller,
+                    0,
+                )
+            })
         });
     }
     group.finish();

@@ -209,14 +209,27 @@ fn main() {
         .map(|k| (principal(&format!("user{k}")), held(k)))
         .collect();
     for (who, path) in &users[..10] {
-        assert!(engine::decide(&files, &verified_request("GET", path), who, 0).is_allowed());
+        assert!(engine::decide(
+            &files,
+            &*files.grants,
+            &engine::Request::Http(&verified_request("GET", path)),
+            who,
+            0
+        )
+        .is_allowed());
     }
     let mut h_files = histogram();
     for s in 0..samples {
         let (who, path) = &users[s % users.len()];
         let request = verified_request("GET", path);
         let t = Instant::now();
-        let d = engine::decide(&files, &request, who, 0);
+        let d = engine::decide(
+            &files,
+            &*files.grants,
+            &engine::Request::Http(&request),
+            who,
+            0,
+        );
         h_files.record(t.elapsed().as_nanos() as u64).ok();
         std::hint::black_box(d);
     }
@@ -231,11 +244,10 @@ fn main() {
     let (h_warm, h_cold) = rt.block_on(async {
         for (who, path) in &users {
             let request = verified_request("GET", path);
-            let d = store
-                .decide(&policy, None, |g| {
-                    engine::decide_with_grants(&policy, g, &request, who, 0)
-                })
-                .await;
+            let d = portcullis::pdp::decide_with_cache(&store, &policy, None, |g| {
+                engine::decide(&policy, g, &engine::Request::Http(&request), who, 0)
+            })
+            .await;
             assert!(d.is_allowed(), "{d:?}");
         }
         let mut warm = histogram();
@@ -243,11 +255,10 @@ fn main() {
             let (who, path) = &users[s % users.len()];
             let request = verified_request("GET", path);
             let t = Instant::now();
-            let d = store
-                .decide(&policy, None, |g| {
-                    engine::decide_with_grants(&policy, g, &request, who, 0)
-                })
-                .await;
+            let d = portcullis::pdp::decide_with_cache(&store, &policy, None, |g| {
+                engine::decide(&policy, g, &engine::Request::Http(&request), who, 0)
+            })
+            .await;
             warm.record(t.elapsed().as_nanos() as u64).ok();
             std::hint::black_box(d);
         }
@@ -257,11 +268,10 @@ fn main() {
             let who = principal(&format!("user{k}"));
             let request = verified_request("GET", &held(k));
             let t = Instant::now();
-            let d = store
-                .decide(&policy, None, |g| {
-                    engine::decide_with_grants(&policy, g, &request, &who, 0)
-                })
-                .await;
+            let d = portcullis::pdp::decide_with_cache(&store, &policy, None, |g| {
+                engine::decide(&policy, g, &engine::Request::Http(&request), &who, 0)
+            })
+            .await;
             cold.record(t.elapsed().as_nanos() as u64).ok();
             assert!(d.is_allowed());
         }

@@ -119,6 +119,25 @@ pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs, AdapterErro
     }
 }
 
+/// A CheckRequest read for the decision service: the question, and the
+/// grants revision the request asks decisions to be at least as fresh as
+/// ([`crate::grants_db::REVISION_HEADER`]), which the service waits for and
+/// the engine never sees.
+#[derive(Debug)]
+pub struct Read {
+    pub check: Result<Check, AdapterError>,
+    pub min_revision: Option<String>,
+}
+
+/// Reads a CheckRequest once, for the decision service, with the headers
+/// the policy shows conditions (`condition_headers`).
+pub fn read(request: &CheckRequest, condition_headers: &[String]) -> Read {
+    Read {
+        check: read_check_with(request, condition_headers),
+        min_revision: request_header(request, crate::grants_db::REVISION_HEADER),
+    }
+}
+
 /// Reads what the engine needs from a CheckRequest, no header for conditions.
 pub fn read_check(request: &CheckRequest) -> Result<Check, AdapterError> {
     read_check_with(request, &[])
@@ -349,9 +368,9 @@ fn sanitize_request_id(id: &str) -> String {
 }
 
 /// The value of the request header `name` (lower case), from `headers` or
-/// `header_map`, if the CheckRequest carries one: for the shell (the
-/// grants database's minimum revision), never for the engine.
-pub fn request_header(request: &CheckRequest, name: &str) -> Option<String> {
+/// `header_map`, if the CheckRequest carries one: for the decision service
+/// (the grants database's minimum revision), never for the engine.
+fn request_header(request: &CheckRequest, name: &str) -> Option<String> {
     let http = request
         .attributes
         .as_ref()?

@@ -29,6 +29,7 @@ use crate::grants_db::{self, DatabaseConfig, GrantStore, StoreCollector};
 use crate::jwks::JwksFetcher;
 use crate::logging::LogLines;
 use crate::metrics::Metrics;
+use crate::pdp::Pdp;
 use crate::policy::{load_policies, PolicySet};
 use crate::reload::{self, Reloader, WatchConfig};
 use crate::server::{self, Authorizer};
@@ -372,38 +373,33 @@ impl App {
                 return Exit::Failure;
             }
         };
-        let api_state = ApiState {
-            policy: policy.clone(),
-            authn: Arc::new(tokens.clone()),
-            clock: server::system_clock(),
-            public_url: config.api.as_ref().and_then(|api| api.public_url.clone()),
-            https: api_tls.is_some(),
-            log: Arc::new(DecisionLog::new(config.log_allow_rate, log_lines.clone())),
-            replay: Arc::new(replay),
-            grants_db: grants_db.clone(),
-            bulkhead,
+        // The one decision service: Envoy's checks, the AuthZEN API and
+        // signed events all ask it.
+        let pdp = Pdp::new(policy.clone(), tokens, server::system_clock())
+            .with_metrics(metrics)
+            .with_decision_log(Arc::new(DecisionLog::new(config.log_allow_rate, log_lines)))
+            .with_key_fetcher(fetcher.clone());
+        let pdp = match decisions {
+            Some(cache) => pdp.with_decision_cache(cache),
+            None => pdp,
         };
-        let authorizer = Authorizer::new(
-            policy.clone(),
-            tokens,
-            ResponseConfig::new(&config.subject_header),
-            server::system_clock(),
-        )
-        .with_metrics(metrics)
-        .with_decision_log(DecisionLog::new(config.log_allow_rate, log_lines))
-        .with_readiness(readiness.clone());
-        let authorizer = match decisions {
-            Some(cache) => authorizer.with_decision_cache(cache),
-            None => authorizer,
-        };
-        let authorizer = match &grants_db {
+        let pdp = match &grants_db {
             Some(store) => {
                 let serving = store.clone();
                 readiness.also_require(move || serving.serving());
-                authorizer.with_grants_db(store.clone())
+                pdp.with_grants_db(store.clone())
             }
-            None => authorizer,
+            None => pdp,
         };
+        let api_state = ApiState {
+            pdp: pdp.clone(),
+            public_url: config.api.as_ref().and_then(|api| api.public_url.clone()),
+            https: api_tls.is_some(),
+            replay: Arc::new(replay),
+            bulkhead,
+        };
+        let authorizer = Authorizer::from_pdp(pdp, ResponseConfig::new(&config.subject_header))
+            .with_readiness(readiness.clone());
 
         let (stop_checks, checks_stopped) = tokio::sync::oneshot::channel::<()>();
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();

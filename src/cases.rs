@@ -35,7 +35,7 @@ use crate::diagnostic::Diagnostic;
 use crate::engine::{self, Attributes, Credential, Decision, KnownPrincipal, RequestAttrs};
 use crate::policy::{load_policies_with, GrantSource, PolicySet, UnreadableKeys};
 use crate::token::Principal;
-use crate::yaml::{self, LineIndex, Step};
+use portcullis_core::yaml::{self, LineIndex, Step};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -335,7 +335,13 @@ fn run_case(
             };
             let authn = KnownPrincipal(principal);
             let decision = with_grants(&|grants| {
-                engine::decide_with_grants(policy, grants, &request, &authn, now)
+                engine::decide(
+                    policy,
+                    grants,
+                    &engine::Request::Http(&request),
+                    &authn,
+                    now,
+                )
             });
             // Explained only for a deny no route took, and only here, off
             // the engine's path.
@@ -356,25 +362,17 @@ fn run_case(
                 return broken(
                     case,
                     line,
-                    engine::UnknownAction(action.clone()).to_string(),
+                    format!("no route or role names the action {action:?}"),
                 );
             }
+            let request = engine::Request::ResourceAction(engine::ResourceAction {
+                principal: &principal,
+                resource,
+                action,
+                attributes: &attributes,
+            });
             with_grants(&|grants| {
-                engine::decide_resource_action_with_grants(
-                    policy,
-                    grants,
-                    &principal,
-                    resource,
-                    action,
-                    &attributes,
-                    now,
-                )
-                .unwrap_or_else(|unknown| {
-                    let mut d =
-                        Decision::deny(engine::DenyStatus::Forbidden, engine::Reason::NoGrant);
-                    d.matched_rule = Some(unknown.to_string());
-                    d
-                })
+                engine::decide(policy, grants, &request, &engine::VerifyEveryTime, now)
             })
         }
         _ => {

@@ -2,8 +2,10 @@
 //!
 //! One task per URL keeps its [`RemoteKeys`] fresh: it fetches at start,
 //! then again after the response's `Cache-Control: max-age` clamped to the
-//! issuer's refresh bounds, and early when verification saw a token naming
-//! an unknown key id, but never more than once per `unknown_kid` interval.
+//! issuer's refresh bounds, and early when a check met a token naming an
+//! unknown key id ([`JwksFetcher::refetch`]), but never more than once per
+//! `unknown_kid` interval. Verification itself (in the core) only reads the
+//! keys; asking for a fetch and waiting for it are this module's.
 //! A failed fetch keeps the last good keys and retries with a growing delay.
 //! Key sets are shared across policy reloads by URL, so a reload neither
 //! refetches nor loses keys; a change of keys clears the verification
@@ -15,15 +17,16 @@
 //! fetch like any other: logged, counted, and the last good keys are kept.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Notify};
 
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
-use crate::remote_keys::RemoteKeys;
-use crate::token;
+use crate::token::{self, RemoteKeys};
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -47,10 +50,75 @@ pub enum FetchError {
     NoKey,
 }
 
+/// What the checks that met an unknown key id share with the fetch task
+/// of one URL: they ask for an early fetch and may wait for it to end.
+#[derive(Default)]
+struct Refetch {
+    asked: Notify,
+    /// Raised by a check on an unknown key id, lowered when a fetch ends.
+    wanted: AtomicBool,
+    /// When a fetch asked for now would start; `None` before the first one.
+    early_fetch_at: Mutex<Option<Instant>>,
+    /// Counts finished fetch attempts, for the checks waiting on one.
+    attempts: watch::Sender<u64>,
+}
+
+impl Refetch {
+    fn ask(&self) {
+        self.wanted.store(true, Ordering::SeqCst);
+        self.asked.notify_one();
+    }
+
+    /// Told by the task: a fetch asked for now would start at `at`.
+    fn set_early_fetch_at(&self, at: Instant) {
+        *self
+            .early_fetch_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
+    /// Told by the task when a fetch attempt ends, whatever its result.
+    fn attempted(&self) {
+        self.wanted.store(false, Ordering::SeqCst);
+        self.attempts.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits, until `deadline` at most, for the fetch asked for, if it
+    /// starts before then. True when a fetch ended since it was asked for.
+    /// A fetch limited by the unknown-kid interval is not waited for, so a
+    /// flood of random key ids costs no waiting either.
+    async fn wait(&self, deadline: Instant) -> bool {
+        if !self.wanted.load(Ordering::SeqCst) {
+            return true;
+        }
+        let starts = *self
+            .early_fetch_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if starts.is_some_and(|at| at > deadline) {
+            return false;
+        }
+        let mut attempts = self.attempts.subscribe();
+        // The fetch may have ended between the first look and subscribing.
+        if !self.wanted.load(Ordering::SeqCst) {
+            return true;
+        }
+        tokio::time::timeout_at(deadline.into(), attempts.changed())
+            .await
+            .is_ok_and(|changed| changed.is_ok())
+    }
+}
+
+/// One URL's keys and its fetch task's signals.
+struct Fetched {
+    keys: Arc<RemoteKeys>,
+    refetch: Arc<Refetch>,
+}
+
 /// Keeps every JWKS URL of the served policies fetched.
 pub struct JwksFetcher {
     client: reqwest::Client,
-    sets: Mutex<HashMap<String, Arc<RemoteKeys>>>,
+    sets: Mutex<HashMap<String, Fetched>>,
     on_change: Box<dyn Fn() + Send + Sync>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -81,17 +149,27 @@ impl JwksFetcher {
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
         let mut named = HashMap::new();
         for remote in policy.issuers.remote_key_sets_mut() {
-            match sets.get(&remote.url) {
+            let refetch = match sets.get(&remote.url) {
                 Some(existing)
-                    if existing.refresh == remote.refresh && existing.family == remote.family =>
+                    if existing.keys.refresh == remote.refresh
+                        && existing.keys.family == remote.family =>
                 {
-                    *remote = existing.clone();
+                    *remote = existing.keys.clone();
+                    existing.refetch.clone()
                 }
                 _ => {
-                    tokio::spawn(self.clone().keep_fresh(remote.clone()));
+                    let refetch = Arc::new(Refetch::default());
+                    tokio::spawn(self.clone().keep_fresh(remote.clone(), refetch.clone()));
+                    refetch
                 }
-            }
-            named.insert(remote.url.clone(), remote.clone());
+            };
+            named.insert(
+                remote.url.clone(),
+                Fetched {
+                    keys: remote.clone(),
+                    refetch,
+                },
+            );
         }
         // A task whose URL is no longer named stops once no policy holds its set.
         *sets = named;
@@ -107,7 +185,31 @@ impl JwksFetcher {
         Ok(())
     }
 
-    async fn keep_fresh(self: Arc<Self>, keys: Arc<RemoteKeys>) {
+    /// Asks for an early fetch of every key set of `policy` (a check met a
+    /// token naming a key id they lack: perhaps the IdP rotated) and waits,
+    /// until `deadline` at most, for those fetches. True when one ended, so
+    /// verifying again may succeed.
+    pub async fn refetch(&self, policy: &PolicySet, deadline: Instant) -> bool {
+        let refetches: Vec<Arc<Refetch>> = {
+            let sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+            policy
+                .issuers
+                .remote_key_sets()
+                .filter_map(|remote| sets.get(&remote.url))
+                .map(|fetched| fetched.refetch.clone())
+                .collect()
+        };
+        for refetch in &refetches {
+            refetch.ask();
+        }
+        let mut fetched = false;
+        for refetch in refetches {
+            fetched |= refetch.wait(deadline).await;
+        }
+        fetched
+    }
+
+    async fn keep_fresh(self: Arc<Self>, keys: Arc<RemoteKeys>, refetch: Arc<Refetch>) {
         let mut wait = Duration::ZERO;
         let mut last_attempt: Option<Instant> = None;
         let mut failures = 0u32;
@@ -118,10 +220,10 @@ impl JwksFetcher {
             let early = last_attempt
                 .map_or(scheduled, |at| at + keys.refresh.unknown_kid)
                 .min(scheduled);
-            keys.set_early_fetch_at(early);
+            refetch.set_early_fetch_at(early);
             tokio::select! {
                 () = tokio::time::sleep_until(scheduled.into()) => {}
-                () = keys.unknown_kid_seen() => {
+                () = refetch.asked.notified() => {
                     tokio::time::sleep_until(early.into()).await;
                 }
             }
@@ -132,7 +234,7 @@ impl JwksFetcher {
             }
             last_attempt = Some(Instant::now());
             let result = self.fetch(&keys).await;
-            keys.fetch_attempted();
+            refetch.attempted();
             wait = match result {
                 Ok(next) => {
                     failures = 0;

@@ -1,8 +1,20 @@
 //! Portcullis: external authorization for Envoy and Istio.
 //!
-//! The pure core is [`engine::decide`] over a [`policy::PolicySet`]; the
-//! [`adapter`] converts Envoy's ext_authz types, [`server`] serves them over
-//! gRPC, and [`cli`] is the command line. See `ARCHITECTURE.md`.
+//! The decision core is the `portcullis-core` crate ([`engine::decide`] over
+//! a [`policy::PolicySet`]), re-exported here under the same names; this
+//! crate is the shell around it: the [`adapter`] converts Envoy's ext_authz
+//! types, [`server`] serves them over gRPC, [`api`] serves AuthZEN, [`cli`]
+//! is the command line, [`loader`] reads policy directories. See
+//! `ARCHITECTURE.md`.
+
+pub use portcullis_core::{diagnostic, engine, lint, path, search, token};
+
+/// The compiled policy (the core's), and the loader that reads it from a
+/// directory (the shell's).
+pub mod policy {
+    pub use crate::loader::{load_policies, load_policies_with};
+    pub use portcullis_core::policy::*;
+}
 
 pub mod adapter;
 pub mod admin;
@@ -12,22 +24,15 @@ pub mod cases;
 pub mod cli;
 pub mod decision_cache;
 pub mod decision_log;
-pub mod diagnostic;
-pub mod engine;
 pub mod events;
 pub mod grants_db;
 pub mod http_server;
 pub mod jwks;
-pub mod lint;
+pub mod loader;
 pub mod logging;
 pub mod metrics;
-pub mod path;
-pub mod policy;
+pub mod pdp;
 pub mod reload;
-pub mod remote_keys;
-pub mod search;
 pub mod server;
 pub mod tls;
-pub mod token;
 pub mod token_cache;
-mod yaml;

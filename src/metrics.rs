@@ -19,6 +19,7 @@ use crate::logging::LogLines;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckLabels {
+    entry: &'static str,
     application: String,
     decision: &'static str,
     reason: &'static str,
@@ -243,7 +244,7 @@ impl Metrics {
         let checks = Family::<CheckLabels, Counter>::default();
         registry.register(
             "portcullis_checks",
-            "Checks answered, by application, decision (allow, deny, would_deny) and reason",
+            "Decisions answered, by entry point (ext_authz, authzen, events), application, decision (allow, deny, would_deny) and reason",
             checks.clone(),
         );
         // 10 µs to about 0.3 s.
@@ -312,6 +313,7 @@ impl Metrics {
     /// Counts one answered check.
     pub fn record_check(
         &self,
+        entry: &'static str,
         application: &str,
         decision: &'static str,
         reason: &'static str,
@@ -319,12 +321,17 @@ impl Metrics {
     ) {
         self.checks
             .get_or_create(&CheckLabels {
+                entry,
                 application: application.to_owned(),
                 decision,
                 reason,
             })
             .inc();
-        self.check_duration.observe(seconds);
+        // From CheckRequest to CheckResponse: Envoy's checks only (an API
+        // request's time is mostly its body and its caller's proof).
+        if entry == "ext_authz" {
+            self.check_duration.observe(seconds);
+        }
     }
 
     /// Records a policy load; on success, the version now served.

@@ -13,10 +13,9 @@
 //! the drain open.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse,
@@ -37,64 +36,48 @@ use crate::adapter::{self, ResponseConfig};
 use crate::admin::Readiness;
 use crate::decision_cache::DecisionCache;
 use crate::decision_log::DecisionLog;
-use crate::engine::{self, Decision, Reason, RequestAttrs};
+use crate::engine::{self, Decision, Reason};
 use crate::grants_db::{self, GrantStore};
+use crate::jwks::JwksFetcher;
 use crate::metrics::Metrics;
-use crate::policy::{PolicyHandle, PolicySet};
-use crate::token::TokenError;
+use crate::pdp::{Entry, Pdp, Recorded};
+use crate::policy::PolicyHandle;
 use crate::token_cache::TokenCache;
 
-/// Seconds since the Unix epoch; a parameter so tests can choose the time.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    })
-}
+pub use crate::pdp::{system_clock, Clock, KEY_REFETCH_WAIT};
 
 /// Default bound of `serve`'s verified-token cache: 16 MiB, tens of
 /// thousands of typical principals, a small part of a 256 MiB pod.
 pub const DEFAULT_TOKEN_CACHE_BYTES: u64 = 16 << 20;
 
-/// How long a check whose token names a key id its issuer's JWKS lacks
-/// waits for the refetch that asks for, well inside Envoy's timeout.
-pub const KEY_REFETCH_WAIT: Duration = Duration::from_millis(100);
-
-/// The ext_authz service.
+/// The ext_authz service: converts Envoy's CheckRequest to a question for
+/// the decision service ([`Pdp`]) and its answer back to a CheckResponse.
 #[derive(Clone)]
 pub struct Authorizer {
-    policy: PolicyHandle,
-    tokens: TokenCache,
+    pdp: Pdp,
     response: ResponseConfig,
-    clock: Clock,
-    metrics: Option<Arc<Metrics>>,
-    log: Option<Arc<DecisionLog>>,
-    decisions: Option<DecisionCache>,
     readiness: Option<Arc<Readiness>>,
-    grants_db: Option<Arc<GrantStore>>,
 }
 
 impl Authorizer {
+    /// An ext_authz service over its own decision service (policy files'
+    /// grants, no metrics, no log until the `with_` methods add them).
     pub fn new(
         policy: PolicyHandle,
         tokens: TokenCache,
         response: ResponseConfig,
         clock: Clock,
     ) -> Self {
+        Self::from_pdp(Pdp::new(policy, tokens, clock), response)
+    }
+
+    /// The ext_authz face of `pdp`, the service the other entry points ask
+    /// too.
+    pub fn from_pdp(pdp: Pdp, response: ResponseConfig) -> Self {
         Self {
-            policy,
-            tokens,
+            pdp,
             response,
-            clock,
-            metrics: None,
-            log: None,
-            decisions: None,
             readiness: None,
-            grants_db: None,
         }
     }
 
@@ -106,216 +89,88 @@ impl Authorizer {
         self
     }
 
-    /// Takes grants from `store` (a database) instead of the policy files;
-    /// the decision cache, which knows nothing of grant revisions, is not
-    /// used with it.
+    /// See [`Pdp::with_grants_db`].
     pub fn with_grants_db(mut self, store: Arc<GrantStore>) -> Self {
-        self.grants_db = Some(store);
-        self.decisions = None;
+        self.pdp = self.pdp.with_grants_db(store);
         self
     }
 
-    /// Remembers decisions per policy version in `cache`.
+    /// See [`Pdp::with_decision_cache`].
     pub fn with_decision_cache(mut self, cache: DecisionCache) -> Self {
-        if self.grants_db.is_some() {
-            return self;
-        }
-        self.decisions = Some(cache);
+        self.pdp = self.pdp.with_decision_cache(cache);
         self
     }
 
-    /// Counts every check in `metrics`.
+    /// See [`Pdp::with_key_fetcher`].
+    pub fn with_key_fetcher(mut self, fetcher: Arc<JwksFetcher>) -> Self {
+        self.pdp = self.pdp.with_key_fetcher(fetcher);
+        self
+    }
+
+    /// See [`Pdp::with_metrics`].
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.pdp = self.pdp.with_metrics(metrics);
         self
     }
 
-    /// Writes decisions to `log`; without one, none is logged.
+    /// See [`Pdp::with_decision_log`].
     pub fn with_decision_log(mut self, log: DecisionLog) -> Self {
-        self.log = Some(Arc::new(log));
+        self.pdp = self.pdp.with_decision_log(Arc::new(log));
         self
     }
 
-    /// Decides one CheckRequest; never panics, never allows on a fault.
-    pub fn check_request(&self, request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
+    /// Decides one CheckRequest; never panics, never allows on a fault. A
+    /// request carrying [`grants_db::REVISION_HEADER`] is decided with
+    /// grants at least that fresh (an unreadable one can never be met:
+    /// denied unless no grant is needed).
+    pub async fn check_request(&self, request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
         let started = Instant::now();
-        let policy = self.policy.load_full();
-        let attrs = adapter::read_check_with(request, &policy.condition_headers);
-        let decision = self.decide_attrs(&policy, &attrs);
-        self.answer(&policy, decision, &attrs, started)
-    }
-
-    /// [`Self::check_request`], except that a token naming a key id its
-    /// issuer's JWKS lacks waits (up to [`KEY_REFETCH_WAIT`]) for the
-    /// refetch that asks for, then is verified once more: the first tokens
-    /// signed with a freshly rotated key are accepted, not refused.
-    pub async fn check_request_awaiting_keys(
-        &self,
-        request: &CheckRequest,
-    ) -> (Arc<Decision>, CheckResponse) {
-        let started = Instant::now();
-        let policy = self.policy.load_full();
-        let attrs = adapter::read_check_with(request, &policy.condition_headers);
-        let mut decision = match (&self.grants_db, &attrs) {
-            (Some(store), Ok(Check::Http(http))) => {
-                self.decide_with_db(store, &policy, http, request).await
-            }
-            _ => self.decide_attrs(&policy, &attrs),
-        };
-        if matches!(
-            decision.reason,
-            Reason::InvalidToken(TokenError::UnknownKey)
-        ) {
-            let deadline = Instant::now() + KEY_REFETCH_WAIT;
-            let mut fetched = false;
-            for remote in policy.issuers.remote_key_sets() {
-                fetched |= remote.await_refetch(deadline).await;
-            }
-            if fetched {
-                decision = match (&self.grants_db, &attrs) {
-                    (Some(store), Ok(Check::Http(http))) => {
-                        self.decide_with_db(store, &policy, http, request).await
-                    }
-                    _ => self.decide_attrs(&policy, &attrs),
-                };
-            }
-        }
-        self.answer(&policy, decision, &attrs, started)
-    }
-
-    /// The decision for an HTTP request with grants from the database, at
-    /// least as fresh as the revision the request's
-    /// [`grants_db::REVISION_HEADER`] names (an unreadable one can never
-    /// be met: denied unless no grant is needed). An engine panic is a deny.
-    async fn decide_with_db(
-        &self,
-        store: &GrantStore,
-        policy: &PolicySet,
-        attrs: &RequestAttrs,
-        request: &CheckRequest,
-    ) -> Arc<Decision> {
-        let now = (self.clock)();
+        let policy = self.pdp.policy();
+        let adapter::Read {
+            check,
+            min_revision,
+        } = adapter::read(request, &policy.condition_headers);
         // Unreadable (a bare number too): a revision no database has.
-        let min_revision =
-            adapter::request_header(request, grants_db::REVISION_HEADER).map(|text| {
-                grants_db::parse_revision(&text).unwrap_or(grants_db::Revision {
-                    database: "".into(),
-                    number: i64::MAX,
-                })
-            });
-        let decision = store
-            .decide(policy, min_revision.as_ref(), |grants| {
-                std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    engine::decide_with_grants(policy, grants, attrs, &self.tokens, now)
-                }))
-                .unwrap_or_else(|_| {
-                    tracing::error!("the engine panicked; denying");
-                    Decision::deny(engine::DenyStatus::Forbidden, Reason::InternalError)
-                })
+        let min_revision = min_revision.map(|text| {
+            grants_db::parse_revision(&text).unwrap_or(grants_db::Revision {
+                database: "".into(),
+                number: i64::MAX,
             })
-            .await;
-        Arc::new(decision)
-    }
-
-    /// The decision for a readable request; a deny for an unreadable one.
-    fn decide_attrs(
-        &self,
-        policy: &PolicySet,
-        attrs: &Result<Check, adapter::AdapterError>,
-    ) -> Arc<Decision> {
-        match attrs {
-            Ok(Check::Http(attrs)) => self.decide_cached(policy, attrs),
-            // Cheap and keyed by nothing the cache knows: never cached.
+        });
+        let now = self.pdp.now();
+        let decision = match &check {
+            Ok(Check::Http(attrs)) => {
+                let request = engine::Request::Http(attrs);
+                self.pdp
+                    .decide(&policy, &request, min_revision.as_ref(), now)
+                    .await
+            }
             Ok(Check::Connection(connection)) => {
-                Arc::new(engine::decide_connection(policy, connection))
+                let request = engine::Request::Connection(connection);
+                self.pdp.decide(&policy, &request, None, now).await
             }
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable CheckRequest; denying");
-                let deny = Decision::deny(engine::DenyStatus::Forbidden, Reason::InternalError);
-                Arc::new(deny)
+                Arc::new(Decision::deny(
+                    engine::DenyStatus::Forbidden,
+                    Reason::InternalError,
+                ))
             }
-        }
-    }
-
-    /// The response to `decision`, counted and logged.
-    fn answer(
-        &self,
-        policy: &PolicySet,
-        decision: Arc<Decision>,
-        attrs: &Result<Check, adapter::AdapterError>,
-        started: Instant,
-    ) -> (Arc<Decision>, CheckResponse) {
-        let request_id = match attrs {
-            Ok(Check::Http(attrs)) => attrs.request_id.as_deref(),
-            _ => None,
         };
         let response = adapter::check_response(&decision, &self.response);
-        let elapsed = started.elapsed();
-        if let Some(metrics) = &self.metrics {
-            let application = decision.application.as_deref().unwrap_or("");
-            metrics.record_check(
-                application,
-                decision.outcome(),
-                decision.reason.code(),
-                elapsed.as_secs_f64(),
-            );
-        }
-        // A deny no application or route took says what the request was
-        // and what came closest: worked out here, only for such denies,
-        // never in the engine's decision path.
-        if let Some(log) = &self.log {
-            let unmatched = match attrs {
-                Ok(Check::Http(attrs)) if DecisionLog::explains(&decision) => {
-                    engine::explain_unmatched(policy, attrs)
-                }
-                _ => None,
-            };
-            log.record(
-                &decision,
-                request_id,
-                &policy.version,
-                elapsed,
-                unmatched.as_ref(),
-            );
-        }
+        let http = match &check {
+            Ok(Check::Http(attrs)) => Some(attrs),
+            _ => None,
+        };
+        self.pdp.record(Recorded {
+            entry: Entry::ExtAuthz,
+            policy: &policy,
+            decision: &decision,
+            http,
+            request_id: http.and_then(|attrs| attrs.request_id.as_deref()),
+            started,
+        });
         (decision, response)
-    }
-
-    /// The cached decision for `attrs`, or a new one (remembered when the
-    /// cache is on and the decision is worth keeping). An engine panic is a
-    /// deny.
-    fn decide_cached(&self, policy: &PolicySet, attrs: &RequestAttrs) -> Arc<Decision> {
-        let now = (self.clock)();
-        // A request without a token cannot have a decision in the cache:
-        // it is not looked up (nor hashed), and its decision is not kept.
-        let cache = self
-            .decisions
-            .as_ref()
-            .filter(|_| DecisionCache::may_hold(attrs));
-        // The key epoch is read before the engine reads any key, so a
-        // decision made with keys that are then replaced is filed under an
-        // epoch no later check computes.
-        let key = cache.map(|_| {
-            let epoch = TokenCache::key_epoch(&policy.issuers);
-            DecisionCache::key(&policy.version, epoch, attrs)
-        });
-        if let (Some(cache), Some(key)) = (cache, &key) {
-            if let Some(decision) = cache.get(key, now) {
-                return decision;
-            }
-        }
-        let decision = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            engine::decide(policy, attrs, &self.tokens, now)
-        }))
-        .unwrap_or_else(|_| {
-            tracing::error!("the engine panicked; denying");
-            Decision::deny(engine::DenyStatus::Forbidden, Reason::InternalError)
-        });
-        let decision = Arc::new(decision);
-        if let (Some(cache), Some(key)) = (cache, key) {
-            cache.insert(key, &decision);
-        }
-        decision
     }
 }
 
@@ -325,7 +180,7 @@ impl Authorization for Authorizer {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let (_, response) = self.check_request_awaiting_keys(request.get_ref()).await;
+        let (_, response) = self.check_request(request.get_ref()).await;
         Ok(Response::new(response))
     }
 }
@@ -365,7 +220,7 @@ where
 {
     let (draining, drained) = watch::channel(false);
     let health = HealthService {
-        policy: authorizer.policy.clone(),
+        policy: authorizer.pdp.policy_handle().clone(),
         readiness: authorizer.readiness.clone(),
         draining: drained,
     };

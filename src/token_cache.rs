@@ -14,7 +14,7 @@
 //! groups claims cannot grow it past what the pod can afford.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 use moka::Expiry;
@@ -49,9 +49,7 @@ impl Expiry<TokenKey, Arc<Principal>> for UntilExpiry {
         principal: &Arc<Principal>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::pdp::unix_now();
         let until_exp = Duration::from_secs(principal.expires_at.saturating_sub(now));
         Some(until_exp.min(self.max_ttl))
     }

@@ -57,7 +57,7 @@ fn request(http: Check, context: &[(&str, &str)]) -> CheckRequest {
 }
 
 fn check(request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
-    authorizer().check_request(request)
+    portcullis_testkit::ready(authorizer().check_request(request))
 }
 
 fn bearer(sub: &str) -> String {

@@ -261,7 +261,7 @@ fn evaluations_answer_the_specifications_shapes() {
     for (subject, action, id, reason) in [
         ("bob", "write", "1", "no_grant"),
         ("mallory", "read", "3", "explicit_deny"),
-        ("alice", "fly", "1", "no_grant"),
+        ("alice", "fly", "1", "unknown_action"),
     ] {
         let denied = post(
             port,

@@ -8,7 +8,8 @@
 
 use portcullis::adapter::{read_check_with, Check as Read};
 use portcullis::engine::{
-    decide, decide_resource_action, Attributes, Credential, Decision, RequestAttrs, VerifyEveryTime,
+    decide, Attributes, Credential, Decision, Reason, Request, RequestAttrs, ResourceAction,
+    VerifyEveryTime,
 };
 use portcullis::policy::{load_policies, PolicySet};
 use portcullis_testkit::{Check, Claims, Signer};
@@ -236,7 +237,8 @@ fn bulk_grants_files_take_authenticated_holders() {
     ]);
     let decision = decide(
         &policy,
-        &request("GET", "/docs/5", &token(json!({"sub": "anyone"}))),
+        &*policy.grants,
+        &Request::Http(&request("GET", "/docs/5", &token(json!({"sub": "anyone"})))),
         &VerifyEveryTime,
         NOW,
     );
@@ -276,7 +278,8 @@ fn claims_of_a_real_token_reach_conditions_only_when_read() {
     let put = |t: &str| {
         decide(
             &policy,
-            &request("PUT", "/docs/1", t),
+            &*policy.grants,
+            &Request::Http(&request("PUT", "/docs/1", t)),
             &VerifyEveryTime,
             NOW,
         )
@@ -332,7 +335,13 @@ fn only_named_headers_reach_conditions_through_the_adapter() {
         };
         (
             attrs.headers.clone(),
-            decide(&policy, &attrs, &VerifyEveryTime, NOW),
+            decide(
+                &policy,
+                &*policy.grants,
+                &Request::Http(&attrs),
+                &VerifyEveryTime,
+                NOW,
+            ),
         )
     };
     let (seen, decision) = check(&[("X-Tenant", "t1"), ("x-secret", "s")]);
@@ -371,7 +380,8 @@ fn a_decision_that_read_the_clock_holds_for_that_second_only() {
     let t = token(json!({"sub": "cleo"}));
     let decision = decide(
         &policy,
-        &request("POST", "/docs/open", &t),
+        &*policy.grants,
+        &Request::Http(&request("POST", "/docs/open", &t)),
         &VerifyEveryTime,
         NOW,
     );
@@ -436,7 +446,7 @@ fn the_resource_action_form_takes_explicit_attributes() {
         NOW,
     );
     assert!(!none.is_allowed());
-    let unknown = decide_resource_action(
+    let unknown = decided(
         &policy,
         &principal,
         "doc:1",
@@ -444,7 +454,8 @@ fn the_resource_action_form_takes_explicit_attributes() {
         &attributes("ana"),
         NOW,
     );
-    assert!(unknown.is_err(), "{unknown:?}");
+    assert_eq!(unknown.reason, Reason::UnknownAction, "{unknown:?}");
+    assert!(!unknown.is_allowed());
 }
 
 /// The resource/action decision of an action the policy knows.
@@ -456,6 +467,11 @@ fn decided(
     attributes: &Attributes,
     now: u64,
 ) -> Decision {
-    decide_resource_action(policy, principal, resource, action, attributes, now)
-        .unwrap_or_else(|e| panic!("{e}"))
+    let request = Request::ResourceAction(ResourceAction {
+        principal,
+        resource,
+        action,
+        attributes,
+    });
+    decide(policy, &*policy.grants, &request, &VerifyEveryTime, now)
 }

@@ -691,7 +691,7 @@ fn dry_run_lets_denied_requests_through_and_records_them() {
     let metrics = support::send_raw(stack.portcullis.admin_port(), "GET", b"/metrics", &[]).text();
     let would_deny = metrics
         .lines()
-        .find(|l| l.starts_with("portcullis_checks_total{application=\"documents\",decision=\"would_deny\",reason=\"no_grant\"}"))
+        .find(|l| l.starts_with("portcullis_checks_total{entry=\"ext_authz\",application=\"documents\",decision=\"would_deny\",reason=\"no_grant\"}"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok());
     assert_eq!(would_deny, Some(1.0), "{metrics}");

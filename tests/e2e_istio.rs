@@ -161,7 +161,7 @@ impl Sidecar {
     fn connections_denied(&self) -> f64 {
         metric(
             self.portcullis.admin_port(),
-            "portcullis_checks_total{application=\"\",decision=\"deny\",reason=\"connection_denied\"}",
+            "portcullis_checks_total{entry=\"ext_authz\",application=\"\",decision=\"deny\",reason=\"connection_denied\"}",
         )
         .unwrap_or(0.0)
     }

@@ -345,7 +345,12 @@ fn the_documents_corpus_decides_the_same_from_postgres() {
     let hook_store = store.clone();
     let from_db = CaseRunner::new()
         .with_grants(Box::new(move |policy, decide| {
-            handle.block_on(hook_store.decide(policy, None, decide))
+            handle.block_on(portcullis::pdp::decide_with_cache(
+                &hook_store,
+                policy,
+                None,
+                decide,
+            ))
         }))
         .run_file(&cases)
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -364,7 +369,12 @@ fn the_documents_corpus_decides_the_same_from_postgres() {
     let handle = rt.handle().clone();
     let again = CaseRunner::new()
         .with_grants(Box::new(move |policy, decide| {
-            handle.block_on(hook_store.decide(policy, None, decide))
+            handle.block_on(portcullis::pdp::decide_with_cache(
+                &hook_store,
+                policy,
+                None,
+                decide,
+            ))
         }))
         .run_file(&cases)
         .unwrap_or_else(|e| panic!("{e:?}"));

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use portcullis::engine::{
-    decide, decide_connection, ConnectionAttrs, Credential, Decision, RequestAttrs, VerifyEveryTime,
+    decide, ConnectionAttrs, Credential, Decision, Request, RequestAttrs, VerifyEveryTime,
 };
 use portcullis::policy::{load_policies, LoadErrors, PolicySet};
 use portcullis_testkit::{Claims, Signer};
@@ -130,7 +130,13 @@ fn request(method: &str, path: &str, token: Option<&str>) -> RequestAttrs {
 }
 
 fn check(policy: &PolicySet, request: &RequestAttrs) -> Decision {
-    decide(policy, request, &VerifyEveryTime, NOW)
+    decide(
+        policy,
+        &*policy.grants,
+        &Request::Http(request),
+        &VerifyEveryTime,
+        NOW,
+    )
 }
 
 fn two_issuers(corp_prefix: &str, partner_prefix: &str, grants: &str) -> Vec<(String, String)> {
@@ -399,7 +405,13 @@ fn connection_checks_follow_the_connection_rules() {
         destination_address: format!("10.0.0.7:{port}"),
     };
     let default = one_issuer(&app("", ""));
-    let d = decide_connection(&default, &connection(5432));
+    let d = decide(
+        &default,
+        &*default.grants,
+        &Request::Connection(&connection(5432)),
+        &VerifyEveryTime,
+        0,
+    );
     assert_eq!(
         (d.is_allowed(), d.reason.code()),
         (false, "connection_denied")
@@ -429,13 +441,25 @@ fn connection_checks_follow_the_connection_rules() {
         "connections:\n  - name: db\n    ports: [5432]\n    destination_namespaces: [db]\n    source_namespaces: [billing]\n",
     )])
     .unwrap_or_else(|e| panic!("the policy should load:\n{e}"));
-    let d = decide_connection(&allowing, &connection(5432));
+    let d = decide(
+        &allowing,
+        &*allowing.grants,
+        &Request::Connection(&connection(5432)),
+        &VerifyEveryTime,
+        0,
+    );
     assert_eq!(
         (d.is_allowed(), d.reason.code(), d.route.as_deref()),
         (true, "connection_allowed", Some("db"))
     );
     // Another port of the same workload (HTTP disguised as TCP, say).
-    let d = decide_connection(&allowing, &connection(8080));
+    let d = decide(
+        &allowing,
+        &*allowing.grants,
+        &Request::Connection(&connection(8080)),
+        &VerifyEveryTime,
+        0,
+    );
     assert_eq!(
         (d.is_allowed(), d.reason.code()),
         (false, "connection_denied")
@@ -445,7 +469,14 @@ fn connection_checks_follow_the_connection_rules() {
         destination_port: Some(5432),
         ..ConnectionAttrs::default()
     };
-    assert!(!decide_connection(&allowing, &plaintext).is_allowed());
+    assert!(!decide(
+        &allowing,
+        &*allowing.grants,
+        &Request::Connection(&plaintext),
+        &VerifyEveryTime,
+        0
+    )
+    .is_allowed());
 
     // The old one-word forms are refused with what to write instead.
     for word in ["connections: allow\n", "connections: deny\n"] {

@@ -485,7 +485,13 @@ fn a_verification_with_removed_keys_filed_after_the_clear_is_never_served() {
         .issuers
         .verify(&[0], raw, now)
         .unwrap_or_else(|e| panic!("{e}"));
-    let decision = engine::decide(&policy, &attrs, &VerifyEveryTime, now);
+    let decision = engine::decide(
+        &policy,
+        &*policy.grants,
+        &engine::Request::Http(&attrs),
+        &VerifyEveryTime,
+        now,
+    );
     assert!(decision.is_allowed(), "{decision:?}");
 
     // Meanwhile the IdP drops k1: the fetcher publishes the new set and
@@ -505,7 +511,7 @@ fn a_verification_with_removed_keys_filed_after_the_clear_is_never_served() {
             .map(|p| p.subject.clone()),
         Err(TokenError::UnknownKey)
     );
-    let (decision, _) = authorizer.check_request(&request);
+    let (decision, _) = portcullis_testkit::ready(authorizer.check_request(&request));
     assert_eq!(
         decision.effect,
         Effect::Deny(DenyStatus::Unauthorized),

@@ -93,17 +93,27 @@ fn payload(sub: &str) -> Value {
 
 #[test]
 fn a_verified_payload_names_the_subject() {
-    let (decision, _) =
-        authorizer().check_request(&request("/documents/1", Some(payload("bob")), None));
+    let (decision, _) = portcullis_testkit::ready(authorizer().check_request(&request(
+        "/documents/1",
+        Some(payload("bob")),
+        None,
+    )));
     assert!(decision.is_allowed(), "{decision:?}");
     assert_eq!(decision.subject.as_deref(), Some("bob"));
-    let (decision, _) =
-        authorizer().check_request(&request("/documents/2", Some(payload("bob")), None));
+    let (decision, _) = portcullis_testkit::ready(authorizer().check_request(&request(
+        "/documents/2",
+        Some(payload("bob")),
+        None,
+    )));
     assert_eq!(decision.reason, Reason::NoGrant);
     // Groups come from the payload's groups claim.
     let mut dave = payload("dave");
     dave["groups"] = json!(["auditors"]);
-    let (decision, _) = authorizer().check_request(&request("/documents/9", Some(dave), None));
+    let (decision, _) = portcullis_testkit::ready(authorizer().check_request(&request(
+        "/documents/9",
+        Some(dave),
+        None,
+    )));
     assert!(decision.is_allowed(), "{decision:?}");
 }
 
@@ -113,13 +123,18 @@ fn without_metadata_a_raw_token_proves_nothing() {
     let claims = payload("carol");
     let forged = Signer::hs256(b"0123456789abcdef0123456789abcdef").sign(&claims);
     let bearer = format!("Bearer {forged}");
-    let (decision, _) = authorizer().check_request(&request("/documents/1", None, Some(&bearer)));
+    let (decision, _) = portcullis_testkit::ready(authorizer().check_request(&request(
+        "/documents/1",
+        None,
+        Some(&bearer),
+    )));
     assert_eq!(
         decision.reason,
         Reason::InvalidToken(TokenError::UnknownIssuer)
     );
     assert_eq!(decision.status_code(), 401);
-    let (decision, _) = authorizer().check_request(&request("/documents/1", None, None));
+    let (decision, _) =
+        portcullis_testkit::ready(authorizer().check_request(&request("/documents/1", None, None)));
     assert_eq!(decision.reason, Reason::MissingCredentials);
 }
 
@@ -148,17 +163,25 @@ fn a_payload_is_still_checked() {
         ),
     ];
     for (claims, error) in cases {
-        let (decision, _) =
-            authorizer().check_request(&request("/documents/1", Some(claims.clone()), None));
+        let (decision, _) = portcullis_testkit::ready(authorizer().check_request(&request(
+            "/documents/1",
+            Some(claims.clone()),
+            None,
+        )));
         assert_eq!(decision.reason, Reason::InvalidToken(error), "{claims}");
     }
     // An audience list is fine when it holds an accepted value.
     let mut listed = payload("alice");
     listed["aud"] = json!(["other-api", "documents-api"]);
-    assert!(authorizer()
-        .check_request(&request("/documents/1", Some(listed), None))
+    assert!(
+        portcullis_testkit::ready(authorizer().check_request(&request(
+            "/documents/1",
+            Some(listed),
+            None
+        )))
         .0
-        .is_allowed());
+        .is_allowed()
+    );
 }
 
 /// The mesh IdP of the jwt_authn front proxy: an ES256 key generated per

@@ -109,7 +109,7 @@ async fn metrics_count_checks_caches_and_the_policy() {
     let after = scrape(admin);
 
     let checks = |decision: &str, reason: &str, app: &str| {
-        format!("portcullis_checks_total{{application=\"{app}\",decision=\"{decision}\",reason=\"{reason}\"}}")
+        format!("portcullis_checks_total{{entry=\"ext_authz\",application=\"{app}\",decision=\"{decision}\",reason=\"{reason}\"}}")
     };
     assert_eq!(
         delta(&before, &after, &checks("allow", "granted", "documents")),

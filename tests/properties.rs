@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 
 use portcullis::engine::{
-    decide, Credential, Decision, DenyStatus, Effect, KnownPrincipal, Reason, RequestAttrs,
+    decide, Credential, Decision, DenyStatus, Effect, KnownPrincipal, Reason, Request, RequestAttrs,
 };
 use portcullis::path::normalize;
 use portcullis::policy::PolicyHandle;
@@ -309,7 +309,7 @@ proptest! {
         let app = if raw.starts_with("/files") || raw.starts_with("/status") { "files" } else { "documents" };
         let policy = path_policy();
         let caller = principal("root", &[]);
-        let decision = decide(policy, &request(method, &raw, app), &caller, 0);
+        let decision = decide(policy, &*policy.grants, &Request::Http(&request(method, &raw, app)), &caller, 0);
         if decision.is_allowed() {
             let route = decision.route.clone().unwrap_or_default();
             let normal = normalize(&raw)
@@ -352,7 +352,14 @@ fn the_path_generator_reaches_allows_and_refusals() {
     ];
     for (raw, app) in allowed.iter().zip(["documents", "files", "files", "files"]) {
         assert!(
-            decide(policy, &request("GET", raw, app), &caller, 0).is_allowed(),
+            decide(
+                policy,
+                &*policy.grants,
+                &Request::Http(&request("GET", raw, app)),
+                &caller,
+                0
+            )
+            .is_allowed(),
             "{raw}"
         );
     }
@@ -363,7 +370,14 @@ fn the_path_generator_reaches_allows_and_refusals() {
         "/documents/1;x",
     ] {
         assert!(
-            !decide(policy, &request("GET", raw, "documents"), &caller, 0).is_allowed(),
+            !decide(
+                policy,
+                &*policy.grants,
+                &Request::Http(&request("GET", raw, "documents")),
+                &caller,
+                0
+            )
+            .is_allowed(),
             "{raw}"
         );
     }
@@ -586,7 +600,8 @@ fn decide_call(policy: &PolicySet, call: &Call) -> Decision {
     let caller = principal(call.subject, &call.token_groups);
     decide(
         policy,
-        &request(call.method, &call.path, "documents"),
+        &*policy.grants,
+        &Request::Http(&request(call.method, &call.path, "documents")),
         &caller,
         0,
     )

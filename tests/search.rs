@@ -1,7 +1,7 @@
 //! Search against brute force: on a policy of a few thousand generated
 //! grants (subjects, groups, roles, explicit denies), every page of every
 //! search, walked with a small limit, gives exactly the resources, subjects
-//! and actions whose single decision (`engine::decide_resource_action`)
+//! and actions whose single decision (`engine::decide`)
 //! allows, in order, each once.
 
 mod support;
@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use portcullis::engine::{decide_resource_action, Attributes};
+use portcullis::engine::{decide, Attributes, Request, ResourceAction, VerifyEveryTime};
 use portcullis::policy::{load_policies, PolicySet};
 use portcullis::search::{self, Found};
 
@@ -80,16 +80,14 @@ fn user(name: &str) -> Principal {
 }
 
 fn allows(policy: &PolicySet, subject: &str, resource: &str, action: &str) -> bool {
-    decide_resource_action(
-        policy,
-        &user(subject),
+    let principal = user(subject);
+    let request = Request::ResourceAction(ResourceAction {
+        principal: &principal,
         resource,
         action,
-        Attributes::none(),
-        0,
-    )
-    .map(|d| d.is_allowed())
-    .unwrap_or(false)
+        attributes: Attributes::none(),
+    });
+    decide(policy, &*policy.grants, &request, &VerifyEveryTime, 0).is_allowed()
 }
 
 /// Every item of a search, page by page.

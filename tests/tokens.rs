@@ -15,7 +15,8 @@ use base64::Engine as _;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::engine::{
-    decide, Credential, Decision, DenyStatus, Effect, Reason, RequestAttrs, VerifyEveryTime,
+    decide, Credential, Decision, DenyStatus, Effect, Reason, Request, RequestAttrs,
+    VerifyEveryTime,
 };
 use portcullis::policy::{load_policies, LoadErrors, PolicySet};
 use portcullis::token::{Principal, TokenError, MAX_SUBJECT_LEN, MAX_TOKEN_LEN};
@@ -347,7 +348,13 @@ fn decide_at(policy: &PolicySet, token: &str, now: u64) -> Decision {
         credential: Credential::Bearer(token.into()),
         ..RequestAttrs::default()
     };
-    decide(policy, &request, &VerifyEveryTime, now)
+    decide(
+        policy,
+        &*policy.grants,
+        &Request::Http(&request),
+        &VerifyEveryTime,
+        now,
+    )
 }
 
 /// Asserts that the engine refuses `token` at `now` with `error`, as a 401.
@@ -1572,11 +1579,23 @@ fn the_engine_decides_through_the_cache() {
     };
     let cache = TokenCache::new(100);
     for now in [CACHE_NOW, CACHE_NOW + 1] {
-        let decision = decide(&policy, &request, &cache, now);
+        let decision = decide(
+            &policy,
+            &*policy.grants,
+            &Request::Http(&request),
+            &cache,
+            now,
+        );
         assert!(decision.is_allowed(), "{decision:?}");
         assert_eq!(decision.subject.as_deref(), Some("alice"));
     }
-    let decision = decide(&policy, &request, &cache, CACHE_NOW + 3600 + LEEWAY + 1);
+    let decision = decide(
+        &policy,
+        &*policy.grants,
+        &Request::Http(&request),
+        &cache,
+        CACHE_NOW + 3600 + LEEWAY + 1,
+    );
     assert_eq!(decision.effect, Effect::Deny(DenyStatus::Unauthorized));
     assert_eq!(decision.reason, Reason::InvalidToken(TokenError::Expired));
 }

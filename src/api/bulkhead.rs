@@ -12,13 +12,20 @@
 //! only parses, authenticates and waits. Each job also carries a deadline
 //! ([`REQUEST_TIME_BUDGET`]): a batch checks it between items and stops.
 //!
+//! A job is a future: each pool thread drives one job at a time to its end
+//! on a current-thread runtime of its own (timers only), so a decision that
+//! waits for the grants database waits on the pool, not on the runtime that
+//! answers checks, and the pool bounds database work as it bounds CPU work.
+//! Connections to the database are still made on the main runtime (the
+//! grants store does that), so none is tied to a pool thread.
+//!
 //! Why not `spawn_blocking`: tokio's blocking pool is shared with file I/O
 //! and grows to 512 threads, so it bounds nothing, and a thread's priority
-//! cannot be lowered for one job and raised back. Why not a second tokio
-//! runtime: the work never awaits, so a runtime adds nothing but its
-//! threads.
+//! cannot be lowered for one job and raised back.
 
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,7 +49,7 @@ pub fn api_decision_threads() -> usize {
         .max(1)
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 /// Why a job did not run to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -72,29 +79,31 @@ impl Bulkhead {
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads.max(1) {
             let queue = queue.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()?;
             std::thread::Builder::new()
                 .name(format!("portcullis-api-{i}"))
-                .spawn(move || work(&queue))?;
+                .spawn(move || work(&queue, &runtime))?;
         }
         Ok(Bulkhead { jobs })
     }
 
     /// Queues `job` for a pool thread (refused at once when the queue is
     /// full) and returns its answer to come. `job` is given its deadline.
-    pub fn run<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(Instant) -> T + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<T, Refused>> + Send + 'static {
+    pub fn run<T, F, J>(&self, job: J) -> impl Future<Output = Result<T, Refused>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + 'static,
+        J: FnOnce(Instant) -> F + Send + 'static,
+    {
         let (answer, answered) = oneshot::channel();
         let job: Job = Box::new(move || {
-            // The deadline counts from when a thread takes the job.
-            let deadline = Instant::now() + REQUEST_TIME_BUDGET;
-            let outcome = catch_unwind(AssertUnwindSafe(|| job(deadline)));
-            if let Ok(value) = outcome {
-                let _ = answer.send(value);
-            } else {
-                tracing::error!("an API request panicked in the decision pool");
-            }
+            Box::pin(async move {
+                // The deadline counts from when a thread takes the job.
+                let deadline = Instant::now() + REQUEST_TIME_BUDGET;
+                let _ = answer.send(job(deadline).await);
+            })
         });
         let queued = match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
@@ -108,16 +117,19 @@ impl Bulkhead {
     }
 }
 
-fn work(queue: &Mutex<Receiver<Job>>) {
+fn work(queue: &Mutex<Receiver<Job>>, runtime: &tokio::runtime::Runtime) {
     lower_priority();
     loop {
         let job = match queue.lock() {
             Ok(queue) => queue.recv(),
             Err(_) => return,
         };
-        match job {
-            Ok(job) => job(),
-            Err(_) => return,
+        let Ok(job) = job else {
+            return;
+        };
+        // A panic drops the job's answer: the request is refused (Failed).
+        if catch_unwind(AssertUnwindSafe(|| runtime.block_on(job()))).is_err() {
+            tracing::error!("an API request panicked in the decision pool");
         }
     }
 }
@@ -146,24 +158,24 @@ mod tests {
     #[tokio::test]
     async fn jobs_run_and_a_full_queue_refuses() {
         let pool = Bulkhead::new(1).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(pool.run(|_| 2 + 2).await, Ok(4));
+        assert_eq!(pool.run(|_| async { 2 + 2 }).await, Ok(4));
         // Hold the one thread, fill the queue, then one more is refused.
         let (release, held) = std::sync::mpsc::channel::<()>();
         let (started, running) = oneshot::channel::<()>();
-        let holding = pool.run(move |_| {
+        let holding = pool.run(move |_| async move {
             let _ = started.send(());
             let _ = held.recv();
         });
         let _ = running.await;
-        let waiting: Vec<_> = (0..QUEUE_LENGTH).map(|_| pool.run(|_| ())).collect();
-        assert_eq!(pool.run(|_| ()).await, Err(Refused::Busy));
+        let waiting: Vec<_> = (0..QUEUE_LENGTH).map(|_| pool.run(|_| async {})).collect();
+        assert_eq!(pool.run(|_| async {}).await, Err(Refused::Busy));
         let _ = release.send(());
         assert_eq!(holding.await, Ok(()));
         for w in waiting {
             assert_eq!(w.await, Ok(()));
         }
         assert_eq!(
-            pool.run(|_| -> () { panic!("boom") }).await,
+            pool.run(|_| async { panic!("boom") }).await,
             Err(Refused::Failed)
         );
     }

@@ -22,11 +22,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::model::{self, Object};
-use super::{asked, bad, decision_json, json_response, resource_name, ApiError, ApiState};
-use crate::engine::Decision;
+use super::{asked, bad, decision_json, json_response, resource_name, ApiError, ApiState, Asked};
+use crate::engine::{self, Attributes, Decision, ResourceAction};
 use crate::events::envelope::{message_digest, parse_hex};
 use crate::events::{self, Publish, SignError};
-use crate::policy::{GrantSource, PolicySet};
+use crate::pdp::Entry;
 use crate::token::Principal;
 
 pub(super) const SIGN: &str = "/portcullis/v1/events/sign";
@@ -86,13 +86,9 @@ async fn sign_event(state: &ApiState, request: Request) -> Result<Value, Respons
     let principal: Arc<Principal> =
         match own {
             Some(user) => user.clone(),
-            None if asked.asker.may().sign => Arc::new(Principal {
-                issuer: Arc::from("api"),
-                subject: eval.subject.id.clone(),
-                groups: Vec::new(),
-                expires_at: u64::MAX,
-                claims: Default::default(),
-            }),
+            None if asked.asker.may().sign => {
+                Arc::new(Principal::named("api", eval.subject.id.clone()))
+            }
             None => return Err(ApiError::Forbidden(
                 "this caller may only sign events for the subject of the user token it presents"
                     .into(),
@@ -110,15 +106,7 @@ async fn sign_event(state: &ApiState, request: Request) -> Result<Value, Respons
         message_sha256: digest,
         lifetime,
     };
-    let decision = decide_now(
-        state,
-        &asked.policy,
-        &principal,
-        &resource,
-        &eval.action.name,
-        asked.now,
-    )
-    .await;
+    let decision = decide_now(state, &asked, &principal, &resource, &eval.action.name).await;
     match events::publish_decided(&asked.policy, decision, &publish, asked.now) {
         Ok(Ok(signed)) => {
             tracing::info!(
@@ -136,10 +124,7 @@ async fn sign_event(state: &ApiState, request: Request) -> Result<Value, Respons
                 "expires_at": signed.expires_at,
             }))
         }
-        Ok(Err(deny)) => {
-            asked.log(state, &deny);
-            Ok(decision_json(&deny, asked.asker.may().explain))
-        }
+        Ok(Err(deny)) => Ok(decision_json(&deny, asked.asker.may().explain)),
         Err(e @ SignError::NoSigningKey) => Err(NotConfigured(e).into_response()),
         Err(e @ SignError::Crypto(_)) => {
             tracing::error!(error = %e, "event signing failed");
@@ -169,22 +154,15 @@ async fn verify_event(state: &ApiState, request: Request) -> Result<Value, Respo
     let opened = events::open(&asked.policy, &envelope, &digest, &caller.name, asked.now);
     let consumed = match opened {
         Ok(claims) => {
-            let decision = decide_now(
-                state,
-                &asked.policy,
-                &events::principal_of(&claims),
-                &claims.resource,
-                &claims.action,
-                asked.now,
-            )
-            .await;
+            let principal = events::principal_of(&claims);
+            let decision =
+                decide_now(state, &asked, &principal, &claims.resource, &claims.action).await;
             events::consume_decided(&asked.policy, &state.replay, claims, decision, asked.now)
         }
         Err(refusal) => Err(refusal),
     };
     Ok(match consumed {
         Ok(consumed) => {
-            asked.log(state, &consumed.decision);
             let claims = &consumed.claims;
             let mut answer = decision_json(&consumed.decision, asked.asker.may().explain);
             answer["event"] = json!({
@@ -215,22 +193,29 @@ async fn verify_event(state: &ApiState, request: Request) -> Result<Value, Respo
     })
 }
 
-/// The policy's decision now, with the grants that serve: the policy's
-/// own, or the grants database's (from its cache).
+/// The policy's decision now, by the decision service (the grants that
+/// serve: the policy's own, or the grants database's), counted and logged
+/// as an events decision.
 async fn decide_now(
     state: &ApiState,
-    policy: &PolicySet,
+    asked: &Asked,
     principal: &Principal,
     resource: &str,
     action: &str,
-    now: u64,
 ) -> Decision {
-    let decide =
-        |grants: &dyn GrantSource| events::decide(policy, grants, principal, resource, action, now);
-    match &state.grants_db {
-        Some(store) => store.decide(policy, None, decide).await,
-        None => decide(&*policy.grants),
-    }
+    let attributes = Attributes::default();
+    let request = engine::Request::ResourceAction(ResourceAction {
+        principal,
+        resource,
+        action,
+        attributes: &attributes,
+    });
+    let decision = state
+        .pdp
+        .decide(&asked.policy, &request, None, asked.now)
+        .await;
+    asked.record(state, Entry::Events, &decision);
+    Arc::unwrap_or_clone(decision)
 }
 
 /// An optional string field.

@@ -41,7 +41,7 @@ async fn write_grants(state: &ApiState, request: Request) -> Result<Value, ApiEr
             "this caller may not write grants".into(),
         ));
     }
-    let Some(store) = &state.grants_db else {
+    let Some(store) = state.pdp.grants_db() else {
         return Err(ApiError::Unavailable(
             "grants are kept in the policy files: this server has no grants database".into(),
         ));

@@ -4,11 +4,7 @@
 use super::validate::load_or_report;
 use super::*;
 
-pub(super) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub(super) use crate::pdp::unix_now as now;
 
 pub(super) fn check(args: CheckArgs) -> ExitCode {
     let Some(policy) = load_or_report(&args.policies) else {
@@ -36,7 +32,13 @@ pub(super) fn check(args: CheckArgs) -> ExitCode {
         verified_payloads: BTreeMap::new(),
         headers: BTreeMap::new(),
     };
-    let decision = engine::decide(&policy, &request, &VerifyEveryTime, now());
+    let decision = engine::decide(
+        &policy,
+        &*policy.grants,
+        &engine::Request::Http(&request),
+        &VerifyEveryTime,
+        now(),
+    );
     print!("{}", explain(&decision));
     // Which route came closest, and why it did not take the request:
     // worked out here, on demand, never by the engine while deciding.

@@ -16,7 +16,6 @@ use crate::events::envelope::{message_digest, parse_hex};
 use crate::events::replay::ReplayGuard;
 use crate::events::{self, Publish};
 use crate::token::Principal;
-use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct EventArgs {
@@ -127,11 +126,8 @@ fn sign(args: SignArgs) -> ExitCode {
         }
     };
     let principal = Principal {
-        issuer: Arc::from("cli"),
-        subject: args.subject.clone(),
         groups: args.groups.clone(),
-        expires_at: u64::MAX,
-        claims: Default::default(),
+        ..Principal::named("cli", args.subject.clone())
     };
     let publish = Publish {
         subject: &args.subject,

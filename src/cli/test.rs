@@ -48,7 +48,7 @@ pub(super) fn test(paths: &[PathBuf], grants_database_url: Option<String>) -> Ex
             }
         };
         runner = runner.with_grants(Box::new(move |policy, decide| {
-            runtime.block_on(store.decide(policy, None, decide))
+            runtime.block_on(crate::pdp::decide_with_cache(&store, policy, None, decide))
         }));
     }
     for file in &files {

@@ -12,12 +12,12 @@
 //! [`envelope`] is pure; this module and [`replay`] are the shell around it
 //! (randomness for ids, the replay memory and its log).
 
-pub mod envelope;
+pub use portcullis_core::envelope;
 pub mod replay;
 
 use std::sync::Arc;
 
-use crate::engine::{self, Attributes, Decision, DenyStatus, Reason};
+use crate::engine::{self, Attributes, Decision, Reason};
 use crate::policy::{GrantSource, PolicySet};
 use crate::token::Principal;
 pub use envelope::{EventClaims, Publish, Refusal, SignError, Signed};
@@ -28,7 +28,7 @@ pub fn new_event_id() -> Result<String, SignError> {
     let mut bytes = [0u8; 16];
     getrandom::getrandom(&mut bytes)
         .map_err(|e| SignError::Crypto(format!("no randomness for an event id: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(envelope::hex(&bytes))
 }
 
 /// Decides whether `principal` may do `action` on `resource` under
@@ -44,23 +44,13 @@ pub fn decide(
     now: u64,
 ) -> Decision {
     let attributes = Attributes::default();
-    let decided = engine::decide_resource_action_with_grants(
-        policy,
-        grants,
+    let request = engine::Request::ResourceAction(engine::ResourceAction {
         principal,
         resource,
         action,
-        &attributes,
-        now,
-    );
-    match decided {
-        Ok(decision) => decision,
-        Err(unknown) => {
-            let mut d = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
-            d.matched_rule = Some(unknown.to_string());
-            d
-        }
-    }
+        attributes: &attributes,
+    });
+    engine::decide(policy, grants, &request, &engine::VerifyEveryTime, now)
 }
 
 /// Signs `event` for `principal` if the policy's own grants allow it now.

@@ -117,7 +117,7 @@ struct Record {
 
 fn check(body: &str) -> String {
     let digest = Sha256::digest(body.as_bytes());
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    crate::events::envelope::hex(&digest[..4])
 }
 
 impl Record {

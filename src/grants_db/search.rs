@@ -28,18 +28,6 @@ fn roles_holding(policy: &PolicySet, action: usize) -> Vec<String> {
         .collect()
 }
 
-fn holders_of<'p>(policy: &'p PolicySet, principal: &'p Principal) -> Vec<Holder<'p>> {
-    std::iter::once(Holder::Subject(principal.subject.as_str()))
-        .chain(
-            principal
-                .groups
-                .iter()
-                .chain(policy.policy_groups(&principal.subject))
-                .map(|g| Holder::Group(g.as_str())),
-        )
-        .collect()
-}
-
 /// The resources of type `kind` `principal` may do `action` on, after the
 /// id `after`, at most `limit`, as [`search::resources`] answers them.
 #[allow(clippy::too_many_arguments)]
@@ -57,7 +45,11 @@ pub async fn resources(
         return Ok(Found::none());
     };
     let roles = roles_holding(policy, action);
-    let holders = holders_of(policy, principal);
+    // Grants to every authenticated subject are not candidates here.
+    let holders: Vec<Holder<'_>> = policy
+        .holders(principal)
+        .filter(|h| !matches!(h, Holder::Authenticated))
+        .collect();
     if roles.is_empty()
         || holders
             .iter()
@@ -76,7 +68,7 @@ pub async fn resources(
         .iter()
         .map(|h| crate::policy::grant_snapshot::split_holder(*h).1)
         .collect();
-    let client = store.pool().get().await?;
+    let client = store.client().await?;
     // Patterns are few: read them all (the type's and the global one).
     let pattern_rows = client
         .query(
@@ -256,7 +248,7 @@ pub async fn subjects(
         .iter()
         .map(|k| crate::policy::grant_snapshot::split_key(*k).1)
         .collect();
-    let client = store.pool().get().await?;
+    let client = store.client().await?;
     let rows = client
         .query(
             "SELECT g.holder_kind, g.holder, g.pattern, g.resource, g.role FROM portcullis_grants g \
@@ -298,9 +290,8 @@ pub async fn actions(
     limit: usize,
     given: Circumstances<'_>,
 ) -> Result<Found, DbError> {
-    let lookups: Vec<Lookup> = holders_of(policy, principal)
-        .into_iter()
-        .chain(std::iter::once(Holder::Authenticated))
+    let lookups: Vec<Lookup> = policy
+        .holders(principal)
         .flat_map(|h| ResourceKey::covering(resource).map(move |k| Lookup::new(h, k)))
         .collect();
     let (_, names) = store.read(&lookups).await?;

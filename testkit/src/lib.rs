@@ -26,3 +26,18 @@ pub use policies::{bundled_dir, bundled_with_secret, copy_bundled, DEMO_SECRET_F
 pub use token::{
     alg_none_token, b64url, bearer, jwks, unix_now, Claims, Signer, DEMO_AUDIENCE, DEMO_ISSUER,
 };
+
+/// The output of `future`, which must be ready at its first poll: a check
+/// decided from memory (the policy files' grants, no key refetch) never
+/// waits, so tests and benches measure it without a runtime.
+///
+/// # Panics
+/// When the future is not ready: the decision waited for something.
+pub fn ready<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("the future waited: it was expected to be ready"),
+    }
+}

@@ -1,7 +1,7 @@
 //! Search: which resources, subjects or actions a decision would allow.
 //!
 //! The AuthZEN search endpoints ask the questions the other way round from
-//! [`crate::engine::decide_resource_action`]: "which documents may alice
+//! the resource/action form of [`crate::engine::decide`]: "which documents may alice
 //! write?", "who may read document 1?", "what may bob do on document 1?".
 //! Candidates come from the grants (through the subject's groups and the
 //! roles' actions), and every result is confirmed by the same
@@ -26,7 +26,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap, HashSet};
 use std::ops::Bound;
 
-use crate::engine::{authorize_with_grants, Attributes};
+use crate::engine::{authorize, Attributes};
 
 /// Most candidates one page confirms with a decision; then the page ends
 /// (perhaps short, even empty) with a cursor after the last one examined.
@@ -119,7 +119,7 @@ pub fn allows(
     action: usize,
     given: Circumstances<'_>,
 ) -> bool {
-    authorize_with_grants(
+    authorize(
         policy,
         grants,
         principal,
@@ -341,13 +341,7 @@ pub fn subjects_with_grants(
         if examined == MAX_SEARCH_CANDIDATES {
             return Found::spent(out, (*subject).to_owned());
         }
-        let principal = Principal {
-            issuer: "search".into(),
-            subject: (*subject).to_owned(),
-            groups: Vec::new(),
-            expires_at: u64::MAX,
-            claims: Default::default(),
-        };
+        let principal = Principal::named("search", *subject);
         if allows(policy, grants, &principal, resource, action, given) {
             out.push((*subject).to_owned());
             if out.len() > limit {

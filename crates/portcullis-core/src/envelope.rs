@@ -157,21 +157,20 @@ pub fn message_digest(message: &[u8]) -> [u8; 32] {
     Sha256::digest(message).into()
 }
 
-/// `digest` as 64 lower-case hex digits.
-pub fn hex(digest: &[u8; 32]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// `bytes` as lower-case hex digits: the one hex encoder (digests,
+/// versions, ids, page tokens).
+pub fn hex(bytes: &[u8]) -> String {
+    base16ct::lower::encode_string(bytes)
+}
+
+/// Hex digits (either case) as bytes; `None` for anything else.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    base16ct::mixed::decode_vec(text).ok()
 }
 
 /// 64 hex digits (either case) as a digest.
 pub fn parse_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (i, byte) in digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(digest)
+    unhex(text)?.try_into().ok()
 }
 
 /// Whether `text` may be an audience: 1 to 256 printable ASCII characters.

@@ -1,7 +1,7 @@
 //! Reading what the policy points at outside its own files: issuer keys,
 //! callers' API keys and event keys from files and environment variables,
-//! and the rule for `jwks_url`s.
-//! Done once, before compiling, so compiling is pure.
+//! through the [`Host`] the shell passes, and the rule for `jwks_url`s.
+//! Done once, before compiling, so compiling depends on nothing else.
 
 use super::*;
 
@@ -40,7 +40,7 @@ pub(super) type EventKeyReads = HashMap<(usize, usize), Result<EventKeyMaterial,
 /// Shortest API key accepted: a key short enough to guess is no proof.
 pub(super) const MIN_API_KEY_BYTES: usize = 16;
 
-pub(super) fn read_caller_keys(files: &[Parsed<'_>]) -> CallerKeyReads {
+pub(super) fn read_caller_keys(files: &[Parsed<'_>], host: &dyn Host) -> CallerKeyReads {
     let mut reads = CallerKeyReads::new();
     for (f, file) in files.iter().enumerate() {
         let base = file.path.parent().unwrap_or(Path::new("."));
@@ -49,14 +49,14 @@ pub(super) fn read_caller_keys(files: &[Parsed<'_>]) -> CallerKeyReads {
                 continue;
             };
             let read = match (&secret.secret_env, &secret.secret_file) {
-                (Some(var), None) => std::env::var(var)
-                    .ok()
+                (Some(var), None) => host
+                    .env_var(var)
                     .filter(|s| !s.is_empty())
                     .map(String::into_bytes)
                     .ok_or_else(|| format!("environment variable {var} is not set")),
                 (None, Some(file)) => {
                     let path = base.join(file);
-                    std::fs::read(&path)
+                    host.read_file(&path)
                         .map(|mut bytes| {
                             while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                                 bytes.pop();
@@ -83,7 +83,7 @@ pub(super) fn read_caller_keys(files: &[Parsed<'_>]) -> CallerKeyReads {
     reads
 }
 
-pub(super) fn read_event_keys(files: &[Parsed<'_>]) -> EventKeyReads {
+pub(super) fn read_event_keys(files: &[Parsed<'_>], host: &dyn Host) -> EventKeyReads {
     let mut reads = EventKeyReads::new();
     for (f, file) in files.iter().enumerate() {
         let base = file.path.parent().unwrap_or(Path::new("."));
@@ -93,13 +93,13 @@ pub(super) fn read_event_keys(files: &[Parsed<'_>]) -> EventKeyReads {
         for (i, spec) in events.keys.iter().enumerate() {
             let read_file = |file: &Path| {
                 let path = base.join(file);
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+                host.read_file(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
             };
             let read = || -> Result<EventKeyMaterial, String> {
                 let secret = match (&spec.secret_env, &spec.secret_file) {
                     (Some(var), _) => Some(
-                        std::env::var(var)
-                            .ok()
+                        host.env_var(var)
                             .filter(|s| !s.is_empty())
                             .map(String::into_bytes)
                             .ok_or_else(|| format!("environment variable {var} is not set"))?,
@@ -129,13 +129,13 @@ pub(super) fn read_event_keys(files: &[Parsed<'_>]) -> EventKeyReads {
     reads
 }
 
-pub(super) fn read_keys(files: &[Parsed<'_>]) -> KeyReads {
+pub(super) fn read_keys(files: &[Parsed<'_>], host: &dyn Host) -> KeyReads {
     let mut reads = KeyReads::new();
     for (f, file) in files.iter().enumerate() {
         let base = file.path.parent().unwrap_or(Path::new("."));
         for (i, spec) in file.doc.issuers.iter().enumerate() {
             if let Some(key) = &spec.key {
-                if let Some(read) = read_key(key, base) {
+                if let Some(read) = read_key(key, base, host) {
                     reads.insert((f, i), read);
                 }
             }
@@ -146,10 +146,10 @@ pub(super) fn read_keys(files: &[Parsed<'_>]) -> KeyReads {
 
 /// Reads the one source `key` names; `None` unless it names exactly one.
 /// An error is a source that cannot be read, in words.
-fn read_key(key: &KeySpec, base: &Path) -> Option<Result<KeyMaterial, String>> {
+fn read_key(key: &KeySpec, base: &Path, host: &dyn Host) -> Option<Result<KeyMaterial, String>> {
     let read = |file: &Path| {
         let path = base.join(file);
-        std::fs::read(&path)
+        host.read_file(&path)
             .map(|bytes| (path.clone(), bytes))
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
@@ -161,8 +161,8 @@ fn read_key(key: &KeySpec, base: &Path) -> Option<Result<KeyMaterial, String>> {
             jwks_file: None,
             jwks_url: None,
             ..
-        } => std::env::var(var)
-            .ok()
+        } => host
+            .env_var(var)
             .filter(|s| !s.is_empty())
             .map(|s| KeyMaterial::Secret(s.into_bytes()))
             .ok_or_else(|| format!("environment variable {var} is not set")),
@@ -215,8 +215,7 @@ fn read_key(key: &KeySpec, base: &Path) -> Option<Result<KeyMaterial, String>> {
 /// A JWKS URL must be https; plain http is allowed to a loopback address
 /// only (a test IdP on 127.0.0.1), never across a network.
 pub(super) fn check_jwks_url(url: &str) -> Result<(), String> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| format!("jwks_url {url:?} is not a URL: {e}"))?;
+    let parsed = url::Url::parse(url).map_err(|e| format!("jwks_url {url:?} is not a URL: {e}"))?;
     let host = parsed.host_str().unwrap_or_default();
     let loopback = host == "localhost"
         || host

@@ -1,4 +1,8 @@
-//! Reading a policy directory: which files are policy, and each one whole.
+//! Loading a policy directory: which files are policy, each read whole,
+//! then compiled by the core ([`compile`]) with this process's files and
+//! environment as its [`Host`]. `serve`, `validate`, `check`, `token`,
+//! `test` and every reload call [`load_policies`] (or
+//! [`load_policies_with`]).
 //!
 //! Writing a file by rename (as Kubernetes does for ConfigMaps) is the one
 //! way a reader can never catch it half-written. A writer that truncates
@@ -8,20 +12,42 @@
 //! can tell is unfinished, and a reload that refuses keeps the last good
 //! policy (the writer's next change reloads).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::LoadErrors;
 use crate::diagnostic::Diagnostic;
-use crate::yaml;
+use crate::policy::{compile, Host, LoadErrors, Loaded, PolicySet, SourceFile, UnreadableKeys};
+use portcullis_core::yaml;
 
-pub(super) struct SourceFile {
-    pub path: PathBuf,
-    pub text: String,
+/// Loads and compiles the policy directory `dir`; every issuer key must be
+/// readable.
+pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
+    load_policies_with(dir, UnreadableKeys::Refuse).map(|loaded| loaded.policy)
+}
+
+/// Loads and compiles the policy directory `dir`, treating keys that cannot
+/// be read as `unreadable` says. The one loader: [`load_policies`] is this
+/// with [`UnreadableKeys::Refuse`].
+pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Loaded, LoadErrors> {
+    compile(&read_dir(dir)?, &Process, unreadable)
+}
+
+/// This process's files and environment: where key files and secrets
+/// named by a policy are read from. The only `std::env` in the service.
+struct Process;
+
+impl Host for Process {
+    fn read_file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
 }
 
 /// Every policy file directly in `dir`, in name order, each read whole.
-pub(super) fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
+fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, LoadErrors> {
     let fail = |message: String| {
         LoadErrors(vec![Diagnostic {
             file: dir.to_path_buf(),
@@ -116,7 +142,7 @@ const PAGE: u64 = 4096;
 /// of its own (a shell loop appending line by line): every step is a
 /// well-formed file. Reloads are debounced for that; writing by rename is
 /// the one sure way.
-pub(super) fn read_whole(path: &Path) -> std::io::Result<Vec<u8>> {
+pub fn read_whole(path: &Path) -> std::io::Result<Vec<u8>> {
     const TRIES: usize = 3;
     let changed = || {
         std::io::Error::other(

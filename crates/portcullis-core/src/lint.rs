@@ -588,13 +588,13 @@ fn decide_as(
         verified_payloads: BTreeMap::new(),
         headers: BTreeMap::new(),
     };
-    let principal = Principal {
-        issuer: "explore".into(),
-        subject: subject.to_owned(),
-        groups: Vec::new(),
-        expires_at: u64::MAX,
-        claims: Default::default(),
-    };
+    let principal = Principal::named("explore", subject);
     let authn = KnownPrincipal(std::sync::Arc::new(principal));
-    engine::decide(policy, &request, &authn, 0)
+    engine::decide(
+        policy,
+        &*policy.grants,
+        &engine::Request::Http(&request),
+        &authn,
+        0,
+    )
 }

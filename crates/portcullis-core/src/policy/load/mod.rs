@@ -1,18 +1,18 @@
-//! The one loader: a policy directory in, a [`PolicySet`] or every error out.
+//! The one policy compiler: policy texts in, a [`PolicySet`] or every
+//! error out.
 //!
-//! `serve`, `validate`, `check` and reloads all call [`load_policies`], so
-//! what validates is exactly what serves. The loader reads every `*.yaml`
-//! and `*.yml` file directly in the directory (not below it; hidden files
-//! and Kubernetes' `..data` links are skipped), merges their sections,
-//! resolves every name, and reads the keys the issuers point at. It reports
-//! all errors it finds, each as `file:line: message`, not just the first.
+//! The shell's `loader::load_policies` reads a directory (every `*.yaml`,
+//! `*.yml` and `*.grants` file directly in it) and calls [`compile`];
+//! `serve`, `validate`, `check`, `test` and reloads all go through it, so
+//! what validates is exactly what serves. [`compile`] merges the files'
+//! sections, resolves every name, and reads the keys the issuers point at
+//! through the [`Host`] it is given. It reports all errors it finds, each
+//! as `file:line: message`, not just the first.
 //!
-//! Reading comes first and is all in [`files`] (the directory, each file
-//! whole) and [`keys`] (the key files and environment variables the
-//! issuers name); compiling is
-//! then pure, one file per part of the policy: [`issuers`], [`roles`] (and
-//! groups), [`applications`] (and routes), [`grants`] (and denies),
-//! [`connections`].
+//! Reading what the files point at comes first and is all in [`keys`];
+//! compiling is then one file per part of the policy: [`issuers`],
+//! [`roles`] (and groups), [`applications`] (and routes), [`grants`] (and
+//! denies), [`callers`], [`events`], [`connections`], and [`origins`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -34,17 +34,14 @@ use super::{
 };
 use crate::diagnostic::Diagnostic;
 use crate::path;
-use crate::remote_keys::{RefreshPolicy, RemoteKeys};
-use crate::token::{self, Issuer, Issuers, KeySet, NamePattern};
+use crate::token::{self, Issuer, Issuers, KeySet, NamePattern, RefreshPolicy, RemoteKeys};
 use crate::yaml::{self, LineIndex, Step};
-use files::{read_dir, SourceFile};
 pub use origins::{GrantOrigin, Origins, Place};
 
 mod applications;
 mod callers;
 mod connections;
 mod events;
-mod files;
 mod grants;
 mod issuers;
 mod keys;
@@ -105,17 +102,32 @@ pub struct Loaded {
     pub origins: Origins,
 }
 
-/// Loads and compiles the policy directory `dir`; every issuer key must be
-/// readable.
-pub fn load_policies(dir: &Path) -> Result<PolicySet, LoadErrors> {
-    load_policies_with(dir, UnreadableKeys::Refuse).map(|loaded| loaded.policy)
+/// The policy's own files, each read whole by the shell.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
 }
 
-/// Loads and compiles the policy directory `dir`, treating keys that cannot
-/// be read as `unreadable` says. The one loader: [`load_policies`] is this
-/// with [`UnreadableKeys::Refuse`].
-pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Loaded, LoadErrors> {
-    let files = read_dir(dir)?;
+/// What the compiler reads outside the policy's own files (issuer keys,
+/// callers' API keys, event keys), given by the shell: the core names no
+/// file system and no environment.
+pub trait Host {
+    /// The bytes of the file at `path`.
+    fn read_file(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+    /// The value of the environment variable `name`, if it is set.
+    fn env_var(&self, name: &str) -> Option<String>;
+}
+
+/// Compiles a policy from its files (`*.yaml` and `*.grants`, in name
+/// order), reading what they point at through `host` first and treating
+/// keys that cannot be read as `unreadable` says. The one compiler: the
+/// shell's `load_policies` reads a directory and calls this.
+pub fn compile(
+    files: &[SourceFile],
+    host: &dyn Host,
+    unreadable: UnreadableKeys,
+) -> Result<Loaded, LoadErrors> {
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
     let (grant_files, yaml_files): (Vec<&SourceFile>, Vec<&SourceFile>) = files
@@ -139,9 +151,9 @@ pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Load
     // Everything outside the directory the policy names (environment
     // variables, key files) is read here, before compiling, so that what
     // cannot be read is one decision (`unreadable`), not a dozen branches.
-    let keys = read_keys(&parsed);
-    let caller_keys = read_caller_keys(&parsed);
-    let event_keys = read_event_keys(&parsed);
+    let keys = read_keys(&parsed, host);
+    let caller_keys = read_caller_keys(&parsed, host);
+    let event_keys = read_event_keys(&parsed, host);
     let mut compiler = Compiler {
         errors,
         warnings: Vec::new(),
@@ -157,7 +169,7 @@ pub fn load_policies_with(dir: &Path, unreadable: UnreadableKeys) -> Result<Load
     let origins = compiler.origins();
     // The version covers the keys too, so a rotated secret or key file
     // gives a new version and verified-token cache entries are not reused.
-    policy.version = version_of(&files, &compiler.key_material.finalize()[..]);
+    policy.version = version_of(files, &compiler.key_material.finalize()[..]);
     if compiler.errors.is_empty() {
         Ok(Loaded {
             policy,
@@ -183,7 +195,7 @@ fn version_of(files: &[SourceFile], key_material: &[u8]) -> String {
         hasher.update(file.text.as_bytes());
     }
     let digest = hasher.finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::envelope::hex(&digest[..8])
 }
 
 struct Parsed<'a> {

@@ -1,6 +1,6 @@
 //! A compiled, immutable policy: what the engine decides against.
 //!
-//! A [`PolicySet`] is built whole by [`load_policies`] and never changed
+//! A [`PolicySet`] is built whole by [`compile`] (the shell's `load_policies` reads a directory and calls it) and never changed
 //! afterwards, except the current keys of an issuer's `jwks_url`, which the
 //! fetcher swaps whole; a reload builds a new set. Names are resolved and
 //! templates compiled at load time, so nothing here can fail while deciding.
@@ -11,7 +11,7 @@ pub mod connections;
 pub mod events;
 pub mod grant_snapshot;
 pub mod grants;
-mod load;
+pub mod load;
 pub mod routes;
 pub mod source;
 
@@ -22,14 +22,13 @@ pub use condition::{Condition, ConditionEnv, ConditionError, Reads};
 pub use connections::{ConnectionPeers, ConnectionRule, ConnectionRules};
 pub use grants::{GrantIndex, GrantIndexBuilder, GrantSource, Holder, ResourceKey, RoleId};
 pub use load::{
-    load_policies, load_policies_with, GrantOrigin, LoadErrors, Loaded, Origins, Place,
-    UnreadableKeys,
+    compile, GrantOrigin, Host, LoadErrors, Loaded, Origins, Place, SourceFile, UnreadableKeys,
 };
 pub use routes::{bounded, Mismatch, NearMiss, PathTemplate, ResourceTemplate, Route, RouteTable};
 pub use source::{Access, Mode};
 
 use crate::path::NormalPath;
-use crate::token::Issuers;
+use crate::token::{Issuers, Principal};
 
 /// The policy being served: one whole [`PolicySet`] that a reload replaces
 /// with one atomic swap, so a check that took it sees it to the end.
@@ -81,6 +80,21 @@ impl PolicySet {
     /// Groups `subject` belongs to by the policy.
     pub fn policy_groups(&self, subject: &str) -> &[String] {
         self.member_of.get(subject).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every holder whose grants count for `principal`, in the order a
+    /// decision asks them: the subject, its token's groups, its groups by
+    /// the policy, then every authenticated subject.
+    pub fn holders<'a>(&'a self, principal: &'a Principal) -> impl Iterator<Item = Holder<'a>> {
+        std::iter::once(Holder::Subject(principal.subject.as_str()))
+            .chain(
+                principal
+                    .groups
+                    .iter()
+                    .chain(self.policy_groups(&principal.subject))
+                    .map(|g| Holder::Group(g.as_str())),
+            )
+            .chain(std::iter::once(Holder::Authenticated))
     }
 
     /// Number of roles the policy defines (not counting the role of its
