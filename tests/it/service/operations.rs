@@ -4,7 +4,7 @@
 //! against the real `portcullis` binary (or the real admin server) on
 //! 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -14,16 +14,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    bundled_policies, check_request, grpc_client as client, grpc_status as status, send_raw, token,
+    Portcullis,
+};
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use portcullis::admin::{self, AdminState, Readiness};
 use portcullis::metrics::Metrics;
 use portcullis::policy::load_policies;
 use serde_json::Value;
-use support::{
-    bundled_policies, check_request, grpc_client as client, grpc_status as status, send_raw, token,
-    Portcullis,
-};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

@@ -12,13 +12,11 @@
 //! here the listener is plain HTTP on loopback, and discovery is checked
 //! against the configured `--api-url`.
 
-mod support;
-
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::support::{exchange_http1_with_body, repo_path, Portcullis, Response};
 use serde_json::{json, Value};
-use support::{exchange_http1_with_body, repo_path, Portcullis, Response};
 
 const KEY: &str = "certification-harness-key-0123456789";
 const BASE: &str = "https://pdp.example.com";

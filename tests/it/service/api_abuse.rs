@@ -8,7 +8,7 @@
 //! answered, with its right decision, within Envoy's 0.5 s ext_authz
 //! deadline.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
-use support::{
+use crate::support::{
     check_request, copy_policies, exchange_http1_with_body, grpc_client, token, Portcullis,
     IO_TIMEOUT,
 };
+use serde_json::{json, Map, Value};
 
 const EVALUATIONS: &str = "/access/v1/evaluations";
 

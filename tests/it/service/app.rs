@@ -3,16 +3,16 @@
 //! the test controls. No child process, no environment variable: the
 //! issuer's secret is a file in the test's policy directory.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::support::{copy_policies, grpc_status, send_raw, token};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use portcullis::app::{App, Exit, Listeners, ServeConfig};
 use portcullis::reload::WatchConfig;
-use support::{copy_policies, grpc_status, send_raw, token};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;

@@ -8,13 +8,13 @@
 //! Without Envoy the last test prints a notice and passes, unless
 //! `PORTCULLIS_REQUIRE_ENVOY` or `CI` is set (see tests/support/mod.rs).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::{
+use crate::support::{
     find_envoy, render_envoy_config_with, repo_path, send_raw, EchoUpstream, Envoy, EnvoyPorts,
     Portcullis,
 };

@@ -22,9 +22,6 @@
 //! rendered as 0 and read back from its admin API, so tests never race each
 //! other (or anything else on the machine) for a port.
 
-// Each integration test compiles this module on its own and uses part of it.
-#![allow(dead_code)]
-
 pub mod corpus;
 mod http;
 mod istio;
@@ -35,18 +32,10 @@ mod templates;
 mod tls;
 mod tokens;
 
-// Each test binary uses some of these: the rest are unused there.
-#[allow(unused_imports)]
 pub use http::*;
-#[allow(unused_imports)]
 pub use istio::*;
-#[allow(unused_imports)]
 pub use policies::*;
-#[allow(unused_imports)]
 pub use processes::*;
-#[allow(unused_imports)]
 pub use templates::*;
-#[allow(unused_imports)]
 pub use tls::*;
-#[allow(unused_imports)]
 pub use tokens::*;

@@ -6,22 +6,20 @@
 //! (API key from a file, mTLS, bearer tokens, trusted or not), and the
 //! documents cases through both the engine and the API.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::support::{
+    copy_policies, exchange_http1_with_body, repo_path, token, token_with_groups, MeshPki,
+    Response, TlsClient, IO_TIMEOUT,
+};
 use portcullis::app::{ApiConfig, App, Exit, Listeners, ServeConfig};
 use portcullis::cases::run_case_file;
 use portcullis::reload::WatchConfig;
 use portcullis::tls::TlsFiles;
 use serde_json::{json, Value};
-use support::{
-    copy_policies, exchange_http1_with_body, repo_path, token, token_with_groups, MeshPki,
-    Response, TlsClient, IO_TIMEOUT,
-};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 

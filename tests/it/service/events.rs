@@ -4,23 +4,21 @@
 //! HTTP endpoints of a running `portcullis serve`, the CLI, and the
 //! revocation story end to end through the worker example.
 
-mod support;
-
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::{
+    copy_policies, exchange_http1_with_body, ready_version, token, wait_for_new_version,
+    Portcullis, Response, IO_TIMEOUT,
+};
 use portcullis::events::envelope::{self, message_digest, Publish, Refusal};
 use portcullis::events::{self, ReplayGuard};
 use portcullis::policy::{load_policies, PolicySet};
 use portcullis::token::Principal;
 use portcullis_testkit::{b64url, Signer};
 use serde_json::{json, Value};
-use support::{
-    copy_policies, exchange_http1_with_body, ready_version, token, wait_for_new_version,
-    Portcullis, Response, IO_TIMEOUT,
-};
 
 /// The worker's API key: the caller events are addressed to.
 const WORKER_KEY: &str = "worker-key-0123456789abcdef";

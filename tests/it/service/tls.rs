@@ -7,7 +7,7 @@
 //! its own. Nothing is committed. Each test starts its own `portcullis
 //! serve` with the TLS files passed through the environment.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::io;
@@ -34,7 +34,7 @@ use tokio_rustls::TlsConnector;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
-use support::{
+use crate::support::{
     assert_envoy_validates, bundled_policies, check_request, find_envoy, grpc_status,
     render_envoy_config_with, repo_path, send_raw, wait_for_log, EchoUpstream, Envoy, EnvoyPorts,
     Portcullis,

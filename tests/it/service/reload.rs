@@ -3,17 +3,17 @@
 //! revoked grant stops working on the first check after the reload, with
 //! every cache on.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{
+use crate::support::{
     bearer, check_request, copy_policies, grpc_client, grpc_status, ready_version, token,
     wait_for_new_version, Portcullis, Stack,
 };
-use support::{inode, inotify_watched_inodes, metric};
+use crate::support::{inode, inotify_watched_inodes, metric};
 
 const BOB_GRANT: &str = "  - subject: bob\n    role: viewer\n    resource: document:1\n";
 

@@ -11,20 +11,20 @@
 //! Without Envoy the tests print a notice and pass, unless
 //! `PORTCULLIS_REQUIRE_ENVOY` or `CI` is set (see tests/support/mod.rs).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 
-use jsonwebtoken::Algorithm;
-use portcullis::cases::Deployment;
-use serde_json::{json, Value};
-use support::{
+use crate::support::{
     alg_none_token, assert_envoy_validates, b64url, bearer, corpus, demo_claims, demo_signer,
     find_envoy, mint, render_envoy_config, repo_path, sign, test_secret, token, Claims, EnvoyPorts,
     Stack, AUDIENCE, ISSUER,
 };
+use jsonwebtoken::Algorithm;
+use portcullis::cases::Deployment;
+use serde_json::{json, Value};
 
-use support::probes::{Expect, Probes, SUBJECT};
+use crate::support::probes::{Expect, Probes, SUBJECT};
 use Expect::{Allow, Deny, NotAllowed, OneOf};
 
 // ---------------------------------------------------------------------------

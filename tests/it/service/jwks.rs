@@ -4,7 +4,7 @@
 //! redirect, and a verification with removed keys that races the clearing
 //! of the caches.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::support::{check_request, grpc_client, grpc_status, send_raw, Portcullis};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
@@ -26,7 +27,6 @@ use portcullis::token::{jwk_keys, TokenError};
 use portcullis::token_cache::TokenCache;
 use portcullis_testkit::{unix_now, Claims, Signer};
 use sha2::{Digest, Sha256};
-use support::{check_request, grpc_client, grpc_status, send_raw, Portcullis};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

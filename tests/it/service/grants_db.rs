@@ -9,14 +9,16 @@
 //! set it). Waits poll for the awaited event with a deadline; nothing
 //! sleeps and then asserts.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    copy_policies, exchange_http1_with_body, grpc_client, grpc_status, repo_path, token, Response,
+    IO_TIMEOUT,
+};
 use portcullis::app::{ApiConfig, App, Exit, Listeners, ServeConfig};
 use portcullis::cases::CaseRunner;
 use portcullis::grants_db::{self, write, DatabaseConfig, GrantStore};
@@ -28,10 +30,6 @@ use portcullis_testkit::postgres::Postgres;
 use portcullis_testkit::Check;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use support::{
-    copy_policies, exchange_http1_with_body, grpc_client, grpc_status, repo_path, token, Response,
-    IO_TIMEOUT,
-};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 

@@ -24,7 +24,7 @@
 //! Envoy's and Portcullis' logs. Without Envoy the tests print SKIPPED and
 //! pass, unless `PORTCULLIS_REQUIRE_ENVOY` or `CI` is set.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -39,7 +39,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::google::rpc;
 use portcullis::cases::Deployment;
 
-use support::{
+use crate::support::{
     assert_envoy_validates, bearer, bind_loopback, bundled_policies, copy_policies, corpus,
     find_envoy, istio_sidecar_config, metric, ready_version, send_raw, tail, token,
     wait_for_new_version, EchoUpstream, Envoy, MeshPki, Mtls, Portcullis, Response, TcpEcho,
@@ -180,7 +180,7 @@ impl Sidecar {
 // Probes
 // ---------------------------------------------------------------------------
 
-use support::probes::{Expect, Probes, Target, PROBE};
+use crate::support::probes::{Expect, Probes, Target, PROBE};
 use Expect::{Allow, Deny, NotAllowed, Status};
 
 impl Target for Sidecar {

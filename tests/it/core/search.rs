@@ -4,8 +4,6 @@
 //! and actions whose single decision (`engine::decide_resource_action`)
 //! allows, in order, each once.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
@@ -16,8 +14,8 @@ use portcullis::search::{self, Found};
 fn none() -> search::Circumstances<'static> {
     search::Circumstances::none()
 }
+use crate::support::copy_policies;
 use portcullis::token::Principal;
-use support::copy_policies;
 
 const DOCUMENTS: usize = 300;
 const USERS: usize = 40;

@@ -2,11 +2,10 @@
 //! its payload in dynamic metadata; an issuer marked `jwt_authn` trusts that
 //! payload, and a raw Authorization header proves nothing for it.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use crate::support::{bearer, copy_policies, now, Response, Stack};
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::config::core::v3::Metadata;
@@ -19,7 +18,6 @@ use portcullis::token::TokenError;
 use portcullis::token_cache::TokenCache;
 use portcullis_testkit::{Check, Signer};
 use serde_json::{json, Value};
-use support::{bearer, copy_policies, now, Response, Stack};
 
 const NOW: u64 = 1_800_000_000;
 

@@ -1,11 +1,12 @@
 //! Server tests: the real gRPC server on a 127.0.0.1 socket, called by a
 //! real tonic client, as Envoy would call it.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::support::grpc_status;
 use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -14,7 +15,6 @@ use portcullis::policy::load_policies;
 use portcullis::server::{self, Authorizer};
 use portcullis::token_cache::TokenCache;
 use portcullis_testkit::{Claims, Signer};
-use support::grpc_status;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;

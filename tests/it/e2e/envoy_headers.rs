@@ -6,9 +6,7 @@
 //! the `x-portcullis-subject` Portcullis sets. Tested through the real Envoy
 //! and the shipped template.
 
-mod support;
-
-use support::{bearer, send_raw, token, Stack};
+use crate::support::{bearer, send_raw, token, Stack};
 
 /// Envoy's counter of requests refused for an underscore in a header name
 /// (HTTP/1 codec: the raw client speaks HTTP/1.1), read from its admin API.
