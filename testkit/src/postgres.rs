@@ -3,9 +3,12 @@
 //! free port (and its Unix socket in the same directory), stopped by its
 //! PID when dropped. Binaries: `PORTCULLIS_POSTGRES_BIN` (a directory),
 //! else the newest `/usr/lib/postgresql/*/bin` (Debian's `postgresql`
-//! package), else `initdb`, `pg_ctl` and `createdb` together on `PATH`. Missing binaries skip the test with a
-//! notice, unless `PORTCULLIS_REQUIRE_POSTGRES` or `CI` is set. As root
-//! (initdb refuses to run as root) the server runs as the `postgres` user.
+//! package), else `initdb`, `pg_ctl` and `createdb` together on `PATH`.
+//! The tests that need it are `#[ignore]`d and start it with
+//! [`Postgres::require`], which fails without it; the bench skips with a
+//! notice ([`Postgres::start`]), unless `PORTCULLIS_REQUIRE_POSTGRES` or
+//! `CI` is set. As root (initdb refuses to run as root) the server runs as
+//! the `postgres` user.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -103,6 +106,18 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// Starts a server; a missing PostgreSQL is a failure. For the tests
+    /// that need it, which are `#[ignore]`d: one that runs expects it.
+    pub fn require() -> Postgres {
+        let Some(bin) = find_postgres_bin() else {
+            panic!(
+                "PostgreSQL not found, and this test needs it (apt-get install postgresql, \
+                 or set PORTCULLIS_POSTGRES_BIN to the directory of initdb and pg_ctl)"
+            );
+        };
+        Postgres::start_with(bin)
+    }
+
     /// Starts a server, or `None` (after a notice) when PostgreSQL is not
     /// installed and not required.
     pub fn start() -> Option<Postgres> {
@@ -121,6 +136,10 @@ impl Postgres {
             );
             return None;
         };
+        Some(Postgres::start_with(bin))
+    }
+
+    fn start_with(bin: PathBuf) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-pg-")
             .tempdir()
@@ -165,7 +184,7 @@ impl Postgres {
             text(&out.stderr)
         );
         pg.start_again();
-        Some(pg)
+        pg
     }
 
     fn command(&self, program: &str) -> Command {

@@ -29,9 +29,7 @@ fn rejected_with_underscores(stack: &Stack) -> u64 {
 
 #[test]
 fn subject_look_alikes_are_refused_by_envoy_and_never_reach_the_application() {
-    let Some(stack) = Stack::start() else {
-        return;
-    };
+    let stack = Stack::start();
     let alice = bearer(&token("alice"));
     let look_alikes = [
         "x_portcullis_subject",
@@ -81,9 +79,7 @@ fn subject_look_alikes_are_refused_by_envoy_and_never_reach_the_application() {
 
 #[test]
 fn an_underscore_in_any_header_name_is_refused_even_on_a_public_route() {
-    let Some(stack) = Stack::start() else {
-        return;
-    };
+    let stack = Stack::start();
     let refused = stack.send("GET", b"/healthz", &[("x_forwarded_user", "mallory")]);
     assert_eq!(refused.status, 400, "{}", stack.logs());
     assert_eq!(rejected_with_underscores(&stack), 1, "{}", stack.logs());

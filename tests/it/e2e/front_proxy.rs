@@ -8,8 +8,7 @@
 //! collects every failed probe and reports them together with the tail of
 //! Envoy's and Portcullis's logs.
 //!
-//! Without Envoy the tests print a notice and pass, unless
-//! `PORTCULLIS_REQUIRE_ENVOY` or `CI` is set (see tests/support/mod.rs).
+//! Without Envoy the tests fail (see `support::find_envoy`).
 
 use crate::support;
 
@@ -60,7 +59,7 @@ fn front_proxy_template_renders_to_loopback_only() {
 /// `envoy --mode validate` accepts the rendered template.
 #[test]
 fn front_proxy_template_validates() {
-    let Some(envoy) = find_envoy() else { return };
+    let envoy = find_envoy();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let path = dir.path().join("front-proxy.yaml");
     let rendered = render_envoy_config(
@@ -81,7 +80,7 @@ fn front_proxy_template_validates() {
 /// application's context extension, a mesh identity) are counted as skipped.
 #[test]
 fn the_case_corpus_through_the_front_proxy() {
-    let Some(stack) = Stack::shared() else { return };
+    let stack = Stack::shared();
     let mut p = Probes::new(&stack);
     corpus::send_through(
         &mut p,
@@ -99,7 +98,7 @@ fn the_case_corpus_through_the_front_proxy() {
 
 #[test]
 fn public_unknown_and_anonymous_requests() {
-    let Some(stack) = Stack::shared() else { return };
+    let stack = Stack::shared();
     let mut p = Probes::new(&stack);
     let alice = bearer(&token("alice"));
 
@@ -177,7 +176,7 @@ fn public_unknown_and_anonymous_requests() {
 /// Only Portcullis names the subject the application sees.
 #[test]
 fn subject_header_cannot_be_forged() {
-    let Some(stack) = Stack::shared() else { return };
+    let stack = Stack::shared();
     let mut p = Probes::new(&stack);
     let alice = bearer(&token("alice"));
     let erin = bearer(&token("erin"));
@@ -248,7 +247,7 @@ fn subject_header_cannot_be_forged() {
 /// may read: any 2xx here is a real bypass.
 #[test]
 fn token_tricks_are_unauthorized() {
-    let Some(stack) = Stack::shared() else { return };
+    let stack = Stack::shared();
     let mut p = Probes::new(&stack);
     let doc = b"/documents/1";
     let unauthorized = |p: &mut Probes<Arc<Stack>>, label: &str, authorization: &str| {
@@ -448,7 +447,7 @@ fn token_tricks_are_unauthorized() {
 /// slashes → 400); whatever happens, nothing forbidden reaches the upstream.
 #[test]
 fn path_tricks_never_reach_a_forbidden_document() {
-    let Some(stack) = Stack::shared() else { return };
+    let stack = Stack::shared();
     let mut p = Probes::new(&stack);
 
     // bob may read document 1 only.
@@ -580,9 +579,7 @@ fn path_tricks_never_reach_a_forbidden_document() {
 /// upstream never hears of it. Needs a stack of its own.
 #[test]
 fn fails_closed_when_portcullis_is_down() {
-    let Some(mut stack) = Stack::start() else {
-        return;
-    };
+    let mut stack = Stack::start();
     let alice = bearer(&token("alice"));
     {
         let mut p = Probes::new(&stack);
@@ -635,9 +632,7 @@ fn dry_run_lets_denied_requests_through_and_records_them() {
         assert!(dry.contains("mode: dry_run"));
         dry
     });
-    let Some(stack) = Stack::start_with_policies(dir.path()) else {
-        return;
-    };
+    let stack = Stack::start_with_policies(dir.path());
     let mut p = Probes::new(&stack);
     let bob = bearer(&token("bob"));
     // bob may only read document 1; in dry run his delete reaches the upstream.
@@ -736,9 +731,7 @@ fn checks_answered(admin_port: u16) -> f64 {
 /// `x-portcullis-subject` never reaches the application, exempt or not.
 #[test]
 fn the_plain_sidecar_exempts_only_exact_health_reads() {
-    let Some(envoy_bin) = find_envoy() else {
-        return;
-    };
+    let envoy_bin = find_envoy();
     let upstream = support::EchoUpstream::start();
     let portcullis = support::Portcullis::start(&support::bundled_policies());
     let text = std::fs::read_to_string(repo_path("envoy/sidecar.yaml"))

@@ -1,6 +1,6 @@
 //! End to end through an Envoy configured the way istiod configures a
 //! sidecar's inbound side under the shipped `k8s/overlays/istio`
-//! (tests/support/istio.rs: the listeners and chains of
+//! (tests/it/support/istio.rs: the listeners and chains of
 //! `tests/envoy/istio-sidecar.yaml`, then the overlay's CUSTOM policy and
 //! EnvoyFilters applied as istiod applies them), in STRICT and PERMISSIVE
 //! mTLS: a client in the mesh (or, under PERMISSIVE, outside it) → the
@@ -21,8 +21,7 @@
 //!
 //! Every probe carries a unique `x-e2e-probe` header, so "the upstream never
 //! saw it" is exact. Failed probes are reported together, with the tail of
-//! Envoy's and Portcullis' logs. Without Envoy the tests print SKIPPED and
-//! pass, unless `PORTCULLIS_REQUIRE_ENVOY` or `CI` is set.
+//! Envoy's and Portcullis' logs. Without Envoy the tests fail.
 
 use crate::support;
 
@@ -96,14 +95,13 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts everything in STRICT mode on the policy directory `policies`;
-    /// `None` when Envoy is missing and not required.
-    fn start(policies: &Path) -> Option<Sidecar> {
+    /// Starts everything in STRICT mode on the policy directory `policies`.
+    fn start(policies: &Path) -> Sidecar {
         Sidecar::start_in(policies, Mtls::Strict)
     }
 
-    fn start_in(policies: &Path, mode: Mtls) -> Option<Sidecar> {
-        let envoy_bin = find_envoy()?;
+    fn start_in(policies: &Path, mode: Mtls) -> Sidecar {
+        let envoy_bin = find_envoy();
         let pki = MeshPki::generate("documents", "documents");
         let upstream = EchoUpstream::start();
         let tcp_upstream = TcpEcho::start();
@@ -120,7 +118,7 @@ impl Sidecar {
         let envoy = Envoy::start(&envoy_bin, &config);
         let client = pki.client_offering(Some(&pki.caller), ALPN_HTTP);
         let tcp_client = pki.client_offering(Some(&pki.caller), ALPN_TCP);
-        Some(Sidecar {
+        Sidecar {
             envoy,
             portcullis,
             upstream,
@@ -128,7 +126,7 @@ impl Sidecar {
             pki,
             client,
             tcp_client,
-        })
+        }
     }
 
     fn port(&self, listener: &str) -> u16 {
@@ -384,7 +382,7 @@ fn istio_sidecar_template_validates() {
             Mtls::Permissive => (6, 9),
         };
         assert_eq!((http_chains, tcp_chains), expected, "{mode:?}: chains");
-        let Some(envoy) = find_envoy() else { return };
+        let envoy = find_envoy();
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let path = dir.path().join("istio-sidecar.yaml");
         std::fs::write(&path, rendered).unwrap_or_else(|e| panic!("write: {e}"));
@@ -516,9 +514,7 @@ fn destination_port(check: &CheckRequest) -> Option<u32> {
 /// destination port, and its bytes flow when the answer is OK.
 #[test]
 fn the_sidecar_asks_what_istio_asks() {
-    let Some(envoy_bin) = find_envoy() else {
-        return;
-    };
+    let envoy_bin = find_envoy();
     let pki = MeshPki::generate("documents", "documents");
     let authz = RecordingAuthz::start();
     let upstream = EchoUpstream::start();
@@ -684,9 +680,7 @@ fn the_sidecar_asks_what_istio_asks() {
 /// proxy.
 #[test]
 fn bundled_policy_decides_behind_the_istio_sidecar() {
-    let Some(sidecar) = Sidecar::start(&bundled_policies()) else {
-        return;
-    };
+    let sidecar = Sidecar::start(&bundled_policies());
     let mut p = Probes::new(&sidecar);
     let alice = bearer(&token("alice"));
     let bob = bearer(&token("bob"));
@@ -739,9 +733,7 @@ fn bundled_policy_decides_behind_the_istio_sidecar() {
 /// changes it (`through: { istio_sidecar: ... }`, with the reason).
 #[test]
 fn the_case_corpus_through_the_istio_sidecar() {
-    let Some(sidecar) = Sidecar::start(&bundled_policies()) else {
-        return;
-    };
+    let sidecar = Sidecar::start(&bundled_policies());
     let mut p = Probes::new(&sidecar);
     corpus::send_through(
         &mut p,
@@ -766,9 +758,7 @@ fn the_case_corpus_through_the_istio_sidecar() {
 #[test]
 fn the_destination_not_the_host_selects_the_application() {
     let policies = mesh_policies();
-    let Some(sidecar) = Sidecar::start(policies.path()) else {
-        return;
-    };
+    let sidecar = Sidecar::start(policies.path());
     let mut p = Probes::new(&sidecar);
     let alice = bearer(&token("alice"));
     let bob = bearer(&token("bob"));
@@ -858,9 +848,7 @@ fn the_destination_not_the_host_selects_the_application() {
 #[test]
 fn forged_subject_headers_never_reach_the_application() {
     let policies = mesh_policies();
-    let Some(sidecar) = Sidecar::start(policies.path()) else {
-        return;
-    };
+    let sidecar = Sidecar::start(policies.path());
     let mut p = Probes::new(&sidecar);
     let alice = bearer(&token("alice"));
     let hyphens: &[(&str, &str)] = &[("x-portcullis-subject", "carol")];
@@ -906,9 +894,7 @@ fn forged_subject_headers_never_reach_the_application() {
 #[test]
 fn anonymous_requests_learn_nothing_about_routes() {
     let policies = mesh_policies();
-    let Some(sidecar) = Sidecar::start(policies.path()) else {
-        return;
-    };
+    let sidecar = Sidecar::start(policies.path());
     let mut p = Probes::new(&sidecar);
     let alice = bearer(&token("alice"));
     p.check(
@@ -951,9 +937,7 @@ fn anonymous_requests_learn_nothing_about_routes() {
 #[test]
 fn alternate_spellings_of_a_resource_are_refused() {
     let policies = mesh_policies();
-    let Some(sidecar) = Sidecar::start(policies.path()) else {
-        return;
-    };
+    let sidecar = Sidecar::start(policies.path());
     let mut p = Probes::new(&sidecar);
     let bob = bearer(&token("bob"));
     let carol = bearer(&token("carol"));
@@ -1050,9 +1034,7 @@ fn plaintext_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
 fn http_disguised_as_tcp_never_reaches_the_application() {
     let policies = mesh_policies();
     for mode in [Mtls::Strict, Mtls::Permissive] {
-        let Some(sidecar) = Sidecar::start_in(policies.path(), mode) else {
-            return;
-        };
+        let sidecar = Sidecar::start_in(policies.path(), mode);
         let mut failures = Vec::new();
         let mut sent = 0;
         for listener in ["inbound_auto", "inbound_passthrough"] {
@@ -1130,9 +1112,7 @@ fn http_disguised_as_tcp_never_reaches_the_application() {
 #[test]
 fn plaintext_requests_under_permissive_are_decided() {
     let policies = mesh_policies();
-    let Some(sidecar) = Sidecar::start_in(policies.path(), Mtls::Permissive) else {
-        return;
-    };
+    let sidecar = Sidecar::start_in(policies.path(), Mtls::Permissive);
     let alice = bearer(&token("alice"));
     for listener in ["inbound_http", "inbound_auto", "inbound_passthrough"] {
         let port = sidecar.port(listener);
@@ -1213,9 +1193,7 @@ fn serve_connections(sidecar: &Sidecar, policies: &Path, yaml: &str) {
 #[test]
 fn connections_are_allowed_only_by_a_rule() {
     let policies = mesh_policies();
-    let Some(sidecar) = Sidecar::start_in(policies.path(), Mtls::Permissive) else {
-        return;
-    };
+    let sidecar = Sidecar::start_in(policies.path(), Mtls::Permissive);
     let db = sidecar.tcp_port();
     let echoes = |client: &TlsClient, port: u16, what: &str| -> bool {
         let payload = unique_payload(what);

