@@ -143,19 +143,15 @@ impl Postgres {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-pg-")
             .tempdir()
-            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+            .expect("temp dir");
         let as_user = unprivileged();
         if let Some((uid, gid)) = as_user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .unwrap_or_else(|e| panic!("chown {}: {e}", dir.path().display()));
         }
         let port = {
-            let listener =
-                std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-            listener
-                .local_addr()
-                .unwrap_or_else(|e| panic!("local_addr: {e}"))
-                .port()
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("local_addr").port()
         };
         let mut pg = Postgres {
             dir,

@@ -21,7 +21,7 @@ fn authorizer() -> &'static Authorizer {
     static AUTHORIZER: OnceLock<(tempfile::TempDir, Authorizer)> = OnceLock::new();
     let (_, authorizer) = AUTHORIZER.get_or_init(|| {
         let dir = portcullis_testkit::bundled_with_secret(SECRET);
-        let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let policy = load_policies(dir.path()).unwrap();
         let authorizer = Authorizer::new(
             Arc::new(ArcSwap::from_pointee(policy)),
             TokenCache::new(1000),
@@ -101,10 +101,7 @@ fn allow_sets_the_subject_header_and_overwrites_the_clients() {
         .headers
         .iter()
         .map(|h| {
-            let header = h
-                .header
-                .as_ref()
-                .unwrap_or_else(|| panic!("empty header option"));
+            let header = h.header.as_ref().expect("empty header option");
             (header.key.as_str(), header.value.as_str(), h.append_action)
         })
         .collect();

@@ -87,7 +87,7 @@ fn root() -> PathBuf {
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     for entry in entries {
-        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        let path = entry.unwrap().path();
         if path.is_dir() {
             sources(&path, out);
         } else if path.extension().is_some_and(|x| x == "rs") {
@@ -161,8 +161,7 @@ fn protocol_crates_stay_in_their_modules() {
 
 #[test]
 fn every_source_file_is_in_the_code_map() {
-    let map = std::fs::read_to_string(root().join("ARCHITECTURE.md"))
-        .unwrap_or_else(|e| panic!("ARCHITECTURE.md: {e}"));
+    let map = std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
     let missing: Vec<String> = source_files()
         .into_iter()
         .map(|(file, _)| file)

@@ -36,10 +36,10 @@ groups:
 ";
 
 fn write_dir(files: &[(&str, &str)]) -> TempDir {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.path().join("idp.secret"), SECRET).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("idp.secret"), SECRET).unwrap();
     for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(name), text).unwrap();
     }
     dir
 }
@@ -283,10 +283,7 @@ fn claims_of_a_real_token_reach_conditions_only_when_read() {
     };
     assert!(put(&eng).is_allowed());
     assert!(!put(&sales).is_allowed());
-    let principal = policy
-        .issuers
-        .verify(&[0], &eng, NOW)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let principal = policy.issuers.verify(&[0], &eng, NOW).unwrap();
     assert_eq!(principal.claims.get("department"), Some(&json!("eng")));
 
     // A policy whose conditions read no claims keeps none.
@@ -297,10 +294,7 @@ fn claims_of_a_real_token_reach_conditions_only_when_read() {
         ("app.yaml", &app),
         ("grants.yaml", plain),
     ]);
-    let principal = policy
-        .issuers
-        .verify(&[0], &eng, NOW)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let principal = policy.issuers.verify(&[0], &eng, NOW).unwrap();
     assert!(principal.claims.is_empty());
 }
 
@@ -392,7 +386,7 @@ fn the_resource_action_form_takes_explicit_attributes() {
     let principal = policy
         .issuers
         .verify(&[0], &token(json!({"sub": "ana"})), NOW)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let object = |value: serde_json::Value| {
         std::sync::Arc::new(value.as_object().cloned().unwrap_or_default())
     };
@@ -456,6 +450,5 @@ fn decided(
     attributes: &Attributes,
     now: u64,
 ) -> Decision {
-    decide_resource_action(policy, principal, resource, action, attributes, now)
-        .unwrap_or_else(|e| panic!("{e}"))
+    decide_resource_action(policy, principal, resource, action, attributes, now).unwrap()
 }

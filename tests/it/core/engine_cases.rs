@@ -65,14 +65,14 @@ fn the_conditions_example_passes() {
 
 #[test]
 fn a_wrong_expectation_is_reported_with_its_line() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let file = dir.path().join("wrong.yaml");
     let text = format!(
         "policies: {}\ncases:\n  - name: right\n    request: {{ method: GET, path: /healthz }}\n    expect: {{ decision: allow }}\n  - name: wrong\n    request: {{ method: DELETE, path: /documents/2 }}\n    as: {{ subject: alice }}\n    expect: {{ decision: allow, reason: granted }}\n",
         policies.display()
     );
-    std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, text).unwrap();
     let (count, failures) = run_dir(dir.path());
     assert_eq!(count, 2);
     assert_eq!(failures.len(), 1, "{failures:?}");
@@ -90,14 +90,14 @@ fn a_wrong_expectation_is_reported_with_its_line() {
 
 #[test]
 fn a_failed_case_no_route_took_names_the_closest_route() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let file = dir.path().join("miss.yaml");
     let text = format!(
         "policies: {}\ncases:\n  - name: zero-padded id\n    request: {{ method: GET, path: /documents/01 }}\n    as: {{ subject: alice }}\n    expect: {{ decision: allow }}\n",
         policies.display()
     );
-    std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, text).unwrap();
     let (count, failures) = run_dir(dir.path());
     assert_eq!(count, 1);
     assert_eq!(failures.len(), 1, "{failures:?}");

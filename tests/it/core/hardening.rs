@@ -21,12 +21,11 @@ const CORP_SECRET: &str = "corp-secret-0123456789abcdef0123456789";
 const PARTNER_SECRET: &str = "partner-secret-0123456789abcdef01234567";
 
 fn write_dir(files: &[(&str, &str)]) -> TempDir {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.path().join("corp.secret"), CORP_SECRET).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.path().join("partner.secret"), PARTNER_SECRET)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("corp.secret"), CORP_SECRET).unwrap();
+    std::fs::write(dir.path().join("partner.secret"), PARTNER_SECRET).unwrap();
     for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(name), text).unwrap();
     }
     dir
 }

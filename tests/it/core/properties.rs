@@ -42,7 +42,7 @@ fn write(dir: &Path, name: &str, contents: &str) {
 /// A new directory holding the bundled issuers (the demo secret in a file),
 /// roles and documents application, without the bundled grants.
 fn policy_dir() -> TempDir {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
     let keep = |name: &str| ["documents.yaml", "issuers.yaml", "roles.yaml"].contains(&name);
     portcullis_testkit::copy_bundled(dir.path(), SECRET, keep, |_, text| text);
     dir
@@ -75,7 +75,7 @@ fn request(method: &str, path: &str, app: &str) -> RequestAttrs {
 
 /// A JSON string: a valid YAML flow scalar for any text.
 fn q(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|e| panic!("{e}"))
+    serde_json::to_string(text).unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -873,7 +873,7 @@ proptest! {
         );
         let broken = corrupt(&valid, how, at);
         std::fs::write(dir.path().join("grants.yaml"), &broken)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         match load_policies(dir.path()) {
             Ok(policy) => prop_assert!(
                 false,
@@ -905,11 +905,11 @@ impl Writer {
         match self {
             Writer::Rename => {
                 let staging = dir.join(".grants.yaml.tmp");
-                std::fs::write(&staging, bytes).unwrap_or_else(|e| panic!("{e}"));
-                std::fs::rename(&staging, &target).unwrap_or_else(|e| panic!("{e}"));
+                std::fs::write(&staging, bytes).unwrap();
+                std::fs::rename(&staging, &target).unwrap();
             }
             // `fs::write` opens with O_TRUNC, then writes.
-            Writer::InPlace => std::fs::write(&target, bytes).unwrap_or_else(|e| panic!("{e}")),
+            Writer::InPlace => std::fs::write(&target, bytes).unwrap(),
         }
     }
 }
@@ -1009,9 +1009,7 @@ fn reloads_race_a_writer(
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let written = writing
-        .join()
-        .unwrap_or_else(|_| panic!("the writer panicked"));
+    let written = writing.join().expect("the writer panicked");
     assert!(written > 0, "the writer never wrote");
     println!("{writer:?}: {done} reloads during {written} rewrites: {seen:?}");
     assert!(
@@ -1036,7 +1034,7 @@ impl Live {
         let handle: PolicyHandle = Arc::new(ArcSwap::from_pointee(load(dir)));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
-            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+            .expect("tokio runtime");
         Live {
             reloader: Reloader::new(dir, Arc::clone(&handle), None),
             handle,
@@ -1134,7 +1132,7 @@ fn a_broken_rewrite_keeps_the_last_good_policy() {
     let live = Live::new(dir.path());
     let good = live.served();
     let broken = corrupt(&grants_file(40, 2), Corruption::UnknownRole, 3);
-    std::fs::write(dir.path().join("grants.yaml"), broken).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("grants.yaml"), broken).unwrap();
     let _runtime = live.runtime.enter();
     assert!(matches!(live.reloader.reload(), ReloadOutcome::Failed(_)));
     assert_eq!(
@@ -1226,7 +1224,7 @@ proptest! {
     #[test]
     fn an_email_capture_never_takes_a_separator_or_dot_segment(segment in email_like_segment()) {
         let template = portcullis::policy::PathTemplate::parse("/users/{email:email}/profile")
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let raw = format!("/users/{segment}/profile");
         let Ok(normal) = normalize(&raw) else { return Ok(()) };
         if let Some(captures) = template.matches(&normal) {
@@ -1241,8 +1239,7 @@ proptest! {
 
 #[test]
 fn the_email_generator_reaches_matches_and_refusals() {
-    let template = portcullis::policy::PathTemplate::parse("/users/{email:email}/profile")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let template = portcullis::policy::PathTemplate::parse("/users/{email:email}/profile").unwrap();
     let matched = |raw: &str| {
         normalize(raw)
             .ok()

@@ -42,7 +42,7 @@ fn policy() -> (tempfile::TempDir, PolicySet) {
             scatter(i * 13 + 1, DOCUMENTS)
         );
     }
-    std::fs::write(dir.path().join("bulk.grants"), grants).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("bulk.grants"), grants).unwrap();
     let mut yaml = String::from("groups:\n  readers:\n    members: [");
     yaml.push_str(
         &(0..USERS)
@@ -62,8 +62,8 @@ fn policy() -> (tempfile::TempDir, PolicySet) {
         );
     }
     yaml.push_str("  - { name: no-readers-99, group: readers, resource: document:99 }\n");
-    std::fs::write(dir.path().join("more.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"));
-    let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("more.yaml"), yaml).unwrap();
+    let policy = load_policies(dir.path()).unwrap();
     (dir, policy)
 }
 

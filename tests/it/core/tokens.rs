@@ -69,8 +69,8 @@ fn ed_signer() -> EncodingKey {
 
 /// The public JWK of `key` for `alg`, as JSON, with `kid` when given.
 fn jwk(key: &EncodingKey, alg: Algorithm, kid: Option<&str>) -> Value {
-    let jwk = Jwk::from_encoding_key(key, alg).unwrap_or_else(|e| panic!("JWK: {e}"));
-    let mut value = serde_json::to_value(jwk).unwrap_or_else(|e| panic!("JWK to JSON: {e}"));
+    let jwk = Jwk::from_encoding_key(key, alg).expect("JWK");
+    let mut value = serde_json::to_value(jwk).expect("JWK to JSON");
     if let (Some(kid), Some(object)) = (kid, value.as_object_mut()) {
         object.insert("kid".into(), json!(kid));
     }
@@ -122,7 +122,7 @@ impl IssuerYaml {
     }
 
     fn yaml(&self) -> String {
-        let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|e| panic!("{e}"));
+        let q = |s: &str| serde_json::to_string(s).unwrap();
         let list = |items: &[String]| {
             let quoted: Vec<String> = items.iter().map(|i| q(i)).collect();
             format!("[{}]", quoted.join(", "))
@@ -171,7 +171,7 @@ struct PolicyDir {
 
 impl PolicyDir {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tempfile::tempdir().expect("tempdir");
         let policy = PolicyDir {
             dir,
             issuers: Vec::new(),
@@ -216,10 +216,7 @@ impl PolicyDir {
         let every: Vec<String> = self.issuers.iter().map(|i| i.name.clone()).collect();
         let listed = self.app_issuers.as_ref().or(several.then_some(&every));
         let app_issuers = match listed {
-            Some(names) => format!(
-                "    issuers: {}\n",
-                serde_json::to_string(names).unwrap_or_else(|e| panic!("{e}"))
-            ),
+            Some(names) => format!("    issuers: {}\n", serde_json::to_string(names).unwrap()),
             None => String::new(),
         };
         text.push_str(&format!(
@@ -284,7 +281,7 @@ fn claims_with(issuer: &str, changes: &[(&str, Value)]) -> Map<String, Value> {
 }
 
 fn sign(header: &Header, claims: &Map<String, Value>, key: &EncodingKey) -> String {
-    jsonwebtoken::encode(header, claims, key).unwrap_or_else(|e| panic!("signing: {e}"))
+    jsonwebtoken::encode(header, claims, key).expect("signing")
 }
 
 fn hs(alg: Algorithm, claims: &Map<String, Value>, secret: &str) -> String {
@@ -335,7 +332,7 @@ fn verify(policy: &PolicySet, token: &str) -> Result<Principal, TokenError> {
 
 fn subject_of(policy: &PolicySet, token: &str) -> String {
     verify(policy, token)
-        .unwrap_or_else(|e| panic!("the token should verify, got {e:?}"))
+        .expect("the token should verify, got")
         .subject
 }
 
@@ -422,7 +419,7 @@ fn rs256_token_is_accepted() {
         &claims("rsa"),
         &rsa_signer(0),
     );
-    let principal = verify(&policy, &token).unwrap_or_else(|e| panic!("{e:?}"));
+    let principal = verify(&policy, &token).unwrap();
     assert_eq!(&*principal.issuer, "rsa");
     assert_eq!(principal.subject, "alice");
     assert_eq!(principal.groups, ["staff", "editors"]);
@@ -444,7 +441,7 @@ fn ps256_token_is_accepted_with_a_single_group_string() {
         &claims_with("rsa", &[("groups", json!("admins"))]),
         &rsa_signer(0),
     );
-    let principal = verify(&policy, &token).unwrap_or_else(|e| panic!("{e:?}"));
+    let principal = verify(&policy, &token).unwrap();
     assert_eq!(principal.subject, "alice");
     assert_eq!(principal.groups, ["admins"]);
 }
@@ -460,7 +457,7 @@ fn es256_token_is_accepted() {
         ))
         .load();
     let token = sign(&Header::new(Algorithm::ES256), &claims("ec"), &ec_signer(0));
-    let principal = verify(&policy, &token).unwrap_or_else(|e| panic!("{e:?}"));
+    let principal = verify(&policy, &token).unwrap();
     assert_eq!(&*principal.issuer, "ec");
     assert_eq!(principal.subject, "alice");
     assert_eq!(principal.groups, ["staff", "editors"]);
@@ -479,7 +476,7 @@ fn eddsa_token_is_accepted() {
         ))
         .load();
     let token = sign(&Header::new(Algorithm::EdDSA), &claims("ed"), &ed_signer());
-    let principal = verify(&policy, &token).unwrap_or_else(|e| panic!("{e:?}"));
+    let principal = verify(&policy, &token).unwrap();
     assert_eq!(&*principal.issuer, "ed");
     assert_eq!(principal.subject, "alice");
     assert_eq!(principal.groups, ["staff", "editors"]);
@@ -496,7 +493,7 @@ fn custom_subject_and_groups_claims_are_used() {
         ("email", json!("alice@example.com")),
         ("roles", json!(["reader"])),
     ]);
-    let principal = verify(&policy, &token).unwrap_or_else(|e| panic!("{e:?}"));
+    let principal = verify(&policy, &token).unwrap();
     assert_eq!(principal.subject, "alice@example.com");
     // `groups` is not the configured claim, so it is ignored.
     assert_eq!(principal.groups, ["reader"]);
@@ -510,13 +507,13 @@ fn custom_subject_and_groups_claims_are_used() {
 fn absent_or_null_groups_and_no_groups_claim_give_no_groups() {
     let policy = hmac_policy(&["HS256"]);
     for changes in [vec![("groups", Value::Null)], vec![("groups", json!([]))]] {
-        let principal = verify(&policy, &hs256(&changes)).unwrap_or_else(|e| panic!("{e:?}"));
+        let principal = verify(&policy, &hs256(&changes)).unwrap();
         assert!(principal.groups.is_empty(), "{changes:?}");
     }
     let mut explicit_null = claims("hs");
     explicit_null.insert("groups".into(), Value::Null);
     let token = hs(Algorithm::HS256, &explicit_null, SECRET);
-    let principal = verify(&policy, &token).unwrap_or_else(|e| panic!("{e:?}"));
+    let principal = verify(&policy, &token).unwrap();
     assert!(principal.groups.is_empty());
 
     let mut issuer = IssuerYaml::hmac("hs", &["HS256"]);
@@ -524,7 +521,7 @@ fn absent_or_null_groups_and_no_groups_claim_give_no_groups() {
     let policy = PolicyDir::new().issuer(issuer).load();
     // Without a groups claim configured, even an invalid `groups` is ignored.
     let token = hs256(&[("groups", json!(42))]);
-    let principal = verify(&policy, &token).unwrap_or_else(|e| panic!("{e:?}"));
+    let principal = verify(&policy, &token).unwrap();
     assert!(principal.groups.is_empty());
 }
 
@@ -760,8 +757,7 @@ fn a_token_signed_by_an_unknown_rsa_key_is_a_bad_signature_even_with_its_jwk_emb
 
     // A header that carries the attacker's own key must not be trusted.
     let mut header = Header::new(Algorithm::RS256);
-    header.jwk =
-        Some(Jwk::from_encoding_key(&attacker, Algorithm::RS256).unwrap_or_else(|e| panic!("{e}")));
+    header.jwk = Some(Jwk::from_encoding_key(&attacker, Algorithm::RS256).unwrap());
     header.jku = Some("https://attacker.test/jwks.json".into());
     let embedded = sign(&header, &claims("rsa"), &attacker);
     assert_eq!(verify(&policy, &embedded), Err(TokenError::BadSignature));
@@ -1031,8 +1027,7 @@ fn bad_groups_are_refused() {
     let most: Vec<String> = (0..portcullis::token::MAX_GROUPS)
         .map(|i| format!("g{i}"))
         .collect();
-    let principal =
-        verify(&policy, &hs256(&[("groups", json!(most))])).unwrap_or_else(|e| panic!("{e:?}"));
+    let principal = verify(&policy, &hs256(&[("groups", json!(most))])).unwrap();
     assert_eq!(principal.groups, most);
 }
 
@@ -1142,7 +1137,7 @@ fn jwks_policy(algorithms: &[&str], keys: Vec<Value>) -> PolicySet {
         "keys/jwks.json",
     ));
     let keys_dir = dir.dir.path().join("keys");
-    std::fs::create_dir(&keys_dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&keys_dir).unwrap();
     dir.file("keys/jwks.json", &json!({ "keys": keys }).to_string());
     dir.load()
 }
@@ -1483,13 +1478,13 @@ fn the_cache_reuses_a_verification_under_the_same_policy_version() {
     let cache = TokenCache::new(100);
     let first = cache
         .verify(&policy.issuers, "v1", &[0], &token, CACHE_NOW)
-        .unwrap_or_else(|e| panic!("{e:?}"));
+        .unwrap();
     assert_eq!(first.subject, "alice");
     // A second call under "v1" is answered from the cache: the rotated
     // issuers would refuse the signature, yet the answer is Ok.
     let second = cache
         .verify(&rotated.issuers, "v1", &[0], &token, CACHE_NOW + 10)
-        .unwrap_or_else(|e| panic!("expected a cache hit, got {e:?}"));
+        .expect("expected a cache hit, got");
     assert_eq!(second, first);
     // Under another version the earlier verification is not reused.
     assert_eq!(
@@ -1698,13 +1693,9 @@ fn an_unreadable_key_is_unverifiable_and_refuses_every_token() {
         "secret_file",
         "gone.secret",
     ));
-    policy
-        .try_load()
-        .err()
-        .unwrap_or_else(|| panic!("should not load"));
+    policy.try_load().expect_err("should not load");
     let errors = load_policies_with(policy.dir.path(), UnreadableKeys::Unverifiable)
-        .err()
-        .unwrap_or_else(|| panic!("a secret for RS256 must not load"));
+        .expect_err("a secret for RS256 must not load");
     assert!(
         errors
             .to_string()

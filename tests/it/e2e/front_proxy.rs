@@ -60,13 +60,13 @@ fn front_proxy_template_renders_to_loopback_only() {
 #[test]
 fn front_proxy_template_validates() {
     let envoy = find_envoy();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("front-proxy.yaml");
     let rendered = render_envoy_config(
         &repo_path("envoy/front-proxy.yaml"),
         &EnvoyPorts::ephemeral(9191, 8081),
     );
-    std::fs::write(&path, rendered).unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::write(&path, rendered).expect("write");
     assert_envoy_validates(&envoy, &path);
 }
 
@@ -734,17 +734,16 @@ fn the_plain_sidecar_exempts_only_exact_health_reads() {
     let envoy_bin = find_envoy();
     let upstream = support::EchoUpstream::start();
     let portcullis = support::Portcullis::start(&support::bundled_policies());
-    let text = std::fs::read_to_string(repo_path("envoy/sidecar.yaml"))
-        .unwrap_or_else(|e| panic!("envoy/sidecar.yaml: {e}"));
-    let mut config: serde_yaml::Value =
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("envoy/sidecar.yaml: {e}"));
+    let text =
+        std::fs::read_to_string(repo_path("envoy/sidecar.yaml")).expect("envoy/sidecar.yaml");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("envoy/sidecar.yaml");
     config["admin"]["address"]["socket_address"]["port_value"] = 0.into();
     let listener = &mut config["static_resources"]["listeners"][0]["address"]["socket_address"];
     listener["address"] = "127.0.0.1".into();
     listener["port_value"] = 0.into();
     for cluster in config["static_resources"]["clusters"]
         .as_sequence_mut()
-        .unwrap_or_else(|| panic!("no clusters"))
+        .expect("no clusters")
     {
         let port = match cluster["name"].as_str() {
             Some("portcullis") => portcullis.port(),
@@ -760,7 +759,7 @@ fn the_plain_sidecar_exempts_only_exact_health_reads() {
         address["address"] = "127.0.0.1".into();
         address["port_value"] = port.into();
     }
-    let rendered = serde_yaml::to_string(&config).unwrap_or_else(|e| panic!("{e}"));
+    let rendered = serde_yaml::to_string(&config).unwrap();
     let envoy = support::Envoy::start(&envoy_bin, &rendered);
     let port = envoy.listener_port("inbound");
     let logs = || {

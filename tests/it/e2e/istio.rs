@@ -264,17 +264,17 @@ fn select_by_destination(content: &str) -> String {
     let start = lines
         .iter()
         .position(|l| l.trim_end() == "    select:")
-        .unwrap_or_else(|| panic!("policies/documents.yaml has no `    select:` line"));
+        .expect("policies/documents.yaml has no `    select:` line");
     let end = lines[start + 1..]
         .iter()
         .position(|l| l.starts_with("    ") && !l.starts_with("     ") && !l.trim().is_empty())
         .map(|i| start + 1 + i)
-        .unwrap_or_else(|| panic!("policies/documents.yaml: nothing follows `select:`"));
+        .expect("policies/documents.yaml: nothing follows `select:`");
     let last = lines
         .iter()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| panic!("policies/documents.yaml is empty"));
+        .expect("policies/documents.yaml is empty");
     assert!(
         last.starts_with("        "),
         "policies/documents.yaml no longer ends in its routes list: {last:?}"
@@ -326,8 +326,7 @@ fn istio_sidecar_template_validates() {
             !rendered.contains("context_extensions:"),
             "Istio sets no context_extensions, so the Istio-shaped sidecar must not either"
         );
-        let config: serde_yaml::Value =
-            serde_yaml::from_str(&rendered).unwrap_or_else(|e| panic!("{e}"));
+        let config: serde_yaml::Value = serde_yaml::from_str(&rendered).unwrap();
         let mut tcp_chains = 0;
         let mut http_chains = 0;
         for listener in config["static_resources"]["listeners"]
@@ -383,9 +382,9 @@ fn istio_sidecar_template_validates() {
         };
         assert_eq!((http_chains, tcp_chains), expected, "{mode:?}: chains");
         let envoy = find_envoy();
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("istio-sidecar.yaml");
-        std::fs::write(&path, rendered).unwrap_or_else(|e| panic!("write: {e}"));
+        std::fs::write(&path, rendered).expect("write");
         assert_envoy_validates(&envoy, &path);
     }
 }
@@ -433,7 +432,7 @@ impl RecordingAuthz {
             .thread_name("recording-authz")
             .enable_all()
             .build()
-            .unwrap_or_else(|e| panic!("recording ext_authz runtime: {e}"));
+            .expect("recording ext_authz runtime");
         let (listener, port) = runtime.block_on(bind_loopback());
         let checks: Arc<Mutex<Vec<CheckRequest>>> = Arc::default();
         let service = AuthorizationServer::new(Recorder(Arc::clone(&checks)));
@@ -562,7 +561,7 @@ fn the_sidecar_asks_what_istio_asks() {
     let asked = asked_about(&probe);
     assert_eq!(asked.len(), 1, "checks for one request: {asked:#?}");
     let check = &asked[0];
-    let http = http_of(check).unwrap_or_else(|| panic!("no http attributes"));
+    let http = http_of(check).expect("no http attributes");
     assert_eq!(http.host, "anything.example", "the client's Host, as sent");
     assert_eq!(
         http.headers.get("x-portcullis-subject"),
@@ -1014,7 +1013,7 @@ fn plaintext_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("connect {port}: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap_or_else(|e| panic!("timeout: {e}"));
+        .expect("timeout");
     let mut answer = Vec::new();
     if stream.write_all(bytes).is_ok() {
         let _ = stream.read_to_end(&mut answer);
@@ -1174,9 +1173,8 @@ fn serve_connections(sidecar: &Sidecar, policies: &Path, yaml: &str) {
     let old = ready_version(admin)
         .unwrap_or_else(|| panic!("portcullis is not ready\n{}", sidecar.logs()));
     let staged = policies.join(".connections.yaml.tmp");
-    std::fs::write(&staged, yaml).unwrap_or_else(|e| panic!("write: {e}"));
-    std::fs::rename(&staged, policies.join("connections.yaml"))
-        .unwrap_or_else(|e| panic!("rename: {e}"));
+    std::fs::write(&staged, yaml).expect("write");
+    std::fs::rename(&staged, policies.join("connections.yaml")).expect("rename");
     if wait_for_new_version(admin, &old, RELOAD_LIMIT).is_none() {
         panic!(
             "{yaml} was not loaded within {RELOAD_LIMIT:?}\n{}",

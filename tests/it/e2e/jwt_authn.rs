@@ -75,7 +75,7 @@ fn authorizer() -> &'static Authorizer {
     static AUTHORIZER: OnceLock<Authorizer> = OnceLock::new();
     AUTHORIZER.get_or_init(|| {
         let dir = jwt_authn_policies();
-        let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let policy = load_policies(dir.path()).unwrap();
         Authorizer::new(
             Arc::new(ArcSwap::from_pointee(policy)),
             TokenCache::new(100),

@@ -24,7 +24,7 @@ const SECRET_ENV: &str = "TODO_IDP_SECRET";
 
 fn page() -> String {
     std::fs::read_to_string(repo_path("docs/walkthrough.md"))
-        .unwrap_or_else(|e| panic!("cannot read docs/walkthrough.md: {e}"))
+        .expect("cannot read docs/walkthrough.md")
 }
 
 /// The fenced block right after each `<!-- KIND: NAME -->` marker, by name.
@@ -76,9 +76,7 @@ fn portcullis(args: &[&str], secret: bool) -> Output {
     } else {
         command.env_remove(SECRET_ENV);
     }
-    command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run portcullis: {e}"))
+    command.output().expect("cannot run portcullis")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -93,7 +91,7 @@ fn files_below(dir: &Path) -> BTreeSet<String> {
         let entries = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
         for entry in entries {
-            let path: PathBuf = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            let path: PathBuf = entry.unwrap().path();
             if path.is_dir() {
                 pending.push(path);
             } else if let Ok(relative) = path.strip_prefix(repo_path("")) {

@@ -32,7 +32,7 @@ fn policies() -> tempfile::TempDir {
         dir.path().join("flood.yaml"),
         "grants:\n  - subject: alice\n    role: viewer\n    resource: document:77\n    condition: context.properties.k1 == 1\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     dir
 }
 
@@ -56,11 +56,10 @@ fn batch(keys: usize, items: usize, document: &str) -> Value {
 }
 
 fn post(port: u16, bearer: &str, body: &[u8]) -> support::Response {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let authorization = format!("Bearer {bearer}");
     exchange_http1_with_body(
         &mut stream,
@@ -151,7 +150,7 @@ fn a_flood_of_expensive_api_requests_does_not_slow_checks() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let failures = runtime.block_on(async {
         let mut client = grpc_client(grpc).await;
         let bearer = format!("Bearer {alice}");
@@ -224,18 +223,15 @@ fn a_trickled_body_does_not_hold_its_connection() {
     let dir = copy_policies(|_, text| text);
     let portcullis = Portcullis::start_with_api(dir.path(), &[]);
     let alice = token("alice");
-    let mut stream = TcpStream::connect(("127.0.0.1", portcullis.api_port()))
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut stream = TcpStream::connect(("127.0.0.1", portcullis.api_port())).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let head = format!(
         "POST {EVALUATIONS} HTTP/1.1\r\nHost: pdp\r\nContent-Type: application/json\r\n\
          Authorization: Bearer {alice}\r\nContent-Length: 1000\r\n\r\n"
     );
-    stream
-        .write_all(head.as_bytes())
-        .unwrap_or_else(|e| panic!("{e}"));
+    stream.write_all(head.as_bytes()).unwrap();
     // A byte a second, never the whole body: the server must answer 408
     // and close well before the connection's 300 s lifetime.
     let started = Instant::now();

@@ -21,7 +21,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 fn config(policies: PathBuf) -> ServeConfig {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     ServeConfig {
         policies,
         listen: any,
@@ -51,28 +51,24 @@ fn policies() -> tempfile::TempDir {
 
 async fn health(address: SocketAddr) -> i32 {
     let channel = Channel::from_shared(format!("http://{address}"))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
         })
         .await
         .map(|r| r.into_inner().status)
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
 }
 
 #[tokio::test]
 async fn the_service_runs_in_process_and_drains_on_shutdown() {
     let dir = policies();
-    let app = App::build(config(dir.path().to_path_buf())).unwrap_or_else(|e| panic!("{e:?}"));
-    let bind = || async {
-        TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let app = App::build(config(dir.path().to_path_buf())).unwrap();
+    let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let listeners = Listeners {
         grpc: bind().await,
         admin: bind().await,
@@ -89,18 +85,18 @@ async fn the_service_runs_in_process_and_drains_on_shutdown() {
             let _ = listening.send((grpc, admin));
         },
     ));
-    let (grpc, admin) = addresses.await.unwrap_or_else(|e| panic!("{e}"));
+    let (grpc, admin) = addresses.await.unwrap();
 
     assert_eq!(health(grpc).await, ServingStatus::Serving as i32);
     let ready = tokio::task::spawn_blocking(move || send_raw(admin.port(), "GET", b"/ready", &[]))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(ready.status, 200);
     let channel = Channel::from_shared(format!("http://{grpc}"))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let mut client = AuthorizationClient::new(channel);
     let alice = format!("Bearer {}", token("alice"));
     let allow = support::check_request("GET", "/documents/1", Some(&alice), "app-1");
@@ -111,8 +107,8 @@ async fn the_service_runs_in_process_and_drains_on_shutdown() {
     let _ = stop.send(());
     let exit = tokio::time::timeout(Duration::from_secs(30), running)
         .await
-        .unwrap_or_else(|_| panic!("the service did not stop within its drain bound"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the service did not stop within its drain bound")
+        .unwrap();
     assert_eq!(exit, Exit::Ok);
 }
 
@@ -120,7 +116,7 @@ async fn the_service_runs_in_process_and_drains_on_shutdown() {
 fn contradicting_settings_are_a_usage_error_and_bad_policies_a_config_error() {
     let dir = policies();
     let mut same_port = config(dir.path().to_path_buf());
-    same_port.listen = "127.0.0.1:9999".parse().unwrap_or_else(|e| panic!("{e}"));
+    same_port.listen = "127.0.0.1:9999".parse().unwrap();
     same_port.admin_listen = same_port.listen;
     assert_eq!(App::build(same_port).err(), Some(Exit::Usage));
 
@@ -128,8 +124,7 @@ fn contradicting_settings_are_a_usage_error_and_bad_policies_a_config_error() {
     bad_header.subject_header = "x subject".into();
     assert_eq!(App::build(bad_header).err(), Some(Exit::Usage));
 
-    std::fs::write(dir.path().join("broken.yaml"), "roles: [not, a, map]\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("broken.yaml"), "roles: [not, a, map]\n").unwrap();
     assert_eq!(
         App::build(config(dir.path().to_path_buf())).err(),
         Some(Exit::Config)

@@ -82,7 +82,7 @@ impl Service {
         api_tls: Option<TlsFiles>,
         public_url: Option<&str>,
     ) -> Service {
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let config = ServeConfig {
             policies: policies.to_path_buf(),
             listen: any,
@@ -109,16 +109,16 @@ impl Service {
             }),
             grants_db: None,
         };
-        let app = App::build(config).unwrap_or_else(|e| panic!("build: {e:?}"));
+        let app = App::build(config).expect("build");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .unwrap_or_else(|e| panic!("runtime: {e}"));
+            .expect("runtime");
         let bind = || {
             runtime
                 .block_on(TcpListener::bind("127.0.0.1:0"))
-                .unwrap_or_else(|e| panic!("bind: {e}"))
+                .expect("bind")
         };
         let listeners = Listeners {
             grpc: bind(),
@@ -129,7 +129,7 @@ impl Service {
             .api
             .as_ref()
             .and_then(|l| l.local_addr().ok())
-            .unwrap_or_else(|| panic!("no API address"));
+            .expect("no API address");
         let (stop, stopped) = oneshot::channel::<()>();
         let (listening, ready) = mpsc::channel::<()>();
         let done = runtime.spawn(app.run(
@@ -143,7 +143,7 @@ impl Service {
         ));
         ready
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("the service did not start: {e}"));
+            .expect("the service did not start");
         Service {
             api,
             stop: Some(stop),
@@ -178,11 +178,8 @@ impl Drop for Service {
 
 /// One request over a fresh connection.
 fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     exchange_http1_with_body(&mut stream, method, path.as_bytes(), headers, body)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
@@ -410,9 +407,7 @@ fn an_mtls_caller_is_known_by_its_certificate() {
     let port = service.port();
     let body = evaluation("alice", "read", "document", "1").to_string();
     let ask = |client: &TlsClient, headers: &[(&str, &str)]| {
-        let mut stream = client
-            .connect(port)
-            .unwrap_or_else(|e| panic!("connect: {e}"));
+        let mut stream = client.connect(port).expect("connect");
         exchange_http1_with_body(
             &mut stream,
             "POST",
@@ -420,7 +415,7 @@ fn an_mtls_caller_is_known_by_its_certificate() {
             headers,
             body.as_bytes(),
         )
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
     };
     let json_header = [("Content-Type", "application/json")];
     // The gateway's certificate carries the DNS name the policy names.
@@ -794,7 +789,7 @@ denies:
   - { name: not-erin, subject: erin, resource: \"document:*\" }
 ",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let service = Service::start(dir.path(), None);
     let port = service.port();
     let ids = |results: &[Value]| -> Vec<String> {
@@ -1016,7 +1011,7 @@ fn the_documents_cases_decide_the_same_through_the_api() {
     let service = Service::start(dir.path(), None);
     let port = service.port();
     let cases: PathBuf = repo_path("policies/tests/documents.yaml");
-    let outcomes = run_case_file(&cases).unwrap_or_else(|e| panic!("{e:?}"));
+    let outcomes = run_case_file(&cases).unwrap();
     let mut compared = 0;
     for outcome in outcomes {
         let Some((subject, groups)) = &outcome.caller else {
@@ -1071,7 +1066,7 @@ fn the_documents_cases_decide_the_same_through_the_api() {
 #[test]
 fn callers_that_cannot_load_are_reported_with_file_and_line() {
     let dir = policies("gateway.internal");
-    std::fs::write(dir.path().join("short.key"), "too-short").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("short.key"), "too-short").unwrap();
     std::fs::write(
         dir.path().join("bad-callers.yaml"),
         "callers:
@@ -1090,10 +1085,9 @@ fn callers_that_cannot_load_are_reported_with_file_and_line() {
     api_key: { secret_file: limited.key }
 ",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let errors = portcullis::policy::load_policies(dir.path())
-        .err()
-        .unwrap_or_else(|| panic!("bad callers loaded"))
+        .expect_err("bad callers loaded")
         .to_string();
     for (line, needle) in [
         (2, "caller \"reporting\" is already defined at"),
@@ -1119,10 +1113,9 @@ fn callers_that_cannot_load_are_reported_with_file_and_line() {
         dir.path().join("bad-callers.yaml"),
         "callers:\n  - name: inline\n    api_key: { key: reporting-key-0123456789abcdef }\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let errors = portcullis::policy::load_policies(dir.path())
-        .err()
-        .unwrap_or_else(|| panic!("an inline key loaded"))
+        .expect_err("an inline key loaded")
         .to_string();
     assert!(errors.contains("bad-callers.yaml:3:"), "{errors}");
 }
@@ -1142,7 +1135,7 @@ fn conditions_read_the_requests_attributes() {
     condition: resource.properties.ownerID == subject.id && context.properties.channel in [\"web\", \"cli\"]
 ",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let service = Service::start(dir.path(), None);
     let port = service.api.port();
     let ask = |owner: Option<&str>, channel: &str| {
@@ -1194,7 +1187,7 @@ fn searches_judge_conditions_with_the_request_and_the_clock() {
     condition: resource.properties.ownerID == subject.id && action.properties.mode == \"draft\"
 ",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let service = Service::start(dir.path(), None);
     let port = service.port();
     let names = |answer: &Value, field: &str| -> Vec<String> {
@@ -1279,12 +1272,12 @@ fn search_work_per_page_is_bounded_whatever_the_denies() {
     let grants: String = (0..20_000)
         .map(|i| format!("subject:dan viewer document:{i}\n"))
         .collect();
-    std::fs::write(dir.path().join("dan.grants"), grants).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("dan.grants"), grants).unwrap();
     std::fs::write(
         dir.path().join("dan.yaml"),
         "denies:\n  - { name: no-dan, subject: dan, resource: \"document:*\" }\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let service = Service::start(dir.path(), None);
     let port = service.port();
     let request = json!({

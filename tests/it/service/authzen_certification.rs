@@ -27,26 +27,26 @@ struct Harness {
 
 impl Harness {
     fn start() -> (tempfile::TempDir, Harness) {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let fixture = repo_path("tests/authzen-certification/certification.yaml");
         std::fs::copy(&fixture, dir.path().join("certification.yaml"))
             .unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
-        std::fs::write(dir.path().join("harness.key"), KEY).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("harness.key"), KEY).unwrap();
         std::fs::write(
             dir.path().join("issuer.key"),
             "records-issuer-secret-0123456789abcdef",
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let portcullis = Portcullis::start_with_api(dir.path(), &[("PORTCULLIS_API_URL", BASE)]);
         (dir, Harness { portcullis })
     }
 
     fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.portcullis.api_port()))
-            .unwrap_or_else(|e| panic!("connect: {e}"));
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.portcullis.api_port())).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         exchange_http1_with_body(&mut stream, method, path.as_bytes(), headers, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }

@@ -12,7 +12,7 @@ fn portcullis(args: &[&str]) -> Output {
         .args(args)
         .env("PORTCULLIS_DEMO_SECRET", SECRET)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run portcullis: {e}"))
+        .expect("cannot run portcullis")
 }
 
 fn bundled() -> PathBuf {
@@ -25,16 +25,16 @@ fn text(bytes: &[u8]) -> String {
 
 /// A copy of the bundled policies with `edit` applied to one file.
 fn broken_copy(file: &str, edit: impl Fn(&str) -> String) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    for entry in std::fs::read_dir(bundled()).unwrap_or_else(|e| panic!("{e}")) {
-        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(bundled()).unwrap() {
+        let path = entry.unwrap().path();
         if path.is_file() {
             let name = path.file_name().unwrap_or_default().to_owned();
-            let mut content = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+            let mut content = std::fs::read_to_string(&path).unwrap();
             if name == file {
                 content = edit(&content);
             }
-            std::fs::write(dir.path().join(name), content).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(dir.path().join(name), content).unwrap();
         }
     }
     dir
@@ -148,7 +148,7 @@ fn role_actions_are_actions_without_a_route() {
             "    subject: mallory\n    actions: [read, can_audit]\n",
         ),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let policies = dir.path().to_str().unwrap_or_default();
     let out = portcullis(&["validate", policies]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -161,13 +161,13 @@ fn role_actions_are_actions_without_a_route() {
     );
 
     let tests = dir.path().join("tests");
-    std::fs::create_dir(&tests).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&tests).unwrap();
     let file = tests.join("audit.yaml");
     std::fs::write(
         &file,
         "cases:\n  - name: an admin may audit\n    as: { subject: carol }\n    resource: document:1\n    action: can_audit\n    expect: { decision: allow, reason: granted }\n  - name: mallory may not\n    as: { subject: mallory }\n    resource: document:1\n    action: can_audit\n    expect: { decision: deny, reason: explicit_deny }\n  - name: nobody names this one\n    as: { subject: carol }\n    resource: document:1\n    action: can_fly\n    expect: { decision: deny }\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let out = portcullis(&["test", file.to_str().unwrap_or_default()]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
@@ -289,7 +289,7 @@ fn serve_refuses_bad_policies_before_binding() {
         ])
         .env_remove("PORTCULLIS_DEMO_SECRET")
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(
         text(&out.stderr).contains("PORTCULLIS_DEMO_SECRET is not set"),
@@ -314,20 +314,18 @@ fn serve_exits_cleanly_on_sigterm() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        .unwrap();
+    let stdout = child.stdout.take().expect("no stdout");
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("{e}"));
+    BufReader::new(stdout).read_line(&mut line).unwrap();
     assert!(line.starts_with("listening on 127.0.0.1:"), "{line:?}");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(status.success());
     for _ in 0..100 {
-        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+        if let Some(status) = child.try_wait().unwrap() {
             assert_eq!(status.code(), Some(0));
             return;
         }
@@ -346,13 +344,13 @@ fn test_runs_case_files_and_exits_by_outcome() {
     let summary = stdout.lines().last().unwrap_or_default();
     assert!(summary.ends_with("passed, 0 failed"), "{stdout}");
 
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("wrong.yaml");
     let cases = format!(
         "policies: {}\ncases:\n  - name: fine\n    request: {{ method: GET, path: /healthz }}\n    expect: {{ decision: allow }}\n  - name: bob writes 1\n    as: {{ subject: bob }}\n    resource: document:1\n    action: write\n    expect: {{ decision: allow }}\n",
         bundled().display()
     );
-    std::fs::write(&file, cases).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, cases).unwrap();
     let out = portcullis(&["test", file.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
@@ -368,7 +366,7 @@ fn test_runs_case_files_and_exits_by_outcome() {
 
     // No case at all is a failure, not a pass.
     let empty = dir.path().join("empty");
-    std::fs::create_dir(&empty).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&empty).unwrap();
     let out = portcullis(&["test", empty.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(1));
 }
@@ -381,7 +379,7 @@ fn grants_files_load_in_bulk_and_report_lines() {
         &bulk,
         "# holder role resource\nsubject:zoe editor document:7\n\ngroup:auditors owner document:9\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let policies = dir.path().to_str().unwrap_or_default();
     let out = portcullis(&["validate", policies]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -422,7 +420,7 @@ fn grants_files_load_in_bulk_and_report_lines() {
         &bulk,
         "subject:zoe editor document:7\nsubject:zoe ownr document:8\nzoe viewer document:1\ngroup:nobody viewer document:1\nsubject:zoe viewer doc*\nsubject:zoe viewer\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let out = portcullis(&["validate", policies]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
@@ -449,9 +447,7 @@ fn portcullis_without(args: &[&str], unset: &[&str]) -> Output {
     for name in unset {
         command.env_remove(name);
     }
-    command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run portcullis: {e}"))
+    command.output().expect("cannot run portcullis")
 }
 
 /// Case files never verify a token (`as:` stands for a verified one), so a
@@ -535,13 +531,13 @@ fn validate_reports_a_missing_secret_once() {
 fn test_says_no_case_ran_when_the_policies_do_not_load() {
     let dir = broken_copy("roles.yaml", |c| format!("{c}\nnot yaml: [\n"));
     let tests = dir.path().join("tests");
-    std::fs::create_dir(&tests).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&tests).unwrap();
     let file = tests.join("cases.yaml");
     std::fs::write(
         &file,
         "cases:\n  - name: health\n    request: { method: GET, path: /healthz }\n    expect: { decision: allow }\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let out = portcullis(&["test", file.to_str().unwrap_or_default()]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
@@ -614,7 +610,7 @@ fn check_explains_which_route_came_closest() {
 /// file is reported at its own line, not at line 1.
 #[test]
 fn test_reports_the_line_of_a_failing_case_in_a_json_file() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("generated.json");
     let policies = serde_json::to_string(&bundled().display().to_string()).unwrap_or_default();
     let json = format!(
@@ -635,7 +631,7 @@ fn test_reports_the_line_of_a_failing_case_in_a_json_file() {
 }}
 "#
     );
-    std::fs::write(&file, &json).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, &json).unwrap();
     // A directory's *.json files are case files too.
     let out = portcullis(&["test", dir.path().to_str().unwrap_or_default()]);
     let stdout = text(&out.stdout);
@@ -668,13 +664,13 @@ fn untyped_documents(typed: bool) -> tempfile::TempDir {
         }
     });
     let grants = dir.path().join("grants.yaml");
-    let before = std::fs::read_to_string(&grants).unwrap_or_else(|e| panic!("{e}"));
+    let before = std::fs::read_to_string(&grants).unwrap();
     let after = before.replace(
         "  - subject: bob\n    role: viewer\n    resource: document:1\n",
         "  - subject: bob\n    role: viewer\n    resource: document:*\n",
     ) + "  - name: freeze-one\n    subject: bob\n    resource: document:1\n";
     assert_ne!(before, after, "policies/grants.yaml changed shape");
-    std::fs::write(&grants, after).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&grants, after).unwrap();
     dir
 }
 
@@ -769,11 +765,10 @@ fn validate_warns_of_unknown_resource_types_and_unused_roles() {
         &grants,
         before.replace("resource: document:2", "resource: documnet:2"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let roles = dir.path().join("roles.yaml");
     let before = std::fs::read_to_string(&roles).unwrap_or_default();
-    std::fs::write(&roles, before + "  auditor:\n    actions: [read]\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&roles, before + "  auditor:\n    actions: [read]\n").unwrap();
     let out = portcullis(&["validate", dir.path().to_str().unwrap_or_default()]);
     let warnings = lint_lines(&out).join("\n");
     assert!(
@@ -838,7 +833,7 @@ fn shipped_policies_pass_strict() {
             .arg(root.join(dir))
             .env(env, secret)
             .output()
-            .unwrap_or_else(|e| panic!("cannot run portcullis: {e}"));
+            .expect("cannot run portcullis");
         assert!(out.status.success(), "{dir}: {}", text(&out.stderr));
     }
 }

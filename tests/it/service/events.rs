@@ -157,10 +157,10 @@ fn an_envelope_opens_with_either_algorithm_and_says_who_did_what() {
         );
         let policy = load(dir.path());
         let envelope = signed(&policy, NOW);
-        let header = jsonwebtoken::decode_header(&envelope).unwrap_or_else(|e| panic!("{e}"));
+        let header = jsonwebtoken::decode_header(&envelope).unwrap();
         assert_eq!(header.kid.as_deref(), Some(sign_with));
         assert_eq!(header.typ.as_deref(), Some(envelope::ENVELOPE_TYPE));
-        let claims = open(&policy, &envelope, NOW + 10).unwrap_or_else(|e| panic!("{e}"));
+        let claims = open(&policy, &envelope, NOW + 10).unwrap();
         assert_eq!(
             (
                 claims.sub.as_str(),
@@ -178,7 +178,7 @@ fn an_envelope_opens_with_either_algorithm_and_says_who_did_what() {
         // The token never travels: no claim but the event's own.
         let payload = envelope.split('.').nth(1).unwrap_or_default();
         let decoded = base64_decode(payload);
-        let object: Value = serde_json::from_slice(&decoded).unwrap_or_else(|e| panic!("{e}"));
+        let object: Value = serde_json::from_slice(&decoded).unwrap();
         let mut names: Vec<&str> = object
             .as_object()
             .map(|o| o.keys().map(String::as_str).collect())
@@ -206,14 +206,13 @@ fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text)
-        .unwrap_or_else(|e| panic!("base64: {e}"))
+        .expect("base64")
 }
 
 /// The envelope with its payload replaced by `edit(payload)`, signature kept.
 fn with_payload(envelope: &str, edit: impl Fn(&mut Value)) -> String {
     let parts: Vec<&str> = envelope.split('.').collect();
-    let mut payload: Value =
-        serde_json::from_slice(&base64_decode(parts[1])).unwrap_or_else(|e| panic!("{e}"));
+    let mut payload: Value = serde_json::from_slice(&base64_decode(parts[1])).unwrap();
     edit(&mut payload);
     format!(
         "{}.{}.{}",
@@ -452,28 +451,28 @@ fn a_replay_is_refused_in_memory_and_with_a_log_across_a_restart() {
     assert_eq!(consume(&restarted, &first, NOW + 3), Ok(true));
 
     // With a log, the ids outlive the process.
-    let log_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("replay.log");
     let second = signed(&policy, NOW);
     {
-        let guard = ReplayGuard::with_log(&log, 100, NOW).unwrap_or_else(|e| panic!("{e}"));
+        let guard = ReplayGuard::with_log(&log, 100, NOW).unwrap();
         assert_eq!(consume(&guard, &second, NOW + 1), Ok(true));
     }
-    let guard = ReplayGuard::with_log(&log, 100, NOW + 2).unwrap_or_else(|e| panic!("{e}"));
+    let guard = ReplayGuard::with_log(&log, 100, NOW + 2).unwrap();
     assert_eq!(consume(&guard, &second, NOW + 2), Err(Refusal::Replayed));
     // An expired id is forgotten (its envelope is refused as expired anyway).
-    let reopened = ReplayGuard::with_log(&log, 100, NOW + 601).unwrap_or_else(|e| panic!("{e}"));
+    let reopened = ReplayGuard::with_log(&log, 100, NOW + 601).unwrap();
     assert!(reopened.is_empty());
     // A torn last line (a crash mid-write) is skipped, the rest kept.
     let third = signed(&policy, NOW);
     {
-        let guard = ReplayGuard::with_log(&log, 100, NOW).unwrap_or_else(|e| panic!("{e}"));
+        let guard = ReplayGuard::with_log(&log, 100, NOW).unwrap();
         assert_eq!(consume(&guard, &third, NOW + 1), Ok(true));
     }
-    let mut text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}"));
+    let mut text = std::fs::read_to_string(&log).unwrap();
     text.push_str("19000");
-    std::fs::write(&log, text).unwrap_or_else(|e| panic!("{e}"));
-    let guard = ReplayGuard::with_log(&log, 100, NOW + 2).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&log, text).unwrap();
+    let guard = ReplayGuard::with_log(&log, 100, NOW + 2).unwrap();
     assert_eq!(consume(&guard, &third, NOW + 2), Err(Refusal::Replayed));
 }
 
@@ -561,24 +560,21 @@ fn a_torn_write_in_the_replay_log_never_lets_the_next_event_be_replayed() {
     let consume = |guard: &ReplayGuard, envelope: &str, now: u64| {
         events::consume(&policy, guard, envelope, &digest, "worker", now).map(|_| ())
     };
-    let log_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("replay.log");
     let (first, second) = (signed(&policy, NOW), signed(&policy, NOW));
     {
-        let guard = ReplayGuard::with_log(&log, 100, NOW).unwrap_or_else(|e| panic!("{e}"));
+        let guard = ReplayGuard::with_log(&log, 100, NOW).unwrap();
         assert_eq!(consume(&guard, &first, NOW + 1), Ok(()));
         // A write that stopped part way (a full disk, then space again):
         // the start of a line, no newline.
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         std::io::Write::write_all(&mut file, format!("{} worker 9f3a", NOW + 600).as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         // The next event's line lands right after the torn one.
         assert_eq!(consume(&guard, &second, NOW + 2), Ok(()));
     }
-    let restarted = ReplayGuard::with_log(&log, 100, NOW + 3).unwrap_or_else(|e| panic!("{e}"));
+    let restarted = ReplayGuard::with_log(&log, 100, NOW + 3).unwrap();
     assert_eq!(
         consume(&restarted, &second, NOW + 3),
         Err(Refusal::Replayed)
@@ -589,12 +585,12 @@ fn a_torn_write_in_the_replay_log_never_lets_the_next_event_be_replayed() {
     let third = signed(&policy, NOW);
     assert_eq!(consume(&restarted, &third, NOW + 4), Ok(()));
     drop(restarted);
-    let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(&log).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 3, "{text}");
     lines[0] = lines[0].replace(' ', "  ");
-    std::fs::write(&log, lines.join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
-    let reopened = ReplayGuard::with_log(&log, 100, NOW + 5).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let reopened = ReplayGuard::with_log(&log, 100, NOW + 5).unwrap();
     assert_eq!(reopened.load_report().bad_lines, 1);
     assert_eq!(reopened.load_report().first_bad_line, Some(1));
     assert_eq!(reopened.len(), 2);
@@ -627,8 +623,7 @@ fn a_broken_events_section_is_refused_with_its_reason() {
     ];
     for (events, expected) in cases {
         let dir = policy_dir(&keys, &events);
-        std::fs::write(dir.path().join("short.secret"), "too-short")
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("short.secret"), "too-short").unwrap();
         match load_policies(dir.path()) {
             Ok(_) => panic!("loaded:\n{events}"),
             Err(errors) => {
@@ -647,7 +642,7 @@ fn a_broken_events_section_is_refused_with_its_reason() {
 // ---------------------------------------------------------------------------
 
 fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &Value) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
     let mut all = vec![("content-type", "application/json")];
     all.extend_from_slice(headers);
@@ -795,7 +790,7 @@ fn who_may_sign_and_who_may_consume() {
 
 /// The worker example's binary, built by `cargo test` beside this test.
 fn worker_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let exe = std::env::current_exe().unwrap();
     let debug = exe
         .parent()
         .and_then(Path::parent)
@@ -814,7 +809,7 @@ fn worker(args: &[&str]) -> Vec<String> {
     let out = Command::new(worker_binary())
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("event-worker: {e}"));
+        .expect("event-worker");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -841,11 +836,11 @@ fn run_worker(api: u16, dir: &Path, queue: &Path) -> Vec<String> {
 /// Writes `grants.yaml` by rename and waits for the server to serve it.
 fn rewrite_grants(dir: &Path, server: &Portcullis, edit: impl Fn(String) -> String) {
     let path = dir.join("grants.yaml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
-    let old = ready_version(server.admin_port()).unwrap_or_else(|| panic!("not ready"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let old = ready_version(server.admin_port()).expect("not ready");
     let staging = dir.join(".grants.yaml.tmp");
-    std::fs::write(&staging, edit(text)).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::rename(&staging, &path).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&staging, edit(text)).unwrap();
+    std::fs::rename(&staging, &path).unwrap();
     wait_for_new_version(server.admin_port(), &old, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("the new grants were not loaded:\n{}", server.log()));
 }
@@ -862,7 +857,7 @@ fn a_revoked_grant_stops_the_work_and_a_restored_one_lets_new_work_through() {
         dir.path(),
         &[("PORTCULLIS_EVENT_REPLAY_LOG", replay_env.as_str())],
     );
-    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let work = tempfile::tempdir().unwrap();
     let queue = work.path().join("queue.jsonl");
 
     // alice shares document 1: the service signs the event with her token
@@ -896,8 +891,7 @@ fn a_revoked_grant_stops_the_work_and_a_restored_one_lets_new_work_through() {
     );
 
     // Her ownership is revoked before the worker gets to it.
-    let grants =
-        std::fs::read_to_string(dir.path().join("grants.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let grants = std::fs::read_to_string(dir.path().join("grants.yaml")).unwrap();
     rewrite_grants(dir.path(), &server, |text| {
         assert!(
             text.contains(ALICE_OWNS_1),
@@ -942,12 +936,12 @@ fn the_cli_signs_and_verifies_once() {
     let keys = Keys::new(&["ed-1"]);
     let dir = policy_dir(&keys, &events_yaml(&["ed-1"], &["ed-1"], "ed-1", 3600));
     let message = dir.path().join("message.json");
-    std::fs::write(&message, MESSAGE).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&message, MESSAGE).unwrap();
     let portcullis = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("portcullis: {e}"))
+            .expect("portcullis")
     };
     let policies = dir.path().display().to_string();
     let message_path = message.display().to_string();
@@ -999,11 +993,11 @@ fn the_cli_signs_and_verifies_once() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let answer: Value = serde_json::from_slice(&first.stdout).unwrap_or_else(|e| panic!("{e}"));
+    let answer: Value = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(answer["event"]["subject"], json!("alice"));
     let second = verify(&digest);
     assert_eq!(second.status.code(), Some(2));
-    let answer: Value = serde_json::from_slice(&second.stdout).unwrap_or_else(|e| panic!("{e}"));
+    let answer: Value = serde_json::from_slice(&second.stdout).unwrap();
     assert_eq!(answer["refused"]["code"], json!("replayed"));
     // bob may not share document 1: nothing is signed.
     let denied = portcullis(&[

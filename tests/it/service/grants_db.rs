@@ -69,7 +69,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"))
+        .expect("runtime")
 }
 
 /// A private server with database `name`, migrated.
@@ -82,17 +82,14 @@ fn database(name: &str) -> (Postgres, String) {
         let mut client = connect(&config).await;
         grants_db::migrate::migrate(&mut client)
             .await
-            .unwrap_or_else(|e| panic!("migrate: {e}"));
+            .expect("migrate");
     });
     (pg, url)
 }
 
 async fn connect(config: &DatabaseConfig) -> tokio_postgres::Client {
-    let pg = grants_db::pg_config(config).unwrap_or_else(|e| panic!("{e}"));
-    let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let pg = grants_db::pg_config(config).unwrap();
+    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
     client
 }
@@ -100,18 +97,18 @@ async fn connect(config: &DatabaseConfig) -> tokio_postgres::Client {
 /// Copies the policy's grants (YAML and `.grants`) into the database, as
 /// `portcullis grants import` does.
 fn import(url: &str, policy: &PolicySet) -> i64 {
-    let grants = write::policy_grants(policy).unwrap_or_else(|e| panic!("{e}"));
+    let grants = write::policy_grants(policy).unwrap();
     runtime().block_on(async {
         let mut client = connect(&DatabaseConfig::new(url)).await;
         write::write(&mut client, &grants, &[])
             .await
-            .unwrap_or_else(|e| panic!("import: {e}"))
+            .expect("import")
             .revision
     })
 }
 
 fn load(dir: &Path) -> PolicySet {
-    load_policies(dir).unwrap_or_else(|e| panic!("{e:?}"))
+    load_policies(dir).unwrap()
 }
 
 fn db_config(url: &str, grace: Duration) -> DatabaseConfig {
@@ -133,7 +130,7 @@ struct Replica {
 
 impl Replica {
     fn start(policies: &Path, db: DatabaseConfig) -> Replica {
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let config = ServeConfig {
             policies: policies.to_path_buf(),
             listen: any,
@@ -160,12 +157,12 @@ impl Replica {
             }),
             grants_db: Some(db),
         };
-        let app = App::build(config).unwrap_or_else(|e| panic!("build: {e:?}"));
+        let app = App::build(config).expect("build");
         let runtime = runtime();
         let bind = || {
             runtime
                 .block_on(TcpListener::bind("127.0.0.1:0"))
-                .unwrap_or_else(|e| panic!("bind: {e}"))
+                .expect("bind")
         };
         let listeners = Listeners {
             grpc: bind(),
@@ -176,7 +173,7 @@ impl Replica {
             .api
             .as_ref()
             .and_then(|l| l.local_addr().ok())
-            .unwrap_or_else(|| panic!("no API address"));
+            .expect("no API address");
         let (stop, stopped) = oneshot::channel::<()>();
         let (listening, ready) = mpsc::channel::<(SocketAddr, SocketAddr)>();
         let done = runtime.spawn(app.run(
@@ -190,7 +187,7 @@ impl Replica {
         ));
         let (grpc, admin) = ready
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("the replica did not start: {e}"));
+            .expect("the replica did not start");
         Replica {
             api,
             grpc,
@@ -302,11 +299,8 @@ impl Drop for Replica {
 }
 
 fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     exchange_http1_with_body(&mut stream, method, path.as_bytes(), headers, body)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
@@ -336,11 +330,9 @@ fn the_documents_corpus_decides_the_same_from_postgres() {
     let rt = runtime();
     let (store, feed) = rt
         .block_on(GrantStore::open(DatabaseConfig::new(url.clone())))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let cases = repo_path("policies/tests/documents.yaml");
-    let from_files = CaseRunner::new()
-        .run_file(&cases)
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let from_files = CaseRunner::new().run_file(&cases).unwrap();
     let handle = rt.handle().clone();
     let hook_store = store.clone();
     let from_db = CaseRunner::new()
@@ -348,7 +340,7 @@ fn the_documents_corpus_decides_the_same_from_postgres() {
             handle.block_on(hook_store.decide(policy, None, decide))
         }))
         .run_file(&cases)
-        .unwrap_or_else(|e| panic!("{e:?}"));
+        .unwrap();
     assert_eq!(from_files.len(), from_db.len());
     assert!(from_db.len() > 40, "only {} cases", from_db.len());
     for (file, db) in from_files.iter().zip(&from_db) {
@@ -367,7 +359,7 @@ fn the_documents_corpus_decides_the_same_from_postgres() {
             handle.block_on(hook_store.decide(policy, None, decide))
         }))
         .run_file(&cases)
-        .unwrap_or_else(|e| panic!("{e:?}"));
+        .unwrap();
     assert!(again.iter().all(|o| o.failure.is_none()));
     assert_eq!(
         store
@@ -385,7 +377,7 @@ fn the_documents_corpus_decides_the_same_from_postgres() {
         .args(["test", "--grants-database-url", &url])
         .arg(repo_path("policies/tests"))
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -467,7 +459,7 @@ async fn cut_feed(client: &tokio_postgres::Client) {
                 &[&grants_db::feed::FEED_APPLICATION_NAME],
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         if !cut.is_empty() {
             assert_eq!(cut.len(), 1, "one feed connection");
             return;
@@ -495,11 +487,9 @@ fn a_dropped_listen_connection_loses_no_change() {
             .err()
             .map(|_| ());
         assert!(removed.is_some(), "a grant names a holder");
-        let grant = grants_db::Grant::new(Some("alice"), None, false, "editor", "document:2")
-            .unwrap_or_else(|e| panic!("{e}"));
-        write::write(&mut client, &[], &[grant])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let grant =
+            grants_db::Grant::new(Some("alice"), None, false, "editor", "document:2").unwrap();
+        write::write(&mut client, &[], &[grant]).await.unwrap();
     });
     eventually(
         Duration::from_secs(5),
@@ -513,19 +503,15 @@ fn a_dropped_listen_connection_loses_no_change() {
     rt.block_on(async {
         let mut client = connect(&DatabaseConfig::new(url.clone())).await;
         cut_feed(&client).await;
-        let grant = grants_db::Grant::new(Some("bob"), None, false, "viewer", "document:1")
-            .unwrap_or_else(|e| panic!("{e}"));
-        let written = write::write(&mut client, &[], &[grant])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let through = write::prune(&mut client, 0)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let grant =
+            grants_db::Grant::new(Some("bob"), None, false, "viewer", "document:1").unwrap();
+        let written = write::write(&mut client, &[], &[grant]).await.unwrap();
+        let through = write::prune(&mut client, 0).await.unwrap();
         assert_eq!(through, written.revision);
         let left: i64 = client
             .query_one("SELECT count(*) FROM portcullis_grant_changes", &[])
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .get(0);
         assert_eq!(left, 0);
     });
@@ -627,7 +613,7 @@ fn a_restore_that_takes_the_revision_back_drops_the_cache() {
         client
             .query_one("SELECT revision FROM portcullis_revision", &[])
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .get(0)
     });
     // Writes after the restore point, which the restore will lose; the
@@ -648,21 +634,21 @@ fn a_restore_that_takes_the_revision_back_drops_the_cache() {
         client
             .execute("DELETE FROM portcullis_grants WHERE holder = 'carol'", &[])
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         client
             .execute(
                 "DELETE FROM portcullis_grant_changes WHERE revision > $1",
                 &[&restore_point],
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         client
             .execute(
                 "UPDATE portcullis_revision SET revision = $1",
                 &[&restore_point],
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         cut_feed(&client).await;
     });
     // Bob's grant is revoked on the restored database: a revision below
@@ -725,7 +711,7 @@ fn a_restarted_server_drops_the_cache_whatever_its_counter() {
                  UPDATE portcullis_revision SET revision = revision + 10;",
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
     });
     pg.stop();
     pg.start_again();
@@ -760,7 +746,7 @@ fn another_database_identity_drops_the_cache_and_refuses_its_revisions() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["db", "new-identity", "--database-url", &url])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -785,7 +771,7 @@ fn another_database_identity_drops_the_cache_and_refuses_its_revisions() {
                 &[],
             )
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
     });
     eventually(Duration::from_secs(5), "the cache dropped", || {
         !replica.allows("bob", "read", "1", None)
@@ -944,7 +930,7 @@ fn bad_input_is_refused_and_sql_stays_data() {
         client
             .query_one("SELECT count(*) FROM portcullis_grants", &[])
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .get(0)
     });
     assert_eq!(count, 2);
@@ -960,7 +946,7 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
     let rt = runtime();
     let (store, feed) = rt
         .block_on(GrantStore::open(DatabaseConfig::new(url)))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let principal = |subject: &str, groups: &[&str]| Principal {
         issuer: Arc::from("test"),
         subject: subject.to_owned(),
@@ -1003,7 +989,7 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
                                 limit,
                                 Circumstances::none(),
                             ))
-                            .unwrap_or_else(|e| panic!("{e}"));
+                            .unwrap();
                         assert_eq!(
                             got, want,
                             "{} {action} {kind} limit {limit} after {after:?}",
@@ -1030,7 +1016,7 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
                     100,
                     Circumstances::none(),
                 ))
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             assert_eq!(got, want, "{} on {resource}", p.subject);
         }
     }
@@ -1060,7 +1046,7 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
                     100,
                     Circumstances::none(),
                 ))
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
             assert_eq!(got, want, "{action} on {resource}");
         }
     }
@@ -1079,18 +1065,18 @@ fn a_database_search_page_is_bounded_whatever_the_denies() {
     let grants: String = (0..20_000)
         .map(|i| format!("subject:dan viewer document:{i}\n"))
         .collect();
-    std::fs::write(dir.path().join("dan.grants"), grants).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("dan.grants"), grants).unwrap();
     std::fs::write(
         dir.path().join("dan.yaml"),
         "denies:\n  - { name: no-dan, subject: dan, resource: \"document:*\" }\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let policy = load(dir.path());
     import(&url, &policy);
     let rt = runtime();
     let (store, feed) = rt
         .block_on(GrantStore::open(DatabaseConfig::new(url)))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let dan = Principal {
         issuer: Arc::from("test"),
         subject: "dan".to_owned(),
@@ -1109,7 +1095,7 @@ fn a_database_search_page_is_bounded_whatever_the_denies() {
             1,
             Circumstances::none(),
         ))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
     };
     let first = page(None);
     assert!(first.items.is_empty(), "{first:?}");

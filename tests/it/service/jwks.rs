@@ -53,7 +53,7 @@ fn jwks(keys: &[(usize, &str)]) -> String {
     let set = JwkSet {
         keys: keys.iter().map(|(signer, kid)| jwk(*signer, kid)).collect(),
     };
-    serde_json::to_string(&set).unwrap_or_else(|e| panic!("{e}"))
+    serde_json::to_string(&set).unwrap()
 }
 
 /// A token of the test IdP for `sub`, valid for 10 minutes by the wall
@@ -102,9 +102,7 @@ impl Idp {
                             if let Some(location) = location {
                                 response = response.header("location", location);
                             }
-                            let response = response
-                                .body(Full::new(Bytes::from(body)))
-                                .unwrap_or_else(|e| panic!("{e}"));
+                            let response = response.body(Full::new(Bytes::from(body))).unwrap();
                             Ok::<_, Infallible>(response)
                         }
                     });
@@ -144,11 +142,11 @@ impl Idp {
 
 /// A policy with one issuer reading `url`, and one route any verified subject may use.
 fn policy(url: &str, refresh: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "issuers:\n  - name: idp\n    issuer: {ISSUER}\n    audiences: [api]\n    algorithms: [ES256]\n    key:\n      jwks_url: {url}\n      refresh: {refresh}\napplications:\n  - name: api\n    select: {{ path_prefixes: [/api] }}\n    routes:\n      - {{ name: whoami, methods: [GET], path: /api/whoami, access: authenticated }}\n"
     );
-    std::fs::write(dir.path().join("policy.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("policy.yaml"), text).unwrap();
     dir
 }
 
@@ -344,16 +342,16 @@ async fn a_flood_of_random_kids_is_not_a_flood_of_fetches() {
 /// gRPC health of the ext_authz service, as Envoy's health checker asks.
 async fn health_of(port: u16) -> i32 {
     let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: "envoy.service.auth.v3.Authorization".into(),
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .into_inner()
         .status
 }
@@ -437,17 +435,17 @@ async fn keys_behind_a_redirect_are_not_used() {
 #[test]
 fn a_verification_with_removed_keys_filed_after_the_clear_is_never_served() {
     let dir = policy("https://idp.example.com/jwks", "{}");
-    let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let policy = load_policies(dir.path()).unwrap();
     let remote = policy
         .issuers
         .remote_key_sets()
         .next()
-        .unwrap_or_else(|| panic!("no remote key set"))
+        .expect("no remote key set")
         .clone();
     // What the fetcher does with a document it fetched.
     let publish = |keys: &[(usize, &str)]| {
         let document = jwks(keys);
-        let set: JwkSet = serde_json::from_str(&document).unwrap_or_else(|e| panic!("{e}"));
+        let set: JwkSet = serde_json::from_str(&document).unwrap();
         remote.publish(
             jwk_keys(&set, remote.family),
             Sha256::digest(document.as_bytes()).into(),
@@ -470,7 +468,7 @@ fn a_verification_with_removed_keys_filed_after_the_clear_is_never_served() {
     .with_decision_cache(decisions.clone());
     let bearer = format!("Bearer {}", token(0, "k1", "alice"));
     let request = check_request("GET", "/api/whoami", Some(&bearer), "race");
-    let attrs = adapter::request_attrs(&request).unwrap_or_else(|e| panic!("{e}"));
+    let attrs = adapter::request_attrs(&request).unwrap();
     let engine::Credential::Bearer(raw) = &attrs.credential else {
         panic!("no bearer token in {attrs:?}");
     };
@@ -481,10 +479,7 @@ fn a_verification_with_removed_keys_filed_after_the_clear_is_never_served() {
     let token_key = TokenCache::key(&policy.issuers, &version, raw);
     let epoch = TokenCache::key_epoch(&policy.issuers);
     let decision_key = DecisionCache::key(&version, epoch, &attrs);
-    let principal = policy
-        .issuers
-        .verify(&[0], raw, now)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let principal = policy.issuers.verify(&[0], raw, now).unwrap();
     let decision = engine::decide(&policy, &attrs, &VerifyEveryTime, now);
     assert!(decision.is_allowed(), "{decision:?}");
 
@@ -523,8 +518,7 @@ fn jwks_urls_are_checked_when_loading() {
         let dir = policy(url, "{}");
         let path = dir.path().join("policy.yaml");
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        std::fs::write(&path, text.replace("[ES256]", algorithms))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, text.replace("[ES256]", algorithms)).unwrap();
         load_policies(Path::new(dir.path()))
             .map(|_| ())
             .map_err(|e| e.to_string())

@@ -352,7 +352,7 @@ async fn allows_are_sampled_and_denies_always_logged() {
 #[tokio::test]
 async fn ready_is_false_until_the_policy_is_served() {
     let dir = support::copy_policies(|_, text| text);
-    let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let policy = load_policies(dir.path()).unwrap();
     let readiness = Arc::new(Readiness::default());
     let state = AdminState {
         readiness: readiness.clone(),
@@ -437,7 +437,7 @@ async fn sigterm_drains_checks_in_flight_and_exits_zero() {
     let kill = Command::new("kill")
         .args(["-TERM", &portcullis.pid().to_string()])
         .status()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(kill.success());
     let code = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -452,7 +452,7 @@ async fn sigterm_drains_checks_in_flight_and_exits_zero() {
         }
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert_eq!(
         code,
         Some(Some(0)),
@@ -460,7 +460,7 @@ async fn sigterm_drains_checks_in_flight_and_exits_zero() {
     );
     let mut answered = 0;
     for client in clients {
-        let (a, refused) = client.await.unwrap_or_else(|e| panic!("{e}"));
+        let (a, refused) = client.await.unwrap();
         assert_eq!(
             refused, 1,
             "every client is refused once the server is gone"
@@ -478,7 +478,7 @@ fn terminate(portcullis: &Portcullis) {
     let kill = Command::new("kill")
         .args(["-TERM", &portcullis.pid().to_string()])
         .status()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(kill.success());
 }
 
@@ -498,7 +498,7 @@ async fn exit_within(mut portcullis: Portcullis, bound: Duration) -> Option<Opti
         }
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,8 +516,8 @@ async fn half_sent_admin_requests_do_not_hold_the_exit() {
     ];
     let mut held = Vec::new();
     for half in halves {
-        let mut stream = TcpStream::connect(("127.0.0.1", admin)).unwrap_or_else(|e| panic!("{e}"));
-        stream.write_all(half).unwrap_or_else(|e| panic!("{e}"));
+        let mut stream = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+        stream.write_all(half).unwrap();
         held.push(stream);
     }
     // A whole request after them is answered: the server has taken the
@@ -538,17 +538,16 @@ async fn half_sent_admin_requests_do_not_hold_the_exit() {
 #[test]
 fn the_admin_port_cuts_a_request_head_that_never_ends() {
     let portcullis = Portcullis::start(&bundled_policies());
-    let mut stream = TcpStream::connect(("127.0.0.1", portcullis.admin_port()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = TcpStream::connect(("127.0.0.1", portcullis.admin_port())).unwrap();
     stream
         .write_all(b"GET /ready HTTP/1.1\r\nHost: portcullis\r\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     // The head must arrive within 5 s; the server then closes the
     // connection. The bound here is far above that, and without a
     // header-read timeout the connection stays open past it.
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let mut answer = Vec::new();
     let read = std::io::Read::read_to_end(&mut stream, &mut answer);
     let closed = match &read {
@@ -568,17 +567,17 @@ fn the_admin_port_cuts_a_request_head_that_never_ends() {
 async fn grpc_health_is_not_serving_from_sigterm() {
     let portcullis = Portcullis::start(&bundled_policies());
     let channel = Channel::from_shared(format!("http://127.0.0.1:{}", portcullis.port()))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let mut health = HealthClient::new(channel);
     let mut watch = health
         .watch(HealthCheckRequest {
             service: String::new(),
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .into_inner();
     assert_eq!(next(&mut watch).await, Some(ServingStatus::Serving as i32));
     terminate(&portcullis);
@@ -595,8 +594,8 @@ async fn grpc_health_is_not_serving_from_sigterm() {
 async fn next(watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> Option<i32> {
     tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
-        .unwrap_or_else(|_| panic!("no health message"))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("no health message")
+        .unwrap()
         .map(|m| m.status)
 }
 
@@ -619,7 +618,7 @@ async fn flood(
         }));
     }
     for c in clients {
-        c.await.unwrap_or_else(|e| panic!("{e}"));
+        c.await.unwrap();
     }
 }
 

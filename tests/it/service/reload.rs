@@ -23,11 +23,11 @@ fn without_bob(text: &str) -> String {
 }
 
 fn read(dir: &Path, file: &str) -> String {
-    std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{e}"))
+    std::fs::read_to_string(dir.join(file)).unwrap()
 }
 
 fn write(dir: &Path, file: &str, text: &str) {
-    std::fs::write(dir.join(file), text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join(file), text).unwrap();
 }
 
 /// A counter on `/metrics`; 0 before its first increment.
@@ -49,7 +49,7 @@ fn a_revoked_grant_is_denied_through_envoy_right_after_the_reload() {
     // Twice: the second answer comes from the decision cache.
     assert_eq!(get(), 200);
     assert_eq!(get(), 200);
-    let old = ready_version(admin).unwrap_or_else(|| panic!("not ready"));
+    let old = ready_version(admin).expect("not ready");
 
     let written = Instant::now();
     write(
@@ -85,7 +85,7 @@ async fn a_broken_or_half_written_file_keeps_the_last_good_policy() {
     let bob = bearer(&token("bob"));
     let check = || check_request("GET", "/documents/1", Some(&bob), "reload");
     assert_eq!(grpc_status(&mut grpc, check()).await, 200);
-    let good = ready_version(admin).unwrap_or_else(|| panic!("not ready"));
+    let good = ready_version(admin).expect("not ready");
 
     // Broken YAML over a good file: still served, the error logged with its line.
     let grants = read(dir.path(), "grants.yaml");
@@ -126,7 +126,7 @@ async fn a_broken_or_half_written_file_keeps_the_last_good_policy() {
         wait_for_new_version(admin, &good, Duration::from_secs(5))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert!(found.is_some(), "the fixed file was not loaded");
     assert_eq!(grpc_status(&mut grpc, check()).await, 403);
 }
@@ -135,21 +135,19 @@ async fn a_broken_or_half_written_file_keeps_the_last_good_policy() {
 /// a timestamped folder that an update replaces with one atomic rename.
 #[tokio::test]
 async fn a_configmap_style_symlink_swap_is_picked_up() {
-    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = tempfile::tempdir().unwrap();
     let first = root.path().join("..2026_11_26_01");
     let source = copy_policies(|_, text| text);
-    std::fs::create_dir(&first).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&first).unwrap();
     let names: Vec<String> = std::fs::read_dir(source.path())
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     for name in &names {
-        std::fs::copy(source.path().join(name), first.join(name)).unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink(Path::new("..data").join(name), root.path().join(name))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::copy(source.path().join(name), first.join(name)).unwrap();
+        std::os::unix::fs::symlink(Path::new("..data").join(name), root.path().join(name)).unwrap();
     }
-    std::os::unix::fs::symlink("..2026_11_26_01", root.path().join("..data"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("..2026_11_26_01", root.path().join("..data")).unwrap();
 
     let portcullis = Portcullis::start(root.path());
     let admin = portcullis.admin_port();
@@ -163,10 +161,10 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
         .await,
         200
     );
-    let old = ready_version(admin).unwrap_or_else(|| panic!("not ready"));
+    let old = ready_version(admin).expect("not ready");
 
     let second = root.path().join("..2026_11_26_02");
-    std::fs::create_dir(&second).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&second).unwrap();
     for name in &names {
         let text = read(&first, name);
         let text = if name == "grants.yaml" {
@@ -176,16 +174,14 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
         };
         write(&second, name, &text);
     }
-    std::os::unix::fs::symlink("..2026_11_26_02", root.path().join("..data_tmp"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::rename(root.path().join("..data_tmp"), root.path().join("..data"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("..2026_11_26_02", root.path().join("..data_tmp")).unwrap();
+    std::fs::rename(root.path().join("..data_tmp"), root.path().join("..data")).unwrap();
 
     let found = tokio::task::spawn_blocking(move || {
         wait_for_new_version(admin, &old, Duration::from_secs(5))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert!(
         found.is_some(),
         "the swap was not picked up:\n{}",
@@ -242,7 +238,7 @@ async fn sighup_reloads_when_watching_is_off() {
     );
     let mut grpc = grpc_client(portcullis.port()).await;
     let bob = bearer(&token("bob"));
-    let old = ready_version(admin).unwrap_or_else(|| panic!("not ready"));
+    let old = ready_version(admin).expect("not ready");
     assert_eq!(loads(admin), 1.0, "the first load");
     write(
         dir.path(),
@@ -253,13 +249,13 @@ async fn sighup_reloads_when_watching_is_off() {
     let hup = Command::new("kill")
         .args(["-HUP", &portcullis.pid().to_string()])
         .status()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(hup.success());
     let found = tokio::task::spawn_blocking(move || {
         wait_for_new_version(admin, &old, Duration::from_secs(5))
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     assert!(
         found.is_some(),
         "SIGHUP did not reload:\n{}",

@@ -34,7 +34,7 @@ struct Running {
 
 async fn start() -> Running {
     let dir = portcullis_testkit::bundled_with_secret(SECRET);
-    let policy = load_policies(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let policy = load_policies(dir.path()).unwrap();
     let clock = Arc::new(AtomicU64::new(START));
     let now = clock.clone();
     let authorizer = Authorizer::new(
@@ -43,10 +43,8 @@ async fn start() -> Running {
         ResponseConfig::default(),
         Arc::new(move || now.load(Ordering::SeqCst)),
     );
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let address = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let done = tokio::spawn(server::run(listener, authorizer, async {
         let _ = stopped.await;
@@ -61,10 +59,10 @@ async fn start() -> Running {
 
 async fn channel(address: std::net::SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{address}"))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
 }
 
 /// A demo-issuer token for `sub` that expires at `exp`.
@@ -205,11 +203,11 @@ async fn shutdown_stops_the_server_and_refuses_new_connections() {
     }
     let result = tokio::time::timeout(std::time::Duration::from_secs(10), running.done)
         .await
-        .unwrap_or_else(|_| panic!("the server did not stop"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the server did not stop")
+        .unwrap();
     assert!(result.is_ok(), "{result:?}");
     let refused = Channel::from_shared(format!("http://{}", running.address))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .connect()
         .await;
     assert!(refused.is_err());
@@ -222,16 +220,12 @@ async fn health_turns_not_serving_when_shutdown_begins() {
     let request = || HealthCheckRequest {
         service: "envoy.service.auth.v3.Authorization".into(),
     };
-    let mut watch = health
-        .watch(request())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let mut watch = health.watch(request()).await.unwrap().into_inner();
     let bounded = std::time::Duration::from_secs(10);
     let first = tokio::time::timeout(bounded, watch.message())
         .await
-        .unwrap_or_else(|_| panic!("no first health message"))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("no first health message")
+        .unwrap()
         .map(|m| m.status);
     assert_eq!(first, Some(ServingStatus::Serving as i32));
 
@@ -242,17 +236,17 @@ async fn health_turns_not_serving_when_shutdown_begins() {
     // hold the drain open.
     let next = tokio::time::timeout(bounded, watch.message())
         .await
-        .unwrap_or_else(|_| panic!("health never turned NOT_SERVING"))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("health never turned NOT_SERVING")
+        .unwrap()
         .map(|m| m.status);
     assert_eq!(next, Some(ServingStatus::NotServing as i32));
     let end = tokio::time::timeout(bounded, watch.message())
         .await
-        .unwrap_or_else(|_| panic!("the watch stream did not end"));
+        .expect("the watch stream did not end");
     assert!(matches!(end, Ok(None)), "{end:?}");
     let result = tokio::time::timeout(bounded, running.done)
         .await
-        .unwrap_or_else(|_| panic!("the server did not stop"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the server did not stop")
+        .unwrap();
     assert!(result.is_ok(), "{result:?}");
 }

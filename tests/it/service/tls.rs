@@ -50,8 +50,7 @@ const RELOAD_LIMIT: Duration = Duration::from_secs(10);
 type Ca = CertifiedIssuer<'static, KeyPair>;
 
 fn new_ca(name: &str) -> Ca {
-    let mut params =
-        CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("ca params: {e}"));
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
@@ -59,8 +58,8 @@ fn new_ca(name: &str) -> Ca {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let key = KeyPair::generate().unwrap_or_else(|e| panic!("ca key: {e}"));
-    CertifiedIssuer::self_signed(params, key).unwrap_or_else(|e| panic!("ca cert: {e}"))
+    let key = KeyPair::generate().expect("ca key");
+    CertifiedIssuer::self_signed(params, key).expect("ca cert")
 }
 
 /// A leaf certificate and its key, as PEM and as the DER a peer sees.
@@ -72,11 +71,11 @@ struct Leaf {
 
 fn leaf(issuer: &Ca, name: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let mut params = CertificateParams::new(names).unwrap_or_else(|e| panic!("params: {e}"));
+    let mut params = CertificateParams::new(names).expect("params");
     params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
+    let key = KeyPair::generate().expect("key");
     let cert = params
         .signed_by(&key, issuer)
         .unwrap_or_else(|e| panic!("sign {name}: {e}"));
@@ -126,7 +125,7 @@ impl Pki {
         let server = server_leaf(&ca, "portcullis");
         let client = client_leaf(&ca, "envoy");
         let other_client = client_leaf(&other_ca, "intruder");
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki {
             dir,
             ca,
@@ -199,21 +198,19 @@ impl Pki {
     /// A client that trusts the CA and presents `identity`, if any.
     fn client_config(&self, identity: Option<&Leaf>) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
-        roots
-            .add(self.ca.der().clone())
-            .unwrap_or_else(|e| panic!("root: {e}"));
+        roots.add(self.ca.der().clone()).expect("root");
         let builder =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
-                .unwrap_or_else(|e| panic!("protocol versions: {e}"))
+                .expect("protocol versions")
                 .with_root_certificates(roots);
         let mut config = match identity {
             Some(leaf) => {
-                let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())
-                    .unwrap_or_else(|e| panic!("client key: {e}"));
+                let key =
+                    PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("client key");
                 builder
                     .with_client_auth_cert(vec![leaf.der.clone()], key)
-                    .unwrap_or_else(|e| panic!("client cert: {e}"))
+                    .expect("client cert")
             }
             None => builder.with_no_client_auth(),
         };
@@ -238,7 +235,7 @@ async fn handshake(
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
-    let name = ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
+    let name = ServerName::try_from("localhost").unwrap();
     let mut tls = TlsConnector::from(config)
         .connect(name, tcp)
         .await
@@ -305,7 +302,7 @@ async fn tls_grpc_client(
     let channel = Endpoint::from_static("http://localhost")
         .connect_with_connector(connector)
         .await
-        .unwrap_or_else(|e| panic!("connect over tls: {e}"));
+        .expect("connect over tls");
     (AuthorizationClient::new(channel), connections)
 }
 
@@ -402,7 +399,7 @@ async fn a_tls_server_exits_cleanly_on_sigterm() {
     let status = Command::new("kill")
         .args(["-TERM", &portcullis.pid().to_string()])
         .status()
-        .unwrap_or_else(|e| panic!("kill: {e}"));
+        .expect("kill");
     assert!(status.success());
     let started = Instant::now();
     let code = loop {
@@ -518,7 +515,7 @@ async fn sighup_reloads_the_certificate_when_watching_is_off() {
     let status = Command::new("kill")
         .args(["-HUP", &portcullis.pid().to_string()])
         .status()
-        .unwrap_or_else(|e| panic!("kill: {e}"));
+        .expect("kill");
     assert!(status.success());
     eventually("SIGHUP serves the rotated certificate", || {
         let config = config.clone();
@@ -574,7 +571,7 @@ fn serve_exit(args: &[&str]) -> (Option<i32>, String) {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start portcullis: {e}"));
+        .expect("cannot start portcullis");
     let started = Instant::now();
     while child.try_wait().ok().flatten().is_none() {
         if started.elapsed() > Duration::from_secs(20) {
@@ -584,9 +581,7 @@ fn serve_exit(args: &[&str]) -> (Option<i32>, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let output = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("wait: {e}"));
+    let output = child.wait_with_output().expect("wait");
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -688,7 +683,7 @@ fn front_proxy_mtls_template_validates() {
     let pki = Pki::generate();
     let path = pki.path("front-proxy-mtls.yaml");
     let rendered = render_mtls(&EnvoyPorts::ephemeral(9191, 8081), pki.dir.path());
-    std::fs::write(&path, rendered).unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::write(&path, rendered).expect("write");
     assert_envoy_validates(&envoy, &path);
 }
 
@@ -706,15 +701,15 @@ fn front_proxy_mtls_differs_from_the_front_proxy_only_in_tls() {
     let mut mtls = parse("envoy/front-proxy-mtls.yaml");
     let clusters = mtls["static_resources"]["clusters"]
         .as_sequence_mut()
-        .unwrap_or_else(|| panic!("no clusters"));
+        .expect("no clusters");
     let portcullis = clusters
         .iter_mut()
         .find(|c| c["name"].as_str() == Some("portcullis"))
         .and_then(|c| c.as_mapping_mut())
-        .unwrap_or_else(|| panic!("no portcullis cluster"));
+        .expect("no portcullis cluster");
     let socket = portcullis
         .remove("transport_socket")
-        .unwrap_or_else(|| panic!("the portcullis cluster has no transport_socket"));
+        .expect("the portcullis cluster has no transport_socket");
     assert_eq!(socket["name"].as_str(), Some("envoy.transport_sockets.tls"));
     assert!(
         mtls == plain,

@@ -71,16 +71,12 @@ impl EchoUpstream {
             .thread_name("echo-upstream")
             .enable_all()
             .build()
-            .unwrap_or_else(|e| panic!("echo upstream runtime: {e}"));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("echo upstream bind: {e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("echo upstream address: {e}"))
-            .port();
+            .expect("echo upstream runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("echo upstream bind");
+        let port = listener.local_addr().expect("echo upstream address").port();
         listener
             .set_nonblocking(true)
-            .unwrap_or_else(|e| panic!("echo upstream nonblocking: {e}"));
+            .expect("echo upstream nonblocking");
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let recorder = Arc::clone(&requests);
         runtime.spawn(async move {
@@ -396,31 +392,24 @@ pub fn check_request(
 pub async fn bind_loopback() -> (tokio::net::TcpListener, u16) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"));
-    let port = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .port();
+        .expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().unwrap().port();
     (listener, port)
 }
 
 /// A gRPC client of Portcullis on 127.0.0.1:`port`.
 pub async fn grpc_client(port: u16) -> AuthorizationClient<Channel> {
     let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     AuthorizationClient::new(channel)
 }
 
 /// 200 for an OK response, else the denied status.
 pub async fn grpc_status(client: &mut AuthorizationClient<Channel>, request: CheckRequest) -> i32 {
-    let response = client
-        .check(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_inner();
+    let response = client.check(request).await.unwrap().into_inner();
     check_status(&response)
 }
 
@@ -454,7 +443,7 @@ impl TcpEcho {
             .thread_name("tcp-echo")
             .enable_all()
             .build()
-            .unwrap_or_else(|e| panic!("tcp echo runtime: {e}"));
+            .expect("tcp echo runtime");
         let (listener, port) = runtime.block_on(bind_loopback());
         let received: Arc<Mutex<Vec<u8>>> = Arc::default();
         let log = Arc::clone(&received);

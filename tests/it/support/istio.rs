@@ -73,7 +73,7 @@ pub fn istio_sidecar_config(mode: Mtls, values: &[(&str, &str)]) -> String {
         let chains = sequence(
             listener
                 .get_mut("filter_chains")
-                .unwrap_or_else(|| panic!("a listener without chains")),
+                .expect("a listener without chains"),
             "filter_chains",
         );
         chains.retain(|chain| chain_modes(chain).contains(&mode.name()));
@@ -85,7 +85,7 @@ pub fn istio_sidecar_config(mode: Mtls, values: &[(&str, &str)]) -> String {
     for envoy_filter in documents.iter().filter(|d| kind(d) == "EnvoyFilter") {
         apply_envoy_filter(&mut config, envoy_filter);
     }
-    serde_yaml::to_string(&config).unwrap_or_else(|e| panic!("serialize: {e}"))
+    serde_yaml::to_string(&config).expect("serialize")
 }
 
 /// Every document of every file the overlay's kustomization lists itself
@@ -143,7 +143,7 @@ fn listeners(config: &mut Value) -> impl Iterator<Item = &mut Value> {
     let listeners = config
         .get_mut("static_resources")
         .and_then(|r| r.get_mut("listeners"))
-        .unwrap_or_else(|| panic!("no static_resources.listeners"));
+        .expect("no static_resources.listeners");
     sequence(listeners, "listeners").iter_mut()
 }
 
@@ -177,9 +177,7 @@ struct CustomFilters {
 
 impl CustomFilters {
     fn from_policy(policy: &Value) -> CustomFilters {
-        let spec = policy
-            .get("spec")
-            .unwrap_or_else(|| panic!("a policy without spec"));
+        let spec = policy.get("spec").expect("a policy without spec");
         assert_eq!(
             spec.get("action").and_then(Value::as_str),
             Some("CUSTOM"),
@@ -193,16 +191,16 @@ impl CustomFilters {
             .get("metadata")
             .and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("the policy names no namespace"));
+            .expect("the policy names no namespace");
         let name = policy
             .get("metadata")
             .and_then(|m| m.get("name"))
             .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("the policy has no name"));
+            .expect("the policy has no name");
         let rules = spec
             .get("rules")
             .and_then(Value::as_sequence)
-            .unwrap_or_else(|| panic!("the policy has no rules"));
+            .expect("the policy has no rules");
         let mut http_policies = Mapping::new();
         let mut tcp_policies = Mapping::new();
         for (i, rule) in rules.iter().enumerate() {
@@ -265,9 +263,7 @@ impl CustomFilters {
     /// front of a TCP chain's tcp_proxy.
     fn add_to(&self, chain: &mut Value) {
         let filters = sequence(
-            chain
-                .get_mut("filters")
-                .unwrap_or_else(|| panic!("a chain without filters")),
+            chain.get_mut("filters").expect("a chain without filters"),
             "filters",
         );
         let first = filters.first().map(filter_name).unwrap_or("").to_owned();
@@ -358,7 +354,7 @@ fn rbac_policy(rule: &Value, for_tcp: bool) -> Value {
         let header = key
             .strip_prefix("request.headers[")
             .and_then(|k| k.strip_suffix(']'))
-            .unwrap_or_else(|| panic!("the mirror models `when` on request.headers[…] only"));
+            .expect("the mirror models `when` on request.headers[…] only");
         if for_tcp {
             continue;
         }
@@ -461,7 +457,7 @@ fn apply_envoy_filter(config: &mut Value, envoy_filter: &Value) {
         let filter_match = &chain_match["filter"];
         let network_filter = filter_match["name"]
             .as_str()
-            .unwrap_or_else(|| panic!("the mirror matches filter chains by a filter's name"));
+            .expect("the mirror matches filter chains by a filter's name");
         let operation = patch["patch"]["operation"].as_str().unwrap_or("");
         let value = &patch["patch"]["value"];
         let apply_to = patch["applyTo"].as_str().unwrap_or("");

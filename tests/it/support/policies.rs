@@ -27,7 +27,7 @@ pub fn bundled_policies() -> PathBuf {
 /// `edit(file name, content)`, whose demo issuer reads [`test_secret`] from
 /// a file: it loads in-process and in a child without any environment.
 pub fn copy_policies(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
     portcullis_testkit::copy_bundled(dir.path(), test_secret(), |_| true, edit);
     dir
 }

@@ -48,7 +48,7 @@ pub fn assert_envoy_validates(envoy: &Path, path: &Path) {
         ])
         .arg(path)
         .output()
-        .unwrap_or_else(|e| panic!("run envoy: {e}"));
+        .expect("run envoy");
     assert!(
         out.status.success(),
         "envoy --mode validate {} failed:\n{}{}",
@@ -126,9 +126,9 @@ impl Portcullis {
     }
 
     pub fn start_with_env(policies: &Path, env: &[(&str, &str)]) -> Portcullis {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("portcullis.log");
-        let log = File::create(&log_path).unwrap_or_else(|e| panic!("create log: {e}"));
+        let log = File::create(&log_path).expect("create log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
         command
             .arg("serve")
@@ -142,9 +142,7 @@ impl Portcullis {
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start portcullis: {e}"));
+        let mut child = command.spawn().expect("cannot start portcullis");
         let stdout = child.stdout.take();
 
         // Read the address lines on a thread so the wait is bounded, then
@@ -211,7 +209,7 @@ impl Portcullis {
     /// The AuthZEN API's port; panics unless started with the API.
     pub fn api_port(&self) -> u16 {
         self.api_port
-            .unwrap_or_else(|| panic!("portcullis was started without the API"))
+            .expect("portcullis was started without the API")
     }
 
     pub fn port(&self) -> u16 {
@@ -269,13 +267,13 @@ impl Envoy {
     /// most 20 s) until the admin `/ready` endpoint answers `LIVE`.
     pub fn start(bin: &Path, config: &str) -> Envoy {
         static NEXT_BASE_ID: AtomicU32 = AtomicU32::new(0);
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("front-proxy.yaml");
         let admin_path = dir.path().join("admin.address");
         let log_path = dir.path().join("envoy.log");
-        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
-        let log = File::create(&log_path).unwrap_or_else(|e| panic!("create log: {e}"));
-        let log_err = log.try_clone().unwrap_or_else(|e| panic!("clone log: {e}"));
+        std::fs::write(&config_path, config).expect("write config");
+        let log = File::create(&log_path).expect("create log");
+        let log_err = log.try_clone().expect("clone log");
         // Hot restart is off, so the base id names nothing shared; it is
         // still unique per instance so concurrent Envoys never collide.
         let base_id = (std::process::id() % 100_000) * 100

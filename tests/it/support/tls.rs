@@ -39,8 +39,7 @@ pub struct MeshPki {
 type MeshCa = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
 
 fn mesh_ca(name: &str) -> MeshCa {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap_or_else(|e| panic!("ca params: {e}"));
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, name);
@@ -50,15 +49,14 @@ fn mesh_ca(name: &str) -> MeshCa {
         rcgen::KeyUsagePurpose::CrlSign,
         rcgen::KeyUsagePurpose::DigitalSignature,
     ];
-    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("ca key: {e}"));
-    rcgen::CertifiedIssuer::self_signed(params, key).unwrap_or_else(|e| panic!("ca cert: {e}"))
+    let key = rcgen::KeyPair::generate().expect("ca key");
+    rcgen::CertifiedIssuer::self_signed(params, key).expect("ca cert")
 }
 
 /// A leaf for both TLS roles with the SPIFFE id `spiffe` and DNS names `dns`.
 fn mesh_leaf(issuer: &MeshCa, spiffe: &str, dns: &[&str]) -> MeshCert {
     let dns: Vec<String> = dns.iter().map(|n| n.to_string()).collect();
-    let mut params =
-        rcgen::CertificateParams::new(dns).unwrap_or_else(|e| panic!("leaf params: {e}"));
+    let mut params = rcgen::CertificateParams::new(dns).expect("leaf params");
     let uri = rcgen::string::Ia5String::try_from(spiffe.to_owned())
         .unwrap_or_else(|e| panic!("spiffe id {spiffe}: {e}"));
     params.subject_alt_names.push(rcgen::SanType::URI(uri));
@@ -70,7 +68,7 @@ fn mesh_leaf(issuer: &MeshCa, spiffe: &str, dns: &[&str]) -> MeshCert {
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("leaf key: {e}"));
+    let key = rcgen::KeyPair::generate().expect("leaf key");
     let cert = params
         .signed_by(&key, issuer)
         .unwrap_or_else(|e| panic!("sign {spiffe}: {e}"));
@@ -96,7 +94,7 @@ impl MeshPki {
         );
         let caller = mesh_leaf(&ca, "spiffe://cluster.local/ns/frontend/sa/frontend", &[]);
         let stranger = mesh_leaf(&other_ca, "spiffe://elsewhere/ns/x/sa/x", &[]);
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tempfile::tempdir().expect("tempdir");
         for (name, content) in [
             ("ca.pem", ca.pem()),
             ("workload.pem", workload.cert_pem.clone()),
@@ -139,22 +137,20 @@ impl MeshPki {
     pub fn client_offering(&self, identity: Option<&MeshCert>, alpn: &[&str]) -> TlsClient {
         use rustls_pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(self.ca_der.clone())
-            .unwrap_or_else(|e| panic!("root: {e}"));
+        roots.add(self.ca_der.clone()).expect("root");
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .unwrap_or_else(|e| panic!("protocol versions: {e}"))
+        .expect("protocol versions")
         .with_root_certificates(roots);
         let config = match identity {
             Some(cert) => {
                 let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())
-                    .unwrap_or_else(|e| panic!("client key: {e}"));
+                    .expect("client key");
                 builder
                     .with_client_auth_cert(vec![cert.der.clone()], key)
-                    .unwrap_or_else(|e| panic!("client cert: {e}"))
+                    .expect("client cert")
             }
             None => builder.with_no_client_auth(),
         };
