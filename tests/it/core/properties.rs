@@ -32,6 +32,8 @@ use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 use tempfile::TempDir;
 
+use crate::support::load;
+
 const SECRET: &str = "properties-test-secret-0123456789abcdef";
 
 fn write(dir: &Path, name: &str, contents: &str) {
@@ -46,10 +48,6 @@ fn policy_dir() -> TempDir {
     let keep = |name: &str| ["documents.yaml", "issuers.yaml", "roles.yaml"].contains(&name);
     portcullis_testkit::copy_bundled(dir.path(), SECRET, keep, |_, text| text);
     dir
-}
-
-fn load(dir: &Path) -> PolicySet {
-    load_policies(dir).unwrap_or_else(|e| panic!("the policy should load:\n{e}"))
 }
 
 fn principal(subject: &str, groups: &[&str]) -> KnownPrincipal {

@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::support::{
-    copy_policies, exchange_http1_with_body, repo_path, token, token_with_groups, MeshPki,
-    Response, TlsClient, IO_TIMEOUT,
+    copy_policies, exchange_http1_with_body, repo_path, send, token, token_with_groups, MeshPki,
+    Response, TlsClient,
 };
 use portcullis::app::{ApiConfig, App, Exit, Listeners, ServeConfig};
 use portcullis::cases::run_case_file;
@@ -177,13 +177,6 @@ impl Drop for Service {
 }
 
 /// One request over a fresh connection.
-fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    exchange_http1_with_body(&mut stream, method, path.as_bytes(), headers, body)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
 /// A credential a request carries.
 #[derive(Clone, Copy)]
 enum As<'a> {

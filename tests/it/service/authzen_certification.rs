@@ -12,10 +12,7 @@
 //! here the listener is plain HTTP on loopback, and discovery is checked
 //! against the configured `--api-url`.
 
-use std::net::TcpStream;
-use std::time::Duration;
-
-use crate::support::{exchange_http1_with_body, repo_path, Portcullis, Response};
+use crate::support::{repo_path, send, Portcullis, Response};
 use serde_json::{json, Value};
 
 const KEY: &str = "certification-harness-key-0123456789";
@@ -42,13 +39,7 @@ impl Harness {
     }
 
     fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        let mut stream =
-            TcpStream::connect(("127.0.0.1", self.portcullis.api_port())).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        exchange_http1_with_body(&mut stream, method, path.as_bytes(), headers, body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        send(self.portcullis.api_port(), method, path, headers, body)
     }
 
     /// A POST as the harness sends it: JSON, with its API key as a bearer

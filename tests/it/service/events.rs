@@ -4,14 +4,12 @@
 //! HTTP endpoints of a running `portcullis serve`, the CLI, and the
 //! revocation story end to end through the worker example.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{
-    copy_policies, exchange_http1_with_body, ready_version, token, wait_for_new_version,
-    Portcullis, Response, IO_TIMEOUT,
+    copy_policies, load, ready_version, send, token, wait_for_new_version, Portcullis, Response,
 };
 use portcullis::events::envelope::{self, message_digest, Publish, Refusal};
 use portcullis::events::{self, ReplayGuard};
@@ -96,10 +94,6 @@ fn policy_dir(keys: &Keys, events: &str) -> tempfile::TempDir {
     );
     write("events.yaml", events);
     dir
-}
-
-fn load(dir: &Path) -> PolicySet {
-    load_policies(dir).unwrap_or_else(|e| panic!("the policy should load:\n{e}"))
 }
 
 fn alice() -> Principal {
@@ -642,18 +636,9 @@ fn a_broken_events_section_is_refused_with_its_reason() {
 // ---------------------------------------------------------------------------
 
 fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &Value) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
     let mut all = vec![("content-type", "application/json")];
     all.extend_from_slice(headers);
-    exchange_http1_with_body(
-        &mut stream,
-        "POST",
-        path.as_bytes(),
-        &all,
-        body.to_string().as_bytes(),
-    )
-    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    send(port, "POST", path, &all, body.to_string().as_bytes())
 }
 
 fn json_of(response: &Response) -> Value {

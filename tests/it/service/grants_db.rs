@@ -19,13 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    copy_policies, exchange_http1_with_body, grpc_client, grpc_status, repo_path, token, Response,
-    IO_TIMEOUT,
+    copy_policies, eventually, grpc_client, grpc_status, load, repo_path, send, token, Response,
 };
 use portcullis::app::{ApiConfig, App, Exit, Listeners, ServeConfig};
 use portcullis::cases::CaseRunner;
 use portcullis::grants_db::{self, write, DatabaseConfig, GrantStore};
-use portcullis::policy::{load_policies, PolicySet};
+use portcullis::policy::PolicySet;
 use portcullis::reload::WatchConfig;
 use portcullis::search::Circumstances;
 use portcullis::token::Principal;
@@ -105,10 +104,6 @@ fn import(url: &str, policy: &PolicySet) -> i64 {
             .expect("import")
             .revision
     })
-}
-
-fn load(dir: &Path) -> PolicySet {
-    load_policies(dir).unwrap()
 }
 
 fn db_config(url: &str, grace: Duration) -> DatabaseConfig {
@@ -295,25 +290,6 @@ impl Drop for Replica {
                 );
             }
         }
-    }
-}
-
-fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    exchange_http1_with_body(&mut stream, method, path.as_bytes(), headers, body)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-/// Polls `done` until it holds or `within` passes; the time it took.
-fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if done() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -35,9 +35,9 @@ use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::support::{
-    assert_envoy_validates, bundled_policies, check_request, find_envoy, grpc_status,
-    render_envoy_config_with, repo_path, send_raw, wait_for_log, EchoUpstream, Envoy, EnvoyPorts,
-    Portcullis,
+    assert_envoy_validates, bundled_policies, check_request, eventually_async, find_envoy,
+    grpc_status, render_envoy_config_with, repo_path, send_raw, wait_for_log, EchoUpstream, Envoy,
+    EnvoyPorts, Portcullis,
 };
 
 /// How long a test waits for a reload to show.
@@ -307,21 +307,6 @@ async fn tls_grpc_client(
 }
 
 /// Waits (at most [`RELOAD_LIMIT`]) until `done` says yes.
-async fn eventually<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while started.elapsed() < RELOAD_LIMIT {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {RELOAD_LIMIT:?}");
-}
-
 /// Waits (at most [`RELOAD_LIMIT`]) until `log()` contains `needle`: the
 /// server logs a refused handshake just after the client has seen it.
 fn count(text: &str, needle: &str) -> usize {
@@ -442,7 +427,7 @@ async fn the_server_certificate_rotates_without_a_restart() {
     let rotated = server_leaf(&pki.ca, "portcullis-rotated");
     assert_ne!(rotated.der, pki.server.der);
     pki.write_leaf("server", &rotated);
-    eventually("the rotated certificate is served", || {
+    eventually_async(RELOAD_LIMIT, "the rotated certificate is served", || {
         let config = config.clone();
         let expected = rotated.der.clone();
         async move { handshake(port, config).await == Ok(expected) }
@@ -458,7 +443,7 @@ async fn the_server_certificate_rotates_without_a_restart() {
         "server.pem",
         "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
     );
-    eventually("the broken certificate is reported", || {
+    eventually_async(RELOAD_LIMIT, "the broken certificate is reported", || {
         let log = portcullis.log();
         async move { count(&log, "tls reload failed") > failures }
     })
@@ -472,7 +457,7 @@ async fn the_server_certificate_rotates_without_a_restart() {
     let failures = count(&portcullis.log(), "tls reload failed");
     let unmatched = server_leaf(&pki.ca, "portcullis-unmatched");
     pki.write("server.pem", &unmatched.cert_pem);
-    eventually("the mismatched key is reported", || {
+    eventually_async(RELOAD_LIMIT, "the mismatched key is reported", || {
         let log = portcullis.log();
         async move { count(&log, "tls reload failed") > failures }
     })
@@ -517,11 +502,15 @@ async fn sighup_reloads_the_certificate_when_watching_is_off() {
         .status()
         .expect("kill");
     assert!(status.success());
-    eventually("SIGHUP serves the rotated certificate", || {
-        let config = config.clone();
-        let expected = rotated.der.clone();
-        async move { handshake(port, config).await == Ok(expected) }
-    })
+    eventually_async(
+        RELOAD_LIMIT,
+        "SIGHUP serves the rotated certificate",
+        || {
+            let config = config.clone();
+            let expected = rotated.der.clone();
+            async move { handshake(port, config).await == Ok(expected) }
+        },
+    )
     .await;
     // One reload, and the signal made it.
     let log = wait_for_log(|| portcullis.log(), "tls certificate reloaded");
@@ -545,7 +534,7 @@ async fn the_client_ca_bundle_rotates_without_a_restart() {
     assert!(handshake(port, theirs.clone()).await.is_err());
 
     pki.write("client-ca.pem", &pki.other_ca.pem());
-    eventually("the other CA's client is accepted", || {
+    eventually_async(RELOAD_LIMIT, "the other CA's client is accepted", || {
         let theirs = theirs.clone();
         async move { handshake(port, theirs).await.is_ok() }
     })

@@ -201,6 +201,21 @@ pub fn send_raw(port: u16, method: &str, path: &[u8], headers: &[(&str, &str)]) 
     })
 }
 
+/// Sends one request with a `body` (as [`exchange_http1_with_body`]) to
+/// 127.0.0.1:`port` and reads the response. Panics on I/O failure.
+pub fn send(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    exchange_http1_with_body(&mut stream, method, path.as_bytes(), headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
 /// [`send_raw`] returning I/O errors.
 pub fn try_send(
     port: u16,

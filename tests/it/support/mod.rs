@@ -13,7 +13,8 @@
 //! - `tokens`: the per-process demo secret and tokens signed with it;
 //! - `policies`: policy directories on disk and the version `/ready` reports;
 //! - `templates`: rendering `envoy/*.yaml` (the shipped templates, not
-//!   private copies).
+//!   private copies);
+//! - `wait`: polling for what a test awaits, with a deadline.
 //!
 //! CheckRequest builders, keys and claims are `portcullis_testkit`'s,
 //! shared with the benches and the fuzz targets.
@@ -31,6 +32,7 @@ mod processes;
 mod templates;
 mod tls;
 mod tokens;
+mod wait;
 
 pub use http::*;
 pub use istio::*;
@@ -39,3 +41,4 @@ pub use processes::*;
 pub use templates::*;
 pub use tls::*;
 pub use tokens::*;
+pub use wait::*;

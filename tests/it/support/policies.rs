@@ -32,6 +32,13 @@ pub fn copy_policies(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir
     dir
 }
 
+/// The policy directory `dir`, loaded in-process; a test failure, with the
+/// load errors, when it does not load.
+pub fn load(dir: &Path) -> portcullis::policy::PolicySet {
+    portcullis::policy::load_policies(dir)
+        .unwrap_or_else(|e| panic!("the policy should load:\n{e}"))
+}
+
 /// The policy version `/ready` reports, or `None` while not ready.
 pub fn ready_version(admin_port: u16) -> Option<String> {
     let response = try_send(admin_port, "GET", b"/ready", &[]).ok()?;

@@ -505,21 +505,3 @@ pub fn inotify_watched_inodes(pid: u32) -> Vec<u64> {
     }
     inodes
 }
-
-/// Waits (at most 10 s) until `log()` holds `needle`, and returns it. Log
-/// lines reach stderr through a queue drained every 20 ms, so a line
-/// about something that just happened is waited for, not read at once.
-pub fn wait_for_log(log: impl Fn() -> String, needle: &str) -> String {
-    let limit = std::time::Duration::from_secs(10);
-    let started = std::time::Instant::now();
-    loop {
-        let text = log();
-        if text.contains(needle) {
-            return text;
-        }
-        if started.elapsed() > limit {
-            panic!("no {needle:?} logged within {limit:?}:\n{text}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
