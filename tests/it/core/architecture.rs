@@ -184,3 +184,21 @@ fn the_checks_above_can_fail() {
         ["src/x.rs:1: use std::time::Instant;"]
     );
 }
+
+/// The integration tests are one binary, `tests/it`, with a module per
+/// layer (its `main.rs` says which): a `tests/*.rs` or another
+/// `tests/*/main.rs` would be a second binary that compiles and links the
+/// library again, and a second place for a new test.
+#[test]
+fn the_integration_tests_are_one_binary() {
+    let mut binaries: Vec<String> = std::fs::read_dir(root().join("tests"))
+        .expect("tests/")
+        .map(|entry| entry.expect("tests/ entry").path())
+        .filter(|path| {
+            path.extension().is_some_and(|e| e == "rs") || path.join("main.rs").is_file()
+        })
+        .map(|path| path.strip_prefix(root()).unwrap().display().to_string())
+        .collect();
+    binaries.sort();
+    assert_eq!(binaries, ["tests/it"], "test binaries under tests/");
+}

@@ -5,6 +5,7 @@ mod architecture;
 mod conditions;
 mod engine_cases;
 mod hardening;
+pub(crate) mod jwt_authn;
 mod properties;
 mod search;
 mod tokens;

@@ -5,4 +5,6 @@ mod envoy_headers;
 mod front_proxy;
 mod istio;
 mod jwt_authn;
+mod reload;
+mod tls;
 mod walkthrough;
