@@ -102,10 +102,11 @@ POSTGRES_FOUND = { [ -n "$${PORTCULLIS_POSTGRES_BIN:-}" ] || compgen -G '/usr/li
 # `$(call REQUIRED,VAR)`: VAR or CI is set, and not to empty, 0, false or no.
 REQUIRED = ( for v in "$${$(1):-}" "$${CI:-}"; do case "$${v,,}" in ''|0|false|no) ;; *) exit 0;; esac; done; exit 1 )
 POSTGRES_NOTICE = if ! $(POSTGRES_FOUND); then \
-	  echo "== SKIPPED: the $(POSTGRES_TESTS) tests (tests/it/service/grants_db.rs, #[ignore]d: need PostgreSQL):" \
-	    "no PostgreSQL found; install Debian's postgresql (apt-get install postgresql) or set PORTCULLIS_POSTGRES_BIN"; \
 	  if $(call REQUIRED,PORTCULLIS_REQUIRE_POSTGRES); then \
-	    echo "PostgreSQL is required (PORTCULLIS_REQUIRE_POSTGRES or CI is set)" >&2; exit 1; fi; fi
+	    echo "no PostgreSQL found, and PORTCULLIS_REQUIRE_POSTGRES or CI requires the $(POSTGRES_TESTS) tests:" \
+	      "install Debian's postgresql (apt-get install postgresql) or set PORTCULLIS_POSTGRES_BIN" >&2; exit 1; fi; \
+	  echo "== SKIPPED: the $(POSTGRES_TESTS) tests (tests/it/service/grants_db.rs, ignored: they need PostgreSQL):" \
+	    "no PostgreSQL found; install Debian's postgresql (apt-get install postgresql) or set PORTCULLIS_POSTGRES_BIN"; fi
 SHARED_NOTICE = if [ ! -f ../shared/k8s-validate/validate_crs.py ]; then \
 	  echo "== SKIPPED: the Istio schema checks of make manifests: no ../shared/k8s-validate beside the repository"; fi
 test: manifests $(ENVOY_CONFIG)
