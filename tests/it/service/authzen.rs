@@ -6,22 +6,15 @@
 //! (API key from a file, mTLS, bearer tokens, trusted or not), and the
 //! documents cases through both the engine and the API.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use crate::support::{
-    copy_policies, exchange_http1_with_body, repo_path, send, token, token_with_groups, MeshPki,
-    Response, TlsClient,
+    copy_policies, exchange_http1_with_body, repo_path, send, serve_config, token,
+    token_with_groups, InProcess, MeshPki, Response, TlsClient,
 };
-use portcullis::app::{ApiConfig, App, Exit, Listeners, ServeConfig};
 use portcullis::cases::run_case_file;
-use portcullis::reload::WatchConfig;
 use portcullis::tls::TlsFiles;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 /// The trusted caller's key (may ask about anyone, search, explain).
 const REPORTING_KEY: &str = "reporting-key-0123456789abcdef";
@@ -63,117 +56,25 @@ fn policies(gateway_dns: &str) -> tempfile::TempDir {
     dir
 }
 
-/// The service on its own runtime, stopped (and drained) on drop.
-struct Service {
-    api: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<Exit>>,
-    runtime: tokio::runtime::Runtime,
+/// The service with the API over `api_tls` (plain when `None`), every
+/// allow logged.
+fn start(policies: &Path, api_tls: Option<TlsFiles>) -> InProcess {
+    start_with_url(policies, api_tls, None)
 }
 
-impl Service {
-    fn start(policies: &Path, api_tls: Option<TlsFiles>) -> Service {
-        Self::start_with_url(policies, api_tls, None)
+/// With `--api-url` `public_url`.
+fn start_with_url(
+    policies: &Path,
+    api_tls: Option<TlsFiles>,
+    public_url: Option<&str>,
+) -> InProcess {
+    let mut config = serve_config(policies);
+    config.log_allow_rate = 1.0;
+    if let Some(api) = config.api.as_mut() {
+        api.tls = api_tls;
+        api.public_url = public_url.map(str::to_owned);
     }
-
-    /// With `--api-url` `public_url`.
-    fn start_with_url(
-        policies: &Path,
-        api_tls: Option<TlsFiles>,
-        public_url: Option<&str>,
-    ) -> Service {
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let config = ServeConfig {
-            policies: policies.to_path_buf(),
-            listen: any,
-            admin_listen: any,
-            subject_header: "x-portcullis-subject".into(),
-            token_cache_bytes: 1 << 20,
-            token_cache_ttl: Duration::from_secs(60),
-            decision_cache_bytes: 1 << 20,
-            decision_cache_ttl: Duration::from_secs(60),
-            log_allow_rate: 1.0,
-            log_lines: None,
-            drain: Duration::from_secs(2),
-            watch: WatchConfig {
-                watch_files: false,
-                debounce: Duration::from_millis(50),
-            },
-            tls: None,
-            api: Some(ApiConfig {
-                listen: any,
-                tls: api_tls,
-                public_url: public_url.map(str::to_owned),
-                replay_log: None,
-                replay_capacity: 1000,
-            }),
-            grants_db: None,
-        };
-        let app = App::build(config).expect("build");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let bind = || {
-            runtime
-                .block_on(TcpListener::bind("127.0.0.1:0"))
-                .expect("bind")
-        };
-        let listeners = Listeners {
-            grpc: bind(),
-            admin: bind(),
-            api: Some(bind()),
-        };
-        let api = listeners
-            .api
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .expect("no API address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (listening, ready) = mpsc::channel::<()>();
-        let done = runtime.spawn(app.run(
-            listeners,
-            async {
-                let _ = stopped.await;
-            },
-            move |_, _| {
-                let _ = listening.send(());
-            },
-        ));
-        ready
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the service did not start");
-        Service {
-            api,
-            stop: Some(stop),
-            done: Some(done),
-            runtime,
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.api.port()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let exit = self
-                .runtime
-                .block_on(async { tokio::time::timeout(Duration::from_secs(30), done).await });
-            if !std::thread::panicking() {
-                assert!(
-                    matches!(exit, Ok(Ok(Exit::Ok))),
-                    "the service did not stop cleanly: {exit:?}"
-                );
-            }
-        }
-    }
+    InProcess::start(config)
 }
 
 /// One request over a fresh connection.
@@ -224,8 +125,8 @@ const EVALUATIONS: &str = "/access/v1/evaluations";
 #[test]
 fn evaluations_answer_the_specifications_shapes() {
     let dir = policies("gateway.internal");
-    let service = Service::start(dir.path(), None);
-    let port = service.port();
+    let service = start(dir.path(), None);
+    let port = service.api_port();
     let reporting = As::Key(REPORTING_KEY);
 
     // Allowed, with the reason for a caller that may see it.
@@ -315,8 +216,8 @@ fn evaluations_answer_the_specifications_shapes() {
 #[test]
 fn callers_are_authenticated_and_held_to_what_they_may_ask() {
     let dir = policies("gateway.internal");
-    let service = Service::start(dir.path(), None);
-    let port = service.port();
+    let service = start(dir.path(), None);
+    let port = service.api_port();
     let about_alice = evaluation("alice", "read", "document", "1");
 
     // No credential: 401 with a challenge.
@@ -396,8 +297,8 @@ fn an_mtls_caller_is_known_by_its_certificate() {
         key: pki.dir().join("workload-key.pem"),
         client_ca: Some(pki.dir().join("ca.pem")),
     };
-    let service = Service::start(dir.path(), Some(tls));
-    let port = service.port();
+    let service = start(dir.path(), Some(tls));
+    let port = service.api_port();
     let body = evaluation("alice", "read", "document", "1").to_string();
     let ask = |client: &TlsClient, headers: &[(&str, &str)]| {
         let mut stream = client.connect(port).expect("connect");
@@ -468,8 +369,8 @@ fn an_mtls_caller_is_known_by_its_certificate() {
 #[test]
 fn every_error_has_its_status() {
     let dir = policies("gateway.internal");
-    let service = Service::start(dir.path(), None);
-    let port = service.port();
+    let service = start(dir.path(), None);
+    let port = service.api_port();
     let key = ("X-API-Key", REPORTING_KEY);
     let json_type = ("Content-Type", "application/json");
     // Every error is {"error": code, "message": text} as application/json.
@@ -596,8 +497,8 @@ fn every_error_has_its_status() {
 #[test]
 fn batches_merge_defaults_and_follow_their_semantics() {
     let dir = policies("gateway.internal");
-    let service = Service::start(dir.path(), None);
-    let port = service.port();
+    let service = start(dir.path(), None);
+    let port = service.api_port();
     let reporting = As::Key(REPORTING_KEY);
     let batch = |semantic: Option<&str>| {
         let mut request = json!({
@@ -783,8 +684,8 @@ denies:
 ",
     )
     .unwrap();
-    let service = Service::start(dir.path(), None);
-    let port = service.port();
+    let service = start(dir.path(), None);
+    let port = service.api_port();
     let ids = |results: &[Value]| -> Vec<String> {
         results
             .iter()
@@ -925,8 +826,8 @@ denies:
 fn metadata_names_what_is_served() {
     let dir = policies("gateway.internal");
     let base = "https://pdp.example.com";
-    let service = Service::start_with_url(dir.path(), None, Some(base));
-    let port = service.port();
+    let service = start_with_url(dir.path(), None, Some(base));
+    let port = service.api_port();
     // The configured URL, whatever Host the request names.
     let response = send(
         port,
@@ -978,9 +879,9 @@ fn metadata_names_what_is_served() {
 
     // Without --api-url there is no metadata to give (the specification's
     // URLs are absolute): 404, never URLs made of the request's Host.
-    let unnamed = Service::start(dir.path(), None);
+    let unnamed = start(dir.path(), None);
     let response = send(
-        unnamed.port(),
+        unnamed.api_port(),
         "GET",
         "/.well-known/authzen-configuration",
         &[("Host", "evil.example")],
@@ -1001,8 +902,8 @@ fn resource_entity(resource: &str) -> (String, String) {
 #[test]
 fn the_documents_cases_decide_the_same_through_the_api() {
     let dir = policies("gateway.internal");
-    let service = Service::start(dir.path(), None);
-    let port = service.port();
+    let service = start(dir.path(), None);
+    let port = service.api_port();
     let cases: PathBuf = repo_path("policies/tests/documents.yaml");
     let outcomes = run_case_file(&cases).unwrap();
     let mut compared = 0;
@@ -1129,7 +1030,7 @@ fn conditions_read_the_requests_attributes() {
 ",
     )
     .unwrap();
-    let service = Service::start(dir.path(), None);
+    let service = start(dir.path(), None);
     let port = service.api.port();
     let ask = |owner: Option<&str>, channel: &str| {
         let mut resource = json!({ "type": "note", "id": "7" });
@@ -1181,8 +1082,8 @@ fn searches_judge_conditions_with_the_request_and_the_clock() {
 ",
     )
     .unwrap();
-    let service = Service::start(dir.path(), None);
-    let port = service.port();
+    let service = start(dir.path(), None);
+    let port = service.api_port();
     let names = |answer: &Value, field: &str| -> Vec<String> {
         answer["results"]
             .as_array()
@@ -1271,8 +1172,8 @@ fn search_work_per_page_is_bounded_whatever_the_denies() {
         "denies:\n  - { name: no-dan, subject: dan, resource: \"document:*\" }\n",
     )
     .unwrap();
-    let service = Service::start(dir.path(), None);
-    let port = service.port();
+    let service = start(dir.path(), None);
+    let port = service.api_port();
     let request = json!({
         "subject": { "type": "user", "id": "dan" },
         "action": { "name": "read" },
@@ -1334,8 +1235,8 @@ fn search_work_per_page_is_bounded_whatever_the_denies() {
 #[test]
 fn search_about_another_subject_needs_any_subject() {
     let dir = policies("gateway.example");
-    let service = Service::start(dir.path(), None);
-    let port = service.port();
+    let service = start(dir.path(), None);
+    let port = service.api_port();
     // erin's caller may search, but not about anyone else.
     let erin = token("erin");
     let about = |subject: &str, path: &str| {

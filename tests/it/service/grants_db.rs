@@ -12,28 +12,23 @@
 //! Waits poll for the awaited event with a deadline; nothing sleeps and
 //! then asserts.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    copy_policies, eventually, grpc_client, grpc_status, load, repo_path, send, token, Response,
+    copy_policies, eventually, grpc_client, grpc_status, load, repo_path, send, serve_config,
+    token, InProcess, Response,
 };
-use portcullis::app::{ApiConfig, App, Exit, Listeners, ServeConfig};
 use portcullis::cases::CaseRunner;
 use portcullis::grants_db::{self, write, DatabaseConfig, GrantStore};
 use portcullis::policy::PolicySet;
-use portcullis::reload::WatchConfig;
 use portcullis::search::Circumstances;
 use portcullis::token::Principal;
 use portcullis_testkit::postgres::Postgres;
 use portcullis_testkit::Check;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 const WRITER_KEY: &str = "writer-key-0123456789abcdef";
 const READER_KEY: &str = "reader-key-0123456789abcdef";
@@ -113,89 +108,23 @@ fn db_config(url: &str, grace: Duration) -> DatabaseConfig {
     config
 }
 
-/// One replica: the whole service on its own runtime, stopped on drop.
+/// One replica: the whole service in-process, on the grants database `db`.
 struct Replica {
-    api: SocketAddr,
-    grpc: SocketAddr,
-    admin: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<Exit>>,
-    runtime: tokio::runtime::Runtime,
+    service: InProcess,
 }
 
 impl Replica {
     fn start(policies: &Path, db: DatabaseConfig) -> Replica {
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let config = ServeConfig {
-            policies: policies.to_path_buf(),
-            listen: any,
-            admin_listen: any,
-            subject_header: "x-portcullis-subject".into(),
-            token_cache_bytes: 1 << 20,
-            token_cache_ttl: Duration::from_secs(60),
-            decision_cache_bytes: 1 << 20,
-            decision_cache_ttl: Duration::from_secs(60),
-            log_allow_rate: 0.0,
-            log_lines: None,
-            drain: Duration::from_secs(2),
-            watch: WatchConfig {
-                watch_files: false,
-                debounce: Duration::from_millis(50),
-            },
-            tls: None,
-            api: Some(ApiConfig {
-                listen: any,
-                tls: None,
-                public_url: None,
-                replay_log: None,
-                replay_capacity: 1000,
-            }),
-            grants_db: Some(db),
-        };
-        let app = App::build(config).expect("build");
-        let runtime = runtime();
-        let bind = || {
-            runtime
-                .block_on(TcpListener::bind("127.0.0.1:0"))
-                .expect("bind")
-        };
-        let listeners = Listeners {
-            grpc: bind(),
-            admin: bind(),
-            api: Some(bind()),
-        };
-        let api = listeners
-            .api
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .expect("no API address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (listening, ready) = mpsc::channel::<(SocketAddr, SocketAddr)>();
-        let done = runtime.spawn(app.run(
-            listeners,
-            async {
-                let _ = stopped.await;
-            },
-            move |grpc, admin| {
-                let _ = listening.send((grpc, admin));
-            },
-        ));
-        let (grpc, admin) = ready
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the replica did not start");
+        let mut config = serve_config(policies);
+        config.grants_db = Some(db);
         Replica {
-            api,
-            grpc,
-            admin,
-            stop: Some(stop),
-            done: Some(done),
-            runtime,
+            service: InProcess::start(config),
         }
     }
 
     fn post(&self, path: &str, key: &str, body: &Value) -> Response {
         send(
-            self.api.port(),
+            self.service.api.port(),
             "POST",
             path,
             &[("Content-Type", "application/json"), ("X-API-Key", key)],
@@ -252,11 +181,11 @@ impl Replica {
     }
 
     fn ready(&self) -> u16 {
-        send(self.admin.port(), "GET", "/ready", &[], b"").status
+        send(self.service.admin.port(), "GET", "/ready", &[], b"").status
     }
 
     fn metrics(&self) -> String {
-        send(self.admin.port(), "GET", "/metrics", &[], b"").text()
+        send(self.service.admin.port(), "GET", "/metrics", &[], b"").text()
     }
 
     /// Status of a GET through the gRPC check, with bob's token.
@@ -266,30 +195,11 @@ impl Replica {
             .bearer(&token(subject))
             .headers(headers)
             .build();
-        let port = self.grpc.port();
-        self.runtime.block_on(async move {
+        let port = self.service.grpc.port();
+        self.service.runtime.block_on(async move {
             let mut client = grpc_client(port).await;
             grpc_status(&mut client, request).await
         })
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let exit = self
-                .runtime
-                .block_on(async { tokio::time::timeout(Duration::from_secs(30), done).await });
-            if !std::thread::panicking() {
-                assert!(
-                    matches!(exit, Ok(Ok(Exit::Ok))),
-                    "the replica did not stop cleanly: {exit:?}"
-                );
-            }
-        }
     }
 }
 
@@ -877,7 +787,7 @@ fn bad_input_is_refused_and_sql_stays_data() {
     );
     assert_eq!(forbidden.status, 403, "{}", forbidden.text());
     let anonymous = send(
-        replica.api.port(),
+        replica.service.api.port(),
         "POST",
         GRANTS,
         &[("Content-Type", "application/json")],

@@ -3,6 +3,7 @@
 //!
 //! It owns the processes and sockets a test needs and nothing about what a
 //! test asserts. By concern:
+//! - `app`: the whole service in-process (`App`), on a runtime of its own;
 //! - `processes`: finding Envoy, starting and stopping Portcullis and Envoy
 //!   (each killed by PID on `Drop`), the whole stack;
 //! - `http`: the recording echo upstream, a raw HTTP/1.1 client that sends
@@ -23,6 +24,7 @@
 //! rendered as 0 and read back from its admin API, so tests never race each
 //! other (or anything else on the machine) for a port.
 
+mod app;
 pub mod corpus;
 mod http;
 mod istio;
@@ -34,6 +36,7 @@ mod tls;
 mod tokens;
 mod wait;
 
+pub use app::*;
 pub use http::*;
 pub use istio::*;
 pub use policies::*;
