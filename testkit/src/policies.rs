@@ -68,7 +68,7 @@ pub fn copy_bundled(
 /// A temporary copy of the whole bundled policy whose demo issuer's secret
 /// is `secret`.
 pub fn bundled_with_secret(secret: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
     copy_bundled(dir.path(), secret, |_| true, |_, text| text);
     dir
 }

@@ -3,9 +3,12 @@
 //! free port (and its Unix socket in the same directory), stopped by its
 //! PID when dropped. Binaries: `PORTCULLIS_POSTGRES_BIN` (a directory),
 //! else the newest `/usr/lib/postgresql/*/bin` (Debian's `postgresql`
-//! package), else `initdb`, `pg_ctl` and `createdb` together on `PATH`. Missing binaries skip the test with a
-//! notice, unless `PORTCULLIS_REQUIRE_POSTGRES` or `CI` is set. As root
-//! (initdb refuses to run as root) the server runs as the `postgres` user.
+//! package), else `initdb`, `pg_ctl` and `createdb` together on `PATH`.
+//! The tests that need it are `#[ignore]`d and start it with
+//! [`Postgres::require`], which fails without it; the bench skips with a
+//! notice ([`Postgres::start`]), unless `PORTCULLIS_REQUIRE_POSTGRES` or
+//! `CI` is set. As root (initdb refuses to run as root) the server runs as
+//! the `postgres` user.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -103,6 +106,18 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// Starts a server; a missing PostgreSQL is a failure. For the tests
+    /// that need it, which are `#[ignore]`d: one that runs expects it.
+    pub fn require() -> Postgres {
+        let Some(bin) = find_postgres_bin() else {
+            panic!(
+                "PostgreSQL not found, and this test needs it (apt-get install postgresql, \
+                 or set PORTCULLIS_POSTGRES_BIN to the directory of initdb and pg_ctl)"
+            );
+        };
+        Postgres::start_with(bin)
+    }
+
     /// Starts a server, or `None` (after a notice) when PostgreSQL is not
     /// installed and not required.
     pub fn start() -> Option<Postgres> {
@@ -121,22 +136,22 @@ impl Postgres {
             );
             return None;
         };
+        Some(Postgres::start_with(bin))
+    }
+
+    fn start_with(bin: PathBuf) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-pg-")
             .tempdir()
-            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+            .expect("temp dir");
         let as_user = unprivileged();
         if let Some((uid, gid)) = as_user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .unwrap_or_else(|e| panic!("chown {}: {e}", dir.path().display()));
         }
         let port = {
-            let listener =
-                std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-            listener
-                .local_addr()
-                .unwrap_or_else(|e| panic!("local_addr: {e}"))
-                .port()
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("local_addr").port()
         };
         let mut pg = Postgres {
             dir,
@@ -165,7 +180,7 @@ impl Postgres {
             text(&out.stderr)
         );
         pg.start_again();
-        Some(pg)
+        pg
     }
 
     fn command(&self, program: &str) -> Command {

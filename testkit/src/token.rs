@@ -76,18 +76,17 @@ impl Signer {
 
     /// An RS256 key made from `rng`.
     pub fn rs256_from(rng: &mut (impl CryptoRng + RngCore)) -> Signer {
-        let private = rsa::RsaPrivateKey::new(rng, 2048)
-            .unwrap_or_else(|e| panic!("generating an RSA key: {e}"));
+        let private = rsa::RsaPrivateKey::new(rng, 2048).expect("generating an RSA key");
         let private_pem = private
             .to_pkcs8_pem(LineEnding::LF)
-            .unwrap_or_else(|e| panic!("encoding the RSA private key: {e}"))
+            .expect("encoding the RSA private key")
             .to_string();
         let public_pem = private
             .to_public_key()
             .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_else(|e| panic!("encoding the RSA public key: {e}"));
-        let key = EncodingKey::from_rsa_pem(private_pem.as_bytes())
-            .unwrap_or_else(|e| panic!("the RSA key as a signer: {e}"));
+            .expect("encoding the RSA public key");
+        let key =
+            EncodingKey::from_rsa_pem(private_pem.as_bytes()).expect("the RSA key as a signer");
         Signer::asymmetric(Algorithm::RS256, key, private_pem, public_pem)
     }
 
@@ -101,14 +100,14 @@ impl Signer {
         let secret = p256::SecretKey::random(rng);
         let private_pem = secret
             .to_pkcs8_pem(LineEnding::LF)
-            .unwrap_or_else(|e| panic!("encoding the P-256 private key: {e}"))
+            .expect("encoding the P-256 private key")
             .to_string();
         let public_pem = secret
             .public_key()
             .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_else(|e| panic!("encoding the P-256 public key: {e}"));
-        let key = EncodingKey::from_ec_pem(private_pem.as_bytes())
-            .unwrap_or_else(|e| panic!("the P-256 key as a signer: {e}"));
+            .expect("encoding the P-256 public key");
+        let key =
+            EncodingKey::from_ec_pem(private_pem.as_bytes()).expect("the P-256 key as a signer");
         Signer::asymmetric(Algorithm::ES256, key, private_pem, public_pem)
     }
 
@@ -122,14 +121,14 @@ impl Signer {
         let signing = ed25519_dalek::SigningKey::generate(rng);
         let private_pem = signing
             .to_pkcs8_pem(LineEnding::LF)
-            .unwrap_or_else(|e| panic!("encoding the Ed25519 private key: {e}"))
+            .expect("encoding the Ed25519 private key")
             .to_string();
         let public_pem = signing
             .verifying_key()
             .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_else(|e| panic!("encoding the Ed25519 public key: {e}"));
-        let key = EncodingKey::from_ed_pem(private_pem.as_bytes())
-            .unwrap_or_else(|e| panic!("the Ed25519 key as a signer: {e}"));
+            .expect("encoding the Ed25519 public key");
+        let key =
+            EncodingKey::from_ed_pem(private_pem.as_bytes()).expect("the Ed25519 key as a signer");
         Signer::asymmetric(Algorithm::EdDSA, key, private_pem, public_pem)
     }
 
@@ -173,14 +172,14 @@ impl Signer {
     pub fn public_pem(&self) -> &str {
         self.public_pem
             .as_deref()
-            .unwrap_or_else(|| panic!("an HMAC signer has no public key"))
+            .expect("an HMAC signer has no public key")
     }
 
     /// The private key as PKCS#8 PEM; panics for an HMAC signer.
     pub fn private_pem(&self) -> &str {
         self.private_pem
             .as_deref()
-            .unwrap_or_else(|| panic!("an HMAC signer has no private key"))
+            .expect("an HMAC signer has no private key")
     }
 
     /// The public key as a JWK, with this signer's `kid`.
@@ -216,7 +215,7 @@ pub fn jwks(signers: &[&Signer]) -> String {
     let set = JwkSet {
         keys: signers.iter().map(|s| s.jwk()).collect(),
     };
-    serde_json::to_string(&set).unwrap_or_else(|e| panic!("a JWKS as JSON: {e}"))
+    serde_json::to_string(&set).expect("a JWKS as JSON")
 }
 
 /// A claim set to sign. Times are offsets in seconds from `now`; `None`

@@ -1,0 +1,10 @@
+//! Through a real Envoy, with the shipped templates: a missing Envoy fails
+//! these tests (`scripts/ensure-envoy.sh` installs one).
+
+mod envoy_headers;
+mod front_proxy;
+mod istio;
+mod jwt_authn;
+mod reload;
+mod tls;
+mod walkthrough;
