@@ -328,6 +328,7 @@ fn searches(c: &mut Criterion) {
     };
     let first = search::resources(
         &policy,
+        &*policy.grants,
         &alice,
         "read",
         "document",
@@ -343,6 +344,7 @@ fn searches(c: &mut Criterion) {
         b.iter(|| {
             black_box(search::resources(
                 &policy,
+                &*policy.grants,
                 &alice,
                 "read",
                 "document",
@@ -356,6 +358,7 @@ fn searches(c: &mut Criterion) {
         b.iter(|| {
             black_box(search::resources(
                 &policy,
+                &*policy.grants,
                 &alice,
                 "read",
                 "document",
@@ -369,6 +372,7 @@ fn searches(c: &mut Criterion) {
         b.iter(|| {
             black_box(search::subjects(
                 &policy,
+                &*policy.grants,
                 "document:42",
                 "write",
                 None,
@@ -381,6 +385,7 @@ fn searches(c: &mut Criterion) {
         b.iter(|| {
             black_box(search::actions(
                 &policy,
+                &*policy.grants,
                 &alice,
                 "document:42",
                 None,
