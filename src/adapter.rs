@@ -130,11 +130,15 @@ pub struct Read {
 }
 
 /// Reads a CheckRequest once, for the decision service, with the headers
-/// the policy shows conditions (`condition_headers`).
-pub fn read(request: &CheckRequest, condition_headers: &[String]) -> Read {
+/// the policy shows conditions (`condition_headers`), and the grants
+/// revision it asks for when `revisions` (grants in a database: without
+/// one, no revision can apply and none is looked for).
+pub fn read(request: &CheckRequest, condition_headers: &[String], revisions: bool) -> Read {
     Read {
         check: read_check_with(request, condition_headers),
-        min_revision: request_header(request, crate::grants_db::REVISION_HEADER),
+        min_revision: revisions
+            .then(|| request_header(request, crate::grants_db::REVISION_HEADER))
+            .flatten(),
     }
 }
 

@@ -129,7 +129,11 @@ impl Authorizer {
         let adapter::Read {
             check,
             min_revision,
-        } = adapter::read(request, &policy.condition_headers);
+        } = adapter::read(
+            request,
+            &policy.condition_headers,
+            self.pdp.grants_db().is_some(),
+        );
         // Unreadable (a bare number too): a revision no database has.
         let min_revision = min_revision.map(|text| {
             grants_db::parse_revision(&text).unwrap_or(grants_db::Revision {

@@ -5,6 +5,7 @@
 //! condition holds). Conditions' attributes are gathered lazily.
 
 use super::*;
+use crate::policy::Holder;
 
 /// The attributes of one decision for conditions, built on first use: a
 /// decision that evaluates no condition never builds them.
@@ -148,7 +149,7 @@ pub(super) fn authorize_in(
     };
     // The first grant whose condition did not hold, for the log.
     let mut unmet: Option<String> = None;
-    for holder in policy.holders(principal) {
+    for holder in Holder::all_of(principal, policy_groups) {
         for key in ResourceKey::covering(resource) {
             for &role_id in grants.roles(holder, key) {
                 let Some(role) = policy.roles.get(role_id as usize) else {

@@ -28,6 +28,27 @@ pub enum Holder<'a> {
     Authenticated,
 }
 
+impl<'a> Holder<'a> {
+    /// Every holder whose grants count for `principal` in the groups
+    /// `policy_groups` (the policy's, looked up once by the caller), in the
+    /// order a decision asks them: the subject, its token's groups, its
+    /// groups by the policy, then every authenticated subject.
+    pub fn all_of(
+        principal: &'a crate::token::Principal,
+        policy_groups: &'a [String],
+    ) -> impl Iterator<Item = Holder<'a>> {
+        std::iter::once(Holder::Subject(principal.subject.as_str()))
+            .chain(
+                principal
+                    .groups
+                    .iter()
+                    .chain(policy_groups)
+                    .map(|g| Holder::Group(g.as_str())),
+            )
+            .chain(std::iter::once(Holder::Authenticated))
+    }
+}
+
 impl std::fmt::Display for Holder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

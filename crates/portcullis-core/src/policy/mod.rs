@@ -86,15 +86,7 @@ impl PolicySet {
     /// decision asks them: the subject, its token's groups, its groups by
     /// the policy, then every authenticated subject.
     pub fn holders<'a>(&'a self, principal: &'a Principal) -> impl Iterator<Item = Holder<'a>> {
-        std::iter::once(Holder::Subject(principal.subject.as_str()))
-            .chain(
-                principal
-                    .groups
-                    .iter()
-                    .chain(self.policy_groups(&principal.subject))
-                    .map(|g| Holder::Group(g.as_str())),
-            )
-            .chain(std::iter::once(Holder::Authenticated))
+        Holder::all_of(principal, self.policy_groups(&principal.subject))
     }
 
     /// Number of roles the policy defines (not counting the role of its
