@@ -29,7 +29,9 @@ use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
 use crate::engine::{Credential, Decision, Reason, RequestAttrs};
-use crate::metrics::{CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES};
+use crate::metrics::{
+    bounded_cache, CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES,
+};
 
 type Key = [u8; 32];
 
@@ -58,27 +60,21 @@ pub struct DecisionCache {
 impl DecisionCache {
     /// A cache of at most `capacity` decisions, each kept at most `ttl`.
     pub fn new(capacity: u64, ttl: Duration) -> Self {
-        let entries = Cache::builder()
-            .max_capacity(capacity)
-            .time_to_live(ttl)
-            .build();
-        Self::around(entries, None)
+        Self::bounded(capacity, None, ttl)
     }
 
     /// A cache whose decisions weigh at most `max_bytes` in all (by
     /// [`Self::entry_bytes`]), each kept at most `ttl`.
     pub fn with_max_bytes(max_bytes: u64, ttl: Duration) -> Self {
-        let entries = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_: &Key, decision: &Arc<Decision>| {
-                u32::try_from(Self::entry_bytes(decision)).unwrap_or(u32::MAX)
-            })
-            .time_to_live(ttl)
-            .build();
-        Self::around(entries, Some(max_bytes))
+        Self::bounded(u64::MAX, Some(max_bytes), ttl)
     }
 
-    fn around(entries: Cache<Key, Arc<Decision>>, max_bytes: Option<u64>) -> Self {
+    fn bounded(max_entries: u64, max_bytes: Option<u64>, ttl: Duration) -> Self {
+        let (builder, max_bytes) =
+            bounded_cache(max_entries, max_bytes, |decision: &Arc<Decision>| {
+                Self::entry_bytes(decision)
+            });
+        let entries = builder.time_to_live(ttl).build();
         let stats = CacheStats::measuring(&entries, max_bytes);
         Self { entries, stats }
     }

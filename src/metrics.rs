@@ -44,6 +44,34 @@ pub const CACHE_ENTRY_OVERHEAD_BYTES: usize = 384;
 /// The allocator's rounding and header per heap allocation of an entry.
 pub const ALLOCATION_OVERHEAD_BYTES: usize = 16;
 
+/// A moka cache builder bounded by `max_entries`, or, when `max_bytes` is
+/// given, by the estimated bytes of its entries (`weigh`): the one
+/// construction of the token, decision and grants caches' bounds. The
+/// bytes bound is returned for [`CacheStats::measuring`].
+pub fn bounded_cache<K, V>(
+    max_entries: u64,
+    max_bytes: Option<u64>,
+    weigh: fn(&V) -> usize,
+) -> (
+    moka::sync::CacheBuilder<K, V, moka::sync::Cache<K, V>>,
+    Option<u64>,
+)
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let builder = moka::sync::Cache::builder();
+    match max_bytes {
+        None => (builder.max_capacity(max_entries), None),
+        Some(bytes) => (
+            builder
+                .max_capacity(bytes)
+                .weigher(move |_: &K, value: &V| u32::try_from(weigh(value)).unwrap_or(u32::MAX)),
+            Some(bytes),
+        ),
+    }
+}
+
 /// How much a cache holds, read at scrape time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheSize {

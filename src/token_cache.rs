@@ -21,7 +21,9 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use crate::engine::Authenticate;
-use crate::metrics::{CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES};
+use crate::metrics::{
+    bounded_cache, CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES,
+};
 use crate::policy::PolicySet;
 use crate::token::{Issuers, Principal, TokenError};
 
@@ -68,28 +70,22 @@ impl TokenCache {
     /// A cache of at most `capacity` tokens, each kept at most `max_ttl`
     /// (and never past its token's `exp`).
     pub fn with_ttl(capacity: u64, max_ttl: Duration) -> Self {
-        let entries = Cache::builder()
-            .max_capacity(capacity)
-            .expire_after(UntilExpiry { max_ttl })
-            .build();
-        Self::around(entries, None)
+        Self::bounded(capacity, None, max_ttl)
     }
 
     /// A cache whose entries weigh at most `max_bytes` in all (by
     /// [`Self::entry_bytes`]), each kept at most `max_ttl` (and never past
     /// its token's `exp`).
     pub fn with_max_bytes(max_bytes: u64, max_ttl: Duration) -> Self {
-        let entries = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_: &TokenKey, principal: &Arc<Principal>| {
-                u32::try_from(Self::entry_bytes(principal)).unwrap_or(u32::MAX)
-            })
-            .expire_after(UntilExpiry { max_ttl })
-            .build();
-        Self::around(entries, Some(max_bytes))
+        Self::bounded(u64::MAX, Some(max_bytes), max_ttl)
     }
 
-    fn around(entries: Cache<TokenKey, Arc<Principal>>, max_bytes: Option<u64>) -> Self {
+    fn bounded(max_entries: u64, max_bytes: Option<u64>, max_ttl: Duration) -> Self {
+        let (builder, max_bytes) =
+            bounded_cache(max_entries, max_bytes, |principal: &Arc<Principal>| {
+                Self::entry_bytes(principal)
+            });
+        let entries = builder.expire_after(UntilExpiry { max_ttl }).build();
         let stats = CacheStats::measuring(&entries, max_bytes);
         Self { entries, stats }
     }
