@@ -15,14 +15,14 @@ use crate::policy::events::EventKeys;
 pub const ENVELOPE_TYPE: &str = "portcullis-event+jwt";
 
 /// The `iss` of every envelope.
-pub const ENVELOPE_ISSUER: &str = "portcullis";
+pub(crate) const ENVELOPE_ISSUER: &str = "portcullis";
 
 /// Largest envelope opened; larger input is refused unread.
-pub const MAX_ENVELOPE_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_ENVELOPE_BYTES: usize = 8 * 1024;
 
 /// Longest event id: ids are made by [`super::new_event_id`] (32 hex
 /// digits); any signer's are bounded.
-pub const MAX_ID_LEN: usize = 64;
+pub(crate) const MAX_ID_LEN: usize = 64;
 
 /// How far in the future an envelope's `iat` may be (clock skew between
 /// the replica that signed and the one that opens).
@@ -235,7 +235,7 @@ pub fn sign(
 
 /// Opens `envelope`: its key, signature, type, audience, lifetime and
 /// message digest, at `now`. Replays are the caller's to refuse (see
-/// [`super::replay`]): an opened envelope is authentic, not yet unused.
+/// the service's `events::replay`): an opened envelope is authentic, not yet unused.
 pub fn open(
     keys: Option<&EventKeys>,
     envelope: &str,

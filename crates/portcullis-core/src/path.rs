@@ -26,9 +26,9 @@
 use std::fmt;
 
 /// Longest path accepted, in bytes, before the query is cut off.
-pub const MAX_PATH_LEN: usize = 4096;
+pub(crate) const MAX_PATH_LEN: usize = 4096;
 /// Most segments a path may have.
-pub const MAX_SEGMENTS: usize = 64;
+pub(crate) const MAX_SEGMENTS: usize = 64;
 
 /// A path that passed every rule above, held as its segments.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -99,7 +99,7 @@ pub fn action_index(policy: &PolicySet, action: &str) -> Option<usize> {
 
 /// Whether one of `roles` holds `action`, under a condition or not: a
 /// candidate, which [`allows`] confirms (conditions included).
-pub fn role_holds(policy: &PolicySet, roles: &[RoleId], action: usize) -> bool {
+pub(crate) fn role_holds(policy: &PolicySet, roles: &[RoleId], action: usize) -> bool {
     roles.iter().any(|r| {
         policy
             .roles

@@ -135,7 +135,7 @@ impl Callers {
 /// `spiffe://` a lower-case trust domain, then a path of non-empty
 /// segments of letters, digits, `.`, `-` and `_` (no `.` or `..` segment),
 /// no query, fragment, port or user.
-pub fn check_spiffe_id(id: &str) -> Result<(), &'static str> {
+pub(crate) fn check_spiffe_id(id: &str) -> Result<(), &'static str> {
     let rest = id
         .strip_prefix("spiffe://")
         .ok_or("it must start with spiffe://")?;

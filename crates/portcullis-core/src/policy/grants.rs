@@ -33,7 +33,7 @@ impl<'a> Holder<'a> {
     /// `policy_groups` (the policy's, looked up once by the caller), in the
     /// order a decision asks them: the subject, its token's groups, its
     /// groups by the policy, then every authenticated subject.
-    pub fn all_of(
+    pub(crate) fn all_of(
         principal: &'a crate::token::Principal,
         policy_groups: &'a [String],
     ) -> impl Iterator<Item = Holder<'a>> {

@@ -78,7 +78,7 @@ impl std::fmt::Debug for PolicySet {
 
 impl PolicySet {
     /// Groups `subject` belongs to by the policy.
-    pub fn policy_groups(&self, subject: &str) -> &[String] {
+    pub(crate) fn policy_groups(&self, subject: &str) -> &[String] {
         self.member_of.get(subject).map_or(&[], Vec::as_slice)
     }
 
@@ -158,7 +158,7 @@ impl ActionSet {
 
 /// A resource key owned by the policy (see [`ResourceKey`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OwnedResourceKey {
+pub(crate) enum OwnedResourceKey {
     Exact(String),
     Prefix(String),
 }
@@ -172,7 +172,7 @@ impl OwnedResourceKey {
         }
     }
 
-    pub fn as_key(&self) -> ResourceKey<'_> {
+    pub(crate) fn as_key(&self) -> ResourceKey<'_> {
         match self {
             OwnedResourceKey::Exact(r) => ResourceKey::Exact(r),
             OwnedResourceKey::Prefix(p) => ResourceKey::Prefix(p),
@@ -182,7 +182,7 @@ impl OwnedResourceKey {
 
 /// An explicit deny.
 #[derive(Debug)]
-pub struct DenyRule {
+pub(crate) struct DenyRule {
     pub name: String,
     pub resource: OwnedResourceKey,
     /// Denied actions; `None` denies every action.
@@ -224,7 +224,7 @@ impl DenyIndex {
 
 /// The outcome of choosing an application for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Selection {
+pub(crate) enum Selection {
     Found(usize, SelectedBy),
     NotFound,
     /// Two applications match equally well; the request is denied.
@@ -233,7 +233,7 @@ pub enum Selection {
 
 /// Which selector chose the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SelectedBy {
+pub(crate) enum SelectedBy {
     /// Envoy's per-route configuration: the client cannot set it.
     ContextExtensions,
     /// The destination workload's mTLS identity: the client cannot set it.
@@ -247,14 +247,14 @@ pub enum SelectedBy {
 impl SelectedBy {
     /// True when the client could have made another application apply by
     /// sending another request line or Host.
-    pub fn client_chosen(self) -> bool {
+    pub(crate) fn client_chosen(self) -> bool {
         matches!(self, SelectedBy::Host | SelectedBy::PathPrefix)
     }
 }
 
 /// What the application selector reads from a request.
 #[derive(Debug, Clone, Copy)]
-pub struct SelectInput<'r> {
+pub(crate) struct SelectInput<'r> {
     pub context: &'r BTreeMap<String, String>,
     /// The destination workload's principal (a SPIFFE id), empty when the
     /// connection carried none.
@@ -334,7 +334,7 @@ impl AppSelector {
 }
 
 /// The namespace of an Istio SPIFFE id, `spiffe://<trust domain>/ns/<namespace>/sa/<account>`.
-pub fn spiffe_namespace(principal: &str) -> Option<&str> {
+pub(crate) fn spiffe_namespace(principal: &str) -> Option<&str> {
     let rest = principal.strip_prefix("spiffe://")?;
     let mut parts = rest.split('/');
     let (Some(domain), Some("ns"), Some(namespace), Some("sa"), Some(account), None) = (
@@ -361,7 +361,7 @@ pub struct BadHost;
 /// trailing dot, a port that is not a number from 1 to 65535, anything
 /// after an IPv6 literal's `]`, or a character a host name cannot hold.
 /// Repairing would pick an application for a name Envoy routed elsewhere.
-pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, BadHost> {
+pub(crate) fn normalize_host(host: &str) -> Result<Cow<'_, str>, BadHost> {
     if host.is_empty() {
         return Ok(Cow::Borrowed(""));
     }

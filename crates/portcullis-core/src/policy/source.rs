@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 /// One policy file. Every section is optional; a directory's files are merged.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyFile {
+pub(crate) struct PolicyFile {
     #[serde(default)]
     pub issuers: Vec<IssuerSpec>,
     #[serde(default)]
@@ -45,7 +45,7 @@ pub struct PolicyFile {
 /// envelopes are signed and verified with, and how long they live.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EventsSpec {
+pub(crate) struct EventsSpec {
     /// The `kid` new envelopes are signed with; without it this replica
     /// only verifies.
     #[serde(default)]
@@ -78,7 +78,7 @@ impl EventsSpec {
 /// file that names them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EventKeySpec {
+pub(crate) struct EventKeySpec {
     pub kid: String,
     pub algorithm: String,
     #[serde(default)]
@@ -97,7 +97,7 @@ pub struct EventKeySpec {
 /// presents.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CallerSpec {
+pub(crate) struct CallerSpec {
     pub name: String,
     /// A shared secret the caller sends in `X-API-Key`; read from the
     /// environment or a file, never written here.
@@ -117,7 +117,7 @@ pub struct CallerSpec {
 /// to the policy file that names them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SecretSpec {
+pub(crate) struct SecretSpec {
     #[serde(default)]
     pub secret_env: Option<String>,
     #[serde(default)]
@@ -128,7 +128,7 @@ pub struct SecretSpec {
 /// name or a SPIFFE id among the certificate's subject alternative names.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClientCertificateSpec {
+pub(crate) struct ClientCertificateSpec {
     /// A DNS name (dNSName SAN), matched exactly, case-insensitively.
     #[serde(default)]
     pub dns_name: Option<String>,
@@ -141,7 +141,7 @@ pub struct ClientCertificateSpec {
 /// What a caller may ask beyond decisions about its own user's token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CallerPermission {
+pub(crate) enum CallerPermission {
     /// Evaluate decisions about any subject.
     AnySubject,
     /// Use the search endpoints.
@@ -165,7 +165,7 @@ pub enum CallerPermission {
 /// as HTTP, including HTTP a client disguises (a leading CRLF), so a word
 /// is refused with an error that says what to write instead.
 #[derive(Debug, Default)]
-pub struct ConnectionsSpec(pub Vec<ConnectionRuleSpec>);
+pub(crate) struct ConnectionsSpec(pub Vec<ConnectionRuleSpec>);
 
 impl<'de> Deserialize<'de> for ConnectionsSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -203,7 +203,7 @@ impl<'de> Deserialize<'de> for ConnectionsSpec {
 /// the rule sets matches it (any of the listed values).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConnectionRuleSpec {
+pub(crate) struct ConnectionRuleSpec {
     /// Unique; names the rule in the decision log.
     pub name: String,
     /// Destination ports (the original destination port under Istio);
@@ -226,7 +226,7 @@ pub struct ConnectionRuleSpec {
 /// A token issuer Portcullis trusts.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IssuerSpec {
+pub(crate) struct IssuerSpec {
     pub name: String,
     /// The exact `iss` claim.
     pub issuer: String,
@@ -272,7 +272,7 @@ impl IssuerSpec {
 /// Where Envoy's jwt_authn filter put the verified payload.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JwtAuthnSpec {
+pub(crate) struct JwtAuthnSpec {
     /// The provider's `payload_in_metadata` name.
     #[serde(default = "JwtAuthnSpec::default_payload_key")]
     pub payload_key: String,
@@ -288,7 +288,7 @@ impl JwtAuthnSpec {
 /// Paths are relative to the policy file that names them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeySpec {
+pub(crate) struct KeySpec {
     /// HMAC secret in an environment variable.
     #[serde(default)]
     pub secret_env: Option<String>,
@@ -312,7 +312,7 @@ pub struct KeySpec {
 /// Refresh bounds of a `jwks_url`.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RefreshSpec {
+pub(crate) struct RefreshSpec {
     /// Never refresh more often than this, whatever `Cache-Control` says.
     #[serde(default = "RefreshSpec::default_min")]
     pub min_seconds: u64,
@@ -351,7 +351,7 @@ impl Default for RefreshSpec {
 /// A protected application and its routes.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ApplicationSpec {
+pub(crate) struct ApplicationSpec {
     pub name: String,
     pub select: SelectSpec,
     /// Issuer names whose tokens this application accepts; all when absent.
@@ -382,7 +382,7 @@ pub enum Mode {
 /// see `docs/policy-reference.md` for the precedence between them.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SelectSpec {
+pub(crate) struct SelectSpec {
     #[serde(default, deserialize_with = "unique_keys")]
     pub context_extensions: BTreeMap<String, String>,
     /// SPIFFE ids of the destination workload (`spiffe://td/ns/N/sa/S`), as
@@ -401,7 +401,7 @@ pub struct SelectSpec {
 /// Methods and a path template, mapped to a resource and an action.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteSpec {
+pub(crate) struct RouteSpec {
     pub name: String,
     pub methods: Vec<String>,
     pub path: String,
@@ -436,7 +436,7 @@ pub enum Access {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RoleSpec {
+pub(crate) struct RoleSpec {
     #[serde(default)]
     pub includes: Vec<String>,
     #[serde(default)]
@@ -445,7 +445,7 @@ pub struct RoleSpec {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GroupSpec {
+pub(crate) struct GroupSpec {
     #[serde(default)]
     pub members: Vec<String>,
 }
@@ -454,7 +454,7 @@ pub struct GroupSpec {
 /// resource or pattern, optionally under a condition.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GrantSpec {
+pub(crate) struct GrantSpec {
     #[serde(default)]
     pub subject: Option<String>,
     #[serde(default)]
@@ -472,7 +472,7 @@ pub struct GrantSpec {
 /// A rule that denies, whatever is granted.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DenySpec {
+pub(crate) struct DenySpec {
     pub name: String,
     /// The subject denied; with neither `subject` nor `group`, everyone.
     #[serde(default)]

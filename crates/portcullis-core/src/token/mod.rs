@@ -25,7 +25,7 @@ pub const MAX_SUBJECT_LEN: usize = 256;
 /// Most bytes of verified claims a principal keeps for conditions (their
 /// JSON text): a payload larger than this keeps none, and conditions that
 /// read claims are then false.
-pub const MAX_CLAIMS_BYTES: usize = 8192;
+pub(crate) const MAX_CLAIMS_BYTES: usize = 8192;
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,7 +225,7 @@ impl Issuers {
     }
 
     /// Keeps (or not) the verified claims of every issuer's principals.
-    pub fn keep_claims(&mut self, keep: bool) {
+    pub(crate) fn keep_claims(&mut self, keep: bool) {
         for issuer in &mut self.list {
             issuer.keep_claims = keep;
         }
@@ -329,7 +329,7 @@ impl Issuer {
     /// The principal of a payload Envoy's jwt_authn filter verified and
     /// passed in dynamic metadata: its `iss` and `aud` are checked here,
     /// then everything a verified token's claims are checked for.
-    pub fn principal_from_payload(
+    pub(crate) fn principal_from_payload(
         &self,
         claims: &Map<String, Value>,
         now: u64,
@@ -536,7 +536,7 @@ fn map_jwt_error(error: jsonwebtoken::errors::Error) -> TokenError {
 }
 
 /// The algorithms Portcullis accepts in a policy, by their JOSE names.
-pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+pub(crate) fn parse_algorithm(name: &str) -> Option<Algorithm> {
     let alg = match name {
         "HS256" => Algorithm::HS256,
         "HS384" => Algorithm::HS384,
@@ -556,7 +556,7 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
 }
 
 /// Minimum HMAC secret length for `alg`: the hash output size (RFC 7518 3.2).
-pub fn min_secret_len(alg: Algorithm) -> usize {
+pub(crate) fn min_secret_len(alg: Algorithm) -> usize {
     match alg {
         Algorithm::HS384 => 48,
         Algorithm::HS512 => 64,
@@ -565,7 +565,7 @@ pub fn min_secret_len(alg: Algorithm) -> usize {
 }
 
 /// True when every algorithm can be checked with a key of `family`.
-pub fn algorithms_fit(algorithms: &[Algorithm], family: AlgorithmFamily) -> bool {
+pub(crate) fn algorithms_fit(algorithms: &[Algorithm], family: AlgorithmFamily) -> bool {
     algorithms.iter().all(|a| a.family() == family)
 }
 
@@ -596,7 +596,7 @@ impl NamePattern {
 /// direction-override or invisible formatting characters: names reach logs,
 /// the subject header and the policy's holder lookups, where such characters
 /// would make two names look alike or reorder what a reader sees.
-pub fn is_printable_name(name: &str, max: usize) -> bool {
+pub(crate) fn is_printable_name(name: &str, max: usize) -> bool {
     !name.is_empty() && name.len() <= max && !name.chars().any(is_invisible)
 }
 

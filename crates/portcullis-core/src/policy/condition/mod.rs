@@ -37,7 +37,7 @@ use cel::{Context, Env, Program, Value};
 use serde_json::{Map, Value as Json};
 
 /// Longest condition accepted, in bytes: conditions are rules, not programs.
-pub const MAX_CONDITION_LEN: usize = 4096;
+pub(crate) const MAX_CONDITION_LEN: usize = 4096;
 
 /// The CEL environment every condition of a policy is compiled and run in:
 /// the standard library, built once per policy.
@@ -74,7 +74,7 @@ pub struct Reads {
 }
 
 impl Reads {
-    pub fn union(self, other: Reads) -> Reads {
+    pub(crate) fn union(self, other: Reads) -> Reads {
         Reads {
             claims: self.claims || other.claims,
             time: self.time || other.time,

@@ -60,7 +60,7 @@ impl CaptureType {
 
     /// True when every byte of `value` is one this capture may hold:
     /// unreserved characters, and for an e-mail `@` and `+` too.
-    pub fn admits_chars(self, value: &str) -> bool {
+    pub(crate) fn admits_chars(self, value: &str) -> bool {
         match self {
             CaptureType::Email => value
                 .bytes()
@@ -255,7 +255,7 @@ impl PathTemplate {
     /// segments that match, and why the next one does not (`None` when the
     /// whole path matches). For explanations only; [`Self::matches`] is
     /// what decides.
-    pub fn mismatch(&self, path: &NormalPath) -> (usize, Option<Mismatch>) {
+    pub(crate) fn mismatch(&self, path: &NormalPath) -> (usize, Option<Mismatch>) {
         let parts: Vec<&str> = path.segments().collect();
         for (i, segment) in self.segments.iter().enumerate() {
             let Some(&value) = parts.get(i) else {
@@ -344,7 +344,7 @@ impl PathTemplate {
 
     /// The template with its literals in lower case, for an application
     /// whose upstream ignores case (its paths are lower-cased before matching).
-    pub fn with_lowercase_literals(mut self) -> Self {
+    pub(crate) fn with_lowercase_literals(mut self) -> Self {
         for segment in &mut self.segments {
             if let Segment::Literal(literal) = segment {
                 literal.make_ascii_lowercase();
@@ -360,7 +360,7 @@ impl PathTemplate {
     }
 
     /// Names of the captures, in the order [`Self::matches`] returns values.
-    pub fn capture_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn capture_names(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|s| match s {
             Segment::Capture(n, _) | Segment::Rest(n) => Some(n.as_str()),
             Segment::Literal(_) => None,
@@ -368,7 +368,7 @@ impl PathTemplate {
     }
 
     /// Most specific first; equal when neither is more specific.
-    pub fn specificity(&self, other: &Self) -> Ordering {
+    pub(crate) fn specificity(&self, other: &Self) -> Ordering {
         let ours = self.segments.iter().map(Segment::rank);
         let theirs = other.segments.iter().map(Segment::rank);
         ours.cmp(theirs)
@@ -482,7 +482,7 @@ impl ResourceTemplate {
     /// For a template of a literal prefix and one capture
     /// (`document:{id}`): the prefix, and the capture's index among the
     /// path's captures.
-    pub fn prefix_and_capture(&self) -> Option<(&str, usize)> {
+    pub(crate) fn prefix_and_capture(&self) -> Option<(&str, usize)> {
         match self.parts.as_slice() {
             [ResourcePart::Text(prefix), ResourcePart::Capture(i)] => Some((prefix, *i)),
             _ => None,
@@ -491,7 +491,7 @@ impl ResourceTemplate {
 
     /// The resource type the template always produces: the text before the
     /// first `:` of a leading literal; `None` when a capture comes first.
-    pub fn resource_type(&self) -> Option<&str> {
+    pub(crate) fn resource_type(&self) -> Option<&str> {
         match self.parts.first() {
             Some(ResourcePart::Text(text)) => text.split_once(':').map(|(t, _)| t).or(
                 // A literal resource without a colon is its own type.
