@@ -24,10 +24,10 @@ use crate::engine::{
 use crate::token::MAX_TOKEN_LEN;
 
 /// Longest header value shown to conditions; a longer one is left out.
-pub const MAX_CONDITION_HEADER_LEN: usize = 1024;
+pub(crate) const MAX_CONDITION_HEADER_LEN: usize = 1024;
 
 /// The request header that carries the verified subject to the upstream.
-pub const DEFAULT_SUBJECT_HEADER: &str = "x-portcullis-subject";
+pub(crate) const DEFAULT_SUBJECT_HEADER: &str = "x-portcullis-subject";
 
 /// How allows are passed on to the upstream.
 #[derive(Debug, Clone)]
@@ -106,9 +106,9 @@ pub enum AdapterError {
 /// gRPC status codes used in `CheckResponse.status`.
 mod code {
     pub const OK: i32 = 0;
-    pub const INVALID_ARGUMENT: i32 = 3;
-    pub const PERMISSION_DENIED: i32 = 7;
-    pub const UNAUTHENTICATED: i32 = 16;
+    pub(crate) const INVALID_ARGUMENT: i32 = 3;
+    pub(crate) const PERMISSION_DENIED: i32 = 7;
+    pub(crate) const UNAUTHENTICATED: i32 = 16;
 }
 
 /// The HTTP request of a CheckRequest; an error for a connection check.
@@ -143,7 +143,7 @@ pub fn read(request: &CheckRequest, condition_headers: &[String], revisions: boo
 }
 
 /// Reads what the engine needs from a CheckRequest, no header for conditions.
-pub fn read_check(request: &CheckRequest) -> Result<Check, AdapterError> {
+pub(crate) fn read_check(request: &CheckRequest) -> Result<Check, AdapterError> {
     read_check_with(request, &[])
 }
 
@@ -313,7 +313,7 @@ fn printable(text: &str) -> String {
 const MAX_PEER_LEN: usize = 512;
 
 /// The dynamic-metadata namespace Envoy's jwt_authn filter writes to.
-pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+pub(crate) const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 
 /// Payloads Envoy's jwt_authn filter verified (`payload_in_metadata`),
 /// forwarded by ext_authz's `metadata_context_namespaces`. Dynamic
@@ -436,7 +436,7 @@ fn parse_bearer(value: &str) -> Credential {
 
 /// The response header that tells a client its request was let through
 /// by dry-run mode although the policy denies it.
-pub const DRY_RUN_HEADER: &str = "x-portcullis-dry-run";
+pub(crate) const DRY_RUN_HEADER: &str = "x-portcullis-dry-run";
 
 /// Builds the response Envoy acts on.
 pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResponse {

@@ -60,12 +60,12 @@ impl Readiness {
         self.ready.send_replace(ready);
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
 
     /// Sees every change of [`Self::set`].
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
     }
 
@@ -78,7 +78,7 @@ impl Readiness {
     }
 
     /// Serving also requires `also` (set once; a second call is ignored).
-    pub fn also_require(&self, also: impl Fn() -> bool + Send + Sync + 'static) {
+    pub(crate) fn also_require(&self, also: impl Fn() -> bool + Send + Sync + 'static) {
         let _ = self.also.set(Box::new(also));
     }
 }

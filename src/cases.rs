@@ -189,7 +189,8 @@ pub struct CaseRunner {
 /// the engine's call, asks it with the grants it fetched and returns its
 /// decision. `portcullis test --grants-database-url` runs cases through the
 /// same path `serve` does.
-pub type GrantsHook = Box<dyn Fn(&PolicySet, &dyn Fn(&dyn GrantSource) -> Decision) -> Decision>;
+pub(crate) type GrantsHook =
+    Box<dyn Fn(&PolicySet, &dyn Fn(&dyn GrantSource) -> Decision) -> Decision>;
 
 impl CaseRunner {
     pub fn new() -> Self {
@@ -203,7 +204,7 @@ impl CaseRunner {
     }
 
     /// Warnings of the policy directories loaded since the last call.
-    pub fn take_warnings(&mut self) -> Vec<Diagnostic> {
+    pub(crate) fn take_warnings(&mut self) -> Vec<Diagnostic> {
         std::mem::take(&mut self.warnings)
     }
 

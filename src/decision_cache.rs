@@ -43,12 +43,12 @@ pub const DEFAULT_DECISION_CACHE_CAPACITY: u64 = 100_000;
 /// set of decisions costs megabytes, and a cache smaller than the working
 /// set costs more than none (its inserts and evictions). Turn it on
 /// (`--decision-cache-bytes 16Mi`) when decisions are dearer than that.
-pub const DEFAULT_DECISION_CACHE_BYTES: u64 = 0;
+pub(crate) const DEFAULT_DECISION_CACHE_BYTES: u64 = 0;
 /// Default longest time a decision is remembered.
-pub const DEFAULT_DECISION_CACHE_TTL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_DECISION_CACHE_TTL: Duration = Duration::from_secs(60);
 /// The heaviest decision remembered, bookkeeping included. Typical
 /// decisions weigh well under half of it.
-pub const MAX_ENTRY_BYTES: usize = 2048;
+pub(crate) const MAX_ENTRY_BYTES: usize = 2048;
 
 /// A bounded cache of decisions.
 #[derive(Clone)]
@@ -65,7 +65,7 @@ impl DecisionCache {
 
     /// A cache whose decisions weigh at most `max_bytes` in all (by
     /// [`Self::entry_bytes`]), each kept at most `ttl`.
-    pub fn with_max_bytes(max_bytes: u64, ttl: Duration) -> Self {
+    pub(crate) fn with_max_bytes(max_bytes: u64, ttl: Duration) -> Self {
         Self::bounded(u64::MAX, Some(max_bytes), ttl)
     }
 
@@ -81,7 +81,7 @@ impl DecisionCache {
 
     /// The estimated memory one decision holds: key, decision, the text of
     /// its fields, and moka's own bookkeeping.
-    pub fn entry_bytes(decision: &Decision) -> usize {
+    pub(crate) fn entry_bytes(decision: &Decision) -> usize {
         let allocation = |bytes: usize| match bytes {
             0 => 0,
             n => n + ALLOCATION_OVERHEAD_BYTES,
@@ -113,7 +113,7 @@ impl DecisionCache {
     /// Whether a decision about `request` could be in the cache at all:
     /// only a request that offers a token (or a payload Envoy verified)
     /// can establish a principal.
-    pub fn may_hold(request: &RequestAttrs) -> bool {
+    pub(crate) fn may_hold(request: &RequestAttrs) -> bool {
         matches!(request.credential, Credential::Bearer(_)) || !request.verified_payloads.is_empty()
     }
 

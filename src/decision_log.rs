@@ -20,7 +20,7 @@ use crate::logging::LogLines;
 
 /// The allow sampling rate a new `serve` has: every deny, one allow in a
 /// hundred. Metrics count every decision; the log is for reading.
-pub const DEFAULT_ALLOW_RATE: f64 = 0.01;
+pub(crate) const DEFAULT_ALLOW_RATE: f64 = 0.01;
 
 /// Writes decision lines to a [`LogLines`] queue.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ impl DecisionLog {
     /// without a valid token): its log line carries the method, the
     /// normalized path and an explanation. Every decision past route
     /// matching names its route; bad paths and Hosts have nothing to match.
-    pub fn explains(decision: &Decision) -> bool {
+    pub(crate) fn explains(decision: &Decision) -> bool {
         !decision.is_allowed()
             && decision.route.is_none()
             && !matches!(

@@ -145,7 +145,7 @@ impl JwksFetcher {
     /// Gives `policy` the key sets already fetched for its URLs, starts a
     /// fetch task for each new URL, and forgets URLs no longer named.
     /// Must be called within a tokio runtime.
-    pub fn adopt(self: &Arc<Self>, policy: &mut PolicySet) {
+    pub(crate) fn adopt(self: &Arc<Self>, policy: &mut PolicySet) {
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
         let mut named = HashMap::new();
         for remote in policy.issuers.remote_key_sets_mut() {

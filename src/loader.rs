@@ -142,7 +142,7 @@ const PAGE: u64 = 4096;
 /// of its own (a shell loop appending line by line): every step is a
 /// well-formed file. Reloads are debounced for that; writing by rename is
 /// the one sure way.
-pub fn read_whole(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_whole(path: &Path) -> std::io::Result<Vec<u8>> {
     const TRIES: usize = 3;
     let changed = || {
         std::io::Error::other(

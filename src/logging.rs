@@ -20,11 +20,11 @@ use std::time::Duration;
 
 /// Lines the queue holds before it drops: a few MiB of decision lines at
 /// most, and far more than arrive in one drain interval at full load.
-pub const QUEUE_LINES: usize = 4096;
+pub(crate) const QUEUE_LINES: usize = 4096;
 
 /// How often the writer thread writes what is queued: the most a line
 /// waits, and few enough wake-ups to cost nothing.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+pub(crate) const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// A batch is written once it holds this much.
 const BATCH_BYTES: usize = 64 << 10;
@@ -98,7 +98,7 @@ impl LogLines {
 
     /// Queues `line` (one whole line, ending in `\n`). Never blocks: a
     /// full queue drops it and counts it.
-    pub fn write_line(&self, line: Vec<u8>) {
+    pub(crate) fn write_line(&self, line: Vec<u8>) {
         if self.shared.closing.load(Ordering::Relaxed) {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -118,7 +118,7 @@ impl LogLines {
 
     /// Sends every `tracing` event of this process (JSON, filtered by
     /// `PORTCULLIS_LOG`, `info` by default) through this queue.
-    pub fn install_global(&self) {
+    pub(crate) fn install_global(&self) {
         let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         let lines = self.clone();

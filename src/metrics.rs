@@ -39,16 +39,16 @@ struct VersionLabels {
 /// table slot, entry metadata, deque nodes, expiry timer); the caches'
 /// weighers add it. With [`ALLOCATION_OVERHEAD_BYTES`], chosen so that the
 /// estimate matches the resident memory 100,000 typical decisions add.
-pub const CACHE_ENTRY_OVERHEAD_BYTES: usize = 384;
+pub(crate) const CACHE_ENTRY_OVERHEAD_BYTES: usize = 384;
 
 /// The allocator's rounding and header per heap allocation of an entry.
-pub const ALLOCATION_OVERHEAD_BYTES: usize = 16;
+pub(crate) const ALLOCATION_OVERHEAD_BYTES: usize = 16;
 
 /// A moka cache builder bounded by `max_entries`, or, when `max_bytes` is
 /// given, by the estimated bytes of its entries (`weigh`): the one
 /// construction of the token, decision and grants caches' bounds. The
 /// bytes bound is returned for [`CacheStats::measuring`].
-pub fn bounded_cache<K, V>(
+pub(crate) fn bounded_cache<K, V>(
     max_entries: u64,
     max_bytes: Option<u64>,
     weigh: fn(&V) -> usize,
@@ -106,7 +106,10 @@ impl CacheStats {
     /// Stats for `entries`, whose size they read at scrape time (pending
     /// inserts and evictions applied first, so the size is current);
     /// `max_bytes` is the bound of a cache weighed in bytes.
-    pub fn measuring<K, V>(entries: &moka::sync::Cache<K, V>, max_bytes: Option<u64>) -> Arc<Self>
+    pub(crate) fn measuring<K, V>(
+        entries: &moka::sync::Cache<K, V>,
+        max_bytes: Option<u64>,
+    ) -> Arc<Self>
     where
         K: std::hash::Hash + Eq + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,
@@ -322,7 +325,7 @@ impl Metrics {
     }
 
     /// Adds `collector`'s metrics to every scrape.
-    pub fn with_collector(
+    pub(crate) fn with_collector(
         mut self,
         collector: Box<dyn prometheus_client::collector::Collector>,
     ) -> Self {
@@ -331,7 +334,7 @@ impl Metrics {
     }
 
     /// Counts one fetch of a JWKS URL.
-    pub fn record_jwks_fetch(&self, succeeded: bool) {
+    pub(crate) fn record_jwks_fetch(&self, succeeded: bool) {
         let result = if succeeded { "success" } else { "failure" };
         self.jwks_fetches
             .get_or_create(&ResultLabels { result })
@@ -339,7 +342,7 @@ impl Metrics {
     }
 
     /// Counts one answered check.
-    pub fn record_check(
+    pub(crate) fn record_check(
         &self,
         entry: &'static str,
         application: &str,
@@ -363,7 +366,7 @@ impl Metrics {
     }
 
     /// Records a policy load; on success, the version now served.
-    pub fn record_policy_load(&self, loaded: Result<(&str, usize), ()>) {
+    pub(crate) fn record_policy_load(&self, loaded: Result<(&str, usize), ()>) {
         match loaded {
             Ok((version, grants)) => {
                 self.policy_loads

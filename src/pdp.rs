@@ -149,7 +149,7 @@ impl Pdp {
     }
 
     /// The handle reloads publish to.
-    pub fn policy_handle(&self) -> &PolicyHandle {
+    pub(crate) fn policy_handle(&self) -> &PolicyHandle {
         &self.policy
     }
 

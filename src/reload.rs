@@ -35,7 +35,7 @@ pub enum ReloadOutcome {
 }
 
 /// Work done on a freshly loaded policy before it is published.
-pub type Prepare = Box<dyn Fn(&mut PolicySet) + Send + Sync>;
+pub(crate) type Prepare = Box<dyn Fn(&mut PolicySet) + Send + Sync>;
 
 /// Reloads one policy directory into one policy handle.
 pub struct Reloader {
@@ -59,14 +59,14 @@ impl Reloader {
 
     /// Runs `published` after each new policy is published: to drop cache
     /// entries keyed by the old version, which no check can reach any more.
-    pub fn with_published(mut self, published: Box<dyn Fn() + Send + Sync>) -> Self {
+    pub(crate) fn with_published(mut self, published: Box<dyn Fn() + Send + Sync>) -> Self {
         self.published = Some(published);
         self
     }
 
     /// Runs `prepare` on each new policy before it is published (to hand it
     /// the key sets already fetched, for instance).
-    pub fn with_prepare(mut self, prepare: Prepare) -> Self {
+    pub(crate) fn with_prepare(mut self, prepare: Prepare) -> Self {
         self.prepare = Some(prepare);
         self
     }
@@ -109,7 +109,7 @@ impl Reloader {
     }
 
     /// Reloads and logs the outcome.
-    pub fn reload_and_log(&self, trigger: &str) -> ReloadOutcome {
+    pub(crate) fn reload_and_log(&self, trigger: &str) -> ReloadOutcome {
         let started = std::time::Instant::now();
         let outcome = self.reload();
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -161,7 +161,7 @@ fn retire(previous: Arc<PolicySet>) {
 /// Hands memory freed by a dropped snapshot back to the operating system.
 /// glibc keeps freed heap pages for reuse, so without this a process that
 /// reloaded a large policy would keep the high-water mark of two snapshots.
-pub fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers and only returns free pages of
     // the allocator's own arenas to the kernel; it is thread-safe.
@@ -196,7 +196,7 @@ pub fn watch(
 /// files, are watched, so a rename into place and Kubernetes' `..data` swap
 /// are seen. The SIGHUP handler is installed before this returns, so a
 /// signal sent once the server is announced is never lost.
-pub fn on_change(
+pub(crate) fn on_change(
     dirs: Vec<PathBuf>,
     config: WatchConfig,
     reload: impl Fn(&'static str) + Send + Sync + 'static,

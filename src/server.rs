@@ -73,7 +73,7 @@ impl Authorizer {
 
     /// The ext_authz face of `pdp`, the service the other entry points ask
     /// too.
-    pub fn from_pdp(pdp: Pdp, response: ResponseConfig) -> Self {
+    pub(crate) fn from_pdp(pdp: Pdp, response: ResponseConfig) -> Self {
         Self {
             pdp,
             response,
@@ -84,7 +84,7 @@ impl Authorizer {
     /// Reports `grpc.health.v1` SERVING only while `readiness` is set (as
     /// `/ready` does); without it, while every fetched key set is loaded
     /// and the server is not shutting down.
-    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+    pub(crate) fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
         self.readiness = Some(readiness);
         self
     }

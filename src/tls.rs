@@ -42,7 +42,7 @@ use crate::reload::WatchConfig;
 
 /// The application protocol a listener offers in ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Alpn {
+pub(crate) enum Alpn {
     /// gRPC is HTTP/2 only.
     H2,
     /// The AuthZEN API is served over HTTP/1.1.
@@ -236,7 +236,7 @@ impl ServerTls {
     }
 
     /// Loads the files for a listener speaking `alpn`.
-    pub fn load_for(files: TlsFiles, alpn: Alpn) -> Result<Self, TlsError> {
+    pub(crate) fn load_for(files: TlsFiles, alpn: Alpn) -> Result<Self, TlsError> {
         let material = Material::read(&files)?;
         let config = build(&files, &material, alpn)?;
         Ok(ServerTls {
@@ -252,7 +252,7 @@ impl ServerTls {
     }
 
     /// Whether clients must present a certificate.
-    pub fn requires_client_certificates(&self) -> bool {
+    pub(crate) fn requires_client_certificates(&self) -> bool {
         self.files.client_ca.is_some()
     }
 
@@ -284,7 +284,7 @@ impl ServerTls {
     }
 
     /// Reloads and logs the outcome.
-    pub fn reload_and_log(&self, trigger: &str) -> TlsReloadOutcome {
+    pub(crate) fn reload_and_log(&self, trigger: &str) -> TlsReloadOutcome {
         let outcome = self.reload();
         match &outcome {
             TlsReloadOutcome::Published => tracing::info!(

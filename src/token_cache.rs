@@ -58,7 +58,7 @@ impl Expiry<TokenKey, Arc<Principal>> for UntilExpiry {
 }
 
 /// Default longest time a verified token is remembered.
-pub const DEFAULT_TOKEN_CACHE_TTL: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_TOKEN_CACHE_TTL: Duration = Duration::from_secs(300);
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens, each kept at most
@@ -69,14 +69,14 @@ impl TokenCache {
 
     /// A cache of at most `capacity` tokens, each kept at most `max_ttl`
     /// (and never past its token's `exp`).
-    pub fn with_ttl(capacity: u64, max_ttl: Duration) -> Self {
+    pub(crate) fn with_ttl(capacity: u64, max_ttl: Duration) -> Self {
         Self::bounded(capacity, None, max_ttl)
     }
 
     /// A cache whose entries weigh at most `max_bytes` in all (by
     /// [`Self::entry_bytes`]), each kept at most `max_ttl` (and never past
     /// its token's `exp`).
-    pub fn with_max_bytes(max_bytes: u64, max_ttl: Duration) -> Self {
+    pub(crate) fn with_max_bytes(max_bytes: u64, max_ttl: Duration) -> Self {
         Self::bounded(u64::MAX, Some(max_bytes), max_ttl)
     }
 
@@ -93,7 +93,7 @@ impl TokenCache {
     /// The estimated memory one verification holds: key, principal, its
     /// subject and groups, and moka's own bookkeeping. The issuer name is
     /// shared with the policy and not counted.
-    pub fn entry_bytes(principal: &Principal) -> usize {
+    pub(crate) fn entry_bytes(principal: &Principal) -> usize {
         let allocation = |bytes: usize| match bytes {
             0 => 0,
             n => n + ALLOCATION_OVERHEAD_BYTES,

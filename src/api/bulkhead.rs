@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 pub const REQUEST_TIME_BUDGET: Duration = Duration::from_secs(2);
 
 /// Requests that may wait for a pool thread; more are refused (503).
-pub const QUEUE_LENGTH: usize = 64;
+pub(crate) const QUEUE_LENGTH: usize = 64;
 
 /// The pool's threads: half the machine's cores, at least one, so the
 /// other half is left to the runtime that answers checks.

@@ -22,11 +22,11 @@ use crate::policy::PolicySet;
 use crate::token::Principal;
 
 /// The header an API key travels in.
-pub const API_KEY_HEADER: &str = "x-api-key";
+pub(crate) const API_KEY_HEADER: &str = "x-api-key";
 
 /// Who asks.
 #[derive(Debug, Clone, Default)]
-pub struct Asker {
+pub(crate) struct Asker {
     /// The caller the policy names, if the request proved one.
     pub caller: Option<Caller>,
     /// The verified user token, if one was presented.
@@ -41,7 +41,7 @@ impl Asker {
 
 /// Why a request is not authenticated: 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unauthenticated {
+pub(crate) enum Unauthenticated {
     #[error("no credential: send an API key (X-API-Key or Authorization: Bearer), a bearer token, or a client certificate the policy names")]
     Missing,
     #[error("the API key is not known")]
@@ -69,7 +69,7 @@ impl Unauthenticated {
 /// Finds out who asks. Every issuer of the policy may vouch for a user
 /// token: on this path there is no application to narrow them, and each
 /// issuer's subjects are distinct (`subject_prefix`).
-pub fn identify(
+pub(crate) fn identify(
     policy: &PolicySet,
     headers: &HeaderMap,
     client_certificate: Option<&CertificateDer<'_>>,

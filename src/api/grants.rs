@@ -25,7 +25,7 @@ use crate::policy::PolicySet;
 pub const PATH: &str = "/portcullis/v1/grants";
 
 /// Most grants one request may add and remove, together.
-pub const MAX_GRANTS: usize = 1000;
+pub(crate) const MAX_GRANTS: usize = 1000;
 
 pub async fn write(State(state): State<ApiState>, request: Request) -> Response {
     match write_grants(&state, request).await {

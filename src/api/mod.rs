@@ -79,7 +79,7 @@ pub const MAX_PAGE_LIMIT: u64 = 1000;
 
 /// The only subject type: the policy's subjects are users (and services)
 /// named by their token's subject.
-pub const SUBJECT_TYPE: &str = "user";
+pub(crate) const SUBJECT_TYPE: &str = "user";
 
 const EVALUATION: &str = "/access/v1/evaluation";
 const EVALUATIONS: &str = "/access/v1/evaluations";
@@ -148,7 +148,7 @@ pub async fn run(
 
 /// A request that gets no decision.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error(transparent)]
     BadRequest(#[from] BadRequest),
     #[error(transparent)]
@@ -187,7 +187,7 @@ impl ApiError {
 }
 
 /// The error body every API error has.
-pub fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({ "error": code, "message": message }).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -373,7 +373,7 @@ async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
 
 /// The policy's name of a resource: `type:id`, or the type alone for an
 /// empty id (a collection such as `documents`).
-pub fn resource_name(kind: &str, id: &str) -> String {
+pub(crate) fn resource_name(kind: &str, id: &str) -> String {
     if id.is_empty() {
         kind.to_owned()
     } else {

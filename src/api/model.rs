@@ -230,7 +230,7 @@ pub fn evaluation(object: &Object, path: &str) -> Result<Evaluation, BadRequest>
 }
 
 /// The top level of a body: a JSON object.
-pub fn body_object(body: &[u8]) -> Result<Object, BadRequest> {
+pub(crate) fn body_object(body: &[u8]) -> Result<Object, BadRequest> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(bad("the request body is empty; a JSON object is required"));
     }

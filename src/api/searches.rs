@@ -208,7 +208,7 @@ mod page_token {
         out
     }
 
-    pub fn seal(cursor: &str, limit: u64, digest: &[u8; 32]) -> String {
+    pub(crate) fn seal(cursor: &str, limit: u64, digest: &[u8; 32]) -> String {
         format!(
             "{}.{limit}.{}",
             hex(&check(cursor, limit, digest)),
