@@ -285,7 +285,11 @@ impl App {
                     tracing::error!(error = %e, "grants database");
                     eprintln!("{e}");
                     return match e {
-                        grants_db::DbError::Schema { .. } => Exit::Config,
+                        // No retry cures a schema mismatch or a
+                        // certificate that does not verify.
+                        grants_db::DbError::Schema { .. } | grants_db::DbError::Tls(_) => {
+                            Exit::Config
+                        }
                         _ => Exit::Failure,
                     };
                 }

@@ -116,7 +116,7 @@ pub async fn connect(
     config: &DatabaseConfig,
 ) -> Result<tokio_postgres::Client, grants_db::DbError> {
     let pg = grants_db::pg_config(config)?;
-    let tls = grants_db::tls(config.ca_file.as_deref())?;
+    let tls = grants_db::tls(config)?;
     let (client, connection) = pg.connect(tls).await.map_err(grants_db::DbError::from_pg)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -63,7 +63,7 @@ async fn follow_once(store: &GrantStore, backoff: &mut Duration) -> Result<(), D
     let mut pg = super::pg_config(store.config())?;
     // Named, so an operator (or a test) can tell the feed's connection.
     pg.application_name(FEED_APPLICATION_NAME);
-    let tls = super::tls(store.config().ca_file.as_deref())?;
+    let tls = super::tls(store.config())?;
     let (mut client, mut connection) = pg.connect(tls).await.map_err(DbError::from_pg)?;
     let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel::<()>();
     // Drives the connection and turns notifications into wake-ups; ends

@@ -39,9 +39,9 @@ pub mod write;
 
 pub use cache::{CacheConfig, Counters, GrantCache, GrantReader, ReadAt};
 use postgres::server_started;
-pub use postgres::{pg_config, pool, tls, Postgres};
+pub use postgres::{libpq_sslmode, pg_config, pool, tls, CertCheck, Postgres};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -80,7 +80,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct DatabaseConfig {
     /// `postgresql://…` URL or `key=value` connection string; `sslmode`
-    /// (disable, prefer, require) as libpq reads it.
+    /// disable, prefer, require, verify-ca or verify-full (see
+    /// [`libpq_sslmode`]: `require` verifies the certificate too).
     pub url: String,
     /// PEM CA bundle the server's certificate must chain to; the Mozilla
     /// roots (webpki-roots) when absent.
@@ -140,7 +141,7 @@ pub enum DbError {
     Tls(String),
     #[error("grants database unreachable: {0}")]
     Unreachable(String),
-    #[error("grants database error: {0}")]
+    #[error("grants database error: {}", server_message(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("grants database schema is at version {found}, this Portcullis needs {needed}: run `portcullis db migrate`")]
     Schema { found: i32, needed: i32 },
@@ -150,6 +151,13 @@ pub enum DbError {
     ForeignRevision { wanted: Revision, found: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What the server said (severity, message, detail, hint), which
+/// tokio-postgres's own `Display` leaves out ("db error").
+fn server_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), ToString::to_string)
 }
 
 impl From<deadpool_postgres::PoolError> for DbError {
@@ -162,13 +170,29 @@ impl From<deadpool_postgres::PoolError> for DbError {
 }
 
 impl DbError {
-    /// A connection-level failure reads as "unreachable", a query's as itself.
+    /// A connection-level failure reads as "unreachable" (a TLS handshake
+    /// that failed, a certificate that does not verify: as TLS), a
+    /// query's as itself.
     pub fn from_pg(e: tokio_postgres::Error) -> Self {
-        if e.as_db_error().is_none() {
-            DbError::Unreachable(e.to_string())
-        } else {
-            DbError::Query(e)
+        if e.as_db_error().is_some() {
+            return DbError::Query(e);
         }
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            // rustls's error comes wrapped in an io::Error, whose own
+            // `source` skips the error it wraps.
+            let inner = cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+            for candidate in [Some(cause), inner].into_iter().flatten() {
+                if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                    return DbError::Tls(format!("{e}: {tls}"));
+                }
+            }
+            source = cause.source();
+        }
+        DbError::Unreachable(e.to_string())
     }
 }
 

@@ -30,6 +30,8 @@ use portcullis_testkit::Check;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+mod tls;
+
 const WRITER_KEY: &str = "writer-key-0123456789abcdef";
 const READER_KEY: &str = "reader-key-0123456789abcdef";
 
