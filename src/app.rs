@@ -24,7 +24,7 @@ use crate::admin::{self, AdminLimits, AdminState, Readiness};
 use crate::api::{self, ApiState};
 use crate::decision_cache::DecisionCache;
 use crate::decision_log::DecisionLog;
-use crate::events::ReplayGuard;
+use crate::events::{Replay, ReplayGuard};
 use crate::grants_db::{self, DatabaseConfig, GrantStore, StoreCollector};
 use crate::jwks::JwksFetcher;
 use crate::logging::LogLines;
@@ -148,6 +148,18 @@ impl ServeConfig {
         }
         if let Some(db) = &self.grants_db {
             grants_db::pg_config(db).map_err(|e| format!("--grants-database-url: {e}"))?;
+            if self
+                .api
+                .as_ref()
+                .is_some_and(|api| api.replay_log.is_some())
+            {
+                return Err(
+                    "--event-replay-log keeps consumed events in one replica's file: \
+                     with --grants-database-url they are kept in the database, once across \
+                     replicas; drop --event-replay-log"
+                        .into(),
+                );
+            }
         }
         Ok(self)
     }
@@ -352,23 +364,35 @@ impl App {
             metrics: metrics.clone(),
             policy: policy.clone(),
         };
-        let replay = match config.api.as_ref() {
-            Some(ApiConfig {
-                replay_log: Some(path),
-                replay_capacity,
-                ..
-            }) => match ReplayGuard::with_log(path, *replay_capacity, (server::system_clock())()) {
-                Ok(guard) => {
-                    log_replay_load(path, guard.load_report());
-                    guard
-                }
-                Err(e) => {
-                    eprintln!("cannot use the event replay log {}: {e}", path.display());
-                    return Exit::Failure;
-                }
+        // Consumed event ids: in the grants database when there is one
+        // (once across replicas), else in this replica's memory.
+        let replay = match (config.api.as_ref(), &grants_db) {
+            (Some(api), Some(store)) => Replay::Database {
+                store: store.clone(),
+                capacity: api.replay_capacity,
             },
-            Some(api) => ReplayGuard::new(api.replay_capacity),
-            None => ReplayGuard::new(0),
+            (api, None) => Replay::Memory(Box::new(match api {
+                Some(ApiConfig {
+                    replay_log: Some(path),
+                    replay_capacity,
+                    ..
+                }) => {
+                    match ReplayGuard::with_log(path, *replay_capacity, (server::system_clock())())
+                    {
+                        Ok(guard) => {
+                            log_replay_load(path, guard.load_report());
+                            guard
+                        }
+                        Err(e) => {
+                            eprintln!("cannot use the event replay log {}: {e}", path.display());
+                            return Exit::Failure;
+                        }
+                    }
+                }
+                Some(api) => ReplayGuard::new(api.replay_capacity),
+                None => ReplayGuard::new(0),
+            })),
+            (None, Some(_)) => Replay::Memory(Box::new(ReplayGuard::new(0))),
         };
         let bulkhead = match api::bulkhead::Bulkhead::new(api::bulkhead::api_decision_threads()) {
             Ok(bulkhead) => Arc::new(bulkhead),

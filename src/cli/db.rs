@@ -88,7 +88,7 @@ impl ServeDatabaseArgs {
 pub enum DbCommand {
     /// Apply the schema migrations this binary carries (idempotent; safe to run from several Jobs)
     Migrate(DatabaseArgs),
-    /// Delete change-log rows older than --keep-seconds (replicas further behind drop their whole cache)
+    /// Delete change-log rows older than --keep-seconds (replicas further behind drop their whole cache), and the ids of consumed events expired over an hour ago
     Prune {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -164,16 +164,22 @@ pub(super) fn db(command: DbCommand) -> ExitCode {
         } => runtime.block_on(async {
             let outcome = async {
                 let mut client = connect(&database.config()).await?;
-                grants_db::write::prune(&mut client, keep_seconds).await
+                let through = grants_db::write::prune(&mut client, keep_seconds).await?;
+                let events = grants_db::consumed::prune(&client).await?;
+                Ok::<_, grants_db::DbError>((through, events))
             }
             .await;
             match outcome {
-                Ok(0) => {
-                    println!("no change is older than {keep_seconds} seconds");
-                    Exit::Ok.into()
-                }
-                Ok(through) => {
-                    println!("pruned the change log through revision {through}");
+                Ok((through, events)) => {
+                    if through == 0 {
+                        println!("no change is older than {keep_seconds} seconds");
+                    } else {
+                        println!("pruned the change log through revision {through}");
+                    }
+                    println!(
+                        "pruned {events} consumed event ids expired over {} seconds ago",
+                        grants_db::consumed::PRUNE_MARGIN_SECONDS
+                    );
                     Exit::Ok.into()
                 }
                 Err(e) => {

@@ -30,6 +30,7 @@
 //! writes fail with an error; the feed reconnects by itself.
 
 pub mod cache;
+pub mod consumed;
 pub mod feed;
 pub mod memory;
 pub mod migrate;

@@ -53,6 +53,8 @@ const CONFINED: &[(&str, &[&str])] = &[
         "tokio_postgres",
         &[
             "src/grants_db/mod.rs",
+            "src/grants_db/postgres.rs",
+            "src/grants_db/consumed.rs",
             "src/grants_db/feed.rs",
             "src/grants_db/migrate.rs",
             "src/grants_db/search.rs",
@@ -61,7 +63,10 @@ const CONFINED: &[(&str, &[&str])] = &[
             "src/cli/grants.rs",
         ],
     ),
-    ("deadpool", &["src/grants_db/mod.rs"]),
+    (
+        "deadpool",
+        &["src/grants_db/mod.rs", "src/grants_db/postgres.rs"],
+    ),
 ];
 
 fn root() -> PathBuf {
