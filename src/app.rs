@@ -148,6 +148,12 @@ impl ServeConfig {
         }
         if let Some(db) = &self.grants_db {
             grants_db::pg_config(db).map_err(|e| format!("--grants-database-url: {e}"))?;
+            if let Some(url) = &db.write_url {
+                let mut primary = db.clone();
+                primary.url.clone_from(url);
+                grants_db::pg_config(&primary)
+                    .map_err(|e| format!("--grants-database-write-url: {e}"))?;
+            }
             if self
                 .api
                 .as_ref()

@@ -34,6 +34,14 @@ pub struct ServeDatabaseArgs {
     /// Keep grants in PostgreSQL (URL or key=value string; the password is never printed); routes, roles, denies stay in the policy files
     #[arg(long, env = "PORTCULLIS_GRANTS_DATABASE_URL", hide_env_values = true)]
     pub grants_database_url: Option<String>,
+    /// Where grant writes and consumed event ids go when --grants-database-url is a read replica: the primary (default: --grants-database-url)
+    #[arg(
+        long,
+        env = "PORTCULLIS_GRANTS_DATABASE_WRITE_URL",
+        hide_env_values = true,
+        requires = "grants_database_url"
+    )]
+    pub grants_database_write_url: Option<String>,
     /// PEM CA bundle the database's certificate must chain to (default: the Mozilla roots)
     #[arg(long, env = "PORTCULLIS_GRANTS_DATABASE_CA")]
     pub grants_database_ca: Option<PathBuf>,
@@ -74,6 +82,7 @@ impl ServeDatabaseArgs {
     pub fn config(&self) -> Option<DatabaseConfig> {
         let url = self.grants_database_url.clone()?;
         let mut config = DatabaseConfig::new(url);
+        config.write_url.clone_from(&self.grants_database_write_url);
         config.ca_file.clone_from(&self.grants_database_ca);
         config.pool_size = self.grants_database_pool_size;
         config.cache_entries = self.grants_cache_entries;

@@ -57,7 +57,7 @@ pub async fn consume(
     let share = i64::try_from(share.max(1)).unwrap_or(i64::MAX);
     let (expires_at, now) = (seconds(expires_at), seconds(now));
     let work = async {
-        let client = store.client().await?;
+        let client = store.write_client().await?;
         let insert = client
             .prepare_cached(
                 "INSERT INTO portcullis_consumed_events (id, consumer, expires_at) \

@@ -84,6 +84,11 @@ pub struct DatabaseConfig {
     /// disable, prefer, require, verify-ca or verify-full (see
     /// [`libpq_sslmode`]: `require` verifies the certificate too).
     pub url: String,
+    /// Where writes go (grants written through the API, consumed event
+    /// ids) when `url` is a read replica, which refuses them: the
+    /// primary. `None`: `url` takes writes too. Same CA bundle; a pool of
+    /// its own, of `pool_size`.
+    pub write_url: Option<String>,
     /// PEM CA bundle the server's certificate must chain to; the Mozilla
     /// roots (webpki-roots) when absent.
     pub ca_file: Option<PathBuf>,
@@ -107,6 +112,7 @@ impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseConfig")
             .field("url", &"(hidden)")
+            .field("write_url", &self.write_url.as_ref().map(|_| "(hidden)"))
             .field("ca_file", &self.ca_file)
             .field("pool_size", &self.pool_size)
             .field("cache_entries", &self.cache_entries)
@@ -122,6 +128,7 @@ impl DatabaseConfig {
     pub fn new(url: impl Into<String>) -> Self {
         DatabaseConfig {
             url: url.into(),
+            write_url: None,
             ca_file: None,
             pool_size: 8,
             cache_entries: 1_000_000,
@@ -307,6 +314,8 @@ impl std::fmt::Display for Revision {
 pub struct GrantStore {
     config: DatabaseConfig,
     postgres: Arc<Postgres>,
+    /// The primary, when reads go to a replica (`write_url`).
+    writer: Option<Postgres>,
     cache: GrantCache,
 }
 
@@ -352,9 +361,18 @@ impl GrantStore {
                 revision_wait: config.revision_wait,
             },
         );
+        let writer = match &config.write_url {
+            Some(url) => {
+                let mut primary = config.clone();
+                primary.url.clone_from(url);
+                Some(Postgres::new(pool(&primary)?))
+            }
+            None => None,
+        };
         Ok(Arc::new(GrantStore {
             config,
             postgres,
+            writer,
             cache,
         }))
     }
@@ -363,6 +381,9 @@ impl GrantStore {
     /// which server it is (the feed's first connection compares).
     pub async fn start(&self) -> Result<(), DbError> {
         self.postgres.bind_runtime();
+        if let Some(writer) = &self.writer {
+            writer.bind_runtime();
+        }
         let client = self.client().await?;
         migrate::check(&client).await?;
         let started = server_started(&client).await?;
@@ -387,6 +408,16 @@ impl GrantStore {
     /// A pooled connection (see [`Postgres::client`]).
     pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.postgres.client().await
+    }
+
+    /// A pooled connection for a write: to `write_url` (the primary) when
+    /// reads go to a replica, else the same pool as reads.
+    pub async fn write_client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.writer
+            .as_ref()
+            .unwrap_or(&self.postgres)
+            .client()
+            .await
     }
 
     /// The roles of each lookup (in order) and the revision they were read

@@ -284,6 +284,8 @@ impl Postgres {
             "-R",
             "-X",
             "stream",
+            // At once, not at the pace of a spread checkpoint (minutes).
+            "--checkpoint=fast",
             "--no-sync",
         ]));
         assert!(

@@ -31,6 +31,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 mod events;
+mod standby;
 mod tls;
 
 const WRITER_KEY: &str = "writer-key-0123456789abcdef";
