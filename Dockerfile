@@ -19,7 +19,8 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 # Only what the build reads (.dockerignore keeps the context to these):
-# the manifest and lock file; src/; migrations/, which
+# the manifest and lock file; src/; crates/ (the decision core, a
+# dependency and a workspace member); migrations/, which
 # src/grants_db/migrate.rs embeds with include_str!; benches/, because
 # Cargo.toml declares [[bench]] targets and cargo refuses a manifest whose
 # declared targets are missing; testkit/, a workspace member. Examples,
@@ -27,6 +28,7 @@ WORKDIR /src
 # `make manifests` builds the binary from exactly this context.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY migrations ./migrations
 COPY benches ./benches
 COPY testkit ./testkit

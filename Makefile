@@ -115,7 +115,7 @@ test: manifests $(ENVOY_CONFIG)
 	@$(POSTGRES_NOTICE)
 	envoy_bin=$$(scripts/ensure-envoy.sh); \
 	"$$envoy_bin" --mode validate --disable-hot-restart -l warning -c $(ENVOY_CONFIG); \
-	ENVOY_BIN="$$envoy_bin" $(CARGO) test
+	ENVOY_BIN="$$envoy_bin" $(CARGO) test --workspace
 	@if $(POSTGRES_FOUND); then \
 	  echo "== the tests that need PostgreSQL: cargo test --test it -- --ignored $(POSTGRES_TESTS)"; \
 	  log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \

@@ -330,6 +330,7 @@ fn searches(c: &mut Criterion) {
     };
     let first = search::resources(
         &policy,
+        &*policy.grants,
         &alice,
         "read",
         "document",
@@ -345,6 +346,7 @@ fn searches(c: &mut Criterion) {
         b.iter(|| {
             black_box(search::resources(
                 &policy,
+                &*policy.grants,
                 &alice,
                 "read",
                 "document",
@@ -358,6 +360,7 @@ fn searches(c: &mut Criterion) {
         b.iter(|| {
             black_box(search::resources(
                 &policy,
+                &*policy.grants,
                 &alice,
                 "read",
                 "document",
@@ -371,6 +374,7 @@ fn searches(c: &mut Criterion) {
         b.iter(|| {
             black_box(search::subjects(
                 &policy,
+                &*policy.grants,
                 "document:42",
                 "write",
                 None,
@@ -383,6 +387,7 @@ fn searches(c: &mut Criterion) {
         b.iter(|| {
             black_box(search::actions(
                 &policy,
+                &*policy.grants,
                 &alice,
                 "document:42",
                 None,

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::adapter::ResponseConfig;
 use crate::admin::{self, AdminLimits, AdminState, Readiness};
@@ -298,7 +301,7 @@ impl App {
         // followed before the service says it is ready.
         let grants_feed = match &grants_db {
             Some(store) => match store.start().await {
-                Ok(()) => Some(tokio::spawn(grants_db::feed::follow(store.clone()))),
+                Ok(()) => Some(grants_db::feed::follow(store.clone())),
                 Err(e) => {
                     tracing::error!(error = %e, "grants database");
                     eprintln!("{e}");
@@ -370,35 +373,8 @@ impl App {
             metrics: metrics.clone(),
             policy: policy.clone(),
         };
-        // Consumed event ids: in the grants database when there is one
-        // (once across replicas), else in this replica's memory.
-        let replay = match (config.api.as_ref(), &grants_db) {
-            (Some(api), Some(store)) => Replay::Database {
-                store: store.clone(),
-                capacity: api.replay_capacity,
-            },
-            (api, None) => Replay::Memory(Box::new(match api {
-                Some(ApiConfig {
-                    replay_log: Some(path),
-                    replay_capacity,
-                    ..
-                }) => {
-                    match ReplayGuard::with_log(path, *replay_capacity, (server::system_clock())())
-                    {
-                        Ok(guard) => {
-                            log_replay_load(path, guard.load_report());
-                            guard
-                        }
-                        Err(e) => {
-                            eprintln!("cannot use the event replay log {}: {e}", path.display());
-                            return Exit::Failure;
-                        }
-                    }
-                }
-                Some(api) => ReplayGuard::new(api.replay_capacity),
-                None => ReplayGuard::new(0),
-            })),
-            (None, Some(_)) => Replay::Memory(Box::new(ReplayGuard::new(0))),
+        let Some(replay) = replay(config.api.as_ref(), grants_db.as_ref()) else {
+            return Exit::Failure;
         };
         let bulkhead = match api::bulkhead::Bulkhead::new(api::bulkhead::api_decision_threads()) {
             Ok(bulkhead) => Arc::new(bulkhead),
@@ -435,50 +411,52 @@ impl App {
         let authorizer = Authorizer::from_pdp(pdp, ResponseConfig::new(&config.subject_header))
             .with_readiness(readiness.clone());
 
-        let (stop_checks, checks_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = tokio::spawn(admin::run(listeners.admin, admin_state, async {
-            let _ = admin_stopped.await;
-        }));
-        let checks_stopped = async {
-            let _ = checks_stopped.await;
-        };
+        // Draining stops the checks and the API together (the API's shutdown
+        // grace is the drain time); the admin server stops last.
+        let draining = CancellationToken::new();
+        let stopping_admin = CancellationToken::new();
+        let servers = TaskTracker::new();
+        let admin = servers.spawn(admin::run(
+            listeners.admin,
+            admin_state,
+            stopping_admin.clone().cancelled_owned(),
+        ));
         let mut checks = match &tls {
-            Some(tls) => tokio::spawn(server::run_with_incoming(
+            Some(tls) => servers.spawn(server::run_with_incoming(
                 tls::incoming(listeners.grpc, tls.clone()),
                 authorizer,
-                checks_stopped,
+                draining.clone().cancelled_owned(),
             )),
-            None => tokio::spawn(server::run(listeners.grpc, authorizer, checks_stopped)),
+            None => servers.spawn(server::run(
+                listeners.grpc,
+                authorizer,
+                draining.clone().cancelled_owned(),
+            )),
         };
-        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut stop_api = Some(stop_api);
         let api_address = listeners.api.as_ref().and_then(|l| l.local_addr().ok());
         let api = listeners.api.map(|listener| {
-            tokio::spawn(api::run(
+            servers.spawn(api::run(
                 listener,
                 api_tls.clone(),
                 api_state,
                 api::limits(config.drain),
-                async {
-                    let _ = api_stopped.await;
-                },
+                draining.clone().cancelled_owned(),
             ))
         });
-        let reloads = tokio::spawn(reloads);
-        let tls_reloads: Vec<_> = tls_reloads.into_iter().map(tokio::spawn).collect();
+        servers.close();
+        // Watchers and the change feed run until the service stops; in-process
+        // runs outlive this call, so they are aborted, never left reloading.
+        let mut background = JoinSet::new();
+        background.spawn(reloads);
+        for tls_reloads in tls_reloads {
+            background.spawn(tls_reloads);
+        }
+        if let Some(feed) = grants_feed {
+            background.spawn(feed);
+        }
         readiness.set(true);
         let version = policy.load().version.clone();
-        let transport = match &tls {
-            Some(tls) if tls.requires_client_certificates() => "mtls",
-            Some(_) => "tls",
-            None => "plaintext",
-        };
-        let api_transport = match &api_tls {
-            Some(tls) if tls.requires_client_certificates() => "mtls",
-            Some(_) => "tls",
-            None => "plaintext",
-        };
+        let (transport, api_transport) = (transport(&tls), transport(&api_tls));
         tracing::info!(address = %address, admin_address = %admin_address, transport, policy_version = %version, "serving");
         if let Some(api_address) = api_address {
             tracing::info!(api_address = %api_address, transport = api_transport, "serving the AuthZEN API");
@@ -491,12 +469,7 @@ impl App {
                 tracing::info!("shutting down: finishing checks in flight");
                 // Stop being chosen first, then stop taking checks.
                 readiness.set(false);
-                let _ = stop_checks.send(());
-                // The API drains with the checks: its connections get the
-                // same bound (its shutdown grace is the drain time).
-                if let Some(stop) = stop_api.take() {
-                    let _ = stop.send(());
-                }
+                draining.cancel();
                 match tokio::time::timeout(config.drain, &mut checks).await {
                     Ok(Ok(Ok(()))) => tracing::info!("checks drained"),
                     Ok(outcome) => {
@@ -513,9 +486,7 @@ impl App {
                 exit = Exit::Failure;
             }
         }
-        if let Some(stop) = stop_api.take() {
-            let _ = stop.send(());
-        }
+        draining.cancel();
         if let Some(api) = api {
             if tokio::time::timeout(config.drain + Duration::from_secs(1), api)
                 .await
@@ -524,21 +495,15 @@ impl App {
                 tracing::warn!("the API server did not stop in time; exiting anyway");
             }
         }
-        let _ = stop_admin.send(());
+        stopping_admin.cancel();
         // The admin server bounds its own shutdown; this bounds it again,
         // so nothing a client of the admin port does can hold the exit.
         let admin_limit = AdminLimits::default().shutdown_grace + Duration::from_secs(1);
         if tokio::time::timeout(admin_limit, admin).await.is_err() {
             tracing::warn!("the admin server did not stop in time; exiting anyway");
         }
-        // In-process runs outlive this call: no watcher may keep reloading.
-        reloads.abort();
-        for tls_reloads in tls_reloads {
-            tls_reloads.abort();
-        }
-        if let Some(feed) = grants_feed {
-            feed.abort();
-        }
+        background.abort_all();
+        servers.wait().await;
         tracing::info!("stopped");
         exit
     }
@@ -625,6 +590,53 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = interrupt.recv() => {}
         }
     })
+}
+
+/// The replay guard of signed events: kept in the replay log when one is
+/// configured (read back first), else in memory; `None` (after saying why)
+/// when the log cannot be used.
+/// Where consumed event ids are kept: in the grants database when there
+/// is one (once across replicas), else in this replica's memory (and its
+/// log). `None` when the log cannot be used (said on stderr).
+fn replay(api: Option<&ApiConfig>, grants_db: Option<&Arc<GrantStore>>) -> Option<Replay> {
+    match (api, grants_db) {
+        (Some(api), Some(store)) => Some(Replay::Database {
+            store: store.clone(),
+            capacity: api.replay_capacity,
+        }),
+        (None, Some(_)) => Some(Replay::Memory(Box::new(ReplayGuard::new(0)))),
+        (api, None) => replay_guard(api).map(|guard| Replay::Memory(Box::new(guard))),
+    }
+}
+
+fn replay_guard(api: Option<&ApiConfig>) -> Option<ReplayGuard> {
+    match api {
+        Some(ApiConfig {
+            replay_log: Some(path),
+            replay_capacity,
+            ..
+        }) => match ReplayGuard::with_log(path, *replay_capacity, crate::pdp::unix_now()) {
+            Ok(guard) => {
+                log_replay_load(path, guard.load_report());
+                Some(guard)
+            }
+            Err(e) => {
+                eprintln!("cannot use the event replay log {}: {e}", path.display());
+                None
+            }
+        },
+        Some(api) => Some(ReplayGuard::new(api.replay_capacity)),
+        None => Some(ReplayGuard::new(0)),
+    }
+}
+
+/// How a listener's connections are protected, for the log.
+fn transport(tls: &Option<Arc<ServerTls>>) -> &'static str {
+    match tls {
+        Some(tls) if tls.requires_client_certificates() => "mtls",
+        Some(_) => "tls",
+        None => "plaintext",
+    }
 }
 
 /// Says what reading the event replay log back found: a torn last line

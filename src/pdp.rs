@@ -413,18 +413,41 @@ impl Pdp {
         use crate::grants_db::search as db;
         let Some(store) = &self.grants_db else {
             return Ok(match search {
-                Search::Subjects { resource, action } => {
-                    search::subjects(policy, resource, action, after, limit, given)
-                }
+                Search::Subjects { resource, action } => search::subjects(
+                    policy,
+                    &*policy.grants,
+                    resource,
+                    action,
+                    after,
+                    limit,
+                    given,
+                ),
                 Search::Resources {
                     principal,
                     action,
                     kind,
-                } => search::resources(policy, principal, action, kind, after, limit, given),
+                } => search::resources(
+                    policy,
+                    &*policy.grants,
+                    principal,
+                    action,
+                    kind,
+                    after,
+                    limit,
+                    given,
+                ),
                 Search::Actions {
                     principal,
                     resource,
-                } => search::actions(policy, principal, resource, after, limit, given),
+                } => search::actions(
+                    policy,
+                    &*policy.grants,
+                    principal,
+                    resource,
+                    after,
+                    limit,
+                    given,
+                ),
             });
         };
         match search {

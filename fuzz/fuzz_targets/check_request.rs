@@ -13,7 +13,7 @@
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use libfuzzer_sys::fuzz_target;
 use portcullis::adapter::request_attrs;
-use portcullis::engine::{decide, Credential, Reason, VerifyEveryTime};
+use portcullis::engine::{decide, Credential, Reason, Request, VerifyEveryTime};
 use portcullis_fuzz::{authorizer, bundled, demo_tokens, NOW};
 use prost::Message;
 
@@ -21,8 +21,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(request) = CheckRequest::decode(data) else {
         return;
     };
-    let (decision, response) = authorizer().check_request(&request);
-    let (again, _) = authorizer().check_request(&request);
+    let (decision, response) = portcullis_testkit::ready(authorizer().check_request(&request));
+    let (again, _) = portcullis_testkit::ready(authorizer().check_request(&request));
     assert_eq!(
         (again.effect, &again.reason, &again.subject),
         (decision.effect, &decision.reason, &decision.subject),
@@ -55,7 +55,14 @@ fuzz_target!(|data: &[u8]| {
         Reason::InternalError,
         "the engine failed on {attrs:?}"
     );
-    let fresh = decide(&bundled(), &attrs, &VerifyEveryTime, NOW);
+    let policy = bundled();
+    let fresh = decide(
+        &policy,
+        &*policy.grants,
+        &Request::Http(&attrs),
+        &VerifyEveryTime,
+        NOW,
+    );
     assert_eq!(
         (fresh.effect, &fresh.reason),
         (decision.effect, &decision.reason),

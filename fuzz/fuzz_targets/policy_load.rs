@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::engine::{decide, Credential, KnownPrincipal, RequestAttrs};
+use portcullis::engine::{decide, Credential, KnownPrincipal, Request, RequestAttrs};
 use portcullis::policy::load_policies;
 use portcullis::token::Principal;
 use portcullis_fuzz::{bundled_copy, NOW, SECRET};
@@ -101,6 +101,12 @@ fuzz_target!(|data: &[u8]| {
             credential: Credential::Bearer("verified".into()),
             ..Default::default()
         };
-        let _ = decide(&policy, &request, &caller, NOW);
+        let _ = decide(
+            &policy,
+            &*policy.grants,
+            &Request::Http(&request),
+            &caller,
+            NOW,
+        );
     }
 });

@@ -275,7 +275,7 @@ pub async fn subjects(
         index.insert(holder(k, row.get(1)), key, role);
     }
     let index = index.build();
-    Ok(search::subjects_with_grants(
+    Ok(search::subjects(
         policy, &index, resource, action, after, limit, given,
     ))
 }
@@ -304,7 +304,7 @@ pub async fn actions(
         }
     }
     let index = index.build();
-    Ok(search::actions_with_grants(
+    Ok(search::actions(
         policy, &index, principal, resource, after, limit, given,
     ))
 }

@@ -156,8 +156,10 @@ impl PartialOrd for Candidate<'_> {
 /// The resources of type `kind` on which `principal` may do `action`, after
 /// the id `after`, at most `limit`, confirming at most
 /// [`MAX_SEARCH_CANDIDATES`].
+#[allow(clippy::too_many_arguments)] // the question, the page and the circumstances
 pub fn resources(
     policy: &PolicySet,
+    grants: &dyn GrantSource,
     principal: &Principal,
     action: &str,
     kind: &str,
@@ -169,14 +171,11 @@ pub fn resources(
         return Found::none();
     };
     let type_prefix = format!("{kind}:");
-    let groups: Vec<&str> = principal
-        .groups
-        .iter()
-        .chain(policy.policy_groups(&principal.subject))
-        .map(String::as_str)
-        .collect();
-    let holders: Vec<Holder<'_>> = std::iter::once(Holder::Subject(principal.subject.as_str()))
-        .chain(groups.iter().map(|g| Holder::Group(g)))
+    // Grants to every authenticated subject name no resource of their own
+    // here: each is confirmed through the subject's decision anyway.
+    let holders: Vec<Holder<'_>> = policy
+        .holders(principal)
+        .filter(|h| !matches!(h, Holder::Authenticated))
         .collect();
     let mut after: Option<String> = after.map(str::to_owned);
     let mut out = Vec::new();
@@ -196,7 +195,7 @@ pub fn resources(
         let mut kept: HashSet<Cow<'_, str>> = HashSet::new();
         let mut overflowed = false;
         for holder in &holders {
-            for (key, roles) in policy.grants.held(*holder) {
+            for (key, roles) in grants.held(*holder) {
                 let candidate = match key {
                     ResourceKey::Exact(r) => match r.strip_prefix(type_prefix.as_str()) {
                         Some(id) => Candidate {
@@ -245,14 +244,7 @@ pub fn resources(
         };
         examined += batch.len();
         for candidate in batch {
-            if allows(
-                policy,
-                &*policy.grants,
-                principal,
-                &candidate.check,
-                action,
-                given,
-            ) {
+            if allows(policy, grants, principal, &candidate.check, action, given) {
                 out.push(candidate.id.into_owned());
             }
         }
@@ -273,28 +265,8 @@ pub fn resources(
 /// The subjects the policy names (in grants or group members) that may do
 /// `action` on `resource`, after `after`, at most `limit`. Groups a subject
 /// joins only through its token cannot be known here.
+/// `grants` must hold every grant on a key covering `resource`.
 pub fn subjects(
-    policy: &PolicySet,
-    resource: &str,
-    action: &str,
-    after: Option<&str>,
-    limit: usize,
-    given: Circumstances<'_>,
-) -> Found {
-    subjects_with_grants(
-        policy,
-        &*policy.grants,
-        resource,
-        action,
-        after,
-        limit,
-        given,
-    )
-}
-
-/// [`subjects`] over `grants` (which must hold every grant on a key
-/// covering `resource`), not the policy's own.
-pub fn subjects_with_grants(
     policy: &PolicySet,
     grants: &dyn GrantSource,
     resource: &str,
@@ -354,28 +326,9 @@ pub fn subjects_with_grants(
 
 /// The actions `principal` may do on `resource`, in name order, after
 /// `after`, at most `limit`.
+/// `grants` must answer every lookup a decision on `resource` for
+/// `principal` makes.
 pub fn actions(
-    policy: &PolicySet,
-    principal: &Principal,
-    resource: &str,
-    after: Option<&str>,
-    limit: usize,
-    given: Circumstances<'_>,
-) -> Found {
-    actions_with_grants(
-        policy,
-        &*policy.grants,
-        principal,
-        resource,
-        after,
-        limit,
-        given,
-    )
-}
-
-/// [`actions`] over `grants` (which must answer every lookup a decision on
-/// `resource` for `principal` makes), not the policy's own.
-pub fn actions_with_grants(
     policy: &PolicySet,
     grants: &dyn GrantSource,
     principal: &Principal,

@@ -7,6 +7,7 @@
 //! - Envoy's protocol types stop at the adapter and the gRPC server.
 //! - serde_yaml is used by the YAML module only.
 //! - Every source file appears in ARCHITECTURE.md's code map.
+//! - Every test an invariant names as what holds it exists.
 
 use std::path::{Path, PathBuf};
 
@@ -203,6 +204,62 @@ fn every_source_file_is_in_the_code_map() {
     );
 }
 
+/// The test names (backquoted snake_case with at least three words) in
+/// `text`.
+fn named_tests(text: &str) -> Vec<&str> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|name| {
+            name.split('_').count() >= 4
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        })
+        .collect()
+}
+
+#[test]
+fn every_test_an_invariant_names_exists() {
+    let map = std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let invariants = map
+        .split("## Invariants")
+        .nth(1)
+        .expect("ARCHITECTURE.md has an Invariants section");
+    let names = named_tests(invariants);
+    assert!(names.len() >= 4, "too few named tests: {names:?}");
+    let mut code = String::new();
+    for dir in ["src", "crates/portcullis-core/src", "tests"] {
+        let mut files = Vec::new();
+        sources(&root().join(dir), &mut files);
+        for file in files {
+            code.push_str(&std::fs::read_to_string(file).expect("source"));
+        }
+    }
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|name| !code.contains(&format!("fn {name}(")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's invariants name tests that do not exist: {missing:?}"
+    );
+}
+
+/// `make test` runs every workspace member's unit tests: the core's live in
+/// their own crate, which a bare `cargo test` in the root would skip.
+#[test]
+fn make_test_runs_the_cores_unit_tests() {
+    let makefile = std::fs::read_to_string(root().join("Makefile")).expect("Makefile");
+    let test_target = makefile
+        .split("\ntest:")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("the Makefile has a test target");
+    assert!(
+        test_target.contains("$(CARGO) test --workspace"),
+        "make test must run `cargo test --workspace`:\n{test_target}"
+    );
+}
+
 #[test]
 fn the_checks_above_can_fail() {
     // The scanners find what they look for, so a pure core is not just a
@@ -214,6 +271,10 @@ fn the_checks_above_can_fail() {
     );
     let manifest = "[package]\nname = \"x\"\n[dependencies]\n# why\ntokio = \"1\"\n[dev-dependencies]\nmoka = \"1\"\n";
     assert_eq!(dependencies(manifest), ["tokio"]);
+    assert_eq!(
+        named_tests("held by `a_b_c_d` and `make test` and `not_a_test`"),
+        ["a_b_c_d"]
+    );
 }
 
 /// The integration tests are one binary, `tests/it`, with a module per

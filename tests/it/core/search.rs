@@ -119,6 +119,7 @@ fn every_search_page_agrees_with_single_decisions() {
             let found = walk(|after| {
                 search::resources(
                     &policy,
+                    &*policy.grants,
                     &user(subject),
                     action,
                     "document",
@@ -146,8 +147,17 @@ fn every_search_page_agrees_with_single_decisions() {
             .chain(["7".to_owned(), "99".to_owned()].iter())
         {
             let resource = format!("document:{document}");
-            let found =
-                walk(|after| search::subjects(&policy, &resource, action, after, 7, none()));
+            let found = walk(|after| {
+                search::subjects(
+                    &policy,
+                    &*policy.grants,
+                    &resource,
+                    action,
+                    after,
+                    7,
+                    none(),
+                )
+            });
             let expected: BTreeSet<String> = subjects
                 .iter()
                 .filter(|s| allows(&policy, s, &resource, action))
@@ -165,8 +175,17 @@ fn every_search_page_agrees_with_single_decisions() {
     for subject in subjects.iter().step_by(4) {
         for document in documents.iter().step_by(17) {
             let resource = format!("document:{document}");
-            let found =
-                walk(|after| search::actions(&policy, &user(subject), &resource, after, 7, none()));
+            let found = walk(|after| {
+                search::actions(
+                    &policy,
+                    &*policy.grants,
+                    &user(subject),
+                    &resource,
+                    after,
+                    7,
+                    none(),
+                )
+            });
             let expected: Vec<String> = {
                 let mut names = policy.actions.clone();
                 names.sort();

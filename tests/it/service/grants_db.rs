@@ -879,6 +879,7 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
                     for _ in 0..20 {
                         let want = portcullis::search::resources(
                             &policy,
+                            &*policy.grants,
                             p,
                             action,
                             kind,
@@ -912,8 +913,15 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
             }
         }
         for resource in ["document:1", "document:2", "document:3", "documents"] {
-            let want =
-                portcullis::search::actions(&policy, p, resource, None, 100, Circumstances::none());
+            let want = portcullis::search::actions(
+                &policy,
+                &*policy.grants,
+                p,
+                resource,
+                None,
+                100,
+                Circumstances::none(),
+            );
             let got = rt
                 .block_on(grants_db::search::actions(
                     &store,
@@ -938,6 +946,7 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
         for action in ["read", "write", "share"] {
             let want = portcullis::search::subjects(
                 &policy,
+                &*policy.grants,
                 resource,
                 action,
                 None,

@@ -2,6 +2,7 @@
 //! demand for `portcullis check`, the case runner and the decision log of a
 //! deny, never while deciding.
 
+use super::resolve::{resolve, Resolved};
 use super::*;
 
 /// Longest method and path an [`Unmatched`] carries, in bytes: enough to
@@ -27,63 +28,61 @@ pub struct Unmatched {
 /// path or Host cannot be read: [`decide`]'s reason already says why).
 /// Pure, like [`decide`], and never called by it.
 pub fn explain_unmatched(policy: &PolicySet, request: &RequestAttrs) -> Option<Unmatched> {
-    let path = path::normalize(&request.path).ok()?;
-    let host = normalize_host(&request.host).ok()?;
     let method = &request.method;
-    let unmatched = |explanation: String| Unmatched {
+    let unmatched = |path: &str, explanation: String| Unmatched {
         method: bounded(method, UNMATCHED_METHOD_MAX),
-        path: bounded(path.as_str(), UNMATCHED_PATH_MAX),
+        path: bounded(path, UNMATCHED_PATH_MAX),
         explanation,
     };
-    let selection = policy.selector.select(SelectInput {
-        context: &request.context_extensions,
-        destination: &request.destination,
-        host: &host,
-        path: &path,
-    });
-    let app_index = match selection {
-        Selection::Found(index, _) => index,
-        Selection::NotFound => {
+    resolve(policy, request, |resolved| {
+        match resolved {
+        Resolved::BadPath(_) | Resolved::BadHost | Resolved::Internal | Resolved::Route { .. } => {
+            None
+        }
+        Resolved::NoApplication {
+            reason: Reason::AmbiguousApplication,
+            path,
+            ..
+        } => Some(unmatched(
+            path.as_str(),
+            "several applications select the request equally (same kind of selector, same strength)"
+                .into(),
+        )),
+        Resolved::NoApplication { path, host, .. } => {
             let context: Vec<String> = request
                 .context_extensions
                 .iter()
                 .map(|(k, v)| format!("{k}={}", bounded(v, 64)))
                 .collect();
-            return Some(unmatched(format!(
-                "no application selects the request (context extensions [{}], destination {:?}, host {:?}, path {})",
-                context.join(", "),
-                bounded(&request.destination, 128),
-                bounded(&host, 128),
-                bounded(path.as_str(), UNMATCHED_PATH_MAX)
-            )));
-        }
-        Selection::Ambiguous => {
-            return Some(unmatched(
-                "several applications select the request equally (same kind of selector, same strength)"
-                    .into(),
+            Some(unmatched(
+                path.as_str(),
+                format!(
+                    "no application selects the request (context extensions [{}], destination {:?}, host {:?}, path {})",
+                    context.join(", "),
+                    bounded(&request.destination, 128),
+                    bounded(host, 128),
+                    bounded(path.as_str(), UNMATCHED_PATH_MAX)
+                ),
             ))
         }
-    };
-    let app = policy.applications.get(app_index)?;
-    let folded;
-    let path_for_routes = if app.case_insensitive {
-        folded = path.to_ascii_lowercase();
-        &folded
-    } else {
-        &path
-    };
-    if app.routes.find(method, path_for_routes).is_some() {
-        return None;
+        Resolved::NoRoute {
+            app,
+            path,
+            routes_path,
+            ..
+        } => {
+            let explanation = match app.routes.closest(method, routes_path) {
+                Some(miss) => format!(
+                    "no route of application {:?} takes {} {}; closest: {}",
+                    app.name,
+                    bounded(method, UNMATCHED_METHOD_MAX),
+                    bounded(path.as_str(), UNMATCHED_PATH_MAX),
+                    miss.describe(method)
+                ),
+                None => format!("application {:?} has no routes", app.name),
+            };
+            Some(unmatched(path.as_str(), explanation))
+        }
     }
-    let explanation = match app.routes.closest(method, path_for_routes) {
-        Some(miss) => format!(
-            "no route of application {:?} takes {} {}; closest: {}",
-            app.name,
-            bounded(method, UNMATCHED_METHOD_MAX),
-            bounded(path.as_str(), UNMATCHED_PATH_MAX),
-            miss.describe(method)
-        ),
-        None => format!("application {:?} has no routes", app.name),
-    };
-    Some(unmatched(explanation))
+    })
 }

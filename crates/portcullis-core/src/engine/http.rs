@@ -5,7 +5,9 @@
 //! about routes ([`refuse_unknown`]).
 
 use super::authorize::{authorize_in, principal_inputs, LazyAttributes};
+use super::resolve::{resolve, Resolved};
 use super::*;
+use crate::policy::{Application, Route, SelectedBy};
 
 pub(super) fn decide_http(
     policy: &PolicySet,
@@ -14,56 +16,75 @@ pub(super) fn decide_http(
     authn: &dyn Authenticate,
     now: u64,
 ) -> Decision {
-    let path = match path::normalize(&request.path) {
-        Ok(path) => path,
-        Err(e) => return Decision::deny(DenyStatus::BadRequest, Reason::BadPath(e)),
-    };
-    let Ok(host) = normalize_host(&request.host) else {
-        return Decision::deny(DenyStatus::BadRequest, Reason::BadHost);
-    };
-    let selection = policy.selector.select(SelectInput {
-        context: &request.context_extensions,
-        destination: &request.destination,
-        host: &host,
-        path: &path,
-    });
-    let (app_index, selected_by) = match selection {
-        Selection::Found(index, by) => (index, by),
-        Selection::NotFound | Selection::Ambiguous => {
-            let reason = if selection == Selection::NotFound {
-                Reason::NoApplication
-            } else {
-                Reason::AmbiguousApplication
-            };
+    resolve(policy, request, |resolved| match resolved {
+        Resolved::BadPath(e) => Decision::deny(DenyStatus::BadRequest, Reason::BadPath(e)),
+        Resolved::BadHost => Decision::deny(DenyStatus::BadRequest, Reason::BadHost),
+        Resolved::Internal => Decision::deny(DenyStatus::Forbidden, Reason::InternalError),
+        Resolved::NoApplication { reason, .. } => {
             let every_issuer: Vec<usize> = (0..policy.issuers.len()).collect();
-            return refuse_unknown(policy, &every_issuer, request, authn, now, reason);
+            refuse_unknown(policy, &every_issuer, request, authn, now, reason)
         }
-    };
-    let Some(app) = policy.applications.get(app_index) else {
-        return Decision::deny(DenyStatus::Forbidden, Reason::InternalError);
-    };
-    let with_app = |mut d: Decision| {
-        d.application = Some(app.name.clone());
-        // Dry run lets denies through; never where the client could have
-        // picked this application over an enforcing one.
-        d.dry_run = app.dry_run && !selected_by.client_chosen();
-        d
-    };
-    let folded;
-    let path = if app.case_insensitive {
-        folded = path.to_ascii_lowercase();
-        &folded
-    } else {
-        &path
-    };
-    let Some((route, captures)) = app.routes.find(&request.method, path) else {
-        let refused = refuse_unknown(policy, &app.issuers, request, authn, now, Reason::NoRoute);
-        return with_app(refused);
-    };
-    let resource = route.resource.as_ref().map(|r| r.render(&captures));
+        Resolved::NoRoute {
+            app, selected_by, ..
+        } => with_app(
+            app,
+            selected_by,
+            refuse_unknown(policy, &app.issuers, request, authn, now, Reason::NoRoute),
+        ),
+        Resolved::Route {
+            app,
+            selected_by,
+            route,
+            captures,
+        } => {
+            let matched = Matched {
+                app,
+                selected_by,
+                route,
+                captures: &captures,
+            };
+            decide_route(policy, grants, request, authn, now, matched)
+        }
+    })
+}
+
+/// The application that took a request, named in its decision. Dry run
+/// lets denies through; never where the client could have picked this
+/// application over an enforcing one.
+fn with_app(app: &Application, selected_by: SelectedBy, mut d: Decision) -> Decision {
+    d.application = Some(app.name.clone());
+    d.dry_run = app.dry_run && !selected_by.client_chosen();
+    d
+}
+
+/// A route that took a request, with what it captured.
+struct Matched<'a> {
+    app: &'a Application,
+    selected_by: SelectedBy,
+    route: &'a Route,
+    captures: &'a [&'a str],
+}
+
+/// The decision of a request a route took: public, or authenticated and
+/// then authorized as the route requires.
+fn decide_route(
+    policy: &PolicySet,
+    grants: &dyn GrantSource,
+    request: &RequestAttrs,
+    authn: &dyn Authenticate,
+    now: u64,
+    matched: Matched<'_>,
+) -> Decision {
+    let Matched {
+        app,
+        selected_by,
+        route,
+        captures,
+    } = matched;
+    let resource = route.resource.as_ref().map(|r| r.render(captures));
     let action = route.action.as_ref();
     let with_route = |mut d: Decision| {
-        d = with_app(d);
+        d = with_app(app, selected_by, d);
         d.route = Some(route.name.clone());
         d.resource.clone_from(&resource);
         d.action = action.map(|(name, _)| name.clone());

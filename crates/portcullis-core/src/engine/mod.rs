@@ -16,6 +16,7 @@
 mod authorize;
 mod explain;
 mod http;
+mod resolve;
 
 pub(crate) use authorize::authorize;
 use authorize::decide_resource_action;
