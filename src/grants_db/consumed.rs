@@ -58,19 +58,22 @@ pub async fn consume(
     let (expires_at, now) = (seconds(expires_at), seconds(now));
     let work = async {
         let client = store.write_client().await?;
-        let insert = client
-            .prepare_cached(
+        // Prepared afresh on each consume, so planned with this
+        // consumer's name: a cached statement turns generic after five
+        // runs, and the generic plan for `consumer = $2` over a handful of
+        // consumers walks every unexpired row of all of them (measured:
+        // 50 ms for a consumer holding none beside 500k rows of another,
+        // against 0.05 ms by the (consumer, expires_at) index).
+        let inserted = client
+            .execute(
                 "INSERT INTO portcullis_consumed_events (id, consumer, expires_at) \
                  SELECT $1::text, $2::text, $3::bigint \
                  WHERE (SELECT count(*) FROM (SELECT 1 FROM portcullis_consumed_events \
                         WHERE consumer = $2::text AND expires_at > $4::bigint \
                         LIMIT $5::bigint) held) < $5::bigint \
                  ON CONFLICT (id) DO NOTHING",
+                &[&id, &consumer, &expires_at, &now, &share],
             )
-            .await
-            .map_err(DbError::from_pg)?;
-        let inserted = client
-            .execute(&insert, &[&id, &consumer, &expires_at, &now, &share])
             .await
             .map_err(DbError::from_pg)?;
         if inserted == 1 {
