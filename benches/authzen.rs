@@ -22,7 +22,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::api::{self, ApiState};
 use portcullis::decision_log::DecisionLog;
 use portcullis::events::replay::{ReplayGuard, DEFAULT_REPLAY_CAPACITY};
-use portcullis::events::{self, envelope, Publish};
+use portcullis::events::{self, envelope, Publish, Replay};
 use portcullis::http_server;
 use portcullis::logging::LogLines;
 use portcullis::pdp::Pdp;
@@ -118,7 +118,9 @@ fn http(c: &mut Criterion) {
         pdp,
         public_url: None,
         https: false,
-        replay: Arc::new(ReplayGuard::new(DEFAULT_REPLAY_CAPACITY)),
+        replay: Arc::new(Replay::Memory(Box::new(ReplayGuard::new(
+            DEFAULT_REPLAY_CAPACITY,
+        )))),
         bulkhead: Arc::new(
             api::bulkhead::Bulkhead::new(api::bulkhead::api_decision_threads())
                 .unwrap_or_else(|e| panic!("decision threads: {e}")),

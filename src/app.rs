@@ -27,7 +27,7 @@ use crate::admin::{self, AdminLimits, AdminState, Readiness};
 use crate::api::{self, ApiState};
 use crate::decision_cache::DecisionCache;
 use crate::decision_log::DecisionLog;
-use crate::events::ReplayGuard;
+use crate::events::{Replay, ReplayGuard};
 use crate::grants_db::{self, DatabaseConfig, GrantStore, StoreCollector};
 use crate::jwks::JwksFetcher;
 use crate::logging::LogLines;
@@ -151,6 +151,24 @@ impl ServeConfig {
         }
         if let Some(db) = &self.grants_db {
             grants_db::pg_config(db).map_err(|e| format!("--grants-database-url: {e}"))?;
+            if let Some(url) = &db.write_url {
+                let mut primary = db.clone();
+                primary.url.clone_from(url);
+                grants_db::pg_config(&primary)
+                    .map_err(|e| format!("--grants-database-write-url: {e}"))?;
+            }
+            if self
+                .api
+                .as_ref()
+                .is_some_and(|api| api.replay_log.is_some())
+            {
+                return Err(
+                    "--event-replay-log keeps consumed events in one replica's file: \
+                     with --grants-database-url they are kept in the database, once across \
+                     replicas; drop --event-replay-log"
+                        .into(),
+                );
+            }
         }
         Ok(self)
     }
@@ -288,7 +306,11 @@ impl App {
                     tracing::error!(error = %e, "grants database");
                     eprintln!("{e}");
                     return match e {
-                        grants_db::DbError::Schema { .. } => Exit::Config,
+                        // No retry cures a schema mismatch or a
+                        // certificate that does not verify.
+                        grants_db::DbError::Schema { .. } | grants_db::DbError::Tls(_) => {
+                            Exit::Config
+                        }
                         _ => Exit::Failure,
                     };
                 }
@@ -351,7 +373,7 @@ impl App {
             metrics: metrics.clone(),
             policy: policy.clone(),
         };
-        let Some(replay) = replay_guard(config.api.as_ref()) else {
+        let Some(replay) = replay(config.api.as_ref(), grants_db.as_ref()) else {
             return Exit::Failure;
         };
         let bulkhead = match api::bulkhead::Bulkhead::new(api::bulkhead::api_decision_threads()) {
@@ -573,6 +595,20 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 /// The replay guard of signed events: kept in the replay log when one is
 /// configured (read back first), else in memory; `None` (after saying why)
 /// when the log cannot be used.
+/// Where consumed event ids are kept: in the grants database when there
+/// is one (once across replicas), else in this replica's memory (and its
+/// log). `None` when the log cannot be used (said on stderr).
+fn replay(api: Option<&ApiConfig>, grants_db: Option<&Arc<GrantStore>>) -> Option<Replay> {
+    match (api, grants_db) {
+        (Some(api), Some(store)) => Some(Replay::Database {
+            store: store.clone(),
+            capacity: api.replay_capacity,
+        }),
+        (None, Some(_)) => Some(Replay::Memory(Box::new(ReplayGuard::new(0)))),
+        (api, None) => replay_guard(api).map(|guard| Replay::Memory(Box::new(guard))),
+    }
+}
+
 fn replay_guard(api: Option<&ApiConfig>) -> Option<ReplayGuard> {
     match api {
         Some(ApiConfig {

@@ -157,7 +157,7 @@ async fn verify_event(state: &ApiState, request: Request) -> Result<Value, Respo
             let principal = events::principal_of(&claims);
             let decision =
                 decide_now(state, &asked, &principal, &claims.resource, &claims.action).await;
-            events::consume_decided(&asked.policy, &state.replay, claims, decision, asked.now)
+            events::consume_decided(&asked.policy, &state.replay, claims, decision, asked.now).await
         }
         Err(refusal) => Err(refusal),
     };

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::{asked, bad, json_response, ApiError, ApiState};
 use crate::grants_db::write::{self, check_role};
-use crate::grants_db::{DbError, Grant};
+use crate::grants_db::Grant;
 use crate::policy::PolicySet;
 
 /// Where the endpoint is served.
@@ -59,10 +59,9 @@ async fn write_grants(state: &ApiState, request: Request) -> Result<Value, ApiEr
         )));
     }
     let mut client = store
-        .pool()
-        .get()
+        .write_client()
         .await
-        .map_err(|e| ApiError::Unavailable(DbError::from(e).to_string()))?;
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let written = write::write(&mut client, &adds, &removes)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;

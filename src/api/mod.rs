@@ -112,7 +112,7 @@ pub struct ApiState {
     /// Whether the listener speaks TLS.
     pub https: bool,
     /// The ids of events consumed here, until they expire.
-    pub replay: Arc<crate::events::ReplayGuard>,
+    pub replay: Arc<crate::events::Replay>,
     /// Where decisions and searches run, off the runtime that answers
     /// Envoy's checks ([`bulkhead`]).
     pub bulkhead: Arc<Bulkhead>,

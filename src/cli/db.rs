@@ -34,6 +34,14 @@ pub struct ServeDatabaseArgs {
     /// Keep grants in PostgreSQL (URL or key=value string; the password is never printed); routes, roles, denies stay in the policy files
     #[arg(long, env = "PORTCULLIS_GRANTS_DATABASE_URL", hide_env_values = true)]
     pub grants_database_url: Option<String>,
+    /// Where grant writes and consumed event ids go when --grants-database-url is a read replica: the primary (default: --grants-database-url)
+    #[arg(
+        long,
+        env = "PORTCULLIS_GRANTS_DATABASE_WRITE_URL",
+        hide_env_values = true,
+        requires = "grants_database_url"
+    )]
+    pub grants_database_write_url: Option<String>,
     /// PEM CA bundle the database's certificate must chain to (default: the Mozilla roots)
     #[arg(long, env = "PORTCULLIS_GRANTS_DATABASE_CA")]
     pub grants_database_ca: Option<PathBuf>,
@@ -74,6 +82,7 @@ impl ServeDatabaseArgs {
     pub fn config(&self) -> Option<DatabaseConfig> {
         let url = self.grants_database_url.clone()?;
         let mut config = DatabaseConfig::new(url);
+        config.write_url.clone_from(&self.grants_database_write_url);
         config.ca_file.clone_from(&self.grants_database_ca);
         config.pool_size = self.grants_database_pool_size;
         config.cache_entries = self.grants_cache_entries;
@@ -88,7 +97,7 @@ impl ServeDatabaseArgs {
 pub enum DbCommand {
     /// Apply the schema migrations this binary carries (idempotent; safe to run from several Jobs)
     Migrate(DatabaseArgs),
-    /// Delete change-log rows older than --keep-seconds (replicas further behind drop their whole cache)
+    /// Delete change-log rows older than --keep-seconds (replicas further behind drop their whole cache), and the ids of consumed events expired over an hour ago
     Prune {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -116,7 +125,7 @@ pub async fn connect(
     config: &DatabaseConfig,
 ) -> Result<tokio_postgres::Client, grants_db::DbError> {
     let pg = grants_db::pg_config(config)?;
-    let tls = grants_db::tls(config.ca_file.as_deref())?;
+    let tls = grants_db::tls(config)?;
     let (client, connection) = pg.connect(tls).await.map_err(grants_db::DbError::from_pg)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -164,16 +173,22 @@ pub(super) fn db(command: DbCommand) -> ExitCode {
         } => runtime.block_on(async {
             let outcome = async {
                 let mut client = connect(&database.config()).await?;
-                grants_db::write::prune(&mut client, keep_seconds).await
+                let through = grants_db::write::prune(&mut client, keep_seconds).await?;
+                let events = grants_db::consumed::prune(&client).await?;
+                Ok::<_, grants_db::DbError>((through, events))
             }
             .await;
             match outcome {
-                Ok(0) => {
-                    println!("no change is older than {keep_seconds} seconds");
-                    Exit::Ok.into()
-                }
-                Ok(through) => {
-                    println!("pruned the change log through revision {through}");
+                Ok((through, events)) => {
+                    if through == 0 {
+                        println!("no change is older than {keep_seconds} seconds");
+                    } else {
+                        println!("pruned the change log through revision {through}");
+                    }
+                    println!(
+                        "pruned {events} consumed event ids expired over {} seconds ago",
+                        grants_db::consumed::PRUNE_MARGIN_SECONDS
+                    );
                     Exit::Ok.into()
                 }
                 Err(e) => {

@@ -18,6 +18,7 @@ pub mod replay;
 use std::sync::Arc;
 
 use crate::engine::{self, Attributes, Decision, Reason};
+use crate::grants_db::{consumed, GrantStore};
 use crate::policy::{GrantSource, PolicySet};
 use crate::token::Principal;
 pub use envelope::{EventClaims, Publish, Refusal, SignError, Signed};
@@ -116,7 +117,7 @@ pub fn consume(
         &claims.action,
         now,
     );
-    consume_decided(policy, replay, claims, decision, now)
+    consume_decided_here(policy, replay, claims, decision, now)
 }
 
 /// Opens `envelope` for `audience` without consuming it.
@@ -136,26 +137,94 @@ pub fn open(
     )
 }
 
-/// Consumes an opened event decided `decision`, unless the decision could
-/// not be made (the grants database unreachable past its grace period):
-/// such an event is refused without being consumed, so it can be tried
-/// again once the grants can be read, rather than lost to an outage.
-///
-/// The id is remembered under its audience, the consumer: each of the
-/// policy's consumers ([`consumers`]) holds at most its share of the
-/// replay memory, so none can fill it for the others.
-pub fn consume_decided(
+/// Consumes an opened event decided `decision` in this process's
+/// `replay` memory (the CLI's `event verify`); see [`consume_decided`].
+pub fn consume_decided_here(
     policy: &PolicySet,
     replay: &ReplayGuard,
     claims: EventClaims,
     decision: Decision,
     now: u64,
 ) -> Result<Consumed, Refusal> {
+    decided(&decision)?;
+    replay.first_use(&claims.aud, &claims.jti, claims.exp, now, consumers(policy))?;
+    Ok(Consumed { claims, decision })
+}
+
+/// Consumes an opened event decided `decision` in `replay` (this
+/// replica's memory, or the grants database shared by every replica),
+/// unless the decision could not be made (the grants database unreachable
+/// past its grace period): such an event is refused without being
+/// consumed, so it can be tried again once the grants can be read, rather
+/// than lost to an outage.
+///
+/// The id is remembered under its audience, the consumer: each of the
+/// policy's consumers ([`consumers`]) holds at most its share of the
+/// replay memory, so none can fill it for the others.
+pub async fn consume_decided(
+    policy: &PolicySet,
+    replay: &Replay,
+    claims: EventClaims,
+    decision: Decision,
+    now: u64,
+) -> Result<Consumed, Refusal> {
+    decided(&decision)?;
+    replay
+        .first_use(&claims.aud, &claims.jti, claims.exp, now, consumers(policy))
+        .await?;
+    Ok(Consumed { claims, decision })
+}
+
+fn decided(decision: &Decision) -> Result<(), Refusal> {
     if matches!(decision.reason, Reason::GrantsUnavailable) {
         return Err(Refusal::GrantsUnavailable);
     }
-    replay.first_use(&claims.aud, &claims.jti, claims.exp, now, consumers(policy))?;
-    Ok(Consumed { claims, decision })
+    Ok(())
+}
+
+/// Where accepted event ids are remembered, so that each is accepted once.
+pub enum Replay {
+    /// This replica's memory (and its optional log): once per replica.
+    /// Without a grants database there is nothing shared to keep them in.
+    Memory(Box<ReplayGuard>),
+    /// The grants database ([`consumed`](crate::grants_db::consumed)):
+    /// once across every replica on it. `capacity` is shared out among
+    /// the consumers as in memory.
+    Database {
+        store: Arc<GrantStore>,
+        capacity: usize,
+    },
+}
+
+impl Replay {
+    /// Accepts `id` the first time, for `consumer`, until `expires_at`;
+    /// refuses a replay, a consumer past its share of `capacity ÷
+    /// consumers`, and (fail closed: nothing recorded, nothing accepted)
+    /// a store that cannot record it.
+    pub async fn first_use(
+        &self,
+        consumer: &str,
+        id: &str,
+        expires_at: u64,
+        now: u64,
+        consumers: usize,
+    ) -> Result<(), Refusal> {
+        match self {
+            Replay::Memory(guard) => guard.first_use(consumer, id, expires_at, now, consumers),
+            Replay::Database { store, capacity } => {
+                let share = (capacity / consumers.max(1)).max(1);
+                match consumed::consume(store, consumer, id, expires_at, now, share).await {
+                    Ok(consumed::Consumed::First) => Ok(()),
+                    Ok(consumed::Consumed::Replayed) => Err(Refusal::Replayed),
+                    Ok(consumed::Consumed::ConsumerFull) => Err(Refusal::ReplayCallerFull),
+                    Err(e) => {
+                        tracing::error!(error = %e, event_id = %id, "cannot record a consumed event: refused, not consumed");
+                        Err(Refusal::ReplayUnavailable)
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// How many consumers share the replay memory: every caller the policy

@@ -27,9 +27,9 @@
 //! the replica down for a fault of the events log alone. The write is not
 //! synced to disk, so a power loss may forget the last ids. Without a log,
 //! ids live as long as the process. Either way the memory is this
-//! replica's, and a log belongs to one process: replicas that each verify
-//! events need a shared store to refuse a replay sent to another replica
-//! (see docs/events.md).
+//! replica's, and a log belongs to one process: with a grants database,
+//! [`Replay::Database`](super::Replay) keeps the ids there instead, once
+//! across replicas (see docs/events.md).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};

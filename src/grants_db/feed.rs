@@ -4,6 +4,8 @@
 //! also reads the log every `poll` interval, and after a dropped
 //! connection it resumes from the revision it had reached, so a lost
 //! notification costs at most one poll interval and loses no change.
+//! Connected to a hot standby (`pg_is_in_recovery()`), which refuses
+//! LISTEN and never hears the primary's NOTIFY, it only polls.
 //!
 //! Every read also takes the database's identity: another identity, or a
 //! revision below the applied one (a point-in-time restore, a failover to
@@ -63,7 +65,7 @@ async fn follow_once(store: &GrantStore, backoff: &mut Duration) -> Result<(), D
     let mut pg = super::pg_config(store.config())?;
     // Named, so an operator (or a test) can tell the feed's connection.
     pg.application_name(FEED_APPLICATION_NAME);
-    let tls = super::tls(store.config().ca_file.as_deref())?;
+    let tls = super::tls(store.config())?;
     let (mut client, mut connection) = pg.connect(tls).await.map_err(DbError::from_pg)?;
     let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel::<()>();
     // Drives the connection and turns notifications into wake-ups; ends
@@ -92,10 +94,21 @@ async fn follow_once(store: &GrantStore, backoff: &mut Duration) -> Result<(), D
         }
     }
     let _driver = AbortOnDrop(driver);
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
+    // A hot standby (a read replica) refuses LISTEN, and a NOTIFY on the
+    // primary never reaches it anyway: there the feed polls alone, so a
+    // change is seen within a poll interval plus the standby's lag.
+    let standby: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
         .await
+        .map_err(DbError::from_pg)?
+        .try_get(0)
         .map_err(DbError::from_pg)?;
+    if !standby {
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(DbError::from_pg)?;
+    }
     // Which server this is: another than last time (a restart, a restore,
     // a failover) may hold another history than the cache reflects. A
     // database without the function (not PostgreSQL itself) is taken to be
@@ -110,6 +123,7 @@ async fn follow_once(store: &GrantStore, backoff: &mut Duration) -> Result<(), D
     *backoff = Duration::from_millis(50);
     tracing::info!(
         revision = store.applied_revision(),
+        standby,
         "grants change feed connected"
     );
     let mut poll = tokio::time::interval(store.config().poll);

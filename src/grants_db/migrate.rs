@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "database identity",
         include_str!("../../migrations/0002_database_identity.sql"),
     ),
+    (
+        3,
+        "consumed events",
+        include_str!("../../migrations/0003_consumed_events.sql"),
+    ),
 ];
 
 /// The version this binary needs.

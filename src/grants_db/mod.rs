@@ -30,6 +30,7 @@
 //! writes fail with an error; the feed reconnects by itself.
 
 pub mod cache;
+pub mod consumed;
 pub mod feed;
 pub mod memory;
 pub mod migrate;
@@ -39,9 +40,9 @@ pub mod write;
 
 pub use cache::{CacheConfig, Counters, GrantCache, GrantReader, ReadAt};
 use postgres::server_started;
-pub use postgres::{pg_config, pool, tls, Postgres};
+pub use postgres::{libpq_sslmode, pg_config, pool, tls, CertCheck, Postgres};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -80,8 +81,14 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct DatabaseConfig {
     /// `postgresql://…` URL or `key=value` connection string; `sslmode`
-    /// (disable, prefer, require) as libpq reads it.
+    /// disable, prefer, require, verify-ca or verify-full (see
+    /// [`libpq_sslmode`]: `require` verifies the certificate too).
     pub url: String,
+    /// Where writes go (grants written through the API, consumed event
+    /// ids) when `url` is a read replica, which refuses them: the
+    /// primary. `None`: `url` takes writes too. Same CA bundle; a pool of
+    /// its own, of `pool_size`.
+    pub write_url: Option<String>,
     /// PEM CA bundle the server's certificate must chain to; the Mozilla
     /// roots (webpki-roots) when absent.
     pub ca_file: Option<PathBuf>,
@@ -105,6 +112,7 @@ impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseConfig")
             .field("url", &"(hidden)")
+            .field("write_url", &self.write_url.as_ref().map(|_| "(hidden)"))
             .field("ca_file", &self.ca_file)
             .field("pool_size", &self.pool_size)
             .field("cache_entries", &self.cache_entries)
@@ -120,6 +128,7 @@ impl DatabaseConfig {
     pub fn new(url: impl Into<String>) -> Self {
         DatabaseConfig {
             url: url.into(),
+            write_url: None,
             ca_file: None,
             pool_size: 8,
             cache_entries: 1_000_000,
@@ -140,7 +149,7 @@ pub enum DbError {
     Tls(String),
     #[error("grants database unreachable: {0}")]
     Unreachable(String),
-    #[error("grants database error: {0}")]
+    #[error("grants database error: {}", server_message(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("grants database schema is at version {found}, this Portcullis needs {needed}: run `portcullis db migrate`")]
     Schema { found: i32, needed: i32 },
@@ -150,6 +159,13 @@ pub enum DbError {
     ForeignRevision { wanted: Revision, found: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What the server said (severity, message, detail, hint), which
+/// tokio-postgres's own `Display` leaves out ("db error").
+fn server_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), ToString::to_string)
 }
 
 impl From<deadpool_postgres::PoolError> for DbError {
@@ -162,13 +178,29 @@ impl From<deadpool_postgres::PoolError> for DbError {
 }
 
 impl DbError {
-    /// A connection-level failure reads as "unreachable", a query's as itself.
+    /// A connection-level failure reads as "unreachable" (a TLS handshake
+    /// that failed, a certificate that does not verify: as TLS), a
+    /// query's as itself.
     pub fn from_pg(e: tokio_postgres::Error) -> Self {
-        if e.as_db_error().is_none() {
-            DbError::Unreachable(e.to_string())
-        } else {
-            DbError::Query(e)
+        if e.as_db_error().is_some() {
+            return DbError::Query(e);
         }
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            // rustls's error comes wrapped in an io::Error, whose own
+            // `source` skips the error it wraps.
+            let inner = cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+            for candidate in [Some(cause), inner].into_iter().flatten() {
+                if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                    return DbError::Tls(format!("{e}: {tls}"));
+                }
+            }
+            source = cause.source();
+        }
+        DbError::Unreachable(e.to_string())
     }
 }
 
@@ -282,6 +314,8 @@ impl std::fmt::Display for Revision {
 pub struct GrantStore {
     config: DatabaseConfig,
     postgres: Arc<Postgres>,
+    /// The primary, when reads go to a replica (`write_url`).
+    writer: Option<Postgres>,
     cache: GrantCache,
 }
 
@@ -327,9 +361,18 @@ impl GrantStore {
                 revision_wait: config.revision_wait,
             },
         );
+        let writer = match &config.write_url {
+            Some(url) => {
+                let mut primary = config.clone();
+                primary.url.clone_from(url);
+                Some(Postgres::new(pool(&primary)?))
+            }
+            None => None,
+        };
         Ok(Arc::new(GrantStore {
             config,
             postgres,
+            writer,
             cache,
         }))
     }
@@ -338,6 +381,9 @@ impl GrantStore {
     /// which server it is (the feed's first connection compares).
     pub async fn start(&self) -> Result<(), DbError> {
         self.postgres.bind_runtime();
+        if let Some(writer) = &self.writer {
+            writer.bind_runtime();
+        }
         let client = self.client().await?;
         migrate::check(&client).await?;
         let started = server_started(&client).await?;
@@ -362,6 +408,16 @@ impl GrantStore {
     /// A pooled connection (see [`Postgres::client`]).
     pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.postgres.client().await
+    }
+
+    /// A pooled connection for a write: to `write_url` (the primary) when
+    /// reads go to a replica, else the same pool as reads.
+    pub async fn write_client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.writer
+            .as_ref()
+            .unwrap_or(&self.postgres)
+            .client()
+            .await
     }
 
     /// The roles of each lookup (in order) and the revision they were read

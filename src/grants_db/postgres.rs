@@ -131,10 +131,125 @@ impl GrantReader for Postgres {
     }
 }
 
-/// The connection settings of `config`, with a connect timeout.
+/// How the server's certificate is checked when TLS is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertCheck {
+    /// Chain to a trusted root and the host name (`require`, `verify-full`,
+    /// and `prefer` when the server speaks TLS).
+    ChainAndName,
+    /// Chain only (`verify-ca`): libpq's meaning, for a certificate that
+    /// does not name the address it is reached at.
+    Chain,
+}
+
+/// The URL with libpq's `sslmode=verify-full` and `verify-ca` turned into
+/// the `require` tokio-postgres knows (its parser refuses the others), and
+/// the certificate check they ask for. Our `require` already verifies
+/// the chain and the host name (stricter than libpq's, which verifies
+/// nothing), so `verify-full` means exactly what libpq means by it;
+/// `verify-ca` skips the host name only. A URL (`postgresql://…?sslmode=…`)
+/// and a `key=value` string are both read; anything else is left to the
+/// parser.
+pub fn libpq_sslmode(url: &str) -> (String, CertCheck) {
+    let mut check = CertCheck::ChainAndName;
+    let mut translate = |value: &str| -> Option<&'static str> {
+        match value {
+            "verify-full" => Some("require"),
+            "verify-ca" => {
+                check = CertCheck::Chain;
+                Some("require")
+            }
+            _ => None,
+        }
+    };
+    let translated = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            Some((base, query)) => {
+                let params: Vec<String> = query
+                    .split('&')
+                    .map(|param| match param.split_once('=') {
+                        Some(("sslmode", value)) => match translate(value) {
+                            Some(mode) => format!("sslmode={mode}"),
+                            None => param.to_owned(),
+                        },
+                        _ => param.to_owned(),
+                    })
+                    .collect();
+                format!("{base}?{}", params.join("&"))
+            }
+            None => url.to_owned(),
+        }
+    } else {
+        translate_key_value(url, &mut translate)
+    };
+    (translated, check)
+}
+
+/// A `key=value` connection string with `sslmode`'s value translated:
+/// keys and values as libpq reads them (spaces around `=`, values quoted
+/// with `'` and `\` escapes); the rest copied unchanged.
+fn translate_key_value(
+    text: &str,
+    translate: &mut impl FnMut(&str) -> Option<&'static str>,
+) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let trimmed = rest.trim_start();
+        out.push_str(&rest[..rest.len() - trimmed.len()]);
+        rest = trimmed;
+        if rest.is_empty() {
+            return out;
+        }
+        // The key, then spaces, `=`, spaces.
+        let key_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        let after_key = &rest[key_end..];
+        let Some(after_eq) = after_key.trim_start().strip_prefix('=') else {
+            // Not key=value: leave the rest to the parser to refuse.
+            out.push_str(rest);
+            return out;
+        };
+        let value_start = after_eq.trim_start();
+        out.push_str(&rest[..rest.len() - value_start.len()]);
+        // The value: quoted, or up to the next space.
+        let value_len = if value_start.starts_with('\'') {
+            let mut escaped = false;
+            let mut end = value_start.len();
+            for (i, c) in value_start.char_indices().skip(1) {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '\'') => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            end
+        } else {
+            value_start
+                .find(char::is_whitespace)
+                .unwrap_or(value_start.len())
+        };
+        let value = &value_start[..value_len];
+        let unquoted = value.trim_matches('\'');
+        match (key, translate(unquoted)) {
+            ("sslmode", Some(mode)) => out.push_str(mode),
+            _ => out.push_str(value),
+        }
+        rest = &value_start[value_len..];
+    }
+}
+
+/// The connection settings of `config`, with a connect timeout; libpq's
+/// `verify-full` and `verify-ca` read as [`libpq_sslmode`] says.
 pub fn pg_config(config: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
-    let mut pg: tokio_postgres::Config = config
-        .url
+    let (url, _) = libpq_sslmode(&config.url);
+    let mut pg: tokio_postgres::Config = url
         .parse()
         .map_err(|e: tokio_postgres::Error| DbError::Url(e.to_string()))?;
     if pg.get_connect_timeout().is_none() {
@@ -148,8 +263,11 @@ pub fn pg_config(config: &DatabaseConfig) -> Result<tokio_postgres::Config, DbEr
 }
 
 /// TLS for the database connection: rustls with the ring provider, never
-/// aws-lc-rs. Used when the URL's `sslmode` asks for it.
-pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, DbError> {
+/// aws-lc-rs. Used when the URL's `sslmode` asks for it; the server's
+/// certificate must chain to `config.ca_file` (else the Mozilla roots)
+/// and, unless the URL says `sslmode=verify-ca`, name the host.
+pub fn tls(config: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> {
+    let ca_file = config.ca_file.as_deref();
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -162,16 +280,86 @@ pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, DbError> {
                     .add(cert)
                     .map_err(|e| DbError::Tls(format!("{}: {e}", path.display())))?;
             }
+            if roots.is_empty() {
+                return Err(DbError::Tls(format!(
+                    "{}: no certificate in the CA bundle",
+                    path.display()
+                )));
+            }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| DbError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| DbError::Tls(e.to_string()))?;
+    let config = match libpq_sslmode(&config.url).1 {
+        CertCheck::ChainAndName => builder.with_root_certificates(roots).with_no_client_auth(),
+        CertCheck::Chain => {
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| DbError::Tls(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                .with_no_client_auth()
+        }
+    };
     Ok(MakeRustlsConnect::new(config))
+}
+
+/// `sslmode=verify-ca`: the server's certificate must chain to a trusted
+/// root, whatever names it holds. rustls's verifier checks the name last,
+/// after the chain, so its name error alone is forgiven; every other
+/// error stands.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// A pool of connections for reads and writes (the change feed has a
@@ -180,7 +368,7 @@ pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
     let pg = pg_config(config)?;
     let manager = Manager::from_config(
         pg,
-        tls(config.ca_file.as_deref())?,
+        tls(config)?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -208,5 +396,56 @@ pub(super) async fn server_started(
         Ok(row) => Ok(row.try_get(0).ok()),
         Err(e) if e.as_db_error().is_some() => Ok(None),
         Err(e) => Err(DbError::from_pg(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpq_verify_modes_read_as_require_with_their_check() {
+        let cases = [
+            (
+                "postgresql://u@h/db?sslmode=verify-full",
+                "postgresql://u@h/db?sslmode=require",
+                CertCheck::ChainAndName,
+            ),
+            (
+                "postgres://u@h/db?application_name=x&sslmode=verify-ca&connect_timeout=2",
+                "postgres://u@h/db?application_name=x&sslmode=require&connect_timeout=2",
+                CertCheck::Chain,
+            ),
+            (
+                "postgresql://u@h/db?sslmode=require",
+                "postgresql://u@h/db?sslmode=require",
+                CertCheck::ChainAndName,
+            ),
+            (
+                "host=h user=u sslmode=verify-full dbname=db",
+                "host=h user=u sslmode=require dbname=db",
+                CertCheck::ChainAndName,
+            ),
+            (
+                "host=h sslmode = 'verify-ca' password='a b\\' sslmode=x'",
+                "host=h sslmode = require password='a b\\' sslmode=x'",
+                CertCheck::Chain,
+            ),
+            (
+                "host=h password=sslmode=verify-full",
+                "host=h password=sslmode=verify-full",
+                CertCheck::ChainAndName,
+            ),
+        ];
+        for (url, translated, check) in cases {
+            assert_eq!(libpq_sslmode(url), (translated.to_owned(), check), "{url}");
+        }
+        for url in [
+            "postgresql://u@h/db?sslmode=verify-full",
+            "host=h sslmode=verify-ca",
+        ] {
+            assert!(pg_config(&DatabaseConfig::new(url)).is_ok(), "{url}");
+        }
+        assert!(pg_config(&DatabaseConfig::new("postgresql://u@h/db?sslmode=allowx")).is_err());
     }
 }

@@ -9,6 +9,12 @@
 //! notice ([`Postgres::start`]), unless `PORTCULLIS_REQUIRE_POSTGRES` or
 //! `CI` is set. As root (initdb refuses to run as root) the server runs as
 //! the `postgres` user.
+//!
+//! [`Postgres::require_tls`] starts one with `ssl = on` and a certificate
+//! the test made for it ([`ServerTls`]), its `pg_hba.conf` accepting TCP
+//! only over TLS when the test says so. [`Postgres::standby`] makes a hot
+//! standby of a running server (`pg_basebackup -R`: `standby.signal` and
+//! `primary_conninfo`), a second private server on a port of its own.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -96,6 +102,22 @@ fn unprivileged() -> Option<(u32, u32)> {
     Some((id("-u"), id("-g")))
 }
 
+/// TLS for the private server: its certificate chain and key (PEM), made
+/// per run by the test, and whether TCP connections must use it.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// `hostssl` only (a plaintext TCP connection is rejected by
+    /// `pg_hba.conf`); otherwise plaintext is accepted too.
+    pub required: bool,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local_addr").port()
+}
+
 /// A running private server. Dropping it stops it.
 pub struct Postgres {
     dir: TempDir,
@@ -115,7 +137,15 @@ impl Postgres {
                  or set PORTCULLIS_POSTGRES_BIN to the directory of initdb and pg_ctl)"
             );
         };
-        Postgres::start_with(bin)
+        Postgres::start_with(bin, None)
+    }
+
+    /// Like [`Self::require`], with `ssl = on` and `tls`'s certificate.
+    pub fn require_tls(tls: &ServerTls) -> Postgres {
+        let Some(bin) = find_postgres_bin() else {
+            panic!("PostgreSQL not found, and this test needs it (see Postgres::require)");
+        };
+        Postgres::start_with(bin, Some(tls))
     }
 
     /// Starts a server, or `None` (after a notice) when PostgreSQL is not
@@ -136,10 +166,12 @@ impl Postgres {
             );
             return None;
         };
-        Some(Postgres::start_with(bin))
+        Some(Postgres::start_with(bin, None))
     }
 
-    fn start_with(bin: PathBuf) -> Postgres {
+    /// A server not started yet: its directory (owned by the user it runs
+    /// as) and a free port.
+    fn unstarted(bin: PathBuf) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-pg-")
             .tempdir()
@@ -149,17 +181,17 @@ impl Postgres {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .unwrap_or_else(|e| panic!("chown {}: {e}", dir.path().display()));
         }
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("local_addr").port()
-        };
-        let mut pg = Postgres {
+        Postgres {
             dir,
             bin,
-            port,
+            port: free_port(),
             pid: None,
             as_user,
-        };
+        }
+    }
+
+    fn start_with(bin: PathBuf, tls: Option<&ServerTls>) -> Postgres {
+        let mut pg = Postgres::unstarted(bin);
         let data = pg.data();
         let out = output(pg.command("initdb").args([
             "-D",
@@ -179,8 +211,91 @@ impl Postgres {
             text(&out.stdout),
             text(&out.stderr)
         );
+        if let Some(tls) = tls {
+            pg.configure_tls(tls);
+        }
         pg.start_again();
         pg
+    }
+
+    /// Writes the certificate and key into the data directory (the key
+    /// readable by the server's user alone, as PostgreSQL demands), turns
+    /// `ssl` on, and rewrites `pg_hba.conf`: Unix sockets trusted, TCP on
+    /// 127.0.0.1 trusted over TLS and, unless TLS is required, without.
+    fn configure_tls(&self, tls: &ServerTls) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = PathBuf::from(self.data());
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = data.join(name);
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+            if let Some((uid, gid)) = self.as_user {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+            }
+        };
+        write("server.crt", &tls.cert_pem, 0o644);
+        write("server.key", &tls.key_pem, 0o600);
+        let plaintext = if tls.required {
+            "hostnossl all all 127.0.0.1/32 reject\n\
+             hostnossl replication all 127.0.0.1/32 reject\n"
+        } else {
+            "host all all 127.0.0.1/32 trust\n\
+             host replication all 127.0.0.1/32 trust\n"
+        };
+        let hba = format!(
+            "local all all trust\n\
+             local replication all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostssl replication all 127.0.0.1/32 trust\n\
+             {plaintext}"
+        );
+        write("pg_hba.conf", &hba, 0o600);
+        let conf = data.join("postgresql.conf");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .unwrap_or_else(|e| panic!("{}: {e}", conf.display()));
+        writeln!(
+            file,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", conf.display()));
+    }
+
+    /// A hot standby of this server: a base backup (`pg_basebackup -R`,
+    /// which writes `standby.signal` and `primary_conninfo`) started as a
+    /// second private server on a port of its own, replaying this one's
+    /// WAL as it streams in. Read-only; `pg_wal_replay_pause()` on it
+    /// makes it lag on purpose.
+    pub fn standby(&self) -> Postgres {
+        let mut standby = Postgres::unstarted(self.bin.clone());
+        let data = standby.data();
+        let out = output(standby.command("pg_basebackup").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-D",
+            &data,
+            "-R",
+            "-X",
+            "stream",
+            // At once, not at the pace of a spread checkpoint (minutes).
+            "--checkpoint=fast",
+            "--no-sync",
+        ]));
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed:\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        standby.start_again();
+        standby
     }
 
     fn command(&self, program: &str) -> Command {

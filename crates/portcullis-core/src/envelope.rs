@@ -123,6 +123,8 @@ pub enum Refusal {
     ReplayCallerFull,
     #[error("the replay log cannot be written: {0}")]
     ReplayLog(String),
+    #[error("the database that records consumed events cannot be reached; the event was not consumed: try again later")]
+    ReplayUnavailable,
     #[error("the grants cannot be read now; the event was not consumed: try again later")]
     GrantsUnavailable,
 }
@@ -146,6 +148,7 @@ impl Refusal {
             Refusal::ReplayCacheFull => "replay_cache_full",
             Refusal::ReplayCallerFull => "replay_caller_full",
             Refusal::ReplayLog(_) => "replay_log",
+            Refusal::ReplayUnavailable => "replay_unavailable",
             Refusal::GrantsUnavailable => "grants_unavailable",
         }
     }

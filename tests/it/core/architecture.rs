@@ -55,6 +55,7 @@ const CONFINED: &[(&str, &[&str])] = &[
         &[
             "src/grants_db/mod.rs",
             "src/grants_db/postgres.rs",
+            "src/grants_db/consumed.rs",
             "src/grants_db/feed.rs",
             "src/grants_db/migrate.rs",
             "src/grants_db/search.rs",

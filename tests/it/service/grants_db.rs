@@ -30,6 +30,10 @@ use portcullis_testkit::Check;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+mod events;
+mod standby;
+mod tls;
+
 const WRITER_KEY: &str = "writer-key-0123456789abcdef";
 const READER_KEY: &str = "reader-key-0123456789abcdef";
 
@@ -117,9 +121,17 @@ impl Replica {
     fn start(policies: &Path, db: DatabaseConfig) -> Replica {
         let mut config = serve_config(policies);
         config.grants_db = Some(db);
+        Replica::with_config(config)
+    }
+
+    fn with_config(config: portcullis::app::ServeConfig) -> Replica {
         Replica {
             service: InProcess::start(config),
         }
+    }
+
+    fn api_port(&self) -> u16 {
+        self.service.api.port()
     }
 
     fn post(&self, path: &str, key: &str, body: &Value) -> Response {
