@@ -1,8 +1,11 @@
-//! `portcullis check`: decides one request with the engine and explains
-//! why (exit 0 allow, 2 deny, 1 error).
+//! `portcullis check`: decides one request with the decision service
+//! `serve` uses, over the policy directory, and explains why (exit 0
+//! allow, 2 deny, 1 error).
 
 use super::validate::load_or_report;
 use super::*;
+use crate::pdp::Pdp;
+use crate::token_cache::TokenCache;
 
 pub(super) use crate::pdp::unix_now as now;
 
@@ -32,13 +35,24 @@ pub(super) fn check(args: CheckArgs) -> ExitCode {
         verified_payloads: BTreeMap::new(),
         headers: BTreeMap::new(),
     };
-    let decision = engine::decide(
-        &policy,
-        &*policy.grants,
-        &engine::Request::Http(&request),
-        &VerifyEveryTime,
-        now(),
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return Exit::Failure.into();
+        }
+    };
+    let policy = std::sync::Arc::new(policy);
+    let pdp = Pdp::new(
+        std::sync::Arc::new(arc_swap::ArcSwap::new(policy.clone())),
+        TokenCache::new(DEFAULT_TOKEN_CACHE_BYTES),
+        std::sync::Arc::new(now),
     );
+    let decision =
+        runtime.block_on(pdp.decide(&policy, &engine::Request::Http(&request), None, now()));
     print!("{}", explain(&decision));
     // Which route came closest, and why it did not take the request:
     // worked out here, on demand, never by the engine while deciding.

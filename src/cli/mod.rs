@@ -21,7 +21,7 @@ use crate::adapter::{self, DEFAULT_SUBJECT_HEADER};
 use crate::app::{self, ApiConfig, Exit, ServeConfig};
 use crate::decision_cache::{DEFAULT_DECISION_CACHE_BYTES, DEFAULT_DECISION_CACHE_TTL};
 use crate::decision_log::DEFAULT_ALLOW_RATE;
-use crate::engine::{self, Decision, RequestAttrs, VerifyEveryTime};
+use crate::engine::{self, Decision, RequestAttrs};
 use crate::events::replay::DEFAULT_REPLAY_CAPACITY;
 use crate::jwks::JwksFetcher;
 use crate::logging::LogLines;

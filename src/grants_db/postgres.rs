@@ -296,15 +296,20 @@ pub fn tls(config: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> {
     let config = match libpq_sslmode(&config.url).1 {
         CertCheck::ChainAndName => builder.with_root_certificates(roots).with_no_client_auth(),
         CertCheck::Chain => {
+            let roots = Arc::new(roots);
             let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
+                roots.clone(),
+                provider.clone(),
             )
             .build()
             .map_err(|e| DbError::Tls(e.to_string()))?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                .with_custom_certificate_verifier(Arc::new(ChainOnly {
+                    roots,
+                    provider,
+                    webpki,
+                }))
                 .with_no_client_auth()
         }
     };
@@ -312,31 +317,35 @@ pub fn tls(config: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> {
 }
 
 /// `sslmode=verify-ca`: the server's certificate must chain to a trusted
-/// root, whatever names it holds. rustls's verifier checks the name last,
-/// after the chain, so its name error alone is forgiven; every other
-/// error stands.
+/// root, whatever names it holds. The chain is checked by rustls's own
+/// `verify_server_cert_signed_by_trust_anchor` (validity, usage, every
+/// signature up to a root), the name not at all; handshake signatures are
+/// checked by the standard verifier.
 #[derive(Debug)]
-struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+struct ChainOnly {
+    roots: Arc<rustls::RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+}
 
 impl rustls::client::danger::ServerCertVerifier for ChainOnly {
     fn verify_server_cert(
         &self,
         end_entity: &rustls_pki_types::CertificateDer<'_>,
         intermediates: &[rustls_pki_types::CertificateDer<'_>],
-        server_name: &rustls_pki_types::ServerName<'_>,
-        ocsp_response: &[u8],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        use rustls::{CertificateError, Error};
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-            other => other,
-        }
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -345,7 +354,7 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -354,11 +363,11 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }
 
