@@ -109,10 +109,12 @@ NON_MESH_POD = {"app": "batch-job"}
 # db` read, the flags that would put the URL in a manifest, and where the
 # pool size's default is written.
 DB_URL_ENV = "PORTCULLIS_GRANTS_DATABASE_URL"
+# The primary's URL when serve reads a standby: a password too.
+DB_WRITE_URL_ENV = "PORTCULLIS_GRANTS_DATABASE_WRITE_URL"
 DB_CA_ENV = "PORTCULLIS_GRANTS_DATABASE_CA"
 DB_POOL_ENV = "PORTCULLIS_GRANTS_DATABASE_POOL_SIZE"
 DB_POOL_FLAG = "--grants-database-pool-size"
-DB_URL_FLAGS = ("--grants-database-url", "--database-url")
+DB_URL_FLAGS = ("--grants-database-url", "--grants-database-write-url", "--database-url")
 DB_CLI = "src/cli/db.rs"
 DB_PORT = 5432
 # The share of the server's max_connections Portcullis may use, stated on
@@ -1381,17 +1383,18 @@ def literal_url_errors(origin: str, docs: list[dict]) -> list[str]:
     for w in workloads(docs) + batch_workloads(docs):
         for c in containers(w):
             where = f"{origin}: {ref(w)} container {c.get('name')}"
-            entry = env_entry(c, DB_URL_ENV)
-            if entry is not None and get(entry, "valueFrom", "secretKeyRef") is None:
-                errors.append(f"{where}: ${DB_URL_ENV} must come from a secretKeyRef "
-                              "(the URL holds a password), not a value or a ConfigMap")
+            for var in (DB_URL_ENV, DB_WRITE_URL_ENV):
+                entry = env_entry(c, var)
+                if entry is not None and get(entry, "valueFrom", "secretKeyRef") is None:
+                    errors.append(f"{where}: ${var} must come from a secretKeyRef "
+                                  "(the URL holds a password), not a value or a ConfigMap")
             for f in DB_URL_FLAGS:
                 if f in flags(all_args(c)) or any(str(a) == f for a in all_args(c)):
                     errors.append(f"{where}: {f} puts the database URL in the manifest; "
                                   f"set ${DB_URL_ENV} from the Secret instead")
     for cm in of_kind(docs, "ConfigMap"):
         for key, value in (cm.get("data") or {}).items():
-            if key == DB_URL_ENV or re.search(r"postgres(ql)?://[^\s/]*:[^\s/@]*@", str(value)):
+            if key in (DB_URL_ENV, DB_WRITE_URL_ENV) or re.search(r"postgres(ql)?://[^\s/]*:[^\s/@]*@", str(value)):
                 errors.append(f"{origin}: {ref(cm)}: key {key} holds a database URL with a password; "
                               "it belongs in a Secret")
     return errors
@@ -1401,8 +1404,9 @@ def check_grants_database(bundle: Bundle) -> list[str]:
     """Grants database: URL from one Secret; jobs run serve's image and Secret.
 
     No manifest (rendered or as written) carries the database URL: no
-    value for $PORTCULLIS_GRANTS_DATABASE_URL, no --grants-database-url or
-    --database-url flag, no ConfigMap holding a URL with a password. Where
+    value for $PORTCULLIS_GRANTS_DATABASE_URL or
+    $PORTCULLIS_GRANTS_DATABASE_WRITE_URL, no --grants-database-url,
+    --grants-database-write-url or --database-url flag, no ConfigMap holding a URL with a password. Where
     serve uses a database, the overlay also renders the migrations Job
     (`portcullis db migrate`) and the prune CronJob (`portcullis db
     prune`), each with the Deployment's image, the same Secret name and key,
@@ -2883,6 +2887,9 @@ MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
      env_entry(portcullis_container(b.rendered[ISTIO_GRANTS]), DB_URL_ENV).pop("valueFrom")),
     (check_grants_database, "the database URL as a serve flag",
      lambda b: portcullis_container(b.rendered[GRANTS])["args"].append("--grants-database-url=postgresql://db/portcullis")),
+    (check_grants_database, "the primary's URL (reads from a standby) as a literal env value",
+     lambda b: portcullis_container(b.rendered[GRANTS]).setdefault("env", []).append(
+         {"name": DB_WRITE_URL_ENV, "value": "postgresql://portcullis:not-a-password@primary:5432/portcullis"})),
     (check_grants_database, "a ConfigMap under k8s/ holding a URL with a password",
      lambda b: b.k8s_files.update({"k8s/components/grants-postgres/db.yaml": [{
          "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "db", "namespace": PORTCULLIS},

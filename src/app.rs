@@ -104,70 +104,88 @@ pub struct ApiConfig {
     pub replay_capacity: usize,
 }
 
+/// Why `serve`'s settings cannot work together: each names the flags and
+/// the values at fault (exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--subject-header {0:?} is not a valid header name")]
+    SubjectHeader(String),
+    #[error("--admin-listen and --listen must differ (both are {0})")]
+    SameListeners(SocketAddr),
+    #[error("--api-listen must differ from --listen and --admin-listen ({0} is taken)")]
+    ApiListenTaken(SocketAddr),
+    #[error("--api-url {url:?} is not a URL: {reason}")]
+    ApiUrl { url: String, reason: String },
+    #[error("--api-url {0:?} must be an http(s) URL without query or fragment")]
+    ApiUrlShape(String),
+    #[error("{flag}: {error}")]
+    GrantsDatabase {
+        flag: &'static str,
+        error: grants_db::DbError,
+    },
+    #[error(
+        "--event-replay-log keeps consumed events in one replica's file: with \
+         --grants-database-url they are kept in the database, once across replicas; \
+         drop --event-replay-log"
+    )]
+    ReplayLogWithDatabase,
+}
+
 impl ServeConfig {
-    /// Refuses settings that contradict each other, with a message for the
-    /// operator; the subject header comes back lower-cased.
-    pub fn check(mut self) -> Result<Self, String> {
+    /// Refuses settings that contradict each other; the subject header
+    /// comes back lower-cased.
+    pub fn check(mut self) -> Result<Self, ConfigError> {
         let header = self.subject_header.to_ascii_lowercase();
         let header_ok = !header.is_empty()
             && header
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !header_ok {
-            return Err(format!(
-                "--subject-header {:?} is not a valid header name",
-                self.subject_header
-            ));
+            return Err(ConfigError::SubjectHeader(self.subject_header));
         }
         self.subject_header = header;
         if self.admin_listen == self.listen && self.listen.port() != 0 {
-            return Err(format!(
-                "--admin-listen and --listen must differ (both are {})",
-                self.listen
-            ));
+            return Err(ConfigError::SameListeners(self.listen));
         }
         if let Some(api) = &self.api {
             if api.listen.port() != 0
                 && (api.listen == self.listen || api.listen == self.admin_listen)
             {
-                return Err(format!(
-                    "--api-listen must differ from --listen and --admin-listen ({} is taken)",
-                    api.listen
-                ));
+                return Err(ConfigError::ApiListenTaken(api.listen));
             }
             if let Some(url) = &api.public_url {
-                let parsed = reqwest::Url::parse(url)
-                    .map_err(|e| format!("--api-url {url:?} is not a URL: {e}"))?;
+                let parsed = reqwest::Url::parse(url).map_err(|e| ConfigError::ApiUrl {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
                 let plain = matches!(parsed.scheme(), "https" | "http")
                     && parsed.host().is_some()
                     && parsed.query().is_none()
                     && parsed.fragment().is_none();
                 if !plain {
-                    return Err(format!(
-                        "--api-url {url:?} must be an http(s) URL without query or fragment"
-                    ));
+                    return Err(ConfigError::ApiUrlShape(url.clone()));
                 }
             }
         }
         if let Some(db) = &self.grants_db {
-            grants_db::pg_config(db).map_err(|e| format!("--grants-database-url: {e}"))?;
+            grants_db::pg_config(db).map_err(|error| ConfigError::GrantsDatabase {
+                flag: "--grants-database-url",
+                error,
+            })?;
             if let Some(url) = &db.write_url {
                 let mut primary = db.clone();
                 primary.url.clone_from(url);
-                grants_db::pg_config(&primary)
-                    .map_err(|e| format!("--grants-database-write-url: {e}"))?;
+                grants_db::pg_config(&primary).map_err(|error| ConfigError::GrantsDatabase {
+                    flag: "--grants-database-write-url",
+                    error,
+                })?;
             }
             if self
                 .api
                 .as_ref()
                 .is_some_and(|api| api.replay_log.is_some())
             {
-                return Err(
-                    "--event-replay-log keeps consumed events in one replica's file: \
-                     with --grants-database-url they are kept in the database, once across \
-                     replicas; drop --event-replay-log"
-                        .into(),
-                );
+                return Err(ConfigError::ReplayLogWithDatabase);
             }
         }
         Ok(self)

@@ -5,7 +5,7 @@
 use super::db::{connect, runtime, DatabaseArgs};
 use super::*;
 use crate::grants_db::write::{self, check_role, policy_grants, Written, MAX_WRITE};
-use crate::grants_db::{DbError, Grant, HolderKind};
+use crate::grants_db::{DbError, Grant, GrantError, HolderKind};
 
 /// Who holds a grant, as flags.
 #[derive(Debug, Args)]
@@ -69,7 +69,7 @@ pub enum GrantsCommand {
     },
 }
 
-fn grant(args: &GrantArgs) -> Result<Grant, String> {
+fn grant(args: &GrantArgs) -> Result<Grant, GrantError> {
     Grant::new(
         args.holder.subject.as_deref(),
         args.holder.group.as_deref(),

@@ -216,15 +216,34 @@ pub struct Grant {
     pub role: String,
 }
 
-fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
+/// Why a grant cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("{0} is empty")]
+    Empty(&'static str),
+    #[error("{what} is longer than {max} bytes")]
+    TooLong { what: &'static str, max: usize },
+    #[error("{0} contains a control character")]
+    ControlCharacter(&'static str),
+    #[error("subject \"*\" is not a pattern; to grant every authenticated subject use authenticated: true")]
+    StarSubject,
+    #[error("a grant names one subject, one group, or authenticated: true")]
+    Holder,
+    #[error("{0}")]
+    Resource(&'static str),
+    #[error("unknown role {0:?} (a role of the policy without a condition)")]
+    UnknownRole(String),
+}
+
+fn check_text(what: &'static str, text: &str, max: usize) -> Result<(), GrantError> {
     if text.is_empty() {
-        return Err(format!("{what} is empty"));
+        return Err(GrantError::Empty(what));
     }
     if text.len() > max {
-        return Err(format!("{what} is longer than {max} bytes"));
+        return Err(GrantError::TooLong { what, max });
     }
     if text.chars().any(|c| c.is_control()) {
-        return Err(format!("{what} contains a control character"));
+        return Err(GrantError::ControlCharacter(what));
     }
     Ok(())
 }
@@ -239,12 +258,12 @@ impl Grant {
         authenticated: bool,
         role: &str,
         resource: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GrantError> {
         let (kind, holder) = match (subject, group, authenticated) {
             (Some(s), None, false) => {
                 check_text("subject", s, MAX_HOLDER_BYTES)?;
                 if s == "*" {
-                    return Err("subject \"*\" is not a pattern; to grant every authenticated subject use authenticated: true".into());
+                    return Err(GrantError::StarSubject);
                 }
                 (HolderKind::Subject, s)
             }
@@ -253,14 +272,15 @@ impl Grant {
                 (HolderKind::Group, g)
             }
             (None, None, true) => (HolderKind::Authenticated, ""),
-            _ => return Err("a grant names one subject, one group, or authenticated: true".into()),
+            _ => return Err(GrantError::Holder),
         };
         check_text("role", role, MAX_ROLE_BYTES)?;
         check_text("resource", resource, MAX_RESOURCE_BYTES)?;
-        let (pattern, resource) = match ResourceKey::parse(resource)? {
-            ResourceKey::Exact(r) => (false, r),
-            ResourceKey::Prefix(p) => (true, p),
-        };
+        let (pattern, resource) =
+            match ResourceKey::parse(resource).map_err(GrantError::Resource)? {
+                ResourceKey::Exact(r) => (false, r),
+                ResourceKey::Prefix(p) => (true, p),
+            };
         Ok(Grant {
             kind,
             holder: holder.to_owned(),

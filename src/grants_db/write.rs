@@ -5,7 +5,7 @@
 
 use tokio_postgres::Client;
 
-use super::{DbError, Grant, HolderKind, Revision, CHANNEL};
+use super::{DbError, Grant, GrantError, HolderKind, Revision, CHANNEL};
 use crate::policy::grant_snapshot::role_id;
 use crate::policy::{Holder, PolicySet, ResourceKey};
 
@@ -28,14 +28,11 @@ pub const MAX_WRITE: usize = 50_000;
 
 /// Refuses a grant whose role the policy does not define (without a
 /// condition: conditions stay in the policy files).
-pub fn check_role(policy: &PolicySet, grant: &Grant) -> Result<(), String> {
+pub fn check_role(policy: &PolicySet, grant: &Grant) -> Result<(), GrantError> {
     if role_id(policy, &grant.role).is_some() {
         Ok(())
     } else {
-        Err(format!(
-            "unknown role {:?} (a role of the policy without a condition)",
-            grant.role
-        ))
+        Err(GrantError::UnknownRole(grant.role.clone()))
     }
 }
 
