@@ -610,23 +610,23 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// The replay guard of signed events: kept in the replay log when one is
-/// configured (read back first), else in memory; `None` (after saying why)
-/// when the log cannot be used.
-/// Where consumed event ids are kept: in the grants database when there
-/// is one (once across replicas), else in this replica's memory (and its
-/// log). `None` when the log cannot be used (said on stderr).
+/// Where consumed event ids are kept: in the grants database when the API
+/// is served with one (once across replicas), else in this replica's
+/// memory (and its log). `None` when the log cannot be used (said on
+/// stderr).
 fn replay(api: Option<&ApiConfig>, grants_db: Option<&Arc<GrantStore>>) -> Option<Replay> {
     match (api, grants_db) {
         (Some(api), Some(store)) => Some(Replay::Database {
             store: store.clone(),
             capacity: api.replay_capacity,
         }),
-        (None, Some(_)) => Some(Replay::Memory(Box::new(ReplayGuard::new(0)))),
-        (api, None) => replay_guard(api).map(|guard| Replay::Memory(Box::new(guard))),
+        (api, _) => replay_guard(api).map(|guard| Replay::Memory(Box::new(guard))),
     }
 }
 
+/// The replay guard in memory: kept in the replay log when one is
+/// configured (read back first); `None` (after saying why) when the log
+/// cannot be used. Without the API, an empty guard nothing consumes from.
 fn replay_guard(api: Option<&ApiConfig>) -> Option<ReplayGuard> {
     match api {
         Some(ApiConfig {
