@@ -178,5 +178,12 @@ mod tests {
             pool.run(|_| async { panic!("boom") }).await,
             Err(Refused::Failed)
         );
+        // The one thread and its runtime outlive the panic: the next job
+        // runs, awaiting a timer on that runtime.
+        let after = pool.run(|_| async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            7
+        });
+        assert_eq!(after.await, Ok(7));
     }
 }
