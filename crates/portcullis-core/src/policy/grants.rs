@@ -37,7 +37,7 @@ impl<'a> Holder<'a> {
         principal: &'a crate::token::Principal,
         policy_groups: &'a [String],
     ) -> impl Iterator<Item = Holder<'a>> {
-        std::iter::once(Holder::Subject(principal.subject.as_str()))
+        std::iter::once(Holder::Subject(&principal.subject))
             .chain(
                 principal
                     .groups
