@@ -150,8 +150,9 @@ manifests:
 	CARGO="$(CARGO)" $(PYTHON) scripts/check_manifests.py --self-test
 
 # Benchmarks, fuzzing and the soak: none of them is part of `make test`.
-#   make bench            criterion benches, instruction counts (gungraun,
-#                         valgrind), the defaults as shipped against a
+#   make bench            criterion benches, allocations per check (a
+#                         counting allocator: bench-allocations), instruction
+#                         counts (gungraun, valgrind), the defaults as shipped against a
 #                         do-nothing server, with h2load beside our client
 #                         (scripts/bench/shipped.py), then the load bench
 #                         (scripts/bench/load.py: direct gRPC and through
@@ -164,9 +165,9 @@ CRITERION_BENCHES := decide check tokens policy_load authzen
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 180
 LOAD_SECONDS ?= 8
-.PHONY: bench-criterion bench-hot-path bench-shipped bench-load fuzz soak
+.PHONY: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load fuzz soak
 
-bench: bench-criterion bench-hot-path bench-shipped bench-load bench-grants
+bench: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-grants
 
 # Grants in PostgreSQL (benches/grants_db.rs): GRANTS_BENCH_N grants loaded
 # with COPY into a private server; results in target/bench/grants_db.json.
@@ -177,6 +178,9 @@ bench-grants:
 
 bench-criterion:
 	$(CARGO) bench $(foreach b,$(CRITERION_BENCHES),--bench $(b))
+
+bench-allocations:
+	$(CARGO) bench --bench allocations
 
 bench-hot-path:
 	scripts/bench/hot_path.sh
