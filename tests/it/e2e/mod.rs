@@ -4,6 +4,7 @@
 mod envoy_headers;
 mod front_proxy;
 mod istio;
+mod istio_tls;
 mod jwt_authn;
 mod reload;
 mod tls;
