@@ -6,6 +6,7 @@ mod front_proxy;
 mod istio;
 mod istio_tls;
 mod jwt_authn;
+mod per_pod;
 mod reload;
 mod tls;
 mod walkthrough;
