@@ -193,11 +193,6 @@ impl ServerPki {
     pub fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
-
-    /// The directory, for files a test adds beside the certificates.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
 }
 
 // ---------------------------------------------------------------------------
