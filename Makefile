@@ -94,7 +94,9 @@ clippy:
 #   `postgresql` and sets it).
 # - The Istio schema layer of `make manifests` needs ../shared; without it
 #   that layer says SKIPPED (here too, after the run), and fails instead
-#   when PORTCULLIS_REQUIRE_SHARED or CI is set.
+#   when PORTCULLIS_REQUIRE_SHARED or CI is set. So does its
+#   DestinationRule/ServiceEntry schema layer without node and npm
+#   (PORTCULLIS_REQUIRE_NODE).
 POSTGRES_TESTS := service::grants_db::
 # Found as portcullis_testkit::postgres finds it.
 POSTGRES_FOUND = { [ -n "$${PORTCULLIS_POSTGRES_BIN:-}" ] || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
