@@ -127,6 +127,17 @@ impl CacheStats {
         stats
     }
 
+    /// Stats for a cache whose entries `count` reads at scrape time.
+    pub(crate) fn counting(count: impl Fn() -> u64 + Send + Sync + 'static) -> Arc<Self> {
+        let stats = Arc::new(CacheStats::default());
+        stats.set_size_source(Box::new(move || CacheSize {
+            entries: count(),
+            bytes: None,
+            max_bytes: None,
+        }));
+        stats
+    }
+
     /// Set once by the cache: how to read its size. Later calls are ignored.
     fn set_size_source(&self, source: SizeSource) {
         let _ = self.size.set(source);

@@ -11,6 +11,12 @@
 //! generation). While the feed is down the cache serves for the grace
 //! period, then is not trusted.
 //!
+//! The lookups sit in a `quick_cache` cache rather than moka (which the
+//! token and decision caches use): a check reads several lookups, and
+//! quick_cache's read is a shard's read lock and a hash probe, where
+//! moka's records every read for its eviction policy and now and then
+//! applies the record on the reading thread, the warm path's tail.
+//!
 //! PostgreSQL is one reader ([`super::postgres`]); [`super::memory`] is
 //! another, so every property above is a unit test without a database.
 //! The two-pass decision over the cache is the decision service's
@@ -19,7 +25,16 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use quick_cache::sync::Cache;
+
 use super::*;
+
+/// A cached lookup and when it expires (the time-to-live).
+#[derive(Clone)]
+struct Cached {
+    held: Arc<HeldRoles>,
+    expires: Instant,
+}
 
 /// Where grants are read from, under the cache.
 pub trait GrantReader: Send + Sync {
@@ -122,7 +137,7 @@ struct Applied {
 pub struct GrantCache {
     config: CacheConfig,
     reader: Arc<dyn GrantReader>,
-    cache: Cache<SharedLookup, Arc<HeldRoles>>,
+    cache: Arc<Cache<SharedLookup, Cached>>,
     stats: Arc<CacheStats>,
     /// The revision the cache reflects: every change up to it is applied.
     applied: watch::Sender<Applied>,
@@ -149,11 +164,13 @@ impl GrantCache {
     /// An empty cache over `reader`, reflecting nothing until
     /// [`Self::begin`].
     pub fn new(reader: Arc<dyn GrantReader>, config: CacheConfig) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(config.entries)
-            .time_to_live(config.ttl)
-            .build();
-        let stats = CacheStats::measuring(&cache, None);
+        let cache = Arc::new(Cache::new(
+            usize::try_from(config.entries.max(1)).unwrap_or(usize::MAX),
+        ));
+        let stats = {
+            let cache = cache.clone();
+            CacheStats::counting(move || cache.len() as u64)
+        };
         GrantCache {
             config,
             reader,
@@ -175,7 +192,7 @@ impl GrantCache {
     /// from the server started at `server`.
     pub fn begin(&self, database: &str, revision: i64, server: Option<String>) {
         let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
-        self.cache.invalidate_all();
+        self.cache.clear();
         self.applied.send_modify(|applied| {
             applied.generation += 1;
             applied.database = Arc::from(database);
@@ -189,10 +206,9 @@ impl GrantCache {
         self.stats.clone()
     }
 
-    /// Lookups in the cache (after pending maintenance).
+    /// Lookups in the cache (expired ones until they are next asked for).
     pub fn cached_entries(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.cache.len() as u64
     }
 
     /// The revision every cached entry reflects.
@@ -267,7 +283,18 @@ impl GrantCache {
                 Arc::new(asked.to_owned()),
             )));
         }
-        match self.cache.get(asked as &dyn LookupKey) {
+        let key = asked as &dyn LookupKey;
+        let held = match self.cache.get(key) {
+            Some(cached) if cached.expires > Instant::now() => Some(cached.held),
+            Some(_) => {
+                // Remove only what expired: a fill may have replaced it since.
+                self.cache
+                    .remove_if(key, |cached| cached.expires <= Instant::now());
+                None
+            }
+            None => None,
+        };
+        match held {
             Some(held) => {
                 self.stats.hit();
                 if *held.version == *policy.version {
@@ -373,10 +400,15 @@ impl GrantCache {
                 && *applied.database == *database
                 && applied.revision <= revision
             {
+                let expires = Instant::now() + self.config.ttl;
                 for (lookup, roles) in &answers {
                     if !unstorable(lookup) {
+                        let cached = Cached {
+                            held: roles.clone(),
+                            expires,
+                        };
                         self.cache
-                            .insert(SharedLookup(roles.lookup.clone()), roles.clone());
+                            .insert(SharedLookup(roles.lookup.clone()), cached);
                     }
                 }
             }
@@ -390,14 +422,14 @@ impl GrantCache {
         match lookups {
             Some(lookups) => {
                 for lookup in lookups {
-                    self.cache.invalidate(lookup as &dyn LookupKey);
+                    self.cache.remove(lookup as &dyn LookupKey);
                 }
             }
             None => {
                 self.counters
                     .full_invalidations
                     .fetch_add(1, Ordering::Relaxed);
-                self.cache.invalidate_all();
+                self.cache.clear();
             }
         }
         self.applied.send_if_modified(|applied| {
@@ -438,7 +470,7 @@ impl GrantCache {
             let applied = self.applied.borrow();
             (applied.database.clone(), applied.revision)
         };
-        self.cache.invalidate_all();
+        self.cache.clear();
         self.counters
             .revision_resets
             .fetch_add(1, Ordering::Relaxed);
@@ -463,7 +495,7 @@ impl GrantCache {
     /// Forgets every cached entry (a new policy version resolves role
     /// names again anyway; this frees the old entries).
     pub fn clear(&self) {
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 }
 

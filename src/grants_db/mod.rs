@@ -2,7 +2,7 @@
 //!
 //! The engine asks a [`GrantSource`] for the roles of one holder under one
 //! resource key. With grants in a database, each check gets a
-//! [`GrantSnapshot`] that answers from a per-replica cache (moka, bounded,
+//! [`GrantSnapshot`] that answers from a per-replica cache (quick_cache, bounded,
 //! negative entries too, a time-to-live); a decision that denied with
 //! lookups the cache could not answer is decided once more after those
 //! lookups are read from the database in one statement (a grant can only
@@ -48,7 +48,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use moka::sync::Cache;
 use tokio::sync::watch;
 use tokio_postgres_rustls::MakeRustlsConnect;
 

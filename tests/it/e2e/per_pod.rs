@@ -161,7 +161,7 @@ fn the_case_corpus_through_the_per_pod_envoy() {
         Deployment::FrontProxy,
         |request| {
             let documents = request.context_extensions.is_empty()
-                || request.context_extensions.get("app").map(String::as_str) == Some("documents")
+                || request.context_extensions.get("app").map(|a| &**a) == Some("documents")
                     && request.context_extensions.len() == 1;
             documents && request.destination.is_empty()
         },
