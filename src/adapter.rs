@@ -8,6 +8,7 @@
 //! `header_map` when `encode_raw_headers` is on); a header that appears
 //! twice, or differently in the two, counts as sent twice.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use envoy_types::ext_authz::v3::pb::{
@@ -88,8 +89,8 @@ fn dash_underscore_spellings(name: &str) -> Vec<String> {
 
 /// What a CheckRequest asks about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
-    Http(RequestAttrs),
+pub enum Check<'a> {
+    Http(RequestAttrs<'a>),
     /// No HTTP attributes: a connection (Envoy's network ext_authz filter).
     Connection(ConnectionAttrs),
 }
@@ -112,7 +113,7 @@ mod code {
 }
 
 /// The HTTP request of a CheckRequest; an error for a connection check.
-pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs, AdapterError> {
+pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs<'_>, AdapterError> {
     match read_check(request)? {
         Check::Http(attrs) => Ok(attrs),
         Check::Connection(_) => Err(AdapterError::NoHttpRequest),
@@ -124,8 +125,8 @@ pub fn request_attrs(request: &CheckRequest) -> Result<RequestAttrs, AdapterErro
 /// ([`crate::grants_db::REVISION_HEADER`]), which the service waits for and
 /// the engine never sees.
 #[derive(Debug)]
-pub struct Read {
-    pub check: Result<Check, AdapterError>,
+pub struct Read<'a> {
+    pub check: Result<Check<'a>, AdapterError>,
     pub min_revision: Option<String>,
 }
 
@@ -133,7 +134,11 @@ pub struct Read {
 /// the policy shows conditions (`condition_headers`), and the grants
 /// revision it asks for when `revisions` (grants in a database: without
 /// one, no revision can apply and none is looked for).
-pub fn read(request: &CheckRequest, condition_headers: &[String], revisions: bool) -> Read {
+pub fn read<'a>(
+    request: &'a CheckRequest,
+    condition_headers: &[String],
+    revisions: bool,
+) -> Read<'a> {
     Read {
         check: read_check_with(request, condition_headers),
         min_revision: revisions
@@ -143,7 +148,7 @@ pub fn read(request: &CheckRequest, condition_headers: &[String], revisions: boo
 }
 
 /// Reads what the engine needs from a CheckRequest, no header for conditions.
-pub(crate) fn read_check(request: &CheckRequest) -> Result<Check, AdapterError> {
+pub(crate) fn read_check(request: &CheckRequest) -> Result<Check<'_>, AdapterError> {
     read_check_with(request, &[])
 }
 
@@ -151,10 +156,10 @@ pub(crate) fn read_check(request: &CheckRequest) -> Result<Check, AdapterError> 
 /// in `condition_headers` (lower-case: the policy's
 /// [`crate::policy::PolicySet::condition_headers`]) for conditions. No
 /// other header is copied, so a policy without them pays nothing.
-pub fn read_check_with(
-    request: &CheckRequest,
+pub fn read_check_with<'a>(
+    request: &'a CheckRequest,
     condition_headers: &[String],
-) -> Result<Check, AdapterError> {
+) -> Result<Check<'a>, AdapterError> {
     let attributes = request
         .attributes
         .as_ref()
@@ -162,7 +167,7 @@ pub fn read_check_with(
     let destination = attributes
         .destination
         .as_ref()
-        .map(|peer| peer.principal.clone())
+        .map(|peer| peer.principal.as_str())
         .unwrap_or_default();
     let Some(http) = attributes.request.as_ref().and_then(|r| r.http.as_ref()) else {
         let source = attributes
@@ -176,7 +181,7 @@ pub fn read_check_with(
             .and_then(|peer| socket_address(peer.address.as_ref()));
         return Ok(Check::Connection(ConnectionAttrs {
             source_principal: printable(source),
-            destination_principal: printable(&destination),
+            destination_principal: printable(destination),
             destination_port: address.as_ref().and_then(|(_, port)| *port),
             destination_address: address
                 .map(|(ip, port)| printable(&format!("{ip}:{}", port.unwrap_or(0))))
@@ -185,61 +190,41 @@ pub fn read_check_with(
     };
 
     let named = |name: &str, wanted: &[&str]| wanted.iter().any(|w| name.eq_ignore_ascii_case(w));
-    let listed: Vec<String> = http
-        .header_map
+    // `header_map` lists each header line; `headers` joins repeats with a
+    // comma. A value in one place that the other lacks is one more header.
+    let mut authorization = HeaderValues::default();
+    http.header_map
         .iter()
         .flat_map(|m| &m.headers)
         .filter(|h| named(&h.key, &["authorization"]))
-        .map(header_value)
-        .collect();
-    let mapped = http
-        .headers
+        .for_each(|h| authorization.line(header_value(h)));
+    http.headers
         .iter()
         .filter(|(k, _)| named(k, &["authorization"]))
-        .map(|(_, v)| v.clone());
-    // `header_map` lists each header line; `headers` joins repeats with a
-    // comma. A value in one place that the other lacks is one more header.
-    let mut authorization = listed;
-    for value in mapped {
-        if !authorization.contains(&value) {
-            authorization.push(value);
-        }
-    }
-    let request_id = http
-        .headers
-        .iter()
-        .find(|(k, _)| named(k, &["x-request-id"]))
-        .map(|(_, v)| v.clone())
-        .or_else(|| {
-            http.header_map
-                .iter()
-                .flat_map(|m| &m.headers)
-                .find(|h| named(&h.key, &["x-request-id"]))
-                .map(header_value)
-        })
-        .map(|id| sanitize_request_id(&id));
-    let host_header = http
-        .headers
-        .iter()
-        .find(|(k, _)| named(k, &[":authority", "host"]))
-        .map(|(_, v)| v.clone())
-        .or_else(|| {
-            http.header_map
-                .iter()
-                .flat_map(|m| &m.headers)
-                .find(|h| named(&h.key, &[":authority", "host"]))
-                .map(header_value)
-        });
-
-    let host = if http.host.is_empty() {
-        host_header.unwrap_or_default()
-    } else {
-        http.host.clone()
+        .for_each(|(_, v)| authorization.joined(Cow::Borrowed(v.as_str())));
+    let first_of = |wanted: &[&str]| {
+        http.headers
+            .iter()
+            .find(|(k, _)| named(k, wanted))
+            .map(|(_, v)| Cow::Borrowed(v.as_str()))
+            .or_else(|| {
+                http.header_map
+                    .iter()
+                    .flat_map(|m| &m.headers)
+                    .find(|h| named(&h.key, wanted))
+                    .map(header_value)
+            })
     };
-    let context_extensions: BTreeMap<String, String> = attributes
+    let request_id = first_of(&["x-request-id"]).map(sanitize_request_id);
+    let host = if http.host.is_empty() {
+        first_of(&[":authority", "host"]).unwrap_or_default()
+    } else {
+        Cow::Borrowed(http.host.as_str())
+    };
+    let context_extensions = attributes
         .context_extensions
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
         .collect();
     let mut headers = BTreeMap::new();
     for name in condition_headers {
@@ -253,8 +238,8 @@ pub fn read_check_with(
             .headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone());
-        let mut values: Vec<String> = listed.collect();
+            .map(|(_, v)| Cow::Borrowed(v.as_str()));
+        let mut values: Vec<Cow<'a, str>> = listed.collect();
         for value in mapped {
             if !values.contains(&value) {
                 values.push(value);
@@ -264,17 +249,17 @@ pub fn read_check_with(
         // ambiguous: a condition reading it finds it missing, and fails.
         if let [value] = values.as_slice() {
             if !value.contains(',') && value.len() <= MAX_CONDITION_HEADER_LEN {
-                headers.insert(name.clone(), value.clone());
+                headers.insert(Cow::Owned(name.clone()), value.clone());
             }
         }
     }
     Ok(Check::Http(RequestAttrs {
-        method: http.method.clone(),
-        path: http.path.clone(),
+        method: Cow::Borrowed(&http.method),
+        path: Cow::Borrowed(&http.path),
         host,
-        destination,
+        destination: Cow::Borrowed(destination),
         context_extensions,
-        credential: credential(&authorization),
+        credential: authorization.credential(),
         request_id,
         verified_payloads: jwt_authn_payloads(attributes),
         headers,
@@ -364,11 +349,16 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// A request id is client-controlled text bound for the log: keep it short
 /// and printable.
-fn sanitize_request_id(id: &str) -> String {
-    id.chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(MAX_REQUEST_ID_LEN)
-        .collect()
+fn sanitize_request_id(id: Cow<'_, str>) -> Cow<'_, str> {
+    if id.len() <= MAX_REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic()) {
+        return id;
+    }
+    Cow::Owned(
+        id.chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(MAX_REQUEST_ID_LEN)
+            .collect(),
+    )
 }
 
 /// The value of the request header `name` (lower case), from `headers` or
@@ -391,37 +381,87 @@ fn request_header(request: &CheckRequest, name: &str) -> Option<String> {
                 .iter()
                 .flat_map(|m| &m.headers)
                 .find(|h| h.key.eq_ignore_ascii_case(name))
-                .map(header_value)
+                .map(|h| header_value(h).into_owned())
         })
 }
 
 /// A header's value: `raw_value` when Envoy sent raw bytes, else `value`.
 /// Bytes that are not UTF-8 become U+FFFD, which no token contains.
-fn header_value(header: &HeaderValue) -> String {
+fn header_value(header: &HeaderValue) -> Cow<'_, str> {
     if header.raw_value.is_empty() {
-        header.value.clone()
+        Cow::Borrowed(&header.value)
     } else {
-        String::from_utf8_lossy(&header.raw_value).into_owned()
+        String::from_utf8_lossy(&header.raw_value)
+    }
+}
+
+/// The values of one header seen in a CheckRequest: none, one, or more
+/// than one (then which does not matter), without collecting them.
+#[derive(Default)]
+struct HeaderValues<'a> {
+    first: Option<Cow<'a, str>>,
+    more: bool,
+}
+
+impl<'a> HeaderValues<'a> {
+    /// A line of `header_map`: each one is a header of its own.
+    fn line(&mut self, value: Cow<'a, str>) {
+        match self.first {
+            None => self.first = Some(value),
+            Some(_) => self.more = true,
+        }
+    }
+
+    /// A value of `headers`, where Envoy joined repeats: one more header
+    /// unless `header_map` already listed it.
+    fn joined(&mut self, value: Cow<'a, str>) {
+        match &self.first {
+            None => self.first = Some(value),
+            Some(first) if *first != value => self.more = true,
+            Some(_) => {}
+        }
+    }
+
+    fn credential(self) -> Credential<'a> {
+        match (self.first, self.more) {
+            (None, _) => Credential::Absent,
+            (Some(value), false) => parse_bearer(value),
+            (Some(_), true) => Credential::Invalid(CredentialError::Multiple),
+        }
     }
 }
 
 /// Reads the bearer token out of the Authorization header values seen.
-pub fn credential(values: &[String]) -> Credential {
+pub fn credential(values: &[String]) -> Credential<'_> {
     match values {
         [] => Credential::Absent,
-        [value] => parse_bearer(value),
+        [value] => parse_bearer(Cow::Borrowed(value)),
         _ => Credential::Invalid(CredentialError::Multiple),
     }
 }
 
-/// `Bearer <token>` with a case-insensitive scheme (RFC 6750, RFC 9110).
-fn parse_bearer(value: &str) -> Credential {
+/// `Bearer <token>` read as a credential, borrowing the token when the
+/// value is borrowed.
+fn parse_bearer(value: Cow<'_, str>) -> Credential<'_> {
+    let token = match value {
+        Cow::Borrowed(value) => bearer_token(value).map(Cow::Borrowed),
+        Cow::Owned(value) => bearer_token(&value).map(|token| Cow::Owned(token.to_owned())),
+    };
+    match token {
+        Ok(token) => Credential::Bearer(token),
+        Err(e) => Credential::Invalid(e),
+    }
+}
+
+/// The token of `Bearer <token>`, with a case-insensitive scheme (RFC
+/// 6750, RFC 9110).
+fn bearer_token(value: &str) -> Result<&str, CredentialError> {
     let value = value.trim_matches([' ', '\t']);
     let Some((scheme, token)) = value.split_once([' ', '\t']) else {
-        return Credential::Invalid(CredentialError::NotBearer);
+        return Err(CredentialError::NotBearer);
     };
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Credential::Invalid(CredentialError::NotBearer);
+        return Err(CredentialError::NotBearer);
     }
     let token = token.trim_start_matches([' ', '\t']);
     // RFC 6750 b64token; a comma means Envoy joined two headers into one.
@@ -429,9 +469,9 @@ fn parse_bearer(value: &str) -> Credential {
         |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
     let body = token.trim_end_matches('=');
     if token.is_empty() || token.len() > MAX_TOKEN_LEN + 64 || !body.bytes().all(token68) {
-        return Credential::Invalid(CredentialError::Malformed);
+        return Err(CredentialError::Malformed);
     }
-    Credential::Bearer(token.to_owned())
+    Ok(token)
 }
 
 /// The response header that tells a client its request was let through

@@ -160,7 +160,7 @@ pub struct CaseOutcome {
     pub line: usize,
     /// The request decided, for a request case (its credential stands for
     /// the caller's verified token).
-    pub request: Option<RequestAttrs>,
+    pub request: Option<RequestAttrs<'static>>,
     /// The caller's subject and token groups, if any.
     pub caller: Option<(String, Vec<String>)>,
     /// How deployments change the case (for the end-to-end runners).
@@ -289,8 +289,8 @@ fn run_case(
         subject: case
             .caller
             .as_ref()
-            .map(|c| c.subject.clone())
-            .unwrap_or_default(),
+            .map(|c| Arc::from(c.subject.as_str()))
+            .unwrap_or_else(|| Arc::from("")),
         groups: case
             .caller
             .as_ref()
@@ -315,11 +315,15 @@ fn run_case(
     let decision = match (&case.request, &case.resource, &case.action) {
         (Some(request), None, None) => {
             let request = RequestAttrs {
-                method: request.method.clone(),
-                path: request.path.clone(),
-                host: request.host.clone(),
-                destination: request.destination.clone(),
-                context_extensions: request.context_extensions.clone(),
+                method: request.method.clone().into(),
+                path: request.path.clone().into(),
+                host: request.host.clone().into(),
+                destination: request.destination.clone().into(),
+                context_extensions: request
+                    .context_extensions
+                    .iter()
+                    .map(|(k, v)| (k.clone().into(), v.clone().into()))
+                    .collect(),
                 credential: match &case.caller {
                     Some(_) => Credential::Bearer("case".into()),
                     None => Credential::Absent,
@@ -332,6 +336,7 @@ fn run_case(
                     .iter()
                     .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
                     .filter(|(k, _)| policy.condition_headers.contains(k))
+                    .map(|(k, v)| (k.into(), v.into()))
                     .collect(),
             };
             let authn = KnownPrincipal(principal);
@@ -359,7 +364,7 @@ fn run_case(
                 action: Default::default(),
                 context: Arc::new(case.context.clone()),
             };
-            if !policy.actions.iter().any(|a| a == action) {
+            if !policy.actions.iter().any(|a| **a == **action) {
                 return broken(
                     case,
                     line,

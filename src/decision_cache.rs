@@ -86,18 +86,17 @@ impl DecisionCache {
             0 => 0,
             n => n + ALLOCATION_OVERHEAD_BYTES,
         };
-        let text: usize = [
-            &decision.application,
-            &decision.route,
-            &decision.subject,
-            &decision.resource,
-            &decision.action,
-            &decision.matched_rule,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|text| allocation(text.capacity()))
-        .sum();
+        // The names are shared with the policy and the verified token;
+        // only the rendered resource and what the rule holds of its own
+        // are the decision's.
+        let text = decision
+            .resource
+            .as_ref()
+            .map_or(0, |resource| allocation(resource.capacity()))
+            + decision
+                .matched_rule
+                .as_ref()
+                .map_or(0, |rule| allocation(rule.owned_bytes()));
         std::mem::size_of::<Key>()
             + CACHE_ENTRY_OVERHEAD_BYTES
             // The Arc's allocation: two counts and the decision.

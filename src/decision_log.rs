@@ -15,12 +15,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-use crate::engine::{Decision, Reason, Unmatched};
+use crate::engine::{Decision, Reason, RuleText, Unmatched};
 use crate::logging::LogLines;
 
 /// The allow sampling rate a new `serve` has: every deny, one allow in a
 /// hundred. Metrics count every decision; the log is for reading.
-pub(crate) const DEFAULT_ALLOW_RATE: f64 = 0.01;
+pub const DEFAULT_ALLOW_RATE: f64 = 0.01;
 
 /// Writes decision lines to a [`LogLines`] queue.
 #[derive(Debug)]
@@ -87,7 +87,7 @@ impl DecisionLog {
         {
             return;
         }
-        fn field(value: &Option<String>) -> &str {
+        fn field<T: std::ops::Deref<Target = str>>(value: &Option<T>) -> &str {
             value.as_deref().unwrap_or_default()
         }
         let (resource, action) = match unmatched {
@@ -114,7 +114,7 @@ impl DecisionLog {
                 status: decision.status_code(),
                 reason: decision.reason.code(),
                 detail: Shown(&decision.reason),
-                rule: field(&decision.matched_rule),
+                rule: Shown(Blank(decision.rule())),
                 policy_version: version,
                 latency_us: elapsed.as_micros() as u64,
             },
@@ -166,7 +166,7 @@ struct Fields<'a> {
     status: u16,
     reason: &'static str,
     detail: Shown<&'a Reason>,
-    rule: &'a str,
+    rule: Shown<Blank<RuleText<'a>>>,
     policy_version: &'a str,
     latency_us: u64,
 }
@@ -178,6 +178,18 @@ struct Shown<T>(T);
 impl<T: Display> Serialize for Shown<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&self.0)
+    }
+}
+
+/// Writes the value, or nothing for `None`.
+struct Blank<T>(Option<T>);
+
+impl<T: Display> Display for Blank<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => Ok(()),
+        }
     }
 }
 

@@ -473,7 +473,7 @@ pub struct Recorded<'a> {
     pub policy: &'a PolicySet,
     pub decision: &'a Decision,
     /// The HTTP request decided, for a deny's closest route.
-    pub http: Option<&'a engine::RequestAttrs>,
+    pub http: Option<&'a engine::RequestAttrs<'a>>,
     pub request_id: Option<&'a str>,
     /// When the entry point took the request.
     pub started: Instant,

@@ -108,7 +108,7 @@ impl TokenCache {
             + CACHE_ENTRY_OVERHEAD_BYTES
             // The Arc's allocation: two counts and the principal.
             + allocation(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Principal>())
-            + allocation(principal.subject.capacity())
+            + allocation(principal.subject.len())
             + groups
             + claims_bytes(&principal.claims)
     }

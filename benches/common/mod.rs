@@ -37,7 +37,7 @@ pub fn bundled_with_grants(count: usize) -> PolicySet {
         policy
             .roles
             .iter()
-            .position(|r| r.name == name)
+            .position(|r| &*r.name == name)
             .unwrap_or_else(|| panic!("no role {name}")) as u32
     };
     let (viewer, editor) = (role("viewer"), role("editor"));
@@ -96,10 +96,10 @@ pub const CONDITION: &str =
     "resource.type == \"document\" && resource.properties.id == resource.id && \"readers\" in subject.groups";
 
 /// A documents request whose caller is already verified (see [`user42`]).
-pub fn verified_request(method: &str, path: &str) -> RequestAttrs {
+pub fn verified_request(method: &str, path: &str) -> RequestAttrs<'static> {
     RequestAttrs {
-        method: method.into(),
-        path: path.into(),
+        method: method.to_owned().into(),
+        path: path.to_owned().into(),
         host: "documents.example.com".into(),
         credential: Credential::Bearer("verified".into()),
         ..Default::default()

@@ -30,7 +30,7 @@ pub(super) async fn decide(
     let own = asker
         .user
         .as_ref()
-        .filter(|user| subject.kind == SUBJECT_TYPE && user.subject == subject.id);
+        .filter(|user| subject.kind == SUBJECT_TYPE && *user.subject == *subject.id);
     let principal: Arc<Principal> = match own {
         // The token's own subject, with the groups its token asserts.
         Some(user) => user.clone(),
@@ -82,7 +82,7 @@ pub(super) fn decision_json(decision: &Decision, explain: bool) -> Value {
     let mut answer = json!({ "decision": decision.is_allowed() });
     if explain {
         let mut why = decision.reason.to_string();
-        if let Some(rule) = &decision.matched_rule {
+        if let Some(rule) = decision.rule() {
             why = format!("{why}: {rule}");
         }
         answer["context"] = json!({

@@ -82,7 +82,7 @@ async fn sign_event(state: &ApiState, request: Request) -> Result<Value, Respons
         .asker
         .user
         .as_ref()
-        .filter(|user| user.subject == eval.subject.id);
+        .filter(|user| *user.subject == *eval.subject.id);
     let principal: Arc<Principal> =
         match own {
             Some(user) => user.clone(),

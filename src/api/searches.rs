@@ -69,7 +69,7 @@ async fn run_search(
         asker
             .user
             .as_ref()
-            .is_some_and(|user| s.kind == SUBJECT_TYPE && user.subject == s.id)
+            .is_some_and(|user| s.kind == SUBJECT_TYPE && *user.subject == *s.id)
     };
     let about_own = match kind {
         SearchKind::Subject => false,
@@ -83,7 +83,7 @@ async fn run_search(
     let users = subject.is_some_and(|s| s.kind == SUBJECT_TYPE);
     let principal = |subject: &model::Entity| -> Arc<Principal> {
         match &asker.user {
-            Some(user) if user.subject == subject.id => user.clone(),
+            Some(user) if *user.subject == *subject.id => user.clone(),
             _ => Arc::new(Principal::named("api", subject.id.clone())),
         }
     };

@@ -18,17 +18,18 @@ pub(super) fn check(args: CheckArgs) -> ExitCode {
         return Exit::Failure.into();
     }
     let credential = match &args.token {
-        Some(token) => adapter::credential(&[format!("Bearer {token}")]),
+        Some(token) => adapter::credential(&[format!("Bearer {token}")]).into_owned(),
         None => engine::Credential::Absent,
     };
     let request = RequestAttrs {
-        method: args.method,
-        path: args.path,
-        host: args.host,
-        destination: args.destination,
+        method: args.method.into(),
+        path: args.path.into(),
+        host: args.host.into(),
+        destination: args.destination.into(),
         context_extensions: args
             .context_extensions
             .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
             .collect::<BTreeMap<_, _>>(),
         credential,
         request_id: None,
@@ -96,13 +97,14 @@ pub fn explain(decision: &Decision) -> String {
         decision.status_code(),
         decision.reason
     );
+    let rule = decision.rule_text();
     let fields = [
-        ("application", &decision.application),
-        ("route", &decision.route),
-        ("subject", &decision.subject),
-        ("resource", &decision.resource),
-        ("action", &decision.action),
-        ("rule", &decision.matched_rule),
+        ("application", decision.application.as_deref()),
+        ("route", decision.route.as_deref()),
+        ("subject", decision.subject.as_deref()),
+        ("resource", decision.resource.as_deref()),
+        ("action", decision.action.as_deref()),
+        ("rule", rule.as_deref()),
     ];
     for (name, value) in fields {
         if let Some(value) = value {

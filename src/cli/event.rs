@@ -204,7 +204,7 @@ fn verify(args: VerifyArgs) -> ExitCode {
             let claims = &consumed.claims;
             let allowed = consumed.decision.is_allowed();
             let mut why = consumed.decision.reason.to_string();
-            if let Some(rule) = &consumed.decision.matched_rule {
+            if let Some(rule) = consumed.decision.rule() {
                 why = format!("{why}: {rule}");
             }
             let line = serde_json::json!({

@@ -44,7 +44,7 @@ pub(super) fn validate(dir: &Path, strict: bool) -> ExitCode {
         .collect();
     let role_only: Vec<&str> = (0..policy.actions.len())
         .filter(|i| !routed.contains(i))
-        .filter_map(|i| policy.actions.get(i).map(String::as_str))
+        .filter_map(|i| policy.actions.get(i).map(|a| &**a))
         .collect();
     if !role_only.is_empty() {
         println!(

@@ -239,7 +239,7 @@ pub fn consumers(policy: &PolicySet) -> usize {
 pub fn principal_of(claims: &EventClaims) -> Principal {
     Principal {
         issuer: Arc::from(claims.idp.as_str()),
-        subject: claims.sub.clone(),
+        subject: claims.sub.as_str().into(),
         groups: claims.groups.clone(),
         expires_at: claims.exp,
         claims: Default::default(),

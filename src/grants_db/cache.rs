@@ -296,7 +296,7 @@ impl GrantCache {
             decision.effect = crate::engine::Effect::Deny(crate::engine::DenyStatus::Forbidden);
         }
         decision.reason = Reason::GrantsUnavailable;
-        decision.matched_rule = Some(why.to_owned());
+        decision.matched_rule = Some(crate::engine::MatchedRule::GrantsUnavailable(why.into()));
         decision
     }
 

@@ -24,7 +24,7 @@ fn roles_holding(policy: &PolicySet, action: usize) -> Vec<String> {
         .roles
         .iter()
         .filter(|r| r.actions.contains(action))
-        .map(|r| r.name.clone())
+        .map(|r| r.name.to_string())
         .collect()
 }
 

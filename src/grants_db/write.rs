@@ -224,7 +224,7 @@ pub fn policy_grants(policy: &PolicySet) -> Result<Vec<Grant>, String> {
                     holder: name.to_owned(),
                     pattern,
                     resource: resource.to_owned(),
-                    role: role.name.clone(),
+                    role: role.name.to_string(),
                 });
             }
         }

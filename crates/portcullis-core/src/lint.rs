@@ -58,7 +58,7 @@ impl Lints<'_> {
     fn route_place(&self, app: &Application, route: &Route) -> Option<&Place> {
         self.origins
             .routes
-            .get(&(app.name.clone(), route.name.clone()))
+            .get(&(app.name.to_string(), route.name.to_string()))
     }
 
     /// A deny rule naming one resource that a route builds from an untyped
@@ -96,7 +96,7 @@ impl Lints<'_> {
                 continue;
             }
             let capture = captures.into_iter().collect::<Vec<_>>().join("}, {");
-            let place = self.origins.denies.get(&deny.name).cloned();
+            let place = self.origins.denies.get(&*deny.name).cloned();
             self.warn(
                 place.as_ref(),
                 format!(
@@ -229,7 +229,7 @@ impl Lints<'_> {
         let mut reported = HashSet::new();
         let mut named: Vec<(String, String, Option<Place>)> = Vec::new();
         for grant in &self.origins.grants {
-            let role = policy.roles.iter().find(|r| r.name == grant.role);
+            let role = policy.roles.iter().find(|r| *r.name == *grant.role);
             if !routes_ask(role.map(|r| &r.actions)) {
                 continue;
             }
@@ -244,7 +244,7 @@ impl Lints<'_> {
                 continue;
             }
             let resource = deny.resource.as_key().to_string();
-            let place = self.origins.denies.get(&deny.name).cloned();
+            let place = self.origins.denies.get(&*deny.name).cloned();
             named.push((resource, format!("deny rule {:?}", deny.name), place));
         }
         for (resource, who, place) in named {
@@ -578,11 +578,15 @@ fn decide_as(
     subject: &str,
 ) -> Decision {
     let request = RequestAttrs {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        host: selecting.host.clone(),
-        destination: selecting.destination.clone(),
-        context_extensions: selecting.context.clone(),
+        method: method.into(),
+        path: path.into(),
+        host: selecting.host.as_str().into(),
+        destination: selecting.destination.as_str().into(),
+        context_extensions: selecting
+            .context
+            .iter()
+            .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+            .collect(),
         credential: Credential::Bearer("explore".into()),
         request_id: None,
         verified_payloads: BTreeMap::new(),

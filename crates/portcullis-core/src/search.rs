@@ -94,7 +94,7 @@ impl Found {
 }
 
 pub fn action_index(policy: &PolicySet, action: &str) -> Option<usize> {
-    policy.actions.iter().position(|a| a == action)
+    policy.actions.iter().position(|a| **a == *action)
 }
 
 /// Whether one of `roles` holds `action`, under a condition or not: a
@@ -338,14 +338,14 @@ pub fn actions(
     given: Circumstances<'_>,
 ) -> Found {
     let mut out = Vec::new();
-    let mut named: Vec<(usize, &String)> = policy.actions.iter().enumerate().collect();
+    let mut named: Vec<(usize, &std::sync::Arc<str>)> = policy.actions.iter().enumerate().collect();
     named.sort_by(|a, b| a.1.cmp(b.1));
     for (index, name) in named {
-        if after.is_some_and(|a| name.as_str() <= a) {
+        if after.is_some_and(|a| &**name <= a) {
             continue;
         }
         if allows(policy, grants, principal, resource, index, given) {
-            out.push(name.clone());
+            out.push(name.to_string());
             if out.len() > limit {
                 break;
             }

@@ -161,7 +161,7 @@ fn a_check_without_http_attributes_is_a_connection_check() {
     assert_eq!(response.status.as_ref().map(|s| s.code), Some(7));
     assert!(response.http_response.is_none(), "{response:?}");
     assert_eq!(
-        decision.matched_rule.as_deref(),
+        decision.rule_text().as_deref(),
         Some("connection from spiffe://cluster.local/ns/app/sa/client to port 5432")
     );
     assert_eq!(

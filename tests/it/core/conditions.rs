@@ -100,7 +100,7 @@ fn token(claims: serde_json::Value) -> String {
     body.sign(&Signer::hs256(SECRET.as_bytes()))
 }
 
-fn request(method: &str, path: &str, token: &str) -> RequestAttrs {
+fn request<'a>(method: &'a str, path: &'a str, token: &'a str) -> RequestAttrs<'a> {
     RequestAttrs {
         method: method.into(),
         path: path.into(),
@@ -244,7 +244,7 @@ fn bulk_grants_files_take_authenticated_holders() {
     );
     assert!(decision.is_allowed(), "{decision:?}");
     assert_eq!(
-        decision.matched_rule.as_deref(),
+        decision.rule_text().as_deref(),
         Some("grant of role \"viewer\" on doc:* to every authenticated subject")
     );
     let dir = write_dir(&[
@@ -328,7 +328,11 @@ fn only_named_headers_reach_conditions_through_the_adapter() {
             other => panic!("{other:?}"),
         };
         (
-            attrs.headers.clone(),
+            attrs
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
             decide(
                 &policy,
                 &*policy.grants,
@@ -426,8 +430,7 @@ fn the_resource_action_form_takes_explicit_attributes() {
     );
     assert!(!no.is_allowed());
     assert!(
-        no.matched_rule
-            .as_deref()
+        no.rule_text()
             .is_some_and(|r| r.contains("under a condition that does not hold")),
         "{no:?}"
     );

@@ -116,7 +116,7 @@ fn partner(claims: serde_json::Value) -> String {
     token("https://partner.example.com", PARTNER_SECRET, claims)
 }
 
-fn request(method: &str, path: &str, token: Option<&str>) -> RequestAttrs {
+fn request<'a>(method: &'a str, path: &'a str, token: Option<&'a str>) -> RequestAttrs<'a> {
     RequestAttrs {
         method: method.into(),
         path: path.into(),
@@ -351,7 +351,7 @@ applications:
     assert_eq!(d.application.as_deref(), Some("docs"), "{d:?}");
     assert_eq!(d.status_code(), 401);
     // Without the mesh identity the host decides (and the public route allows).
-    r.destination.clear();
+    r.destination = "".into();
     let d = check(&policy, &r);
     assert_eq!(d.application.as_deref(), Some("billing"), "{d:?}");
 }

@@ -53,20 +53,20 @@ fn policy_dir() -> TempDir {
 fn principal(subject: &str, groups: &[&str]) -> KnownPrincipal {
     KnownPrincipal(Arc::new(Principal {
         issuer: Arc::from("demo-idp"),
-        subject: subject.to_owned(),
+        subject: subject.into(),
         groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         expires_at: u64::MAX,
         claims: Default::default(),
     }))
 }
 
-fn request(method: &str, path: &str, app: &str) -> RequestAttrs {
+fn request<'a>(method: &'a str, path: &'a str, app: &'a str) -> RequestAttrs<'a> {
     RequestAttrs {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        host: "documents.example.com".to_owned(),
-        context_extensions: BTreeMap::from([("app".to_owned(), app.to_owned())]),
-        credential: Credential::Bearer("verified-elsewhere".to_owned()),
+        method: method.into(),
+        path: path.into(),
+        host: "documents.example.com".into(),
+        context_extensions: BTreeMap::from([("app".into(), app.into())]),
+        credential: Credential::Bearer("verified-elsewhere".into()),
         ..Default::default()
     }
 }
@@ -288,9 +288,9 @@ fn template_of(policy: &PolicySet, app: &str, route: &str) -> String {
     policy
         .applications
         .iter()
-        .filter(|a| a.name == app)
+        .filter(|a| &*a.name == app)
         .flat_map(|a| a.routes.iter())
-        .find(|r| r.name == route)
+        .find(|r| &*r.name == route)
         .map(|r| r.template.to_string())
         .unwrap_or_else(|| panic!("no route {app}/{route}"))
 }

@@ -70,7 +70,7 @@ fn policy() -> (tempfile::TempDir, PolicySet) {
 fn user(name: &str) -> Principal {
     Principal {
         issuer: "test".into(),
-        subject: name.to_owned(),
+        subject: name.into(),
         groups: Vec::new(),
         expires_at: u64::MAX,
         claims: Default::default(),
@@ -192,6 +192,7 @@ fn every_search_page_agrees_with_single_decisions() {
                 names
                     .into_iter()
                     .filter(|a| allows(&policy, subject, &resource, a))
+                    .map(|a| a.to_string())
                     .collect()
             };
             assert_eq!(found, expected, "{subject} on {resource}");

@@ -87,7 +87,7 @@ fn the_case_corpus_through_the_front_proxy() {
         Deployment::FrontProxy,
         |request| {
             let front_proxy_context = request.context_extensions.is_empty()
-                || request.context_extensions.get("app").map(String::as_str) == Some("documents")
+                || request.context_extensions.get("app").map(|a| &**a) == Some("documents")
                     && request.context_extensions.len() == 1;
             front_proxy_context && request.destination.is_empty()
         },

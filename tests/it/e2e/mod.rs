@@ -4,7 +4,9 @@
 mod envoy_headers;
 mod front_proxy;
 mod istio;
+mod istio_tls;
 mod jwt_authn;
+mod per_pod;
 mod reload;
 mod tls;
 mod walkthrough;

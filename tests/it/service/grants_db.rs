@@ -857,7 +857,7 @@ fn searches_over_postgres_find_what_the_file_source_finds() {
         .unwrap();
     let principal = |subject: &str, groups: &[&str]| Principal {
         issuer: Arc::from("test"),
-        subject: subject.to_owned(),
+        subject: subject.into(),
         groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         expires_at: u64::MAX,
         claims: Default::default(),
@@ -996,7 +996,7 @@ fn a_database_search_page_is_bounded_whatever_the_denies() {
         .unwrap();
     let dan = Principal {
         issuer: Arc::from("test"),
-        subject: "dan".to_owned(),
+        subject: "dan".into(),
         groups: Vec::new(),
         expires_at: u64::MAX,
         claims: Default::default(),

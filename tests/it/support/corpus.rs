@@ -84,7 +84,7 @@ pub fn send_through<T: Target>(
         }
         let mut headers = Vec::new();
         if !request.host.is_empty() {
-            headers.push(("Host", request.host.as_str()));
+            headers.push(("Host", &*request.host));
         }
         let decision = &outcome.decision;
         let caller = || outcome.caller.as_ref().map(|(s, _)| leak(s.clone()));
@@ -92,7 +92,7 @@ pub fn send_through<T: Target>(
             // The deployment rewrote the request into one the caller may make.
             (Some(200), _) => Expect::Allow(caller()),
             (Some(status), _) => Expect::Status(status),
-            (None, true) => Expect::Allow(decision.subject.clone().map(leak)),
+            (None, true) => Expect::Allow(decision.subject.as_deref().map(|s| leak(s.to_owned()))),
             (None, false) => Expect::Deny(decision.status_code()),
         };
         probes.check(

@@ -11,7 +11,13 @@
 //!    rules' HTTP-only fields are dropped, as `model.Generate(forTCP)` drops
 //!    them for any action but ALLOW);
 //! 3. the overlay's EnvoyFilters applied as istiod applies them
-//!    (pilot/pkg/networking/core/envoyfilter: listener_patch.go).
+//!    (pilot/pkg/networking/core/envoyfilter: listener_patch.go);
+//! 4. the overlay's DestinationRule for the provider's host turned into the
+//!    provider cluster's UpstreamTlsContext as istiod builds it
+//!    (pilot/pkg/networking/core/cluster_tls.go, constructUpstreamTLS). The
+//!    CA file it names lives in the proxy, and istio-agent serves it to
+//!    Envoy over SDS as the secret `file-root:PATH`; here Envoy reads that
+//!    same secret from an SDS file the mirror writes ([`ProxyFiles`]).
 //!
 //! Only the parts of the two APIs the overlay uses are modelled; anything
 //! else panics, so a new field in a shipped manifest cannot be silently
@@ -50,15 +56,35 @@ impl Mtls {
     }
 }
 
-/// The Envoy configuration of step 1 to 3, as YAML.
+/// The files a proxy container holds that the overlay names by path (a
+/// DestinationRule's `caCertificates`), as a test provides them: the path in
+/// the proxy → the file here. `scratch` is a directory for the SDS files the
+/// mirror writes in istio-agent's place.
+pub struct ProxyFiles<'a> {
+    pub files: &'a [(&'a str, &'a Path)],
+    pub scratch: &'a Path,
+}
+
+/// The Envoy configuration of step 1 to 3 for `k8s/overlays/istio`, as YAML.
 pub fn istio_sidecar_config(mode: Mtls, values: &[(&str, &str)]) -> String {
+    istio_sidecar_config_for(ISTIO_OVERLAY, mode, values, None)
+}
+
+/// The Envoy configuration of steps 1 to 4 for `overlay` (a directory of
+/// the repository whose kustomization builds on `k8s/overlays/istio`), as
+/// YAML. An overlay with a DestinationRule needs `proxy` for its files.
+pub fn istio_sidecar_config_for(
+    overlay: &str,
+    mode: Mtls,
+    values: &[(&str, &str)],
+    proxy: Option<&ProxyFiles>,
+) -> String {
     let rendered = render_template(&repo_path(ISTIO_TEMPLATE), values);
     let mut config: Value = serde_yaml::from_str(&rendered)
         .unwrap_or_else(|e| panic!("{ISTIO_TEMPLATE}: not YAML: {e}"));
     let root = mapping(&mut config, "the configuration");
     root.remove("x-templates");
-    let overlay = repo_path(ISTIO_OVERLAY);
-    let documents = overlay_documents(&overlay);
+    let documents = overlay_documents(&repo_path(overlay));
     let policies: Vec<&Value> = documents
         .iter()
         .filter(|d| kind(d) == "AuthorizationPolicy")
@@ -66,7 +92,7 @@ pub fn istio_sidecar_config(mode: Mtls, values: &[(&str, &str)]) -> String {
     assert_eq!(
         policies.len(),
         1,
-        "the mirror models one CUSTOM AuthorizationPolicy in {ISTIO_OVERLAY}"
+        "the mirror models one CUSTOM AuthorizationPolicy in {overlay}"
     );
     let filters = CustomFilters::from_policy(policies[0]);
     for listener in listeners(&mut config) {
@@ -85,11 +111,44 @@ pub fn istio_sidecar_config(mode: Mtls, values: &[(&str, &str)]) -> String {
     for envoy_filter in documents.iter().filter(|d| kind(d) == "EnvoyFilter") {
         apply_envoy_filter(&mut config, envoy_filter);
     }
+    for (i, rule) in documents
+        .iter()
+        .filter(|d| kind(d) == "DestinationRule")
+        .enumerate()
+    {
+        let proxy = proxy.unwrap_or_else(|| {
+            panic!("{overlay} has a DestinationRule: the mirror needs the proxy's files")
+        });
+        apply_destination_rule(&mut config, rule, proxy, i);
+    }
+    for kind_name in documents.iter().map(kind) {
+        assert!(
+            !is_istio_kind(kind_name),
+            "the mirror does not model the Istio kind {kind_name} of {overlay}"
+        );
+    }
     serde_yaml::to_string(&config).expect("serialize")
 }
 
-/// Every document of every file the overlay's kustomization lists itself
-/// (the base is not Istio configuration).
+/// Istio kinds the mirror does not model (those it does:
+/// AuthorizationPolicy, EnvoyFilter, DestinationRule).
+fn is_istio_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "ServiceEntry"
+            | "VirtualService"
+            | "Sidecar"
+            | "PeerAuthentication"
+            | "RequestAuthentication"
+            | "WorkloadEntry"
+            | "Telemetry"
+            | "Gateway"
+    )
+}
+
+/// Every document of every file the overlay's kustomization lists, and of
+/// the kustomizations it lists in turn (`../istio`); the base's documents
+/// come along and are not Istio configuration.
 fn overlay_documents(overlay: &Path) -> Vec<Value> {
     let kustomization = read_yaml(&overlay.join("kustomization.yaml"));
     let resources = kustomization
@@ -103,6 +162,7 @@ fn overlay_documents(overlay: &Path) -> Vec<Value> {
             .unwrap_or_else(|| panic!("resource {resource:?}"));
         let path = overlay.join(name);
         if path.is_dir() {
+            documents.extend(overlay_documents(&path));
             continue;
         }
         let text =
@@ -543,4 +603,125 @@ fn proto_merge(into: &mut Value, from: &Value) {
         (Value::Sequence(into), Value::Sequence(from)) => into.extend(from.iter().cloned()),
         (into, from) => *into = from.clone(),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Step 4: a DestinationRule for the provider's host, as istiod builds the
+// cluster's TLS (pilot/pkg/networking/core/cluster_tls.go)
+// ---------------------------------------------------------------------------
+
+/// Gives the provider cluster the transport socket istiod renders from
+/// `rule`. Only what the shipped rule uses is modelled: `trafficPolicy.tls`
+/// in mode SIMPLE with `sni`, `subjectAltNames` and `caCertificates`, for
+/// the provider's own host; anything else panics.
+fn apply_destination_rule(config: &mut Value, rule: &Value, proxy: &ProxyFiles, index: usize) {
+    let spec = rule.get("spec").expect("a DestinationRule without spec");
+    for key in spec.as_mapping().into_iter().flat_map(|m| m.keys()) {
+        let key = key.as_str().unwrap_or("");
+        assert!(
+            matches!(key, "host" | "trafficPolicy"),
+            "the mirror does not model DestinationRule.spec.{key}"
+        );
+    }
+    assert_eq!(
+        spec["host"].as_str(),
+        Some(PROVIDER_HOST),
+        "the mirror models a DestinationRule for the provider's host only"
+    );
+    for key in spec["trafficPolicy"]
+        .as_mapping()
+        .into_iter()
+        .flat_map(|m| m.keys())
+    {
+        assert_eq!(
+            key.as_str(),
+            Some("tls"),
+            "the mirror does not model trafficPolicy.{key:?}"
+        );
+    }
+    let tls = &spec["trafficPolicy"]["tls"];
+    for key in tls.as_mapping().into_iter().flat_map(|m| m.keys()) {
+        let key = key.as_str().unwrap_or("");
+        assert!(
+            matches!(key, "mode" | "sni" | "subjectAltNames" | "caCertificates"),
+            "the mirror does not model tls.{key}"
+        );
+    }
+    assert_eq!(
+        tls["mode"].as_str(),
+        Some("SIMPLE"),
+        "the mirror models tls.mode SIMPLE"
+    );
+    // Without sni and subjectAltNames istiod sets auto_sni and
+    // auto_san_validation instead (setAutoSniAndAutoSanValidation): not
+    // modelled.
+    let sni = tls["sni"]
+        .as_str()
+        .expect("the mirror models a rule that names its sni");
+    let sans: Vec<Value> = tls["subjectAltNames"]
+        .as_sequence()
+        .expect("the mirror models a rule that names subjectAltNames")
+        .iter()
+        .map(|san| {
+            let san = san.as_str().expect("a subjectAltName is a string");
+            yaml(&format!("exact: '{san}'"))
+        })
+        .collect();
+    // Without caCertificates the agent serves the system roots
+    // (`file-root:system`): not modelled.
+    let ca_path = tls["caCertificates"]
+        .as_str()
+        .expect("the mirror models a rule that names caCertificates");
+    let real = proxy
+        .files
+        .iter()
+        .find(|(path, _)| *path == ca_path)
+        .map(|(_, real)| *real)
+        .unwrap_or_else(|| panic!("the test provides no file for the proxy's {ca_path}"));
+    let secret_name = format!("file-root:{ca_path}");
+    let sds_file = proxy
+        .scratch
+        .join(format!("sds-destination-rule-{index}.yaml"));
+    let sds = format!(
+        "resources:\n\
+         - '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  \
+           name: '{secret_name}'\n  \
+           validation_context:\n    \
+             trusted_ca: {{ filename: '{}' }}\n",
+        real.display()
+    );
+    std::fs::write(&sds_file, sds).unwrap_or_else(|e| panic!("{}: {e}", sds_file.display()));
+    let mut socket = yaml(&format!(
+        "name: envoy.transport_sockets.tls\n\
+         typed_config:\n  \
+           '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n  \
+           sni: '{sni}'\n  \
+           common_tls_context:\n    \
+             tls_params: {{ tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3 }}\n    \
+             alpn_protocols: [h2]\n    \
+             combined_validation_context:\n      \
+               default_validation_context: {{}}\n      \
+               validation_context_sds_secret_config:\n        \
+                 name: '{secret_name}'\n        \
+                 sds_config:\n          \
+                   resource_api_version: V3\n          \
+                   path_config_source: {{ path: '{}' }}\n",
+        sds_file.display()
+    ));
+    socket["typed_config"]["common_tls_context"]["combined_validation_context"]
+        ["default_validation_context"]["match_subject_alt_names"] = Value::Sequence(sans);
+    let clusters = config
+        .get_mut("static_resources")
+        .and_then(|r| r.get_mut("clusters"))
+        .expect("no static_resources.clusters");
+    let cluster = sequence(clusters, "clusters")
+        .iter_mut()
+        .find(|c| c["name"].as_str() == Some(PROVIDER_CLUSTER))
+        .unwrap_or_else(|| panic!("no cluster {PROVIDER_CLUSTER}"));
+    let cluster = mapping(cluster, "the provider cluster");
+    assert!(
+        !cluster.contains_key("transport_socket"),
+        "two DestinationRules for the provider's host"
+    );
+    cluster.insert("transport_socket".into(), socket);
 }

@@ -165,6 +165,36 @@ impl MeshPki {
     }
 }
 
+/// A server certificate for `dns` from a CA of its own (not the mesh's), as
+/// an operator issues Portcullis's serving certificate: written to a
+/// temporary directory as `ca.pem`, `server.pem` and `server-key.pem`.
+/// Keys live only there, for the test's lifetime.
+pub struct ServerPki {
+    dir: tempfile::TempDir,
+}
+
+impl ServerPki {
+    pub fn generate(dns: &str) -> ServerPki {
+        let ca = mesh_ca("a serving CA");
+        let server = mesh_leaf(&ca, &format!("spiffe://serving/{dns}"), &[dns]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in [
+            ("ca.pem", ca.pem()),
+            ("server.pem", server.cert_pem),
+            ("server-key.pem", server.key_pem),
+        ] {
+            std::fs::write(dir.path().join(name), content)
+                .unwrap_or_else(|e| panic!("write {name}: {e}"));
+        }
+        ServerPki { dir }
+    }
+
+    /// A file of the directory: `ca.pem`, `server.pem`, `server-key.pem`.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // A blocking TLS client: raw HTTP/1.1 and raw bytes over (m)TLS
 // ---------------------------------------------------------------------------

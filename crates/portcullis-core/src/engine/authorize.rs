@@ -61,9 +61,7 @@ pub(crate) fn authorize(
     attributes: &Attributes,
     now: u64,
 ) -> Decision {
-    let action_name = action
-        .and_then(|a| policy.actions.get(a))
-        .map(String::as_str);
+    let action_name = action.and_then(|a| policy.actions.get(a)).map(|a| &**a);
     let lazy = LazyAttributes::new(policy, || Inputs {
         subject_properties: Some(&attributes.subject),
         resource,
@@ -103,10 +101,10 @@ pub(super) fn authorize_in(
     access: Access,
     resource: Option<&str>,
     action: Option<usize>,
-    route_condition: Option<(&str, &Condition)>,
+    route_condition: Option<(&Arc<str>, &Arc<Condition>)>,
     conditions: &dyn ConditionScope,
 ) -> Decision {
-    let subject = principal.subject.as_str();
+    let subject = &*principal.subject;
     let policy_groups = policy.policy_groups(subject);
     let groups = || principal.groups.iter().chain(policy_groups);
     let target = resource.unwrap_or("");
@@ -121,9 +119,9 @@ pub(super) fn authorize_in(
         .find(|rule| rule.applies(target, action));
     if let Some(rule) = denied {
         let mut d = Decision::deny(DenyStatus::Forbidden, Reason::ExplicitDeny);
-        d.matched_rule = Some(match &rule.reason {
-            Some(why) => format!("deny {:?}: {why}", rule.name),
-            None => format!("deny {:?}", rule.name),
+        d.matched_rule = Some(MatchedRule::Deny {
+            name: rule.name.clone(),
+            reason: rule.reason.clone(),
         });
         return d;
     }
@@ -131,10 +129,10 @@ pub(super) fn authorize_in(
     if let Some((route, condition)) = route_condition {
         if !conditions.holds(condition) {
             let mut d = Decision::deny(DenyStatus::Forbidden, Reason::ConditionNotMet);
-            d.matched_rule = Some(format!(
-                "condition of route {route:?} does not hold: {}",
-                bounded(condition.source(), 256)
-            ));
+            d.matched_rule = Some(MatchedRule::RouteCondition {
+                route: route.clone(),
+                condition: ConditionRef(condition.clone()),
+            });
             return d;
         }
     }
@@ -148,7 +146,7 @@ pub(super) fn authorize_in(
         return Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
     };
     // The first grant whose condition did not hold, for the log.
-    let mut unmet: Option<String> = None;
+    let mut unmet: Option<MatchedRule> = None;
     for holder in Holder::all_of(principal, policy_groups) {
         for key in ResourceKey::covering(resource) {
             for &role_id in grants.roles(holder, key) {
@@ -160,26 +158,22 @@ pub(super) fn authorize_in(
                 }
                 if let Some(condition) = &role.condition {
                     if !conditions.holds(condition) {
-                        unmet.get_or_insert_with(|| {
-                            format!(
-                                "grant of role {:?} on {key} to {holder} under a condition that does not hold: {}",
-                                role.name,
-                                bounded(condition.source(), 256)
-                            )
+                        unmet.get_or_insert_with(|| MatchedRule::UnmetGrant {
+                            role: role.name.clone(),
+                            key: grant_key(key),
+                            holder: grant_holder(holder),
+                            condition: ConditionRef(condition.clone()),
                         });
                         continue;
                     }
                 }
                 let mut d = Decision::allow(Reason::Granted);
-                let condition = if role.condition.is_some() {
-                    " (its condition holds)"
-                } else {
-                    ""
-                };
-                d.matched_rule = Some(format!(
-                    "grant of role {:?} on {key} to {holder}{condition}",
-                    role.name
-                ));
+                d.matched_rule = Some(MatchedRule::Grant {
+                    role: role.name.clone(),
+                    key: grant_key(key),
+                    holder: grant_holder(holder),
+                    condition: role.condition.clone().map(ConditionRef),
+                });
                 return d;
             }
         }
@@ -187,6 +181,24 @@ pub(super) fn authorize_in(
     let mut d = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
     d.matched_rule = unmet;
     d
+}
+
+/// Where a grant found under `key` sits, relative to the resource it
+/// covers ([`ResourceKey::covering`]).
+fn grant_key(key: ResourceKey<'_>) -> GrantKey {
+    match key {
+        ResourceKey::Exact(_) => GrantKey::Resource,
+        ResourceKey::Prefix(prefix) => GrantKey::Prefix(prefix.len()),
+    }
+}
+
+/// Who holds a grant, relative to the decision's subject.
+fn grant_holder(holder: Holder<'_>) -> GrantHolder {
+    match holder {
+        Holder::Subject(_) => GrantHolder::Subject,
+        Holder::Group(group) => GrantHolder::Group(Arc::from(group)),
+        Holder::Authenticated => GrantHolder::Authenticated,
+    }
 }
 
 /// The resource/action form ([`Request::ResourceAction`]). An action no
@@ -198,7 +210,8 @@ pub(super) fn decide_resource_action(
     asked: &ResourceAction<'_>,
     now: u64,
 ) -> Decision {
-    let mut d = match policy.actions.iter().position(|a| a == asked.action) {
+    let known = policy.actions.iter().position(|a| **a == *asked.action);
+    let mut d = match known {
         Some(index) => authorize(
             policy,
             grants,
@@ -213,6 +226,9 @@ pub(super) fn decide_resource_action(
     };
     d.subject = Some(asked.principal.subject.clone());
     d.resource = Some(asked.resource.to_owned());
-    d.action = Some(asked.action.to_owned());
+    d.action = Some(match known.and_then(|index| policy.actions.get(index)) {
+        Some(name) => name.clone(),
+        None => Arc::from(asked.action),
+    });
     d
 }

@@ -83,20 +83,22 @@ fn decide_route(
     } = matched;
     let resource = route.resource.as_ref().map(|r| r.render(captures));
     let action = route.action.as_ref();
-    let with_route = |mut d: Decision| {
+    let with_route = |mut d: Decision, resource: Option<String>| {
         d = with_app(app, selected_by, d);
         d.route = Some(route.name.clone());
-        d.resource.clone_from(&resource);
+        d.resource = resource;
         d.action = action.map(|(name, _)| name.clone());
         d
     };
 
     if route.access == Access::Public {
-        return with_route(Decision::allow(Reason::PublicRoute));
+        return with_route(Decision::allow(Reason::PublicRoute), resource);
     }
     let principal = match authenticate(policy, &app.issuers, request, authn, now) {
         Ok(principal) => principal,
-        Err(reason) => return with_route(Decision::deny(DenyStatus::Unauthorized, reason)),
+        Err(reason) => {
+            return with_route(Decision::deny(DenyStatus::Unauthorized, reason), resource)
+        }
     };
     // What conditions read, gathered only if one is evaluated.
     let attributes = LazyAttributes::new(policy, || Inputs {
@@ -106,7 +108,7 @@ fn decide_route(
             .capture_names()
             .zip(captures.iter().copied())
             .collect(),
-        action: action.map(|(name, _)| name.as_str()),
+        action: action.map(|(name, _)| &**name),
         now,
         headers: Some(&request.headers),
         extensions: Some(&request.context_extensions),
@@ -119,7 +121,7 @@ fn decide_route(
         route.access,
         resource.as_deref(),
         action.map(|(_, index)| *index),
-        route.condition.as_ref().map(|c| (route.name.as_str(), c)),
+        route.condition.as_ref().map(|c| (&route.name, c)),
         &attributes,
     );
     decision.subject = Some(principal.subject.clone());
@@ -129,7 +131,8 @@ fn decide_route(
         valid_until = valid_until.min(now);
     }
     decision.valid_until = Some(valid_until);
-    with_route(decision)
+    drop(attributes);
+    with_route(decision, resource)
 }
 
 /// The deny for a request that no application or route takes: 403 with
@@ -153,7 +156,7 @@ fn refuse_unknown(
         }
         Err(unauthenticated) => {
             let mut d = Decision::deny(DenyStatus::Unauthorized, unauthenticated);
-            d.matched_rule = Some(reason.to_string());
+            d.matched_rule = Some(MatchedRule::Unrouted(reason));
             d
         }
     }

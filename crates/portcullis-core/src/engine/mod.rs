@@ -17,12 +17,15 @@ mod authorize;
 mod explain;
 mod http;
 mod resolve;
+mod rule;
 
 pub(crate) use authorize::authorize;
 use authorize::decide_resource_action;
 pub use explain::{explain_unmatched, Unmatched, UNMATCHED_METHOD_MAX, UNMATCHED_PATH_MAX};
 use http::decide_http;
+pub use rule::{ConditionRef, GrantHolder, GrantKey, MatchedRule, RuleText};
 
+use std::borrow::Cow;
 use std::cell::{Cell, OnceCell};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,28 +41,30 @@ use crate::policy::{
 };
 use crate::token::{Principal, TokenError};
 
-/// A request as Portcullis sees it, free of any protocol's types.
+/// A request as Portcullis sees it, free of any protocol's types. Its
+/// text borrows from what the shell read (`'a`: Envoy's CheckRequest, so a
+/// check copies none of it) or owns it (a decision case, the CLI).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestAttrs {
-    pub method: String,
+pub struct RequestAttrs<'a> {
+    pub method: Cow<'a, str>,
     /// The raw `:path`, query included.
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// The `:authority` (or `host`) header.
-    pub host: String,
+    pub host: Cow<'a, str>,
     /// The destination workload's principal (its mTLS identity, a SPIFFE
     /// id under Istio); empty when the connection proved none.
-    pub destination: String,
+    pub destination: Cow<'a, str>,
     /// Envoy's per-route `context_extensions`.
-    pub context_extensions: BTreeMap<String, String>,
-    pub credential: Credential,
+    pub context_extensions: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    pub credential: Credential<'a>,
     /// The `x-request-id` header, for the decision log; the engine ignores it.
-    pub request_id: Option<String>,
+    pub request_id: Option<Cow<'a, str>>,
     /// Token payloads Envoy's jwt_authn filter verified, by metadata key.
     pub verified_payloads: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
     /// The request headers the policy's routes show conditions
     /// ([`PolicySet::condition_headers`]), by lower-case name; a header
     /// sent more than once is left out. Empty for a policy that names none.
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
 }
 
 /// Attributes the caller of the resource/action form
@@ -112,13 +117,24 @@ impl ConnectionAttrs {
 
 /// What the request offers as proof of identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Credential {
+pub enum Credential<'a> {
     #[default]
     Absent,
     /// The token of an `Authorization: Bearer` header.
-    Bearer(String),
+    Bearer(Cow<'a, str>),
     /// An Authorization header that cannot be used.
     Invalid(CredentialError),
+}
+
+impl Credential<'_> {
+    /// The credential with its token copied, free of what it borrowed.
+    pub fn into_owned(self) -> Credential<'static> {
+        match self {
+            Credential::Absent => Credential::Absent,
+            Credential::Bearer(token) => Credential::Bearer(Cow::Owned(token.into_owned())),
+            Credential::Invalid(e) => Credential::Invalid(e),
+        }
+    }
 }
 
 /// Why an Authorization header was refused outright.
@@ -325,13 +341,14 @@ impl fmt::Display for Reason {
 pub struct Decision {
     pub effect: Effect,
     pub reason: Reason,
-    pub application: Option<String>,
-    pub route: Option<String>,
-    pub subject: Option<String>,
+    pub application: Option<Arc<str>>,
+    pub route: Option<Arc<str>>,
+    pub subject: Option<Arc<str>>,
     pub resource: Option<String>,
-    pub action: Option<String>,
-    /// The grant or deny rule that settled it, in words.
-    pub matched_rule: Option<String>,
+    pub action: Option<Arc<str>>,
+    /// The grant, deny rule or condition that settled it, as data;
+    /// [`Decision::rule`] puts it in words.
+    pub matched_rule: Option<MatchedRule>,
     /// The application runs in dry-run mode: a deny is recorded as
     /// would-deny and the request goes through.
     pub dry_run: bool,
@@ -395,7 +412,7 @@ impl Decision {
 #[derive(Debug, Clone, Copy)]
 pub enum Request<'a> {
     /// An HTTP request as Envoy's check carries it.
-    Http(&'a RequestAttrs),
+    Http(&'a RequestAttrs<'a>),
     /// A TCP connection: a check without HTTP attributes.
     Connection(&'a ConnectionAttrs),
     /// May a verified principal do an action on a resource? What the
@@ -456,13 +473,9 @@ fn decide_connection(policy: &PolicySet, connection: &ConnectionAttrs) -> Decisi
     if !destination.is_empty() {
         decision.resource = Some(destination.clone());
     }
-    let source = match connection.source_principal.as_str() {
-        "" => "a client without a workload identity",
-        principal => principal,
-    };
-    decision.matched_rule = Some(match connection.destination_port {
-        Some(port) => format!("connection from {source} to port {port}"),
-        None => format!("connection from {source} to an unknown port"),
+    decision.matched_rule = Some(MatchedRule::Connection {
+        source: connection.source_principal.clone(),
+        port: connection.destination_port,
     });
     decision
 }

@@ -24,7 +24,7 @@ pub struct ConnectionPeers<'a> {
 /// One compiled rule; a field left empty matches anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionRule {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// Never empty: a rule always names its ports.
     pub ports: Vec<u16>,
     pub destination_principals: Vec<String>,
@@ -103,7 +103,7 @@ mod tests {
             destination_port: Some(5432),
         };
         assert_eq!(
-            rules.allowing(&peers).map(|r| r.name.as_str()),
+            rules.allowing(&peers).map(|r| &*r.name),
             Some("orders-postgres")
         );
         let other_port = ConnectionPeers {

@@ -264,7 +264,7 @@ pub fn role_id(policy: &PolicySet, name: &str) -> Option<RoleId> {
     policy
         .roles
         .iter()
-        .position(|r| r.condition.is_none() && r.name == name)
+        .position(|r| r.condition.is_none() && *r.name == *name)
         .and_then(|i| RoleId::try_from(i).ok())
 }
 

@@ -8,9 +8,10 @@
 //! backed by a shared store can implement the same trait.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
-use indexmap::IndexSet;
+use hashbrown::HashTable;
 
 /// Maps of the index. Keys come from the policy, never from requests (which
 /// only look up), so a fast seeded hasher is safe here.
@@ -37,7 +38,7 @@ impl<'a> Holder<'a> {
         principal: &'a crate::token::Principal,
         policy_groups: &'a [String],
     ) -> impl Iterator<Item = Holder<'a>> {
-        std::iter::once(Holder::Subject(principal.subject.as_str()))
+        std::iter::once(Holder::Subject(&principal.subject))
             .chain(
                 principal
                     .groups
@@ -206,12 +207,89 @@ impl HolderGrants {
 /// exact resource's name is stored once however many grants name it.
 #[derive(Debug, Default)]
 pub struct GrantIndex {
-    /// Every exact resource a grant names, once; its index is its id.
-    resources: IndexSet<Box<str>, RandomState>,
+    /// Every exact resource a grant names, once.
+    resources: ResourceNames,
     subjects: Map<Box<str>, HolderGrants>,
     groups: Map<Box<str>, HolderGrants>,
     authenticated: HolderGrants,
     len: usize,
+}
+
+/// The names of exact resources, each stored once and numbered in the
+/// order first seen. The names are one string, not an allocation each:
+/// with a hundred thousand resources that is a few megabytes less, at load
+/// and after. A name's id finds it through a table of ids hashed by name.
+#[derive(Default)]
+struct ResourceNames {
+    /// Every name, one after the other.
+    text: String,
+    /// Where each name ends in `text`; it starts where the one before ends.
+    ends: Vec<u32>,
+    /// Ids, hashed by their name.
+    table: HashTable<ResourceId>,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for ResourceNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceNames")
+            .field("len", &self.ends.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResourceNames {
+    /// The name numbered `id`.
+    fn get(&self, id: ResourceId) -> Option<&str> {
+        Self::name_in(&self.text, &self.ends, id)
+    }
+
+    /// The id of `name`, if it is stored.
+    fn id_of(&self, name: &str) -> Option<ResourceId> {
+        let hash = self.hasher.hash_one(name);
+        self.table
+            .find(hash, |&id| {
+                Self::name_in(&self.text, &self.ends, id) == Some(name)
+            })
+            .copied()
+    }
+
+    /// The id of `name`, stored first if it is new; `None` once ids or the
+    /// text would outgrow 32 bits (an id past them would alias).
+    fn insert(&mut self, name: &str) -> Option<ResourceId> {
+        if let Some(id) = self.id_of(name) {
+            return Some(id);
+        }
+        let id = ResourceId::try_from(self.ends.len()).ok()?;
+        let end = u32::try_from(self.text.len() + name.len()).ok()?;
+        self.text.push_str(name);
+        self.ends.push(end);
+        let (text, ends, hasher) = (&self.text, &self.ends, &self.hasher);
+        let hash = hasher.hash_one(name);
+        self.table.insert_unique(hash, id, |&id| {
+            hasher.hash_one(Self::name_in(text, ends, id).unwrap_or_default())
+        });
+        Some(id)
+    }
+
+    fn name_in<'t>(text: &'t str, ends: &[u32], id: ResourceId) -> Option<&'t str> {
+        let id = id as usize;
+        let end = *ends.get(id)? as usize;
+        let start = match id {
+            0 => 0,
+            _ => *ends.get(id - 1)? as usize,
+        };
+        text.get(start..end)
+    }
+
+    fn shrink_to_fit(&mut self) {
+        let (text, ends, hasher) = (&self.text, &self.ends, &self.hasher);
+        self.table.shrink_to_fit(|&id| {
+            hasher.hash_one(Self::name_in(text, ends, id).unwrap_or_default())
+        });
+        self.text.shrink_to_fit();
+        self.ends.shrink_to_fit();
+    }
 }
 
 impl GrantIndex {
@@ -238,7 +316,7 @@ struct HolderGrantsBuilder {
 /// Collects grants, then builds a [`GrantIndex`] in one pass.
 #[derive(Debug, Default)]
 pub struct GrantIndexBuilder {
-    resources: IndexSet<Box<str>, RandomState>,
+    resources: ResourceNames,
     subjects: Map<Box<str>, HolderGrantsBuilder>,
     groups: Map<Box<str>, HolderGrantsBuilder>,
     authenticated: HolderGrantsBuilder,
@@ -263,13 +341,9 @@ impl GrantIndexBuilder {
         };
         match key {
             ResourceKey::Exact(resource) => {
-                let index = match self.resources.get_index_of(resource) {
-                    Some(index) => index,
-                    None => self.resources.insert_full(resource.into()).0,
-                };
-                // Ids are u32 to keep a grant at 8 bytes; an index past that
-                // many resources would alias, so it is refused outright.
-                let Ok(id) = ResourceId::try_from(index) else {
+                // Ids are u32 to keep a grant at 8 bytes; a resource past
+                // that many would alias, so it is refused outright.
+                let Some(id) = self.resources.insert(resource) else {
                     return;
                 };
                 grants.exact.push((id, role));
@@ -327,8 +401,8 @@ impl GrantSource for GrantIndex {
             return &[];
         };
         match key {
-            ResourceKey::Exact(resource) => match self.resources.get_index_of(resource) {
-                Some(index) => ResourceId::try_from(index).map_or(&[], |id| grants.exact(id)),
+            ResourceKey::Exact(resource) => match self.resources.id_of(resource) {
+                Some(id) => grants.exact(id),
                 None => &[],
             },
             ResourceKey::Prefix(prefix) => grants.prefix.get(prefix).map_or(&[], Roles::as_slice),
@@ -370,7 +444,7 @@ impl GrantSource for GrantIndex {
             Some((id, roles))
         })
         .filter_map(|(id, roles)| {
-            let name = self.resources.get_index(id as usize)?;
+            let name = self.resources.get(id)?;
             Some((ResourceKey::Exact(name), roles))
         });
         let prefix = grants
@@ -398,6 +472,29 @@ mod tests {
         assert_eq!(ResourceKey::parse("*"), Ok(ResourceKey::Prefix("")));
         for bad in ["", "doc*", "*:1", "a:*:*", "a*b"] {
             assert!(ResourceKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resource_names_are_stored_once_and_found_by_name() {
+        let mut names = ResourceNames::default();
+        assert_eq!(names.insert("document:1"), Some(0));
+        assert_eq!(names.insert("document:22"), Some(1));
+        assert_eq!(names.insert("document:1"), Some(0));
+        names.shrink_to_fit();
+        assert_eq!(names.id_of("document:22"), Some(1));
+        assert_eq!(names.id_of("document:2"), None);
+        assert_eq!(names.get(0), Some("document:1"));
+        assert_eq!(names.get(1), Some("document:22"));
+        assert_eq!(names.get(2), None);
+        // The table grows many times over; every id still finds its name.
+        let name = |i: u32| format!("r:{i}");
+        for i in 0..10_000 {
+            assert_eq!(names.insert(&name(i)), Some(i + 2));
+        }
+        for i in 0..10_000 {
+            assert_eq!(names.id_of(&name(i)), Some(i + 2));
+            assert_eq!(names.get(i + 2), Some(name(i).as_str()));
         }
     }
 

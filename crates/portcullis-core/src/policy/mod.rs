@@ -17,6 +17,7 @@ pub mod source;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 pub use condition::{Condition, ConditionEnv, ConditionError, Reads};
 pub use connections::{ConnectionPeers, ConnectionRule, ConnectionRules};
@@ -42,7 +43,7 @@ pub struct PolicySet {
     pub applications: Vec<Application>,
     pub(crate) selector: AppSelector,
     /// Action names; routes and roles refer to them by index.
-    pub actions: Vec<String>,
+    pub actions: Vec<Arc<str>>,
     /// Roles by [`RoleId`], with inherited actions already folded in.
     pub roles: Vec<Role>,
     /// Groups each subject belongs to by the policy (the token may add more).
@@ -104,7 +105,7 @@ impl PolicySet {
 /// A protected application.
 #[derive(Debug)]
 pub struct Application {
-    pub name: String,
+    pub name: Arc<str>,
     /// Indices of the issuers whose tokens it accepts.
     pub issuers: Vec<usize>,
     pub routes: RouteTable,
@@ -121,7 +122,7 @@ pub struct Application {
 /// without a condition costs nothing more.
 #[derive(Debug)]
 pub struct Role {
-    pub name: String,
+    pub name: Arc<str>,
     pub actions: ActionSet,
     /// The condition of the grants that hold this role, if any.
     pub condition: Option<std::sync::Arc<Condition>>,
@@ -183,11 +184,11 @@ impl OwnedResourceKey {
 /// An explicit deny.
 #[derive(Debug)]
 pub(crate) struct DenyRule {
-    pub name: String,
+    pub name: Arc<str>,
     pub resource: OwnedResourceKey,
     /// Denied actions; `None` denies every action.
     pub actions: Option<ActionSet>,
-    pub reason: Option<String>,
+    pub reason: Option<Arc<str>>,
 }
 
 impl DenyRule {
@@ -255,7 +256,7 @@ impl SelectedBy {
 /// What the application selector reads from a request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SelectInput<'r> {
-    pub context: &'r BTreeMap<String, String>,
+    pub context: &'r BTreeMap<Cow<'r, str>, Cow<'r, str>>,
     /// The destination workload's principal (a SPIFFE id), empty when the
     /// connection carried none.
     pub destination: &'r str,
@@ -284,10 +285,11 @@ pub(crate) struct AppSelector {
 
 impl AppSelector {
     pub fn select(&self, input: SelectInput<'_>) -> Selection {
-        let mut by_context = self
-            .by_context
-            .iter()
-            .filter(|(wanted, _)| wanted.iter().all(|(k, v)| input.context.get(k) == Some(v)));
+        let mut by_context = self.by_context.iter().filter(|(wanted, _)| {
+            wanted
+                .iter()
+                .all(|(k, v)| input.context.get(k.as_str()).map(|c| &**c) == Some(v.as_str()))
+        });
         if let Some((first, app)) = by_context.next() {
             return match by_context.next() {
                 Some((second, _)) if second.len() == first.len() => Selection::Ambiguous,

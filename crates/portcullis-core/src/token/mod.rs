@@ -32,7 +32,7 @@ pub(crate) const MAX_CLAIMS_BYTES: usize = 8192;
 pub struct Principal {
     /// The name (in the policy) of the issuer that vouched for it.
     pub issuer: Arc<str>,
-    pub subject: String,
+    pub subject: Arc<str>,
     /// Groups from the token's groups claim; policy groups are added later.
     pub groups: Vec<String>,
     /// The token's `exp`, in seconds since the Unix epoch.
@@ -47,7 +47,7 @@ impl Principal {
     /// A subject no token vouched for, asked about by a caller that may
     /// name any subject (`vouched_by` says which: the API, search, the
     /// CLI): no groups but the policy's, no claims, no expiry.
-    pub fn named(vouched_by: &str, subject: impl Into<String>) -> Self {
+    pub fn named(vouched_by: &str, subject: impl Into<Arc<str>>) -> Self {
         Principal {
             issuer: Arc::from(vouched_by),
             subject: subject.into(),
@@ -404,7 +404,7 @@ impl Issuer {
         };
         Ok(Principal {
             issuer: self.name.clone(),
-            subject,
+            subject: subject.into(),
             groups,
             expires_at,
             claims,

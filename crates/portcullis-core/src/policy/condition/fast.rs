@@ -14,6 +14,7 @@
 
 use super::*;
 use cel::common::ast::operators as op;
+use std::borrow::Cow;
 
 /// A compiled condition, or part of one.
 #[derive(Debug)]
@@ -104,7 +105,7 @@ pub(super) enum V<'v> {
     /// A JSON object (none given: empty).
     Object(Option<&'v Map<String, Json>>),
     /// Headers or extensions (none given: empty).
-    Strings(Option<&'v BTreeMap<String, String>>),
+    Strings(Option<&'v BTreeMap<Cow<'v, str>, Cow<'v, str>>>),
     /// `resource.properties`: the route's captures over the caller's.
     ResourceProperties,
     /// A list literal.

@@ -4,6 +4,7 @@
 //! condition the fast path leaves to `cel`, once per decision.
 
 use super::*;
+use std::borrow::Cow;
 
 /// The attributes of one decision, as the engine gathers them: borrowed,
 /// never copied for the fast path; turned into CEL values once per
@@ -28,9 +29,9 @@ pub struct Inputs<'a> {
     /// Seconds since the epoch: `context.time`.
     pub now: u64,
     /// The request headers the route names, lower-case.
-    pub headers: Option<&'a BTreeMap<String, String>>,
+    pub headers: Option<&'a BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
     /// Envoy's context extensions.
-    pub extensions: Option<&'a BTreeMap<String, String>>,
+    pub extensions: Option<&'a BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
     /// Context properties given by the caller of the resource/action form.
     pub context_properties: Option<&'a Map<String, Json>>,
 }
@@ -84,11 +85,11 @@ fn build_context(env: &ConditionEnv, i: &Inputs<'_>) -> Option<Context<'static, 
             .collect();
         Value::Map(CelMap { map: Arc::new(map) })
     };
-    let string_map = |m: Option<&BTreeMap<String, String>>| -> Value {
+    let string_map = |m: Option<&BTreeMap<Cow<'_, str>, Cow<'_, str>>>| -> Value {
         let map: HashMap<Key, Value> = m
             .into_iter()
             .flatten()
-            .map(|(k, v)| (Key::from(k.clone()), string(v)))
+            .map(|(k, v)| (Key::from(k.to_string()), string(v)))
             .collect();
         Value::Map(CelMap { map: Arc::new(map) })
     };

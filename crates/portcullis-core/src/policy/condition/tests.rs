@@ -216,14 +216,15 @@ const CORPUS: &[&str] = &[
 
 /// The inputs the corpus is run against: full, sparse and empty.
 fn corpus_inputs() -> Vec<(Inputs<'static>, &'static str)> {
+    use std::borrow::Cow;
     use std::sync::OnceLock;
     struct Data {
         claims: Map<String, Json>,
         other_claims: Map<String, Json>,
         props: Map<String, Json>,
         action_props: Map<String, Json>,
-        headers: BTreeMap<String, String>,
-        extensions: BTreeMap<String, String>,
+        headers: BTreeMap<Cow<'static, str>, Cow<'static, str>>,
+        extensions: BTreeMap<Cow<'static, str>, Cow<'static, str>>,
     }
     static DATA: OnceLock<Data> = OnceLock::new();
     let object = |text: &str| -> Map<String, Json> {
@@ -241,8 +242,8 @@ fn corpus_inputs() -> Vec<(Inputs<'static>, &'static str)> {
         ),
         props: object(r#"{"ownerID": "alice", "owner": "bob", "tenant": "t1", "id": "8"}"#),
         action_props: object(r#"{"soft": true}"#),
-        headers: [("x-tenant".to_owned(), "t1".to_owned())].into(),
-        extensions: [("app".to_owned(), "docs".to_owned())].into(),
+        headers: [(Cow::Borrowed("x-tenant"), Cow::Borrowed("t1"))].into(),
+        extensions: [(Cow::Borrowed("app"), Cow::Borrowed("docs"))].into(),
     });
     vec![
         (

@@ -152,7 +152,7 @@ impl Compiler<'_> {
                 let allowed = self.application_issuers(f, i, spec, issuers);
                 let routes = self.routes(f, i, spec, actions, conditions);
                 applications.push(Application {
-                    name: spec.name.clone(),
+                    name: Arc::from(spec.name.as_str()),
                     issuers: allowed,
                     routes,
                     dry_run: spec.mode == crate::policy::source::Mode::DryRun,
@@ -383,13 +383,13 @@ impl Compiler<'_> {
             };
             if ok {
                 routes.push(Route {
-                    name: route.name.clone(),
+                    name: Arc::from(route.name.as_str()),
                     methods: route.methods.clone(),
                     template,
                     access: route.access,
                     resource,
-                    action,
-                    condition,
+                    action: action.map(|(name, index)| (Arc::from(name), index)),
+                    condition: condition.map(Arc::new),
                     headers,
                 });
             }

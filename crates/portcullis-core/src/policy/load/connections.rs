@@ -85,7 +85,7 @@ impl Compiler<'_> {
         ports.sort_unstable();
         ports.dedup();
         Ok(ConnectionRule {
-            name: spec.name.clone(),
+            name: spec.name.as_str().into(),
             ports,
             destination_principals: spec.destination_principals.clone(),
             destination_namespaces: spec.destination_namespaces.clone(),

@@ -258,10 +258,10 @@ impl Compiler<'_> {
                     denied = Some(set);
                 }
                 let rule = DenyRule {
-                    name: deny.name.clone(),
+                    name: deny.name.as_str().into(),
                     resource,
                     actions: denied,
-                    reason: deny.reason.clone(),
+                    reason: deny.reason.as_deref().map(Into::into),
                 };
                 match holder {
                     Some(Holder::Subject(s)) => {

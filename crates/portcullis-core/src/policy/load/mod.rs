@@ -280,7 +280,7 @@ impl<'a> Compiler<'a> {
                 applications
                     .iter()
                     .flat_map(|a| a.routes.iter())
-                    .filter_map(|r| r.condition.as_ref()),
+                    .filter_map(|r| r.condition.as_deref()),
             )
             .map(Condition::reads)
             .fold(Reads::default(), Reads::union);
@@ -302,7 +302,7 @@ impl<'a> Compiler<'a> {
             issuers,
             applications,
             selector,
-            actions,
+            actions: actions.iter().map(|a| Arc::from(a.as_str())).collect(),
             roles,
             member_of,
             grants: Box::new(grants),

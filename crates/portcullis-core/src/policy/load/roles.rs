@@ -113,7 +113,7 @@ impl Compiler<'_> {
                 );
             }
             roles.push(Role {
-                name: name.to_string(),
+                name: Arc::from(*name),
                 actions: set,
                 condition: None,
             });

@@ -163,15 +163,15 @@ impl NearMiss<'_> {
 /// A route: methods and a template, mapped to what the request does.
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub methods: Vec<String>,
     pub template: PathTemplate,
     pub access: Access,
     pub resource: Option<ResourceTemplate>,
     /// The action's name and its index in the policy's action table.
-    pub action: Option<(String, usize)>,
+    pub action: Option<(std::sync::Arc<str>, usize)>,
     /// A condition that must hold for the route to allow.
-    pub condition: Option<super::Condition>,
+    pub condition: Option<std::sync::Arc<super::Condition>>,
     /// Lower-case names of the request headers the route shows conditions.
     pub headers: Vec<String>,
 }

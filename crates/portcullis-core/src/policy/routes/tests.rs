@@ -19,9 +19,12 @@ fn route(name: &str, methods: &[&str], path: &str) -> Route {
 
 fn found(table: &RouteTable, method: &str, path: &str) -> Option<(String, Vec<String>)> {
     let path = normalize(path).ok()?;
-    table
-        .find(method, &path)
-        .map(|(r, c)| (r.name.clone(), c.into_iter().map(str::to_owned).collect()))
+    table.find(method, &path).map(|(r, c)| {
+        (
+            r.name.to_string(),
+            c.into_iter().map(str::to_owned).collect(),
+        )
+    })
 }
 
 #[test]
