@@ -43,23 +43,13 @@ const KEY: &str = "bench-api-key-0123456789abcdef";
 fn policy_with_caller() -> PolicySet {
     let mut policy = common::bundled();
     let signer = portcullis_testkit::Signer::eddsa();
-    let public = jsonwebtoken::DecodingKey::from_ed_pem(signer.public_pem().as_bytes())
+    let signing = SigningKey::ed25519_pem("bench", signer.private_pem().as_bytes())
         .unwrap_or_else(|e| panic!("{e}"));
+    let public =
+        VerifyingKey::ed25519_pem(signer.public_pem().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     policy.events = Some(EventKeys {
-        signing: Some(SigningKey {
-            kid: "bench".into(),
-            algorithm: jsonwebtoken::Algorithm::EdDSA,
-            key: signer.encoding_key().clone(),
-        }),
-        verifying: [(
-            "bench".to_owned(),
-            VerifyingKey {
-                algorithm: jsonwebtoken::Algorithm::EdDSA,
-                key: public,
-            },
-        )]
-        .into_iter()
-        .collect(),
+        signing: Some(signing),
+        verifying: [("bench".to_owned(), public)].into_iter().collect(),
         default_lifetime: 3600,
         max_lifetime: 86_400,
     });

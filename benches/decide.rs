@@ -5,7 +5,12 @@
 //! in code so the bench measures deciding, not YAML parsing. Tokens are out
 //! of the picture: the caller is a verified principal. `allow_condition`
 //! is an allow by a grant under a CEL condition (benches/common), beside
-//! `allow`, which evaluates none.
+//! `allow`, which evaluates none. `resource_action_owner_condition` is the
+//! owner-only condition (`resource.properties.owner == subject.id`, the
+//! owner given as a resource property, as AuthZEN callers give it) beside
+//! `resource_action`, the same question of an unconditioned grant.
+
+use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use portcullis::engine;
@@ -62,6 +67,41 @@ fn decide(c: &mut Criterion) {
                 })
             },
         );
+        // The resource/action form: the owner-only condition beside an
+        // unconditioned grant.
+        let principal = caller.0.clone();
+        let mut owner = serde_json::Map::new();
+        owner.insert("owner".into(), "user42".into());
+        let owned = engine::Attributes {
+            resource: Arc::new(owner),
+            ..engine::Attributes::default()
+        };
+        let ask = |resource: &'static str| {
+            let (policy, principal, owned, caller) = (&policy, &principal, &owned, &caller);
+            move || {
+                engine::decide(
+                    black_box(policy),
+                    &*policy.grants,
+                    &engine::Request::ResourceAction(engine::ResourceAction {
+                        principal,
+                        resource: black_box(resource),
+                        action: "read",
+                        attributes: owned,
+                    }),
+                    caller,
+                    0,
+                )
+            }
+        };
+        assert!(ask("document:999998")().is_allowed());
+        assert!(ask("document:42")().is_allowed());
+        group.bench_function(
+            BenchmarkId::new("resource_action_owner_condition", count),
+            |b| b.iter(ask("document:999998")),
+        );
+        group.bench_function(BenchmarkId::new("resource_action", count), |b| {
+            b.iter(ask("document:42"))
+        });
         group.bench_with_input(BenchmarkId::new("allow", count), &allow, |b, r| {
             b.iter(|| {
                 engine::decide(

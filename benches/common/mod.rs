@@ -28,8 +28,9 @@ pub fn bundled() -> PolicySet {
 
 /// The bundled policy with its grants replaced by `count` grants spread over
 /// 10k subjects and `count / 10` documents, built in code so a bench measures
-/// deciding, not YAML parsing. user42 holds document:42 at every size, and
-/// document:999999 under a condition ([`CONDITION`]).
+/// deciding, not YAML parsing. user42 holds document:42 at every size,
+/// document:999999 under a condition ([`CONDITION`]) and document:999998
+/// under the owner-only one ([`OWNER_CONDITION`]).
 pub fn bundled_with_grants(count: usize) -> PolicySet {
     let mut policy = bundled();
     let role = |name: &str| {
@@ -67,9 +68,27 @@ pub fn bundled_with_grants(count: usize) -> PolicySet {
         ResourceKey::Exact("document:999999"),
         (policy.roles.len() - 1) as u32,
     );
+    // And one under the owner-only condition, on document:999998.
+    let owner = Condition::compile(&policy.conditions, OWNER_CONDITION)
+        .unwrap_or_else(|e| panic!("{OWNER_CONDITION}: {e}"));
+    let viewer_actions = policy.roles[viewer as usize].actions.clone();
+    policy.roles.push(Role {
+        name: "viewer".into(),
+        actions: viewer_actions,
+        condition: Some(Arc::new(owner)),
+    });
+    index.insert(
+        Holder::Subject("user42"),
+        ResourceKey::Exact("document:999998"),
+        (policy.roles.len() - 1) as u32,
+    );
     policy.grants = Box::new(index.build());
     policy
 }
+
+/// The condition of user42's grant on document:999998: the owner-only
+/// rule, the resource's `owner` property given by the caller.
+pub const OWNER_CONDITION: &str = "resource.properties.owner == subject.id";
 
 /// The condition of user42's grant on document:999999: reads the resource
 /// and the subject's groups, as a typical rule does.

@@ -12,7 +12,7 @@ use crate::policy::Holder;
 pub(super) struct LazyAttributes<'a, F: Fn() -> Inputs<'a>> {
     policy: &'a PolicySet,
     inputs: F,
-    scope: OnceCell<Scope>,
+    scope: OnceCell<Scope<'a>>,
     /// A condition that reads `context.time` was evaluated.
     pub(super) read_time: Cell<bool>,
 }
@@ -40,7 +40,7 @@ impl<'a, F: Fn() -> Inputs<'a>> ConditionScope for LazyAttributes<'a, F> {
         }
         let scope = self
             .scope
-            .get_or_init(|| Scope::new(&self.policy.conditions, &(self.inputs)()));
+            .get_or_init(|| Scope::new(&self.policy.conditions, (self.inputs)()));
         condition.holds(scope)
     }
 }

@@ -11,14 +11,22 @@
 //!
 //! Evaluating is pure and fails closed: a missing attribute, an evaluation
 //! error, a result that is not `true`, even a panic inside the interpreter,
-//! make the condition false. The attribute values are built once per
-//! decision, and only when a condition is evaluated ([`Scope`]), so a policy
-//! without conditions never builds them.
+//! make the condition false.
 //!
-//! Compiling is here; [`check`] is the type checker, [`scope`] the values a
-//! decision's conditions see.
+//! Most conditions never reach the `cel` interpreter: at load, the checked
+//! expression is also compiled into a small tree ([`fast`]) that reads the
+//! decision's attributes where the engine holds them, for the shapes most
+//! rules take (`resource.properties.owner == subject.id`). Where it cannot
+//! be certain to answer as `cel` would, `cel` answers. Its values are built
+//! once per decision, and only when `cel` evaluates a condition
+//! ([`Scope`]), so a policy whose conditions all take the fast path never
+//! builds them.
+//!
+//! Compiling is here; [`check`] is the type checker, [`fast`] the fast
+//! path, [`scope`] the values a decision's conditions see.
 
 mod check;
+mod fast;
 mod scope;
 #[cfg(test)]
 mod tests;
@@ -26,6 +34,7 @@ mod tests;
 use check::{Checker, Ty};
 pub use scope::{Inputs, Scope};
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -86,6 +95,8 @@ impl Reads {
 pub struct Condition {
     source: String,
     program: Program,
+    /// The fast path, when the whole expression compiles to it.
+    fast: Option<fast::Fast>,
     reads: Reads,
     /// Header names the condition reads with a literal key
     /// (`context.headers["x-tenant"]`), for the loader to check that some
@@ -155,8 +166,10 @@ impl Condition {
                 column: 1,
             });
         }
+        let fast = fast::compile(program.expression());
         Ok(Self {
             source: source.to_owned(),
+            fast,
             program,
             reads: checker.reads,
             headers: checker.headers,
@@ -179,12 +192,34 @@ impl Condition {
 
     /// True only when the condition evaluates to `true` in `scope`. A
     /// missing attribute, an error or a panic in the interpreter is false.
-    pub fn holds(&self, scope: &Scope) -> bool {
-        let Some(context) = &scope.context else {
+    pub fn holds(&self, scope: &Scope<'_>) -> bool {
+        if let Some(fast) = &self.fast {
+            match fast.eval(&scope.inputs) {
+                Ok(value) => return matches!(value, fast::V::Bool(true)),
+                Err(fast::Stop::Error) => return false,
+                Err(fast::Stop::Unsure) => {}
+            }
+        }
+        self.holds_in_cel(scope)
+    }
+
+    /// [`Condition::holds`] by the `cel` interpreter alone.
+    fn holds_in_cel(&self, scope: &Scope<'_>) -> bool {
+        let Some(context) = scope.context() else {
             return false;
         };
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.program.execute(context)));
         matches!(result, Ok(Ok(Value::Bool(true))))
+    }
+}
+
+impl Condition {
+    /// Whether the fast path answers for `scope`, without `cel`.
+    #[cfg(test)]
+    fn fast_answers(&self, scope: &Scope<'_>) -> bool {
+        self.fast
+            .as_ref()
+            .is_some_and(|fast| !matches!(fast.eval(&scope.inputs), Err(fast::Stop::Unsure)))
     }
 }
 

@@ -1,14 +1,15 @@
 //! What a decision's conditions see: the attributes the engine gathered
-//! ([`Inputs`]), turned into CEL values once per decision ([`Scope`]), only
-//! when a condition is evaluated.
+//! ([`Inputs`]), held as they are ([`Scope`]). The fast path ([`super::fast`])
+//! reads them in place; they are turned into CEL values only for a
+//! condition the fast path leaves to `cel`, once per decision.
 
 use super::*;
 use std::borrow::Cow;
 
-/// The attributes of one decision, as the engine gathers them; turned into
-/// CEL values by [`Scope::new`], once per decision, only when a condition
-/// is evaluated.
-#[derive(Debug, Default)]
+/// The attributes of one decision, as the engine gathers them: borrowed,
+/// never copied for the fast path; turned into CEL values once per
+/// decision, only when `cel` evaluates a condition.
+#[derive(Debug, Default, Clone)]
 pub struct Inputs<'a> {
     pub subject_id: &'a str,
     pub groups: Vec<&'a str>,
@@ -35,17 +36,35 @@ pub struct Inputs<'a> {
     pub context_properties: Option<&'a Map<String, Json>>,
 }
 
-/// The CEL variables of one decision. `None` inside when they could not be
-/// built (then every condition is false).
-pub struct Scope {
-    pub(super) context: Option<Context<'static, 'static>>,
+/// What one decision's conditions see: its [`Inputs`], and their CEL
+/// values, built on first use by a condition `cel` evaluates. `None` there
+/// when they could not be built (then every such condition is false).
+pub struct Scope<'a> {
+    pub(super) inputs: Inputs<'a>,
+    env: &'a ConditionEnv,
+    context: OnceCell<Option<Context<'static, 'static>>>,
 }
 
-impl Scope {
-    pub fn new(env: &ConditionEnv, inputs: &Inputs<'_>) -> Scope {
+impl<'a> Scope<'a> {
+    pub fn new(env: &'a ConditionEnv, inputs: Inputs<'a>) -> Scope<'a> {
         Scope {
-            context: build_context(env, inputs),
+            inputs,
+            env,
+            context: OnceCell::new(),
         }
+    }
+
+    /// The CEL variables, built now if no condition needed them before.
+    pub(super) fn context(&self) -> Option<&Context<'static, 'static>> {
+        self.context
+            .get_or_init(|| build_context(self.env, &self.inputs))
+            .as_ref()
+    }
+
+    /// Whether the CEL variables were built.
+    #[cfg(test)]
+    pub(super) fn built(&self) -> bool {
+        self.context.get().is_some()
     }
 }
 

@@ -14,7 +14,7 @@ fn message(source: &str) -> String {
 fn holds(source: &str, inputs: &Inputs<'_>) -> bool {
     let env = ConditionEnv::new();
     let condition = Condition::compile(&env, source).unwrap_or_else(|e| panic!("{source}: {e}"));
-    condition.holds(&Scope::new(&env, inputs))
+    condition.holds(&Scope::new(&env, inputs.clone()))
 }
 
 #[test]
@@ -144,4 +144,212 @@ fn conditions_evaluate_and_fail_closed() {
     assert!(!holds("context.headers[\"x-tenant\"] == \"t1\"", &inputs));
     assert!(!holds("subject.claims.level / 0 == 1", &inputs));
     assert!(!holds("dyn(subject.claims.department)", &inputs));
+}
+
+// ---------------------------------------------------------------------------
+// The fast path against cel's own evaluation.
+
+/// Conditions of the shapes the fast path compiles, and some it leaves to
+/// cel part way (mixed types, doubles, functions).
+const CORPUS: &[&str] = &[
+    "resource.properties.owner == subject.id",
+    "resource.properties.ownerID == subject.id",
+    "resource.type == \"document\" && resource.properties.id == resource.id && \"readers\" in subject.groups",
+    "resource.type == \"document\" || resource.id == \"7\"",
+    "resource.id != \"7\"",
+    "action.name == \"update\" || resource.type == \"todo\"",
+    "!(action.name == \"delete\")",
+    "!(resource.properties.missing == \"x\")",
+    "\"staff\" in subject.groups",
+    "!(\"staff\" in subject.groups) || subject.id == \"alice\"",
+    "subject.claims.department in [\"eng\", \"ops\"]",
+    "subject.claims.department in [\"eng\", 1]",
+    "subject.claims.tenant == resource.properties.tenant",
+    "subject.claims.level >= 3",
+    "subject.claims.level < 3 || subject.claims.level > 10",
+    "subject.claims.level == 3",
+    "subject.claims.level == 3u",
+    "subject.claims.level == 3.0",
+    "subject.claims.big == 18446744073709551615u",
+    "subject.claims.ratio > 0.5",
+    "subject.claims.admin == true",
+    "subject.claims.admin",
+    "subject.claims.admin && subject.claims.department == \"eng\"",
+    "subject.claims.department == 1 || subject.claims.nope",
+    "subject.claims.nope || subject.claims.admin",
+    "subject.claims.nope && false",
+    "false && subject.claims.nope",
+    "subject.claims.nope || true",
+    "subject.claims.department && true",
+    "true && subject.claims.department",
+    "subject.claims.manager == null",
+    "subject.claims.department == null",
+    "subject.claims.nested.team == \"core\"",
+    "subject.claims.nested[\"team\"] == \"core\"",
+    "has(subject.claims.nested.team)",
+    "has(subject.claims.nested.nope)",
+    "has(subject.claims.department.x)",
+    "subject.claims.department.x == \"y\"",
+    "\"team\" in subject.claims.nested",
+    "\"eng\" in subject.claims.tags",
+    "subject.claims.tags == [\"eng\"]",
+    "has(resource.properties.ownerID) && resource.properties.ownerID == subject.id",
+    "has(resource.properties.id)",
+    "\"id\" in resource.properties",
+    "resource.properties.id == \"7\"",
+    "resource[\"id\"] == \"7\"",
+    "context.headers[\"x-tenant\"] == subject.claims.tenant",
+    "context.headers[\"x-tenant\"] == \"t1\"",
+    "\"x-tenant\" in context.headers",
+    "context.extensions.app == \"docs\"",
+    "context.properties.ip == \"10.0.0.1\"",
+    "subject.properties.level == 2",
+    "action.properties.soft == true",
+    "action.properties.soft != true",
+    "size(subject.groups) > 0",
+    "subject.groups.exists(g, g.startsWith(\"team-\"))",
+    "resource.id.startsWith(\"7\") && subject.id == \"alice\"",
+    "context.time < timestamp(\"2030-01-01T00:00:00Z\")",
+    "subject.claims.level / 0 == 1",
+    "dyn(subject.claims.department)",
+];
+
+/// The inputs the corpus is run against: full, sparse and empty.
+fn corpus_inputs() -> Vec<(Inputs<'static>, &'static str)> {
+    use std::borrow::Cow;
+    use std::sync::OnceLock;
+    struct Data {
+        claims: Map<String, Json>,
+        other_claims: Map<String, Json>,
+        props: Map<String, Json>,
+        action_props: Map<String, Json>,
+        headers: BTreeMap<Cow<'static, str>, Cow<'static, str>>,
+        extensions: BTreeMap<Cow<'static, str>, Cow<'static, str>>,
+    }
+    static DATA: OnceLock<Data> = OnceLock::new();
+    let object = |text: &str| -> Map<String, Json> {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    };
+    let d = DATA.get_or_init(|| Data {
+        claims: object(
+            r#"{"department": "eng", "level": 3, "tenant": "t1", "admin": true,
+                "manager": null, "ratio": 0.75, "big": 18446744073709551615,
+                "nested": {"team": "core"}, "tags": ["eng", "ops"]}"#,
+        ),
+        other_claims: object(
+            r#"{"department": 7, "level": "high", "admin": "yes", "tenant": null,
+                "nested": ["core"], "tags": [1, "eng"]}"#,
+        ),
+        props: object(r#"{"ownerID": "alice", "owner": "bob", "tenant": "t1", "id": "8"}"#),
+        action_props: object(r#"{"soft": true}"#),
+        headers: [(Cow::Borrowed("x-tenant"), Cow::Borrowed("t1"))].into(),
+        extensions: [(Cow::Borrowed("app"), Cow::Borrowed("docs"))].into(),
+    });
+    vec![
+        (
+            Inputs {
+                subject_id: "alice",
+                groups: vec!["staff", "readers"],
+                claims: Some(&d.claims),
+                resource: Some("todo:7"),
+                resource_properties: Some(&d.props),
+                action: Some("update"),
+                action_properties: Some(&d.action_props),
+                now: 1_767_607_200,
+                headers: Some(&d.headers),
+                extensions: Some(&d.extensions),
+                ..Inputs::default()
+            },
+            "full",
+        ),
+        (
+            Inputs {
+                subject_id: "bob",
+                groups: vec![],
+                claims: Some(&d.other_claims),
+                resource: Some("document:7"),
+                resource_properties: Some(&d.props),
+                // A capture overrides the property of the same name.
+                captures: vec![("id", "7"), ("owner", "bob")],
+                action: Some("delete"),
+                ..Inputs::default()
+            },
+            "odd types, captures",
+        ),
+        (
+            Inputs {
+                subject_id: "carol",
+                groups: vec!["readers"],
+                resource: Some("document:"),
+                captures: vec![("id", "999999")],
+                ..Inputs::default()
+            },
+            "resource without id",
+        ),
+        (
+            Inputs {
+                resource: Some("document"),
+                ..Inputs::default()
+            },
+            "no subject",
+        ),
+        (Inputs::default(), "empty"),
+    ]
+}
+
+#[test]
+fn the_fast_path_agrees_with_cel() {
+    let env = ConditionEnv::new();
+    let mut answered = 0;
+    for source in CORPUS {
+        let condition =
+            Condition::compile(&env, source).unwrap_or_else(|e| panic!("{source}: {e}"));
+        for (inputs, name) in corpus_inputs() {
+            let scope = Scope::new(&env, inputs);
+            let by_cel = condition.holds_in_cel(&scope);
+            assert_eq!(
+                condition.holds(&scope),
+                by_cel,
+                "{source:?} on {name}: the fast path says otherwise than cel"
+            );
+            if condition.fast_answers(&scope) {
+                answered += 1;
+            }
+        }
+    }
+    // Most of the corpus is answered without cel (else this test proves little).
+    let total = CORPUS.len() * corpus_inputs().len();
+    assert!(
+        answered * 2 > total,
+        "{answered} of {total} answered by the fast path"
+    );
+}
+
+#[test]
+fn typical_conditions_take_the_fast_path() {
+    let env = ConditionEnv::new();
+    let props: Map<String, Json> =
+        serde_json::from_str(r#"{"owner": "alice"}"#).unwrap_or_default();
+    for source in [
+        "resource.properties.owner == subject.id",
+        "resource.type == \"document\" && resource.properties.id == resource.id && \"readers\" in subject.groups",
+        "has(resource.properties.owner) && resource.properties.owner == subject.id",
+        "subject.claims.department in [\"eng\", \"ops\"]",
+    ] {
+        let condition = compile(source).unwrap_or_else(|e| panic!("{source}: {e}"));
+        let scope = Scope::new(
+            &env,
+            Inputs {
+                subject_id: "alice",
+                groups: vec!["readers"],
+                resource: Some("document:9"),
+                resource_properties: Some(&props),
+                captures: vec![("id", "9")],
+                ..Inputs::default()
+            },
+        );
+        assert!(condition.fast_answers(&scope), "{source}");
+        // And the cel context was never built.
+        assert!(!scope.built(), "{source}");
+    }
 }

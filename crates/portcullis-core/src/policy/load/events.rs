@@ -5,7 +5,6 @@ use super::keys::EventKeyMaterial;
 use super::*;
 use crate::policy::events::{EventKeys, SigningKey, VerifyingKey};
 use crate::policy::source::{EventKeySpec, EventsSpec};
-use jsonwebtoken::EncodingKey;
 
 /// Shortest HMAC event secret accepted: the hash's own strength needs at
 /// least 256 bits.
@@ -193,15 +192,8 @@ fn compile_key(
                 ));
             }
             Ok((
-                VerifyingKey {
-                    algorithm,
-                    key: DecodingKey::from_secret(secret),
-                },
-                Some(SigningKey {
-                    kid: spec.kid.clone(),
-                    algorithm,
-                    key: EncodingKey::from_secret(secret),
-                }),
+                VerifyingKey::hmac(algorithm, secret)?,
+                Some(SigningKey::hmac(&spec.kid, algorithm, secret)?),
             ))
         }
         "EdDSA" => {
@@ -211,31 +203,23 @@ fn compile_key(
                         .into(),
                 );
             };
-            let verify = DecodingKey::from_ed_pem(public)
+            // Parsed here, once per policy version: signing and opening
+            // use the parsed keys.
+            let verify = VerifyingKey::ed25519_pem(public)
                 .map_err(|e| format!("public_key_file is not an Ed25519 public key PEM: {e}"))?;
             let sign = match private {
                 None => None,
                 Some(private) => {
-                    let key = EncodingKey::from_ed_pem(private).map_err(|e| {
+                    let key = SigningKey::ed25519_pem(&spec.kid, private).map_err(|e| {
                         format!("private_key_file is not an Ed25519 private key PEM: {e}")
                     })?;
                     if !pair_matches(&key, &verify) {
                         return Err("private_key_file does not match public_key_file".into());
                     }
-                    Some(SigningKey {
-                        kid: spec.kid.clone(),
-                        algorithm: Algorithm::EdDSA,
-                        key,
-                    })
+                    Some(key)
                 }
             };
-            Ok((
-                VerifyingKey {
-                    algorithm: Algorithm::EdDSA,
-                    key: verify,
-                },
-                sign,
-            ))
+            Ok((verify, sign))
         }
         other => Err(format!(
             "algorithm {other:?} is not an event algorithm (EdDSA, HS256, HS384, HS512)"
@@ -243,12 +227,15 @@ fn compile_key(
     }
 }
 
-/// Whether what `private` signs, `public` verifies.
-fn pair_matches(private: &EncodingKey, public: &DecodingKey) -> bool {
-    let message = b"portcullis event key pair check";
-    jsonwebtoken::crypto::sign(message, private, Algorithm::EdDSA)
-        .and_then(|signature| {
-            jsonwebtoken::crypto::verify(&signature, message, public, Algorithm::EdDSA)
-        })
-        .unwrap_or(false)
+/// Whether `private` is the private half of `public`: what it signs,
+/// `public` verifies.
+fn pair_matches(private: &SigningKey, public: &VerifyingKey) -> bool {
+    use base64::Engine as _;
+    let envelope = private.sign_compact(b"\"portcullis event key pair check\"");
+    let Some((message, signature)) = envelope.rsplit_once('.') else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(signature)
+        .is_ok_and(|signature| public.verifies(message.as_bytes(), &signature))
 }
