@@ -172,6 +172,20 @@ def start_noop(loadbench, run_dir, name="noop", extra=()):
     return proc
 
 
+def prepared_bodies(loadbench, workload, run_dir, count=8):
+    """`count` gRPC CheckRequest bodies of the workload, written by
+    `loadbench bodies` into run_dir/bodies: (path, "allow" or "deny")."""
+    body_dir = run_dir / "bodies"
+    subprocess.run([str(loadbench), "bodies", "--workload", str(workload), "--out", str(body_dir),
+                    "--count", str(count)], check=True)
+    bodies = []
+    for line in (body_dir / "bodies.tsv").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, expected = line.split("\t")
+            bodies.append((body_dir / name, expected))
+    return bodies
+
+
 def run_load(loadbench, port, workload, label, seconds, warmup, extra=()):
     """One run of the gRPC load client; its JSON report."""
     argv = [str(loadbench), "load", "--target", f"127.0.0.1:{port}", "--workload", str(workload),

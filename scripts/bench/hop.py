@@ -49,7 +49,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    DEMO_SECRET, ROOT, Process, ensure_workload, log, machine, new_run, wait_until,
+    DEMO_SECRET, ROOT, Process, ensure_workload, log, machine, new_run, prepared_bodies,
+    wait_until,
 )
 from load import percentile  # noqa: E402
 from shipped import GRPC_HEADERS, GRPC_PATH, grpc_code  # noqa: E402
@@ -240,14 +241,7 @@ def main():
     out_dir, started, stamp, run_dir = new_run("hop")
     workload = out_dir / "workload-bulk"
     summary = ensure_workload(loadbench, workload, ["--bulk"])
-    body_dir = run_dir / "bodies"
-    subprocess.run([str(loadbench), "bodies", "--workload", str(workload), "--out", str(body_dir),
-                    "--count", "8"], check=True)
-    bodies = []
-    for line in (body_dir / "bodies.tsv").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, expected = line.split("\t")
-            bodies.append((body_dir / name, expected))
+    bodies = prepared_bodies(loadbench, workload, run_dir)
 
     nets = Namespaces(os.getpid() % 250)
     server = None

@@ -43,8 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    ROOT, Process, ensure_workload, free_port, log, machine, new_run, run_load, start_noop,
-    start_portcullis,
+    ROOT, ensure_workload, free_port, log, machine, new_run, prepared_bodies, run_load,
+    start_noop, start_portcullis,
 )
 from load import percentile, render, start_envoy, h2load  # noqa: E402
 
@@ -309,14 +309,7 @@ def main():
             sys.exit(f"{path} is missing: build with `cargo build --release --bins --example loadbench`")
     workload = out_dir / "workload-bulk"
     summary = ensure_workload(loadbench, workload, ["--bulk"])
-    body_dir = run_dir / "bodies"
-    subprocess.run([str(loadbench), "bodies", "--workload", str(workload), "--out", str(body_dir),
-                    "--count", "8"], check=True)
-    bodies = []
-    for line in (body_dir / "bodies.tsv").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, expected = line.split("\t")
-            bodies.append((body_dir / name, expected))
+    bodies = prepared_bodies(loadbench, workload, run_dir)
 
     report = {
         "started": started.isoformat(timespec="seconds"),

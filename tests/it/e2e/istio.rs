@@ -40,9 +40,9 @@ use portcullis::cases::Deployment;
 
 use crate::support::{
     assert_envoy_validates, bearer, bind_loopback, bundled_policies, copy_policies, corpus,
-    find_envoy, istio_sidecar_config, metric, ready_version, send_raw, tail, token,
-    wait_for_new_version, EchoUpstream, Envoy, MeshPki, Mtls, Portcullis, Response, TcpEcho,
-    TlsClient,
+    find_envoy, istio_sidecar, metric, ready_version, send_raw, tail, token, wait_for_new_version,
+    EchoUpstream, Envoy, MeshPki, Mtls, Portcullis, Response, SidecarPorts, TcpEcho, TlsClient,
+    ISTIO_OVERLAY,
 };
 
 /// How long a reload may take to show on `/ready`.
@@ -59,23 +59,13 @@ const ALPN_TCP: &[&str] = &["istio-peer-exchange", "istio"];
 
 /// The sidecar's configuration in `mode`, with Envoy's own ports ephemeral.
 fn render(mode: Mtls, portcullis: u16, upstream: u16, tcp_upstream: u16, pki_dir: &Path) -> String {
-    let [portcullis, upstream, tcp_upstream] =
-        [portcullis, upstream, tcp_upstream].map(|p| p.to_string());
-    let pki_dir = pki_dir.display().to_string();
-    istio_sidecar_config(
-        mode,
-        &[
-            ("__ADMIN_PORT__", "0"),
-            ("__INBOUND_HTTP_PORT__", "0"),
-            ("__INBOUND_AUTO_PORT__", "0"),
-            ("__INBOUND_TCP_PORT__", "0"),
-            ("__INBOUND_PASSTHROUGH_PORT__", "0"),
-            ("__PORTCULLIS_PORT__", &portcullis),
-            ("__UPSTREAM_PORT__", &upstream),
-            ("__TCP_UPSTREAM_PORT__", &tcp_upstream),
-            ("__PKI_DIR__", &pki_dir),
-        ],
-    )
+    let ports = SidecarPorts {
+        portcullis,
+        upstream,
+        tcp_upstream,
+        pki_dir,
+    };
+    istio_sidecar(ISTIO_OVERLAY, mode, &ports, None)
 }
 
 /// The workload `documents` in namespace `documents` with its Istio-shaped

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::probes::{Expect, Probes, Target};
 use crate::support::{
-    bearer, bundled_policies, check_request, find_envoy, istio_sidecar_config_for, repo_path,
-    send_raw, tail, token, wait_for_log, EchoUpstream, Envoy, MeshPki, Mtls, Portcullis,
-    ProxyFiles, Response, ServerPki, TcpEcho, TlsClient,
+    bearer, bundled_policies, check_request, find_envoy, istio_sidecar, repo_path, send_raw, tail,
+    token, wait_for_log, EchoUpstream, Envoy, MeshPki, Mtls, Portcullis, ProxyFiles, Response,
+    ServerPki, SidecarPorts, TcpEcho, TlsClient, ISTIO_OVERLAY,
 };
 
 const OVERLAY: &str = "k8s/overlays/istio-tls";
@@ -177,25 +177,13 @@ fn render(
     tcp_upstream: u16,
     pki_dir: &Path,
 ) -> String {
-    let [portcullis, upstream, tcp_upstream] =
-        [portcullis, upstream, tcp_upstream].map(|p| p.to_string());
-    let pki_dir = pki_dir.display().to_string();
-    istio_sidecar_config_for(
-        OVERLAY,
-        Mtls::Strict,
-        &[
-            ("__ADMIN_PORT__", "0"),
-            ("__INBOUND_HTTP_PORT__", "0"),
-            ("__INBOUND_AUTO_PORT__", "0"),
-            ("__INBOUND_TCP_PORT__", "0"),
-            ("__INBOUND_PASSTHROUGH_PORT__", "0"),
-            ("__PORTCULLIS_PORT__", &portcullis),
-            ("__UPSTREAM_PORT__", &upstream),
-            ("__TCP_UPSTREAM_PORT__", &tcp_upstream),
-            ("__PKI_DIR__", &pki_dir),
-        ],
-        Some(proxy),
-    )
+    let ports = SidecarPorts {
+        portcullis,
+        upstream,
+        tcp_upstream,
+        pki_dir,
+    };
+    istio_sidecar(OVERLAY, Mtls::Strict, &ports, Some(proxy))
 }
 
 /// The rendered provider cluster carries the TLS istiod builds from the
@@ -239,20 +227,13 @@ fn the_destination_rule_gives_the_provider_cluster_tls() {
         Some(format!("file-root:{ca_path}").as_str())
     );
     // The plain istio overlay has no TLS on that cluster: the rule is what adds it.
-    let plain = crate::support::istio_sidecar_config(
-        Mtls::Strict,
-        &[
-            ("__ADMIN_PORT__", "0"),
-            ("__INBOUND_HTTP_PORT__", "0"),
-            ("__INBOUND_AUTO_PORT__", "0"),
-            ("__INBOUND_TCP_PORT__", "0"),
-            ("__INBOUND_PASSTHROUGH_PORT__", "0"),
-            ("__PORTCULLIS_PORT__", "9191"),
-            ("__UPSTREAM_PORT__", "8081"),
-            ("__TCP_UPSTREAM_PORT__", "8082"),
-            ("__PKI_DIR__", &pki.dir().display().to_string()),
-        ],
-    );
+    let ports = SidecarPorts {
+        portcullis: 9191,
+        upstream: 8081,
+        tcp_upstream: 8082,
+        pki_dir: pki.dir(),
+    };
+    let plain = istio_sidecar(ISTIO_OVERLAY, Mtls::Strict, &ports, None);
     assert!(!plain.contains("UpstreamTlsContext"));
     let path = proxy_dir.path().join("istio-tls-sidecar.yaml");
     std::fs::write(&path, &rendered).expect("write");

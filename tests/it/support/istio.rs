@@ -65,9 +65,43 @@ pub struct ProxyFiles<'a> {
     pub scratch: &'a Path,
 }
 
-/// The Envoy configuration of step 1 to 3 for `k8s/overlays/istio`, as YAML.
-pub fn istio_sidecar_config(mode: Mtls, values: &[(&str, &str)]) -> String {
-    istio_sidecar_config_for(ISTIO_OVERLAY, mode, values, None)
+/// Where a rendered sidecar sends its traffic: Portcullis, the HTTP and
+/// TCP upstreams, and the directory of its mTLS files. Envoy's own ports
+/// are ephemeral.
+pub struct SidecarPorts<'a> {
+    pub portcullis: u16,
+    pub upstream: u16,
+    pub tcp_upstream: u16,
+    pub pki_dir: &'a Path,
+}
+
+/// The sidecar of `overlay` in `mode`, sending its traffic where `ports`
+/// says ([`istio_sidecar_config_for`] with every placeholder filled).
+pub fn istio_sidecar(
+    overlay: &str,
+    mode: Mtls,
+    ports: &SidecarPorts<'_>,
+    proxy: Option<&ProxyFiles>,
+) -> String {
+    let [portcullis, upstream, tcp_upstream] =
+        [ports.portcullis, ports.upstream, ports.tcp_upstream].map(|p| p.to_string());
+    let pki_dir = ports.pki_dir.display().to_string();
+    istio_sidecar_config_for(
+        overlay,
+        mode,
+        &[
+            ("__ADMIN_PORT__", "0"),
+            ("__INBOUND_HTTP_PORT__", "0"),
+            ("__INBOUND_AUTO_PORT__", "0"),
+            ("__INBOUND_TCP_PORT__", "0"),
+            ("__INBOUND_PASSTHROUGH_PORT__", "0"),
+            ("__PORTCULLIS_PORT__", &portcullis),
+            ("__UPSTREAM_PORT__", &upstream),
+            ("__TCP_UPSTREAM_PORT__", &tcp_upstream),
+            ("__PKI_DIR__", &pki_dir),
+        ],
+        proxy,
+    )
 }
 
 /// The Envoy configuration of steps 1 to 4 for `overlay` (a directory of
