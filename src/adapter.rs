@@ -39,23 +39,67 @@ pub struct ResponseConfig {
     /// `-` (CGI, WSGI, Rack, ...) would read a client's
     /// `x_portcullis_subject` as the verified subject, so each is removed.
     look_alikes: Vec<String>,
+    /// The same names encoded once, for [`crate::answer`].
+    parts: ResponseParts,
+}
+
+/// The parts of every allow that depend only on the configuration, as
+/// protobuf bytes, so no check encodes (or allocates) them again.
+#[derive(Debug, Clone)]
+pub(crate) struct ResponseParts {
+    /// `HeaderValue.key`: the subject header's name.
+    pub subject_key: Vec<u8>,
+    /// `OkHttpResponse.headers_to_remove` for every look-alike.
+    pub remove_look_alikes: Vec<u8>,
+    /// The same, led by the subject header itself (an allow no subject
+    /// vouches for: a public route).
+    pub remove_subject: Vec<u8>,
 }
 
 impl ResponseConfig {
     pub fn new(subject_header: &str) -> Self {
         let subject_header = subject_header.to_ascii_lowercase();
-        let look_alikes = dash_underscore_spellings(&subject_header)
+        let look_alikes: Vec<String> = dash_underscore_spellings(&subject_header)
             .into_iter()
             .filter(|name| *name != subject_header)
             .collect();
+        let string = |tag: u32, text: &str, buf: &mut Vec<u8>| {
+            prost::encoding::string::encode(tag, &text.to_owned(), buf)
+        };
+        let mut parts = ResponseParts {
+            subject_key: Vec::new(),
+            remove_look_alikes: Vec::new(),
+            remove_subject: Vec::new(),
+        };
+        string(1, &subject_header, &mut parts.subject_key);
+        string(
+            crate::answer::OK_HEADERS_TO_REMOVE,
+            &subject_header,
+            &mut parts.remove_subject,
+        );
+        for name in &look_alikes {
+            string(
+                crate::answer::OK_HEADERS_TO_REMOVE,
+                name,
+                &mut parts.remove_look_alikes,
+            );
+        }
+        parts
+            .remove_subject
+            .extend_from_slice(&parts.remove_look_alikes);
         Self {
             subject_header,
             look_alikes,
+            parts,
         }
     }
 
     pub fn subject_header(&self) -> &str {
         &self.subject_header
+    }
+
+    pub(crate) fn parts(&self) -> &ResponseParts {
+        &self.parts
     }
 }
 
@@ -485,14 +529,9 @@ pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResp
         Reason::ConnectionAllowed | Reason::ConnectionDenied
     ) {
         // Envoy's network filter reads the status only.
-        let code = if decision.is_allowed() {
-            code::OK
-        } else {
-            code::PERMISSION_DENIED
-        };
         return CheckResponse {
             status: Some(rpc::Status {
-                code,
+                code: grpc_code(decision),
                 message: decision.reason.code().to_owned(),
                 ..Default::default()
             }),
@@ -503,11 +542,7 @@ pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResp
         Effect::Deny(status) if !decision.dry_run => status,
         _ => return let_through(decision, config),
     };
-    let (grpc_code, error) = match http_status {
-        DenyStatus::BadRequest => (code::INVALID_ARGUMENT, "bad_request"),
-        DenyStatus::Unauthorized => (code::UNAUTHENTICATED, "unauthorized"),
-        DenyStatus::Forbidden => (code::PERMISSION_DENIED, "forbidden"),
-    };
+    let (grpc_code, error) = deny_codes(http_status);
     /// The deny body: fixed public words, serialized without building a
     /// JSON tree per check.
     #[derive(serde::Serialize)]
@@ -541,6 +576,24 @@ pub fn check_response(decision: &Decision, config: &ResponseConfig) -> CheckResp
     }
 }
 
+/// The gRPC status of a connection's answer.
+pub(crate) fn grpc_code(decision: &Decision) -> i32 {
+    if decision.is_allowed() {
+        code::OK
+    } else {
+        code::PERMISSION_DENIED
+    }
+}
+
+/// A denied request's gRPC status and the `error` of its body.
+pub(crate) fn deny_codes(status: DenyStatus) -> (i32, &'static str) {
+    match status {
+        DenyStatus::BadRequest => (code::INVALID_ARGUMENT, "bad_request"),
+        DenyStatus::Unauthorized => (code::UNAUTHENTICATED, "unauthorized"),
+        DenyStatus::Forbidden => (code::PERMISSION_DENIED, "forbidden"),
+    }
+}
+
 /// The response that lets a request through: an allow, or a deny in dry
 /// run (which the client learns from a response header).
 fn let_through(decision: &Decision, config: &ResponseConfig) -> CheckResponse {
@@ -571,16 +624,23 @@ fn let_through(decision: &Decision, config: &ResponseConfig) -> CheckResponse {
     }
 }
 
+/// The challenge of a 401 without a token.
+pub(crate) const CHALLENGE: &str = "Bearer realm=\"portcullis\"";
+
 /// RFC 6750 section 3: no error code when no token was sent at all.
 fn www_authenticate(decision: &Decision) -> String {
     match &decision.reason {
-        crate::engine::Reason::MissingCredentials => "Bearer realm=\"portcullis\"".to_owned(),
+        crate::engine::Reason::MissingCredentials => CHALLENGE.to_owned(),
         reason => format!(
-            "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
+            "{CHALLENGE}, error=\"invalid_token\", error_description=\"{}\"",
             reason.public_message()
         ),
     }
 }
+
+/// How every header Portcullis sets is applied: overwriting any the client
+/// sent.
+pub(crate) const OVERWRITE: HeaderAppendAction = HeaderAppendAction::OverwriteIfExistsOrAdd;
 
 fn header(name: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
@@ -589,7 +649,7 @@ fn header(name: &str, value: &str) -> HeaderValueOption {
             value: value.to_owned(),
             ..Default::default()
         }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        append_action: OVERWRITE as i32,
         ..Default::default()
     }
 }

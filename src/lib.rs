@@ -18,6 +18,7 @@ pub mod policy {
 
 pub mod adapter;
 pub mod admin;
+pub mod answer;
 pub mod api;
 pub mod app;
 pub mod cases;

@@ -17,14 +17,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse,
-};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::Stream;
+use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -34,6 +33,7 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use crate::adapter::Check;
 use crate::adapter::{self, ResponseConfig};
 use crate::admin::Readiness;
+use crate::answer::{Answer, AnswerCodec};
 use crate::decision_cache::DecisionCache;
 use crate::decision_log::DecisionLog;
 use crate::engine::{self, Decision, Reason};
@@ -55,7 +55,7 @@ pub const DEFAULT_TOKEN_CACHE_BYTES: u64 = 16 << 20;
 #[derive(Clone)]
 pub struct Authorizer {
     pdp: Pdp,
-    response: ResponseConfig,
+    response: Arc<ResponseConfig>,
     readiness: Option<Arc<Readiness>>,
 }
 
@@ -76,7 +76,7 @@ impl Authorizer {
     pub(crate) fn from_pdp(pdp: Pdp, response: ResponseConfig) -> Self {
         Self {
             pdp,
-            response,
+            response: Arc::new(response),
             readiness: None,
         }
     }
@@ -124,6 +124,21 @@ impl Authorizer {
     /// grants at least that fresh (an unreadable one can never be met:
     /// denied unless no grant is needed).
     pub async fn check_request(&self, request: &CheckRequest) -> (Arc<Decision>, CheckResponse) {
+        let decision = self.decide(request).await;
+        let response = adapter::check_response(&decision, &self.response);
+        (decision, response)
+    }
+
+    /// [`Authorizer::check_request`] as the server answers: the decision
+    /// and the configuration, for [`AnswerCodec`] to write.
+    pub async fn answer(&self, request: &CheckRequest) -> Answer {
+        Answer {
+            decision: self.decide(request).await,
+            config: self.response.clone(),
+        }
+    }
+
+    async fn decide(&self, request: &CheckRequest) -> Arc<Decision> {
         let started = Instant::now();
         let policy = self.pdp.policy();
         let adapter::Read {
@@ -161,7 +176,6 @@ impl Authorizer {
                 ))
             }
         };
-        let response = adapter::check_response(&decision, &self.response);
         let http = match &check {
             Ok(Check::Http(attrs)) => Some(attrs),
             _ => None,
@@ -174,18 +188,61 @@ impl Authorizer {
             request_id: http.and_then(|attrs| attrs.request_id.as_deref()),
             started,
         });
-        (decision, response)
+        decision
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for Authorizer {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let (_, response) = self.check_request(request.get_ref()).await;
-        Ok(Response::new(response))
+/// `envoy.service.auth.v3.Authorization`, routed as tonic's generated
+/// server routes it, but answering through [`AnswerCodec`]: the
+/// CheckResponse is written from the decision, never built as prost's
+/// owned strings first.
+#[derive(Clone)]
+struct AuthorizationService(Arc<Authorizer>);
+
+impl tonic::server::NamedService for AuthorizationService {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+impl<B> Service<http::Request<B>> for AuthorizationService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != CHECK_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let checks = Checks(self.0.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(AnswerCodec);
+            Ok(grpc.unary(checks, request).await)
+        })
+    }
+}
+
+/// The `Check` method.
+struct Checks(Arc<Authorizer>);
+
+impl tonic::server::UnaryService<CheckRequest> for Checks {
+    type Response = Answer;
+    type Future = BoxFuture<Response<Answer>, Status>;
+
+    fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
+        let authorizer = self.0.clone();
+        Box::pin(async move { Ok(Response::new(authorizer.answer(request.get_ref()).await)) })
     }
 }
 
@@ -236,7 +293,7 @@ where
     };
     tonic::transport::Server::builder()
         .add_service(HealthServer::new(health))
-        .add_service(AuthorizationServer::new(authorizer))
+        .add_service(AuthorizationService(Arc::new(authorizer)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

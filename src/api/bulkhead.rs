@@ -2,14 +2,20 @@
 //!
 //! The gRPC check path, the admin port and the API share one tokio runtime
 //! (two workers on a two-core machine). A batch of evaluations or a search
-//! is CPU work that never awaits: run on a worker, it holds that worker
-//! until it ends, and two such requests at once hold every worker, so
-//! checks queue behind them and time out at Envoy. So API decisions run on
-//! a pool of their own: [`api_decision_threads`] OS threads (half the
+//! is CPU work that never awaits, and its size is the caller's choice: run
+//! on a worker, it holds that worker until it ends, and two such requests
+//! at once hold every worker, so checks queue behind them and time out at
+//! Envoy. So batches and searches run on a pool of their own: [`api_decision_threads`] OS threads (half the
 //! cores, at least one) at a lower CPU priority (nice +10), fed by a
 //! bounded queue. When the pool is busy and the queue full, a request is
 //! refused at once (503), never queued without bound. A runtime worker
-//! only parses, authenticates and waits. Each job also carries a deadline
+//! only parses, authenticates and waits.
+//!
+//! One evaluation is not sent here. Its work is one decision, as a gRPC
+//! check's is, bounded by the policy and the body limit rather than by the
+//! caller, and the services asking are as latency-bound as Envoy: the hop
+//! to a niced thread doubled its latency under load. It is decided on the
+//! runtime, beside the checks, as a signed event's check is. Each job also carries a deadline
 //! ([`REQUEST_TIME_BUDGET`]): a batch checks it between items and stops.
 //!
 //! A job is a future: each pool thread drives one job at a time to its end

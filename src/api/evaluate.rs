@@ -1,7 +1,10 @@
 //! `POST /access/v1/evaluation` and `/access/v1/evaluations`: each
 //! evaluation checked against what the caller may ask, then decided by the
-//! decision service on the API's pool, a batch item by item within its
-//! time budget, as its semantic says.
+//! decision service. One evaluation is decided where it was read, as a
+//! gRPC check is: its work is one decision, whatever the caller sends. A
+//! batch, whose size the caller chooses, runs on the API's pool
+//! ([`super::bulkhead`]) item by item within its time budget, as its
+//! semantic says.
 
 use super::*;
 
@@ -127,18 +130,9 @@ pub(super) async fn evaluation(State(state): State<ApiState>, request: Request) 
 async fn evaluate_one(state: &ApiState, request: Request) -> Result<Value, ApiError> {
     let asked = asked(state, request).await?;
     let eval = model::evaluation(&asked.body, "")?;
-    let explain = asked.asker.may().explain;
-    let state = state.clone();
-    state
-        .bulkhead
-        .clone()
-        .run(move |_| async move {
-            let decision =
-                decide(&state.pdp, &asked.policy, &asked.asker, &eval, asked.now).await?;
-            asked.record(&state, Entry::AuthZen, &decision);
-            Ok(decision_json(&decision, explain))
-        })
-        .await?
+    let decision = decide(&state.pdp, &asked.policy, &asked.asker, &eval, asked.now).await?;
+    asked.record(state, Entry::AuthZen, &decision);
+    Ok(decision_json(&decision, asked.asker.may().explain))
 }
 
 pub(super) async fn evaluations(State(state): State<ApiState>, request: Request) -> Response {
@@ -205,18 +199,20 @@ async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiE
     let mut asked = asked(state, request).await?;
     let batch = model::evaluations(std::mem::take(&mut asked.body))?;
     let explain = asked.asker.may().explain;
+    if batch.items.is_none() {
+        // No evaluations: the request is one evaluation, answered as one.
+        let (policy, asker) = (&asked.policy, &asked.asker);
+        let decision = decide(&state.pdp, policy, asker, &batch.single()?, asked.now).await?;
+        asked.record(state, Entry::AuthZen, &decision);
+        return Ok(decision_json(&decision, explain));
+    }
     let state = state.clone();
     state
         .bulkhead
         .clone()
         .run(move |deadline| async move {
             let (policy, asker, pdp) = (&asked.policy, &asked.asker, &state.pdp);
-            let Some(items) = &batch.items else {
-                // No evaluations: the request is one evaluation, answered as one.
-                let decision = decide(pdp, policy, asker, &batch.single()?, asked.now).await?;
-                asked.record(&state, Entry::AuthZen, &decision);
-                return Ok(decision_json(&decision, explain));
-            };
+            let items = batch.items.as_deref().unwrap_or_default();
             let mut answers = BatchAnswers::new(&batch, explain);
             for (i, item) in items.iter().enumerate() {
                 if Instant::now() > deadline {

@@ -42,9 +42,15 @@ const NOT_IN_CORE: &[&str] = &[
 
 /// Crates of one protocol, and the only files that may name them.
 const CONFINED: &[(&str, &[&str])] = &[
-    ("envoy_types", &["src/adapter.rs", "src/server.rs"]),
-    ("prost", &["src/adapter.rs", "src/server.rs"]),
-    ("tonic", &["src/server.rs", "src/tls.rs"]),
+    (
+        "envoy_types",
+        &["src/adapter.rs", "src/answer.rs", "src/server.rs"],
+    ),
+    (
+        "prost",
+        &["src/adapter.rs", "src/answer.rs", "src/server.rs"],
+    ),
+    ("tonic", &["src/answer.rs", "src/server.rs", "src/tls.rs"]),
     ("serde_yaml", &["crates/portcullis-core/src/yaml.rs"]),
     // The process environment is read for issuer, caller and event secrets
     // only, when loading.
