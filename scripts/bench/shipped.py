@@ -12,10 +12,12 @@ distinct HS256 tokens, ~60% allows (`loadbench workload --bulk`).
    - `shipped`: no flag and no PORTCULLIS_* variable but the demo secret;
    - `quiet`: `--log-allow-rate 0` and PORTCULLIS_LOG=warn (no decision log);
    - `audit`: `--log-allow-rate 1` (every decision logged);
-   each measured by two clients: h2load (nghttp2, a client we did not
-   write) sending prepared gRPC bodies, 8 bodies (5 allowed, 3 denied, each
-   checked once with curl first) with one h2load each, 2 streams apiece;
-   and our own `loadbench load` cycling through the 20k-request mix.
+   each measured by three clients: two we did not write, sending prepared
+   gRPC bodies, 8 bodies (5 allowed, 3 denied, each checked once with curl
+   first), one process per body with 2 streams apiece: h2load (nghttp2, C)
+   and oha (Rust, on hyper's HTTP/2, as tonic is; installed by
+   ensure-tools.sh into target/bench-tools); and our own `loadbench load`
+   (tonic) cycling through the 20k-request mix.
    Servers alternate within a round and the order flips each round, so
    drift hits every server alike. Each server's CPU time per check comes
    from /proc; it depends less than req/s on how the client shares the
@@ -147,6 +149,56 @@ def h2load_grpc(port, bodies, seconds, warmup, streams_each, run_dir, label):
     }
 
 
+OHA = ROOT / "target" / "bench-tools" / "bin" / "oha"
+
+
+def oha_grpc(port, bodies, seconds, warmup, streams_each):
+    """oha (a Rust HTTP/2 load generator on hyper, not ours) sending the
+    same prepared gRPC bodies as h2load: one oha per body, all at once,
+    closed loop, each on one connection with `streams_each` streams and one
+    runtime thread. oha has no warm-up phase, so a run of `warmup` seconds
+    goes first and is discarded."""
+    def run(duration):
+        procs = [subprocess.Popen(
+            [str(OHA), "--no-tui", "--output-format", "json", "--http2", "-c", "1",
+             "-p", str(streams_each), "--worker-threads", "1", "-z", f"{duration}s",
+             "-m", "POST", *GRPC_HEADERS, "-D", str(body),
+             f"http://127.0.0.1:{port}{GRPC_PATH}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for body, _ in bodies]
+        reports = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=duration + 60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"oha failed: {err.decode(errors='replace')[-2000:]}")
+            reports.append(json.loads(out))
+        return reports
+
+    if warmup > 0:
+        run(warmup)
+    reports = run(seconds)
+    requests = failed = 0
+    p50s, p99s = [], []
+    for r in reports:
+        statuses = r.get("statusCodeDistribution", {})
+        ok = statuses.get("200", 0)
+        requests += ok
+        failed += sum(v for k, v in statuses.items() if k != "200") + sum(
+            r.get("errorDistribution", {}).values())
+        p50s.append(r["latencyPercentiles"]["p50"])
+        p99s.append(r["latencyPercentiles"]["p99"])
+    # Each oha reports its own percentiles; the merged ones are their
+    # medians (the processes see the same server at the same time).
+    return {
+        "client": "oha",
+        "requests": requests,
+        "sent": requests + failed,
+        "rps": requests / seconds,
+        "failed": failed,
+        "latency_us": {"p50": round(statistics.median(p50s) * 1e6),
+                       "p99": round(statistics.median(p99s) * 1e6)},
+    }
+
+
 def direct(args, binary, loadbench, workload, bodies, run_dir):
     policies = workload / "policies"
     servers = [
@@ -161,13 +213,17 @@ def direct(args, binary, loadbench, workload, bodies, run_dir):
             verify_bodies(proc.port, bodies)
         for round_ in range(args.rounds):
             order = servers if round_ % 2 == 0 else servers[::-1]
-            for client in ("h2load", "loadbench"):
+            for client in ("h2load", "oha", "loadbench"):
                 log(f"direct gRPC, round {round_ + 1}/{args.rounds}, {client}")
                 for name, proc in order:
                     cpu_before = proc.cpu_seconds()
                     if client == "h2load":
                         report = h2load_grpc(proc.port, bodies, args.seconds, args.warmup,
                                              args.streams // len(bodies), run_dir, name)
+                        sent = report["sent"]
+                    elif client == "oha":
+                        report = oha_grpc(proc.port, bodies, args.seconds, args.warmup,
+                                          args.streams // len(bodies))
                         sent = report["sent"]
                     else:
                         extra = ["--concurrency", args.streams, "--connections", 1]
@@ -301,6 +357,8 @@ def main():
     for tool in ("h2load", "curl"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (scripts/bench/ensure-tools.sh installs it)")
+    if not OHA.exists():
+        sys.exit(f"{OHA} is missing (scripts/bench/ensure-tools.sh installs it)")
 
     out_dir, started, stamp, run_dir = new_run("shipped")
     binary, loadbench = Path(args.portcullis), Path(args.loadbench)
