@@ -310,13 +310,9 @@ impl Pdp {
     }
 }
 
-/// Lookups one snapshot holds before a decision is retried with more room:
-/// a subject, a few groups and every authenticated subject, times the
-/// resource and its patterns, fit.
-const SNAPSHOT_ROOM: usize = 24;
-
-/// The most lookups a decision may make (a subject in very many groups).
-const SNAPSHOT_ROOM_MAX: usize = 16 * 1024;
+/// The most lookups a decision may make (a subject in very many groups);
+/// a snapshot allocates room for them only as they are asked.
+const SNAPSHOT_ROOM: usize = 16 * 1024;
 
 /// Decides with grants kept in a database, through `cache`: `decide` is
 /// the engine call, given the grants to ask. The first pass answers from
@@ -334,22 +330,15 @@ pub async fn decide_with_cache<F>(
 where
     F: Fn(&dyn crate::policy::GrantSource) -> Decision,
 {
-    let resolve = |asked: &Asked<'_>| cache.cached(policy, asked);
+    let now = std::time::Instant::now();
+    let resolve = |asked: &Asked<'_>| cache.cached(policy, asked, now);
     let resolve: Resolve<'_> = &resolve;
     let from_cache = cache.may_answer(min_revision).await.then_some(resolve);
-    let mut room = SNAPSHOT_ROOM;
-    let first = loop {
-        let first = GrantSnapshot::new(room, from_cache);
-        let decision = decide(&first);
-        if !first.overflowed() {
-            break (first, decision);
-        }
-        if room >= SNAPSHOT_ROOM_MAX {
-            return cache.unavailable(decision, "a decision asked for too many grant lookups");
-        }
-        room *= 16;
-    };
-    let (first, decision) = first;
+    let first = GrantSnapshot::new(SNAPSHOT_ROOM, from_cache);
+    let decision = decide(&first);
+    if first.overflowed() {
+        return cache.unavailable(decision, "a decision asked for too many grant lookups");
+    }
     if decision.is_allowed() {
         return decision;
     }
@@ -361,7 +350,7 @@ where
         Ok(fetched) => fetched,
         Err(e) => return cache.unavailable(decision, &e.to_string()),
     };
-    let second = GrantSnapshot::new(room, None);
+    let second = GrantSnapshot::new(SNAPSHOT_ROOM, None);
     for roles in first.answered() {
         second.give(roles.clone());
     }

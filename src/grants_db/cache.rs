@@ -274,8 +274,15 @@ impl GrantCache {
         fresh && self.serving()
     }
 
-    /// The cached roles of `lookup`, resolved against `policy`.
-    pub fn cached(&self, policy: &PolicySet, asked: &Asked<'_>) -> Option<Arc<HeldRoles>> {
+    /// The cached roles of `lookup`, resolved against `policy`; an entry
+    /// expired at `now` is not an answer. A decision reads the clock once
+    /// for all its lookups.
+    pub fn cached(
+        &self,
+        policy: &PolicySet,
+        asked: &Asked<'_>,
+        now: Instant,
+    ) -> Option<Arc<HeldRoles>> {
         if asked.holder.contains('\0') || asked.resource.contains('\0') {
             // Never stored (PostgreSQL text holds no NUL): holds nothing.
             return Some(Arc::new(HeldRoles::none(
@@ -285,11 +292,10 @@ impl GrantCache {
         }
         let key = asked as &dyn LookupKey;
         let held = match self.cache.get(key) {
-            Some(cached) if cached.expires > Instant::now() => Some(cached.held),
+            Some(cached) if cached.expires > now => Some(cached.held),
             Some(_) => {
                 // Remove only what expired: a fill may have replaced it since.
-                self.cache
-                    .remove_if(key, |cached| cached.expires <= Instant::now());
+                self.cache.remove_if(key, |cached| cached.expires <= now);
                 None
             }
             None => None,
@@ -550,7 +556,7 @@ mod tests {
     ) -> Option<Vec<String>> {
         let asked = Asked::new(lookup.holder(), lookup.key());
         cache
-            .cached(policy, &asked)
+            .cached(policy, &asked, Instant::now())
             .map(|held| held.names.iter().map(|n| n.to_string()).collect())
     }
 

@@ -294,41 +294,91 @@ impl Slot {
     }
 }
 
+/// Slots of the first chunk; each next chunk doubles.
+const FIRST_CHUNK: usize = 8;
+
+/// Chunks a snapshot can have: room for `FIRST_CHUNK × (2^CHUNKS − 1)`
+/// lookups (32,760), more than any capacity asked for.
+const CHUNKS: usize = 12;
+
+/// Where slot `at` lives: its chunk and its place in the chunk (chunk `i`
+/// holds `FIRST_CHUNK << i` slots, starting at `FIRST_CHUNK × (2^i − 1)`).
+fn place(at: usize) -> (usize, usize) {
+    let units = at / FIRST_CHUNK + 1;
+    let chunk = (usize::BITS - 1 - units.leading_zeros()) as usize;
+    (chunk, at - FIRST_CHUNK * ((1 << chunk) - 1))
+}
+
 /// The grants of one check: answered lookups, and the ones nobody could
 /// answer (see the module documentation).
+///
+/// The first eight slots are part of the snapshot; the rest are allocated
+/// as lookups arrive, in chunks that double (16, 32, ...): a check that
+/// asks two lookups allocates nothing, and pays nothing for the room a
+/// check with many groups would need. A slot never moves once set, so the
+/// roles handed to the engine stay borrowed from it.
 pub struct GrantSnapshot<'a> {
-    slots: Box<[OnceLock<Slot>]>,
+    first: [OnceLock<Slot>; FIRST_CHUNK],
+    more: [OnceLock<Box<[OnceLock<Slot>]>>; CHUNKS - 1],
+    capacity: usize,
     next: AtomicUsize,
     overflowed: AtomicBool,
     resolve: Option<Resolve<'a>>,
 }
 
 impl<'a> GrantSnapshot<'a> {
-    /// Room for `capacity` lookups; `resolve` answers those not given.
+    /// Room for `capacity` lookups (allocated as they come); `resolve`
+    /// answers those not given.
     pub fn new(capacity: usize, resolve: Option<Resolve<'a>>) -> Self {
         GrantSnapshot {
-            slots: (0..capacity).map(|_| OnceLock::new()).collect(),
+            first: Default::default(),
+            more: Default::default(),
+            capacity: capacity.min(FIRST_CHUNK * ((1 << CHUNKS) - 1)),
             next: AtomicUsize::new(0),
             overflowed: AtomicBool::new(false),
             resolve,
         }
     }
 
-    /// Records an answer (its lookup is the one it carries).
-    pub fn give(&self, roles: Arc<HeldRoles>) -> bool {
-        let at = self.next.fetch_add(1, Ordering::AcqRel);
-        match self.slots.get(at) {
-            Some(slot) => slot.set(Slot::Answered(roles)).is_ok(),
-            None => {
-                self.overflowed.store(true, Ordering::Release);
-                false
-            }
+    /// The slot `at`, its chunk allocated on first use; `None` past the
+    /// capacity.
+    fn slot(&self, at: usize) -> Option<&OnceLock<Slot>> {
+        if at >= self.capacity {
+            return None;
+        }
+        match place(at) {
+            (0, offset) => self.first.get(offset),
+            (chunk, offset) => self
+                .more
+                .get(chunk - 1)?
+                .get_or_init(|| (0..FIRST_CHUNK << chunk).map(|_| OnceLock::new()).collect())
+                .get(offset),
         }
     }
 
+    /// Takes the next slot, or records the overflow.
+    fn next_slot(&self) -> Option<&OnceLock<Slot>> {
+        let slot = self.slot(self.next.fetch_add(1, Ordering::AcqRel));
+        if slot.is_none() {
+            self.overflowed.store(true, Ordering::Release);
+        }
+        slot
+    }
+
+    /// Records an answer (its lookup is the one it carries).
+    pub fn give(&self, roles: Arc<HeldRoles>) -> bool {
+        self.next_slot()
+            .is_some_and(|slot| slot.set(Slot::Answered(roles)).is_ok())
+    }
+
     fn filled(&self) -> impl Iterator<Item = &Slot> {
-        let used = self.next.load(Ordering::Acquire).min(self.slots.len());
-        self.slots[..used].iter().filter_map(OnceLock::get)
+        let used = self.next.load(Ordering::Acquire).min(self.capacity);
+        let more = self.more.iter().map_while(OnceLock::get);
+        self.first
+            .iter()
+            .chain(more.flat_map(|chunk| chunk.iter()))
+            .take(used)
+            .filter_map(OnceLock::get)
     }
 
     /// The lookups asked that nobody answered.
@@ -347,14 +397,14 @@ impl<'a> GrantSnapshot<'a> {
     }
 
     /// More lookups were asked than the snapshot had room for: the
-    /// decision must be made again with more room.
+    /// decision cannot be trusted.
     pub fn overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
     }
 
     /// Room the snapshot has.
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.capacity
     }
 }
 
@@ -368,9 +418,7 @@ impl GrantSource for GrantSnapshot<'_> {
             Some(roles) => Slot::Answered(roles),
             None => Slot::Missed(asked.to_owned()),
         };
-        let at = self.next.fetch_add(1, Ordering::AcqRel);
-        let Some(cell) = self.slots.get(at) else {
-            self.overflowed.store(true, Ordering::Release);
+        let Some(cell) = self.next_slot() else {
             return &[];
         };
         let _ = cell.set(slot);
@@ -419,6 +467,34 @@ mod tests {
         for g in ["a", "b", "c", "d"] {
             snapshot.roles(Holder::Group(g), key);
         }
+        assert!(snapshot.overflowed());
+    }
+
+    #[test]
+    fn slots_fill_chunk_after_chunk_in_order() {
+        assert_eq!(place(0), (0, 0));
+        assert_eq!(place(7), (0, 7));
+        assert_eq!(place(8), (1, 0));
+        assert_eq!(place(23), (1, 15));
+        assert_eq!(place(24), (2, 0));
+        assert_eq!(
+            place(FIRST_CHUNK * ((1 << CHUNKS) - 1) - 1),
+            (CHUNKS - 1, (FIRST_CHUNK << (CHUNKS - 1)) - 1)
+        );
+        // 100 lookups span five chunks; each is recorded once, in order.
+        let snapshot = GrantSnapshot::new(100, None);
+        let names: Vec<String> = (0..100).map(|i| format!("document:{i}")).collect();
+        for name in &names {
+            snapshot.roles(Holder::Subject("alice"), ResourceKey::Exact(name));
+            snapshot.roles(Holder::Subject("alice"), ResourceKey::Exact(name));
+        }
+        assert!(!snapshot.overflowed());
+        let missed = snapshot.missed();
+        assert_eq!(missed.len(), 100);
+        for (lookup, name) in missed.iter().zip(&names) {
+            assert!(lookup.is(Holder::Subject("alice"), ResourceKey::Exact(name)));
+        }
+        snapshot.roles(Holder::Subject("bob"), ResourceKey::Exact("document:0"));
         assert!(snapshot.overflowed());
     }
 }
