@@ -22,6 +22,10 @@ distinct HS256 tokens, ~60% allows (`loadbench workload --bulk`).
    drift hits every server alike. Each server's CPU time per check comes
    from /proc; it depends less than req/s on how the client shares the
    cores. The peak RSS (VmHWM) of `shipped` is read after its load.
+   `--baseline BIN` adds another build (an older commit, built apart) as a
+   new user runs it, in the same rounds, so before and after are one run;
+   `--profile` adds each one's CPU profile under h2load (perf, cpu-clock
+   sampling), grouped by component.
 2. Through Envoy (envoy/front-proxy.yaml) at a fixed rate (1,000 req/s,
    open loop, h2load): one Envoy whose ext_authz is the do-nothing server,
    one whose ext_authz is `shipped`. Latency differences of a few tens of
@@ -199,6 +203,65 @@ def oha_grpc(port, bodies, seconds, warmup, streams_each):
     }
 
 
+def profile(proc, port, bodies, seconds, streams_each, run_dir, label, top=25):
+    """The server's own CPU profile while h2load loads it: `perf record`
+    (cpu-clock sampling, no hardware counters needed) of its process, the
+    `top` symbols by share of its samples. None without perf."""
+    if not shutil.which("perf"):
+        return None
+    data = run_dir / f"perf-{label}.data"
+    recorder = subprocess.Popen(
+        ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-p", str(proc.pid),
+         "-o", str(data), "--", "sleep", str(seconds)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    h2load_grpc(port, bodies, seconds, 0, streams_each, run_dir, f"profile-{label}")
+    _, err = recorder.communicate(timeout=seconds + 60)
+    if recorder.returncode != 0 or not data.exists():
+        log(f"  perf record failed for {label}: {err.decode(errors='replace')[-300:]}")
+        return None
+    out = subprocess.run(
+        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,symbol",
+         "--stdio", "--percent-limit", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False).stdout.decode(errors="replace")
+    data.unlink(missing_ok=True)
+    rows = []
+    for line in out.splitlines():
+        fields = line.split()
+        if not fields or fields[0].startswith("#") or not fields[0].endswith("%"):
+            continue
+        share, dso, _, *symbol = fields
+        while symbol and symbol[-1] == "-":
+            symbol.pop()
+        rows.append({"share": float(share.rstrip("%")), "dso": dso, "symbol": " ".join(symbol)})
+    components = {}
+    for row in rows:
+        kind = component(row)
+        components[kind] = round(components.get(kind, 0.0) + row["share"], 2)
+    return {"top": rows[:top], "components": components}
+
+
+def component(row):
+    """Which part of the process a profile sample is in."""
+    symbol, dso = row["symbol"], row["dso"]
+    if dso.startswith("[kernel"):
+        return "kernel (network, scheduling)"
+    if any(word in symbol for word in ("malloc", "free", "realloc", "unlink_chunk", "alloc::",
+                                       "tcache", "_int_", "RawVec")):
+        return "allocator"
+    if "sha2::" in symbol or "sip" in symbol.lower() or "Hasher" in symbol:
+        return "hashing (token cache keys, cache lookups)"
+    if "memmove" in symbol or "memcpy" in symbol or "memset" in symbol or "memcmp" in symbol:
+        return "memory copies"
+    if symbol.startswith(("portcullis", "<portcullis", "cel::", "<cel")):
+        return "portcullis (adapter, engine, answer, log)"
+    if any(word in symbol for word in ("h2::", "hyper", "tonic", "tower", "http::", "bytes::",
+                                       "prost", "hpack")):
+        return "gRPC stack (h2, tonic, prost, bytes)"
+    if "tokio" in symbol or "vdso" in dso:
+        return "runtime and clock"
+    return "other"
+
+
 def direct(args, binary, loadbench, workload, bodies, run_dir):
     policies = workload / "policies"
     servers = [
@@ -207,7 +270,12 @@ def direct(args, binary, loadbench, workload, bodies, run_dir):
         ("quiet", start_portcullis(binary, policies, run_dir, "quiet", logging="off")),
         ("audit", start_portcullis(binary, policies, run_dir, "audit", logging="all")),
     ]
-    runs = []
+    if args.baseline:
+        # Another build (an older commit) as a new user runs it, in the same
+        # rounds: before and after in one run.
+        servers.append(("baseline", start_portcullis(Path(args.baseline), policies, run_dir,
+                                                     "baseline", logging="shipped")))
+    runs, profiles = [], {}
     try:
         for name, proc in servers[1:]:
             verify_bodies(proc.port, bodies)
@@ -242,25 +310,37 @@ def direct(args, binary, loadbench, workload, bodies, run_dir):
                     runs.append(report)
         memory = {name: {"hwm_kib": proc.status("VmHWM"), "rss_kib": proc.status("VmRSS")}
                   for name, proc in servers}
+        if args.profile:
+            for name, proc in servers:
+                if name in ("noop", "shipped", "baseline"):
+                    log(f"profiling {name} under h2load")
+                    profiles[name] = profile(proc, proc.port, bodies, args.seconds,
+                                             args.streams // len(bodies), run_dir, name)
     finally:
         for _, proc in servers:
             proc.stop()
-    return {"runs": runs, "memory": memory}
+    return {"runs": runs, "memory": memory, "profiles": profiles}
 
 
 def through_envoy(args, binary, loadbench, workload, run_dir, envoy):
     template = (ROOT / "envoy" / "front-proxy.yaml").read_text()
     token = (workload / "envoy-token.txt").read_text().strip()
     paths = [p for p in (workload / "envoy-paths.txt").read_text().splitlines() if p]
-    noop = start_noop(loadbench, run_dir, "noop-for-envoy")
-    shipped = start_portcullis(binary, workload / "policies", run_dir, "shipped-for-envoy",
-                               logging="shipped")
+    authz = {
+        "noop": start_noop(loadbench, run_dir, "noop-for-envoy"),
+        "shipped": start_portcullis(binary, workload / "policies", run_dir, "shipped-for-envoy",
+                                    logging="shipped"),
+    }
+    if args.baseline:
+        authz["baseline"] = start_portcullis(Path(args.baseline), workload / "policies", run_dir,
+                                             "baseline-for-envoy", logging="shipped")
+    names = list(authz)
     envoys, rounds = {}, []
     try:
-        for name, authz in (("noop", noop), ("shipped", shipped)):
+        for name, server in authz.items():
             listen, admin, upstream = free_port(), free_port(), free_port()
             config = render(template, {
-                "LISTEN_PORT": listen, "ADMIN_PORT": admin, "PORTCULLIS_PORT": authz.port,
+                "LISTEN_PORT": listen, "ADMIN_PORT": admin, "PORTCULLIS_PORT": server.port,
                 "UPSTREAM_PORT": upstream, "DEMO_UPSTREAM_PORT": upstream, "APP": "documents",
             })
             envoys[name] = start_envoy(envoy, config, run_dir, f"envoy-{name}")
@@ -271,7 +351,7 @@ def through_envoy(args, binary, loadbench, workload, run_dir, envoy):
                 raise RuntimeError(f"through {name}: expected only 200s, got {probe['statuses']}")
             envoys[name].urls = urls
         for round_ in range(args.envoy_rounds):
-            order = ("noop", "shipped") if round_ % 2 == 0 else ("shipped", "noop")
+            order = names if round_ % 2 == 0 else names[::-1]
             result = {}
             for name in order:
                 r = h2load(envoys[name].urls, token, args.envoy_seconds, args.warmup,
@@ -279,8 +359,10 @@ def through_envoy(args, binary, loadbench, workload, run_dir, envoy):
                 (run_dir / f"h2load-envoy-{name}.log").unlink(missing_ok=True)
                 result[name] = {"p50": r["latency_us"]["p50"], "p99": r["latency_us"]["p99"],
                                 "rps": r["rps"], "statuses": r["statuses"]}
-            result["added_p50_us"] = result["shipped"]["p50"] - result["noop"]["p50"]
-            result["added_p99_us"] = result["shipped"]["p99"] - result["noop"]["p99"]
+            for name in names[1:]:
+                suffix = "" if name == "shipped" else f"_{name}"
+                for q in ("p50", "p99"):
+                    result[f"added_{q}_us{suffix}"] = result[name][q] - result["noop"][q]
             log(f"through Envoy at {args.rate:g}/s, round {round_ + 1}/{args.envoy_rounds}: "
                 f"p99 noop {result['noop']['p99']} us, shipped {result['shipped']['p99']} us, "
                 f"added {result['added_p99_us']} us (p50 {result['added_p50_us']})")
@@ -288,15 +370,17 @@ def through_envoy(args, binary, loadbench, workload, run_dir, envoy):
     finally:
         for proc in envoys.values():
             proc.stop()
-        noop.stop()
-        shipped.stop()
+        for proc in authz.values():
+            proc.stop()
     summary = {}
     for q in ("p50", "p99"):
-        added = sorted(r[f"added_{q}_us"] for r in rounds)
-        quartiles = statistics.quantiles(added, n=4) if len(added) >= 2 else [added[0]] * 3
-        summary[f"added_{q}_us"] = {"median": statistics.median(added), "min": added[0],
-                                    "max": added[-1], "q1": quartiles[0], "q3": quartiles[2]}
-        for name in ("noop", "shipped"):
+        for name in names[1:]:
+            key = f"added_{q}_us" + ("" if name == "shipped" else f"_{name}")
+            added = sorted(r[key] for r in rounds)
+            quartiles = statistics.quantiles(added, n=4) if len(added) >= 2 else [added[0]] * 3
+            summary[key] = {"median": statistics.median(added), "min": added[0],
+                            "max": added[-1], "q1": quartiles[0], "q3": quartiles[2]}
+        for name in names:
             summary[f"{name}_{q}_us_median"] = statistics.median(r[name][q] for r in rounds)
     return {"rounds": rounds, "summary": summary}
 
@@ -331,11 +415,24 @@ def table(report):
                      f"{report['args']['envoy_rounds']} paired rounds of "
                      f"{report['args']['envoy_seconds']:g} s (order flips each round):")
         for q in ("p50", "p99"):
-            a = s[f"added_{q}_us"]
-            lines.append(f"  {q}: noop {s[f'noop_{q}_us_median']:.0f} us, shipped "
-                         f"{s[f'shipped_{q}_us_median']:.0f} us (medians); added: median "
-                         f"{a['median']:.0f} us, quartiles {a['q1']:.0f}..{a['q3']:.0f}, "
-                         f"range {a['min']}..{a['max']}")
+            for name in ("shipped", "baseline"):
+                key = f"added_{q}_us" + ("" if name == "shipped" else f"_{name}")
+                if key not in s:
+                    continue
+                a = s[key]
+                lines.append(f"  {q}: noop {s[f'noop_{q}_us_median']:.0f} us, {name} "
+                             f"{s[f'{name}_{q}_us_median']:.0f} us (medians); added: median "
+                             f"{a['median']:.0f} us, quartiles {a['q1']:.0f}..{a['q3']:.0f}, "
+                             f"range {a['min']}..{a['max']}")
+    for name, found in (report["direct"].get("profiles") or {}).items():
+        if not found:
+            continue
+        lines.append("")
+        lines.append(f"Profile of {name} under h2load (share of its CPU samples): " + ", ".join(
+            f"{kind} {share:.0f}%" for kind, share in
+            sorted(found["components"].items(), key=lambda kv: -kv[1])))
+        for row in found["top"]:
+            lines.append(f"  {row['share']:5.1f}%  {row['dso'][:24]:<24} {row['symbol'][:100]}")
     return "\n".join(lines)
 
 
@@ -349,6 +446,10 @@ def main():
     parser.add_argument("--envoy-rounds", type=int, default=7)
     parser.add_argument("--envoy-seconds", type=float, default=10)
     parser.add_argument("--skip-envoy", action="store_true")
+    parser.add_argument("--baseline", help="another portcullis binary (an older build) run "
+                        "beside `shipped` in the same rounds")
+    parser.add_argument("--profile", action="store_true",
+                        help="a perf profile of noop, shipped and baseline under h2load")
     parser.add_argument("--portcullis", default=str(ROOT / "target/release/portcullis"))
     parser.add_argument("--loadbench", default=str(ROOT / "target/release/examples/loadbench"))
     args = parser.parse_args()
