@@ -190,10 +190,13 @@ bench-allocations:
 bench-hot-path:
 	scripts/bench/hot_path.sh
 
+# `make bench-shipped BASELINE=/path/to/older/portcullis` runs an older
+# build in the same rounds (before and after in one run).
+BASELINE ?=
 bench-shipped:
 	scripts/bench/ensure-tools.sh
 	$(CARGO) build --release --bins --example loadbench
-	python3 scripts/bench/shipped.py
+	python3 scripts/bench/shipped.py --profile $(if $(BASELINE),--baseline $(BASELINE),)
 
 # A check over 127.0.0.1 against one from another network namespace over a
 # veth pair (scripts/bench/hop.py); SKIPPED without the right to create
