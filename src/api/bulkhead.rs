@@ -11,11 +11,10 @@
 //! refused at once (503), never queued without bound. A runtime worker
 //! only parses, authenticates and waits.
 //!
-//! One evaluation is not sent here. Its work is one decision, as a gRPC
-//! check's is, bounded by the policy and the body limit rather than by the
-//! caller, and the services asking are as latency-bound as Envoy: the hop
-//! to a niced thread doubled its latency under load. It is decided on the
-//! runtime, beside the checks, as a signed event's check is. Each job also carries a deadline
+//! One evaluation of a check's size (`evaluate::INLINE_BODY_BYTES`) is not
+//! sent here: its work is a check's, and the services asking are as
+//! latency-bound as Envoy (the hop to a niced thread doubled its latency
+//! under load). It is decided on the runtime, beside the checks. Each job also carries a deadline
 //! ([`REQUEST_TIME_BUDGET`]): a batch checks it between items and stops.
 //!
 //! A job is a future: each pool thread drives one job at a time to its end

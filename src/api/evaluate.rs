@@ -1,10 +1,11 @@
 //! `POST /access/v1/evaluation` and `/access/v1/evaluations`: each
 //! evaluation checked against what the caller may ask, then decided by the
-//! decision service. One evaluation is decided where it was read, as a
-//! gRPC check is: its work is one decision, whatever the caller sends. A
-//! batch, whose size the caller chooses, runs on the API's pool
-//! ([`super::bulkhead`]) item by item within its time budget, as its
-//! semantic says.
+//! decision service. One evaluation of a check's size is decided where it
+//! was read, as a gRPC check is ([`INLINE_BODY_BYTES`]). A batch, or an
+//! evaluation whose context or properties make it larger, is work whose
+//! size the caller chooses: it runs on the API's pool
+//! ([`super::bulkhead`]), a batch item by item within its time budget, as
+//! its semantic says.
 
 use super::*;
 
@@ -127,10 +128,31 @@ pub(super) async fn evaluation(State(state): State<ApiState>, request: Request) 
     }
 }
 
+/// The largest body of one evaluation decided beside Envoy's checks: the
+/// size of a typical CheckRequest. A decision's work grows with what its
+/// conditions read of the context and properties; up to this size it is a
+/// check's work, and the services asking are as latency-bound as Envoy
+/// (the hop to the niced pool doubled their latency under load). Larger
+/// ones go to the pool, so that a flood of them cannot slow the checks.
+pub const INLINE_BODY_BYTES: usize = 4096;
+
 async fn evaluate_one(state: &ApiState, request: Request) -> Result<Value, ApiError> {
     let asked = asked(state, request).await?;
     let eval = model::evaluation(&asked.body, "")?;
-    let decision = decide(&state.pdp, &asked.policy, &asked.asker, &eval, asked.now).await?;
+    if asked.body_len <= INLINE_BODY_BYTES {
+        return answer_one(state, &asked, &eval).await;
+    }
+    let state = state.clone();
+    state
+        .bulkhead
+        .clone()
+        .run(move |_| async move { answer_one(&state, &asked, &eval).await })
+        .await?
+}
+
+/// One evaluation decided, counted and answered.
+async fn answer_one(state: &ApiState, asked: &Asked, eval: &Evaluation) -> Result<Value, ApiError> {
+    let decision = decide(&state.pdp, &asked.policy, &asked.asker, eval, asked.now).await?;
     asked.record(state, Entry::AuthZen, &decision);
     Ok(decision_json(&decision, asked.asker.may().explain))
 }
@@ -199,12 +221,9 @@ async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiE
     let mut asked = asked(state, request).await?;
     let batch = model::evaluations(std::mem::take(&mut asked.body))?;
     let explain = asked.asker.may().explain;
-    if batch.items.is_none() {
+    if batch.items.is_none() && asked.body_len <= INLINE_BODY_BYTES {
         // No evaluations: the request is one evaluation, answered as one.
-        let (policy, asker) = (&asked.policy, &asked.asker);
-        let decision = decide(&state.pdp, policy, asker, &batch.single()?, asked.now).await?;
-        asked.record(state, Entry::AuthZen, &decision);
-        return Ok(decision_json(&decision, explain));
+        return answer_one(state, &asked, &batch.single()?).await;
     }
     let state = state.clone();
     state
@@ -212,7 +231,9 @@ async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiE
         .clone()
         .run(move |deadline| async move {
             let (policy, asker, pdp) = (&asked.policy, &asked.asker, &state.pdp);
-            let items = batch.items.as_deref().unwrap_or_default();
+            let Some(items) = &batch.items else {
+                return answer_one(&state, &asked, &batch.single()?).await;
+            };
             let mut answers = BatchAnswers::new(&batch, explain);
             for (i, item) in items.iter().enumerate() {
                 if Instant::now() > deadline {

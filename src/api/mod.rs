@@ -69,6 +69,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub use bulkhead::REQUEST_TIME_BUDGET;
+pub use evaluate::INLINE_BODY_BYTES;
 pub use model::MAX_EVALUATIONS;
 
 /// Results per search page when the request sets no `page.limit`.
@@ -277,6 +278,8 @@ struct Asked {
     policy: Arc<PolicySet>,
     asker: Asker,
     body: Object,
+    /// The body's length in bytes, as sent.
+    body_len: usize,
     request_id: Option<String>,
     started: std::time::Instant,
     /// Seconds since the epoch when the request came: tokens and
@@ -331,6 +334,7 @@ async fn asked(state: &ApiState, request: Request) -> Result<Asked, ApiError> {
         policy,
         asker,
         body,
+        body_len: bytes.len(),
         request_id,
         started,
         now,

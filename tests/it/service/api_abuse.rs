@@ -98,6 +98,16 @@ fn the_most_expensive_batch_is_answered_whole_and_right() {
     assert_eq!(decisions.len(), portcullis::api::MAX_EVALUATIONS);
     assert!(decisions.iter().all(|d| d["decision"] == json!(true)));
 
+    // The costliest single evaluation (decided beside the checks): its
+    // condition reads the 3,000-key context and holds.
+    let one = batch(3000, 0, "77").to_string();
+    let response = post(portcullis.api_port(), &alice, one.as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    let answer = response
+        .json()
+        .unwrap_or_else(|| panic!("{}", response.text()));
+    assert_eq!(answer["decision"], json!(true), "{answer}");
+
     // One more item than the cap is refused whole, before any decision.
     let over = batch(3000, 5000, "1").to_string();
     let response = post(portcullis.api_port(), &alice, over.as_bytes());
@@ -112,11 +122,19 @@ fn a_flood_of_expensive_api_requests_does_not_slow_checks() {
     let (api, grpc) = (portcullis.api_port(), portcullis.port());
     let alice = token("alice");
     // The worst batch the cap lets through, and the red team's own (5,000
-    // items: refused now, decided item by item before).
+    // items: refused now, decided item by item before); the worst single
+    // evaluation (no items: its 3,000 context keys are read by the
+    // condition); and single evaluations small enough to be decided on the
+    // runtime that answers checks (`INLINE_BODY_BYTES`), as fast as they
+    // come.
+    let small = batch(10, 0, "77").to_string();
+    assert!(small.len() <= portcullis::api::INLINE_BODY_BYTES);
     let bodies = Arc::new([
         batch(3000, portcullis::api::MAX_EVALUATIONS, "77").to_string(),
         batch(3000, 5000, "77").to_string(),
         batch(3000, portcullis::api::MAX_EVALUATIONS, "1").to_string(),
+        batch(3000, 0, "77").to_string(),
+        small,
     ]);
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
@@ -124,7 +142,7 @@ fn a_flood_of_expensive_api_requests_does_not_slow_checks() {
         u16,
         usize,
     >::new()));
-    let flooders: Vec<_> = (0..6)
+    let flooders: Vec<_> = (0..10)
         .map(|i| {
             let (stop, sent, bodies, alice, answered) = (
                 stop.clone(),
@@ -137,7 +155,7 @@ fn a_flood_of_expensive_api_requests_does_not_slow_checks() {
                 while !stop.load(Ordering::Relaxed) {
                     // Any answer will do (200, 400, 503 over its budget or
                     // busy): the flood is the point.
-                    let status = post(api, &alice, bodies[i % 3].as_bytes()).status;
+                    let status = post(api, &alice, bodies[i % bodies.len()].as_bytes()).status;
                     sent.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut answered) = answered.lock() {
                         *answered.entry(status).or_default() += 1;
@@ -205,7 +223,7 @@ fn a_flood_of_expensive_api_requests_does_not_slow_checks() {
         answered.lock().map(|a| a.clone()).unwrap_or_default()
     );
     assert!(
-        sent.load(Ordering::Relaxed) >= 6,
+        sent.load(Ordering::Relaxed) >= 10,
         "the flood never got going"
     );
     assert!(
