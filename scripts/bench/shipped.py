@@ -38,6 +38,7 @@ Prints a table and writes target/bench/shipped-<timestamp>.json.
 """
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -353,12 +354,24 @@ def through_envoy(args, binary, loadbench, workload, run_dir, envoy):
         for round_ in range(args.envoy_rounds):
             order = names if round_ % 2 == 0 else names[::-1]
             result = {}
-            for name in order:
+
+            def measure(name):
                 r = h2load(envoys[name].urls, token, args.envoy_seconds, args.warmup,
                            run_dir / f"h2load-envoy-{name}.log", 4, 1, rate=args.rate)
                 (run_dir / f"h2load-envoy-{name}.log").unlink(missing_ok=True)
-                result[name] = {"p50": r["latency_us"]["p50"], "p99": r["latency_us"]["p99"],
-                                "rps": r["rps"], "statuses": r["statuses"]}
+                return {"p50": r["latency_us"]["p50"], "p99": r["latency_us"]["p99"],
+                        "rps": r["rps"], "statuses": r["statuses"]}
+
+            if args.envoy_together:
+                # Side by side: every Envoy loaded at the same time, so a
+                # burst of other work on the machine lands on all of them
+                # alike and cancels out of the within-round difference.
+                with concurrent.futures.ThreadPoolExecutor(len(order)) as pool:
+                    done = dict(zip(order, pool.map(measure, order)))
+                result.update((name, done[name]) for name in names)
+            else:
+                for name in order:
+                    result[name] = measure(name)
             for name in names[1:]:
                 suffix = "" if name == "shipped" else f"_{name}"
                 for q in ("p50", "p99"):
@@ -385,13 +398,8 @@ def through_envoy(args, binary, loadbench, workload, run_dir, envoy):
     return {"rounds": rounds, "summary": summary}
 
 
-def table(report):
-    m, w = report["machine"], report["workload"]
-    lines = [f"Portcullis as shipped, {report['started']}, commit {m['commit']}",
-             f"{m['cores']} cores ({m['cpu']}): {m['note']}.",
-             f"Workload: {w['users']} users, {w['documents']} documents, {w['grants']} grants "
-             "(.grants file), "
-             f"{w['tokens']} tokens, {w['expected_allow_share']:.0%} allows expected.", "",
+def direct_table(report):
+    lines = ["",
              f"Direct gRPC, closed loop, {report['args']['streams']} streams on one connection, "
              f"{report['args']['seconds']:g} s after {report['args']['warmup']:g} s warm-up:",
              f"  {'client':<10}{'server':<9}{'round':>6}{'req/s':>9}{'vs noop':>8}{'p50 us':>8}"
@@ -408,12 +416,26 @@ def table(report):
     lines.append("Memory after load: " + ", ".join(
         f"{name} VmHWM {v['hwm_kib'] / 1024:.1f} MiB (VmRSS {v['rss_kib'] / 1024:.1f})"
         for name, v in mem.items()))
+    return lines
+
+
+def table(report):
+    m, w = report["machine"], report["workload"]
+    lines = [f"Portcullis as shipped, {report['started']}, commit {m['commit']}",
+             f"{m['cores']} cores ({m['cpu']}): {m['note']}.",
+             f"Workload: {w['users']} users, {w['documents']} documents, {w['grants']} grants "
+             "(.grants file), "
+             f"{w['tokens']} tokens, {w['expected_allow_share']:.0%} allows expected."]
+    if "direct" in report:
+        lines += direct_table(report)
     if "envoy" in report:
         s = report["envoy"]["summary"]
         lines.append("")
         lines.append(f"Through Envoy at {report['args']['rate']:g} req/s, "
                      f"{report['args']['envoy_rounds']} paired rounds of "
-                     f"{report['args']['envoy_seconds']:g} s (order flips each round):")
+                     f"{report['args']['envoy_seconds']:g} s ("
+                     + ("all loaded at once" if report["args"]["envoy_together"]
+                        else "order flips each round") + "):")
         for q in ("p50", "p99"):
             for name in ("shipped", "baseline"):
                 key = f"added_{q}_us" + ("" if name == "shipped" else f"_{name}")
@@ -424,7 +446,7 @@ def table(report):
                              f"{s[f'{name}_{q}_us_median']:.0f} us (medians); added: median "
                              f"{a['median']:.0f} us, quartiles {a['q1']:.0f}..{a['q3']:.0f}, "
                              f"range {a['min']}..{a['max']}")
-    for name, found in (report["direct"].get("profiles") or {}).items():
+    for name, found in (report.get("direct", {}).get("profiles") or {}).items():
         if not found:
             continue
         lines.append("")
@@ -446,6 +468,9 @@ def main():
     parser.add_argument("--envoy-rounds", type=int, default=7)
     parser.add_argument("--envoy-seconds", type=float, default=10)
     parser.add_argument("--skip-envoy", action="store_true")
+    parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument("--envoy-one-at-a-time", dest="envoy_together", action="store_false",
+                        help="load one Envoy at a time in each round (default: all at once)")
     parser.add_argument("--baseline", help="another portcullis binary (an older build) run "
                         "beside `shipped` in the same rounds")
     parser.add_argument("--profile", action="store_true",
@@ -476,7 +501,8 @@ def main():
         "args": vars(args),
         "workload": summary,
     }
-    report["direct"] = direct(args, binary, loadbench, workload, bodies, run_dir)
+    if not args.skip_direct:
+        report["direct"] = direct(args, binary, loadbench, workload, bodies, run_dir)
     if not args.skip_envoy:
         envoy = os.environ.get("ENVOY_BIN") or subprocess.run(
             [str(ROOT / "scripts" / "ensure-envoy.sh")], stdout=subprocess.PIPE, check=True
