@@ -7,7 +7,8 @@
 //!   issuer's HS256 secret, and a request mix with a chosen share of allows;
 //! - `noop`: a do-nothing ext_authz server on the same tonic stack as
 //!   Portcullis, which answers OK at once: the floor Portcullis is
-//!   measured against;
+//!   measured against; `noop-api`, the same for the AuthZEN evaluation
+//!   endpoint on the API's HTTP stack;
 //! - `load`: a gRPC load client (closed loop at a fixed concurrency, or
 //!   open loop at a fixed rate) that records every latency in an HDR
 //!   histogram and prints one JSON line: req/s, p50/p90/p99/p99.9, errors,
@@ -21,6 +22,7 @@
 mod bodies;
 mod client;
 mod noop;
+mod noop_api;
 mod workload;
 
 use std::process::ExitCode;
@@ -40,6 +42,9 @@ enum Command {
     Workload(workload::Args),
     /// Serves ext_authz answering OK to every check.
     Noop(noop::Args),
+    /// Serves the AuthZEN evaluation endpoint answering true to every
+    /// request, unread.
+    NoopApi(noop_api::Args),
     /// Sends CheckRequests and reports throughput and latency as JSON.
     Load(client::Args),
     /// Writes requests of the mix as gRPC message bodies, for a load
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Workload(args) => workload::run(&args),
         Command::Noop(args) => noop::run(&args),
+        Command::NoopApi(args) => noop_api::run(&args),
         Command::Load(args) => client::run(&args),
         Command::Bodies(args) => bodies::run(&args),
     };

@@ -157,9 +157,12 @@ def start_portcullis(binary, policies, run_dir, name, logging="off", extra=(), e
     else:
         raise ValueError(f"logging must be off, all or shipped, not {logging!r}")
     proc = Process(name, argv, env=env, stderr_path=run_dir / f"{name}.log")
-    grpc, admin = proc.read_lines(2, timeout=60)
-    proc.port = int(grpc.rsplit(":", 1)[1])
-    proc.admin_port = int(admin.rsplit(":", 1)[1])
+    with_api = "--api-listen" in map(str, extra)
+    lines = proc.read_lines(3 if with_api else 2, timeout=60)
+    proc.port = int(lines[0].rsplit(":", 1)[1])
+    proc.admin_port = int(lines[1].rsplit(":", 1)[1])
+    if with_api:
+        proc.api_port = int(lines[2].rsplit(":", 1)[1])
     wait_until(lambda: http_get(proc.admin_port, "/ready")[0] == 200, 60, f"{name} /ready")
     return proc
 

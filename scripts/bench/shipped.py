@@ -26,6 +26,11 @@ distinct HS256 tokens, ~60% allows (`loadbench workload --bulk`).
    new user runs it, in the same rounds, so before and after are one run;
    `--profile` adds each one's CPU profile under h2load (perf, cpu-clock
    sampling), grouped by component.
+1b. The AuthZEN evaluation endpoint of `serve --api-listen` against
+   `loadbench noop-api` (a handler that answers without reading, on the
+   same HTTP stack), by oha over HTTP/1.1 keep-alive: 8 evaluations of the
+   mix, each asked by its own user with their token, checked with curl
+   first.
 2. Through Envoy (envoy/front-proxy.yaml) at a fixed rate (1,000 req/s,
    open loop, h2load): one Envoy whose ext_authz is the do-nothing server,
    one whose ext_authz is `shipped`. Latency differences of a few tens of
@@ -50,7 +55,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    ROOT, ensure_workload, free_port, log, machine, new_run, prepared_bodies, run_load,
+    ROOT, Process, ensure_workload, free_port, log, machine, new_run, prepared_bodies, run_load,
     start_noop, start_portcullis,
 )
 from load import percentile, render, start_envoy, h2load  # noqa: E402
@@ -263,6 +268,129 @@ def component(row):
     return "other"
 
 
+EVALUATION_PATH = "/access/v1/evaluation"
+
+
+def evaluation_bodies(workload, run_dir, count=8):
+    """`count` AuthZEN evaluations of the workload's mix, each asked by the
+    user it is about with their own token (no caller to configure):
+    (body file, token, "allow" or "deny"), 5 allowed and 3 denied."""
+    import base64
+    tokens = (workload / "tokens.txt").read_text().split()
+    wanted = {"allow": count - count * 3 // 8, "deny": count * 3 // 8}
+    chosen = []
+    for line in (workload / "requests.tsv").read_text().splitlines():
+        method, path, token, expected = line.split("\t")[:4]
+        parts = path.strip("/").split("/")
+        if method != "GET" or len(parts) != 2 or parts[0] != "documents":
+            continue
+        if wanted.get(expected, 0) == 0:
+            continue
+        wanted[expected] -= 1
+        jwt = tokens[int(token)]
+        payload = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        body = run_dir / f"evaluation-{len(chosen)}.json"
+        body.write_text(json.dumps({
+            "subject": {"type": "user", "id": claims["sub"]},
+            "action": {"name": "read"},
+            "resource": {"type": "document", "id": parts[1]},
+        }))
+        chosen.append((body, jwt, expected))
+        if not any(wanted.values()):
+            break
+    return chosen
+
+
+def verify_evaluations(port, bodies):
+    for body, token, expected in bodies:
+        out = subprocess.run(
+            ["curl", "-s", "--max-time", "5", "--data-binary", f"@{body}",
+             "-H", "content-type: application/json", "-H", f"authorization: Bearer {token}",
+             f"http://127.0.0.1:{port}{EVALUATION_PATH}"],
+            stdout=subprocess.PIPE, check=True)
+        decision = json.loads(out.stdout).get("decision")
+        if decision != (expected == "allow"):
+            raise RuntimeError(f"{body.name}: expected {expected}, got {out.stdout!r}")
+
+
+def oha_evaluations(port, bodies, seconds, warmup, connections_each):
+    """oha over HTTP/1.1 keep-alive (the API's protocol), one process per
+    body, closed loop; a discarded warm-up run first."""
+    def run(duration):
+        procs = [subprocess.Popen(
+            [str(OHA), "--no-tui", "--output-format", "json", "-c", str(connections_each),
+             "--worker-threads", "1", "-z", f"{duration}s", "-m", "POST",
+             "-H", "content-type: application/json", "-H", f"authorization: Bearer {token}",
+             "-D", str(body), f"http://127.0.0.1:{port}{EVALUATION_PATH}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for body, token, _ in bodies]
+        reports = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=duration + 60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"oha failed: {err.decode(errors='replace')[-2000:]}")
+            reports.append(json.loads(out))
+        return reports
+
+    if warmup > 0:
+        run(warmup)
+    reports = run(seconds)
+    ok = sum(r.get("statusCodeDistribution", {}).get("200", 0) for r in reports)
+    sent = sum(sum(r.get("statusCodeDistribution", {}).values()) for r in reports)
+    return {
+        "client": "oha",
+        "requests": ok,
+        "sent": sent + sum(sum(r.get("errorDistribution", {}).values()) for r in reports),
+        "rps": ok / seconds,
+        "failed": sent - ok,
+        "latency_us": {"p50": round(statistics.median(r["latencyPercentiles"]["p50"]
+                                                     for r in reports) * 1e6),
+                       "p99": round(statistics.median(r["latencyPercentiles"]["p99"]
+                                                      for r in reports) * 1e6)},
+    }
+
+
+def authzen(args, binary, loadbench, workload, run_dir):
+    """The AuthZEN evaluation endpoint of `serve --api-listen` (otherwise as
+    shipped) against `loadbench noop-api`, a handler that answers without
+    reading, on the same HTTP stack; oha, closed loop, 16 connections."""
+    bodies = evaluation_bodies(workload, run_dir)
+    noop = Process("noop-api", [loadbench, "noop-api", "--listen", "127.0.0.1:0"],
+                   stderr_path=run_dir / "noop-api.log")
+    (line,) = noop.read_lines(1)
+    noop.api_port = int(line.rsplit(":", 1)[1])
+    servers = [("noop", noop),
+               ("shipped", start_portcullis(binary, workload / "policies", run_dir, "api-shipped",
+                                            logging="shipped",
+                                            extra=["--api-listen", "127.0.0.1:0"]))]
+    if args.baseline:
+        servers.append(("baseline", start_portcullis(
+            Path(args.baseline), workload / "policies", run_dir, "api-baseline",
+            logging="shipped", extra=["--api-listen", "127.0.0.1:0"])))
+    runs = []
+    try:
+        for name, proc in servers[1:]:
+            verify_evaluations(proc.api_port, bodies)
+        for round_ in range(args.rounds):
+            order = servers if round_ % 2 == 0 else servers[::-1]
+            log(f"AuthZEN evaluation, round {round_ + 1}/{args.rounds}, oha")
+            for name, proc in order:
+                cpu_before = proc.cpu_seconds()
+                report = oha_evaluations(proc.api_port, bodies, args.seconds, args.warmup,
+                                         max(1, args.streams // len(bodies)))
+                cpu = proc.cpu_seconds() - cpu_before
+                report.update(server=name, round=round_ + 1,
+                              cpu_us_per_request=round(cpu * 1e6 / max(report["sent"], 1), 2))
+                log(f"  {name:<8} {report['rps']:>8.0f} req/s  p50 "
+                    f"{report['latency_us']['p50']} us  p99 {report['latency_us']['p99']} us  "
+                    f"cpu {report['cpu_us_per_request']} us/request")
+                runs.append(report)
+    finally:
+        for _, proc in servers:
+            proc.stop()
+    return {"runs": runs}
+
+
 def direct(args, binary, loadbench, workload, bodies, run_dir):
     policies = workload / "policies"
     servers = [
@@ -428,6 +556,17 @@ def table(report):
              f"{w['tokens']} tokens, {w['expected_allow_share']:.0%} allows expected."]
     if "direct" in report:
         lines += direct_table(report)
+    if "authzen" in report:
+        runs = report["authzen"]["runs"]
+        noop = {r["round"]: r["rps"] for r in runs if r["server"] == "noop"}
+        lines += ["", "AuthZEN evaluation (serve --api-listen) against a do-nothing handler on "
+                  "the same HTTP stack, oha, HTTP/1.1 keep-alive, closed loop:",
+                  f"  {'server':<9}{'round':>6}{'req/s':>9}{'vs noop':>8}{'p50 us':>8}"
+                  f"{'p99 us':>8}{'cpu us/req':>11}"]
+        for r in runs:
+            lines.append(f"  {r['server']:<9}{r['round']:>6}{r['rps']:>9.0f}"
+                         f"{r['rps'] / noop[r['round']]:>8.2f}{r['latency_us']['p50']:>8}"
+                         f"{r['latency_us']['p99']:>8}{r['cpu_us_per_request']:>11.1f}")
     if "envoy" in report:
         s = report["envoy"]["summary"]
         lines.append("")
@@ -469,6 +608,7 @@ def main():
     parser.add_argument("--envoy-seconds", type=float, default=10)
     parser.add_argument("--skip-envoy", action="store_true")
     parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument("--skip-authzen", action="store_true")
     parser.add_argument("--envoy-one-at-a-time", dest="envoy_together", action="store_false",
                         help="load one Envoy at a time in each round (default: all at once)")
     parser.add_argument("--baseline", help="another portcullis binary (an older build) run "
@@ -503,6 +643,8 @@ def main():
     }
     if not args.skip_direct:
         report["direct"] = direct(args, binary, loadbench, workload, bodies, run_dir)
+    if not args.skip_authzen:
+        report["authzen"] = authzen(args, binary, loadbench, workload, run_dir)
     if not args.skip_envoy:
         envoy = os.environ.get("ENVOY_BIN") or subprocess.run(
             [str(ROOT / "scripts" / "ensure-envoy.sh")], stdout=subprocess.PIPE, check=True
