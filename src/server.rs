@@ -42,6 +42,7 @@ use crate::jwks::JwksFetcher;
 use crate::metrics::Metrics;
 use crate::pdp::{Entry, Pdp, Recorded};
 use crate::policy::PolicyHandle;
+use crate::shadow::{self, Shadow};
 use crate::token_cache::TokenCache;
 
 pub use crate::pdp::{system_clock, Clock, KEY_REFETCH_WAIT};
@@ -57,6 +58,7 @@ pub struct Authorizer {
     pdp: Pdp,
     response: ResponseConfig,
     readiness: Option<Arc<Readiness>>,
+    shadow: Option<Arc<Shadow>>,
 }
 
 impl Authorizer {
@@ -78,7 +80,15 @@ impl Authorizer {
             pdp,
             response,
             readiness: None,
+            shadow: None,
         }
+    }
+
+    /// Asks `shadow`'s candidate policy about every check too, once it is
+    /// answered, off the request path ([`Shadow::offer`] never waits).
+    pub fn with_shadow(mut self, shadow: Arc<Shadow>) -> Self {
+        self.shadow = Some(shadow);
+        self
     }
 
     /// Reports `grpc.health.v1` SERVING only while `readiness` is set (as
@@ -184,9 +194,55 @@ impl Authorization for Authorizer {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let (_, response) = self.check_request(request.get_ref()).await;
+        let (decision, response) = self.check_request(request.get_ref()).await;
+        if let Some(shadow) = &self.shadow {
+            shadow.offer(
+                shadow_question(request.into_inner()),
+                decision,
+                self.pdp.now(),
+            );
+        }
         Ok(Response::new(response))
     }
+}
+
+/// A served check as the shadow worker asks it: read by the adapter with
+/// the candidate's condition headers, decided by the engine over the
+/// candidate and its file grants.
+pub fn shadow_question(request: CheckRequest) -> shadow::Question {
+    Box::new(move |policy, caller, now| {
+        let read = adapter::read(&request, &policy.condition_headers, false);
+        let (decision, request_id) = match &read.check {
+            Ok(Check::Http(attrs)) => (
+                engine::decide(
+                    policy,
+                    &*policy.grants,
+                    &engine::Request::Http(attrs),
+                    caller,
+                    now,
+                ),
+                attrs.request_id.as_deref().unwrap_or_default().to_owned(),
+            ),
+            Ok(Check::Connection(connection)) => (
+                engine::decide(
+                    policy,
+                    &*policy.grants,
+                    &engine::Request::Connection(connection),
+                    caller,
+                    now,
+                ),
+                String::new(),
+            ),
+            Err(_) => (
+                Decision::deny(engine::DenyStatus::Forbidden, Reason::InternalError),
+                String::new(),
+            ),
+        };
+        shadow::Asked {
+            decision,
+            request_id,
+        }
+    })
 }
 
 /// Serves ext_authz and `grpc.health.v1` on `listener` until `shutdown`

@@ -11,6 +11,7 @@ mod grants_db;
 mod jwks;
 mod operations;
 pub(crate) mod reload;
+mod replay;
 mod server;
 pub(crate) mod tls;
 pub(crate) mod walkthrough;
