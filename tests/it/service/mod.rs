@@ -13,5 +13,6 @@ mod operations;
 pub(crate) mod reload;
 mod replay;
 mod server;
+mod shadow;
 pub(crate) mod tls;
 pub(crate) mod walkthrough;
