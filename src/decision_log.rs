@@ -145,8 +145,8 @@ impl DecisionLog {
                 entry: replayable.as_ref().map(|r| r.entry),
                 request: replayable
                     .as_ref()
-                    .and_then(|r| r.http)
-                    .map(|attrs| RequestFields::new(attrs, decision)),
+                    .and_then(|r| Some((r.http?, r.claims)))
+                    .map(|(attrs, claims)| RequestFields::new(attrs, decision, claims)),
             },
             target: "decision",
         };
@@ -214,6 +214,10 @@ pub struct Replayable<'a> {
     pub entry: &'static str,
     /// The HTTP request decided; `None` for other forms (not replayable).
     pub http: Option<&'a RequestAttrs<'a>>,
+    /// The claims the policy's conditions read
+    /// ([`crate::policy::PolicySet::condition_claims`]): only these of the
+    /// principal's claims are logged; `None`, all it kept.
+    pub claims: Option<&'a [String]>,
 }
 
 /// How the caller of a logged HTTP check authenticated, for replay.
@@ -251,19 +255,49 @@ struct RequestFields<'a> {
 }
 
 /// The verified principal: issuer, token groups (the policy's are the
-/// policy's, added again by whichever policy replays) and the claims kept
-/// because a condition of the served policy reads them.
+/// policy's, added again by whichever policy replays) and, of the claims
+/// it kept, those a condition of the served policy reads (by name, when
+/// every read names its claim).
 #[derive(Serialize)]
 struct PrincipalFields<'a> {
     issuer: &'a str,
     subject: &'a str,
     groups: &'a [String],
-    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    #[serde(skip_serializing_if = "ClaimsRead::is_empty")]
+    claims: ClaimsRead<'a>,
+}
+
+/// The principal's claims that the policy's conditions read.
+struct ClaimsRead<'a> {
     claims: &'a serde_json::Map<String, serde_json::Value>,
+    /// `None`: every claim kept may be read.
+    names: Option<&'a [String]>,
+}
+
+impl ClaimsRead<'_> {
+    fn read(&self) -> impl Iterator<Item = (&String, &serde_json::Value)> {
+        self.claims
+            .iter()
+            .filter(|(name, _)| self.names.is_none_or(|names| names.contains(name)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.read().next().is_none()
+    }
+}
+
+impl Serialize for ClaimsRead<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.read())
+    }
 }
 
 impl<'a> RequestFields<'a> {
-    fn new(attrs: &'a RequestAttrs<'a>, decision: &'a Decision) -> Self {
+    fn new(
+        attrs: &'a RequestAttrs<'a>,
+        decision: &'a Decision,
+        claims: Option<&'a [String]>,
+    ) -> Self {
         let credential = if attrs.verified_payloads.is_empty() {
             match &attrs.credential {
                 Credential::Absent => credential::ABSENT,
@@ -287,7 +321,10 @@ impl<'a> RequestFields<'a> {
                 issuer: &p.issuer,
                 subject: &p.subject,
                 groups: &p.groups,
-                claims: &p.claims,
+                claims: ClaimsRead {
+                    claims: &p.claims,
+                    names: claims,
+                },
             }),
         }
     }

@@ -308,6 +308,7 @@ impl Pdp {
                 Some(Replayable {
                     entry: done.entry.label(),
                     http: done.http,
+                    claims: done.policy.condition_claims.as_deref(),
                 }),
             );
         }

@@ -197,6 +197,7 @@ fn a_candidate_with_known_impact_changes_exactly_the_expected_decisions() {
     );
 
     let report = replay(candidate().path(), &log);
+    eprintln!("{report}");
     assert_eq!(report.replayed, DECISIONS, "{report}");
     assert_eq!(report.allow_to_deny, 5 + 3 + 4, "{report}");
     assert_eq!(report.deny_to_allow, 6, "{report}");
@@ -370,4 +371,77 @@ fn the_binary_prints_json_for_tools_and_exits_one_on_changes() {
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(66));
+}
+
+/// An archive readable until the end of 2026 by the records department.
+const ARCHIVE: &str = r#"applications:
+  - name: archive
+    select:
+      context_extensions:
+        app: archive
+    issuers: [demo-idp]
+    routes:
+      - name: read-archive
+        methods: [GET]
+        path: /archive/{id:uint}
+        resource: archive:{id}
+        action: read_archive
+roles:
+  archivist:
+    actions: [read_archive]
+grants:
+  - authenticated: true
+    role: archivist
+    resource: archive:*
+    condition: context.time < timestamp("2027-01-01T00:00:00Z") && subject.claims.department == "records"
+"#;
+
+#[test]
+fn a_time_condition_is_replayed_at_the_lines_time_and_only_claims_conditions_read_are_logged() {
+    let dir = copy_policies(|_, text| text);
+    std::fs::write(dir.path().join("archive.yaml"), ARCHIVE).unwrap();
+    // September 2026, by the token's and the check's clock alike.
+    const THEN: u64 = 1_790_000_000;
+    let mut claims = portcullis_testkit::Claims::demo("ann", THEN).ttl(3600);
+    claims.extra.insert("department".into(), "records".into());
+    claims.extra.insert("name".into(), "Ann Example".into());
+    let token = claims.sign(crate::support::demo_signer());
+
+    let sink = Captured::default();
+    let lines = LogLines::to(sink.clone());
+    let authorizer = Authorizer::new(
+        Arc::new(ArcSwap::from_pointee(load(dir.path()))),
+        TokenCache::new(1000),
+        ResponseConfig::new("x-subject"),
+        Arc::new(|| THEN + 10),
+    )
+    .with_decision_log(DecisionLog::new(1.0, lines.clone()));
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+    let check = Check::get("/archive/7").app("archive").bearer(&token);
+    let (decision, _) = portcullis_testkit::ready(authorizer.check_request(&check.build()));
+    lines.close();
+    let line = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let line = line.trim_end().to_owned();
+    assert!(decision.is_allowed(), "{decision:?}");
+
+    let logged: Value = serde_json::from_str(&line).unwrap();
+    let principal = &logged["fields"]["request"]["principal"];
+    assert_eq!(
+        principal["claims"],
+        serde_json::json!({"department": "records"}),
+        "only the claims a condition reads: {line}"
+    );
+    assert!(!line.contains("Ann Example"), "{line}");
+
+    // The same request, logged in 2026 and in 2027.
+    let mut later: Value = logged.clone();
+    later["timestamp"] = "2027-03-01T09:00:00.000000Z".into();
+    let mut earlier = logged;
+    earlier["timestamp"] = "2026-12-01T09:00:00.000000Z".into();
+    let report = replay(dir.path(), &[earlier.to_string(), later.to_string()]);
+    assert_eq!(report.replayed, 2, "{report}");
+    assert_eq!(report.unchanged, 1, "{report}");
+    assert_eq!(report.allow_to_deny, 1, "{report}");
+    assert_eq!(report.changes[0].examples[0].line, 2, "{report}");
+    assert_eq!(report.changes[0].key.reason, "no_grant");
 }
