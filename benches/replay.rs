@@ -214,13 +214,14 @@ fn main() {
             let cpu = cpu_seconds() - cpu;
             let summary = shadow.summary();
             let dropped = summary.dropped - before.1;
+            let shadowed = summary.decided - before.0;
             let per_check = |seconds: f64| seconds * 1e6 / SHADOW_CHECKS as f64;
             println!(
                 "shadow {name:7} round {round}: {:.2} us/check wall (calling thread), {:.2} us/check CPU (process){}",
                 per_check(wall.as_secs_f64()),
                 per_check(cpu),
                 if name == "with" {
-                    format!(", {dropped} dropped")
+                    format!(", {shadowed} shadowed, {dropped} dropped")
                 } else {
                     String::new()
                 }
@@ -230,11 +231,30 @@ fn main() {
                 "round": round,
                 "wall_us_per_check": per_check(wall.as_secs_f64()),
                 "cpu_us_per_check": per_check(cpu),
+                "shadowed": if name == "with" { shadowed } else { 0 },
                 "dropped": if name == "with" { dropped } else { 0 },
             }));
         }
     }
 
+    // What one shadow decision costs the process: the CPU the rounds with
+    // a shadow took beyond those without, over the checks it decided.
+    let total = |shadow: bool, key: &str| -> f64 {
+        rounds
+            .iter()
+            .filter(|r| r["shadow"] == shadow)
+            .map(|r| r[key].as_f64().unwrap_or(0.0))
+            .sum()
+    };
+    let extra_cpu_us =
+        (total(true, "cpu_us_per_check") - total(false, "cpu_us_per_check")) * SHADOW_CHECKS as f64;
+    let shadowed = total(true, "shadowed").max(1.0);
+    let per_shadow_decision = extra_cpu_us / shadowed;
+    println!(
+        "shadow: {per_shadow_decision:.2} us CPU per shadowed check, on {cores} cores; the checks' own wall time per check {:.2} us without and {:.2} us with",
+        total(false, "wall_us_per_check") / SHADOW_ROUNDS as f64,
+        total(true, "wall_us_per_check") / SHADOW_ROUNDS as f64,
+    );
     let out = serde_json::json!({
         "cores": cores,
         "replay": {
@@ -244,7 +264,11 @@ fn main() {
             "cpu_seconds": replay_cpu,
             "lines_per_second": lines_per_second,
         },
-        "shadow": { "checks_per_round": SHADOW_CHECKS, "rounds": rounds },
+        "shadow": {
+            "checks_per_round": SHADOW_CHECKS,
+            "cpu_us_per_shadowed_check": per_shadow_decision,
+            "rounds": rounds,
+        },
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     let _ = std::fs::create_dir_all(&dir);

@@ -325,6 +325,13 @@ impl App {
         })
     }
 
+    /// The shadow policy's counts and latest disagreements
+    /// ([`Shadow::summary`], what the console shows); `None` without
+    /// `--shadow-policies`. Shared: it is the one `run` serves with.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.as_ref().map(|(_, shadow)| shadow.clone())
+    }
+
     /// Serves until `shutdown` completes, then stops being ready, drains the
     /// checks in flight (at most the configured drain time) and stops the
     /// admin server. `on_listening` is told the bound addresses (gRPC, admin)
