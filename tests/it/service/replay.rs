@@ -445,3 +445,53 @@ fn a_time_condition_is_replayed_at_the_lines_time_and_only_claims_conditions_rea
     assert_eq!(report.changes[0].examples[0].line, 2, "{report}");
     assert_eq!(report.changes[0].key.reason, "no_grant");
 }
+
+#[test]
+fn a_token_the_log_never_verified_is_undecidable_and_a_refused_one_stays_refused() {
+    let served = served();
+    let sink = Captured::default();
+    let lines = LogLines::to(sink.clone());
+    let authorizer = Authorizer::new(
+        Arc::new(ArcSwap::from_pointee(load(served.path()))),
+        TokenCache::new(1000),
+        ResponseConfig::new("x-subject"),
+        portcullis::server::system_clock(),
+    )
+    .with_decision_log(DecisionLog::new(1.0, lines.clone()));
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+    // A public route: nobody verifies the token it carries.
+    let public = Check::get("/healthz")
+        .app("documents")
+        .bearer(&token("alice"));
+    // An expired token: 401 token_expired.
+    let expired = portcullis_testkit::Claims::demo("alice", 1_700_000_000)
+        .ttl(60)
+        .sign(crate::support::demo_signer());
+    let refused = Check::get("/documents/1").app("documents").bearer(&expired);
+    for check in [public, refused] {
+        portcullis_testkit::ready(authorizer.check_request(&check.build()));
+    }
+    lines.close();
+    let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+    let log: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert_eq!(log.len(), 2, "{text}");
+    assert!(log[1].contains("token_expired"), "{}", log[1]);
+
+    // The candidate makes the health route need a token.
+    let candidate = copy_policies(|file, text| match file {
+        "documents.yaml" => {
+            let protected = text.replacen("access: public", "access: authenticated", 1);
+            assert_ne!(protected, text);
+            protected
+        }
+        _ => text,
+    });
+    let report = replay(candidate.path(), &log);
+    assert_eq!(report.undecided_total, 1, "{report}");
+    assert_eq!(report.undecided[0].why, "token_not_verified_when_logged");
+    assert_eq!(
+        report.unchanged, 1,
+        "the expired token is refused again: {report}"
+    );
+    assert_eq!(report.allow_to_deny + report.deny_to_allow, 0, "{report}");
+}
