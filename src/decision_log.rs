@@ -232,10 +232,20 @@ pub mod credential {
     pub const INVALID: &str = "invalid";
 }
 
+/// Longest Host and method a line records; a longer one (no real client
+/// sends one) leaves both out and marks the request `oversized`, so a line
+/// stays small whatever a client sends.
+const MAX_LOGGED_HOST: usize = 1024;
+const MAX_LOGGED_METHOD: usize = 64;
+
 /// The `request` object of an HTTP check's line: everything the engine
 /// reads of the request, but the token.
 #[derive(Serialize)]
 struct RequestFields<'a> {
+    /// The Host or the method was too long to log: replay reports the line
+    /// as one it cannot replay.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    oversized: bool,
     method: &'a str,
     /// Normalized, without the query; absent for a path the normalizer
     /// refuses (a bad path is refused by every policy).
@@ -307,12 +317,16 @@ impl<'a> RequestFields<'a> {
         } else {
             credential::JWT_AUTHN
         };
+        let oversized =
+            attrs.host.len() > MAX_LOGGED_HOST || attrs.method.len() > MAX_LOGGED_METHOD;
+        let bounded = |text: &'a str| if oversized { "" } else { text };
         RequestFields {
-            method: &attrs.method,
+            oversized,
+            method: bounded(&attrs.method),
             path: path::normalize(&attrs.path)
                 .ok()
                 .map(|p| p.as_str().to_owned()),
-            host: &attrs.host,
+            host: bounded(&attrs.host),
             destination: &attrs.destination,
             context_extensions: &attrs.context_extensions,
             headers: &attrs.headers,

@@ -163,6 +163,8 @@ struct LineFields<'a> {
 
 #[derive(Deserialize)]
 struct RequestLine<'a> {
+    #[serde(default)]
+    oversized: bool,
     #[serde(borrow)]
     method: Cow<'a, str>,
     #[serde(borrow)]
@@ -318,6 +320,11 @@ pub fn replay_line(candidate: &PolicySet, text: &str) -> LineOutcome {
             entry.to_owned()
         });
     };
+    if request.oversized {
+        return LineOutcome::Malformed(
+            "cannot replay: its Host or method was too long to log".into(),
+        );
+    }
     let Some(now) = line.timestamp.as_deref().and_then(unix_seconds) else {
         return LineOutcome::Malformed("no readable `timestamp`".into());
     };

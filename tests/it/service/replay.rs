@@ -495,3 +495,32 @@ fn a_token_the_log_never_verified_is_undecidable_and_a_refused_one_stays_refused
     );
     assert_eq!(report.allow_to_deny + report.deny_to_allow, 0, "{report}");
 }
+
+#[test]
+fn a_host_too_long_to_log_is_left_out_and_its_line_reported() {
+    let served = served();
+    let long_host = format!("{}.example.com", "a.".repeat(1000));
+    let log = {
+        let sink = Captured::default();
+        let lines = LogLines::to(sink.clone());
+        let authorizer = Authorizer::new(
+            Arc::new(ArcSwap::from_pointee(load(served.path()))),
+            TokenCache::new(1000),
+            ResponseConfig::new("x-subject"),
+            portcullis::server::system_clock(),
+        )
+        .with_decision_log(DecisionLog::new(1.0, lines.clone()));
+        let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+        let check = Check::get("/documents/1").host(&long_host).app("documents");
+        portcullis_testkit::ready(authorizer.check_request(&check.build()));
+        lines.close();
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(log.len(), 1);
+    assert!(!log[0].contains(&long_host), "{}", log[0]);
+    assert!(log[0].contains("\"oversized\":true"), "{}", log[0]);
+    let report = replay(served.path(), &log);
+    assert_eq!(report.malformed.count, 1, "{report}");
+    assert!(report.malformed.first[0].error.contains("too long to log"));
+}
