@@ -95,7 +95,8 @@ pub enum LineOutcome {
     /// A decision line without the replay fields (logged by an older
     /// version of Portcullis).
     BeforeReplayFields,
-    /// A decision of another form (`authzen`, `events`, a TCP connection).
+    /// A decision of another form (`authzen`, `events`, a TCP connection
+    /// or an unreadable CheckRequest: `connection_or_unreadable`).
     NotHttp(String),
     /// Decided again.
     Replayed(Box<Replayed>),
@@ -315,7 +316,7 @@ pub fn replay_line(candidate: &PolicySet, text: &str) -> LineOutcome {
     };
     let Some(request) = fields.request else {
         return LineOutcome::NotHttp(if entry == "ext_authz" {
-            "connection".into()
+            "connection_or_unreadable".into()
         } else {
             entry.to_owned()
         });
@@ -370,11 +371,8 @@ pub fn replay_line(candidate: &PolicySet, text: &str) -> LineOutcome {
         credential::INVALID => (Credential::Invalid(credential_error(&fields.detail)), None),
         credential::BEARER | credential::JWT_AUTHN => (
             Credential::Bearer(Cow::Borrowed("")),
-            principal
-                .is_none()
-                .then(|| reason.starts_with("token_"))
-                .filter(|refused| *refused)
-                .map(|_| token_error(&reason)),
+            // No principal and a token reason: the token was refused.
+            (principal.is_none() && reason.starts_with("token_")).then(|| token_error(&reason)),
         ),
         other => {
             return LineOutcome::Malformed(format!("unknown credential {other:?}"));
@@ -762,7 +760,7 @@ pub struct Report {
     /// Other lines of the stream (not the `decision` target).
     pub not_decisions: u64,
     /// Decisions of other forms, by entry point (`authzen`, `events`,
-    /// `connection`): not replayable.
+    /// `connection_or_unreadable`): not replayable.
     pub not_http: BTreeMap<String, u64>,
     /// Replayed lines by the policy version that decided them.
     pub policy_versions: BTreeMap<String, u64>,
