@@ -162,7 +162,10 @@ manifests:
 #                         (scripts/bench/load.py: direct gRPC and through
 #                         Envoy; LOAD_SECONDS per run), then grants in
 #                         PostgreSQL at GRANTS_BENCH_N grants (bench-grants),
-#                         and a loopback hop against a veth hop (bench-hop)
+#                         and a loopback hop against a veth hop (bench-hop),
+#                         then replay of a 1M-line decision log and the
+#                         shadow policy's overhead per check (bench-replay;
+#                         REPLAY_BENCH_LINES lines)
 #   make fuzz             every cargo-fuzz target for FUZZ_SECONDS (default 60)
 #   make soak             load + a policy reload every 5 s for SOAK_SECONDS (180)
 # Results: target/criterion/, target/bench/*.json.
@@ -172,7 +175,15 @@ SOAK_SECONDS ?= 180
 LOAD_SECONDS ?= 8
 .PHONY: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-hop fuzz soak
 
-bench: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-hop bench-grants
+bench: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-hop bench-grants bench-replay
+
+# `portcullis replay` of a generated REPLAY_BENCH_LINES-line decision log
+# (time, lines/s) and the CPU per check with and without a shadow policy,
+# in one run (benches/replay.rs); results in target/bench/replay.json.
+REPLAY_BENCH_LINES ?= 1000000
+.PHONY: bench-replay
+bench-replay:
+	REPLAY_BENCH_LINES=$(REPLAY_BENCH_LINES) $(CARGO) bench --bench replay
 
 # Grants in PostgreSQL (benches/grants_db.rs): GRANTS_BENCH_N grants loaded
 # with COPY into a private server; results in target/bench/grants_db.json.

@@ -36,6 +36,7 @@ use crate::pdp::Pdp;
 use crate::policy::{load_policies, PolicySet};
 use crate::reload::{self, Reloader, WatchConfig};
 use crate::server::{self, Authorizer};
+use crate::shadow::{Shadow, SHADOW_QUEUE};
 use crate::tls::{self, Alpn, ServerTls, TlsFiles};
 use crate::token_cache::TokenCache;
 
@@ -48,8 +49,12 @@ pub enum Exit {
     Failure = 1,
     /// `check` decided deny.
     Deny = 2,
+    /// `replay`: some line of the log could not be replayed.
+    Incomplete = 3,
     /// Settings that contradict each other (sysexits.h EX_USAGE).
     Usage = 64,
+    /// An input file that cannot be read (sysexits.h EX_NOINPUT).
+    NoInput = 66,
     /// Policies or TLS files that do not load (sysexits.h EX_CONFIG).
     Config = 78,
 }
@@ -86,6 +91,9 @@ pub struct ServeConfig {
     pub api: Option<ApiConfig>,
     /// Grants from PostgreSQL instead of the policy files; `None`: files.
     pub grants_db: Option<DatabaseConfig>,
+    /// A candidate policy directory every check is decided against too,
+    /// off the request path, never changing the answer (`--shadow-policies`).
+    pub shadow_policies: Option<PathBuf>,
 }
 
 /// Settings of the AuthZEN API listener (`--api-listen` and friends).
@@ -211,6 +219,8 @@ pub struct App {
     metrics: Arc<Metrics>,
     log_lines: LogLines,
     grants_db: Option<Arc<GrantStore>>,
+    /// The shadow policy as loaded, and the shadow that will decide with it.
+    shadow: Option<(PolicySet, Arc<Shadow>)>,
 }
 
 impl App {
@@ -260,6 +270,10 @@ impl App {
         if let Some(store) = &grants_db {
             metrics = metrics.with_collector(Box::new(StoreCollector(store.clone())));
         }
+        let shadow = config.shadow_policies.as_ref().map(|_| Shadow::new());
+        if let Some(shadow) = &shadow {
+            metrics = metrics.with_collector(shadow.collector());
+        }
         let metrics = Arc::new(metrics);
         let policy = match load_policies(&config.policies) {
             Ok(policy) => policy,
@@ -273,6 +287,22 @@ impl App {
             }
         };
         metrics.record_policy_load(Ok((&policy.version, policy.grants.len())));
+        let shadow = match (&config.shadow_policies, shadow) {
+            (Some(dir), Some(shadow)) => match load_policies(dir) {
+                Ok(candidate) => {
+                    tracing::info!(shadow_version = %candidate.version, dir = %dir.display(), "shadow policy loaded");
+                    Some((candidate, shadow))
+                }
+                Err(errors) => {
+                    for e in &errors.0 {
+                        tracing::error!(error = %e, "shadow policy error");
+                        eprintln!("--shadow-policies: {e}");
+                    }
+                    return Err(Exit::Config);
+                }
+            },
+            _ => None,
+        };
         if grants_db.is_some() && !policy.grants.is_empty() {
             tracing::warn!(
                 grants = policy.grants.len(),
@@ -291,7 +321,15 @@ impl App {
             metrics,
             log_lines,
             grants_db,
+            shadow,
         })
+    }
+
+    /// The shadow policy's counts and latest disagreements
+    /// ([`Shadow::summary`], what the console shows); `None` without
+    /// `--shadow-policies`. Shared: it is the one `run` serves with.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.as_ref().map(|(_, shadow)| shadow.clone())
     }
 
     /// Serves until `shutdown` completes, then stops being ready, drains the
@@ -314,6 +352,7 @@ impl App {
             metrics,
             log_lines,
             grants_db,
+            shadow,
         } = self;
         // Grants from the database: schema checked and the change feed
         // followed before the service says it is ready.
@@ -372,6 +411,33 @@ impl App {
                 return Exit::Failure;
             }
         };
+        // The shadow policy: its own handle, loaded and reloaded as the
+        // served one is (no metrics of the served policy's).
+        let mut shadow_reloads = None;
+        let shadow = match shadow {
+            Some((mut candidate, shadow)) => {
+                fetcher.adopt(&mut candidate);
+                let handle = Arc::new(ArcSwap::from_pointee(candidate));
+                let adopter = fetcher.clone();
+                let dir = config.shadow_policies.clone().unwrap_or_default();
+                let reloader = Reloader::new(&dir, handle.clone(), None)
+                    .with_prepare(Box::new(move |policy| adopter.adopt(policy)))
+                    .with_label("shadow");
+                match reload::watch(Arc::new(reloader), config.watch) {
+                    Ok(reloads) => shadow_reloads = Some(reloads),
+                    Err(e) => {
+                        eprintln!("cannot watch {}: {e}", dir.display());
+                        return Exit::Failure;
+                    }
+                }
+                if let Err(e) = shadow.start(handle, SHADOW_QUEUE) {
+                    eprintln!("cannot start the shadow policy's thread: {e}");
+                    return Exit::Failure;
+                }
+                Some(shadow)
+            }
+            None => None,
+        };
         let mut tls_reloads = Vec::new();
         for served in [&tls, &api_tls].into_iter().flatten() {
             match tls::watch(served.clone(), config.watch) {
@@ -428,6 +494,10 @@ impl App {
         };
         let authorizer = Authorizer::from_pdp(pdp, ResponseConfig::new(&config.subject_header))
             .with_readiness(readiness.clone());
+        let authorizer = match shadow {
+            Some(shadow) => authorizer.with_shadow(shadow),
+            None => authorizer,
+        };
 
         // Draining stops the checks and the API together (the API's shutdown
         // grace is the drain time); the admin server stops last.
@@ -466,6 +536,9 @@ impl App {
         // runs outlive this call, so they are aborted, never left reloading.
         let mut background = JoinSet::new();
         background.spawn(reloads);
+        if let Some(shadow_reloads) = shadow_reloads {
+            background.spawn(shadow_reloads);
+        }
         for tls_reloads in tls_reloads {
             background.spawn(tls_reloads);
         }

@@ -8,6 +8,16 @@
 //! gives every other line (`timestamp`, `level`, `fields`, `target`), so
 //! one parser reads the whole stream. Tokens are never part of a decision,
 //! so they cannot reach the log.
+//!
+//! An HTTP check's line also carries what `portcullis replay` needs to
+//! decide it again against another policy, and no more ([`Replayable`],
+//! the `request` object): the method, the normalized path (no query), the
+//! Host, the destination principal, the context extensions, the headers
+//! the served policy's conditions read, how the caller authenticated, and
+//! the verified principal's issuer, token groups and the claims the served
+//! policy's conditions read (kept only when one reads them). Never a token.
+//! Allows are sampled, so a replay sees every deny but only a sample of
+//! allows.
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +25,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-use crate::engine::{Decision, Reason, RuleText, Unmatched};
+use crate::engine::{Credential, Decision, Reason, RequestAttrs, RuleText, Unmatched};
 use crate::logging::LogLines;
+use crate::path;
 
 /// The allow sampling rate a new `serve` has: every deny, one allow in a
 /// hundred. Metrics count every decision; the log is for reading.
@@ -82,6 +93,20 @@ impl DecisionLog {
         elapsed: Duration,
         unmatched: Option<&Unmatched>,
     ) {
+        self.record_replayable(decision, request_id, version, elapsed, unmatched, None);
+    }
+
+    /// [`Self::record`], with what a replay needs of the request
+    /// (`replayable`): the line's `entry` and `request` fields.
+    pub fn record_replayable(
+        &self,
+        decision: &Decision,
+        request_id: Option<&str>,
+        version: &str,
+        elapsed: Duration,
+        unmatched: Option<&Unmatched>,
+        replayable: Option<Replayable<'_>>,
+    ) {
         if !tracing::enabled!(target: "decision", tracing::Level::INFO)
             || !self.should_log(decision)
         {
@@ -117,6 +142,11 @@ impl DecisionLog {
                 rule: Shown(Blank(decision.rule())),
                 policy_version: version,
                 latency_us: elapsed.as_micros() as u64,
+                entry: replayable.as_ref().map(|r| r.entry),
+                request: replayable
+                    .as_ref()
+                    .and_then(|r| Some((r.http?, r.claims)))
+                    .map(|(attrs, claims)| RequestFields::new(attrs, decision, claims)),
             },
             target: "decision",
         };
@@ -169,6 +199,149 @@ struct Fields<'a> {
     rule: Shown<Blank<RuleText<'a>>>,
     policy_version: &'a str,
     latency_us: u64,
+    /// The door the decision came through (`ext_authz`, `authzen`,
+    /// `events`); absent from lines logged before replay fields existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<RequestFields<'a>>,
+}
+
+/// What a decision log line needs beyond the decision to be replayed.
+#[derive(Debug, Clone, Copy)]
+pub struct Replayable<'a> {
+    /// The entry point's label ([`crate::pdp::Entry::label`]).
+    pub entry: &'static str,
+    /// The HTTP request decided; `None` for other forms (not replayable).
+    pub http: Option<&'a RequestAttrs<'a>>,
+    /// The claims the policy's conditions read
+    /// ([`crate::policy::PolicySet::condition_claims`]): only these of the
+    /// principal's claims are logged; `None`, all it kept.
+    pub claims: Option<&'a [String]>,
+}
+
+/// How the caller of a logged HTTP check authenticated, for replay.
+pub mod credential {
+    /// No Authorization header and no payload verified by jwt_authn.
+    pub const ABSENT: &str = "absent";
+    /// A bearer token (verified when the line has a `principal`).
+    pub const BEARER: &str = "bearer";
+    /// A payload Envoy's jwt_authn filter verified.
+    pub const JWT_AUTHN: &str = "jwt_authn";
+    /// An Authorization header refused outright (`reason` says how).
+    pub const INVALID: &str = "invalid";
+}
+
+/// Longest Host and method a line records; a longer one (no real client
+/// sends one) leaves both out and marks the request `oversized`, so a line
+/// stays small whatever a client sends.
+const MAX_LOGGED_HOST: usize = 1024;
+const MAX_LOGGED_METHOD: usize = 64;
+
+/// The `request` object of an HTTP check's line: everything the engine
+/// reads of the request, but the token.
+#[derive(Serialize)]
+struct RequestFields<'a> {
+    /// The Host or the method was too long to log: replay reports the line
+    /// as one it cannot replay.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    oversized: bool,
+    method: &'a str,
+    /// Normalized, without the query; absent for a path the normalizer
+    /// refuses (a bad path is refused by every policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    host: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    destination: &'a str,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    context_extensions:
+        &'a std::collections::BTreeMap<std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    headers: &'a std::collections::BTreeMap<std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>>,
+    credential: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal: Option<PrincipalFields<'a>>,
+}
+
+/// The verified principal: issuer, token groups (the policy's are the
+/// policy's, added again by whichever policy replays) and, of the claims
+/// it kept, those a condition of the served policy reads (by name, when
+/// every read names its claim).
+#[derive(Serialize)]
+struct PrincipalFields<'a> {
+    issuer: &'a str,
+    subject: &'a str,
+    groups: &'a [String],
+    #[serde(skip_serializing_if = "ClaimsRead::is_empty")]
+    claims: ClaimsRead<'a>,
+}
+
+/// The principal's claims that the policy's conditions read.
+struct ClaimsRead<'a> {
+    claims: &'a serde_json::Map<String, serde_json::Value>,
+    /// `None`: every claim kept may be read.
+    names: Option<&'a [String]>,
+}
+
+impl ClaimsRead<'_> {
+    fn read(&self) -> impl Iterator<Item = (&String, &serde_json::Value)> {
+        self.claims
+            .iter()
+            .filter(|(name, _)| self.names.is_none_or(|names| names.contains(name)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.read().next().is_none()
+    }
+}
+
+impl Serialize for ClaimsRead<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.read())
+    }
+}
+
+impl<'a> RequestFields<'a> {
+    fn new(
+        attrs: &'a RequestAttrs<'a>,
+        decision: &'a Decision,
+        claims: Option<&'a [String]>,
+    ) -> Self {
+        let credential = if attrs.verified_payloads.is_empty() {
+            match &attrs.credential {
+                Credential::Absent => credential::ABSENT,
+                Credential::Bearer(_) => credential::BEARER,
+                Credential::Invalid(_) => credential::INVALID,
+            }
+        } else {
+            credential::JWT_AUTHN
+        };
+        let oversized =
+            attrs.host.len() > MAX_LOGGED_HOST || attrs.method.len() > MAX_LOGGED_METHOD;
+        let bounded = |text: &'a str| if oversized { "" } else { text };
+        RequestFields {
+            oversized,
+            method: bounded(&attrs.method),
+            path: path::normalize(&attrs.path)
+                .ok()
+                .map(|p| p.as_str().to_owned()),
+            host: bounded(&attrs.host),
+            destination: &attrs.destination,
+            context_extensions: &attrs.context_extensions,
+            headers: &attrs.headers,
+            credential,
+            principal: decision.principal.as_deref().map(|p| PrincipalFields {
+                issuer: &p.issuer,
+                subject: &p.subject,
+                groups: &p.groups,
+                claims: ClaimsRead {
+                    claims: &p.claims,
+                    names: claims,
+                },
+            }),
+        }
+    }
 }
 
 /// Serializes a value as the string its `Display` writes, without an

@@ -34,6 +34,8 @@ pub mod logging;
 pub mod metrics;
 pub mod pdp;
 pub mod reload;
+pub mod replay;
 pub mod server;
+pub mod shadow;
 pub mod tls;
 pub mod token_cache;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::decision_cache::DecisionCache;
-use crate::decision_log::DecisionLog;
+use crate::decision_log::{DecisionLog, Replayable};
 use crate::engine::{self, Decision, DenyStatus, Reason};
 use crate::grants_db::{DbError, GrantCache, GrantStore, Revision};
 use crate::jwks::JwksFetcher;
@@ -299,12 +299,17 @@ impl Pdp {
                 }
                 _ => None,
             };
-            log.record(
+            log.record_replayable(
                 done.decision,
                 done.request_id,
                 &done.policy.version,
                 elapsed,
                 unmatched.as_ref(),
+                Some(Replayable {
+                    entry: done.entry.label(),
+                    http: done.http,
+                    claims: done.policy.condition_claims.as_deref(),
+                }),
             );
         }
     }

@@ -44,6 +44,8 @@ pub struct Reloader {
     metrics: Option<Arc<Metrics>>,
     prepare: Option<Prepare>,
     published: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Which policy this reloads, in its log lines (`served`, `shadow`).
+    label: &'static str,
 }
 
 impl Reloader {
@@ -54,7 +56,15 @@ impl Reloader {
             metrics,
             prepare: None,
             published: None,
+            label: "served",
         }
+    }
+
+    /// Names the policy in log lines (`policies = label`): `shadow` for
+    /// `--shadow-policies`.
+    pub(crate) fn with_label(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
     }
 
     /// Runs `published` after each new policy is published: to drop cache
@@ -113,20 +123,22 @@ impl Reloader {
         let started = std::time::Instant::now();
         let outcome = self.reload();
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let policies = self.label;
         match &outcome {
             ReloadOutcome::Published { version, grants } => {
-                tracing::info!(trigger, policy_version = %version, grants, elapsed_ms, "policy reloaded");
+                tracing::info!(trigger, policies, policy_version = %version, grants, elapsed_ms, "policy reloaded");
             }
             ReloadOutcome::Unchanged { version } => {
-                tracing::debug!(trigger, policy_version = %version, "policy unchanged");
+                tracing::debug!(trigger, policies, policy_version = %version, "policy unchanged");
             }
             ReloadOutcome::Failed(errors) => {
                 for error in &errors.0 {
-                    tracing::error!(trigger, error = %error, "policy error");
+                    tracing::error!(trigger, policies, error = %error, "policy error");
                 }
                 let kept = self.policy.load().version.clone();
                 tracing::error!(
                     trigger,
+                    policies,
                     errors = errors.0.len(),
                     policy_version = %kept,
                     "policy reload failed; still serving the last good policy"

@@ -42,6 +42,7 @@ use crate::jwks::JwksFetcher;
 use crate::metrics::Metrics;
 use crate::pdp::{Entry, Pdp, Recorded};
 use crate::policy::PolicyHandle;
+use crate::shadow::{self, Shadow};
 use crate::token_cache::TokenCache;
 
 pub use crate::pdp::{system_clock, Clock, KEY_REFETCH_WAIT};
@@ -57,6 +58,7 @@ pub struct Authorizer {
     pdp: Pdp,
     response: Arc<ResponseConfig>,
     readiness: Option<Arc<Readiness>>,
+    shadow: Option<Arc<Shadow>>,
 }
 
 impl Authorizer {
@@ -78,7 +80,15 @@ impl Authorizer {
             pdp,
             response: Arc::new(response),
             readiness: None,
+            shadow: None,
         }
+    }
+
+    /// Asks `shadow`'s candidate policy about every check too, once it is
+    /// answered, off the request path ([`Shadow::offer`] never waits).
+    pub fn with_shadow(mut self, shadow: Arc<Shadow>) -> Self {
+        self.shadow = Some(shadow);
+        self
     }
 
     /// Reports `grpc.health.v1` SERVING only while `readiness` is set (as
@@ -136,6 +146,21 @@ impl Authorizer {
             decision: self.decide(request).await,
             config: self.response.clone(),
         }
+    }
+
+    /// A check as the server answers it: [`Authorizer::answer`], then
+    /// (with `--shadow-policies`) the same request offered to the shadow
+    /// policy, off the request path.
+    pub async fn serve(&self, request: CheckRequest) -> Answer {
+        let answer = self.answer(&request).await;
+        if let Some(shadow) = &self.shadow {
+            shadow.offer(
+                shadow_question(request),
+                answer.decision.clone(),
+                self.pdp.now(),
+            );
+        }
+        answer
     }
 
     async fn decide(&self, request: &CheckRequest) -> Arc<Decision> {
@@ -242,8 +267,47 @@ impl tonic::server::UnaryService<CheckRequest> for Checks {
 
     fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
         let authorizer = self.0.clone();
-        Box::pin(async move { Ok(Response::new(authorizer.answer(request.get_ref()).await)) })
+        Box::pin(async move { Ok(Response::new(authorizer.serve(request.into_inner()).await)) })
     }
+}
+
+/// A served check as the shadow worker asks it: read by the adapter with
+/// the candidate's condition headers, decided by the engine over the
+/// candidate and its file grants.
+pub fn shadow_question(request: CheckRequest) -> shadow::Question {
+    Box::new(move |policy, caller, now| {
+        let read = adapter::read(&request, &policy.condition_headers, false);
+        let (decision, request_id) = match &read.check {
+            Ok(Check::Http(attrs)) => (
+                engine::decide(
+                    policy,
+                    &*policy.grants,
+                    &engine::Request::Http(attrs),
+                    caller,
+                    now,
+                ),
+                attrs.request_id.as_deref().unwrap_or_default().to_owned(),
+            ),
+            Ok(Check::Connection(connection)) => (
+                engine::decide(
+                    policy,
+                    &*policy.grants,
+                    &engine::Request::Connection(connection),
+                    caller,
+                    now,
+                ),
+                String::new(),
+            ),
+            Err(_) => (
+                Decision::deny(engine::DenyStatus::Forbidden, Reason::InternalError),
+                String::new(),
+            ),
+        };
+        shadow::Asked {
+            decision,
+            request_id,
+        }
+    })
 }
 
 /// Serves ext_authz and `grpc.health.v1` on `listener` until `shutdown`

@@ -141,7 +141,7 @@ fn work(queue: &Mutex<Receiver<Job>>, runtime: &tokio::runtime::Runtime) {
 
 /// Nice +10 for this thread (on Linux a thread's nice value is its own):
 /// under contention the scheduler prefers the runtime's threads.
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: gettid and setpriority take and return plain integers;

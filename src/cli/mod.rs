@@ -36,6 +36,7 @@ mod check;
 mod db;
 mod event;
 mod grants;
+mod replay;
 mod serve;
 mod test;
 mod token;
@@ -85,6 +86,8 @@ pub enum Command {
         #[arg(long)]
         grants_database_url: Option<String>,
     },
+    /// Decide a decision log again against a candidate policy directory and report what would change (exit 0 no change, 1 changes, 3 lines that cannot be replayed)
+    Replay(replay::ReplayArgs),
     /// The grants database's schema (`db migrate`)
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -167,6 +170,9 @@ pub struct ServeArgs {
     pub event_replay_capacity: usize,
     #[command(flatten)]
     pub grants_db: db::ServeDatabaseArgs,
+    /// A candidate policy directory: every check is decided against it too, off the request path, never changing the answer; disagreements are counted (portcullis_shadow_disagreements_total) and logged (target shadow)
+    #[arg(long, env = "PORTCULLIS_SHADOW_POLICIES")]
+    pub shadow_policies: Option<PathBuf>,
 }
 
 /// A size in bytes: digits, optionally followed by `Ki`, `Mi` or `Gi`
@@ -263,6 +269,7 @@ pub fn run(cli: Cli) -> ExitCode {
             grants_database_url,
             explore: None,
         } => test::test(&paths, grants_database_url),
+        Command::Replay(args) => replay::replay(args),
         Command::Db(command) => db::db(command),
         Command::Grants(command) => grants::grants(command),
     }

@@ -84,6 +84,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         tls,
         api,
         grants_db,
+        shadow_policies: args.shadow_policies,
     });
     log_lines.close();
     exit.into()

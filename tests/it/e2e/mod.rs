@@ -8,5 +8,6 @@ mod istio_tls;
 mod jwt_authn;
 mod per_pod;
 mod reload;
+mod shadow;
 mod tls;
 mod walkthrough;

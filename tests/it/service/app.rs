@@ -41,6 +41,7 @@ fn config(policies: PathBuf) -> ServeConfig {
         tls: None,
         api: None,
         grants_db: None,
+        shadow_policies: None,
     }
 }
 

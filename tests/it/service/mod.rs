@@ -11,6 +11,8 @@ mod grants_db;
 mod jwks;
 mod operations;
 pub(crate) mod reload;
+mod replay;
 mod server;
+mod shadow;
 pub(crate) mod tls;
 pub(crate) mod walkthrough;

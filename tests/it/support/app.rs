@@ -43,6 +43,7 @@ pub fn serve_config(policies: &Path) -> ServeConfig {
             replay_capacity: 1000,
         }),
         grants_db: None,
+        shadow_policies: None,
     }
 }
 

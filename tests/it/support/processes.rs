@@ -415,9 +415,19 @@ impl Stack {
     /// Starts a stack on `policies` behind the Envoy template `template`
     /// (relative to the repository), with `extra` placeholders replaced too.
     pub fn start_with(policies: &Path, template: &str, extra: &[(&str, &str)]) -> Stack {
+        Self::start_with_env(policies, template, extra, &[])
+    }
+
+    /// [`Stack::start_with`], Portcullis started with `env` too.
+    pub fn start_with_env(
+        policies: &Path,
+        template: &str,
+        extra: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Stack {
         let envoy_bin = find_envoy();
         let upstream = EchoUpstream::start();
-        let portcullis = Portcullis::start(policies);
+        let portcullis = Portcullis::start_with_env(policies, env);
         let config = render_envoy_config_with(
             &repo_path(template),
             &EnvoyPorts::ephemeral(portcullis.port(), upstream.port()),

@@ -132,6 +132,7 @@ fn decide_route(
     }
     decision.valid_until = Some(valid_until);
     drop(attributes);
+    decision.principal = Some(principal);
     with_route(decision, resource)
 }
 
@@ -152,6 +153,7 @@ fn refuse_unknown(
             let mut d = Decision::deny(DenyStatus::Forbidden, reason);
             d.subject = Some(principal.subject.clone());
             d.valid_until = Some(policy.issuers.valid_until(&principal));
+            d.principal = Some(principal);
             d
         }
         Err(unauthenticated) => {

@@ -355,6 +355,11 @@ pub struct Decision {
     /// Until when (seconds since the epoch) the decision holds: the
     /// subject's token validity; `None` when no token was involved.
     pub valid_until: Option<u64>,
+    /// The verified principal an HTTP decision was made for (its token's
+    /// groups and the claims conditions read, never the token): what the
+    /// decision log records so `portcullis replay` and shadow policies can
+    /// decide the request again without tokens or keys. Shared, not copied.
+    pub principal: Option<Arc<Principal>>,
 }
 
 impl Decision {
@@ -370,6 +375,7 @@ impl Decision {
             matched_rule: None,
             dry_run: false,
             valid_until: None,
+            principal: None,
         }
     }
 

@@ -263,6 +263,7 @@ mod tests {
             matched_rule: Some(rule),
             dry_run: false,
             valid_until: None,
+            principal: None,
         }
     }
 

@@ -56,6 +56,10 @@ pub struct PolicySet {
     pub conditions: ConditionEnv,
     /// What the policy's conditions read, over all of them.
     pub condition_reads: Reads,
+    /// The claims the policy's conditions read, sorted, when every read
+    /// names its claim; `None` when some condition may read any. What the
+    /// decision log records of a principal's claims.
+    pub condition_claims: Option<Vec<String>>,
     /// Lower-case names of every request header some route makes visible
     /// to conditions (`headers:`), sorted: the adapter copies these, and
     /// only these, into [`crate::engine::RequestAttrs::headers`].

@@ -141,6 +141,14 @@ pub(super) struct Checker {
     pub(super) scopes: Vec<(String, Ty)>,
     pub(super) reads: Reads,
     pub(super) headers: Vec<String>,
+    /// Claims read by a literal name (`subject.claims.email`,
+    /// `subject.claims["email"]`).
+    pub(super) claim_names: Vec<String>,
+    /// Times `subject.claims` is read at all, and by a literal name: when
+    /// they differ, some read names no claim (the whole map, a computed
+    /// key) and every claim may be read.
+    pub(super) claims_reads: usize,
+    pub(super) claims_named: usize,
 }
 
 type Checked = Result<Ty, CheckError>;
@@ -191,6 +199,9 @@ impl Checker {
                 }
             }
             Expr::Select(select) => {
+                if self.is_claims(&select.operand) {
+                    self.note_claim(&select.field);
+                }
                 let operand = self.infer(&select.operand)?;
                 let ty = self.select(e, &operand, &select.field)?;
                 if let Ty::Object(Root::Context) = operand {
@@ -201,6 +212,7 @@ impl Checker {
                 if let Ty::Object(Root::Subject) = operand {
                     if select.field == "claims" {
                         self.reads.claims = true;
+                        self.claims_reads += 1;
                     }
                 }
                 // `has(a.b)` is a presence test: true or false.
@@ -390,6 +402,11 @@ impl Checker {
                     (Ty::List(element), Ty::Int | Ty::Uint | Ty::Dyn) => Ok((**element).clone()),
                     (Ty::Map(value), Ty::String | Ty::Dyn) => {
                         self.note_header(&call.args[0], &call.args[1]);
+                        if self.is_claims(&call.args[0]) {
+                            if let Expr::Literal(LiteralValue::String(name)) = &call.args[1].expr {
+                                self.note_claim(name.inner());
+                            }
+                        }
                         Ok((**value).clone())
                     }
                     (Ty::Dyn, _) => Ok(Ty::Dyn),
@@ -534,6 +551,28 @@ impl Checker {
             }
         };
         Ok(ty)
+    }
+
+    /// `subject.claims`, with `subject` not a comprehension's variable.
+    fn is_claims(&self, e: &IdedExpr) -> bool {
+        let Expr::Select(select) = &e.expr else {
+            return false;
+        };
+        let Expr::Ident(root) = &select.operand.expr else {
+            return false;
+        };
+        root == "subject"
+            && select.field == "claims"
+            && !select.test
+            && !self.scopes.iter().any(|(n, _)| n == root)
+    }
+
+    /// Remembers a claim read by a literal name.
+    fn note_claim(&mut self, name: &str) {
+        self.claims_named += 1;
+        if !self.claim_names.iter().any(|n| n == name) {
+            self.claim_names.push(name.to_owned());
+        }
     }
 
     /// Remembers `context.headers["name"]` read with a literal name.

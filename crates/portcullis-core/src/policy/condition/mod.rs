@@ -102,6 +102,9 @@ pub struct Condition {
     /// (`context.headers["x-tenant"]`), for the loader to check that some
     /// route names them.
     headers: Vec<String>,
+    /// The claims the condition reads, when each read names one; `None`
+    /// when it may read any (the whole map, a computed key).
+    claim_names: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Condition {
@@ -149,6 +152,9 @@ impl Condition {
             scopes: Vec::new(),
             reads: Reads::default(),
             headers: Vec::new(),
+            claim_names: Vec::new(),
+            claims_reads: 0,
+            claims_named: 0,
         };
         let ty = checker.infer(program.expression()).map_err(|e| {
             let column = program
@@ -172,6 +178,8 @@ impl Condition {
             fast,
             program,
             reads: checker.reads,
+            claim_names: (checker.claims_named >= checker.claims_reads)
+                .then_some(checker.claim_names),
             headers: checker.headers,
         })
     }
@@ -183,6 +191,12 @@ impl Condition {
 
     pub fn reads(&self) -> Reads {
         self.reads
+    }
+
+    /// The claims the condition reads, when every read names one (empty
+    /// when it reads none); `None` when it may read any.
+    pub fn claim_names(&self) -> Option<&[String]> {
+        self.claim_names.as_deref()
     }
 
     /// Header names read with a literal key.

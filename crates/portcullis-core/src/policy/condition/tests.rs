@@ -353,3 +353,30 @@ fn typical_conditions_take_the_fast_path() {
         assert!(!scope.built(), "{source}");
     }
 }
+
+#[test]
+fn the_claims_a_condition_reads_are_named_when_every_read_names_one() {
+    let names = |source: &str| {
+        compile(source)
+            .unwrap_or_else(|e| panic!("{source}: {e}"))
+            .claim_names()
+            .map(<[String]>::to_vec)
+    };
+    assert_eq!(
+        names(r#"subject.claims.department in ["eng", "ops"]"#),
+        Some(vec!["department".to_owned()])
+    );
+    assert_eq!(
+        names(
+            r#"subject.claims["email"] == resource.properties.email && has(subject.claims.tenant)"#
+        ),
+        Some(vec!["email".to_owned(), "tenant".to_owned()])
+    );
+    assert_eq!(names("subject.id == resource.id"), Some(vec![]));
+    // The whole map, or a key computed at run time: any claim.
+    assert_eq!(names(r#""eng" in subject.claims"#), None);
+    assert_eq!(
+        names("subject.claims[resource.properties.key] == true"),
+        None
+    );
+}

@@ -273,17 +273,28 @@ impl<'a> Compiler<'a> {
         );
         let denies = self.denies(&action_index, &groups);
         let connections = self.connections();
-        let condition_reads = roles
-            .iter()
-            .filter_map(|r| r.condition.as_deref())
-            .chain(
+        let all_conditions = || {
+            roles.iter().filter_map(|r| r.condition.as_deref()).chain(
                 applications
                     .iter()
                     .flat_map(|a| a.routes.iter())
                     .filter_map(|r| r.condition.as_deref()),
             )
+        };
+        let condition_reads = all_conditions()
             .map(Condition::reads)
             .fold(Reads::default(), Reads::union);
+        let condition_claims = all_conditions()
+            .filter(|c| c.reads().claims)
+            .try_fold(Vec::new(), |mut names: Vec<String>, c| {
+                names.extend(c.claim_names()?.iter().cloned());
+                Some(names)
+            })
+            .map(|mut names| {
+                names.sort();
+                names.dedup();
+                names
+            });
         let mut issuers = issuers;
         issuers.keep_claims(condition_reads.claims);
         let callers = self.callers();
@@ -310,6 +321,7 @@ impl<'a> Compiler<'a> {
             connections,
             conditions,
             condition_reads,
+            condition_claims,
             condition_headers,
             callers,
             events,
