@@ -41,6 +41,7 @@ fn config(policies: PathBuf) -> ServeConfig {
         tls: None,
         api: None,
         grants_db: None,
+        console: None,
     }
 }
 
@@ -73,6 +74,7 @@ async fn the_service_runs_in_process_and_drains_on_shutdown() {
         grpc: bind().await,
         admin: bind().await,
         api: None,
+        console: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let (listening, addresses) = oneshot::channel::<(SocketAddr, SocketAddr)>();

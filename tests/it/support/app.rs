@@ -43,6 +43,7 @@ pub fn serve_config(policies: &Path) -> ServeConfig {
             replay_capacity: 1000,
         }),
         grants_db: None,
+        console: None,
     }
 }
 
@@ -76,6 +77,7 @@ impl InProcess {
             grpc: bind(),
             admin: bind(),
             api: Some(bind()),
+            console: None,
         };
         let api = listeners
             .api
