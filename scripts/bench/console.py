@@ -37,12 +37,12 @@ def start(binary, policies, run_dir, name, console):
     if console:
         argv += ["--console-listen", "127.0.0.1:0", "--console-open-loopback"]
     proc = Process(name, argv, env=env, stderr_path=run_dir / f"{name}.log")
-    lines = proc.read_lines(3 if console else 2, timeout=60)
+    lines = proc.read_lines(3 if console else 2, timeout=180)
     proc.port = int(lines[0].rsplit(":", 1)[1])
     proc.admin_port = int(lines[1].rsplit(":", 1)[1])
     if console:
         proc.console_port = int(lines[2].rstrip("/").rsplit(":", 1)[1])
-    wait_until(lambda: http_get(proc.admin_port, "/ready")[0] == 200, 60, f"{name} /ready")
+    wait_until(lambda: http_get(proc.admin_port, "/ready")[0] == 200, 180, f"{name} /ready")
     return proc
 
 
@@ -97,6 +97,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--grants", type=int, default=None,
+                        help="a smaller workload (its own directory): this many grants, "
+                             "a tenth as many documents and users")
     parser.add_argument("--portcullis", default=str(ROOT / "target/release/portcullis"))
     parser.add_argument("--loadbench", default=str(ROOT / "target/release/examples/loadbench"))
     args = parser.parse_args()
@@ -106,8 +109,14 @@ def main():
     for path in (binary, loadbench):
         if not path.exists():
             sys.exit(f"{path} is missing: build with `cargo build --release --bins --example loadbench`")
-    workload = out_dir / "workload"
-    summary = ensure_workload(loadbench, workload)
+    if args.grants:
+        workload = out_dir / f"workload-{args.grants}"
+        summary = ensure_workload(loadbench, workload, [
+            "--grants", args.grants, "--documents", max(args.grants // 2, 1),
+            "--users", max(args.grants // 10, 1), "--tokens", max(args.grants // 100, 1)])
+    else:
+        workload = out_dir / "workload"
+        summary = ensure_workload(loadbench, workload)
     plain = start(binary, workload / "policies", run_dir, "without-console", console=False)
     watched = start(binary, workload / "policies", run_dir, "with-console", console=True)
     view = LiveView(watched.console_port, "decision=deny")

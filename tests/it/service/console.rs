@@ -367,3 +367,37 @@ fn explanations_say_what_decided_and_the_live_stream_shows_decisions() {
         assert!(!line.contains(CONSOLE_KEY) && !line.contains(&alice) && !line.contains(&bob));
     }
 }
+
+#[test]
+fn a_console_that_would_leak_is_refused_before_any_port_is_bound() {
+    let dir = policies();
+    for (args, says) in [
+        (
+            &["--console-listen", "0.0.0.0:0"][..],
+            "not a loopback address",
+        ),
+        (
+            &["--console-listen", "0.0.0.0:0", "--console-open-loopback"][..],
+            "needs a loopback --console-listen",
+        ),
+        (&["--console-open-loopback"][..], "need --console-listen"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--policies")
+            .arg(dir.path())
+            .args(args)
+            .env("PORTCULLIS_DEMO_SECRET", crate::support::test_secret())
+            .output()
+            .expect("run portcullis serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
