@@ -30,6 +30,7 @@ ADMIN_PORT ?= 9901
 PORTCULLIS_PORT ?= 9191
 # The AuthZEN API (`serve --api-listen`), plain HTTP on loopback for the demo.
 API_PORT ?= 9292
+CONSOLE_PORT ?= 9293
 DEMO_UPSTREAM_PORT ?= 8081
 UPSTREAM_PORT ?= $(DEMO_UPSTREAM_PORT)
 # The application the front proxy names in context_extensions (`app`): the
@@ -73,7 +74,7 @@ run: build $(ENVOY_CONFIG)
 	envoy_bin=$$(scripts/ensure-envoy.sh); \
 	PORTCULLIS_BIN=$(PORTCULLIS_BIN) ENVOY="$$envoy_bin" ENVOY_CONFIG=$(ENVOY_CONFIG) \
 	POLICIES=$(POLICIES) PORTCULLIS_PORT=$(PORTCULLIS_PORT) LISTEN_PORT=$(LISTEN_PORT) \
-	ADMIN_PORT=$(ADMIN_PORT) API_PORT=$(API_PORT) scripts/run-demo.sh
+	ADMIN_PORT=$(ADMIN_PORT) API_PORT=$(API_PORT) CONSOLE_PORT=$(CONSOLE_PORT) scripts/run-demo.sh
 
 fmt:
 	$(CARGO) fmt --all
@@ -160,7 +161,9 @@ manifests:
 #                         do-nothing server, with h2load beside our client
 #                         (scripts/bench/shipped.py), then the load bench
 #                         (scripts/bench/load.py: direct gRPC and through
-#                         Envoy; LOAD_SECONDS per run), then grants in
+#                         Envoy; LOAD_SECONDS per run), checks with the
+#                         console's live view attached against without
+#                         (scripts/bench/console.py), then grants in
 #                         PostgreSQL at GRANTS_BENCH_N grants (bench-grants),
 #                         and a loopback hop against a veth hop (bench-hop),
 #                         then replay of a 1M-line decision log and the
@@ -173,9 +176,9 @@ CRITERION_BENCHES := decide check tokens policy_load authzen
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 180
 LOAD_SECONDS ?= 8
-.PHONY: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-hop fuzz soak
+.PHONY: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-console bench-hop fuzz soak
 
-bench: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-hop bench-grants bench-replay
+bench: bench-criterion bench-allocations bench-hot-path bench-shipped bench-load bench-console bench-hop bench-grants bench-replay
 
 # `portcullis replay` of a generated REPLAY_BENCH_LINES-line decision log
 # (time, lines/s) and the CPU per check with and without a shadow policy,
@@ -216,6 +219,13 @@ bench-hop:
 	scripts/bench/ensure-tools.sh
 	$(CARGO) build --release --bins --example loadbench
 	python3 scripts/bench/hop.py
+
+# Checks with the console's live view attached and filtering against
+# checks without a console, every decision logged (scripts/bench/console.py).
+# Results in target/bench/console-*.json.
+bench-console:
+	$(CARGO) build --release --bins --example loadbench
+	LOAD_SECONDS=$(LOAD_SECONDS) python3 scripts/bench/console.py
 
 bench-load:
 	scripts/bench/ensure-tools.sh

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::adapter::ResponseConfig;
 use crate::admin::{self, AdminLimits, AdminState, Readiness};
 use crate::api::{self, ApiState};
+use crate::console::{self, ConsoleConfig, ConsoleState};
 use crate::decision_cache::DecisionCache;
 use crate::decision_log::DecisionLog;
 use crate::events::{Replay, ReplayGuard};
@@ -34,7 +35,7 @@ use crate::logging::LogLines;
 use crate::metrics::Metrics;
 use crate::pdp::Pdp;
 use crate::policy::{load_policies, PolicySet};
-use crate::reload::{self, Reloader, WatchConfig};
+use crate::reload::{self, ReloadStatus, Reloader, WatchConfig};
 use crate::server::{self, Authorizer};
 use crate::shadow::{Shadow, SHADOW_QUEUE};
 use crate::tls::{self, Alpn, ServerTls, TlsFiles};
@@ -94,6 +95,8 @@ pub struct ServeConfig {
     /// A candidate policy directory every check is decided against too,
     /// off the request path, never changing the answer (`--shadow-policies`).
     pub shadow_policies: Option<PathBuf>,
+    /// The console listener; `None` (the default) serves no console.
+    pub console: Option<ConsoleConfig>,
 }
 
 /// Settings of the AuthZEN API listener (`--api-listen` and friends).
@@ -137,6 +140,10 @@ pub enum ConfigError {
          drop --event-replay-log"
     )]
     ReplayLogWithDatabase,
+    #[error(transparent)]
+    Console(#[from] console::ConsoleConfigError),
+    #[error("--console-listen must differ from the other listeners ({0} is taken)")]
+    ConsoleListenTaken(SocketAddr),
 }
 
 impl ServeConfig {
@@ -175,6 +182,17 @@ impl ServeConfig {
                 }
             }
         }
+        if let Some(console) = &self.console {
+            console.check()?;
+            let others = [
+                Some(self.listen),
+                Some(self.admin_listen),
+                self.api.as_ref().map(|a| a.listen),
+            ];
+            if console.listen.port() != 0 && others.contains(&Some(console.listen)) {
+                return Err(ConfigError::ConsoleListenTaken(console.listen));
+            }
+        }
         if let Some(db) = &self.grants_db {
             grants_db::pg_config(db).map_err(|error| ConfigError::GrantsDatabase {
                 flag: "--grants-database-url",
@@ -206,6 +224,8 @@ pub struct Listeners {
     pub admin: TcpListener,
     /// The AuthZEN API's, when the configuration asks for one.
     pub api: Option<TcpListener>,
+    /// The console's, when the configuration asks for one.
+    pub console: Option<TcpListener>,
 }
 
 /// Everything loaded and built before a port is bound.
@@ -214,6 +234,7 @@ pub struct App {
     policy: PolicySet,
     tls: Option<Arc<ServerTls>>,
     api_tls: Option<Arc<ServerTls>>,
+    console_tls: Option<Arc<ServerTls>>,
     tokens: TokenCache,
     decisions: Option<DecisionCache>,
     metrics: Arc<Metrics>,
@@ -246,6 +267,10 @@ impl App {
         let tls = load_tls(config.tls.clone(), Alpn::H2)?;
         let api_tls = load_tls(
             config.api.as_ref().and_then(|api| api.tls.clone()),
+            Alpn::Http11,
+        )?;
+        let console_tls = load_tls(
+            config.console.as_ref().and_then(|c| c.tls.clone()),
             Alpn::Http11,
         )?;
         let tokens = TokenCache::with_max_bytes(config.token_cache_bytes, config.token_cache_ttl);
@@ -316,6 +341,7 @@ impl App {
             policy,
             tls,
             api_tls,
+            console_tls,
             tokens,
             decisions,
             metrics,
@@ -347,6 +373,7 @@ impl App {
             mut policy,
             tls,
             api_tls,
+            console_tls,
             tokens,
             decisions,
             metrics,
@@ -401,9 +428,11 @@ impl App {
         fetcher.adopt(&mut policy);
         let policy = Arc::new(ArcSwap::from_pointee(policy));
         let adopter = fetcher.clone();
+        let reload_status = Arc::new(ReloadStatus::new());
         let reloader = Reloader::new(&config.policies, policy.clone(), Some(metrics.clone()))
             .with_prepare(Box::new(move |policy| adopter.adopt(policy)))
-            .with_published(on_publish);
+            .with_published(on_publish)
+            .with_status(reload_status.clone());
         let reloads = match reload::watch(Arc::new(reloader), config.watch) {
             Ok(reloads) => reloads,
             Err(e) => {
@@ -439,7 +468,7 @@ impl App {
             None => None,
         };
         let mut tls_reloads = Vec::new();
-        for served in [&tls, &api_tls].into_iter().flatten() {
+        for served in [&tls, &api_tls, &console_tls].into_iter().flatten() {
             match tls::watch(served.clone(), config.watch) {
                 Ok(reloads) => tls_reloads.push(reloads),
                 Err(e) => {
@@ -485,6 +514,15 @@ impl App {
             }
             None => pdp,
         };
+        let console_state = config.console.as_ref().map(|console| {
+            ConsoleState::new(
+                pdp.clone(),
+                bulkhead.clone(),
+                reload_status.clone(),
+                console_tls.is_some(),
+                console.open_loopback,
+            )
+        });
         let api_state = ApiState {
             pdp: pdp.clone(),
             public_url: config.api.as_ref().and_then(|api| api.public_url.clone()),
@@ -531,6 +569,17 @@ impl App {
                 draining.clone().cancelled_owned(),
             ))
         });
+        let console_address = listeners.console.as_ref().and_then(|l| l.local_addr().ok());
+        let console = match (listeners.console, console_state) {
+            (Some(listener), Some(state)) => Some(servers.spawn(console::run(
+                listener,
+                console_tls.clone(),
+                state,
+                console::limits(Duration::from_secs(1)),
+                draining.clone().cancelled_owned(),
+            ))),
+            _ => None,
+        };
         servers.close();
         // Watchers and the change feed run until the service stops; in-process
         // runs outlive this call, so they are aborted, never left reloading.
@@ -547,10 +596,17 @@ impl App {
         }
         readiness.set(true);
         let version = policy.load().version.clone();
-        let (transport, api_transport) = (transport(&tls), transport(&api_tls));
+        let (transport, api_transport, console_transport) = (
+            transport(&tls),
+            transport(&api_tls),
+            transport(&console_tls),
+        );
         tracing::info!(address = %address, admin_address = %admin_address, transport, policy_version = %version, "serving");
         if let Some(api_address) = api_address {
             tracing::info!(api_address = %api_address, transport = api_transport, "serving the AuthZEN API");
+        }
+        if let Some(console_address) = console_address {
+            tracing::info!(console_address = %console_address, transport = console_transport, "serving the console");
         }
         on_listening(address, admin_address);
 
@@ -584,6 +640,14 @@ impl App {
                 .is_err()
             {
                 tracing::warn!("the API server did not stop in time; exiting anyway");
+            }
+        }
+        if let Some(console) = console {
+            if tokio::time::timeout(Duration::from_secs(3), console)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the console did not stop in time; exiting anyway");
             }
         }
         stopping_admin.cancel();
@@ -649,9 +713,32 @@ pub fn serve(config: ServeConfig) -> Exit {
             .and_then(|l| l.local_addr().ok())
             .map(|a| format!("api listening on {a}\n"))
             .unwrap_or_default();
-        app.run(Listeners { grpc, admin, api }, signal, |address, admin| {
+        let console = match app.config.console.as_ref().map(|c| c.listen) {
+            Some(address) => match bind(address).await {
+                Ok(listener) => Some(listener),
+                Err(()) => return Exit::Failure,
+            },
+            None => None,
+        };
+        let scheme = if app.console_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let console_line = console
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| format!("console listening on {scheme}://{a}/\n"))
+            .unwrap_or_default();
+        let listeners = Listeners {
+            grpc,
+            admin,
+            api,
+            console,
+        };
+        app.run(listeners, signal, |address, admin| {
             announce(&format!(
-                "listening on {address}\nadmin listening on {admin}\n{api_line}"
+                "listening on {address}\nadmin listening on {admin}\n{api_line}{console_line}"
             ));
         })
         .await

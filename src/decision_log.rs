@@ -18,12 +18,19 @@
 //! policy's conditions read (kept only when one reads them). Never a token.
 //! Allows are sampled, so a replay sees every deny but only a sample of
 //! allows.
+//!
+//! A tap ([`DecisionLog::tap`]) hands the same lines, as written, to the
+//! console's live view: only while a subscriber is attached, through a
+//! bounded broadcast channel whose slow readers lose lines, so a check
+//! never waits for a browser.
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
+use tokio::sync::broadcast;
 
 use crate::engine::{Credential, Decision, Reason, RequestAttrs, RuleText, Unmatched};
 use crate::logging::LogLines;
@@ -40,7 +47,13 @@ pub struct DecisionLog {
     allow_every: u64,
     allows: AtomicU64,
     lines: LogLines,
+    /// Every line written, for the console's live view.
+    tap: broadcast::Sender<Arc<[u8]>>,
 }
+
+/// Lines the tap holds for its slowest subscriber; past it, that
+/// subscriber loses the oldest (and is told how many).
+pub const TAP_CAPACITY: usize = 1024;
 
 impl DecisionLog {
     /// `rate` is the fraction of allows logged, clamped to 0.0..=1.0.
@@ -49,7 +62,16 @@ impl DecisionLog {
             allow_every: allow_interval(rate),
             allows: AtomicU64::new(0),
             lines,
+            tap: broadcast::Sender::new(TAP_CAPACITY),
         }
+    }
+
+    /// Every line this log writes from now on (the serialized JSON, with
+    /// its newline), for as long as the receiver lives. A receiver that
+    /// falls [`TAP_CAPACITY`] lines behind loses the oldest; the writer
+    /// never waits.
+    pub fn tap(&self) -> broadcast::Receiver<Arc<[u8]>> {
+        self.tap.subscribe()
     }
 
     fn should_log(&self, decision: &Decision) -> bool {
@@ -153,6 +175,10 @@ impl DecisionLog {
         let mut bytes = Vec::with_capacity(512);
         if serde_json::to_writer(&mut bytes, &line).is_ok() {
             bytes.push(b'\n');
+            // One copy, and only while the console watches.
+            if self.tap.receiver_count() > 0 {
+                let _ = self.tap.send(Arc::from(bytes.as_slice()));
+            }
             self.lines.write_line(bytes);
         }
     }

@@ -23,6 +23,7 @@ pub mod api;
 pub mod app;
 pub mod cases;
 pub mod cli;
+pub mod console;
 pub mod decision_cache;
 pub mod decision_log;
 pub mod events;

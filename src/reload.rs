@@ -34,6 +34,59 @@ pub enum ReloadOutcome {
     Failed(LoadErrors),
 }
 
+/// What the console shows of the reloads: when the served policy was
+/// published and what the last failed reload said (`file:line: message`),
+/// until a later reload publishes or finds the directory unchanged.
+#[derive(Debug)]
+pub struct ReloadStatus {
+    state: std::sync::Mutex<ReloadState>,
+}
+
+/// One reading of [`ReloadStatus`].
+#[derive(Debug, Clone)]
+pub struct ReloadState {
+    /// When the served policy was published.
+    pub loaded_at: std::time::SystemTime,
+    /// When the last reload failed, and its errors; `None` once one
+    /// succeeds.
+    pub last_failure: Option<(std::time::SystemTime, Vec<String>)>,
+}
+
+/// Errors a failed reload keeps for the console; more are counted.
+const KEPT_RELOAD_ERRORS: usize = 50;
+
+impl ReloadStatus {
+    /// Status of a policy published now.
+    pub fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::new(ReloadState {
+                loaded_at: std::time::SystemTime::now(),
+                last_failure: None,
+            }),
+        }
+    }
+
+    pub fn read(&self) -> ReloadState {
+        match self.state.lock() {
+            Ok(state) => state.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut ReloadState)) {
+        match self.state.lock() {
+            Ok(mut state) => change(&mut state),
+            Err(poisoned) => change(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+impl Default for ReloadStatus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Work done on a freshly loaded policy before it is published.
 pub(crate) type Prepare = Box<dyn Fn(&mut PolicySet) + Send + Sync>;
 
@@ -46,6 +99,7 @@ pub struct Reloader {
     published: Option<Box<dyn Fn() + Send + Sync>>,
     /// Which policy this reloads, in its log lines (`served`, `shadow`).
     label: &'static str,
+    status: Option<Arc<ReloadStatus>>,
 }
 
 impl Reloader {
@@ -57,6 +111,7 @@ impl Reloader {
             prepare: None,
             published: None,
             label: "served",
+            status: None,
         }
     }
 
@@ -64,6 +119,12 @@ impl Reloader {
     /// `--shadow-policies`.
     pub(crate) fn with_label(mut self, label: &'static str) -> Self {
         self.label = label;
+        self
+    }
+
+    /// Keeps `status` up to date with each reload's outcome.
+    pub(crate) fn with_status(mut self, status: Arc<ReloadStatus>) -> Self {
+        self.status = Some(status);
         self
     }
 
@@ -84,6 +145,35 @@ impl Reloader {
     /// Loads the directory and publishes it when it loads and differs from
     /// what is served. Reads files: call it off the async workers.
     pub fn reload(&self) -> ReloadOutcome {
+        let outcome = self.load_and_publish();
+        if let Some(status) = &self.status {
+            status.update(|state| match &outcome {
+                ReloadOutcome::Published { .. } => {
+                    state.loaded_at = std::time::SystemTime::now();
+                    state.last_failure = None;
+                }
+                ReloadOutcome::Unchanged { .. } => state.last_failure = None,
+                ReloadOutcome::Failed(errors) => {
+                    let mut kept: Vec<String> = errors
+                        .0
+                        .iter()
+                        .take(KEPT_RELOAD_ERRORS)
+                        .map(ToString::to_string)
+                        .collect();
+                    if errors.0.len() > KEPT_RELOAD_ERRORS {
+                        kept.push(format!(
+                            "... and {} more",
+                            errors.0.len() - KEPT_RELOAD_ERRORS
+                        ));
+                    }
+                    state.last_failure = Some((std::time::SystemTime::now(), kept));
+                }
+            });
+        }
+        outcome
+    }
+
+    fn load_and_publish(&self) -> ReloadOutcome {
         match load_policies(&self.dir) {
             Ok(mut policy) => {
                 // Compare without holding a guard: `retire` waits for the old

@@ -19,6 +19,7 @@ use jsonwebtoken::{EncodingKey, Header};
 
 use crate::adapter::{self, DEFAULT_SUBJECT_HEADER};
 use crate::app::{self, ApiConfig, Exit, ServeConfig};
+use crate::console::ConsoleConfig;
 use crate::decision_cache::{DEFAULT_DECISION_CACHE_BYTES, DEFAULT_DECISION_CACHE_TTL};
 use crate::decision_log::DEFAULT_ALLOW_RATE;
 use crate::engine::{self, Decision, RequestAttrs};
@@ -168,6 +169,21 @@ pub struct ServeArgs {
     /// Most unexpired event ids remembered; past it, new events are refused, never old ids forgotten
     #[arg(long, env = "PORTCULLIS_EVENT_REPLAY_CAPACITY", default_value_t = DEFAULT_REPLAY_CAPACITY)]
     pub event_replay_capacity: usize,
+    /// Address for the console (a web UI: live decisions, explain, searches, the policy); no console when absent. Off the loopback interface it needs --console-tls-cert
+    #[arg(long, env = "PORTCULLIS_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the console listener (with --console-tls-key: serve HTTPS)
+    #[arg(long, env = "PORTCULLIS_CONSOLE_TLS_CERT")]
+    pub console_tls_cert: Option<PathBuf>,
+    /// PEM private key of the --console-tls-cert certificate
+    #[arg(long, env = "PORTCULLIS_CONSOLE_TLS_KEY")]
+    pub console_tls_key: Option<PathBuf>,
+    /// PEM CA bundle: console clients present certificates issued by it, and one naming a caller with `may: [console]` needs no sign-in
+    #[arg(long, env = "PORTCULLIS_CONSOLE_TLS_CLIENT_CA")]
+    pub console_tls_client_ca: Option<PathBuf>,
+    /// Let anyone who reaches the console use it without signing in; only with a loopback --console-listen (a development machine)
+    #[arg(long, env = "PORTCULLIS_CONSOLE_OPEN_LOOPBACK", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub console_open_loopback: bool,
     #[command(flatten)]
     pub grants_db: db::ServeDatabaseArgs,
     /// A candidate policy directory: every check is decided against it too, off the request path, never changing the answer; disagreements are counted (portcullis_shadow_disagreements_total) and logged (target shadow)

@@ -64,6 +64,30 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
             return Exit::Usage.into();
         }
     };
+    let console_tls = match tls_files(
+        "console-",
+        args.console_tls_cert,
+        args.console_tls_key,
+        args.console_tls_client_ca,
+    ) {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("{message}");
+            return Exit::Usage.into();
+        }
+    };
+    let console = match args.console_listen {
+        Some(listen) => Some(ConsoleConfig {
+            listen,
+            tls: console_tls,
+            open_loopback: args.console_open_loopback,
+        }),
+        None if console_tls.is_some() || args.console_open_loopback => {
+            eprintln!("--console-tls-* and --console-open-loopback need --console-listen");
+            return Exit::Usage.into();
+        }
+        None => None,
+    };
     let grants_db = args.grants_db.config();
     let exit = app::serve(ServeConfig {
         policies: args.policies,
@@ -85,6 +109,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         api,
         grants_db,
         shadow_policies: args.shadow_policies,
+        console,
     });
     log_lines.close();
     exit.into()

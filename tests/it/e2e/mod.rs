@@ -1,6 +1,7 @@
 //! Through a real Envoy, with the shipped templates: a missing Envoy fails
 //! these tests (`scripts/ensure-envoy.sh` installs one).
 
+mod console;
 mod envoy_headers;
 mod front_proxy;
 mod istio;

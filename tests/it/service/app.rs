@@ -42,6 +42,7 @@ fn config(policies: PathBuf) -> ServeConfig {
         api: None,
         grants_db: None,
         shadow_policies: None,
+        console: None,
     }
 }
 
@@ -74,6 +75,7 @@ async fn the_service_runs_in_process_and_drains_on_shutdown() {
         grpc: bind().await,
         admin: bind().await,
         api: None,
+        console: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let (listening, addresses) = oneshot::channel::<(SocketAddr, SocketAddr)>();

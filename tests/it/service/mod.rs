@@ -6,6 +6,7 @@ mod app;
 mod authzen;
 mod authzen_certification;
 mod cli;
+pub(crate) mod console;
 mod events;
 mod grants_db;
 mod jwks;

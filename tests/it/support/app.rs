@@ -44,6 +44,7 @@ pub fn serve_config(policies: &Path) -> ServeConfig {
         }),
         grants_db: None,
         shadow_policies: None,
+        console: None,
     }
 }
 
@@ -77,6 +78,7 @@ impl InProcess {
             grpc: bind(),
             admin: bind(),
             api: Some(bind()),
+            console: None,
         };
         let api = listeners
             .api

@@ -35,6 +35,7 @@ mod templates;
 mod tls;
 mod tokens;
 mod wait;
+pub mod webdriver;
 
 pub use app::*;
 pub use http::*;

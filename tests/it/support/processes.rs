@@ -115,6 +115,8 @@ pub struct Portcullis {
     admin_port: u16,
     /// The AuthZEN API's port, when started with `PORTCULLIS_API_LISTEN`.
     api_port: Option<u16>,
+    /// The console's port, when started with `PORTCULLIS_CONSOLE_LISTEN`.
+    console_port: Option<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -148,14 +150,19 @@ impl Portcullis {
         // Read the address lines on a thread so the wait is bounded, then
         // keep draining so the child never blocks on a full pipe.
         let with_api = env.iter().any(|(k, _)| *k == "PORTCULLIS_API_LISTEN");
+        let with_console = env.iter().any(|(k, _)| *k == "PORTCULLIS_CONSOLE_LISTEN");
         let (tx, rx) = mpsc::channel();
         let (api_tx, api_rx) = mpsc::channel();
+        let (console_tx, console_rx) = mpsc::channel();
         thread::spawn(move || {
             let Some(stdout) = stdout else { return };
             let mut lines = BufReader::new(stdout).lines();
             let _ = tx.send((lines.next(), lines.next()));
             if with_api {
                 let _ = api_tx.send(lines.next());
+            }
+            if with_console {
+                let _ = console_tx.send(lines.next());
             }
             for _ in lines {}
         });
@@ -190,11 +197,33 @@ impl Portcullis {
         } else {
             None
         };
+        let console_port = if with_console {
+            let line = console_rx.recv_timeout(STARTUP_TIMEOUT);
+            let port = match &line {
+                Ok(Some(Ok(line))) => line
+                    .trim()
+                    .strip_prefix("console listening on http://")
+                    .and_then(|rest| rest.trim_end_matches('/').parse::<SocketAddr>().ok())
+                    .map(|a| a.port()),
+                _ => None,
+            };
+            if port.is_none() {
+                kill_and_reap(&mut child);
+                panic!(
+                    "portcullis did not print `console listening on http://127.0.0.1:PORT/` (got: {line:?}); stderr:\n{}",
+                    tail(&read_log(&log_path), 40)
+                );
+            }
+            port
+        } else {
+            None
+        };
         Portcullis {
             child,
             port,
             admin_port,
             api_port,
+            console_port,
             dir,
         }
     }
@@ -214,6 +243,12 @@ impl Portcullis {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The console's port; panics unless started with the console.
+    pub fn console_port(&self) -> u16 {
+        self.console_port
+            .expect("portcullis was started without the console")
     }
 
     /// The admin HTTP port (/live, /ready, /metrics).

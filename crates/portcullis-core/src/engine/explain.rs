@@ -86,3 +86,33 @@ pub fn explain_unmatched(policy: &PolicySet, request: &RequestAttrs) -> Option<U
     }
     })
 }
+
+/// Which application `request` lands in and by which selector, in words
+/// (`"context extensions (a selector the client cannot write)"`), for the
+/// console's explanation; `None` when none is chosen. Pure, computed on
+/// demand, never by [`decide`].
+pub fn explain_selection(policy: &PolicySet, request: &RequestAttrs) -> Option<(String, String)> {
+    resolve(policy, request, |resolved| {
+        let (app, selected_by) = match resolved {
+            Resolved::NoRoute {
+                app, selected_by, ..
+            }
+            | Resolved::Route {
+                app, selected_by, ..
+            } => (app, selected_by),
+            _ => return None,
+        };
+        let how = match selected_by {
+            crate::policy::SelectedBy::ContextExtensions => "Envoy's context extensions",
+            crate::policy::SelectedBy::Destination => "the destination workload's identity",
+            crate::policy::SelectedBy::Host => "the Host header",
+            crate::policy::SelectedBy::PathPrefix => "the path prefix",
+        };
+        let who = if selected_by.client_chosen() {
+            "a selector the client writes"
+        } else {
+            "a selector the client cannot write"
+        };
+        Some((app.name.to_string(), format!("{how} ({who})")))
+    })
+}

@@ -21,7 +21,9 @@ mod rule;
 
 pub(crate) use authorize::authorize;
 use authorize::decide_resource_action;
-pub use explain::{explain_unmatched, Unmatched, UNMATCHED_METHOD_MAX, UNMATCHED_PATH_MAX};
+pub use explain::{
+    explain_selection, explain_unmatched, Unmatched, UNMATCHED_METHOD_MAX, UNMATCHED_PATH_MAX,
+};
 use http::decide_http;
 pub use rule::{ConditionRef, GrantHolder, GrantKey, MatchedRule, RuleText};
 

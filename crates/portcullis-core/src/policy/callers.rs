@@ -28,6 +28,9 @@ pub struct Permissions {
     pub sign: bool,
     /// Writing grants kept in the grants database.
     pub write_grants: bool,
+    /// Signing in to the console, which shows the served policy, the live
+    /// decision log, explanations of any request and searches.
+    pub console: bool,
 }
 
 /// How a caller proves who it is.

@@ -82,6 +82,37 @@ impl std::fmt::Debug for PolicySet {
 }
 
 impl PolicySet {
+    /// The selectors that choose the application at `app` (an index into
+    /// [`PolicySet::applications`]), in words and in the order they are
+    /// tried: for the console's view of the policy.
+    pub fn application_selectors(&self, app: usize) -> Vec<String> {
+        let s = &self.selector;
+        let mut out = Vec::new();
+        for (wanted, _) in s.by_context.iter().filter(|(_, a)| *a == app) {
+            let pairs: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push(format!("context extensions {}", pairs.join(", ")));
+        }
+        let mut sorted = |map: &HashMap<String, usize>, what: &str| {
+            let mut names: Vec<&String> = map
+                .iter()
+                .filter(|(_, a)| **a == app)
+                .map(|(n, _)| n)
+                .collect();
+            names.sort();
+            out.extend(names.into_iter().map(|n| format!("{what} {n}")));
+        };
+        sorted(&s.by_principal, "destination principal");
+        sorted(&s.by_namespace, "destination namespace");
+        sorted(&s.exact_hosts, "host");
+        for (suffix, _) in s.wildcard_hosts.iter().filter(|(_, a)| *a == app) {
+            out.push(format!("host *{suffix}"));
+        }
+        for (prefix, _, _) in s.prefixes.iter().filter(|(_, a, _)| *a == app) {
+            out.push(format!("path prefix /{}", prefix.join("/")));
+        }
+        out
+    }
+
     /// Groups `subject` belongs to by the policy.
     pub(crate) fn policy_groups(&self, subject: &str) -> &[String] {
         self.member_of.get(subject).map_or(&[], Vec::as_slice)

@@ -153,6 +153,9 @@ pub(crate) enum CallerPermission {
     /// Add and remove grants kept in the grants database
     /// (`POST /portcullis/v1/grants`).
     WriteGrants,
+    /// Sign in to the console (`serve --console-listen`): see the served
+    /// policy, the live decision log, explanations and searches.
+    Console,
 }
 
 /// The `connections:` section: rules that allow TCP connections, as

@@ -89,6 +89,7 @@ fn serve_exit(policies: &std::path::Path, db: DatabaseConfig) -> Exit {
             grpc: bind().await.unwrap(),
             admin: bind().await.unwrap(),
             api: Some(bind().await.unwrap()),
+            console: None,
         };
         tokio::time::timeout(
             std::time::Duration::from_secs(30),

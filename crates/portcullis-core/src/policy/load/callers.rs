@@ -175,6 +175,7 @@ impl Compiler<'_> {
                 CallerPermission::Explain => may.explain = true,
                 CallerPermission::Sign => may.sign = true,
                 CallerPermission::WriteGrants => may.write_grants = true,
+                CallerPermission::Console => may.console = true,
             }
         }
         Some(Caller {
