@@ -137,6 +137,12 @@ impl Pdp {
         self
     }
 
+    /// The metrics decisions are counted in, if any (the console reads the
+    /// counts per reason).
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
     /// Writes decisions to `log`; without one, none is logged.
     pub fn with_decision_log(mut self, log: Arc<DecisionLog>) -> Self {
         self.log = Some(log);

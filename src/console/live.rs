@@ -1,13 +1,15 @@
 //! Live decisions: the decision log's lines as they are written, through
 //! the log's tap, filtered in the console's own task (never on the check
-//! path) and sent as server-sent events; and the count of logged decisions
-//! per reason over the last minutes.
+//! path) and sent as server-sent events; and the count of every decision
+//! per reason over the last minutes, from the decision counters.
 //!
 //! Nothing is shown that the log does not hold: each event is a log line
-//! as written. Lines are read leniently (`serde_json::Value`), so fields
-//! added to the log later need no change here. A browser that reads too
+//! as written. Lines are read leniently (only the five fields filtered on,
+//! the rest passed over unread), so fields added to the log later need no
+//! change here. A browser that reads too
 //! slowly loses lines (told as a `lagged` event); a check never waits.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -19,7 +21,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
 use serde::Deserialize;
-use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -34,80 +35,149 @@ pub(crate) const COUNT_MINUTES: u64 = 10;
 /// Event streams served at once; more are refused (503).
 pub(crate) const MAX_STREAMS: usize = 16;
 
-/// Logged decisions by (decision, reason).
+/// Decisions by (decision, reason).
 type Counts = BTreeMap<(String, String), u64>;
 
-/// Logged decisions per minute and reason, for the last [`COUNT_MINUTES`].
+/// How often the per-reason counts read the decision counters.
+const COUNT_EVERY: Duration = Duration::from_secs(10);
+
+/// Every decision per reason over the last [`COUNT_MINUTES`]: the totals
+/// of `portcullis_checks_total` (every entry point, every decision, not
+/// only the logged ones) read every [`COUNT_EVERY`], one reading kept per
+/// minute; the counts are the latest reading less the oldest one in the
+/// window. Nothing is added to the check path, and nothing runs on a
+/// decision while no one looks.
 #[derive(Debug, Default)]
 pub(crate) struct ReasonCounts {
-    minutes: Mutex<VecDeque<(u64, Counts)>>,
+    readings: Mutex<VecDeque<(u64, Counts)>>,
 }
 
 impl ReasonCounts {
-    /// Counts one line (its `decision` and `reason`) in minute `minute`.
-    pub fn count(&self, minute: u64, decision: &str, reason: &str) {
-        let Ok(mut minutes) = self.minutes.lock() else {
+    /// Keeps `totals` (counters since the start) as read in `minute`.
+    pub fn read(&self, minute: u64, totals: Counts) {
+        let Ok(mut readings) = self.readings.lock() else {
             return;
         };
-        if minutes.back().is_none_or(|(m, _)| *m != minute) {
-            minutes.push_back((minute, BTreeMap::new()));
+        // The first reading of a minute stays its minute's baseline; the
+        // latest is always kept last.
+        if readings.len() >= 2 && readings.back().is_some_and(|(m, _)| *m == minute) {
+            readings.pop_back();
         }
-        while minutes
+        readings.push_back((minute, totals));
+        while readings
             .front()
-            .is_some_and(|(m, _)| *m + COUNT_MINUTES <= minute)
+            .is_some_and(|(m, _)| *m + COUNT_MINUTES < minute)
         {
-            minutes.pop_front();
-        }
-        if let Some((_, counts)) = minutes.back_mut() {
-            *counts
-                .entry((decision.to_owned(), reason.to_owned()))
-                .or_default() += 1;
+            readings.pop_front();
         }
     }
 
-    /// (decision, reason) → count over the minutes up to `minute`.
-    pub fn totals(&self, minute: u64) -> Counts {
-        let mut out = BTreeMap::new();
-        if let Ok(minutes) = self.minutes.lock() {
-            for (m, counts) in minutes.iter() {
-                if *m + COUNT_MINUTES > minute {
-                    for (key, n) in counts {
-                        *out.entry(key.clone()).or_default() += n;
-                    }
-                }
-            }
-        }
-        out
+    /// (decision, reason) → decisions between the oldest reading of the
+    /// window and the latest.
+    pub fn totals(&self) -> Counts {
+        let Ok(readings) = self.readings.lock() else {
+            return Counts::new();
+        };
+        let (Some((_, first)), Some((_, last))) = (readings.front(), readings.back()) else {
+            return Counts::new();
+        };
+        last.iter()
+            .map(|(key, n)| {
+                (
+                    key.clone(),
+                    n.saturating_sub(first.get(key).copied().unwrap_or(0)),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 
-/// Feeds `counts` from the decision log's tap until the tap closes.
-pub(crate) async fn count_reasons(
-    mut tap: broadcast::Receiver<Arc<[u8]>>,
-    counts: Arc<ReasonCounts>,
-) {
-    loop {
-        let line = match tap.recv().await {
-            Ok(line) => line,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let Ok(value) = serde_json::from_slice::<Value>(&line) else {
+/// The totals of `portcullis_checks_total` by (decision, reason), read
+/// from the metrics as Prometheus would scrape them.
+pub(crate) fn decision_totals(exposition: &str) -> Counts {
+    let mut totals = Counts::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("portcullis_checks_total{") else {
             continue;
         };
-        let minute = crate::pdp::unix_now() / 60;
-        counts.count(minute, field(&value, "decision"), field(&value, "reason"));
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix("=\""))
+                .and_then(|v| v.strip_suffix('"'))
+                .map(str::to_owned)
+        };
+        let (Some(decision), Some(reason), Ok(n)) = (
+            label("decision"),
+            label("reason"),
+            value.trim().parse::<f64>(),
+        ) else {
+            continue;
+        };
+        *totals.entry((decision, reason)).or_default() += n as u64;
+    }
+    totals
+}
+
+/// Reads the decision counters into `counts` every [`COUNT_EVERY`], until
+/// aborted.
+pub(crate) async fn count_reasons(
+    metrics: Arc<crate::metrics::Metrics>,
+    counts: Arc<ReasonCounts>,
+) {
+    let mut ticks = tokio::time::interval(COUNT_EVERY);
+    loop {
+        ticks.tick().await;
+        let totals = decision_totals(&metrics.render());
+        counts.read(crate::pdp::unix_now() / 60, totals);
     }
 }
 
-/// A field of a log line, under `fields` (as every line has it) or at the
-/// top; text, or a number written as text; "" when absent.
-fn field<'v>(line: &'v Value, name: &str) -> &'v str {
-    line.get("fields")
-        .and_then(|f| f.get(name))
-        .or_else(|| line.get(name))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
+/// What the live view filters on, read from a log line without building
+/// the rest of it (other fields, and fields added to the log later, are
+/// passed over unread); a field absent or not text is "".
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct LineFields<'a> {
+    #[serde(borrow, default)]
+    fields: Shown<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Shown<'a> {
+    #[serde(borrow, default, deserialize_with = "text")]
+    application: Cow<'a, str>,
+    #[serde(borrow, default, deserialize_with = "text")]
+    decision: Cow<'a, str>,
+    #[serde(borrow, default, deserialize_with = "text")]
+    reason: Cow<'a, str>,
+    #[serde(borrow, default, deserialize_with = "text")]
+    subject: Cow<'a, str>,
+    #[serde(borrow, default, deserialize_with = "text")]
+    route: Cow<'a, str>,
+}
+
+/// Text, or "" for anything else (null, a number).
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text<'a> {
+        Text(#[serde(borrow)] Cow<'a, str>),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Text::deserialize(d)? {
+        Text::Text(text) => text,
+        Text::Other(_) => Cow::Borrowed(""),
+    })
+}
+
+impl<'a> LineFields<'a> {
+    pub fn read(line: &'a [u8]) -> Option<Self> {
+        serde_json::from_slice(line).ok()
+    }
 }
 
 /// The live view's filters: each, when given, must match (`decision`,
@@ -127,14 +197,15 @@ pub(crate) struct Filters {
 }
 
 impl Filters {
-    pub fn keeps(&self, line: &Value) -> bool {
-        let exact = |want: &str, name: &str| want.is_empty() || field(line, name) == want;
-        let part = |want: &str, name: &str| want.is_empty() || field(line, name).contains(want);
-        exact(self.application.trim(), "application")
-            && exact(self.decision.trim(), "decision")
-            && exact(self.reason.trim(), "reason")
-            && part(self.subject.trim(), "subject")
-            && part(self.route.trim(), "route")
+    pub fn keeps(&self, line: &LineFields<'_>) -> bool {
+        let line = &line.fields;
+        let exact = |want: &str, got: &str| want.is_empty() || got == want;
+        let part = |want: &str, got: &str| want.is_empty() || got.contains(want);
+        exact(self.application.trim(), &line.application)
+            && exact(self.decision.trim(), &line.decision)
+            && exact(self.reason.trim(), &line.reason)
+            && part(self.subject.trim(), &line.subject)
+            && part(self.route.trim(), &line.route)
     }
 }
 
@@ -198,10 +269,10 @@ pub(crate) async fn live_page(
 <table><thead><tr><th>decision</th><th>status</th><th>time</th><th>application</th><th>route</th><th>subject</th><th>request or resource</th><th>action</th><th>reason</th><th>rule or why</th><th></th></tr></thead>\
 <tbody id=\"events\"></tbody></table>",
     );
-    let totals = state.counts.totals(crate::pdp::unix_now() / 60);
+    let totals = state.counts.totals();
     let _ = write!(
         body,
-        "<h2>Logged decisions per reason, last {COUNT_MINUTES} minutes</h2>"
+        "<h2>Decisions per reason, last {COUNT_MINUTES} minutes (every decision, from the counters)</h2>"
     );
     if totals.is_empty() {
         body.push_str("<p id=\"counts\">None yet.</p>");
@@ -252,10 +323,7 @@ pub(crate) async fn events(
             };
             let event = match line {
                 Ok(line) => {
-                    let Ok(value) = serde_json::from_slice::<Value>(&line) else {
-                        continue;
-                    };
-                    if !filters.keeps(&value) {
+                    if !LineFields::read(&line).is_some_and(|fields| filters.keeps(&fields)) {
                         continue;
                     }
                     let text = String::from_utf8_lossy(&line);
@@ -284,29 +352,65 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_cover_the_last_minutes_only() {
-        let counts = ReasonCounts::default();
-        counts.count(100, "deny", "no_grant");
-        counts.count(100, "deny", "no_grant");
-        counts.count(105, "allow", "granted");
+    fn counts_are_the_counters_growth_over_the_last_minutes() {
         let key = |d: &str, r: &str| (d.to_owned(), r.to_owned());
-        let totals = counts.totals(105);
-        assert_eq!(totals.get(&key("deny", "no_grant")), Some(&2));
-        assert_eq!(totals.get(&key("allow", "granted")), Some(&1));
-        let later = counts.totals(100 + COUNT_MINUTES);
-        assert_eq!(later.get(&key("deny", "no_grant")), None);
-        counts.count(100 + COUNT_MINUTES + 1, "deny", "x");
-        assert_eq!(counts.totals(100 + COUNT_MINUTES + 1).len(), 2);
+        let reading = |pairs: &[(&str, &str, u64)]| -> Counts {
+            pairs.iter().map(|(d, r, n)| (key(d, r), *n)).collect()
+        };
+        let counts = ReasonCounts::default();
+        assert!(counts.totals().is_empty());
+        // Counters already at 5 when the console starts: not counted.
+        counts.read(100, reading(&[("deny", "no_grant", 5)]));
+        counts.read(100, reading(&[("deny", "no_grant", 7)]));
+        counts.read(
+            103,
+            reading(&[("deny", "no_grant", 9), ("allow", "granted", 4)]),
+        );
+        let totals = counts.totals();
+        assert_eq!(totals.get(&key("deny", "no_grant")), Some(&4));
+        assert_eq!(totals.get(&key("allow", "granted")), Some(&4));
+        // Past the window, minute 100's baseline is dropped for minute 103's.
+        counts.read(
+            100 + COUNT_MINUTES + 2,
+            reading(&[("deny", "no_grant", 10), ("allow", "granted", 4)]),
+        );
+        let totals = counts.totals();
+        assert_eq!(totals.get(&key("deny", "no_grant")), Some(&1));
+        assert_eq!(totals.get(&key("allow", "granted")), None);
+    }
+
+    #[test]
+    fn totals_are_read_from_the_exposition() {
+        let metrics = crate::metrics::Metrics::new(Vec::new());
+        let text = "# HELP portcullis_checks_total Decisions.\n\
+            portcullis_checks_total{entry=\"ext_authz\",application=\"documents\",decision=\"deny\",reason=\"no_grant\"} 3\n\
+            portcullis_checks_total{entry=\"authzen\",application=\"a,b\",decision=\"deny\",reason=\"no_grant\"} 2\n\
+            portcullis_checks_total{entry=\"ext_authz\",application=\"documents\",decision=\"allow\",reason=\"granted\"} 5\n\
+            portcullis_check_duration_seconds_count 10\n";
+        let totals = decision_totals(text);
+        assert_eq!(
+            totals.get(&("deny".to_owned(), "no_grant".to_owned())),
+            Some(&5)
+        );
+        assert_eq!(
+            totals.get(&("allow".to_owned(), "granted".to_owned())),
+            Some(&5)
+        );
+        assert_eq!(totals.len(), 2);
+        // The service's own exposition parses too (no decision yet: empty).
+        assert!(decision_totals(&metrics.render()).is_empty());
     }
 
     #[test]
     fn filters_read_lines_leniently() {
-        let line: Value = serde_json::json!({
+        let line = serde_json::json!({
             "timestamp": "t",
             "fields": {"application": "documents", "decision": "deny", "reason": "no_grant",
                        "subject": "alice", "route": "read-document", "new_field": [1, 2]},
         });
-        let keep = |f: Filters| f.keeps(&line);
+        let text = line.to_string();
+        let fields = LineFields::read(text.as_bytes()).unwrap_or_default();
+        let keep = |f: Filters| f.keeps(&fields);
         assert!(keep(Filters::default()));
         assert!(keep(Filters {
             decision: "deny".into(),
@@ -325,5 +429,19 @@ mod tests {
             route: "document".into(),
             ..Filters::default()
         }));
+        // Escaped text, a null subject, a number: read, never a skipped line.
+        let odd = r#"{"fields":{"decision":"deny","reason":"no_\u0067rant","subject":null,"route":7,"request":{"method":"GET"}}}"#;
+        let fields = LineFields::read(odd.as_bytes()).unwrap_or_default();
+        assert!(Filters {
+            reason: "no_grant".into(),
+            ..Filters::default()
+        }
+        .keeps(&fields));
+        assert!(!Filters {
+            subject: "a".into(),
+            ..Filters::default()
+        }
+        .keeps(&fields));
+        assert!(LineFields::read(b"not json").is_none());
     }
 }

@@ -178,8 +178,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let counting = state
         .pdp
-        .decision_log()
-        .map(|log| tokio::spawn(live::count_reasons(log.tap(), state.counts.clone())));
+        .metrics()
+        .map(|metrics| tokio::spawn(live::count_reasons(metrics.clone(), state.counts.clone())));
     let served = http_server::serve(listener, tls, router(state), limits, shutdown).await;
     if let Some(counting) = counting {
         counting.abort();
