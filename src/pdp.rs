@@ -154,31 +154,44 @@ impl Pdp {
         self.log.as_ref()
     }
 
-    /// Decides `request` as if its token had been verified as `principal`
-    /// (the console's "explain a request for this subject and groups"):
-    /// the same engine, grants backend and panic guard as [`Pdp::decide`],
-    /// with any bearer credential standing for `principal`. Never cached.
-    pub async fn decide_as(
+    /// Decides `request` for the console's explain, recording the grant
+    /// lookups the engine made, in order, for [`engine::trace`]: with
+    /// `as_principal`, as if its token had been verified as that principal
+    /// ("explain a request for this subject and groups"); without, as a
+    /// check would (its token verified). The same engine, grants backend
+    /// and panic guard as [`Pdp::decide`]; never cached, logged or counted.
+    pub async fn explain(
         &self,
         policy: &PolicySet,
         request: &engine::Request<'_>,
-        principal: Arc<Principal>,
+        as_principal: Option<Arc<Principal>>,
         now: u64,
-    ) -> Decision {
-        let authn = AsPrincipal(principal);
+    ) -> (Decision, Vec<engine::Looked>) {
+        let as_principal = as_principal.map(engine::KnownPrincipal);
+        let authn: &dyn engine::Authenticate = match &as_principal {
+            Some(principal) => principal,
+            None => &self.tokens,
+        };
+        let looked = std::sync::Mutex::new(Vec::new());
         let decide = |grants: &dyn crate::policy::GrantSource| {
-            std::panic::catch_unwind(AssertUnwindSafe(|| {
-                engine::decide(policy, grants, request, &authn, now)
+            let recording = engine::Recording::new(grants);
+            let decision = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                engine::decide(policy, &recording, request, authn, now)
             }))
             .unwrap_or_else(|_| {
                 tracing::error!("the engine panicked; denying");
                 Decision::deny(DenyStatus::Forbidden, Reason::InternalError)
-            })
+            });
+            if let Ok(mut looked) = looked.lock() {
+                *looked = recording.looked();
+            }
+            decision
         };
-        match &self.grants_db {
+        let decision = match &self.grants_db {
             Some(store) => decide_with_cache(store, policy, None, decide).await,
             None => decide(&*policy.grants),
-        }
+        };
+        (decision, looked.into_inner().unwrap_or_default())
     }
 
     /// The policy served now: one snapshot for one request, start to end.
@@ -350,21 +363,6 @@ impl Pdp {
                 }),
             );
         }
-    }
-}
-
-/// Authenticates every token as one principal, given beforehand.
-struct AsPrincipal(Arc<Principal>);
-
-impl engine::Authenticate for AsPrincipal {
-    fn authenticate(
-        &self,
-        _policy: &PolicySet,
-        _allowed_issuers: &[usize],
-        _token: &str,
-        _now: u64,
-    ) -> Result<Arc<Principal>, TokenError> {
-        Ok(self.0.clone())
     }
 }
 

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use super::access::Viewer;
 use super::html::{definitions, page, Esc, Tab};
 use super::ConsoleState;
-use crate::engine::{self, Attributes, Credential, Decision, RequestAttrs, ResourceAction};
+use crate::engine::{self, Attributes, Credential, Decision, RequestAttrs, ResourceAction, Tried};
 use crate::token::Principal;
 
 /// The issuer an explained subject is said to be vouched for by.
@@ -238,22 +238,21 @@ async fn explain(state: &ConsoleState, fields: &Fields, token: &str) -> Result<S
                 .bulkhead
                 .run(move |_| async move {
                     let asked = engine::Request::Http(&request);
-                    let decision = match as_subject {
-                        Some(principal) => pdp.decide_as(&policy, &asked, principal, now).await,
-                        None => Arc::unwrap_or_clone(pdp.decide(&policy, &asked, None, now).await),
-                    };
+                    let (decision, looked) = pdp.explain(&policy, &asked, as_subject, now).await;
+                    let tried = engine::trace(&policy, &decision, None, &looked);
                     let selection = engine::explain_selection(&policy, &request);
                     let unmatched = (decision.route.is_none() && !decision.is_allowed())
                         .then(|| engine::explain_unmatched(&policy, &request))
                         .flatten()
                         .map(|u| u.explanation);
-                    (decision, selection, unmatched)
+                    (decision, tried, selection, unmatched)
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            let (decision, selection, unmatched) = decided;
+            let (decision, tried, selection, unmatched) = decided;
             Ok(render(
                 &decision,
+                &tried,
                 selection.as_ref(),
                 unmatched.as_deref(),
                 &version,
@@ -281,7 +280,7 @@ async fn explain(state: &ConsoleState, fields: &Fields, token: &str) -> Result<S
                 context: object("context")?,
             };
             let (resource, action) = (resource.to_owned(), action.to_owned());
-            let decision = state
+            let (decision, tried) = state
                 .bulkhead
                 .run(move |_| async move {
                     let request = engine::Request::ResourceAction(ResourceAction {
@@ -290,11 +289,19 @@ async fn explain(state: &ConsoleState, fields: &Fields, token: &str) -> Result<S
                         action: &action,
                         attributes: &attributes,
                     });
-                    Arc::unwrap_or_clone(pdp.decide(&policy, &request, None, now).await)
+                    let (decision, looked) = pdp.explain(&policy, &request, None, now).await;
+                    let tried = engine::trace(&policy, &decision, Some(&principal), &looked);
+                    (decision, tried)
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(render(&decision, None, None, &state.pdp.policy().version))
+            Ok(render(
+                &decision,
+                &tried,
+                None,
+                None,
+                &state.pdp.policy().version,
+            ))
         }
         _ => Err("choose one of the two forms".into()),
     }
@@ -303,6 +310,7 @@ async fn explain(state: &ConsoleState, fields: &Fields, token: &str) -> Result<S
 /// The answer in words. Every value is escaped by [`definitions`].
 fn render(
     decision: &Decision,
+    tried: &[Tried],
     selection: Option<&(String, String)>,
     unmatched: Option<&str>,
     version: &str,
@@ -333,8 +341,81 @@ fn render(
         "deny"
     };
     format!(
-        "<section id=\"answer\" aria-live=\"polite\"><h2>Answer: <span id=\"verdict\" class=\"{class}\">{}</span></h2>{}</section>",
+        "<section id=\"answer\" aria-live=\"polite\"><h2>Answer: <span id=\"verdict\" class=\"{class}\">{}</span></h2>{}{}</section>",
         Esc(outcome),
-        definitions(&rows)
+        definitions(&rows),
+        tried_list(tried)
     )
 }
+
+/// Every rule the engine tried, in its order, with each condition's value
+/// and the one that decided ([`engine::trace`]). Every value is escaped.
+fn tried_list(tried: &[Tried]) -> String {
+    if tried.is_empty() {
+        return "<h3>Rules tried</h3><p id=\"tried\">none: no deny rule, condition or grant was consulted</p>".into();
+    }
+    let mut out = String::from("<h3>Rules tried, in order</h3><ol id=\"tried\">");
+    for step in tried.iter().take(MAX_TRIED_SHOWN) {
+        let (text, decided) = match step {
+            Tried::Deny {
+                name,
+                applies,
+                decided,
+            } => (
+                format!(
+                    "explicit deny {name:?}: {}",
+                    if *applies {
+                        "covers this resource and action"
+                    } else {
+                        "does not cover this resource and action"
+                    }
+                ),
+                *decided,
+            ),
+            Tried::RouteCondition { condition, holds } => (
+                format!("the route's condition {condition} is {holds}"),
+                !holds,
+            ),
+            Tried::NothingHeld { holder, key } => (format!("{holder} on {key}: no role"), false),
+            Tried::Role {
+                holder,
+                key,
+                role,
+                holds_action,
+                condition,
+                decided,
+            } => {
+                let mut text = format!(
+                    "{holder} on {key}: role {role:?}, which {} the action",
+                    if *holds_action {
+                        "holds"
+                    } else {
+                        "does not hold"
+                    }
+                );
+                if let Some((source, value)) = condition {
+                    let value = match value {
+                        Some(value) => value.to_string(),
+                        None => "not evaluated".to_owned(),
+                    };
+                    text.push_str(&format!(", under the condition {source}: {value}"));
+                }
+                (text, *decided)
+            }
+        };
+        let mark = if decided { " class=\"decided\"" } else { "" };
+        let suffix = if decided { " — decided" } else { "" };
+        out.push_str(&format!("<li{mark}>{}{suffix}</li>", Esc(&text)));
+    }
+    if tried.len() > MAX_TRIED_SHOWN {
+        out.push_str(&format!(
+            "<li>… and {} more</li>",
+            tried.len() - MAX_TRIED_SHOWN
+        ));
+    }
+    out.push_str("</ol>");
+    out
+}
+
+/// Steps of a trace shown; a subject in very many groups tries many.
+const MAX_TRIED_SHOWN: usize = 100;

@@ -9,3 +9,4 @@ pub(crate) mod jwt_authn;
 mod properties;
 mod search;
 mod tokens;
+mod trace;

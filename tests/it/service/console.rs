@@ -316,6 +316,14 @@ fn explanations_say_what_decided_and_the_live_stream_shows_decisions() {
         by_id(&allow, "decided-by").is_some_and(|s| s.contains("owner")),
         "{allow}"
     );
+    // Every rule tried, in order, ending with the one that decided.
+    let tried = by_id(&allow, "tried").unwrap_or_default();
+    assert!(
+        tried.contains("subject alice on document:1: role")
+            && tried.contains("owner")
+            && tried.trim_end().ends_with("— decided"),
+        "{allow}"
+    );
     // A deny for want of a grant, as a subject and groups without a token.
     let no_grant = explained(&[
         ("kind", "request"),
@@ -328,6 +336,16 @@ fn explanations_say_what_decided_and_the_live_stream_shows_decisions() {
     assert_eq!(by_id(&no_grant, "verdict").as_deref(), Some("deny"));
     assert_eq!(by_id(&no_grant, "reason").as_deref(), Some("no_grant"));
     assert!(by_id(&no_grant, "selected-by").is_some_and(|s| s.contains("context extensions")));
+    let tried = by_id(&no_grant, "tried").unwrap_or_default();
+    assert!(
+        tried.contains("editor") && tried.contains("does not hold the action"),
+        "{no_grant}"
+    );
+    assert!(
+        tried.contains("group staff on document:2: no role"),
+        "{no_grant}"
+    );
+    assert!(!tried.contains("decided"), "{no_grant}");
     // A deny by an explicit rule.
     let denied = explained(&[
         ("kind", "resource"),
@@ -338,6 +356,11 @@ fn explanations_say_what_decided_and_the_live_stream_shows_decisions() {
     assert_eq!(by_id(&denied, "verdict").as_deref(), Some("deny"));
     assert!(
         by_id(&denied, "decided-by").is_some_and(|s| s.contains("suspend-mallory")),
+        "{denied}"
+    );
+    assert!(
+        by_id(&denied, "tried").is_some_and(|s| s.contains("suspend-mallory")
+            && s.contains("covers this resource and action — decided")),
         "{denied}"
     );
     // No route: the closest one and why it did not match.

@@ -18,6 +18,7 @@ mod explain;
 mod http;
 mod resolve;
 mod rule;
+mod trace;
 
 pub(crate) use authorize::authorize;
 use authorize::decide_resource_action;
@@ -26,6 +27,7 @@ pub use explain::{
 };
 use http::decide_http;
 pub use rule::{ConditionRef, GrantHolder, GrantKey, MatchedRule, RuleText};
+pub use trace::{trace, Looked, Recording, Tried};
 
 use std::borrow::Cow;
 use std::cell::{Cell, OnceCell};
