@@ -161,3 +161,15 @@ fn a_conditions_value_is_shown_for_each_grant_it_guards() {
     assert!(!decision.is_allowed());
     assert_eq!(condition(&tried).1, None, "{tried:#?}");
 }
+
+#[test]
+fn a_decision_that_never_reached_authorization_tried_nothing() {
+    let (_dir, policy) = policy();
+    let mallory = Arc::new(who("mallory", &[]));
+    for reason in [engine::Reason::NoRoute, engine::Reason::PublicRoute] {
+        let mut decision = engine::Decision::deny(engine::DenyStatus::Forbidden, reason);
+        decision.principal = Some(mallory.clone());
+        // mallory's deny rule covers everything, yet was not consulted.
+        assert_eq!(engine::trace(&policy, &decision, None, &[]), []);
+    }
+}

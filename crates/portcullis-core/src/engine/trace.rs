@@ -113,6 +113,20 @@ pub fn trace(
     looked: &[Looked],
 ) -> Vec<Tried> {
     let mut tried = Vec::new();
+    // Only a decision that reached authorization consulted denies,
+    // conditions or grants (a public route, no route, or a refused token
+    // did not).
+    if !matches!(
+        decision.reason,
+        Reason::Granted
+            | Reason::NoGrant
+            | Reason::ExplicitDeny
+            | Reason::ConditionNotMet
+            | Reason::Authenticated
+            | Reason::GrantsUnavailable
+    ) {
+        return tried;
+    }
     let principal = principal.or(decision.principal.as_deref());
     let action = decision
         .action
