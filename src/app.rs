@@ -522,6 +522,7 @@ impl App {
                 console_tls.is_some(),
                 console.open_loopback,
             )
+            .with_shadow(shadow.clone())
         });
         let api_state = ApiState {
             pdp: pdp.clone(),

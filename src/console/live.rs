@@ -289,8 +289,56 @@ pub(crate) async fn live_page(
         }
         body.push_str("</tbody></table>");
     }
+    if let Some(shadow) = &state.shadow {
+        shadow_section(&mut body, &shadow.summary());
+    }
     body.push_str("<script src=\"/static/live.js\"></script>");
     Html(page("Live decisions", Tab::Live, viewer.name(), &body)).into_response()
+}
+
+/// What the shadow policy (`--shadow-policies`) would have answered
+/// differently: counts by application and direction, checks it could not
+/// keep up with, and the latest disagreements. Every value is escaped.
+fn shadow_section(body: &mut String, summary: &crate::shadow::ShadowSummary) {
+    let _ = write!(
+        body,
+        "<h2>Shadow policy {}: disagreements with the served answers</h2>\
+<p class=\"note\" id=\"shadow-totals\">{} checks decided by the shadow policy, {} not shadowed (its worker was behind); the served answers never change.</p>",
+        Esc(&summary.version),
+        summary.decided,
+        summary.dropped
+    );
+    if summary.disagreements.is_empty() {
+        body.push_str("<p id=\"shadow-counts\">No disagreement yet.</p>");
+        return;
+    }
+    body.push_str("<table id=\"shadow-counts\"><thead><tr><th>application</th><th>served</th><th>shadow</th><th>count</th></tr></thead><tbody>");
+    for count in &summary.disagreements {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            Esc(&count.application),
+            Esc(count.from),
+            Esc(count.to),
+            count.count
+        );
+    }
+    body.push_str("</tbody></table><table id=\"shadow-recent\"><thead><tr><th>application</th><th>route</th><th>request id</th><th>served</th><th>shadow</th><th>shadow's rule</th></tr></thead><tbody>");
+    for d in summary.recent.iter().rev() {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{} ({})</td><td>{}</td></tr>",
+            Esc(&d.application),
+            Esc(&d.route),
+            Esc(&d.request_id),
+            Esc(d.from),
+            Esc(d.served_reason),
+            Esc(d.to),
+            Esc(d.candidate_reason),
+            Esc(&d.candidate_rule)
+        );
+    }
+    body.push_str("</tbody></table>");
 }
 
 /// The event stream: log lines that pass `filters`, as `decision` events.

@@ -120,6 +120,9 @@ pub struct ConsoleState {
     sessions: Arc<Sessions>,
     counts: Arc<ReasonCounts>,
     streams: Arc<Semaphore>,
+    /// The shadow policy (`--shadow-policies`), whose disagreements the
+    /// live page shows.
+    shadow: Option<Arc<crate::shadow::Shadow>>,
 }
 
 impl ConsoleState {
@@ -139,7 +142,14 @@ impl ConsoleState {
             sessions: Arc::default(),
             counts: Arc::default(),
             streams: Arc::new(Semaphore::new(live::MAX_STREAMS)),
+            shadow: None,
         }
+    }
+
+    /// Shows `shadow`'s disagreements on the live page.
+    pub fn with_shadow(mut self, shadow: Option<Arc<crate::shadow::Shadow>>) -> Self {
+        self.shadow = shadow;
+        self
     }
 }
 

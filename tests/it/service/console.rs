@@ -424,3 +424,62 @@ fn a_console_that_would_leak_is_refused_before_any_port_is_bound() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_live_page_shows_the_shadow_policys_disagreements() {
+    let served = policies();
+    // The candidate revokes bob's grant on document 1.
+    let candidate = copy_policies(|file, text| match file {
+        "grants.yaml" => text.replace(
+            "  - subject: bob\n    role: viewer\n    resource: document:1\n",
+            "",
+        ),
+        _ => text,
+    });
+    let portcullis = Portcullis::start_with_env(
+        served.path(),
+        &[
+            ("PORTCULLIS_CONSOLE_LISTEN", "127.0.0.1:0"),
+            (
+                "PORTCULLIS_SHADOW_POLICIES",
+                candidate.path().to_str().unwrap_or_default(),
+            ),
+        ],
+    );
+    let console = portcullis.console_port();
+    let key = [("X-API-Key", CONSOLE_KEY)];
+    let live = || get(console, "/live", &key).text();
+    assert!(
+        by_id(&live(), "shadow-counts").is_some_and(|t| t.contains("No disagreement")),
+        "{}",
+        live()
+    );
+    let bearer = format!("Bearer {}", token("bob"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        let mut client = crate::support::grpc_client(portcullis.port()).await;
+        for i in 0..3 {
+            let request = crate::support::check_request(
+                "GET",
+                "/documents/1",
+                Some(&bearer),
+                &format!("shadowed-{i}"),
+            );
+            // Served as the served policy says, whatever the shadow says.
+            assert_eq!(crate::support::grpc_status(&mut client, request).await, 200);
+        }
+    });
+    crate::support::eventually(Duration::from_secs(10), "three disagreements shown", || {
+        by_id(&live(), "shadow-counts")
+            .is_some_and(|t| t.contains("documents") && t.contains("allow") && t.contains('3'))
+    });
+    let page = live();
+    let recent = by_id(&page, "shadow-recent").unwrap_or_default();
+    assert!(
+        recent.contains("shadowed-2") && recent.contains("no_grant"),
+        "{page}"
+    );
+}
