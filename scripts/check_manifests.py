@@ -2001,10 +2001,13 @@ def check_docker_context(bundle: Bundle, tools: Tools | None = None) -> list[str
     else <repo>/target), so the dependencies already built there are reused,
     not recompiled. The copy lives at a fixed place under it and keeps the
     files' modification times, so an unchanged tree is a no-op for cargo.
-    The portcullis package itself gets a profile setting of its own
-    (line-tables-only debug info) so that its artifacts, which cargo names by
-    package and profile but not by path, never overwrite those of the
-    caller's own builds of the same package."""
+    The workspace's own packages (portcullis and portcullis-core) get a
+    profile setting of their own (line-tables-only debug info) so that their
+    artifacts, which cargo names by package and profile but not by path,
+    never overwrite those of the caller's own builds of the same packages: a
+    copy taken before the caller's tree changed would otherwise leave an
+    older core in the caller's target directory, which cargo then takes as
+    up to date."""
     if tools is None:
         return []
     patterns = dockerignore_patterns(bundle.dockerignore)
@@ -2035,7 +2038,8 @@ def build_docker_context(bundle: Bundle, tools: Tools, patterns: list[IgnorePatt
     steps = [
         [tools.cargo, "fetch", "--locked", "--quiet"],
         [tools.cargo, "build", "--offline", "--locked", "--quiet", "--bin", PORTCULLIS,
-         "--config", 'profile.dev.package.portcullis.debug="line-tables-only"'],
+         "--config", 'profile.dev.package.portcullis.debug="line-tables-only"',
+         "--config", 'profile.dev.package.portcullis-core.debug="line-tables-only"'],
     ]
     for argv in steps:
         proc = subprocess.run(argv, cwd=build_dir, env=env, capture_output=True, text=True)
