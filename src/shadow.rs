@@ -342,17 +342,7 @@ impl Authenticate for ServedCaller {
         now: u64,
     ) -> Result<Arc<Principal>, TokenError> {
         match &self.0 {
-            Some(principal) => {
-                let trusted = allowed_issuers
-                    .iter()
-                    .filter_map(|&i| policy.issuers.get(i))
-                    .any(|issuer| *issuer.name == *principal.issuer);
-                if trusted {
-                    Ok(principal.clone())
-                } else {
-                    Err(TokenError::UnknownIssuer)
-                }
-            }
+            Some(principal) => crate::engine::trusted_again(policy, allowed_issuers, principal),
             None => VerifyEveryTime.authenticate(policy, allowed_issuers, token, now),
         }
     }

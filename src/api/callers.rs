@@ -129,7 +129,7 @@ pub(crate) fn identify(
 
 /// The caller the (already verified) client certificate names: exactly one
 /// of its DNS names (a wildcard it presents names nobody) or SPIFFE ids.
-fn by_certificate<'p>(
+pub(crate) fn by_certificate<'p>(
     policy: &'p PolicySet,
     certificate: &CertificateDer<'_>,
 ) -> Option<&'p Caller> {

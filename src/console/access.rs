@@ -183,7 +183,7 @@ pub(crate) fn identify(
         return permitted(caller);
     }
     if let Some(certificate) = certificate {
-        if let Some(caller) = by_certificate(policy, certificate) {
+        if let Some(caller) = crate::api::callers::by_certificate(policy, certificate) {
             return permitted(caller);
         }
     }
@@ -194,18 +194,6 @@ pub(crate) fn identify(
         return Ok(Viewer::Loopback);
     }
     Err(Refusal::SignIn)
-}
-
-fn by_certificate<'p>(
-    policy: &'p PolicySet,
-    certificate: &CertificateDer<'_>,
-) -> Option<&'p Caller> {
-    let parsed = webpki::EndEntityCert::try_from(certificate).ok()?;
-    let dns_names: Vec<&str> = parsed.valid_dns_names().collect();
-    let uris: Vec<&str> = parsed.valid_uri_names().collect();
-    policy
-        .callers
-        .by_certificate(dns_names.iter().copied(), uris.iter().copied())
 }
 
 /// Signs in with what the form's one field holds: an API key of a caller,

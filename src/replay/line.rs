@@ -106,17 +106,7 @@ impl Authenticate for RecordedCaller {
         _: u64,
     ) -> Result<Arc<Principal>, TokenError> {
         match (&self.principal, &self.refused) {
-            (Some(principal), _) => {
-                let trusted = allowed_issuers
-                    .iter()
-                    .filter_map(|&i| policy.issuers.get(i))
-                    .any(|issuer| *issuer.name == *principal.issuer);
-                if trusted {
-                    Ok(principal.clone())
-                } else {
-                    Err(TokenError::UnknownIssuer)
-                }
-            }
+            (Some(principal), _) => engine::trusted_again(policy, allowed_issuers, principal),
             (None, Some(refused)) => Err(refused.clone()),
             (None, None) => Err(NOT_VERIFIED),
         }

@@ -179,6 +179,26 @@ impl Authenticate for VerifyEveryTime {
     }
 }
 
+/// A principal verified earlier (by the served policy, or as a decision
+/// log recorded it), asked about again under another policy (a shadow or
+/// replayed candidate): accepted only by an application that trusts its
+/// issuer, as a token of that issuer would be.
+pub fn trusted_again(
+    policy: &PolicySet,
+    allowed_issuers: &[usize],
+    principal: &Arc<Principal>,
+) -> Result<Arc<Principal>, TokenError> {
+    let trusted = allowed_issuers
+        .iter()
+        .filter_map(|&i| policy.issuers.get(i))
+        .any(|issuer| *issuer.name == *principal.issuer);
+    if trusted {
+        Ok(principal.clone())
+    } else {
+        Err(TokenError::UnknownIssuer)
+    }
+}
+
 /// A principal already verified elsewhere: a decision case's `as:` caller,
 /// or claims Envoy's jwt_authn filter verified. Every credential maps to it.
 pub struct KnownPrincipal(pub Arc<Principal>);
