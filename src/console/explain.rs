@@ -12,7 +12,7 @@
 //! no JavaScript needed.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use axum::{Extension, Form};
 use serde_json::{Map, Value};
 
 use super::access::Viewer;
-use super::html::{definitions, page, Esc, Tab};
+use super::html::{definitions, get, page, Esc, Fields, Tab};
 use super::ConsoleState;
 use crate::engine::{self, Attributes, Credential, Decision, RequestAttrs, ResourceAction, Tried};
 use crate::token::Principal;
@@ -32,12 +32,6 @@ const VOUCHED_BY: &str = "console";
 
 /// Longest field the forms take, in bytes.
 const MAX_FIELD: usize = 4096;
-
-type Fields = HashMap<String, String>;
-
-fn get<'f>(fields: &'f Fields, name: &str) -> &'f str {
-    fields.get(name).map_or("", |v| v.trim())
-}
 
 pub(crate) async fn form(
     Extension(viewer): Extension<Viewer>,

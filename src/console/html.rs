@@ -4,6 +4,7 @@
 //! engine, no JavaScript build; the only script is [`LIVE_JS`], served as a
 //! file so the Content-Security-Policy can forbid inline script.
 
+use std::collections::HashMap;
 use std::fmt::{self, Display, Write};
 
 /// Writes its text HTML-escaped (`&`, `<`, `>`, `"`, `'`): safe inside
@@ -26,6 +27,14 @@ impl Display for Esc<'_> {
         }
         f.write_str(rest)
     }
+}
+
+/// A form's fields, as a query string or a POST body sends them.
+pub(crate) type Fields = HashMap<String, String>;
+
+/// The field `name`, trimmed; "" when absent.
+pub(crate) fn get<'f>(fields: &'f Fields, name: &str) -> &'f str {
+    fields.get(name).map_or("", |v| v.trim())
 }
 
 /// A query string value, percent-encoded (for links the server writes).

@@ -3,7 +3,6 @@
 //! service's search (the one the AuthZEN API serves), on the API's pool,
 //! a page at a time. Plain GET forms and links: no JavaScript.
 
-use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
 
 use super::access::Viewer;
-use super::html::{page, query_value, Esc, Tab};
+use super::html::{get, page, query_value, Esc, Fields, Tab};
 use super::ConsoleState;
 use crate::engine::Attributes;
 use crate::pdp::Search;
@@ -27,12 +26,6 @@ const MAX_LIMIT: usize = 200;
 
 /// Longest field the forms take, in bytes.
 const MAX_FIELD: usize = 1024;
-
-type Fields = HashMap<String, String>;
-
-fn get<'f>(fields: &'f Fields, name: &str) -> &'f str {
-    fields.get(name).map_or("", |v| v.trim())
-}
 
 pub(crate) async fn access(
     State(state): State<ConsoleState>,
