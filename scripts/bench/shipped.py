@@ -162,19 +162,18 @@ def h2load_grpc(port, bodies, seconds, warmup, streams_each, run_dir, label):
 OHA = ROOT / "target" / "bench-tools" / "bin" / "oha"
 
 
-def oha_grpc(port, bodies, seconds, warmup, streams_each):
-    """oha (a Rust HTTP/2 load generator on hyper, not ours) sending the
-    same prepared gRPC bodies as h2load: one oha per body, all at once,
-    closed loop, each on one connection with `streams_each` streams and one
-    runtime thread. oha has no warm-up phase, so a run of `warmup` seconds
-    goes first and is discarded."""
+def oha(loads, seconds, warmup):
+    """oha (a Rust load generator on hyper, not ours), one process per entry
+    of `loads` (each the arguments that say what it sends where), all at
+    once, closed loop, one runtime thread each. oha has no warm-up phase, so
+    a run of `warmup` seconds goes first and is discarded. Each process
+    reports its own percentiles; the merged ones are their medians (the
+    processes see the same server at the same time)."""
     def run(duration):
         procs = [subprocess.Popen(
-            [str(OHA), "--no-tui", "--output-format", "json", "--http2", "-c", "1",
-             "-p", str(streams_each), "--worker-threads", "1", "-z", f"{duration}s",
-             "-m", "POST", *GRPC_HEADERS, "-D", str(body),
-             f"http://127.0.0.1:{port}{GRPC_PATH}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for body, _ in bodies]
+            [str(OHA), "--no-tui", "--output-format", "json", "--worker-threads", "1",
+             "-z", f"{duration}s", *load],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for load in loads]
         reports = []
         for proc in procs:
             out, err = proc.communicate(timeout=duration + 60)
@@ -187,26 +186,28 @@ def oha_grpc(port, bodies, seconds, warmup, streams_each):
         run(warmup)
     reports = run(seconds)
     requests = failed = 0
-    p50s, p99s = [], []
     for r in reports:
         statuses = r.get("statusCodeDistribution", {})
-        ok = statuses.get("200", 0)
-        requests += ok
+        requests += statuses.get("200", 0)
         failed += sum(v for k, v in statuses.items() if k != "200") + sum(
             r.get("errorDistribution", {}).values())
-        p50s.append(r["latencyPercentiles"]["p50"])
-        p99s.append(r["latencyPercentiles"]["p99"])
-    # Each oha reports its own percentiles; the merged ones are their
-    # medians (the processes see the same server at the same time).
+    median = lambda q: round(statistics.median(r["latencyPercentiles"][q] for r in reports) * 1e6)  # noqa: E731
     return {
         "client": "oha",
         "requests": requests,
         "sent": requests + failed,
         "rps": requests / seconds,
         "failed": failed,
-        "latency_us": {"p50": round(statistics.median(p50s) * 1e6),
-                       "p99": round(statistics.median(p99s) * 1e6)},
+        "latency_us": {"p50": median("p50"), "p99": median("p99")},
     }
+
+
+def oha_grpc(port, bodies, seconds, warmup, streams_each):
+    """oha sending the same prepared gRPC bodies as h2load: one process per
+    body, each on one HTTP/2 connection with `streams_each` streams."""
+    return oha([["--http2", "-c", "1", "-p", str(streams_each), "-m", "POST", *GRPC_HEADERS,
+                 "-D", str(body), f"http://127.0.0.1:{port}{GRPC_PATH}"]
+                for body, _ in bodies], seconds, warmup)
 
 
 def profile(proc, port, bodies, seconds, streams_each, run_dir, label, top=25):
@@ -316,38 +317,11 @@ def verify_evaluations(port, bodies):
 
 def oha_evaluations(port, bodies, seconds, warmup, connections_each):
     """oha over HTTP/1.1 keep-alive (the API's protocol), one process per
-    body, closed loop; a discarded warm-up run first."""
-    def run(duration):
-        procs = [subprocess.Popen(
-            [str(OHA), "--no-tui", "--output-format", "json", "-c", str(connections_each),
-             "--worker-threads", "1", "-z", f"{duration}s", "-m", "POST",
-             "-H", "content-type: application/json", "-H", f"authorization: Bearer {token}",
-             "-D", str(body), f"http://127.0.0.1:{port}{EVALUATION_PATH}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for body, token, _ in bodies]
-        reports = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=duration + 60)
-            if proc.returncode != 0:
-                raise RuntimeError(f"oha failed: {err.decode(errors='replace')[-2000:]}")
-            reports.append(json.loads(out))
-        return reports
-
-    if warmup > 0:
-        run(warmup)
-    reports = run(seconds)
-    ok = sum(r.get("statusCodeDistribution", {}).get("200", 0) for r in reports)
-    sent = sum(sum(r.get("statusCodeDistribution", {}).values()) for r in reports)
-    return {
-        "client": "oha",
-        "requests": ok,
-        "sent": sent + sum(sum(r.get("errorDistribution", {}).values()) for r in reports),
-        "rps": ok / seconds,
-        "failed": sent - ok,
-        "latency_us": {"p50": round(statistics.median(r["latencyPercentiles"]["p50"]
-                                                     for r in reports) * 1e6),
-                       "p99": round(statistics.median(r["latencyPercentiles"]["p99"]
-                                                      for r in reports) * 1e6)},
-    }
+    body, each asking as its own user."""
+    return oha([["-c", str(connections_each), "-m", "POST",
+                 "-H", "content-type: application/json", "-H", f"authorization: Bearer {token}",
+                 "-D", str(body), f"http://127.0.0.1:{port}{EVALUATION_PATH}"]
+                for body, token, _ in bodies], seconds, warmup)
 
 
 def authzen(args, binary, loadbench, workload, run_dir):
