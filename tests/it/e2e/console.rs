@@ -45,7 +45,7 @@ fn an_operator_watches_explains_and_searches_in_a_browser() {
     assert!(!browser.source().contains("read-document"));
     browser.screenshot(&shots, "sign-in");
     browser.fill("#credential", CONSOLE_KEY);
-    browser.click("#sign-in");
+    browser.follow("#sign-in");
     assert!(
         browser.url().ends_with("/live"),
         "{}: {}",
@@ -94,7 +94,7 @@ fn an_operator_watches_explains_and_searches_in_a_browser() {
         for (field, value) in fields {
             browser.fill(field, value);
         }
-        browser.click(submit);
+        browser.follow(submit);
         browser.text_of("#verdict")
     };
     let allow = explain(
@@ -153,7 +153,7 @@ fn an_operator_watches_explains_and_searches_in_a_browser() {
     browser.keys(TAB); // token
     browser.keys(TAB);
     assert_eq!(browser.focused_id(), "explain-request");
-    browser.keys(ENTER);
+    browser.follow_keys(ENTER);
     assert_eq!(browser.text_of("#verdict"), "allow");
     assert_eq!(browser.text_of("#subject"), "bob");
 
@@ -162,7 +162,7 @@ fn an_operator_watches_explains_and_searches_in_a_browser() {
         "{base}/access?kind=subjects&action=read&resource=document%3A1&limit=1"
     ));
     assert_eq!(browser.text_of("#found"), "alice");
-    browser.click("#next-page");
+    browser.follow("#next-page");
     assert_eq!(browser.text_of("#found"), "bob");
     browser.screenshot(&shots, "access");
     sources.push(browser.source());

@@ -111,6 +111,13 @@ impl Browser {
 
     /// One WebDriver command; its `value`.
     fn command(&self, method: &str, path: &str, body: &Value) -> Value {
+        self.try_command(method, path, body)
+            .unwrap_or_else(|refused| panic!("{method} {path}: {refused}"))
+    }
+
+    /// One WebDriver command; its `value`, or what the driver said
+    /// instead.
+    fn try_command(&self, method: &str, path: &str, body: &Value) -> Result<Value, String> {
         let body = if method == "GET" || method == "DELETE" {
             Vec::new()
         } else {
@@ -124,14 +131,14 @@ impl Browser {
             &[("Host", &host), ("Content-Type", "application/json")],
             &body,
         );
-        let value: Value = response
-            .json()
-            .unwrap_or_else(|| panic!("{method} {path}: {}", response.text()));
+        let Some(value) = response.json() else {
+            return Err(response.text());
+        };
         let value = value.get("value").cloned().unwrap_or(Value::Null);
         if response.status != 200 {
-            panic!("{method} {path}: {} {value}", response.status);
+            return Err(format!("{} {value}", response.status));
         }
-        value
+        Ok(value)
     }
 
     fn session_command(&self, method: &str, path: &str, body: &Value) -> Value {
@@ -211,6 +218,57 @@ impl Browser {
     pub fn click(&self, css: &str) {
         let element = self.find(css);
         self.session_command("POST", &format!("/element/{element}/click"), &json!({}));
+    }
+
+    /// Clicks `css`, a button or link that leads to another page, and
+    /// returns once that page has loaded.
+    pub fn follow(&self, css: &str) {
+        self.leaving(css, || self.click(css));
+    }
+
+    /// Types `keys` that leave the page (Enter on a submit button), and
+    /// returns once the next page has loaded.
+    pub fn follow_keys(&self, keys: &str) {
+        self.leaving("the keys", || self.keys(keys));
+    }
+
+    /// Does `act` and waits (at most 20 s) for the page it leads to. A
+    /// click's command may return before the browser has left the page,
+    /// so the old document gets a mark the next one does not have.
+    fn leaving(&self, what: &str, act: impl FnOnce()) {
+        self.script("window.portcullisLeft = false;");
+        act();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let arrived = "return window.portcullisLeft === undefined \
+                       && document.readyState === 'complete';";
+        while self.try_script(arrived) != Some(Value::Bool(true)) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not lead away from {}",
+                self.url()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `source` in the page; its result.
+    fn script(&self, source: &str) -> Value {
+        self.session_command(
+            "POST",
+            "/execute/sync",
+            &json!({"script": source, "args": []}),
+        )
+    }
+
+    /// As `script`, but `None` while the browser cannot run it (between
+    /// two pages).
+    fn try_script(&self, source: &str) -> Option<Value> {
+        self.try_command(
+            "POST",
+            &format!("/session/{}/execute/sync", self.session),
+            &json!({"script": source, "args": []}),
+        )
+        .ok()
     }
 
     /// Types `keys` on the keyboard, to whatever has the focus.
