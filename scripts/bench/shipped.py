@@ -25,12 +25,12 @@ distinct HS256 tokens, ~60% allows (`loadbench workload --bulk`).
    `--baseline BIN` adds another build (an older commit, built apart) as a
    new user runs it, in the same rounds, so before and after are one run;
    `--profile` adds each one's CPU profile under h2load (perf, cpu-clock
-   sampling), grouped by component.
+   sampling), grouped by component (and, in 1b, each one's under oha).
 1b. The AuthZEN evaluation endpoint of `serve --api-listen` against
    `loadbench noop-api` (a handler that answers without reading, on the
    same HTTP stack), by oha over HTTP/1.1 keep-alive: 8 evaluations of the
    mix, each asked by its own user with their token, checked with curl
-   first.
+   first; `quiet` is the same server without the decision log.
 2. Through Envoy (envoy/front-proxy.yaml) at a fixed rate (1,000 req/s,
    open loop, h2load): one Envoy whose ext_authz is the do-nothing server,
    one whose ext_authz is `shipped`. Latency differences of a few tens of
@@ -210,10 +210,10 @@ def oha_grpc(port, bodies, seconds, warmup, streams_each):
                 for body, _ in bodies], seconds, warmup)
 
 
-def profile(proc, port, bodies, seconds, streams_each, run_dir, label, top=25):
-    """The server's own CPU profile while h2load loads it: `perf record`
-    (cpu-clock sampling, no hardware counters needed) of its process, the
-    `top` symbols by share of its samples. None without perf."""
+def profile(proc, seconds, load, run_dir, label, top=25):
+    """The server's own CPU profile while `load()` loads it for `seconds`:
+    `perf record` (cpu-clock sampling, no hardware counters needed) of its
+    process, the `top` symbols by share of its samples. None without perf."""
     if not shutil.which("perf"):
         return None
     data = run_dir / f"perf-{label}.data"
@@ -221,7 +221,7 @@ def profile(proc, port, bodies, seconds, streams_each, run_dir, label, top=25):
         ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-p", str(proc.pid),
          "-o", str(data), "--", "sleep", str(seconds)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    h2load_grpc(port, bodies, seconds, 0, streams_each, run_dir, f"profile-{label}")
+    load()
     _, err = recorder.communicate(timeout=seconds + 60)
     if recorder.returncode != 0 or not data.exists():
         log(f"  perf record failed for {label}: {err.decode(errors='replace')[-300:]}")
@@ -244,7 +244,8 @@ def profile(proc, port, bodies, seconds, streams_each, run_dir, label, top=25):
     for row in rows:
         kind = component(row)
         components[kind] = round(components.get(kind, 0.0) + row["share"], 2)
-    return {"top": rows[:top], "components": components}
+    return {"top": rows[:top], "components": components,
+            "rows": [row | {"component": component(row)} for row in rows if row["share"] >= 0.1]}
 
 
 def component(row):
@@ -261,9 +262,11 @@ def component(row):
         return "memory copies"
     if symbol.startswith(("portcullis", "<portcullis", "cel::", "<cel")):
         return "portcullis (adapter, engine, answer, log)"
+    if "serde_json" in symbol or "serde::" in symbol:
+        return "JSON (serde_json)"
     if any(word in symbol for word in ("h2::", "hyper", "tonic", "tower", "http::", "bytes::",
-                                       "prost", "hpack")):
-        return "gRPC stack (h2, tonic, prost, bytes)"
+                                       "prost", "hpack", "axum", "matchit", "httparse")):
+        return "HTTP stack (h2, hyper, tonic, axum, prost, bytes)"
     if "tokio" in symbol or "vdso" in dso:
         return "runtime and clock"
     return "other"
@@ -336,7 +339,9 @@ def authzen(args, binary, loadbench, workload, run_dir):
     servers = [("noop", noop),
                ("shipped", start_portcullis(binary, workload / "policies", run_dir, "api-shipped",
                                             logging="shipped",
-                                            extra=["--api-listen", "127.0.0.1:0"]))]
+                                            extra=["--api-listen", "127.0.0.1:0"])),
+               ("quiet", start_portcullis(binary, workload / "policies", run_dir, "api-quiet",
+                                          logging="off", extra=["--api-listen", "127.0.0.1:0"]))]
     if args.baseline:
         servers.append(("baseline", start_portcullis(
             Path(args.baseline), workload / "policies", run_dir, "api-baseline",
@@ -359,10 +364,19 @@ def authzen(args, binary, loadbench, workload, run_dir):
                     f"{report['latency_us']['p50']} us  p99 {report['latency_us']['p99']} us  "
                     f"cpu {report['cpu_us_per_request']} us/request")
                 runs.append(report)
+        profiles = {}
+        if args.profile:
+            for name, proc in servers:
+                log(f"profiling {name} under oha (AuthZEN)")
+                profiles[name] = profile(
+                    proc, args.seconds,
+                    lambda: oha_evaluations(proc.api_port, bodies, args.seconds, 0,
+                                            max(1, args.streams // len(bodies))),
+                    run_dir, f"api-{name}")
     finally:
         for _, proc in servers:
             proc.stop()
-    return {"runs": runs}
+    return {"runs": runs, "profiles": profiles}
 
 
 def direct(args, binary, loadbench, workload, bodies, run_dir):
@@ -417,8 +431,12 @@ def direct(args, binary, loadbench, workload, bodies, run_dir):
             for name, proc in servers:
                 if name in ("noop", "shipped", "baseline"):
                     log(f"profiling {name} under h2load")
-                    profiles[name] = profile(proc, proc.port, bodies, args.seconds,
-                                             args.streams // len(bodies), run_dir, name)
+                    profiles[name] = profile(
+                        proc, args.seconds,
+                        lambda: h2load_grpc(proc.port, bodies, args.seconds, 0,
+                                            args.streams // len(bodies), run_dir,
+                                            f"profile-{name}"),
+                        run_dir, name)
     finally:
         for _, proc in servers:
             proc.stop()
@@ -559,11 +577,15 @@ def table(report):
                              f"{s[f'{name}_{q}_us_median']:.0f} us (medians); added: median "
                              f"{a['median']:.0f} us, quartiles {a['q1']:.0f}..{a['q3']:.0f}, "
                              f"range {a['min']}..{a['max']}")
-    for name, found in (report.get("direct", {}).get("profiles") or {}).items():
+    profiles = [(name, "h2load", found) for name, found in
+                (report.get("direct", {}).get("profiles") or {}).items()]
+    profiles += [(name, "oha, AuthZEN", found) for name, found in
+                 (report.get("authzen", {}).get("profiles") or {}).items()]
+    for name, load, found in profiles:
         if not found:
             continue
         lines.append("")
-        lines.append(f"Profile of {name} under h2load (share of its CPU samples): " + ", ".join(
+        lines.append(f"Profile of {name} under {load} (share of its CPU samples): " + ", ".join(
             f"{kind} {share:.0f}%" for kind, share in
             sorted(found["components"].items(), key=lambda kv: -kv[1])))
         for row in found["top"]:
@@ -588,7 +610,7 @@ def main():
     parser.add_argument("--baseline", help="another portcullis binary (an older build) run "
                         "beside `shipped` in the same rounds")
     parser.add_argument("--profile", action="store_true",
-                        help="a perf profile of noop, shipped and baseline under h2load")
+                        help="a perf profile of noop, shipped and baseline under each load")
     parser.add_argument("--portcullis", default=str(ROOT / "target/release/portcullis"))
     parser.add_argument("--loadbench", default=str(ROOT / "target/release/examples/loadbench"))
     args = parser.parse_args()
