@@ -17,14 +17,21 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::http::Request;
 use portcullis::adapter::{self, ResponseConfig};
 use portcullis::answer::Answer;
+use portcullis::api::{self, bulkhead::Bulkhead, ApiState};
 use portcullis::decision_log::{DecisionLog, DEFAULT_ALLOW_RATE};
 use portcullis::engine;
+use portcullis::events::replay::ReplayGuard;
+use portcullis::events::Replay;
 use portcullis::logging::LogLines;
 use portcullis::metrics::Metrics;
+use portcullis::pdp::Pdp;
 use portcullis::server::Authorizer;
 use portcullis::token_cache::TokenCache;
+use tower::ServiceExt;
 
 mod common;
 use common::{
@@ -102,6 +109,43 @@ fn shipped_authorizer() -> Authorizer {
     ))
 }
 
+/// The AuthZEN API's routes as `serve --api-listen` builds them with no
+/// other flag, asked in process (no socket: what a request costs the
+/// handlers, not the HTTP parser).
+fn shipped_api() -> axum::Router {
+    let tokens = TokenCache::new(1_000);
+    let metrics = Arc::new(Metrics::new(vec![("token", tokens.stats())]));
+    let pdp = Pdp::new(
+        Arc::new(ArcSwap::from_pointee(bundled())),
+        tokens,
+        Arc::new(|| NOW),
+    )
+    .with_metrics(metrics)
+    .with_decision_log(Arc::new(DecisionLog::new(
+        DEFAULT_ALLOW_RATE,
+        LogLines::to(std::io::sink()),
+    )));
+    api::router(ApiState {
+        pdp,
+        public_url: None,
+        https: false,
+        replay: Arc::new(Replay::Memory(Box::new(ReplayGuard::new(16)))),
+        bulkhead: Arc::new(Bulkhead::new(1).unwrap_or_else(|e| panic!("pool: {e}"))),
+    })
+}
+
+/// An evaluation as a service sends it: its user's token, a JSON body.
+fn evaluation(token: &str, action: &str, document: &str) -> Request<Body> {
+    let body = format!(
+        r#"{{"subject":{{"type":"user","id":"alice"}},"action":{{"name":"{action}"}},"resource":{{"type":"document","id":"{document}"}}}}"#
+    );
+    Request::post("/access/v1/evaluation")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(body))
+        .unwrap_or_else(|e| panic!("request: {e}"))
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs each
     // bench once as a test, which this one needs no special case for.
@@ -136,7 +180,48 @@ fn main() {
         .write_to(&mut written);
     };
 
+    // One thread: the handlers run where the counters count.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let api = shipped_api();
+    // The same request answered without a look: what building, routing and
+    // dropping it costs whatever the handler.
+    let noop_api = axum::Router::new().route(
+        "/access/v1/evaluation",
+        axum::routing::post(|| async { r#"{"decision":true}"# }),
+    );
+    let ask = |router: &axum::Router, action: &str, document: &str| {
+        let response = runtime
+            .block_on(router.clone().oneshot(evaluation(&token, action, document)))
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(response.status(), 200);
+        response
+    };
+    let answered = |router: &axum::Router, action: &str, document: &str| {
+        let response = ask(router, action, document);
+        let body = runtime
+            .block_on(axum::body::to_bytes(response.into_body(), 1 << 10))
+            .unwrap_or_else(|e| panic!("body: {e}"));
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    assert_eq!(answered(&api, "read", "1"), r#"{"decision":true}"#);
+    assert_eq!(answered(&api, "delete", "2"), r#"{"decision":false}"#);
+
     let rows: Vec<(&str, (f64, f64))> = vec![
+        (
+            "AuthZEN evaluation allow (router, whole)",
+            measure(|| ask(&api, "read", "1")),
+        ),
+        (
+            "AuthZEN evaluation deny (router, whole)",
+            measure(|| ask(&api, "delete", "2")),
+        ),
+        (
+            "  the same to a do-nothing handler",
+            measure(|| ask(&noop_api, "read", "1")),
+        ),
         ("check allow (ext_authz, whole)", measure(|| served(&allow))),
         ("check deny (ext_authz, whole)", measure(|| served(&deny))),
         (

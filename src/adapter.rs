@@ -475,13 +475,14 @@ impl<'a> HeaderValues<'a> {
     }
 }
 
-/// Reads the bearer token out of the Authorization header values seen.
-pub fn credential(values: &[String]) -> Credential<'_> {
-    match values {
-        [] => Credential::Absent,
-        [value] => parse_bearer(Cow::Borrowed(value)),
-        _ => Credential::Invalid(CredentialError::Multiple),
+/// Reads the bearer token out of the Authorization header values seen,
+/// borrowing it from a borrowed value.
+pub fn credential<'a>(values: impl IntoIterator<Item = Cow<'a, str>>) -> Credential<'a> {
+    let mut seen = HeaderValues::default();
+    for value in values {
+        seen.line(value);
     }
+    seen.credential()
 }
 
 /// `Bearer <token>` read as a credential, borrowing the token when the

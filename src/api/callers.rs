@@ -88,13 +88,12 @@ pub(crate) fn identify(
             .ok_or(Unauthenticated::UnknownApiKey)?;
         asker.caller = Some(caller.clone());
     }
-    let authorization: Vec<String> = headers
-        .get_all(axum::http::header::AUTHORIZATION)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
-    if !authorization.is_empty() {
-        match adapter::credential(&authorization) {
+    let authorization = headers.get_all(axum::http::header::AUTHORIZATION);
+    if authorization.iter().next().is_some() {
+        let values = authorization
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        match adapter::credential(values) {
             Credential::Bearer(token)
                 if asker.caller.is_none()
                     && policy.callers.by_api_key(token.as_bytes()).is_some() =>

@@ -61,12 +61,16 @@ pub(super) async fn decide(
     let resource = resource_name(&eval.resource.kind, &eval.resource.id);
     // What conditions read of the request; the clock, never the caller,
     // gives `context.time`.
-    // Shared, not copied: a batch's defaults are one allocation.
+    // Shared, not copied: a batch's defaults are one allocation, and
+    // absent ones none.
+    let none = Attributes::none();
+    let or_none =
+        |sent: &Option<Arc<Object>>, none: &Arc<Object>| sent.as_ref().unwrap_or(none).clone();
     let attributes = Attributes {
-        subject: eval.subject.properties.clone().unwrap_or_default(),
-        resource: eval.resource.properties.clone().unwrap_or_default(),
-        action: eval.action.properties.clone().unwrap_or_default(),
-        context: eval.context.clone().unwrap_or_default(),
+        subject: or_none(&eval.subject.properties, &none.subject),
+        resource: or_none(&eval.resource.properties, &none.resource),
+        action: or_none(&eval.action.properties, &none.action),
+        context: or_none(&eval.context, &none.context),
     };
     let request = engine::Request::ResourceAction(ResourceAction {
         principal: &principal,
@@ -121,11 +125,10 @@ fn item_error(status: StatusCode, message: &str) -> Value {
     })
 }
 
-pub(super) async fn evaluation(State(state): State<ApiState>, request: Request) -> Response {
-    match evaluate_one(&state, request).await {
-        Ok(answer) => json_response(&answer),
-        Err(e) => e.into_response(),
-    }
+pub(super) async fn evaluation(State(state): State<Arc<ApiState>>, request: Request) -> Response {
+    evaluate_one(&state, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The largest body of one evaluation decided beside Envoy's checks: the
@@ -136,7 +139,7 @@ pub(super) async fn evaluation(State(state): State<ApiState>, request: Request) 
 /// ones go to the pool, so that a flood of them cannot slow the checks.
 pub const INLINE_BODY_BYTES: usize = 4096;
 
-async fn evaluate_one(state: &ApiState, request: Request) -> Result<Value, ApiError> {
+async fn evaluate_one(state: &Arc<ApiState>, request: Request) -> Result<Response, ApiError> {
     let asked = asked(state, request).await?;
     let eval = model::evaluation(&asked.body, "")?;
     if asked.body_len <= INLINE_BODY_BYTES {
@@ -151,17 +154,42 @@ async fn evaluate_one(state: &ApiState, request: Request) -> Result<Value, ApiEr
 }
 
 /// One evaluation decided, counted and answered.
-async fn answer_one(state: &ApiState, asked: &Asked, eval: &Evaluation) -> Result<Value, ApiError> {
+async fn answer_one(
+    state: &ApiState,
+    asked: &Asked,
+    eval: &Evaluation,
+) -> Result<Response, ApiError> {
     let decision = decide(&state.pdp, &asked.policy, &asked.asker, eval, asked.now).await?;
     asked.record(state, Entry::AuthZen, &decision);
-    Ok(decision_json(&decision, asked.asker.may().explain))
+    Ok(decision_response(&decision, asked.asker.may().explain))
 }
 
-pub(super) async fn evaluations(State(state): State<ApiState>, request: Request) -> Response {
-    match evaluate_many(&state, request).await {
-        Ok(answer) => json_response(&answer),
-        Err(e) => e.into_response(),
+/// [`decision_json`] as a response; without a reason to give, one of two
+/// bodies written once.
+fn decision_response(decision: &Decision, explain: bool) -> Response {
+    if explain {
+        return json_response(&decision_json(decision, true));
     }
+    let body = if decision.is_allowed() {
+        ALLOWED
+    } else {
+        DENIED
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+const ALLOWED: &str = r#"{"decision":true}"#;
+const DENIED: &str = r#"{"decision":false}"#;
+
+pub(super) async fn evaluations(State(state): State<Arc<ApiState>>, request: Request) -> Response {
+    evaluate_many(&state, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The answers of a batch, item by item, as its semantic says.
@@ -217,7 +245,7 @@ impl BatchAnswers {
     }
 }
 
-async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiError> {
+async fn evaluate_many(state: &Arc<ApiState>, request: Request) -> Result<Response, ApiError> {
     let mut asked = asked(state, request).await?;
     let batch = model::evaluations(std::mem::take(&mut asked.body))?;
     let explain = asked.asker.may().explain;
@@ -247,7 +275,25 @@ async fn evaluate_many(state: &ApiState, request: Request) -> Result<Value, ApiE
                     break;
                 }
             }
-            Ok(answers.finish())
+            Ok(json_response(&answers.finish()))
         })
         .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{DenyStatus, Effect, Reason};
+
+    #[test]
+    fn the_written_bodies_are_what_decision_json_writes() {
+        let denied = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
+        let allowed = Decision {
+            effect: Effect::Allow,
+            reason: Reason::Granted,
+            ..denied.clone()
+        };
+        assert_eq!(decision_json(&allowed, false).to_string(), ALLOWED);
+        assert_eq!(decision_json(&denied, false).to_string(), DENIED);
+    }
 }

@@ -32,14 +32,14 @@ use crate::token::Principal;
 pub(super) const SIGN: &str = "/portcullis/v1/events/sign";
 pub(super) const VERIFY: &str = "/portcullis/v1/events/verify";
 
-pub(super) async fn sign(State(state): State<ApiState>, request: Request) -> Response {
+pub(super) async fn sign(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     match sign_event(&state, request).await {
         Ok(answer) => json_response(&answer),
         Err(e) => e.into_response(),
     }
 }
 
-pub(super) async fn verify(State(state): State<ApiState>, request: Request) -> Response {
+pub(super) async fn verify(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     match verify_event(&state, request).await {
         Ok(answer) => json_response(&answer),
         Err(e) => e.into_response(),

@@ -12,6 +12,8 @@
 //! `authenticated: true`; `role`; `resource`), checked as the loader checks
 //! them; the role must be a role of the policy without a condition.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
@@ -27,7 +29,7 @@ pub const PATH: &str = "/portcullis/v1/grants";
 /// Most grants one request may add and remove, together.
 pub(crate) const MAX_GRANTS: usize = 1000;
 
-pub async fn write(State(state): State<ApiState>, request: Request) -> Response {
+pub async fn write(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     match write_grants(&state, request).await {
         Ok(answer) => json_response(&answer),
         Err(e) => e.into_response(),

@@ -119,8 +119,10 @@ pub struct ApiState {
     pub bulkhead: Arc<Bulkhead>,
 }
 
-/// The API routes, for serving or for testing without a socket.
+/// The API routes, for serving or for testing without a socket. The
+/// state is shared, not cloned per request.
 pub fn router(state: ApiState) -> Router {
+    let state = Arc::new(state);
     Router::new()
         .route(EVALUATION, post(evaluation))
         .route(EVALUATIONS, post(evaluations))
@@ -390,7 +392,7 @@ pub(crate) fn resource_name(kind: &str, id: &str) -> String {
 /// a Host header is the client's to write, so without a configured URL
 /// there is no metadata (404, and clients use the default paths, as the
 /// specification says they do), never one reflecting the request.
-async fn metadata(State(state): State<ApiState>) -> Response {
+async fn metadata(State(state): State<Arc<ApiState>>) -> Response {
     let Some(url) = &state.public_url else {
         return error_body(
             StatusCode::NOT_FOUND,

@@ -10,6 +10,7 @@
 //! `action.properties`, `context.properties`), and a batch's defaults are
 //! read once and shared by every item, never copied per item.
 
+use std::fmt;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -142,7 +143,21 @@ fn get<'v>(object: &'v Object, key: &str) -> Option<&'v Value> {
     object.get(key).filter(|v| !v.is_null())
 }
 
-fn string(object: &Object, key: &str, path: &str) -> Result<String, BadRequest> {
+/// Where a field sits in a body (`evaluations[2].` and `subject`),
+/// written out only when a message names it.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    path: &'a str,
+    key: &'a str,
+}
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.path, self.key)
+    }
+}
+
+fn string(object: &Object, key: &str, path: impl fmt::Display) -> Result<String, BadRequest> {
     match get(object, key) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(bad(format!("{path}.{key} must be a string"))),
@@ -153,7 +168,7 @@ fn string(object: &Object, key: &str, path: &str) -> Result<String, BadRequest> 
 fn optional_object(
     object: &Object,
     key: &str,
-    path: &str,
+    path: impl fmt::Display,
 ) -> Result<Option<Arc<Object>>, BadRequest> {
     match get(object, key) {
         Some(Value::Object(o)) => Ok(Some(Arc::new(o.clone()))),
@@ -178,8 +193,8 @@ fn required_object<'v>(
 /// lists (its id, if sent, is ignored).
 fn entity(object: &Object, key: &str, path: &str, with_id: bool) -> Result<Entity, BadRequest> {
     let value = required_object(object, key, path)?;
-    let here = format!("{path}{key}");
-    let kind = string(value, "type", &here)?;
+    let here = At { path, key };
+    let kind = string(value, "type", here)?;
     // A type is one word of the policy's `type:id` names: a `:` in it
     // would make `{"type": "record:1", "id": ""}` another resource's name.
     if kind.is_empty() || kind.contains(':') {
@@ -188,7 +203,7 @@ fn entity(object: &Object, key: &str, path: &str, with_id: bool) -> Result<Entit
         )));
     }
     let id = if with_id {
-        string(value, "id", &here)?
+        string(value, "id", here)?
     } else {
         String::new()
     };
@@ -197,7 +212,7 @@ fn entity(object: &Object, key: &str, path: &str, with_id: bool) -> Result<Entit
     if with_id && key == "subject" && id.is_empty() {
         return Err(bad(format!("{here}.id must not be empty")));
     }
-    let properties = optional_object(value, "properties", &format!("{here}."))?;
+    let properties = optional_object(value, "properties", format_args!("{here}."))?;
     Ok(Entity {
         kind,
         id,
@@ -207,14 +222,17 @@ fn entity(object: &Object, key: &str, path: &str, with_id: bool) -> Result<Entit
 
 fn action(object: &Object, path: &str) -> Result<Action, BadRequest> {
     let value = required_object(object, "action", path)?;
-    let here = format!("{path}action");
-    let name = string(value, "name", &here)?;
+    let here = At {
+        path,
+        key: "action",
+    };
+    let name = string(value, "name", here)?;
     if name.is_empty() {
         return Err(bad(format!("{here}.name must not be empty")));
     }
     Ok(Action {
         name,
-        properties: optional_object(value, "properties", &format!("{here}."))?,
+        properties: optional_object(value, "properties", format_args!("{here}."))?,
     })
 }
 

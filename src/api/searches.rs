@@ -4,15 +4,24 @@
 
 use super::*;
 
-pub(super) async fn search_subject(State(state): State<ApiState>, request: Request) -> Response {
+pub(super) async fn search_subject(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+) -> Response {
     answer_search(&state, request, SearchKind::Subject).await
 }
 
-pub(super) async fn search_resource(State(state): State<ApiState>, request: Request) -> Response {
+pub(super) async fn search_resource(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+) -> Response {
     answer_search(&state, request, SearchKind::Resource).await
 }
 
-pub(super) async fn search_action(State(state): State<ApiState>, request: Request) -> Response {
+pub(super) async fn search_action(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+) -> Response {
     answer_search(&state, request, SearchKind::Action).await
 }
 

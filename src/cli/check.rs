@@ -18,7 +18,7 @@ pub(super) fn check(args: CheckArgs) -> ExitCode {
         return Exit::Failure.into();
     }
     let credential = match &args.token {
-        Some(token) => adapter::credential(&[format!("Bearer {token}")]).into_owned(),
+        Some(token) => adapter::credential([format!("Bearer {token}").into()]).into_owned(),
         None => engine::Credential::Absent,
     };
     let request = RequestAttrs {
