@@ -111,19 +111,31 @@ pub(crate) async fn policy_page(
 
     out.push_str("<h2>Roles</h2><table id=\"roles\"><thead><tr><th>role</th><th>actions</th><th>condition</th></tr></thead><tbody>");
     for role in &policy.roles {
-        let actions: Vec<&str> = policy
-            .actions
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| role.actions.contains(*i))
-            .map(|(_, a)| &**a)
-            .collect();
+        let actions = policy.action_names(&role.actions);
         let _ = write!(
             out,
             "<tr><td>{}</td><td>{}</td><td class=\"mono\">{}</td></tr>",
             Esc(&role.name),
             Esc(&actions.join(", ")),
             Esc(role.condition.as_ref().map_or("", |c| c.source()))
+        );
+    }
+    out.push_str("</tbody></table>");
+
+    out.push_str("<h2>Deny rules</h2><table id=\"denies\"><thead><tr><th>rule</th><th>denies</th><th>resource</th><th>actions</th><th>reason</th></tr></thead><tbody>");
+    for deny in policy.deny_rules() {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td></tr>",
+            Esc(deny.name),
+            Esc(&deny
+                .holder
+                .map_or_else(|| "everyone".to_owned(), |h| h.to_string())),
+            Esc(&deny.resource.to_string()),
+            Esc(&deny
+                .actions
+                .map_or_else(|| "every action".to_owned(), |a| a.join(", "))),
+            Esc(deny.reason.unwrap_or(""))
         );
     }
     out.push_str("</tbody></table>");

@@ -175,6 +175,15 @@ fn the_console_shows_nothing_to_a_caller_without_the_console_right() {
     assert_eq!(by_id(&text, "version").as_deref(), Some(version.as_str()));
     assert!(text.contains("read-document"));
     assert!(text.contains("operator") && text.contains("an API key"));
+    // The deny rules as written: whom, what, which actions, why.
+    let denies = by_id(&text, "denies").unwrap_or_default();
+    assert!(
+        denies.contains("suspend-mallory")
+            && denies.contains("subject &quot;mallory&quot;")
+            && denies.contains("every action")
+            && denies.contains("account suspended"),
+        "{denies}"
+    );
     assert_eq!(
         policy
             .header("content-security-policy")

@@ -258,6 +258,52 @@ impl DenyIndex {
     }
 }
 
+/// An explicit deny as written, for showing the policy (the console):
+/// whom it names (`None`: everyone), what it covers, which actions
+/// (`None`: every action), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyView<'p> {
+    pub name: &'p str,
+    pub holder: Option<Holder<'p>>,
+    pub resource: ResourceKey<'p>,
+    pub actions: Option<Vec<&'p str>>,
+    pub reason: Option<&'p str>,
+}
+
+impl PolicySet {
+    /// The names of the actions in `set`, in the policy's order.
+    pub fn action_names(&self, set: &ActionSet) -> Vec<&str> {
+        self.actions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| set.contains(*i))
+            .map(|(_, a)| &**a)
+            .collect()
+    }
+
+    /// Every explicit deny, ordered by name.
+    pub fn deny_rules(&self) -> Vec<DenyView<'_>> {
+        let subjects = self.denies.subjects.iter();
+        let groups = self.denies.groups.iter();
+        let mut views: Vec<DenyView<'_>> = subjects
+            .map(|(s, rules)| (Some(Holder::Subject(s.as_str())), rules))
+            .chain(groups.map(|(g, rules)| (Some(Holder::Group(g.as_str())), rules)))
+            .chain([(None, &self.denies.everyone)])
+            .flat_map(|(holder, rules)| {
+                rules.iter().map(move |rule| DenyView {
+                    name: &rule.name,
+                    holder,
+                    resource: rule.resource.as_key(),
+                    actions: rule.actions.as_ref().map(|set| self.action_names(set)),
+                    reason: rule.reason.as_deref(),
+                })
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(b.name));
+        views
+    }
+}
+
 /// The outcome of choosing an application for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Selection {
