@@ -671,26 +671,7 @@ fn the_sidecar_asks_what_istio_asks() {
 fn bundled_policy_decides_behind_the_istio_sidecar() {
     let sidecar = Sidecar::start(&bundled_policies());
     let mut p = Probes::new(&sidecar);
-    let alice = bearer(&token("alice"));
-    let bob = bearer(&token("bob"));
-
-    p.check(
-        "alice reads 1",
-        "GET",
-        b"/documents/1",
-        Some(&alice),
-        &[],
-        Allow(Some("alice")),
-    );
-    p.check(
-        "bob writes 1 (viewer)",
-        "PUT",
-        b"/documents/1",
-        Some(&bob),
-        &[],
-        Deny(403),
-    );
-    p.check("no token", "GET", b"/documents/1", None, &[], Deny(401));
+    p.bundled_basics();
     // /livez is in the policy's notPaths: the RBAC shadow rules do not
     // match, so ext_authz is never asked (Portcullis would refuse it: no
     // route and no token).
@@ -754,23 +735,7 @@ fn the_destination_not_the_host_selects_the_application() {
     let a = Some(alice.as_str());
     let b = Some(bob.as_str());
 
-    p.check(
-        "alice reads 1",
-        "GET",
-        b"/documents/1",
-        a,
-        &[],
-        Allow(Some("alice")),
-    );
-    p.check(
-        "bob writes 1 (viewer)",
-        "PUT",
-        b"/documents/1",
-        b,
-        &[],
-        Deny(403),
-    );
-    p.check("no token", "GET", b"/documents/1", None, &[], Deny(401));
+    p.bundled_basics();
 
     for host in ["anything.example", "wiki.example", "legacy.example"] {
         let h: &[(&str, &str)] = &[("Host", host)];

@@ -250,35 +250,11 @@ fn checks_over_tls_decide_end_to_end() {
     let ca = serving.path("ca.pem");
     let sidecar = TlsSidecar::start(serving, &ca);
     let alice = bearer(&token("alice"));
-    let bob = bearer(&token("bob"));
     let first = sidecar.first_decided(&alice);
     assert_eq!(first.status, 200, "{}", sidecar.logs());
 
     let mut p = Probes::new(&sidecar);
-    p.check(
-        "alice reads 1",
-        "GET",
-        b"/documents/1",
-        Some(&alice),
-        &[],
-        Expect::Allow(Some("alice")),
-    );
-    p.check(
-        "bob writes 1 (viewer)",
-        "PUT",
-        b"/documents/1",
-        Some(&bob),
-        &[],
-        Expect::Deny(403),
-    );
-    p.check(
-        "no token",
-        "GET",
-        b"/documents/1",
-        None,
-        &[],
-        Expect::Deny(401),
-    );
+    p.bundled_basics();
     p.finish();
     assert!(
         sidecar.provider_stat("ssl.handshake") >= 1,

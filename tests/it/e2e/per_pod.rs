@@ -125,37 +125,12 @@ impl Target for Pod {
 /// The decision case corpus through the per-pod Envoy: every request case
 /// the front proxy can express comes back as the engine decided it (the
 /// per-pod Envoy has the front proxy's hardening and names the application
-/// in context_extensions the same way), plus the basic three by hand.
+/// in context_extensions the same way), plus the bundled policy's basic three.
 #[test]
 fn the_case_corpus_through_the_per_pod_envoy() {
     let pod = Pod::start();
     let mut p = Probes::new(&pod);
-    let alice = bearer(&token("alice"));
-    let bob = bearer(&token("bob"));
-    p.check(
-        "alice reads 1",
-        "GET",
-        b"/documents/1",
-        Some(&alice),
-        &[],
-        Expect::Allow(Some("alice")),
-    );
-    p.check(
-        "bob writes 1 (viewer)",
-        "PUT",
-        b"/documents/1",
-        Some(&bob),
-        &[],
-        Expect::Deny(403),
-    );
-    p.check(
-        "no token",
-        "GET",
-        b"/documents/1",
-        None,
-        &[],
-        Expect::Deny(401),
-    );
+    p.bundled_basics();
     corpus::send_through(
         &mut p,
         Deployment::FrontProxy,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
-use super::{EchoUpstream, Recorded, Response, Stack};
+use super::{bearer, token, EchoUpstream, Recorded, Response, Stack};
 
 /// The header Portcullis sets for the upstream, and its `_` look-alikes,
 /// none of which may ever reach the upstream from a client.
@@ -104,6 +104,34 @@ impl<'a, T: Target> Probes<'a, T> {
             ));
         }
         (resp, seen)
+    }
+
+    /// The three requests every deployment of the bundled policy must
+    /// answer right: alice reads document 1 (through, as alice), bob, a
+    /// viewer, writes it (403), and no token (401).
+    pub fn bundled_basics(&mut self) {
+        let alice = bearer(&token("alice"));
+        let bob = bearer(&token("bob"));
+        let document = b"/documents/1";
+        let alice_reads = Expect::Allow(Some("alice"));
+        self.check(
+            "alice reads 1",
+            "GET",
+            document,
+            Some(&alice),
+            &[],
+            alice_reads,
+        );
+        let bob_writes = Expect::Deny(403);
+        self.check(
+            "bob writes 1 (viewer)",
+            "PUT",
+            document,
+            Some(&bob),
+            &[],
+            bob_writes,
+        );
+        self.check("no token", "GET", document, None, &[], Expect::Deny(401));
     }
 
     /// Records a failure the caller found itself.
