@@ -32,6 +32,7 @@ use crate::engine::{Credential, Decision, Reason, RequestAttrs};
 use crate::metrics::{
     bounded_cache, CacheStats, ALLOCATION_OVERHEAD_BYTES, CACHE_ENTRY_OVERHEAD_BYTES,
 };
+use crate::token_cache::TokenCache;
 
 type Key = [u8; 32];
 
@@ -88,7 +89,9 @@ impl DecisionCache {
         };
         // The names are shared with the policy and the verified token;
         // only the rendered resource and what the rule holds of its own
-        // are the decision's.
+        // are the decision's. The principal is shared with the token
+        // cache, but outlives its entry there when that is evicted first:
+        // counted here too, so the bound holds either way.
         let text = decision
             .resource
             .as_ref()
@@ -96,7 +99,11 @@ impl DecisionCache {
             + decision
                 .matched_rule
                 .as_ref()
-                .map_or(0, |rule| allocation(rule.owned_bytes()));
+                .map_or(0, |rule| allocation(rule.owned_bytes()))
+            + decision
+                .principal
+                .as_deref()
+                .map_or(0, TokenCache::principal_bytes);
         std::mem::size_of::<Key>()
             + CACHE_ENTRY_OVERHEAD_BYTES
             // The Arc's allocation: two counts and the decision.
@@ -223,6 +230,26 @@ impl DecisionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decision_weighs_the_principal_it_keeps_alive() {
+        use crate::engine::DenyStatus;
+        use crate::token::Principal;
+        let bare = Decision::deny(DenyStatus::Forbidden, Reason::NoGrant);
+        let mut principal = Principal::named("demo", "alice");
+        principal.groups = (0..50).map(|i| format!("group-{i:04}")).collect();
+        let with = Decision {
+            principal: Some(Arc::new(principal)),
+            ..bare.clone()
+        };
+        let groups = 50 * "group-0000".len();
+        assert!(
+            DecisionCache::entry_bytes(&with) >= DecisionCache::entry_bytes(&bare) + groups,
+            "{} vs {}",
+            DecisionCache::entry_bytes(&with),
+            DecisionCache::entry_bytes(&bare)
+        );
+    }
 
     #[test]
     fn requests_that_differ_in_what_the_engine_reads_never_share_a_key() {

@@ -94,6 +94,14 @@ impl TokenCache {
     /// subject and groups, and moka's own bookkeeping. The issuer name is
     /// shared with the policy and not counted.
     pub(crate) fn entry_bytes(principal: &Principal) -> usize {
+        std::mem::size_of::<TokenKey>()
+            + CACHE_ENTRY_OVERHEAD_BYTES
+            + Self::principal_bytes(principal)
+    }
+
+    /// The estimated memory a principal holds in its `Arc`: subject, groups
+    /// and the claims kept for conditions.
+    pub(crate) fn principal_bytes(principal: &Principal) -> usize {
         let allocation = |bytes: usize| match bytes {
             0 => 0,
             n => n + ALLOCATION_OVERHEAD_BYTES,
@@ -104,10 +112,8 @@ impl TokenCache {
             .map(|g| allocation(g.capacity()))
             .sum::<usize>()
             + allocation(principal.groups.capacity() * std::mem::size_of::<String>());
-        std::mem::size_of::<TokenKey>()
-            + CACHE_ENTRY_OVERHEAD_BYTES
-            // The Arc's allocation: two counts and the principal.
-            + allocation(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Principal>())
+        // The Arc's allocation: two counts and the principal.
+        allocation(2 * std::mem::size_of::<usize>() + std::mem::size_of::<Principal>())
             + allocation(principal.subject.len())
             + groups
             + claims_bytes(&principal.claims)
