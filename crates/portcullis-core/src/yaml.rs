@@ -9,7 +9,10 @@
 //! generator's JSON case file points at the right case, whether the whole
 //! document or only one value is written in flow style.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
+use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
 
@@ -55,8 +58,55 @@ pub enum Step<'a> {
 }
 
 /// Finds the line of a node of a block-style YAML document by its path.
+///
+/// What it reads on the way is kept: the node each path prefix leads to,
+/// the members of each block and the item starts of each flow sequence.
+/// Asking for the line of every item of a long sequence (the lint's
+/// origins of 200k grants) then reads the document once, not once per
+/// item.
 pub struct LineIndex<'t> {
     lines: Vec<&'t str>,
+    /// The deepest line found and the block reached for each path prefix
+    /// followed in block style.
+    prefixes: RefCell<HashMap<Vec<OwnedStep>, Reached>>,
+    /// Each block's member lines and which of them are sequence items.
+    members: RefCell<HashMap<(usize, usize, usize), Rc<Members<'t>>>>,
+    /// Where each item of a flow sequence starts, by the sequence's `[`.
+    flow_items: RefCell<HashMap<Position, Rc<[Position]>>>,
+}
+
+/// A line and a column, 0-based.
+type Position = (usize, usize);
+
+/// Where following a path prefix got: the deepest line found, and the
+/// block there.
+#[derive(Clone, Copy)]
+struct Reached {
+    found: Option<usize>,
+    block: Block,
+}
+
+/// A path step that owns its key, to remember a prefix by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum OwnedStep {
+    Key(String),
+    Index(usize),
+}
+
+impl From<&Step<'_>> for OwnedStep {
+    fn from(step: &Step<'_>) -> Self {
+        match *step {
+            Step::Key(key) => OwnedStep::Key(key.to_owned()),
+            Step::Index(index) => OwnedStep::Index(index),
+        }
+    }
+}
+
+/// The lines whose content starts exactly at a block's column, and the
+/// ones among them that start a sequence item.
+struct Members<'t> {
+    all: Vec<(usize, &'t str)>,
+    items: Vec<usize>,
 }
 
 /// A node's extent: its first line, the column its content starts at, and
@@ -68,34 +118,49 @@ struct Block {
     end: usize,
     /// Where the node is a flow collection: the line and column of its
     /// opening `{` or `[`.
-    flow: Option<(usize, usize)>,
+    flow: Option<Position>,
 }
 
 impl<'t> LineIndex<'t> {
     pub fn new(text: &'t str) -> Self {
         Self {
             lines: text.lines().collect(),
+            prefixes: RefCell::default(),
+            members: RefCell::default(),
+            flow_items: RefCell::default(),
         }
     }
 
     /// The 1-based line of the node at `path`, or of the deepest ancestor
     /// found; line 1 when nothing is.
     pub fn line_of(&self, path: &[Step<'_>]) -> usize {
-        let mut block = Block {
-            line: 0,
-            col: 0,
-            end: self.lines.len(),
-            flow: self.flow_root(),
-        };
-        let mut found = None;
-        for (k, step) in path.iter().enumerate() {
+        // Start from the longest prefix already followed (the path without
+        // its last step, when a caller asks about each item in turn).
+        let owned: Vec<OwnedStep> = path.iter().map(OwnedStep::from).collect();
+        let (mut k, mut found, mut block) = (1..path.len())
+            .rev()
+            .find_map(|k| {
+                let known = self.prefixes.borrow().get(&owned[..k]).copied();
+                known.map(|Reached { found, block }| (k, found, block))
+            })
+            .unwrap_or((
+                0,
+                None,
+                Block {
+                    line: 0,
+                    col: 0,
+                    end: self.lines.len(),
+                    flow: self.flow_root(),
+                },
+            ));
+        while let Some(step) = path.get(k) {
             if let Some((line, col)) = block.flow {
                 let mut cursor = Cursor {
                     lines: &self.lines,
                     line,
                     col,
                 };
-                flow_find(&mut cursor, &path[k..], &mut found);
+                self.flow_find(&mut cursor, &path[k..], &mut found);
                 break;
             }
             let next = match *step {
@@ -109,8 +174,31 @@ impl<'t> LineIndex<'t> {
                 }
                 None => break,
             }
+            k += 1;
+            if k < path.len() {
+                self.prefixes
+                    .borrow_mut()
+                    .insert(owned[..k].to_vec(), Reached { found, block });
+            }
         }
         found.map_or(1, |line| line + 1)
+    }
+
+    /// The members of `block`, read once.
+    fn members_of(&self, block: Block) -> Rc<Members<'t>> {
+        let key = (block.line, block.col, block.end);
+        if let Some(known) = self.members.borrow().get(&key) {
+            return known.clone();
+        }
+        let all: Vec<(usize, &'t str)> = self.members(block).collect();
+        let items = all
+            .iter()
+            .filter(|(_, c)| *c == "-" || c.starts_with("- "))
+            .map(|(line, _)| *line)
+            .collect();
+        let read = Rc::new(Members { all, items });
+        self.members.borrow_mut().insert(key, read.clone());
+        read
     }
 
     /// The opening of a document written in flow style (JSON): its first
@@ -155,7 +243,8 @@ impl<'t> LineIndex<'t> {
     }
 
     fn find_key(&self, block: Block, key: &str) -> Option<(usize, Block)> {
-        let (line, content) = self.members(block).find(|(_, content)| {
+        let members = self.members_of(block);
+        let (line, content) = members.all.iter().copied().find(|(_, content)| {
             let rest = content
                 .strip_prefix(key)
                 .or_else(|| strip_quoted(content, key));
@@ -226,13 +315,9 @@ impl<'t> LineIndex<'t> {
     }
 
     fn find_item(&self, block: Block, index: usize) -> Option<(usize, Block)> {
-        let items: Vec<usize> = self
-            .members(block)
-            .filter(|(_, c)| *c == "-" || c.starts_with("- "))
-            .map(|(line, _)| line)
-            .collect();
-        let line = *items.get(index)?;
-        let end = items.get(index + 1).copied().unwrap_or(block.end);
+        let members = self.members_of(block);
+        let line = *members.items.get(index)?;
+        let end = members.items.get(index + 1).copied().unwrap_or(block.end);
         let col = if line == block.line {
             block.col
         } else {
@@ -399,70 +484,103 @@ impl Cursor<'_, '_> {
     }
 }
 
-/// Follows `path` through the flow collection at `cursor`, recording in
-/// `found` the 0-based line of each step it finds.
-fn flow_find(cursor: &mut Cursor<'_, '_>, path: &[Step<'_>], found: &mut Option<usize>) {
-    cursor.skip_blank();
-    let Some((step, rest)) = path.split_first() else {
-        return;
-    };
-    match (cursor.peek(), *step) {
-        (Some(b'{'), Step::Key(wanted)) => {
-            cursor.bump();
-            loop {
-                cursor.skip_blank();
-                match cursor.peek() {
-                    None | Some(b'}') => return,
-                    Some(b',') => {
-                        cursor.bump();
-                        continue;
-                    }
-                    _ => {}
-                }
-                let (line, col) = (cursor.line, cursor.col);
-                let key = cursor.key();
-                cursor.skip_blank();
-                if cursor.peek() == Some(b':') {
-                    cursor.bump();
-                }
-                if key == wanted {
+impl LineIndex<'_> {
+    /// Follows `path` through the flow collection at `cursor`, recording in
+    /// `found` the 0-based line of each step it finds.
+    fn flow_find(&self, cursor: &mut Cursor<'_, '_>, path: &[Step<'_>], found: &mut Option<usize>) {
+        cursor.skip_blank();
+        let Some((step, rest)) = path.split_first() else {
+            return;
+        };
+        match (cursor.peek(), *step) {
+            (Some(b'['), Step::Index(wanted)) => {
+                let items = self.flow_items_at(cursor);
+                if let Some(&(line, col)) = items.get(wanted) {
                     *found = Some(line);
-                    return flow_find(cursor, rest, found);
+                    cursor.line = line;
+                    cursor.col = col;
+                    self.flow_find(cursor, rest, found);
                 }
-                cursor.skip_value();
-                if (cursor.line, cursor.col) == (line, col) {
-                    // Not a mapping entry (the document does not parse):
-                    // stop rather than loop.
-                    return;
+            }
+            _ => {
+                if let Some(()) = flow_key(cursor, *step, found) {
+                    self.flow_find(cursor, rest, found);
                 }
             }
         }
-        (Some(b'['), Step::Index(wanted)) => {
+    }
+
+    /// Where each item of the flow sequence whose `[` is at `cursor`
+    /// starts, read once.
+    fn flow_items_at(&self, cursor: &Cursor<'_, '_>) -> Rc<[Position]> {
+        let key = (cursor.line, cursor.col);
+        if let Some(known) = self.flow_items.borrow().get(&key) {
+            return known.clone();
+        }
+        let mut cursor = Cursor {
+            lines: cursor.lines,
+            line: cursor.line,
+            col: cursor.col,
+        };
+        cursor.bump();
+        let mut starts = Vec::new();
+        loop {
+            cursor.skip_blank();
+            match cursor.peek() {
+                None | Some(b']') => break,
+                Some(b',') => {
+                    cursor.bump();
+                    continue;
+                }
+                _ => {}
+            }
+            let at = (cursor.line, cursor.col);
+            starts.push(at);
+            cursor.skip_value();
+            if (cursor.line, cursor.col) == at {
+                break;
+            }
+        }
+        let starts: Rc<[Position]> = starts.into();
+        self.flow_items.borrow_mut().insert(key, starts.clone());
+        starts
+    }
+}
+
+/// Steps through a flow mapping at `cursor` to the value of `step`'s key,
+/// recording the key's line in `found`; `None` when `step` is not a key
+/// of a mapping here.
+fn flow_key(cursor: &mut Cursor<'_, '_>, step: Step<'_>, found: &mut Option<usize>) -> Option<()> {
+    let (Some(b'{'), Step::Key(wanted)) = (cursor.peek(), step) else {
+        return None;
+    };
+    cursor.bump();
+    loop {
+        cursor.skip_blank();
+        match cursor.peek() {
+            None | Some(b'}') => return None,
+            Some(b',') => {
+                cursor.bump();
+                continue;
+            }
+            _ => {}
+        }
+        let (line, col) = (cursor.line, cursor.col);
+        let key = cursor.key();
+        cursor.skip_blank();
+        if cursor.peek() == Some(b':') {
             cursor.bump();
-            let mut index = 0;
-            loop {
-                cursor.skip_blank();
-                match cursor.peek() {
-                    None | Some(b']') => return,
-                    Some(b',') => {
-                        cursor.bump();
-                        continue;
-                    }
-                    _ => {}
-                }
-                if index == wanted {
-                    *found = Some(cursor.line);
-                    return flow_find(cursor, rest, found);
-                }
-                let at = (cursor.line, cursor.col);
-                cursor.skip_value();
-                if (cursor.line, cursor.col) == at {
-                    return;
-                }
-                index += 1;
-            }
         }
-        _ => {}
+        if key == wanted {
+            *found = Some(line);
+            return Some(());
+        }
+        cursor.skip_value();
+        if (cursor.line, cursor.col) == (line, col) {
+            // Not a mapping entry (the document does not parse): stop
+            // rather than loop.
+            return None;
+        }
     }
 }
 
@@ -611,6 +729,43 @@ roles:
         assert_eq!(index.line_of(&[Key("cases"), Index(1)]), 4);
         assert_eq!(index.line_of(&[Key("cases"), Index(1), Key("expect")]), 5);
         assert_eq!(index.line_of(&[Key("roles"), Index(0), Key("actions")]), 9);
+    }
+
+    /// What is kept between questions answers every later one as a fresh
+    /// index would: each item of a long sequence, in block and in flow
+    /// style, asked in order, backwards and by a field below it.
+    #[test]
+    fn every_item_of_a_long_sequence_in_any_order() {
+        const ITEMS: usize = 2_000;
+        let mut block = String::from("roles:\n  viewer: {}\ngrants:\n");
+        let mut flow = String::from("{\"grants\": [\n");
+        for i in 0..ITEMS {
+            block.push_str(&format!("  - subject: user{i}\n    role: viewer\n"));
+            let comma = if i + 1 < ITEMS { "," } else { "" };
+            flow.push_str(&format!(
+                "  {{\"subject\": \"user{i}\",\n   \"role\": \"viewer\"}}{comma}\n"
+            ));
+        }
+        flow.push_str("]}\n");
+        // Block: item i starts on line 4 + 2i, its role on the next line;
+        // flow: item i on line 2 + 2i, its role on the next line too.
+        for (text, first) in [(&block, 4), (&flow, 2)] {
+            let kept = LineIndex::new(text);
+            let mut order: Vec<usize> = (0..ITEMS).collect();
+            order.extend((0..ITEMS).rev());
+            for i in order {
+                let item = [Key("grants"), Index(i)];
+                assert_eq!(kept.line_of(&item), first + 2 * i, "item {i}");
+            }
+            for i in [0, 1, ITEMS / 2, ITEMS - 1] {
+                let role = [Key("grants"), Index(i), Key("role")];
+                assert_eq!(kept.line_of(&role), first + 2 * i + 1, "role {i}");
+                assert_eq!(LineIndex::new(text).line_of(&role), first + 2 * i + 1);
+            }
+            // Past the end: the sequence's own line, as a fresh index says.
+            let past = [Key("grants"), Index(ITEMS)];
+            assert_eq!(kept.line_of(&past), LineIndex::new(text).line_of(&past));
+        }
     }
 
     #[derive(Debug, Default, serde::Deserialize, PartialEq)]
