@@ -52,8 +52,9 @@ pub struct DecisionLog {
 }
 
 /// Lines the tap holds for its slowest subscriber; past it, that
-/// subscriber loses the oldest (and is told how many).
-pub const TAP_CAPACITY: usize = 1024;
+/// subscriber loses the oldest (and is told how many). The console takes
+/// them every 25 ms: this holds that long at 80k logged lines a second.
+pub const TAP_CAPACITY: usize = 2048;
 
 impl DecisionLog {
     /// `rate` is the fraction of allows logged, clamped to 0.0..=1.0.

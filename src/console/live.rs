@@ -14,20 +14,24 @@ use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::access::Viewer;
 use super::html::{page, Esc, Tab};
 use super::ConsoleState;
+use crate::decision_log::TAP_CAPACITY;
 
 /// Minutes the per-reason counts cover.
 pub(crate) const COUNT_MINUTES: u64 = 10;
@@ -341,7 +345,20 @@ fn shadow_section(body: &mut String, summary: &crate::shadow::ShadowSummary) {
     body.push_str("</tbody></table>");
 }
 
+/// How often a stream takes what the tap holds: a live view is at most
+/// this late, and the checks that write the lines never wake its task.
+const DRAIN_EVERY: Duration = Duration::from_millis(25);
+
+/// How long a stream may stay silent before it sends a comment, so
+/// proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 /// The event stream: log lines that pass `filters`, as `decision` events.
+///
+/// The stream's task wakes every [`DRAIN_EVERY`], never on a line: a task
+/// waiting on the tap would be woken by each check that logs, a cross-
+/// thread wake-up per line. It filters what the tap holds then and writes
+/// it to the browser as one chunk of events.
 pub(crate) async fn events(
     State(state): State<ConsoleState>,
     Query(filters): Query<Filters>,
@@ -361,43 +378,100 @@ pub(crate) async fn events(
             .into_response();
     };
     let mut tap = log.tap();
-    let (send, receive) = mpsc::channel::<Event>(64);
+    let (send, receive) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let _permit = permit;
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // None: nothing written yet, so a comment goes first.
+        let mut last_write: Option<Instant> = None;
         loop {
-            let line = tokio::select! {
+            tokio::select! {
                 () = send.closed() => return,
-                line = tap.recv() => line,
-            };
-            let event = match line {
-                Ok(line) => {
-                    if !LineFields::read(&line).is_some_and(|fields| filters.keeps(&fields)) {
-                        continue;
+                _ = drain.tick() => {}
+            }
+            let mut chunk = Vec::new();
+            let mut closed = false;
+            // Bounded: the tap holds at most its capacity, plus one
+            // `lagged` notice.
+            for _ in 0..=TAP_CAPACITY {
+                match tap.try_recv() {
+                    Ok(line) => {
+                        if LineFields::read(&line).is_some_and(|fields| filters.keeps(&fields)) {
+                            write_event(&mut chunk, "decision", line.trim_ascii_end());
+                        }
                     }
-                    let text = String::from_utf8_lossy(&line);
-                    Event::default().event("decision").data(text.trim_end())
+                    Err(TryRecvError::Lagged(n)) => {
+                        write_event(&mut chunk, "lagged", n.to_string().as_bytes());
+                    }
+                    Err(TryRecvError::Closed) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => break,
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    Event::default().event("lagged").data(n.to_string())
+            }
+            if chunk.is_empty() && last_write.is_none_or(|at| at.elapsed() >= KEEP_ALIVE) {
+                // An SSE comment: the stream is alive.
+                chunk.extend_from_slice(b":\n\n");
+            }
+            if !chunk.is_empty() {
+                // A slow browser waits here, in this task only; meanwhile
+                // the tap drops its lines for this receiver.
+                if send.send(Bytes::from(chunk)).await.is_err() {
+                    return;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            // A slow browser waits here, in this task only; meanwhile the
-            // tap drops its lines for this receiver.
-            if send.send(event).await.is_err() {
+                last_write = Some(Instant::now());
+            }
+            if closed {
                 return;
             }
         }
     });
-    let stream = ReceiverStream::new(receive).map(Ok::<_, Infallible>);
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let chunks = ReceiverStream::new(receive).map(Ok::<_, Infallible>);
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(chunks),
+    )
         .into_response()
+}
+
+/// Appends one server-sent event. `data` is one line: a log line is one
+/// line of JSON, whose strings escape line breaks; anything else that
+/// holds one is left out rather than split.
+fn write_event(chunk: &mut Vec<u8>, event: &str, data: &[u8]) {
+    if data.contains(&b'\n') || data.contains(&b'\r') {
+        return;
+    }
+    chunk.extend_from_slice(b"event: ");
+    chunk.extend_from_slice(event.as_bytes());
+    chunk.extend_from_slice(b"\ndata: ");
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_is_one_line_of_data_or_nothing() {
+        let mut chunk = Vec::new();
+        write_event(&mut chunk, "decision", br#"{"a":"b\nc"}"#);
+        write_event(&mut chunk, "lagged", b"7");
+        assert_eq!(
+            chunk,
+            b"event: decision\ndata: {\"a\":\"b\\nc\"}\n\nevent: lagged\ndata: 7\n\n"
+        );
+        // A raw line break would end the event early and forge another.
+        let before = chunk.len();
+        write_event(&mut chunk, "decision", b"x\n\nevent: forged\ndata: y");
+        write_event(&mut chunk, "decision", b"x\rdata: y");
+        assert_eq!(chunk.len(), before);
+    }
 
     #[test]
     fn counts_are_the_counters_growth_over_the_last_minutes() {
